@@ -1,0 +1,150 @@
+"""The one exception hierarchy of imagesmith.
+
+Every error the library raises on purpose derives from :class:`ImagesmithError`; foreign
+exceptions (``requests``, ``OSError``, ``json``) are translated at the module boundary with a
+message a user can act on. The CLI maps the tree to exit codes and prints ``str(error)``.
+
+::
+
+    ImagesmithError
+    ├── UsageError                 an option or argument the user gave is wrong
+    ├── ReferenceFormatError       an image reference that does not parse
+    ├── DigestFormatError          a digest string that is not algorithm:hex of the right form
+    ├── IntegrityError             bytes that do not match their digest or size
+    ├── ManifestError              a manifest, index or config that is malformed or unsupported
+    ├── PlatformError              no platform of an index matches the one asked for
+    ├── PackageError               a package file, its content or its dependencies are wrong
+    ├── LayerError                 content that cannot be turned into a layer
+    ├── TemplateError              a tag or profile template that does not render
+    ├── CacheError                 the local blob cache cannot be used
+    └── RegistryError              a registry request failed (status, codes, method, URL)
+        ├── AuthenticationError    401/403, bad or missing credentials, token endpoint refused
+        ├── NotFoundError          the repository, manifest or blob does not exist
+        ├── RateLimitError         429 and retries exhausted
+        └── RegistryUnreachableError  connection refused, DNS, TLS, timeout
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AuthenticationError",
+    "CacheError",
+    "DigestFormatError",
+    "ImagesmithError",
+    "IntegrityError",
+    "LayerError",
+    "ManifestError",
+    "NotFoundError",
+    "PackageError",
+    "PlatformError",
+    "RateLimitError",
+    "ReferenceFormatError",
+    "RegistryError",
+    "RegistryUnreachableError",
+    "TemplateError",
+    "UsageError",
+]
+
+
+class ImagesmithError(Exception):
+    """Base class of every error imagesmith raises on purpose."""
+
+
+class UsageError(ImagesmithError):
+    """An option, argument or setting given by the user is invalid."""
+
+
+class ReferenceFormatError(ImagesmithError):
+    """An image reference (``host/repo:tag@digest``) does not follow the grammar."""
+
+
+class DigestFormatError(ImagesmithError):
+    """A digest string is not ``sha256:`` + 64 lowercase hex digits (or sha512 + 128)."""
+
+
+class IntegrityError(ImagesmithError):
+    """Content does not match the digest or size it was announced with."""
+
+
+class ManifestError(ImagesmithError):
+    """A manifest, index or image config is malformed, oversized or of an unknown type."""
+
+
+class PlatformError(ImagesmithError):
+    """No entry of an image index matches the requested platform."""
+
+    def __init__(self, message: str, available: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.available = tuple(available)
+
+
+class PackageError(ImagesmithError):
+    """A package file, its content or its dependency graph is invalid."""
+
+
+class LayerError(ImagesmithError):
+    """Content cannot be turned into a layer (unreadable file, unsupported member...)."""
+
+
+class TemplateError(ImagesmithError):
+    """A jinja2 template (tag, profile script) fails to render or renders something invalid."""
+
+
+class CacheError(ImagesmithError):
+    """The local blob cache cannot be read or written."""
+
+
+class RegistryError(ImagesmithError):
+    """A request to a registry failed.
+
+    Carries what a user needs to understand the failure: the HTTP method, the URL (with
+    credentials and query secrets already redacted), the status code and the registry's error
+    codes. ``temporary`` says whether retrying later may help (408, 429, 5xx, network).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        codes: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+        self.status = status
+        self.codes = tuple(codes)
+
+    @property
+    def temporary(self) -> bool:
+        return self.status is not None and (
+            self.status in (408, 429) or 500 <= self.status < 600
+        )
+
+
+class AuthenticationError(RegistryError):
+    """The registry refused the credentials, or needs some and none were found."""
+
+
+class NotFoundError(RegistryError):
+    """The repository, manifest, tag or blob does not exist in the registry."""
+
+
+class RateLimitError(RegistryError):
+    """The registry kept answering 429 Too Many Requests."""
+
+    @property
+    def temporary(self) -> bool:
+        return True
+
+
+class RegistryUnreachableError(RegistryError):
+    """The registry could not be reached (connection refused, DNS, TLS, timeout)."""
+
+    @property
+    def temporary(self) -> bool:
+        return True
