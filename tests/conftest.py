@@ -8,10 +8,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
-
 from servers import (
     DistributionRegistry,
     Podman,
@@ -31,10 +29,10 @@ def in_ci() -> bool:
 
 def need(condition: bool, reason: str) -> None:
     """Skip (locally) or fail (in CI) the current test unless ``condition`` holds."""
-    if condition:
-        return
-    missing: NoReturn = pytest.fail(reason) if in_ci() else pytest.skip(reason)
-    return missing
+    if not condition:
+        if in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def need_tool(name: str) -> None:
@@ -47,30 +45,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
-def _registry(tmp: Path, **kwargs: object) -> Iterator[DistributionRegistry]:
-    need_tool("docker-registry")
-    reg = DistributionRegistry(workdir=tmp, **kwargs)  # type: ignore[arg-type]
-    with reg:
-        yield reg
-
-
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionRegistry]:
     """Plain http, no auth."""
-    yield from _registry(tmp_path_factory.mktemp("registry"))
+    need_tool("docker-registry")
+    with DistributionRegistry(workdir=tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
 
 
 @pytest.fixture(scope="session")
 def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionRegistry]:
     """https with a throwaway CA (``tls_registry.ca_cert``), no auth."""
-    yield from _registry(tmp_path_factory.mktemp("tls-registry"), tls=True)
+    need_tool("docker-registry")
+    with DistributionRegistry(tls=True, workdir=tmp_path_factory.mktemp("tls-registry")) as reg:
+        yield reg
 
 
 @pytest.fixture(scope="session")
 def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionRegistry]:
     """Plain http with Basic auth; users in ``BASIC_USERS`` (alice)."""
+    need_tool("docker-registry")
     need_tool("htpasswd")
-    yield from _registry(tmp_path_factory.mktemp("basic-registry"), htpasswd_users=BASIC_USERS)
+    workdir = tmp_path_factory.mktemp("basic-registry")
+    with DistributionRegistry(htpasswd_users=BASIC_USERS, workdir=workdir) as reg:
+        yield reg
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +84,10 @@ def token_registry(
     tmp_path_factory: pytest.TempPathFactory, token_issuer: TokenIssuer
 ) -> Iterator[DistributionRegistry]:
     """Plain http with Bearer auth from ``token_issuer``."""
-    yield from _registry(tmp_path_factory.mktemp("token-registry"), token_issuer=token_issuer)
+    need_tool("docker-registry")
+    workdir = tmp_path_factory.mktemp("token-registry")
+    with DistributionRegistry(token_issuer=token_issuer, workdir=workdir) as reg:
+        yield reg
 
 
 @pytest.fixture(scope="session")

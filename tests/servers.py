@@ -7,6 +7,7 @@ Plain classes with no pytest dependency; see RUNTIME.md for the machine setup.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -19,13 +20,13 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal
 
 import requests
 from cryptography import x509
@@ -40,9 +41,27 @@ TOKEN_SERVICE = "test-registry"
 TOKEN_ISSUER = "test-issuer"
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BUSYBOX_APPLETS = (
-    "sh", "env", "ls", "cat", "echo", "true", "false", "mkdir", "printenv", "id",
-    "grep", "which", "test", "[", "pwd", "sleep", "rm", "touch", "wc", "head",
-)  # fmt: skip
+    "sh",
+    "env",
+    "ls",
+    "cat",
+    "echo",
+    "true",
+    "false",
+    "mkdir",
+    "printenv",
+    "id",
+    "grep",
+    "which",
+    "test",
+    "[",
+    "pwd",
+    "sleep",
+    "rm",
+    "touch",
+    "wc",
+    "head",
+)
 
 INSTALL_HINTS = {
     "docker-registry": "apt-get install docker-registry",
@@ -81,7 +100,7 @@ def _log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def _wait_for(pred: Any, timeout: float, interval: float = 0.1) -> bool:
+def _wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
@@ -134,7 +153,7 @@ def make_ca_and_cert(dirpath: Path | str) -> TLSFiles:
     for 127.0.0.1 (IP SAN) and localhost (DNS SAN) signed by it."""
     d = Path(dirpath)
     d.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     ca = (
@@ -148,12 +167,18 @@ def make_ca_and_cert(dirpath: Path | str) -> TLSFiles:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(ca_ski, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -212,8 +237,10 @@ class TokenIssuer:
     Authenticated users (Basic, ``users``) get the actions they ask for; anonymous
     requests get only ``pull``; bad credentials get 401. Tokens are RS256 JWTs with an
     ``x5c`` header whose self-signed certificate (``cert_path``) is the registry's
-    ``rootcertbundle``. ``expires_in`` may be changed at any time (it is both the
-    reported lifetime and the ``exp`` claim; distribution allows 60 s of leeway).
+    ``rootcertbundle``. ``expires_in`` (the reported lifetime) and ``token_lifetime``
+    (the ``exp`` claim, default ``expires_in``) may be changed at any time: distribution
+    accepts a token until 60 s after ``exp``, so ``token_lifetime=-120`` makes tokens the
+    registry rejects while the answer still says they are valid.
     """
 
     def __init__(
@@ -221,12 +248,14 @@ class TokenIssuer:
         users: Mapping[str, str] | None = None,
         *,
         expires_in: int = 300,
+        token_lifetime: int | None = None,
         issuer: str = TOKEN_ISSUER,
         service: str = TOKEN_SERVICE,
         workdir: Path | str | None = None,
     ) -> None:
         self.users = dict(users or {})
         self.expires_in = expires_in
+        self.token_lifetime = token_lifetime
         self.issuer = issuer
         self.service = service
         self.requests: list[TokenRequest] = []
@@ -235,7 +264,7 @@ class TokenIssuer:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="imagesmith-issuer-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(dt.timezone.utc)
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(_name(issuer))
@@ -273,9 +302,13 @@ class TokenIssuer:
 
     # -- token minting
     def make_token(
-        self, access: list[dict[str, Any]], *, subject: str = "", audience: str | None = None,
+        self,
+        access: list[dict[str, Any]],
+        *,
+        subject: str = "",
+        audience: str | None = None,
         expires_in: int | None = None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """A signed JWT with the given ``access`` claim (also usable directly by tests)."""
         now = int(time.time())
         header = {
@@ -341,20 +374,18 @@ class TokenIssuer:
                 entry["actions"] = [a for a in entry["actions"] if a == "pull"]
             access.append(entry)
         expires_in = self.expires_in
-        token = self.make_token(
-            access, subject=user or "", audience=service, expires_in=expires_in
-        )
-        issued = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {"token": token, "access_token": token, "expires_in": expires_in,
-                "issued_at": issued}  # fmt: skip
+        lifetime = expires_in if self.token_lifetime is None else self.token_lifetime
+        token = self.make_token(access, subject=user or "", audience=service, expires_in=lifetime)
+        issued = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {"token": token, "access_token": token, "expires_in": expires_in, "issued_at": issued}
         return 200, body
 
     # -- server lifecycle
-    def start(self) -> Self:
+    def start(self) -> TokenIssuer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 if url.path != "/token":
                     status, body = 404, {"errors": [{"code": "NOT_FOUND", "message": url.path}]}
@@ -369,14 +400,12 @@ class TokenIssuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="token-issuer", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="token-issuer", daemon=True)
         self._thread.start()
         return self
 
@@ -391,7 +420,7 @@ class TokenIssuer:
         if self._owns_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> TokenIssuer:
         return self.start()
 
     def __exit__(
@@ -474,10 +503,12 @@ class DistributionRegistry:
             lines = [
                 subprocess.run(
                     ["htpasswd", "-Bbn", user, password],
-                    check=True, capture_output=True, text=True,
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 ).stdout.strip()
                 for user, password in self.htpasswd_users.items()
-            ]  # fmt: skip
+            ]
             htpasswd.write_text("\n".join(lines) + "\n")
             config["auth"] = {"htpasswd": {"realm": "test", "path": str(htpasswd)}}
         elif self.token_issuer:
@@ -502,7 +533,11 @@ class DistributionRegistry:
         except requests.RequestException:
             return False
 
-    def start(self, timeout: float = 20) -> Self:
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+        _wait_for(lambda: proc.poll() is not None or self._ready(), timeout)
+        return proc.poll() is None and self._ready()
+
+    def start(self, timeout: float = 20) -> DistributionRegistry:
         if self._proc is not None:
             return self
         for attempt in range(3):  # free_port() is racy: retry on "address already in use"
@@ -511,14 +546,15 @@ class DistributionRegistry:
             with self.log_path.open("ab") as log:
                 self._proc = subprocess.Popen(
                     [self.binary, "serve", str(config)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.workdir, start_new_session=True,
-                )  # fmt: skip
-            proc = self._proc
-            if _wait_for(lambda: proc.poll() is not None or self._ready(), timeout):
-                if proc.poll() is None:
-                    return self
-            _stop_process(proc)
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.workdir,
+                    start_new_session=True,
+                )
+            if self._wait_ready(self._proc, timeout):
+                return self
+            _stop_process(self._proc)
             self._proc = None
             if "address already in use" not in _log_tail(self.log_path) or attempt == 2:
                 break
@@ -532,7 +568,7 @@ class DistributionRegistry:
         if self._owns_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> DistributionRegistry:
         return self.start()
 
     def __exit__(
@@ -549,7 +585,7 @@ class DistributionRegistry:
             return s.get(f"{self.url}{path}", **kwargs)
 
     def catalog(self, **kwargs: Any) -> list[str]:
-        r = self.get("/v2/_catalog?n=10000", **kwargs)
+        r = self.get("/v2/_catalog?n=1000", **kwargs)
         r.raise_for_status()
         return list(r.json().get("repositories") or [])
 
@@ -567,6 +603,9 @@ class Podman:
 
     Call ``add_insecure_registry`` for each plain-http registry (any time: the
     registries.conf file is re-read by every podman command and by the service's pulls).
+    ``podman run`` uses the host network (it can reach 127.0.0.1 registries); containers
+    made through the Docker API (``docker``, the SDK) get a bridge unless they ask for
+    ``--network host``.
     """
 
     def __init__(self, workdir: Path | str | None = None, *, binary: str = PODMAN_BIN) -> None:
@@ -579,15 +618,19 @@ class Podman:
         d = self.workdir
         for sub in ("root", "runroot", "tmp", "docker-config"):
             (d / sub).mkdir(exist_ok=True)
+        (d / "auth.json").write_text('{"auths": {}}\n')  # podman fails to pull if it is missing
         (d / "containers.conf").write_text(
             "[containers]\n"
             'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            'netns = "host"\n'
             "[engine]\n"
             'cgroup_manager = "cgroupfs"\n'
             'runtime = "runc"\n'
             'events_logger = "file"\n'
             f'events_logfile_path = "{d / "events.log"}"\n'
             f'tmp_dir = "{d / "tmp"}"\n'
+            "[network]\n"
+            f'network_config_dir = "{d / "networks"}"\n'
         )
         (d / "storage.conf").write_text(
             f'[storage]\ndriver = "vfs"\ngraphroot = "{d / "root"}"\nrunroot = "{d / "runroot"}"\n'
@@ -630,25 +673,42 @@ class Podman:
 
     def base_command(self) -> list[str]:
         d = self.workdir
-        return [self.binary, "--root", str(d / "root"), "--runroot", str(d / "runroot"),
-                "--storage-driver", "vfs"]  # fmt: skip
+        return [
+            self.binary,
+            "--root",
+            str(d / "root"),
+            "--runroot",
+            str(d / "runroot"),
+            "--storage-driver",
+            "vfs",
+        ]
 
     def podman(
         self, *args: str, check: bool = False, timeout: float = 180, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*self.base_command(), *args], env=self.env(), capture_output=True, text=True,
-            check=check, timeout=timeout, input=input,
-        )  # fmt: skip
+            [*self.base_command(), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            input=input,
+        )
 
     def docker(
         self, *args: str, check: bool = False, timeout: float = 180, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run the docker CLI against this podman's API socket (``start_service`` first)."""
         return subprocess.run(
-            [DOCKER_BIN, *args], env=self.env(), capture_output=True, text=True,
-            check=check, timeout=timeout, input=input,
-        )  # fmt: skip
+            [DOCKER_BIN, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            input=input,
+        )
 
     def _ping(self) -> bool:
         try:
@@ -661,16 +721,19 @@ class Podman:
             return False
         return status_line.split(b" ")[1:2] == [b"200"]
 
-    def start_service(self, timeout: float = 30) -> Self:
+    def start_service(self, timeout: float = 30) -> Podman:
         if self._service is not None:
             return self
         log = self.workdir / "service.log"
         with log.open("ab") as f:
             self._service = subprocess.Popen(
                 [*self.base_command(), "system", "service", "--time=0", self.docker_host],
-                env=self.env(), stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         svc = self._service
         if not _wait_for(lambda: svc.poll() is not None or self._ping(), timeout) or svc.poll():
             self.stop()
@@ -680,16 +743,12 @@ class Podman:
     def stop(self) -> None:
         """Stop the service and remove containers, storage and (if owned) the directory.
         Best effort: never raises."""
-        try:
+        with contextlib.suppress(Exception):
             _stop_process(self._service)
-        except Exception:  # noqa: BLE001, S110
-            pass
         self._service = None
         for args in (("rm", "--all", "--force", "--time", "0"), ("system", "reset", "--force")):
-            try:
+            with contextlib.suppress(Exception):
                 self.podman(*args, timeout=120)
-            except Exception:  # noqa: BLE001, S110
-                pass
         self._unmount_leftovers()
         if self._owns_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -703,7 +762,7 @@ class Podman:
         for m in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True, check=False)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Podman:
         return self
 
     def __exit__(
@@ -720,15 +779,15 @@ def is_static_elf(path: Path | str) -> bool:
     data = Path(path).read_bytes()
     if data[:4] != b"\x7fELF":
         return False
-    is64, order = data[4] == 2, "little" if data[5] == 1 else "big"
+    is64 = data[4] == 2
+    order: Literal["little", "big"] = "little" if data[5] == 1 else "big"
 
     def num(off: int, size: int) -> int:
         return int.from_bytes(data[off : off + size], order)
 
     phoff, phentsize, phnum = (
-        (num(0x20, 8), num(0x36, 2), num(0x38, 2)) if is64
-        else (num(0x1C, 4), num(0x2A, 2), num(0x2C, 2))
-    )  # fmt: skip
+        (num(0x20, 8), num(0x36, 2), num(0x38, 2)) if is64 else (num(0x1C, 4), num(0x2A, 2), num(0x2C, 2))
+    )
     return all(num(phoff + i * phentsize, 4) != 3 for i in range(phnum))  # 3 = PT_INTERP
 
 
@@ -752,10 +811,13 @@ def busybox_rootfs(dest: Path | str, busybox: Path | str = "/bin/busybox") -> Pa
         if not link.is_symlink():
             link.symlink_to("busybox")
     files = {
-        "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
         "etc/group": "root:x:0:\nnogroup:x:65534:\n",
-        "etc/profile": f'PATH="{DEBIAN_PATH}"\nexport PATH\n',
+        # Like Debian's: reset PATH, then source /etc/profile.d/*.sh.
+        "etc/profile": (
+            f'PATH="{DEBIAN_PATH}"\nexport PATH\n'
+            "for i in /etc/profile.d/*.sh; do [ -r \"$i\" ] && . \"$i\"; done\nunset i\n"
+        ),
     }
     for rel, text in files.items():
         (dest / rel).write_text(text)
