@@ -1,0 +1,646 @@
+"""A client for one OCI/Docker registry: manifests, blobs, uploads, mounts and tags.
+
+Every byte read is verified against the digest it was asked for (our own hash decides;
+``Docker-Content-Digest`` is never trusted for content), documents are size-capped before
+they are read, and blob downloads resume with ``Range`` when a connection drops. Requests
+carry the scopes they need (``pull`` to read, ``pull,push`` to write, plus ``pull`` on the
+source of a mount) so the auth layer can reuse one token for a whole push.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, BinaryIO
+from urllib.parse import quote, urljoin, urlsplit
+
+import requests
+import requests.utils
+import urllib3.exceptions
+
+from imagesmith.digests import CHUNK, Digest, Hasher, VerifyingReader
+from imagesmith.errors import (
+    ImagesmithError,
+    IntegrityError,
+    ManifestError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnreachableError,
+)
+from imagesmith.mediatypes import MANIFEST_ACCEPT
+from imagesmith.model import MAX_MANIFEST_SIZE, Descriptor
+from imagesmith.references import DOCKER_HUB, DOCKER_HUB_API, validate_repository, validate_tag
+
+from .auth import Authenticator
+from .credentials import CredentialStore, normalise_registry
+from .transport import (
+    REDIRECT_STATUSES,
+    Fetched,
+    RegistryOptions,
+    Transport,
+    error_from_fetched,
+    origin_of,
+    redact_url,
+)
+
+__all__ = ["MAX_TAGS_RESPONSE", "ManifestResponse", "RegistryClient", "RegistryPool"]
+
+log = logging.getLogger("imagesmith.http")
+
+MAX_TAGS_RESPONSE = 16 * 1024 * 1024
+MAX_TAG_PAGES = 10_000
+MAX_RESUMES = 5
+_ACCEPT = ", ".join(MANIFEST_ACCEPT)
+_GENERIC_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
+
+
+@dataclass(frozen=True)
+class ManifestResponse:
+    """Manifest bytes as served, their media type, and OUR digest of the bytes."""
+
+    data: bytes
+    media_type: str
+    digest: Digest
+
+
+def _pull(repository: str) -> frozenset[str]:
+    return frozenset({f"repository:{repository}:pull"})
+
+
+def _push(repository: str) -> frozenset[str]:
+    return frozenset({f"repository:{repository}:pull,push"})
+
+
+def _content_type(value: str | None) -> str:
+    return (value or "").split(";")[0].strip()
+
+
+class _ResumableStream:
+    """The body of a blob GET that reopens with ``Range`` when the connection drops.
+
+    ``opener(offset)`` sends the GET (with ``Range: bytes=offset-`` when offset > 0).
+    A server that ignores the range (200 instead of 206) is read from the start and the
+    first ``offset`` bytes are skipped. Verification is left to the wrapping
+    :class:`VerifyingReader`, so a resumed download is still checked end to end.
+    """
+
+    def __init__(
+        self, opener: Callable[[int], requests.Response], what: str, max_resumes: int
+    ) -> None:
+        self._opener = opener
+        self._what = what
+        self._max_resumes = max_resumes
+        self._resumes = 0
+        self._offset = 0
+        self._resp: requests.Response | None = opener(0)
+
+    def read(self, n: int = -1) -> bytes:
+        want = CHUNK if n is None or n < 0 else n
+        while True:
+            if self._resp is None:
+                return b""
+            try:
+                data: bytes = self._resp.raw.read(want, decode_content=False)
+            except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+                self._reopen(exc)
+                continue
+            self._offset += len(data)
+            return data
+
+    def _reopen(self, exc: BaseException) -> None:
+        if self._resumes >= self._max_resumes:
+            self.close()
+            raise RegistryUnreachableError(
+                f"download of {self._what} kept failing ({type(exc).__name__} after "
+                f"{self._offset} bytes, {self._resumes} resumptions); try again later"
+            ) from None
+        self._resumes += 1
+        log.info("connection lost while reading %s at byte %d (%s); resuming", self._what,
+                 self._offset, type(exc).__name__)  # fmt: skip
+        self.close()
+        resp = self._opener(self._offset)
+        if resp.status_code == 206:
+            start = resp.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
+            if start.strip() != str(self._offset):
+                resp.close()
+                raise IntegrityError(
+                    f"resuming {self._what} at byte {self._offset}: the server answered range "
+                    f"{resp.headers.get('Content-Range')!r}"
+                )
+        else:
+            skip = self._offset
+            while skip > 0:
+                try:
+                    data = resp.raw.read(min(CHUNK, skip), decode_content=False)
+                except (urllib3.exceptions.HTTPError, requests.RequestException, OSError):
+                    data = b""
+                if not data:
+                    resp.close()
+                    raise RegistryUnreachableError(
+                        f"resuming {self._what}: the server sent fewer bytes than before"
+                    )
+                skip -= len(data)
+        self._resp = resp
+
+    def close(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+
+class _UploadBody:
+    """A file streamed as an upload body: exactly ``size`` bytes, hashed on the way.
+
+    ``__len__`` makes requests send ``Content-Length``. A file that is shorter than
+    ``size``, or whose bytes do not hash to ``digest``, aborts the request before its last
+    byte is sent, so the registry never completes an upload with wrong content.
+    """
+
+    def __init__(self, raw: BinaryIO, size: int, digest: Digest, what: str) -> None:
+        self._raw = raw
+        self._size = size
+        self._digest = digest
+        self._what = what
+        self._hasher = Hasher(digest.algorithm)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self._size - self._hasher.size
+        if remaining <= 0:
+            return b""
+        want = remaining if n is None or n < 0 else min(n, remaining)
+        data = self._raw.read(want)
+        if not data:
+            raise IntegrityError(
+                f"{self._what}: the file ended after {self._hasher.size} of {self._size} bytes"
+            )
+        self._hasher.update(data)
+        if self._hasher.size == self._size and self._hasher.digest != self._digest:
+            raise IntegrityError(
+                f"{self._what}: the content hashes to {self._hasher.digest}, not {self._digest}"
+            )
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            data = self.read(CHUNK)
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class RegistryClient:
+    """Talks to one registry (canonical name such as ``docker.io``, ``ghcr.io``,
+    ``127.0.0.1:5000``); the API host follows :attr:`Reference.api_host`.
+
+    Thread-safe; share one client per registry (see :class:`RegistryPool`) so tokens are
+    reused. ``credentials`` defaults to a :class:`CredentialStore` reading
+    ``options.auth_file`` (or the default docker/podman files when that is None).
+    """
+
+    def __init__(
+        self,
+        registry: str,
+        options: RegistryOptions | None = None,
+        credentials: CredentialStore | None = None,
+        *,
+        transport: Transport | None = None,
+    ) -> None:
+        self.registry = normalise_registry(registry)
+        self.options = options or (transport.options if transport else RegistryOptions())
+        self.api_host = DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+        # The API host decides, as for every other URL the transport checks.
+        self.base_url = f"{self.options.scheme(self.api_host)}://{self.api_host}"
+        self._origin = origin_of(self.base_url)
+        self._owns_transport = transport is None
+        self._transport = transport or Transport(self.options)
+        if credentials is None:
+            credentials = CredentialStore(self.options.auth_file)
+        self.auth = Authenticator(self.registry, self.base_url, self._transport, credentials)
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.registry!r}, base_url={self.base_url!r})"
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release connections (only those of a transport this client created)."""
+        if self._owns_transport:
+            self._transport.close()
+
+    # -- plumbing
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    def _request(
+        self, method: str, url: str, scopes: frozenset[str], **kwargs: Any
+    ) -> requests.Response:
+        return self._transport.request(
+            method, url, host=self.registry, scopes=scopes, auth=self.auth,
+            auth_origin=self._origin, **kwargs,
+        )  # fmt: skip
+
+    def _fetch(self, method: str, url: str, scopes: frozenset[str], **kwargs: Any) -> Fetched:
+        return self._transport.fetch(
+            method, url, host=self.registry, scopes=scopes, auth=self.auth,
+            auth_origin=self._origin, **kwargs,
+        )  # fmt: skip
+
+    def _error(self, resp: requests.Response, method: str, prefix: str) -> RegistryError:
+        return error_from_fetched(self._transport.read(resp, method), self.registry, prefix=prefix)
+
+    @staticmethod
+    def _manifest_ref(reference: str) -> tuple[str, Digest | None]:
+        if ":" in reference:
+            digest = Digest.parse(reference)
+            return str(digest), digest
+        return validate_tag(reference), None
+
+    def _shown(self, repository: str, reference: str) -> str:
+        sep = "@" if ":" in reference else ":"
+        return f"{self.registry}/{repository}{sep}{reference}"
+
+    # -- API
+    def ping(self) -> None:
+        """``GET /v2/``: check the registry answers; a 401 only records its challenge."""
+        resp = self._transport.request(
+            "GET", self._url("/v2/"), host=self.registry, expect=(200, 401),
+            prefix=f"checking {self.registry} is a registry",
+        )  # fmt: skip
+        challenge = resp.headers.get("WWW-Authenticate") if resp.status_code == 401 else None
+        resp.close()
+        if challenge:
+            self.auth.observe(challenge)
+
+    def get_manifest(self, repository: str, reference: str) -> ManifestResponse:
+        """Fetch a manifest or index by tag or digest.
+
+        Sends ``Accept`` with the four manifest types, refuses bodies over
+        ``MAX_MANIFEST_SIZE`` without reading them whole, checks the bytes against
+        ``reference`` when it is a digest (:class:`IntegrityError`), and raises
+        :class:`NotFoundError` (``manifest unknown: host/repo:ref``) on 404.
+        """
+        validate_repository(repository)
+        ref, expected = self._manifest_ref(reference)
+        shown = self._shown(repository, ref)
+        url = self._url(f"/v2/{repository}/manifests/{ref}")
+
+        def too_large(length: int | None) -> ImagesmithError:
+            size = f" ({length} bytes announced)" if length is not None else ""
+            return ManifestError(
+                f"manifest {shown} is larger than {MAX_MANIFEST_SIZE} bytes{size}: refused"
+            )
+
+        fetched = self._fetch("GET", url, _pull(repository), limit=MAX_MANIFEST_SIZE,
+                              too_large=too_large, headers={"Accept": _ACCEPT},
+                              expect=(200, 404), prefix=f"fetching manifest {shown}")  # fmt: skip
+        if fetched.status == 404:
+            raise error_from_fetched(fetched, self.registry, prefix=f"manifest unknown: {shown}")
+        data = fetched.body
+        if expected is not None:
+            ours = Digest.of(data, expected.algorithm)
+            if ours != expected:
+                raise IntegrityError(
+                    f"manifest {shown}: the registry served bytes that hash to {ours}"
+                )
+            digest = expected
+        else:
+            digest = Digest.of(data)
+        announced = fetched.headers.get("Docker-Content-Digest")
+        if announced and announced.strip() != str(digest):
+            log.debug("ignoring Docker-Content-Digest %s for %s (the bytes hash to %s)",
+                      announced[:80], shown, digest)  # fmt: skip
+        return ManifestResponse(data, self._media_type(fetched.headers.get("Content-Type"), data),
+                                digest)  # fmt: skip
+
+    @staticmethod
+    def _media_type(header: str | None, data: bytes) -> str:
+        declared = _content_type(header)
+        if declared not in _GENERIC_TYPES:
+            return declared
+        try:
+            embedded = json.loads(data).get("mediaType")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            embedded = None
+        return embedded if isinstance(embedded, str) and embedded else declared
+
+    def head_manifest(self, repository: str, reference: str) -> Descriptor | None:
+        """``HEAD`` a manifest: its descriptor, or None when it does not exist.
+
+        Uses ``Content-Type``, ``Content-Length`` and ``Docker-Content-Digest`` (the only
+        digest a HEAD can give; a digest reference is used as is). A registry that answers
+        405 or omits those headers is asked with a GET instead, and then our hash decides.
+        """
+        validate_repository(repository)
+        ref, expected = self._manifest_ref(reference)
+        url = self._url(f"/v2/{repository}/manifests/{ref}")
+        resp = self._request("HEAD", url, _pull(repository), headers={"Accept": _ACCEPT},
+                             expect=(200, 404, 405),
+                             prefix=f"checking manifest {self._shown(repository, ref)}")  # fmt: skip
+        resp.close()
+        if resp.status_code == 404:
+            return None
+        media_type = _content_type(resp.headers.get("Content-Type"))
+        length = resp.headers.get("Content-Length", "")
+        announced = resp.headers.get("Docker-Content-Digest", "").strip()
+        digest: Digest | None = expected
+        if digest is None and announced:
+            try:
+                digest = Digest.parse(announced)
+            except ImagesmithError:
+                digest = None
+        if resp.status_code == 405 or digest is None or not length.isdigit() or (
+            media_type in _GENERIC_TYPES
+        ):
+            try:
+                got = self.get_manifest(repository, ref)
+            except NotFoundError:
+                return None
+            return Descriptor(got.media_type, got.digest, len(got.data))
+        return Descriptor(media_type, digest, int(length))
+
+    def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> Digest:
+        """``PUT`` manifest bytes under a tag or digest with ``Content-Type: media_type``;
+        return the sha256 of exactly those bytes (what the registry stores)."""
+        validate_repository(repository)
+        ref, expected = self._manifest_ref(reference)
+        shown = self._shown(repository, ref)
+        if not media_type:
+            raise ManifestError(f"manifest {shown}: a media type is required to push it")
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise ManifestError(
+                f"manifest {shown} is larger than {MAX_MANIFEST_SIZE} bytes: registries refuse it"
+            )
+        digest = Digest.of(data)
+        if expected is not None and Digest.of(data, expected.algorithm) != expected:
+            raise IntegrityError(f"manifest {shown}: the bytes do not hash to {expected}")
+        url = self._url(f"/v2/{repository}/manifests/{ref}")
+        resp = self._request("PUT", url, _push(repository), headers={"Content-Type": media_type},
+                             body=data, expect=range(200, 300),
+                             prefix=f"pushing manifest {shown}")  # fmt: skip
+        announced = resp.headers.get("Docker-Content-Digest", "").strip()
+        resp.close()
+        if announced and announced != str(digest):
+            log.warning("registry %s reports digest %s for manifest %s; the bytes sent hash to %s",
+                        self.registry, announced[:80], shown, digest)  # fmt: skip
+        return digest
+
+    def blob_exists(self, repository: str, digest: Digest) -> bool:
+        """Whether the repository has the blob (``HEAD``; a 405 falls back to a GET that is
+        closed as soon as its status is known)."""
+        validate_repository(repository)
+        url = self._url(f"/v2/{repository}/blobs/{digest}")
+        ok = (*range(200, 300), *REDIRECT_STATUSES, 404)
+        prefix = f"checking blob {digest.short()} in {self.registry}/{repository}"
+        resp = self._request("HEAD", url, _pull(repository), expect=(*ok, 405),
+                             follow_redirects=False, prefix=prefix)  # fmt: skip
+        resp.close()
+        if resp.status_code == 405:
+            resp = self._request("GET", url, _pull(repository), expect=ok,
+                                 follow_redirects=False, prefix=prefix)  # fmt: skip
+            resp.close()
+        return resp.status_code != 404
+
+    def _blob_opener(
+        self, repository: str, descriptor: Descriptor, url: str, authenticated: bool
+    ) -> Callable[[int], requests.Response]:
+        shown = f"blob {descriptor.digest} of {self.registry}/{repository}"
+
+        def opener(offset: int) -> requests.Response:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            expect = (200, 206, 404) if authenticated else (200, 206)
+            if authenticated:
+                resp = self._request("GET", url, _pull(repository), headers=headers,
+                                     expect=expect, prefix=f"fetching {shown}")  # fmt: skip
+            else:
+                resp = self._transport.request("GET", url, host=urlsplit(url).netloc,
+                                               headers=headers, expect=expect,
+                                               prefix=f"fetching {shown}")  # fmt: skip
+            if resp.status_code == 404:
+                raise self._error(resp, "GET", f"blob unknown: {shown}")
+            return resp
+
+        return opener
+
+    @contextmanager
+    def open_blob(self, repository: str, descriptor: Descriptor) -> Iterator[VerifyingReader]:
+        """Open a blob for streaming; the reader checks size and digest as it is read.
+
+        Redirects are followed without credentials when they leave the registry's origin;
+        a descriptor's ``urls`` (foreign layers) are tried first, never with credentials,
+        then the registry. A dropped connection resumes with ``Range``.
+        """
+        validate_repository(repository)
+        what = f"blob {descriptor.digest} of {self.registry}/{repository}"
+        stream: _ResumableStream | None = None
+        for foreign in descriptor.urls:
+            try:
+                self._transport.check_url(foreign)
+                stream = _ResumableStream(
+                    self._blob_opener(repository, descriptor, foreign, authenticated=False),
+                    what, MAX_RESUMES,
+                )  # fmt: skip
+                break
+            except RegistryError as exc:
+                log.info("cannot fetch %s from %s (%s); trying the next source", what,
+                         redact_url(foreign), exc)  # fmt: skip
+        if stream is None:
+            url = self._url(f"/v2/{repository}/blobs/{descriptor.digest}")
+            stream = _ResumableStream(
+                self._blob_opener(repository, descriptor, url, authenticated=True),
+                what, MAX_RESUMES,
+            )  # fmt: skip
+        try:
+            yield VerifyingReader(stream, descriptor.digest, descriptor.size, what)
+        finally:
+            stream.close()
+
+    def get_blob_bytes(self, repository: str, descriptor: Descriptor, max_size: int) -> bytes:
+        """A small blob (an image config) in memory, verified; refused over ``max_size``."""
+        if descriptor.size > max_size:
+            raise ManifestError(
+                f"blob {descriptor.digest} of {self.registry}/{repository} is "
+                f"{descriptor.size} bytes, more than the {max_size} allowed: refused"
+            )
+        with self.open_blob(repository, descriptor) as reader:
+            return reader.read_all_chunks()
+
+    def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
+        """Ask the registry to mount a blob from another repository; True when done (201).
+
+        A 202 means the registry opened an upload instead: that session is cancelled (best
+        effort) and False is returned, so the caller uploads the blob.
+        """
+        validate_repository(repository)
+        validate_repository(from_repository)
+        url = self._url(
+            f"/v2/{repository}/blobs/uploads/?mount={digest}&from={quote(from_repository, safe='/')}"
+        )
+        scopes = _push(repository) | _pull(from_repository)
+        resp = self._request("POST", url, scopes, expect=(201, 202),
+                             prefix=f"mounting blob {digest.short()} from {from_repository} "
+                             f"into {self.registry}/{repository}")  # fmt: skip
+        location = resp.headers.get("Location")
+        final_url = resp.url or url
+        resp.close()
+        if resp.status_code == 201:
+            return True
+        if location:
+            try:
+                self._request("DELETE", urljoin(final_url, location), _push(repository),
+                              expect=range(200, 500), retry=False).close()  # fmt: skip
+            except ImagesmithError as exc:
+                log.debug("could not cancel the upload opened by a failed mount: %s", exc)
+        return False
+
+    def upload_blob(
+        self, repository: str, digest: Digest, size: int, open_body: Callable[[], BinaryIO]
+    ) -> None:
+        """Upload a blob monolithically: ``POST`` an upload, then ``PUT <location>&digest=``.
+
+        ``open_body`` opens the content from its start; it is called again whenever the body
+        must be re-sent (a token refresh, or a temporary failure, after which the whole
+        upload restarts with a new POST, a bounded number of times). ``DIGEST_INVALID`` from
+        the registry is an :class:`IntegrityError`.
+        """
+        validate_repository(repository)
+        scopes = _push(repository)
+        what = f"blob {digest} for {self.registry}/{repository}"
+        attempt = 0
+        while True:
+            post = self._request("POST", self._url(f"/v2/{repository}/blobs/uploads/"), scopes,
+                                 expect=(202,), prefix=f"starting the upload of {what}")  # fmt: skip
+            location = post.headers.get("Location")
+            base = post.url or self._url("/")
+            post.close()
+            if not location:
+                raise RegistryError(
+                    f"starting the upload of {what}: {self.registry} answered 202 without a "
+                    "Location header", method="POST", status=202,
+                )  # fmt: skip
+            upload_url = urljoin(base, location)
+            sep = "&" if urlsplit(upload_url).query else "?"
+            put_url = f"{upload_url}{sep}digest={digest}"
+            try:
+                resp = self._request(
+                    "PUT", put_url, scopes, retry=False, expect=(*range(200, 300), 400),
+                    headers={"Content-Type": "application/octet-stream"},
+                    body=lambda: _UploadBody(open_body(), size, digest, what),
+                    prefix=f"uploading {what}",
+                )  # fmt: skip
+            except RegistryError as exc:
+                if not exc.temporary or attempt >= self.options.retries:
+                    raise
+                delay = self._transport.backoff(attempt)
+                attempt += 1
+                log.info("upload of %s failed (%s); restarting it in %.1f s (attempt %d of %d)",
+                         what, exc, delay, attempt + 1, self.options.retries + 1)  # fmt: skip
+                self._transport.sleep(delay)
+                continue
+            if resp.status_code == 400:
+                error = self._error(resp, "PUT", f"uploading {what}")
+                if "DIGEST_INVALID" in error.codes:
+                    raise IntegrityError(
+                        f"{self.registry} rejected {what}: the uploaded bytes do not match the "
+                        f"digest (DIGEST_INVALID); {error}"
+                    )
+                raise error
+            announced = resp.headers.get("Docker-Content-Digest", "").strip()
+            resp.close()
+            if announced and announced != str(digest):
+                log.warning("registry %s stored %s as %s", self.registry, what, announced[:80])
+            return
+
+    def list_tags(self, repository: str, page_size: int | None = None) -> Iterator[str]:
+        """The repository's tags, following ``Link: <...>; rel="next"`` pagination."""
+        validate_repository(repository)
+        url: str | None = self._url(f"/v2/{repository}/tags/list")
+        if page_size is not None:
+            url = f"{url}?n={int(page_size)}"
+        seen: set[str] = set()
+        shown = f"{self.registry}/{repository}"
+
+        def too_large(_length: int | None) -> ImagesmithError:
+            return RegistryError(f"the tag list of {shown} is larger than {MAX_TAGS_RESPONSE} bytes")
+
+        while url is not None:
+            if url in seen or len(seen) >= MAX_TAG_PAGES:
+                raise RegistryError(f"listing tags of {shown}: the pagination loops at {redact_url(url)}")
+            seen.add(url)
+            fetched = self._fetch("GET", url, _pull(repository), limit=MAX_TAGS_RESPONSE,
+                                  too_large=too_large, expect=(200, 404),
+                                  prefix=f"listing tags of {shown}")  # fmt: skip
+            if fetched.status == 404:
+                raise error_from_fetched(fetched, self.registry,
+                                         prefix=f"repository unknown: {shown}")  # fmt: skip
+            obj = fetched.json(f"listing tags of {shown}")
+            tags = obj.get("tags") if isinstance(obj, dict) else None
+            if tags is not None and not (
+                isinstance(tags, list) and all(isinstance(t, str) for t in tags)
+            ):
+                raise RegistryError(f"listing tags of {shown}: 'tags' is not a list of strings")
+            yield from tags or ()
+            url = None
+            for link in requests.utils.parse_header_links(fetched.headers.get("Link", "")):
+                if link.get("rel") == "next" and link.get("url"):
+                    url = urljoin(fetched.url, link["url"])
+                    break
+
+
+class RegistryPool:
+    """One :class:`RegistryClient` per registry, sharing connections and the credential
+    store, so tokens are reused for the whole run."""
+
+    def __init__(
+        self, options: RegistryOptions | None = None, credentials: CredentialStore | None = None
+    ) -> None:
+        self.options = options or RegistryOptions()
+        self.credentials = credentials or CredentialStore(self.options.auth_file)
+        self._transport: Transport | None = None
+        self._clients: dict[str, RegistryClient] = {}
+        self._lock = threading.Lock()
+
+    def client(self, registry: str) -> RegistryClient:
+        """The client for ``registry`` (created on first use)."""
+        name = normalise_registry(registry)
+        with self._lock:
+            if self._transport is None:
+                self._transport = Transport(self.options)
+            client = self._clients.get(name)
+            if client is None:
+                client = RegistryClient(name, self.options, self.credentials,
+                                        transport=self._transport)  # fmt: skip
+                self._clients[name] = client
+            return client
+
+    def close(self) -> None:
+        """Close every client and the shared connections."""
+        with self._lock:
+            self._clients.clear()
+            if self._transport is not None:
+                self._transport.close()
+                self._transport = None
+
+    def __enter__(self) -> RegistryPool:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
