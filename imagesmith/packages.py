@@ -1,0 +1,382 @@
+"""Packages: content (an install prefix directory or a tarball) plus the metadata around it.
+
+A package file (JSON or TOML) names the package, its version, the absolute prefix it lands at in
+the image, its content, its dependencies (other package files) and optionally its hash and its
+environment modifications. :func:`load_packages` follows dependencies and returns every package
+once, dependencies first, which is the order layers are stacked in. :func:`package_hash` derives
+a Spack-style 32-character base32 hash when the file gives none. The file format is documented
+in ``docs/packages.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import posixpath
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .digests import Digest
+from .envmods import EnvModification, env_from_json, env_to_json
+from .errors import PackageError, UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = [
+    "TARBALL_SUFFIXES",
+    "ContentKind",
+    "Package",
+    "is_valid_hash",
+    "load_package",
+    "load_packages",
+    "package_hash",
+]
+
+ContentKind = Literal["directory", "tarball"]
+
+TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst")
+HASH_LENGTH = 32
+
+_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+_HASH = re.compile(rf"[a-z2-7]{{{HASH_LENGTH}}}")
+_KNOWN_KEYS = (
+    "name",
+    "version",
+    "prefix",
+    "content",
+    "hash",
+    "depends",
+    "env",
+    "ld_library_path",
+    "description",
+)
+# Bumped whenever the hashed document changes shape, so old and new hashes never collide.
+_HASH_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Package:
+    """One package: where its content is on disk and what it means once inside an image.
+
+    ``prefix`` is the absolute install prefix inside the image; ``content`` the absolute path of
+    the directory or tarball holding it; ``hash`` the hash given in the package file, or None
+    when the pipeline is to compute it with :func:`package_hash`; ``depends`` the :attr:`key` of
+    each direct dependency; ``env`` the explicit modifications with ``{prefix}`` already
+    expanded, or None to infer them from the content's layout; ``source`` the package file and
+    ``metadata`` everything it contained. ``ld_library_path`` and ``metadata`` are keyword-only.
+    """
+
+    name: str
+    version: str
+    prefix: str
+    content: Path
+    content_kind: ContentKind
+    hash: str | None
+    depends: tuple[str, ...]
+    env: tuple[EnvModification, ...] | None
+    ld_library_path: bool = field(default=False, kw_only=True)
+    source: Path
+    # Excluded from hashing so a Package stays hashable; the parsed fields carry its identity.
+    metadata: Mapping[str, Any] = field(default_factory=dict, kw_only=True, hash=False)
+
+    @property
+    def key(self) -> str:
+        """The identity of the package within one load: its package file's resolved path."""
+        return str(self.source.resolve())
+
+    @property
+    def label(self) -> str:
+        """``name-version``, the way messages and tags refer to the package."""
+        return f"{self.name}-{self.version}"
+
+
+def is_valid_hash(text: object) -> bool:
+    """Whether ``text`` is a package hash: 32 characters of lowercase base32 (``a-z``, ``2-7``)."""
+    return isinstance(text, str) and _HASH.fullmatch(text) is not None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            # json.loads would silently keep the last one; a repeated key is a mistake.
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise PackageError(f"package file {path}: unknown type {suffix or '(none)'!r}; use .json or .toml")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PackageError(f"package file {path} not found") from None
+    except OSError as exc:
+        raise PackageError(f"cannot read package file {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+        if suffix == ".json":
+            doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        else:
+            doc = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise PackageError(f"package file {path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise PackageError(f"package file {path}: invalid JSON: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PackageError(f"package file {path}: invalid TOML: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise PackageError(f"package file {path}: invalid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PackageError(f"package file {path}: the top level must be an object/table")
+    if "spec" in doc and isinstance(doc["spec"], Mapping) and "nodes" in doc["spec"]:
+        raise PackageError(
+            f"package file {path} is a Spack spec.json; write an imagesmith package file "
+            "(see docs/packages.md) that names its content and prefix"
+        )
+    return doc
+
+
+def _string(path: Path, doc: Mapping[str, Any], key: str) -> str:
+    if key not in doc:
+        raise PackageError(f"package file {path}: '{key}' is required")
+    value = doc[key]
+    if not isinstance(value, str):
+        raise PackageError(f"package file {path}: '{key}' must be a string (quote it), not {value!r}")
+    return value
+
+
+def _check_prefix(path: Path, prefix: str) -> str:
+    problem = None
+    if not prefix.startswith("/"):
+        problem = "must be absolute (start with /)"
+    elif prefix == "/" or prefix.strip("/") == "":
+        problem = "cannot be / itself"
+    elif ".." in prefix.split("/"):
+        problem = "must not contain .."
+    elif ":" in prefix:
+        problem = "must not contain ':' (it would split PATH-like variables)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in prefix):
+        problem = "must not contain control characters"
+    elif prefix.startswith("//") or posixpath.normpath(prefix) != prefix:
+        problem = f"must be normalised (write {posixpath.normpath('/' + prefix.lstrip('/'))!r})"
+    if problem:
+        raise PackageError(f"package file {path}: prefix {prefix!r} {problem}")
+    return prefix
+
+
+def _content(path: Path, doc: Mapping[str, Any]) -> tuple[Path, ContentKind]:
+    raw = _string(path, doc, "content")
+    if not raw:
+        raise PackageError(f"package file {path}: 'content' must not be empty")
+    content = path.parent / raw
+    if not content.exists():
+        raise PackageError(f"package file {path}: content {raw!r} not found (looked for {content})")
+    content = content.resolve()
+    if content.is_dir():
+        return content, "directory"
+    if not content.is_file():
+        raise PackageError(
+            f"package file {path}: content {raw!r} is neither a directory nor a regular file"
+        )
+    if not content.name.lower().endswith(TARBALL_SUFFIXES):
+        raise PackageError(
+            f"package file {path}: content {raw!r} is a file but not a tarball; "
+            f"use a directory or a {', '.join(TARBALL_SUFFIXES)} file"
+        )
+    return content, "tarball"
+
+
+def _depends(path: Path, doc: Mapping[str, Any]) -> tuple[str, ...]:
+    raw = doc.get("depends", [])
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item for item in raw):
+        raise PackageError(
+            f"package file {path}: 'depends' must be a list of package file paths "
+            "(relative to this file)"
+        )
+    own = str(path.resolve())
+    keys: list[str] = []
+    for item in raw:
+        key = str((path.parent / item).resolve())
+        if key == own:
+            raise PackageError(f"package file {path}: 'depends' lists the package itself ({item!r})")
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
+def load_package(path: str | Path) -> Package:
+    """Load and validate one package file (``.json`` or ``.toml``), without its dependencies.
+
+    Required: ``name`` (``[A-Za-z0-9_.+-]+``), ``version`` (no whitespace), ``prefix`` (absolute,
+    normalised, not ``/``, no ``..`` or ``:``) and ``content`` (a directory or a ``.tar``,
+    ``.tar.gz``, ``.tgz`` or ``.tar.zst`` file, relative to the package file, which must exist).
+    Optional: ``hash`` (32 lowercase base32 characters), ``depends`` (package files relative to
+    this one), ``env`` (see :func:`~imagesmith.envmods.env_from_json`; ``{prefix}`` is expanded
+    here), ``ld_library_path`` (a boolean, only with an inferred env), ``description`` and any
+    key starting with ``x-``. Every problem raises :class:`PackageError` naming the file and
+    the field.
+    """
+    source = Path(path).resolve()
+    doc = _read_document(source)
+    unknown = [k for k in doc if k not in _KNOWN_KEYS and not str(k).startswith("x-")]
+    if unknown:
+        raise PackageError(
+            f"package file {source}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known keys are {', '.join(_KNOWN_KEYS)} (prefix your own keys with x-)"
+        )
+    name = _string(source, doc, "name")
+    if not _NAME.fullmatch(name):
+        raise PackageError(
+            f"package file {source}: name {name!r} must be letters, digits and . _ + -"
+        )
+    version = _string(source, doc, "version")
+    if not version or any(c.isspace() for c in version) or not version.isprintable():
+        raise PackageError(
+            f"package file {source}: version {version!r} must be non-empty, without whitespace"
+        )
+    prefix = _check_prefix(source, _string(source, doc, "prefix"))
+    content, kind = _content(source, doc)
+    explicit_hash = doc.get("hash")
+    if explicit_hash is not None and not is_valid_hash(explicit_hash):
+        raise PackageError(
+            f"package file {source}: hash {explicit_hash!r} must be {HASH_LENGTH} characters "
+            "of lowercase base32 (a-z, 2-7)"
+        )
+    depends = _depends(source, doc)
+    env: tuple[EnvModification, ...] | None = None
+    if "env" in doc:
+        env = tuple(mod.expand(prefix) for mod in env_from_json(doc["env"], f"package file {source}"))
+    ld_library_path = doc.get("ld_library_path", False)
+    if not isinstance(ld_library_path, bool):
+        raise PackageError(f"package file {source}: 'ld_library_path' must be true or false")
+    if ld_library_path and env is not None:
+        raise PackageError(
+            f"package file {source}: 'ld_library_path' only applies to an inferred env; "
+            "with an explicit env, add LD_LIBRARY_PATH under env.prepend_path"
+        )
+    description = doc.get("description")
+    if description is not None and not isinstance(description, str):
+        raise PackageError(f"package file {source}: 'description' must be a string")
+    return Package(
+        name=name,
+        version=version,
+        prefix=prefix,
+        content=content,
+        content_kind=kind,
+        hash=explicit_hash,
+        depends=depends,
+        env=env,
+        ld_library_path=ld_library_path,
+        source=source,
+        metadata=doc,
+    )
+
+
+def load_packages(paths: Sequence[str | Path]) -> list[Package]:
+    """Load package files and all their dependencies, each once, dependencies first.
+
+    The order is a depth-first walk: each package comes right after its dependencies, which are
+    visited in the order they are listed, and the given files are visited in the order given,
+    so the result is deterministic. A dependency cycle raises :class:`PackageError` showing the
+    cycle; a missing dependency file raises one naming the package that depends on it; two
+    different files installing to the same prefix raise one naming both.
+    """
+    if isinstance(paths, (str, Path)):
+        raise UsageError("load_packages takes a list of package files, not a single path")
+    loaded: dict[str, Package] = {}
+    ordered: list[Package] = []
+    done: set[str] = set()
+
+    def load(key: str, dependent: Package | None) -> Package:
+        if key not in loaded:
+            if dependent is not None and not Path(key).exists():
+                raise PackageError(
+                    f"package {dependent.label} ({dependent.source}) depends on {key}, "
+                    "which does not exist"
+                )
+            loaded[key] = load_package(key)
+        return loaded[key]
+
+    for root in paths:
+        root_key = str(Path(root).resolve())
+        if root_key in done:
+            continue
+        # Iterative depth-first walk: (package, index of the next dependency to visit).
+        stack: list[tuple[Package, int]] = [(load(root_key, None), 0)]
+        on_stack = {root_key}
+        while stack:
+            package, index = stack[-1]
+            if index < len(package.depends):
+                stack[-1] = (package, index + 1)
+                dep_key = package.depends[index]
+                if dep_key in done:
+                    continue
+                dep = load(dep_key, package)
+                if dep_key in on_stack:
+                    chain = [p for p, _ in stack]
+                    start = next(i for i, p in enumerate(chain) if p.key == dep_key)
+                    cycle = [*chain[start:], dep]
+                    raise PackageError(
+                        "dependency cycle: "
+                        + " -> ".join(f"{p.label} ({p.source.name})" for p in cycle)
+                    )
+                stack.append((dep, 0))
+                on_stack.add(dep_key)
+                continue
+            stack.pop()
+            on_stack.discard(package.key)
+            done.add(package.key)
+            ordered.append(package)
+
+    by_prefix: dict[str, Package] = {}
+    for package in ordered:
+        other = by_prefix.setdefault(package.prefix, package)
+        if other is not package:
+            raise PackageError(
+                f"packages {other.label} ({other.source}) and {package.label} ({package.source}) "
+                f"both install to {package.prefix}"
+            )
+    return ordered
+
+
+def package_hash(package: Package, dependency_hashes: Sequence[str], diff_id: Digest) -> str:
+    """The package's hash: the one from its file, else one derived from what defines it.
+
+    The derived hash is the first 32 characters of the lowercase, unpadded base32 encoding of
+    the sha256 of a canonical JSON document holding the name, version, prefix, the explicit env
+    (or null when it is inferred, with the ``ld_library_path`` flag), the sorted hashes of the
+    direct dependencies and the content's ``diff_id``; the same inputs always give the same
+    hash, and changing any of them changes it.
+    """
+    if package.hash is not None:
+        return package.hash
+    for dep in dependency_hashes:
+        if not is_valid_hash(dep):
+            raise PackageError(
+                f"package {package.label}: dependency hash {dep!r} is not {HASH_LENGTH} "
+                "characters of lowercase base32"
+            )
+    document = {
+        "schema": _HASH_SCHEMA,
+        "name": package.name,
+        "version": package.version,
+        "prefix": package.prefix,
+        "env": None if package.env is None else env_to_json(package.env),
+        "ld_library_path": package.ld_library_path,
+        "dependencies": sorted(dependency_hashes),
+        "diff_id": str(diff_id),
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode("utf-8")).digest()
+    return base64.b32encode(digest).decode("ascii").lower()[:HASH_LENGTH]
