@@ -1,0 +1,400 @@
+"""The local content-addressed blob cache.
+
+Layout under the root (``$IMAGESMITH_CACHE_DIR``, else the platform's user cache directory)::
+
+    blobs/sha256/<hex>      one file per blob, named by the digest of its bytes
+    records/<sha256>.json   small JSON records (e.g. "this input gave that layer"), keyed by
+                            the sha256 of a caller-chosen key string
+    tmp/                    files being written; renamed into place when complete
+
+Writes are atomic: bytes go to a uniquely named temp file under ``tmp/``, are fsynced and
+checked against the expected digest and size, and only then renamed into place with
+:func:`os.replace`. A reader therefore sees a complete blob or none, two processes writing the
+same digest both succeed (the second rename replaces identical bytes), and a process killed
+mid-write leaves only a temp file, removed later by :meth:`BlobCache.clean_temp`.
+
+Reads are verified: :meth:`BlobCache.open` hashes while it reads, and a blob whose bytes do not
+match its name (truncated, bit-flipped, emptied) raises :class:`IntegrityError` and is evicted,
+so the next run fetches or builds it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import platformdirs
+
+from .digests import CHUNK, Digest, Hasher, VerifyingReader
+from .errors import CacheError, IntegrityError
+
+__all__ = ["CACHE_ENV", "BlobCache", "BlobWriter", "CachedBlobReader"]
+
+CACHE_ENV = "IMAGESMITH_CACHE_DIR"
+
+
+def _fail(action: str, path: Path, exc: OSError) -> CacheError:
+    hint = ""
+    if exc.errno == errno.ENOSPC:
+        hint = ": the disk is full; free space or set IMAGESMITH_CACHE_DIR to another disk"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = f": set {CACHE_ENV} to a writable directory"
+    return CacheError(f"cannot {action} {path}: {exc.strerror or exc}{hint}")
+
+
+class BlobWriter:
+    """The writable end of :meth:`BlobCache.put_stream`.
+
+    ``write`` hashes and stores bytes; ``size`` counts them. ``digest`` is available once the
+    ``with`` block has exited without error.
+    """
+
+    def __init__(self, f: IO[bytes], algorithm: str, limit: int | None, tmp: Path) -> None:
+        self._f = f
+        self._hasher = Hasher(algorithm)
+        self._limit = limit
+        self._tmp = tmp
+        self._digest: Digest | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._hasher.size
+
+    @property
+    def digest(self) -> Digest:
+        """The digest of everything written; valid after the ``with`` block ends."""
+        if self._digest is None:
+            raise CacheError("the blob digest is known only after its writer is closed")
+        return self._digest
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Store ``data``; more bytes than the announced size raise :class:`IntegrityError`."""
+        self._hasher.update(data)
+        if self._limit is not None and self._hasher.size > self._limit:
+            raise IntegrityError(f"blob is longer than its announced size {self._limit}")
+        try:
+            self._f.write(data)
+        except OSError as exc:
+            raise _fail("write", self._tmp, exc) from None
+        return len(data)
+
+
+class CachedBlobReader:
+    """A verifying reader over a cached blob; see :meth:`BlobCache.open`.
+
+    ``read(n)`` returns up to ``n`` bytes; at the end of the blob its size and digest are
+    checked, and a mismatch evicts the entry and raises :class:`IntegrityError`.
+    """
+
+    def __init__(self, cache: BlobCache, digest: Digest, f: IO[bytes], size: int | None) -> None:
+        self._cache = cache
+        self._digest = digest
+        self._f = f
+        self._reader = VerifyingReader(f, digest, size, f"cached blob {digest}")
+
+    def read(self, n: int = -1, /) -> bytes:
+        """Read up to ``n`` bytes (1 MiB if negative); ``b""`` at the verified end."""
+        try:
+            return self._reader.read(n)
+        except IntegrityError:
+            self.close()
+            self._cache.evict(self._digest)
+            raise
+        except OSError as exc:
+            raise _fail("read", self._cache.path(self._digest), exc) from None
+
+    def read_all(self) -> bytes:
+        """Read the rest into memory (only for small blobs such as configs and manifests)."""
+        parts = []
+        while chunk := self.read(CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Close the underlying file."""
+        self._f.close()
+
+    def __enter__(self) -> CachedBlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BlobCache:
+    """A content-addressed store of blobs and small JSON records on the local disk.
+
+    ``root`` defaults to ``$IMAGESMITH_CACHE_DIR`` when set, else
+    ``platformdirs.user_cache_dir("imagesmith")``. Directories are created on first write, so
+    a cache that is only queried never touches the disk; that first write also removes temp
+    files older than an hour (see :meth:`clean_temp`).
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        if root is None:
+            env = os.environ.get(CACHE_ENV)
+            root = Path(env) if env else Path(platformdirs.user_cache_dir("imagesmith"))
+        self.root = Path(root).expanduser().absolute()
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"BlobCache({str(self.root)!r})"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where files being written live until they are complete."""
+        return self.root / "tmp"
+
+    def _ensure(self, digest_dir: str = "sha256") -> None:
+        if self._ready and digest_dir == "sha256":
+            return
+        for sub in (self.tmp_dir, self.root / "records", self.root / "blobs" / digest_dir):
+            try:
+                sub.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _fail("create the cache directory", sub, exc) from None
+        if digest_dir == "sha256" and not self._ready:
+            self._ready = True
+            # Leftovers of killed processes are swept on the first write of each process.
+            try:
+                self.clean_temp()
+            except CacheError:
+                pass
+
+    def path(self, digest: Digest) -> Path:
+        """Where the blob ``digest`` lives: ``root/blobs/<algorithm>/<hex>`` (present or not)."""
+        return self.root / "blobs" / digest.algorithm / digest.hex
+
+    def has(self, digest: Digest, size: int | None = None) -> bool:
+        """Whether the blob is present (and, when ``size`` is given, exactly that large).
+
+        This checks existence and size only; the bytes are verified when read (:meth:`open`)
+        or on demand (:meth:`verify`).
+        """
+        try:
+            st = self.path(digest).stat()
+        except OSError:
+            return False
+        return size is None or st.st_size == size
+
+    def open(self, digest: Digest, size: int | None = None) -> CachedBlobReader:
+        """Open a cached blob for verified reading.
+
+        A missing blob raises :class:`CacheError`. A blob whose size on disk differs from
+        ``size`` is evicted at once and raises :class:`IntegrityError`; one whose bytes turn out
+        not to match ``digest`` raises it when the end is read, and is evicted too.
+        """
+        path = self.path(digest)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - owned by the returned reader
+        except FileNotFoundError:
+            raise CacheError(f"blob {digest} is not in the cache ({path})") from None
+        except OSError as exc:
+            raise _fail("open", path, exc) from None
+        if size is not None:
+            actual = os.fstat(f.fileno()).st_size
+            if actual != size:
+                f.close()
+                self.evict(digest)
+                raise IntegrityError(
+                    f"cached blob {digest} has {actual} bytes instead of {size}: evicted"
+                )
+        return CachedBlobReader(self, digest, f, size)
+
+    @contextlib.contextmanager
+    def put_stream(self, expected: Digest | None = None, size: int | None = None) -> Iterator[BlobWriter]:
+        """Write a blob through a :class:`BlobWriter`, atomically, in a ``with`` block.
+
+        Bytes go to a unique temp file under ``root/tmp``; when the block ends they are fsynced,
+        checked against ``expected`` and ``size`` if given (:class:`IntegrityError` otherwise),
+        and renamed into place. If the blob is already present with the same size the temp file
+        is simply dropped. On any exception the temp file is removed and nothing is published.
+        """
+        algorithm = expected.algorithm if expected is not None else "sha256"
+        self._ensure(algorithm)
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"blob-{os.getpid()}-", suffix=".tmp")
+        except OSError as exc:
+            raise _fail("create a temp file in", self.tmp_dir, exc) from None
+        tmp = Path(tmp_name)
+        try:
+            # mkstemp makes 0600 files; blobs are content, not secrets, and may be linked into
+            # an OCI layout that other users read.
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                writer = BlobWriter(f, algorithm, size, tmp)
+                yield writer
+                try:
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError as exc:
+                    raise _fail("write", tmp, exc) from None
+            digest = writer._hasher.digest
+            if size is not None and writer.size != size:
+                raise IntegrityError(f"blob is truncated: got {writer.size} bytes, expected {size}")
+            if expected is not None and digest != expected:
+                raise IntegrityError(f"blob does not match its digest: expected {expected}, got {digest}")
+            self._publish(tmp, digest, writer.size)
+            writer._digest = digest
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _publish(self, tmp: Path, digest: Digest, size: int) -> None:
+        final = self.path(digest)
+        if self.has(digest, size):
+            return  # same bytes already there; the caller's finally drops the temp file
+        try:
+            tmp.replace(final)
+        except OSError as exc:
+            raise _fail("store blob", final, exc) from None
+        self._fsync_dir(final.parent)
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        # Make the rename itself durable; not every filesystem supports it, which is harmless.
+        try:
+            fd = os.open(directory, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def put_bytes(self, data: bytes) -> Digest:
+        """Store ``data`` (a small blob such as a config or manifest) and return its digest."""
+        with self.put_stream() as writer:
+            writer.write(data)
+        return writer.digest
+
+    def put_file(self, src: Path) -> Digest:
+        """Copy the file ``src`` into the cache, hashing while copying, and return its digest."""
+        try:
+            f = open(src, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise CacheError(f"cannot read {src}: {exc.strerror or exc}") from None
+        with f, self.put_stream() as writer:
+            while True:
+                try:
+                    chunk = f.read(CHUNK)
+                except OSError as exc:
+                    raise CacheError(f"cannot read {src}: {exc.strerror or exc}") from None
+                if not chunk:
+                    break
+                writer.write(chunk)
+        return writer.digest
+
+    def verify(self, digest: Digest) -> bool:
+        """Rehash a cached blob: ``True`` if intact; ``False`` (and evicted) if corrupt or missing."""
+        path = self.path(digest)
+        hasher = Hasher(digest.algorithm)
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _fail("read", path, exc) from None
+        if hasher.digest != digest:
+            self.evict(digest)
+            return False
+        return True
+
+    def evict(self, digest: Digest) -> None:
+        """Remove a blob from the cache (no error when it is absent)."""
+        path = self.path(digest)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _fail("remove", path, exc) from None
+
+    def _record_path(self, key: str) -> Path:
+        return self.root / "records" / (hashlib.sha256(key.encode("utf-8")).hexdigest() + ".json")
+
+    def get_record(self, key: str) -> dict[str, Any] | None:
+        """The JSON record stored under ``key``, or ``None`` when absent or unreadable.
+
+        A corrupt record (not JSON, not an object, stored under another key) counts as missing:
+        records are hints that save work, never the source of truth.
+        """
+        path = self._record_path(key)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("value"), dict):
+            return None
+        value: dict[str, Any] = doc["value"]
+        return value
+
+    def put_record(self, key: str, value: dict[str, Any]) -> None:
+        """Store ``value`` (JSON-serialisable) under ``key``, atomically replacing any old record."""
+        self._ensure()
+        try:
+            data = json.dumps({"key": key, "value": value}, sort_keys=True).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise CacheError(f"record {key!r} is not JSON-serialisable: {exc}") from None
+        path = self._record_path(key)
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"record-{os.getpid()}-", suffix=".tmp")
+        except OSError as exc:
+            raise _fail("create a temp file in", self.tmp_dir, exc) from None
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(path)
+        except OSError as exc:
+            raise _fail("write record", path, exc) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def clean_temp(self, older_than: float = 3600) -> int:
+        """Remove temp files older than ``older_than`` seconds; return how many were removed.
+
+        Temp files older than that belong to processes that were killed or crashed (a live
+        writer keeps touching its file). Pass 0 to remove every temp file, only when no other
+        process uses the cache.
+        """
+        cutoff = time.time() - older_than
+        removed = 0
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise _fail("list", self.tmp_dir, exc) from None
+        for entry in entries:
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
+                    Path(entry.path).unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # its writer finished or another cleaner got there first
+            except OSError as exc:
+                raise _fail("remove", Path(entry.path), exc) from None
+        return removed

@@ -1,0 +1,640 @@
+"""Turning package content into deterministic layers.
+
+Content comes from a directory (:func:`directory_entries`) or a tarball
+(:func:`tarball_entries`) as a stream of :class:`~imagesmith.tarwriter.TarEntry`, and
+:func:`build_layer` writes it as a tar, hashes it (the diff_id), compresses it, hashes that
+(the digest) and stores it in the blob cache, in one streaming pass.
+
+Determinism (the same content always gives the same diff_id and digest):
+
+- entries are sorted by the bytes of their archive path (directories compared as ``name/``),
+  every parent directory is present, and the parents of the install prefix come first;
+- every entry gets the same mtime: ``$SOURCE_DATE_EPOCH`` when set, else 0;
+- uid and gid are 0 and user and group names empty; no atime, ctime or other PAX extras;
+- hardlinks are kept: the first path of a hardlinked set in sorted order carries the data,
+  the others link to it;
+- gzip headers carry no mtime and no file name (see :mod:`imagesmith.compression`).
+
+Mode and special-file policy. ``preserve=False`` (packages, the default): directories 0755,
+regular files 0755 when any execute bit is set and 0644 otherwise, symlinks 0777;
+setuid, setgid and sticky bits are dropped, owners become 0:0; device nodes and FIFOs raise
+:class:`LayerError` naming the path; sockets are skipped (tar cannot represent them and a
+socket left in a prefix is a stale runtime artefact). ``preserve=True`` (importing a root
+filesystem as a base image): permission bits including setuid, setgid and sticky are kept,
+numeric owners come from the filesystem or the tarball, device nodes and FIFOs are kept,
+sockets are still skipped; the mtime is still the fixed one.
+
+Tarball members are checked before anything is written: absolute names, ``..`` components,
+NUL bytes, whiteouts (unless ``allow_whiteouts``), hardlinks to a member not seen before, a
+member below a symlink or file, and member types tar cannot express portably raise
+:class:`LayerError` naming the member.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .cache import BlobCache
+from .compression import Compressor, open_compressor, open_decompressor
+from .digests import Digest, Hasher
+from .errors import LayerError, UsageError
+from .mediatypes import Compression, MediaTypes
+from .model import Descriptor
+from .tarwriter import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarEntry, TarMember, TarWriter, read_members
+
+__all__ = [
+    "MAX_TARBALL_BYTES",
+    "LayerBlob",
+    "TarballEntries",
+    "build_layer",
+    "directory_entries",
+    "normalise_prefix",
+    "source_date_epoch",
+    "tarball_entries",
+]
+
+MAX_TARBALL_BYTES = 64 << 30
+_CHUNK = 1 << 20
+_DIR_MODE = 0o755
+_WHITEOUT = ".wh."
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """A layer stored in the blob cache.
+
+    ``digest`` and ``size`` describe the compressed blob (what a manifest lists); ``diff_id``
+    is the sha256 of the uncompressed tar (what the config's ``rootfs.diff_ids`` lists) and
+    ``uncompressed_size`` its length. ``directories`` holds every directory of the layer as a
+    relative path without leading or trailing slash (``"opt/pkg/bin"``).
+    """
+
+    digest: Digest
+    diff_id: Digest
+    size: int
+    media_type: str
+    directories: frozenset[str]
+    uncompressed_size: int = 0
+
+    def descriptor(self, annotations: Mapping[str, str] | None = None) -> Descriptor:
+        """The manifest descriptor of this layer, with optional annotations."""
+        return Descriptor(
+            media_type=self.media_type,
+            digest=self.digest,
+            size=self.size,
+            annotations=dict(annotations) if annotations else None,
+        )
+
+
+def source_date_epoch() -> int:
+    """The layer mtime: ``int($SOURCE_DATE_EPOCH)`` when set and non-empty, else 0.
+
+    A value that is not a non-negative integer raises :class:`UsageError`, since silently
+    ignoring it would break the reproducibility the variable asks for.
+    """
+    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds since 1970: unset it or fix it"
+        )
+    return value
+
+
+def normalise_prefix(prefix: str) -> str:
+    """Turn an install prefix such as ``/opt/pkg/`` into an archive path (``opt/pkg``).
+
+    Leading and trailing slashes, empty and ``.`` components are dropped; ``..`` or a NUL
+    byte raises :class:`LayerError`. The empty string stands for the root.
+    """
+    if "\0" in prefix:
+        raise LayerError(f"prefix {prefix!r} contains a NUL byte")
+    parts = [p for p in prefix.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise LayerError(f"prefix {prefix!r} must not contain '..'")
+    return "/".join(parts)
+
+
+def _sort_key(name: str, kind: EntryKind) -> bytes:
+    # Comparing directories as "name/" makes a per-directory sort equal the global byte
+    # order of archive paths: everything under "a/" sorts together, right after "a/".
+    raw = name.encode("utf-8")
+    return raw + b"/" if kind == "dir" else raw
+
+
+def _package_mode(kind: EntryKind, mode: int) -> int:
+    if kind == "dir":
+        return _DIR_MODE
+    if kind == "symlink":
+        return 0o777
+    return 0o755 if mode & 0o111 else 0o644
+
+
+def _parents(prefix: str, include_self: bool) -> Iterator[TarEntry]:
+    parts = prefix.split("/") if prefix else []
+    upto = len(parts) if include_self else len(parts) - 1
+    for i in range(1, upto + 1):
+        yield TarEntry("/".join(parts[:i]), "dir", _DIR_MODE)
+
+
+def _utf8_name(raw: bytes, path: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LayerError(f"{path!r}: file names must be valid UTF-8 to go into a layer") from None
+
+
+def _kind_of(mode: int) -> EntryKind | None:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISCHR(mode):
+        return "chardev"
+    if stat.S_ISBLK(mode):
+        return "blockdev"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    return None  # sockets (and anything exotic): skipped by policy
+
+
+def _sorted_children(directory: str, archive_dir: str) -> list[tuple[bytes, str, str, os.stat_result]]:
+    children = []
+    try:
+        with os.scandir(directory) as it:
+            for dirent in it:
+                st = dirent.stat(follow_symlinks=False)
+                raw = os.fsencode(dirent.name)
+                name = _utf8_name(raw, dirent.path)
+                archive_name = f"{archive_dir}/{name}" if archive_dir else name
+                key = archive_name.encode("utf-8") + (b"/" if stat.S_ISDIR(st.st_mode) else b"")
+                children.append((key, archive_name, dirent.path, st))
+    except FileNotFoundError:
+        raise LayerError(f"{directory} disappeared while the layer was built") from None
+    except OSError as exc:
+        raise LayerError(f"cannot read {exc.filename or directory}: {exc.strerror or exc}") from None
+    children.sort(key=lambda child: child[0])
+    return children
+
+
+def directory_entries(root: Path, prefix: str = "", *, preserve: bool = False) -> Iterator[TarEntry]:
+    """Yield the entries of a layer holding the contents of ``root`` at ``prefix``.
+
+    The parents of ``prefix`` come first (``opt``, ``opt/pkg``, each once; ``prefix`` itself
+    carries ``root``'s own attributes), then everything below ``root`` in the byte order of the
+    archive path, walked lazily without following symlinks. Files that share an inode are
+    kept as hardlinks: the first in sorted order is the file, later ones link to it. Modes,
+    owners and special files follow the module's policy for ``preserve``. File data is read
+    only when the entry is written, and its size is checked then.
+    """
+    prefix = normalise_prefix(prefix)
+    try:
+        root_st = Path(root).stat()
+    except OSError as exc:
+        raise LayerError(f"cannot read {root}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(root_st.st_mode):
+        raise LayerError(f"{root} is not a directory")
+    yield from _parents(prefix, include_self=False)
+    if prefix:
+        yield _dir_entry(prefix, root_st, preserve)
+    seen_inodes: dict[tuple[int, int], str] = {}
+    stack = [iter(_sorted_children(os.fspath(root), prefix))]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+            continue
+        _, archive_name, path, st = child
+        entry = _fs_entry(archive_name, path, st, preserve, seen_inodes)
+        if entry is None:
+            continue
+        yield entry
+        if entry.kind == "dir":
+            stack.append(iter(_sorted_children(path, archive_name)))
+
+
+def _dir_entry(name: str, st: os.stat_result, preserve: bool) -> TarEntry:
+    if preserve:
+        return TarEntry(name, "dir", stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid)
+    return TarEntry(name, "dir", _DIR_MODE)
+
+
+def _fs_entry(
+    name: str, path: str, st: os.stat_result, preserve: bool, seen_inodes: dict[tuple[int, int], str]
+) -> TarEntry | None:
+    kind = _kind_of(st.st_mode)
+    if kind is None:
+        return None
+    if kind == "dir":
+        return _dir_entry(name, st, preserve)
+    if kind in ("chardev", "blockdev", "fifo") and not preserve:
+        raise LayerError(
+            f"{path} is a {'FIFO' if kind == 'fifo' else 'device node'}: packages may not contain "
+            "special files; remove it from the prefix"
+        )
+    mode = stat.S_IMODE(st.st_mode) if preserve else _package_mode(kind, st.st_mode)
+    uid, gid = (st.st_uid, st.st_gid) if preserve else (0, 0)
+    if st.st_nlink > 1:
+        inode = (st.st_dev, st.st_ino)
+        first = seen_inodes.get(inode)
+        if first is not None:
+            return TarEntry(name, "hardlink", mode, linkname=first, uid=uid, gid=gid)
+        seen_inodes[inode] = name
+    if kind == "symlink":
+        try:
+            target = os.fspath(Path(path).readlink())
+        except OSError as exc:
+            raise LayerError(f"cannot read symlink {path}: {exc.strerror or exc}") from None
+        _utf8_name(os.fsencode(target), path)
+        return TarEntry(name, "symlink", mode, linkname=target, uid=uid, gid=gid)
+    if kind == "file":
+        return TarEntry(name, "file", mode, size=st.st_size, uid=uid, gid=gid, source=path)
+    return TarEntry(
+        name, kind, mode, uid=uid, gid=gid,
+        devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev),
+    )
+
+
+def _clean_member_name(raw: str, what: str) -> str:
+    if raw.startswith("/"):
+        raise LayerError(
+            f"{what}: member {raw!r} has an absolute name; create the tarball with relative paths"
+        )
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise LayerError(f"{what}: member {raw!r} contains '..' and could escape the image root")
+    return "/".join(parts)
+
+
+@dataclass(slots=True)
+class _Item:
+    """One surviving tarball member; ``target`` is the member a hardlink resolves to."""
+
+    member: TarMember
+    target: TarMember | None
+
+
+class TarballEntries:
+    """The sorted, checked entries of a tarball; made by :func:`tarball_entries`.
+
+    Use it as a context manager (the tarball is indexed once on entry and its temporary
+    decompressed copy removed on exit) or iterate it directly (indexing and cleanup then happen
+    around each iteration). ``root_relative`` says, once indexed, whether the members were
+    already paths relative to ``/`` under the prefix.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        prefix: str,
+        *,
+        allow_whiteouts: bool,
+        preserve: bool,
+        tmpdir: Path | None,
+        max_members: int,
+        max_bytes: int,
+        max_header_bytes: int,
+    ) -> None:
+        self.path = Path(path)
+        self.prefix = normalise_prefix(prefix)
+        self.allow_whiteouts = allow_whiteouts
+        self.preserve = preserve
+        self.tmpdir = tmpdir
+        self.max_members = max_members
+        self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
+        self.root_relative: bool | None = None
+        self._file: IO[bytes] | None = None
+        self._sorted: list[tuple[bytes, str, _Item | None]] = []
+        self._first_of: dict[int, str] = {}
+
+    def __enter__(self) -> TarballEntries:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[TarEntry]:
+        opened_here = self._file is None
+        if opened_here:
+            self.open()
+        try:
+            yield from self._entries()
+        finally:
+            if opened_here:
+                self.close()
+
+    def close(self) -> None:
+        """Close the tarball and drop its temporary decompressed copy and index."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._sorted = []
+        self._first_of = {}
+
+    def open(self) -> None:
+        """Decompress (when needed) and index the tarball; idempotent while open."""
+        if self._file is not None:
+            return
+        self._file = self._uncompressed()
+        try:
+            self._index(self._file)
+        except BaseException:
+            self.close()
+            raise
+
+    def _uncompressed(self) -> IO[bytes]:
+        what = str(self.path)
+        with open_decompressor(self.path) as source:
+            if source.compression == "none":
+                try:
+                    return open(self.path, "rb")
+                except OSError as exc:
+                    raise LayerError(f"cannot open {what}: {exc.strerror or exc}") from None
+            try:
+                # An unlinked temp file: gone even if this process is killed.
+                tmp = tempfile.TemporaryFile(dir=self._temp_dir())  # noqa: SIM115
+            except OSError as exc:
+                raise LayerError(f"cannot create a temp file for {what}: {exc.strerror or exc}") from None
+            try:
+                written = 0
+                while chunk := source.read(_CHUNK):
+                    written += len(chunk)
+                    if written > self.max_bytes:
+                        raise LayerError(
+                            f"{what} decompresses to more than {self.max_bytes} bytes: refusing it "
+                            "(a decompression bomb, or raise the limit for a genuinely huge package)"
+                        )
+                    tmp.write(chunk)
+                tmp.flush()
+            except OSError as exc:
+                tmp.close()
+                raise LayerError(f"cannot decompress {what}: {exc.strerror or exc}") from None
+            except BaseException:
+                tmp.close()
+                raise
+            return tmp
+
+    def _temp_dir(self) -> Path | None:
+        if self.tmpdir is not None:
+            return self.tmpdir
+        # Default to the blob cache's disk: /tmp is often a RAM-backed tmpfs, and a
+        # decompressed package can be many GiB.
+        default = BlobCache().tmp_dir
+        try:
+            default.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return default
+
+    def _index(self, f: IO[bytes]) -> None:
+        what = str(self.path)
+        final: dict[str, _Item | None] = {}
+        for member in read_members(
+            f, what, max_members=self.max_members, max_header_bytes=self.max_header_bytes
+        ):
+            name = _clean_member_name(member.name, what)
+            if not name:
+                continue  # "./" itself: the root, or the prefix, which is emitted anyway
+            self._check_member(name, member, what)
+            target = None
+            if member.kind == "hardlink":
+                target = self._link_target(member, final, what)
+            final[name] = _Item(member, target)
+        prefix = self.prefix
+        self.root_relative = not prefix or all(
+            name == prefix
+            or name.startswith(prefix + "/")
+            or (prefix.startswith(name + "/") and item is not None and item.member.kind == "dir")
+            for name, item in final.items()
+        )
+        if not self.root_relative:
+            final = {f"{prefix}/{name}": item for name, item in final.items()}
+        for prefix_dir in _parents(prefix, include_self=True):
+            final.setdefault(prefix_dir.name, None)
+        for name, child in list(final.items()):
+            parent = name.rpartition("/")[0]
+            while parent:
+                item = final.get(parent)
+                if item is not None and item.member.kind != "dir":
+                    raise LayerError(
+                        f"{what}: member {child.member.name if child else name!r} lies below "
+                        f"{item.member.name!r}, which is a {item.member.kind}, not a directory"
+                    )
+                if parent in final:
+                    break
+                final[parent] = None
+                parent = parent.rpartition("/")[0]
+        self._sorted = sorted(
+            (_sort_key(name, "dir" if item is None else item.member.kind), name, item)
+            for name, item in final.items()
+        )
+        # A hardlinked set is written as the data under its first name in sorted order and
+        # hardlinks to that name for the rest, so the target always precedes its links.
+        first_of: dict[int, str] = {}
+        for _, name, item in self._sorted:
+            if item is None:
+                continue
+            data_member = item.target if item.target is not None else item.member
+            first_of.setdefault(id(data_member), name)
+        self._first_of = first_of
+
+    def _check_member(self, name: str, member: TarMember, what: str) -> None:
+        base = name.rpartition("/")[2]
+        if base.startswith(_WHITEOUT) and not self.allow_whiteouts:
+            raise LayerError(
+                f"{what}: member {member.name!r} is a whiteout: package tarballs may not delete "
+                "files of lower layers"
+            )
+        if member.kind in ("chardev", "blockdev", "fifo") and not self.preserve:
+            raise LayerError(
+                f"{what}: member {member.name!r} is a {'FIFO' if member.kind == 'fifo' else 'device node'}: "
+                "packages may not contain special files"
+            )
+
+    @staticmethod
+    def _link_target(member: TarMember, final: dict[str, _Item | None], what: str) -> TarMember:
+        if member.linkname.startswith("/") or ".." in member.linkname.split("/"):
+            raise LayerError(
+                f"{what}: hardlink {member.name!r} points outside the archive ({member.linkname!r})"
+            )
+        target_name = _clean_member_name(member.linkname, what)
+        item = final.get(target_name)
+        if item is None:
+            raise LayerError(
+                f"{what}: hardlink {member.name!r} points to {member.linkname!r}, which is not an "
+                "earlier member of the tarball"
+            )
+        if item.target is not None:
+            return item.target
+        if item.member.kind == "dir":
+            raise LayerError(f"{what}: hardlink {member.name!r} points to a directory")
+        return item.member
+
+    def _entries(self) -> Iterator[TarEntry]:
+        f = self._file
+        assert f is not None
+        preserve = self.preserve
+        for _, name, item in self._sorted:
+            if item is None:
+                yield TarEntry(name, "dir", _DIR_MODE)
+                continue
+            m = item.target if item.target is not None else item.member
+            first = self._first_of.get(id(m), name)
+            kind = m.kind
+            if preserve:
+                mode, uid, gid, uname, gname = m.mode, m.uid, m.gid, m.uname, m.gname
+            else:
+                mode, uid, gid, uname, gname = _package_mode(kind, m.mode), 0, 0, "", ""
+            if first != name:
+                kind, linkname, size, source = "hardlink", first, 0, None
+            else:
+                linkname = m.linkname if kind == "symlink" else ""
+                size = m.size if kind == "file" else 0
+                source = (f, m.offset) if kind == "file" else None
+            device = kind in ("chardev", "blockdev")
+            yield TarEntry(
+                name, kind, mode, size=size, linkname=linkname, uid=uid, gid=gid, uname=uname,
+                gname=gname, devmajor=m.devmajor if device else 0,
+                devminor=m.devminor if device else 0, source=source,
+            )
+
+
+def tarball_entries(
+    path: Path,
+    prefix: str = "",
+    *,
+    allow_whiteouts: bool = False,
+    preserve: bool = False,
+    tmpdir: Path | None = None,
+    max_members: int = MAX_MEMBERS,
+    max_bytes: int = MAX_TARBALL_BYTES,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> TarballEntries:
+    """The entries of a layer made from the tarball ``path`` (plain, gzip or zstd, by magic).
+
+    When every member lies under ``prefix`` (or is one of its parent directories) the tarball
+    is root-relative, Spack's layout, and used as is; otherwise members are re-rooted under
+    ``prefix``. Entries come out sorted like :func:`directory_entries`, with every parent
+    present. A compressed tarball is decompressed once into an unlinked temp file (in
+    ``tmpdir``; by default the blob cache's ``tmp`` directory, since ``/tmp`` is often in RAM)
+    and member data is read from there by offset, so memory use does not depend on the data
+    size. Limits: ``max_members`` members, ``max_bytes`` decompressed bytes,
+    ``max_header_bytes`` per extended header. Unsafe members (see the module docstring) raise
+    :class:`LayerError`; of duplicate names the last wins, as extraction would.
+    """
+    return TarballEntries(
+        path,
+        prefix,
+        allow_whiteouts=allow_whiteouts,
+        preserve=preserve,
+        tmpdir=tmpdir,
+        max_members=max_members,
+        max_bytes=max_bytes,
+        max_header_bytes=max_header_bytes,
+    )
+
+
+class _TarSink:
+    """Takes tar bytes, cuts them into fixed 1 MiB pieces, hashes them and compresses them.
+
+    Fixed piece boundaries make the codec input independent of how the tar writer happened to
+    split its writes, which keeps the compressed output identical even for codecs whose output
+    depends on call boundaries (and lets a parallel codec split work deterministically).
+    """
+
+    def __init__(self, compressor: Compressor, progress: Callable[[int], None] | None) -> None:
+        self._write_down = compressor.write
+        self._buf = bytearray()
+        self._hasher = Hasher()
+        self._progress = progress
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= _CHUNK:
+            self._drain(len(self._buf) - len(self._buf) % _CHUNK)
+
+    def _drain(self, n: int) -> None:
+        with memoryview(self._buf) as view:
+            for start in range(0, n, _CHUNK):
+                # Release each slice at once: a live export would forbid resizing the buffer.
+                with view[start : start + _CHUNK] as piece:
+                    self._hasher.update(piece)
+                    self._write_down(piece)
+        del self._buf[:n]
+        if self._progress is not None:
+            self._progress(self._hasher.size)
+
+    def finish(self) -> Digest:
+        if self._buf:
+            self._drain(len(self._buf))
+        return self._hasher.digest
+
+    @property
+    def size(self) -> int:
+        return self._hasher.size
+
+
+def build_layer(
+    entries: Iterable[TarEntry],
+    cache: BlobCache,
+    *,
+    media_types: MediaTypes,
+    compression: Compression = "gzip",
+    level: int | None = None,
+    mtime: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> LayerBlob:
+    """Write ``entries`` as a layer blob into ``cache`` and describe it.
+
+    One streaming pass: tar writer -> sha256 (diff_id) -> compressor -> sha256 (digest) ->
+    a temp file in the cache, renamed into place when complete; nothing is held in memory but
+    a few MiB of buffers. ``mtime`` defaults to :func:`source_date_epoch`. ``media_types``
+    picks the layer media type of the image's family (Docker v2 has no zstd: that raises
+    :class:`UsageError` before any work). ``progress``, if given, is called with the number of
+    uncompressed bytes written so far. Entries are written in the order given: use
+    :func:`directory_entries` or :func:`tarball_entries` for a sorted, normalised stream. Any
+    failure raises (usually :class:`LayerError`) and leaves nothing in the cache.
+    """
+    media_type = media_types.layer(compression)
+    if mtime is None:
+        mtime = source_date_epoch()
+    directories: set[str] = set()
+    with cache.put_stream() as blob:
+        compressor = open_compressor(compression, blob, level)
+        sink = _TarSink(compressor, progress)
+        writer = TarWriter(sink, mtime=mtime)
+        for entry in entries:
+            if entry.kind == "dir":
+                directories.add(entry.name)
+            # Record implied parents too, for callers whose entries omit them.
+            parent = entry.name.rpartition("/")[0]
+            while parent and parent not in directories:
+                directories.add(parent)
+                parent = parent.rpartition("/")[0]
+            writer.add(entry)
+        writer.close()
+        diff_id = sink.finish()
+        compressor.close()
+    return LayerBlob(
+        digest=blob.digest,
+        diff_id=diff_id,
+        size=blob.size,
+        media_type=media_type,
+        directories=frozenset(directories),
+        uncompressed_size=sink.size,
+    )

@@ -1,0 +1,563 @@
+"""A small, fast, deterministic tar writer, and a header-only tar reader.
+
+The writer emits POSIX ustar headers, adding a PAX extended header (typeflag ``x``) only when a
+value does not fit: ``path`` / ``linkpath`` for names longer than 100 bytes or not ASCII,
+``size`` for files of 8 GiB or more, ``uid`` / ``gid`` above 2097151, ``uname`` / ``gname``
+longer than 32 bytes or not ASCII. Everything that could vary between runs is fixed: one
+``mtime`` for every entry (the caller passes it), no atime or ctime, PAX header blocks named
+``././@PaxHeader`` with sorted records, device numbers 0 for non-devices, directory names
+ending with ``/``, and no padding after the two zero blocks that end the archive. Whatever
+uid, gid, names and modes an entry carries are written as given: normalising them is the
+caller's policy (see :mod:`imagesmith.layers`).
+
+File data is streamed from a path (opened without following symlinks), from a
+``(file object, offset)`` pair (a member of another tarball), or from a file object passed to
+:meth:`TarWriter.add`. A file whose size differs from its entry's size raises
+:class:`LayerError` naming it, so a file modified while a layer is built never yields a
+silently wrong archive.
+
+:func:`read_members` walks the headers of an uncompressed, seekable tar without reading member
+data into memory. It understands ustar, PAX (``x`` and ``g``), GNU long names (``L`` / ``K``)
+and base-256 numbers, refuses sparse and multi-volume members, and bounds the size of
+extended headers and the number of members.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal, Protocol
+
+from .errors import LayerError
+
+__all__ = [
+    "BLOCK",
+    "MAX_HEADER_BYTES",
+    "MAX_MEMBERS",
+    "EntryKind",
+    "Source",
+    "TarEntry",
+    "TarMember",
+    "TarWriter",
+    "read_members",
+]
+
+BLOCK = 512
+MAX_HEADER_BYTES = 1 << 20
+MAX_MEMBERS = 1_000_000
+_CHUNK = 1 << 20
+_ZERO_BLOCK = bytes(BLOCK)
+_MAX_OCTAL_7 = 0o7777777
+_MAX_OCTAL_11 = 0o77777777777
+
+EntryKind = Literal["file", "dir", "symlink", "hardlink", "chardev", "blockdev", "fifo"]
+Source = str | Path | tuple[IO[bytes], int] | None
+
+_TYPEFLAGS: dict[str, bytes] = {
+    "file": b"0",
+    "hardlink": b"1",
+    "symlink": b"2",
+    "chardev": b"3",
+    "blockdev": b"4",
+    "dir": b"5",
+    "fifo": b"6",
+}
+_KINDS_BY_FLAG: dict[bytes, EntryKind] = {
+    b"0": "file",
+    b"\0": "file",
+    b"7": "file",  # contiguous file: an ordinary file everywhere that matters
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "chardev",
+    b"4": "blockdev",
+    b"5": "dir",
+    b"D": "dir",  # GNU dumpdir: a directory whose data lists its contents
+    b"6": "fifo",
+}
+
+_HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
+
+
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TarEntry:
+    """One archive member, as it will be written.
+
+    ``name`` is relative, ``/``-separated, with no leading or trailing slash and no ``.``,
+    ``..`` or empty components (the writer appends ``/`` to directories). ``size`` is the
+    number of data bytes and is non-zero only for files. ``linkname`` is the symlink target,
+    or for a hardlink the archive name of the member it links to. ``source`` says where file
+    bytes come from when :meth:`TarWriter.add` is not given a stream: a filesystem path or a
+    ``(file object, offset)`` pair. Invalid values raise :class:`LayerError`.
+    """
+
+    name: str
+    kind: EntryKind
+    mode: int
+    size: int = 0
+    linkname: str = ""
+    uid: int = 0
+    gid: int = 0
+    uname: str = ""
+    gname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    source: Source = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if (
+            not name
+            or name.startswith("/")
+            or name.endswith("/")
+            or "\0" in name
+            or any(part in ("", ".", "..") for part in name.split("/"))
+        ):
+            raise LayerError(f"invalid archive member name {name!r}: must be a clean relative path")
+        if self.kind not in _TYPEFLAGS:
+            raise LayerError(f"{name}: unknown entry kind {self.kind!r}")
+        if not 0 <= self.mode <= 0o7777:
+            raise LayerError(f"{name}: mode {self.mode:o} is out of range")
+        if self.size < 0 or (self.size and self.kind != "file"):
+            raise LayerError(f"{name}: a {self.kind} cannot have size {self.size}")
+        if self.kind in ("symlink", "hardlink"):
+            if not self.linkname or "\0" in self.linkname:
+                raise LayerError(f"{name}: a {self.kind} needs a link target without NUL bytes")
+        elif self.linkname:
+            raise LayerError(f"{name}: only links have a link target")
+        if self.uid < 0 or self.gid < 0 or self.devmajor < 0 or self.devminor < 0:
+            raise LayerError(f"{name}: negative uid, gid or device number")
+
+    @property
+    def archive_name(self) -> str:
+        """The name as it appears in the archive: directories end with ``/``."""
+        return self.name + "/" if self.kind == "dir" else self.name
+
+
+def _encode(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LayerError(
+            f"{what!r} is not valid UTF-8: tar names must be UTF-8 (rename the file)"
+        ) from None
+
+
+def _octal(value: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, value)
+
+
+def _pax_record(key: str, value: bytes) -> bytes:
+    body = b" " + key.encode("ascii") + b"=" + value + b"\n"
+    # The length prefix counts itself, so iterate until the digit count is stable.
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length = len(str(length)) + len(body)
+    return str(length).encode("ascii") + body
+
+
+def _fits_field(value: bytes, width: int) -> bool:
+    return len(value) <= width and value.isascii()
+
+
+_NON_ASCII_TO_UNDERSCORE = bytes(range(128)) + b"_" * 128
+
+
+def _ascii_fallback(value: bytes, width: int) -> bytes:
+    # What a reader ignoring PAX would see; any fixed function will do, it only has to be stable.
+    return value[:width].translate(_NON_ASCII_TO_UNDERSCORE)
+
+
+class TarWriter:
+    """Write a deterministic tar stream to ``out`` (anything with ``write(bytes)``).
+
+    Every entry gets ``mtime``; :meth:`add` writes one entry (its header, then its data padded
+    to 512 bytes) and :meth:`close` writes the two zero blocks that end the archive. The writer
+    never closes ``out``. ``bytes_written`` counts the uncompressed bytes emitted so far.
+    """
+
+    def __init__(self, out: _Writable, *, mtime: int) -> None:
+        if not 0 <= mtime <= _MAX_OCTAL_11:
+            raise LayerError(f"mtime {mtime} is outside the range a tar header can hold")
+        self._out = out
+        self._mtime_field = _octal(mtime, 12)
+        self._closed = False
+        self.bytes_written = 0
+
+    def _write(self, data: bytes) -> None:
+        self._out.write(data)
+        self.bytes_written += len(data)
+
+    def add(self, entry: TarEntry, data: IO[bytes] | None = None) -> None:
+        """Append ``entry``; file bytes come from ``data`` when given, else from ``entry.source``.
+
+        Exactly ``entry.size`` bytes are copied. A source that is shorter or unreadable raises
+        :class:`LayerError` naming the entry, and so does a path source that is no longer a
+        regular file or whose size is not ``entry.size`` (the archive written so far is then
+        unusable and should be discarded).
+        """
+        if self._closed:
+            raise LayerError("cannot add entries to a closed tar writer")
+        head = self._headers(entry)
+        if entry.kind != "file" or entry.size == 0:
+            self._write(head)
+            return
+        source = entry.source
+        if data is not None:
+            self._copy(data, entry, entry.name, head, check_longer=False)
+        elif isinstance(source, str | Path):
+            self._copy_path(source, entry, head)
+        elif isinstance(source, tuple):
+            fileobj, offset = source
+            try:
+                fileobj.seek(offset)
+            except OSError as exc:
+                raise LayerError(f"cannot read {entry.name}: {exc.strerror or exc}") from None
+            self._copy(fileobj, entry, entry.name, head, check_longer=False)
+        else:
+            raise LayerError(f"{entry.name}: a file of {entry.size} bytes needs a data source")
+
+    def _copy_path(self, path: str | Path, entry: TarEntry, head: bytes) -> None:
+        try:
+            # O_NOFOLLOW: a file swapped for a symlink after the walk must not be followed.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise LayerError(f"cannot read {path}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise LayerError(f"{path} is no longer a regular file: it changed during the build")
+            if st.st_size != entry.size:
+                raise LayerError(
+                    f"{path} changed size while the layer was built ({entry.size} -> "
+                    f"{st.st_size} bytes): build again once it is no longer being written"
+                )
+            self._copy(f, entry, str(path), head)
+
+    def _copy(
+        self, f: IO[bytes], entry: TarEntry, label: str, head: bytes, *, check_longer: bool = True
+    ) -> None:
+        remaining = entry.size
+        try:
+            while remaining:
+                chunk = f.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise LayerError(
+                        f"{label} shrank while the layer was built: {entry.size - remaining} of "
+                        f"{entry.size} bytes read; build again once it is no longer being written"
+                    )
+                remaining -= len(chunk)
+                # Header, data and padding of a small file go out in one write: many small
+                # files would otherwise cost three calls each down the hashing pipeline.
+                if not remaining:
+                    chunk += bytes(-entry.size % BLOCK)
+                if head:
+                    chunk = head + chunk
+                    head = b""
+                self._write(chunk)
+            if check_longer and f.read(1):
+                raise LayerError(
+                    f"{label} grew while the layer was built (more than {entry.size} bytes); "
+                    "build again once it is no longer being written"
+                )
+        except OSError as exc:
+            raise LayerError(f"cannot read {label}: {exc.strerror or exc}") from None
+
+    def _headers(self, entry: TarEntry) -> bytes:
+        pax: dict[str, bytes] = {}
+        name = _encode(entry.archive_name, entry.name)
+        if not _fits_field(name, 100):
+            pax["path"] = name
+        linkname = _encode(entry.linkname, entry.linkname) if entry.linkname else b""
+        if not _fits_field(linkname, 100):
+            pax["linkpath"] = linkname
+        size_field = _octal(entry.size, 12)
+        if entry.size > _MAX_OCTAL_11:
+            pax["size"] = str(entry.size).encode("ascii")
+            size_field = _octal(0, 12)
+        ids = []
+        for key, value in (("uid", entry.uid), ("gid", entry.gid)):
+            if value > _MAX_OCTAL_7:
+                pax[key] = str(value).encode("ascii")
+                value = 0
+            ids.append(_octal(value, 8))
+        unames = []
+        for key, text in (("uname", entry.uname), ("gname", entry.gname)):
+            raw = _encode(text, text)
+            if not _fits_field(raw, 32):
+                pax[key] = raw
+                raw = b""
+            unames.append(raw)
+        if entry.devmajor > _MAX_OCTAL_7 or entry.devminor > _MAX_OCTAL_7:
+            raise LayerError(f"{entry.name}: device number too large for a tar header")
+        header = self._block(
+            _ascii_fallback(name, 100),
+            _octal(entry.mode, 8),
+            ids[0],
+            ids[1],
+            size_field,
+            _TYPEFLAGS[entry.kind],
+            _ascii_fallback(linkname, 100),
+            unames[0],
+            unames[1],
+            _octal(entry.devmajor, 8),
+            _octal(entry.devminor, 8),
+        )
+        if not pax:
+            return header
+        payload = b"".join(_pax_record(key, pax[key]) for key in sorted(pax))
+        pax_header = self._block(
+            b"././@PaxHeader", _octal(0o644, 8), _octal(0, 8), _octal(0, 8),
+            _octal(len(payload), 12), b"x", b"", b"", b"", _octal(0, 8), _octal(0, 8),
+        )
+        return pax_header + payload + bytes(-len(payload) % BLOCK) + header
+
+    def _block(
+        self, name: bytes, mode: bytes, uid: bytes, gid: bytes, size: bytes, typeflag: bytes,
+        linkname: bytes, uname: bytes, gname: bytes, devmajor: bytes, devminor: bytes,
+    ) -> bytes:
+        block = bytearray(_HEADER.pack(
+            name, mode, uid, gid, size, self._mtime_field, b"        ", typeflag, linkname,
+            b"ustar\0", b"00", uname, gname, devmajor, devminor, b"",
+        ))
+        block[148:156] = b"%06o\0 " % sum(block)
+        return bytes(block)
+
+    def close(self) -> None:
+        """End the archive with two zero blocks (idempotent); ``out`` stays open."""
+        if not self._closed:
+            self._closed = True
+            self._write(_ZERO_BLOCK * 2)
+
+    def __enter__(self) -> TarWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+
+
+@dataclass(slots=True)
+class TarMember:
+    """A member header read by :func:`read_members`; ``offset`` is where its data starts.
+
+    ``name`` and ``linkname`` are decoded exactly as stored (not yet normalised or checked for
+    safety); ``index`` is the member's position in the archive, counting from 0.
+    """
+
+    name: str
+    kind: EntryKind
+    mode: int
+    size: int
+    linkname: str
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+    devmajor: int
+    devminor: int
+    offset: int
+    index: int
+
+
+def _number(field_bytes: bytes, what: str) -> int:
+    if field_bytes and field_bytes[0] & 0x80:
+        # GNU base-256: the first byte's high bit marks it; 0xff would be a negative number.
+        if field_bytes[0] == 0xFF:
+            raise LayerError(f"{what}: negative number in a tar header")
+        return int.from_bytes(bytes([field_bytes[0] & 0x7F]) + field_bytes[1:], "big")
+    text = field_bytes.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise LayerError(f"{what}: corrupt number {text[:20]!r} in a tar header") from None
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LayerError(f"{what}: name {raw!r} is not valid UTF-8") from None
+
+
+def _parse_pax(payload: bytes, what: str) -> dict[str, bytes]:
+    records: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(payload):
+        if payload[pos] == 0:
+            break  # some writers pad the record area with NULs
+        space = payload.find(b" ", pos)
+        try:
+            length = int(payload[pos:space])
+        except ValueError:
+            raise LayerError(f"{what}: corrupt PAX extended header") from None
+        record = payload[pos : pos + length]
+        if space < 0 or length <= 0 or len(record) != length or not record.endswith(b"\n"):
+            raise LayerError(f"{what}: corrupt PAX extended header")
+        key, eq, value = record[space - pos + 1 : -1].partition(b"=")
+        if not eq:
+            raise LayerError(f"{what}: corrupt PAX extended header record")
+        records[_text(key, what)] = value
+        pos += length
+    return records
+
+
+def _read_exact(f: IO[bytes], n: int) -> bytes:
+    data = f.read(n)
+    while len(data) < n:
+        more = f.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def read_members(
+    f: IO[bytes], what: str, *, max_members: int = MAX_MEMBERS, max_header_bytes: int = MAX_HEADER_BYTES
+) -> Iterator[TarMember]:
+    """Yield the member headers of the uncompressed, seekable tar ``f``, in archive order.
+
+    Member data is skipped by seeking, never read; a member whose data extends past the end of
+    the file, a corrupt header, a sparse or multi-volume member, an extended header larger than
+    ``max_header_bytes`` or more than ``max_members`` members raise :class:`LayerError` naming
+    ``what`` and the member. Reading ends at the first zero block; anything after it is ignored,
+    as tar itself does. Names are returned exactly as stored: safety checks are the caller's.
+    """
+    try:
+        total = f.seek(0, os.SEEK_END)
+        f.seek(0)
+    except OSError as exc:
+        raise LayerError(f"cannot read {what}: {exc.strerror or exc}") from None
+    offset = 0
+    index = 0
+    global_pax: dict[str, bytes] = {}
+    pax: dict[str, bytes] = {}
+    long_name: bytes | None = None
+    long_link: bytes | None = None
+    while True:
+        block = _read_exact(f, BLOCK)
+        if not block:
+            if pax or long_name is not None or long_link is not None:
+                raise LayerError(f"{what} is truncated: an extended header has no member")
+            return
+        if len(block) < BLOCK:
+            raise LayerError(f"{what} is truncated at byte {offset}")
+        if block == _ZERO_BLOCK:
+            return
+        where = f"{what}: member #{index} at byte {offset}"
+        try:
+            stored = _number(block[148:156], where)
+        except LayerError:
+            stored = -1
+        if stored != sum(block[:148]) + 256 + sum(block[156:]) and stored != (
+            # Some old writers summed signed chars; accept that form too, as tar does.
+            sum(struct.unpack("148b", block[:148])) + 256 + sum(struct.unpack("356b", block[156:]))
+        ):
+            raise LayerError(f"{where}: not a tar header (bad checksum); the file is not a tar or is corrupt")
+        typeflag = block[156:157]
+        size = _number(block[124:136], where)
+        data_offset = offset + BLOCK
+        end = data_offset + size + (-size % BLOCK)
+        if typeflag in (b"x", b"g", b"L", b"K"):
+            if size > max_header_bytes:
+                raise LayerError(
+                    f"{where}: extended header of {size} bytes exceeds the limit of {max_header_bytes}"
+                )
+            payload = _read_exact(f, size)
+            if len(payload) < size:
+                raise LayerError(f"{what} is truncated inside an extended header at byte {offset}")
+            if typeflag == b"x":
+                pax.update(_parse_pax(payload, where))
+            elif typeflag == b"g":
+                global_pax.update(_parse_pax(payload, where))
+            elif typeflag == b"L":
+                long_name = payload.rstrip(b"\0")
+            else:
+                long_link = payload.rstrip(b"\0")
+            offset = end
+            f.seek(offset)
+            continue
+        records = {**global_pax, **pax} if global_pax else pax
+        if any(key.startswith("GNU.sparse") for key in records) or typeflag == b"S":
+            raise LayerError(
+                f"{where}: sparse members are not supported; re-create the tarball without --sparse"
+            )
+        is_ustar = block[257:263] == b"ustar\0"
+        if "path" in records:
+            raw_name = records["path"]
+        elif long_name is not None:
+            raw_name = long_name
+        else:
+            raw_name = block[0:100].split(b"\0", 1)[0]
+            prefix = block[345:500].split(b"\0", 1)[0]
+            if is_ustar and prefix:
+                raw_name = prefix + b"/" + raw_name
+        if "linkpath" in records:
+            raw_link = records["linkpath"]
+        elif long_link is not None:
+            raw_link = long_link
+        else:
+            raw_link = block[157:257].split(b"\0", 1)[0]
+        name = _text(raw_name, where)
+        where = f"{what}: member {name!r}"
+        if "\0" in name:
+            raise LayerError(f"{where}: NUL byte in the member name")
+        linkname = _text(raw_link, where)
+        if "\0" in linkname:
+            raise LayerError(f"{where}: NUL byte in the link target")
+        if "size" in records:
+            size = _pax_int(records["size"], where)
+            end = data_offset + size + (-size % BLOCK)
+        kind = _KINDS_BY_FLAG.get(typeflag)
+        if typeflag == b"V":
+            kind = None  # a volume label describes the archive, not a file
+        elif kind is None:
+            raise LayerError(
+                f"{where}: unsupported member type {typeflag!r} (multi-volume or vendor extension)"
+            )
+        elif kind == "file" and typeflag in (b"\0", b"0") and name.endswith("/"):
+            kind = "dir"  # pre-POSIX tars mark directories only by the trailing slash
+        if data_offset + size > total:
+            raise LayerError(f"{where} is truncated: its data extends past the end of the archive")
+        if kind is not None:
+            if index >= max_members:
+                raise LayerError(f"{what} has more than {max_members} members: refusing to index it")
+            yield TarMember(
+                name=name,
+                kind=kind,
+                mode=_number(block[100:108], where) & 0o7777,
+                size=size if kind == "file" else 0,
+                linkname=linkname,
+                uid=_pax_int(records["uid"], where) if "uid" in records else _number(block[108:116], where),
+                gid=_pax_int(records["gid"], where) if "gid" in records else _number(block[116:124], where),
+                uname=_text(records.get("uname", block[265:297].split(b"\0", 1)[0]), where),
+                gname=_text(records.get("gname", block[297:329].split(b"\0", 1)[0]), where),
+                devmajor=_number(block[329:337], where) if kind in ("chardev", "blockdev") else 0,
+                devminor=_number(block[337:345], where) if kind in ("chardev", "blockdev") else 0,
+                offset=data_offset,
+                index=index,
+            )
+            index += 1
+        pax = {}
+        long_name = long_link = None
+        offset = end
+        f.seek(offset)
+
+
+def _pax_int(value: bytes, what: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise LayerError(f"{what}: corrupt number {value[:20]!r} in a PAX header") from None
+    if number < 0:
+        raise LayerError(f"{what}: negative number in a PAX header")
+    return number
