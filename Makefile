@@ -1,0 +1,56 @@
+# imagesmith — developer entry points. `make demo` and `make test` work on a fresh Debian
+# machine: they install the system packages (when run as root) and a virtualenv themselves.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+# Real components the tests and the demo use (see docs/testing.md).
+SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apache2-utils openssl
+SYSTEM_FILES := /usr/bin/docker-registry /usr/bin/podman /usr/sbin/runc /usr/bin/skopeo \
+	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl
+
+.PHONY: help demo test lint type check clean system-deps venv
+
+help:
+	@echo "make demo    run the main job end to end on a throwaway local registry"
+	@echo "make test    run the test suite (installs what it needs)"
+	@echo "make lint    ruff;  make type  mypy --strict;  make check  all three"
+	@echo "make clean   remove the virtualenv and caches"
+
+system-deps:
+	@missing=""; for f in $(SYSTEM_FILES); do [ -e $$f ] || missing="$$missing $$f"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing system packages (missing:$$missing)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+		else \
+			echo "missing:$$missing -- install: apt-get install $(SYSTEM_PACKAGES)"; \
+		fi; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: system-deps venv
+	$(BIN)/python examples/demo.py
+
+test: system-deps venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check imagesmith tests examples
+
+type: venv
+	$(BIN)/mypy
+
+check: lint type test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info

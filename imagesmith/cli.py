@@ -1,0 +1,442 @@
+"""The ``imagesmith`` command line: parse arguments, call the library, render the outcome.
+
+Nothing here builds or pushes anything itself. Errors from the library are printed as one
+line (``imagesmith: error: ...``) and mapped to exit codes:
+
+====  =========================================================================
+0     success
+1     any other failure
+2     bad usage or input: arguments, references, package files, templates
+3     registry: authentication, not found, unreachable, rate limited
+4     integrity: content that does not match its digest
+130   interrupted
+====  =========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ._version import __version__
+from .cache import BlobCache
+from .errors import (
+    ImagesmithError,
+    IntegrityError,
+    PackageError,
+    ReferenceFormatError,
+    RegistryError,
+    TemplateError,
+    UsageError,
+)
+from .model import Platform
+from .packages import load_packages
+from .pipeline import BuildOptions, build, import_rootfs, inspect
+from .progress import ProgressEvent
+from .registry.transport import RegistryOptions
+
+__all__ = ["main"]
+
+
+def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
+    group = parser.add_argument_group("registry settings (also before the command)")
+    group.add_argument(
+        "--insecure-registry",
+        dest=f"insecure{suffix}",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="speak plain http to this registry (repeatable; also IMAGESMITH_INSECURE_REGISTRY)",
+    )
+    group.add_argument(
+        "--ca-cert",
+        dest=f"ca_cert{suffix}",
+        metavar="FILE",
+        default=None,
+        help="trust this CA bundle for TLS (also IMAGESMITH_CA_CERT)",
+    )
+    group.add_argument(
+        "--cache-dir",
+        dest=f"cache_dir{suffix}",
+        metavar="DIR",
+        default=None,
+        help="blob cache directory (also IMAGESMITH_CACHE_DIR; default: the user cache dir)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagesmith",
+        description="Assemble runnable container images from install prefixes and tarballs, "
+        "without a Docker daemon or a Dockerfile.",
+    )
+    parser.add_argument("--version", action="version", version=f"imagesmith {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="log every HTTP exchange (secrets redacted) to stderr"
+    )
+    _registry_args(parser, "_global")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    p = commands.add_parser(
+        "build",
+        help="build an image from packages on a base image and push it",
+        description="Append one layer per package (dependencies first) to a base image, merge "
+        "the packages' environment into its config, and push the result.",
+    )
+    p.add_argument(
+        "packages",
+        nargs="+",
+        metavar="PACKAGE",
+        help="package files (JSON or TOML); their dependencies are added",
+    )
+    p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--repo", metavar="REPO", help="target repository; the tag comes from --tag-template")
+    target.add_argument("--tag", metavar="REF", help="full target reference (repo:tag)")
+    p.add_argument(
+        "--tag-template",
+        metavar="TEMPLATE",
+        help="jinja2 template for the tag (default: '{{ name }}-{{ version }}-{{ hash }}.spack'; "
+        "variables: name, version, hash, os, arch)",
+    )
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform to take from a multi-arch base (default: this machine's)",
+    )
+    p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
+    p.add_argument("--level", type=int, metavar="N", help="compression level")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an environment variable after the packages' changes (repeatable)",
+    )
+    p.add_argument("--entrypoint", metavar="CMD", help="entrypoint, as a JSON list or a shell-like string")
+    p.add_argument("--cmd", metavar="CMD", help="command, as a JSON list or a shell-like string")
+    p.add_argument("--workdir", metavar="DIR", help="working directory")
+    p.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="config label (repeatable)"
+    )
+    p.add_argument(
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="manifest annotation (repeatable; OCI bases only)",
+    )
+    p.add_argument(
+        "--profile-script",
+        action="store_true",
+        help="also write the environment to /etc/profile.d/imagesmith.sh in an extra layer",
+    )
+    p.add_argument(
+        "-j", "--jobs", type=int, default=4, metavar="N", help="parallel layer builds and uploads (default 4)"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _registry_args(p, "")
+
+    p = commands.add_parser(
+        "inspect",
+        help="show an image's manifest and config",
+        description="Fetch a manifest (or index) and the image config from a registry.",
+    )
+    p.add_argument("reference", metavar="REF")
+    p.add_argument(
+        "--platform", metavar="OS/ARCH[/VARIANT]", help="for an index: inspect the image of this platform"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--raw", action="store_true", help="print the manifest bytes as stored")
+    _registry_args(p, "")
+
+    p = commands.add_parser(
+        "import",
+        help="turn a root filesystem into a one-layer base image and push it",
+        description="Archive a root filesystem (a directory or a tarball) reproducibly, keeping "
+        "owners, modes and special files, and push it as a one-layer image.",
+    )
+    p.add_argument("rootfs", metavar="ROOTFS", help="directory or tarball (.tar, .tar.gz, .tar.zst)")
+    p.add_argument("--tag", required=True, metavar="REF", help="target reference (repo:tag)")
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform recorded in the config (default: this machine's)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["oci", "docker"],
+        default="oci",
+        help="media-type family of the image (default oci)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable (repeatable; PATH gets the usual default)",
+    )
+    p.add_argument(
+        "--cmd",
+        metavar="CMD",
+        default='["/bin/sh"]',
+        help="default command (JSON list or shell-like string; default /bin/sh)",
+    )
+    p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _registry_args(p, "")
+    return parser
+
+
+def _command(text: str | None, option: str) -> list[str] | None:
+    if text is None:
+        return None
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{option} {text!r} is not a valid JSON list: {exc}") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{option} must be a JSON list of strings")
+        return value
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"{option} {text!r}: {exc}") from None
+
+
+def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} {item!r} must be KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _platform(text: str | None) -> Platform | None:
+    return Platform.parse(text) if text else None
+
+
+def _registry_options(args: argparse.Namespace) -> RegistryOptions:
+    insecure = [*args.insecure_global, *getattr(args, "insecure", [])]
+    hosts = [h.strip() for item in insecure for h in item.split(",") if h.strip()]
+    ca = getattr(args, "ca_cert", None) or args.ca_cert_global
+    if ca is not None and not Path(ca).is_file():
+        raise UsageError(f"--ca-cert {ca}: file not found")
+    overrides: dict[str, Any] = {}
+    if hosts:
+        overrides["insecure"] = frozenset(hosts)
+    if ca is not None:
+        overrides["ca_cert"] = Path(ca)
+    return RegistryOptions.from_env(**overrides)
+
+
+def _cache(args: argparse.Namespace) -> BlobCache:
+    path = getattr(args, "cache_dir", None) or args.cache_dir_global
+    return BlobCache(Path(path) if path else None)
+
+
+class _Progress:
+    """Status lines on a terminal; silent otherwise so output stays parseable."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if not self.enabled:
+            return
+        size = f" ({_human(event.size)})" if event.size else ""
+        words = {
+            "resolve": "resolved base",
+            "layer-built": "built layer",
+            "blob-exists": "already there",
+            "blob-mounted": "mounted",
+            "blob-uploaded": "uploaded",
+            "blob-fetched": "fetched",
+            "manifest-pushed": "pushed manifest",
+        }
+        subject = event.subject
+        if subject.startswith("sha256:"):
+            subject = subject[:19]
+        print(f"  {words.get(event.kind, event.kind):<16} {subject}{size}", file=self.stream, flush=True)
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def _emit(obj: dict[str, Any], stdout: TextIO) -> None:
+    print(json.dumps(obj, indent=2), file=stdout)
+
+
+def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    progress = _Progress(stderr)
+    if args.command == "build":
+        packages = load_packages(args.packages)
+        options = BuildOptions(
+            platform=_platform(args.platform),
+            compression=args.compression,
+            level=args.level,
+            env=tuple(args.env),
+            entrypoint=_command(args.entrypoint, "--entrypoint"),
+            cmd=_command(args.cmd, "--cmd"),
+            workdir=args.workdir,
+            labels=_pairs(args.label, "--label"),
+            annotations=_pairs(args.annotation, "--annotation"),
+            profile_script=args.profile_script,
+            tag_template=args.tag_template,
+            jobs=max(1, args.jobs),
+        )
+        result = build(
+            args.base_image,
+            packages,
+            repo=args.repo,
+            tag=args.tag,
+            options=options,
+            registry=_registry_options(args),
+            cache=_cache(args),
+            progress=progress,
+        )
+        if args.json:
+            _emit(result.to_json(), stdout)
+        else:
+            print(f"Pushed {result.reference} ({result.digest})", file=stdout)
+        return 0
+    if args.command == "import":
+        result_i = import_rootfs(
+            args.rootfs,
+            args.tag,
+            platform=_platform(args.platform),
+            family=args.format,
+            env=tuple(args.env),
+            cmd=_command(args.cmd, "--cmd"),
+            compression=args.compression,
+            registry=_registry_options(args),
+            cache=_cache(args),
+            progress=progress,
+        )
+        if args.json:
+            _emit(result_i.to_json(), stdout)
+        else:
+            print(f"Pushed {result_i.reference} ({result_i.digest}) for {result_i.platform}", file=stdout)
+        return 0
+    if args.command == "inspect":
+        from .registry.client import RegistryPool
+
+        pool = RegistryPool(_registry_options(args))
+        try:
+            if args.raw:
+                from .references import Reference
+
+                ref = Reference.parse(args.reference)
+                response = pool.client(ref.registry).get_manifest(ref.repository, ref.identifier)
+                stdout.write(response.data.decode("utf-8", errors="replace") + "\n")
+                return 0
+            info = inspect(args.reference, platform=_platform(args.platform), pool=pool)
+        finally:
+            pool.close()
+        if args.json:
+            _emit(info.to_json(), stdout)
+        else:
+            _print_inspect(info.to_json(), stdout)
+        return 0
+    raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _print_inspect(data: dict[str, Any], out: TextIO) -> None:
+    print(f"Reference:  {data['reference']}", file=out)
+    print(f"Digest:     {data['digest']}", file=out)
+    print(f"Media type: {data['mediaType']}", file=out)
+    if "manifests" in data:
+        print("Platforms:", file=out)
+        for entry in data["manifests"]:
+            platform = entry.get("platform") or {}
+            name = (
+                "/".join(
+                    x
+                    for x in (platform.get("os"), platform.get("architecture"), platform.get("variant"))
+                    if x
+                )
+                or "-"
+            )
+            print(f"  {name:<20} {entry['digest']} ({_human(entry['size'])})", file=out)
+        return
+    if "platform" in data:
+        print(f"Platform:   {data['platform']}", file=out)
+        print(f"Created:    {data.get('created')}", file=out)
+        config = data["config"]
+        for key in ("Entrypoint", "Cmd", "WorkingDir"):
+            if config.get(key):
+                print(f"{key + ':':<11} {config[key]}", file=out)
+        print("Env:", file=out)
+        for entry in config["Env"]:
+            print(f"  {entry}", file=out)
+        for key, value in sorted(config.get("Labels", {}).items()):
+            print(f"Label:      {key}={value}", file=out)
+    for key, value in sorted(data.get("annotations", {}).items()):
+        print(f"Annotation: {key}={value}", file=out)
+    print(f"Layers ({len(data['layers'])}):", file=out)
+    history = [h for h in data.get("history", []) if not h.get("empty_layer")]
+    for i, layer in enumerate(data["layers"]):
+        note = history[i].get("created_by", "") if i < len(history) else ""
+        print(f"  {layer['digest']} {_human(layer['size']):>9}  {note[:60]}", file=out)
+
+
+def _exit_code(error: ImagesmithError) -> int:
+    if isinstance(error, UsageError | ReferenceFormatError | PackageError | TemplateError):
+        return 2
+    if isinstance(error, RegistryError):
+        return 3
+    if isinstance(error, IntegrityError):
+        return 4
+    return 1
+
+
+def main(
+    argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """Run the CLI with ``argv`` and return the exit code (callable from tests)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.debug:
+        handler = logging.StreamHandler(stderr)
+        handler.setFormatter(logging.Formatter("imagesmith: %(name)s: %(message)s"))
+        logger = logging.getLogger("imagesmith")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    try:
+        return _run(args, stdout, stderr)
+    except ImagesmithError as error:
+        print(f"imagesmith: error: {error}", file=stderr)
+        return _exit_code(error)
+    except KeyboardInterrupt:
+        print("imagesmith: interrupted", file=stderr)
+        return 130
+    finally:
+        if args.debug:
+            logging.getLogger("imagesmith").handlers.clear()
+
+
+def entry_point() -> None:
+    """Console-script entry: exit with :func:`main`'s code."""
+    sys.exit(main())
