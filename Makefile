@@ -25,7 +25,7 @@ system-deps:
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing system packages (missing:$$missing)"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				--no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+				$(SYSTEM_PACKAGES) >/dev/null; \
 		else \
 			echo "missing:$$missing -- install: apt-get install $(SYSTEM_PACKAGES)"; \
 		fi; \

@@ -511,3 +511,150 @@ def test_python_m_and_version() -> None:
     console = shutil.which("imagesmith") or str(Path(sys.executable).parent / "imagesmith")
     ran = subprocess.run([console, "build", "--help"], capture_output=True, text=True, check=True)
     assert "--base-image" in ran.stdout
+
+
+def _push_index(
+    registry: DistributionRegistry, repo: str, tag: str, family: str, platforms: dict[str, str]
+) -> None:
+    """Assemble an index (OCI) or manifest list (Docker) from pushed single-platform images."""
+    from imagesmith import RegistryClient, RegistryOptions
+    from imagesmith.model import Descriptor, Index, Platform
+
+    client = RegistryClient(registry.host, RegistryOptions(insecure=frozenset({registry.host})))
+    entries = []
+    for platform, source_tag in platforms.items():
+        response = client.get_manifest(repo, source_tag)
+        entries.append(
+            Descriptor(
+                response.media_type, response.digest, len(response.data), platform=Platform.parse(platform)
+            )
+        )
+    if family == "oci":
+        # An attestation entry, as buildx writes them: never a platform to choose.
+        first = entries[0]
+        entries.append(
+            Descriptor(
+                mt.OCI_MANIFEST,
+                first.digest,
+                first.size,
+                annotations={"vnd.docker.reference.type": "attestation-manifest"},
+                platform=Platform("unknown", "unknown"),
+            )
+        )
+    media_type = mt.OCI_INDEX if family == "oci" else mt.DOCKER_MANIFEST_LIST
+    index = Index(media_type, tuple(entries))
+    client.put_manifest(repo, tag, index.to_bytes(), media_type)
+    client.close()
+
+
+@pytest.mark.parametrize("family", ["oci", "docker"])
+def test_multi_arch_base_picks_the_platform(
+    registry: DistributionRegistry, busybox_dir: Path, podman: Podman, family: str
+) -> None:
+    host = registry.host
+    repo = f"base/multi-{family}"
+    for arch in ("amd64", "arm64"):
+        ok(
+            "--insecure-registry",
+            host,
+            "import",
+            "--format",
+            family,
+            "--platform",
+            f"linux/{arch}",
+            str(busybox_dir),
+            "--tag",
+            f"{host}/{repo}:{arch}",
+        )
+    _push_index(registry, repo, "1", family, {"linux/amd64": "amd64", "linux/arm64/v8": "arm64"})
+    base = f"{host}/{repo}:1"
+
+    shown = ok("--insecure-registry", host, "inspect", base)
+    assert "linux/amd64" in shown and "linux/arm64/v8" in shown
+
+    native = f"{host}/stack:multi-{family}-amd64"
+    ok(
+        "--insecure-registry",
+        host,
+        "build",
+        "--base-image",
+        base,
+        "--tag",
+        native,
+        "--platform",
+        "linux/amd64",
+        HELLO,
+    )
+    ran = podman.docker("run", "--rm", native, "hello")
+    assert ran.returncode == 0 and ran.stdout.startswith("Hello, world"), ran.stderr
+
+    arm = f"{host}/stack:multi-{family}-arm64"
+    out = json.loads(
+        ok(
+            "--insecure-registry",
+            host,
+            "build",
+            "--base-image",
+            base,
+            "--tag",
+            arm,
+            "--platform",
+            "linux/arm64",
+            "--json",
+            HELLO,
+        )
+    )
+    assert out["base"].startswith(f"{base}@sha256:")  # pinned to the index digest
+    data = json.loads(ok("--insecure-registry", host, "inspect", arm, "--json"))
+    assert data["platform"] in ("linux/arm64", "linux/arm64/v8")
+    expected = mt.OCI_MANIFEST if family == "oci" else mt.DOCKER_MANIFEST
+    assert data["mediaType"] == expected
+
+    code, _, err = cli(
+        "--insecure-registry",
+        host,
+        "build",
+        "--base-image",
+        base,
+        "--tag",
+        f"{host}/stack:never",
+        "--platform",
+        "linux/ppc64le",
+        HELLO,
+    )
+    assert code == 1
+    assert "linux/amd64, linux/arm64/v8" in err and "unknown" not in err
+
+
+def test_tag_template(registry: DistributionRegistry, base: str) -> None:
+    out = json.loads(
+        ok(
+            "--insecure-registry",
+            registry.host,
+            "build",
+            "--base-image",
+            base,
+            "--repo",
+            f"{registry.host}/stack",
+            "--json",
+            "--tag-template",
+            "{{ name }}_{{ version }}+{{ arch }}",
+            HELLO,
+        )
+    )
+    from imagesmith.model import Platform
+
+    assert out["tag"] == f"hello_2.12_{Platform.host().architecture}"  # "+" made a valid tag character
+    code, _, err = cli(
+        "--insecure-registry",
+        registry.host,
+        "build",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/stack",
+        "--tag-template",
+        "{{ nope }}",
+        HELLO,
+    )
+    assert code == 2 and "nope" in err
