@@ -390,16 +390,14 @@ class TarballEntries:
             return tmp
 
     def _temp_dir(self) -> Path | None:
-        if self.tmpdir is not None:
-            return self.tmpdir
         # Default to the blob cache's disk: /tmp is often a RAM-backed tmpfs, and a
         # decompressed package can be many GiB.
-        default = BlobCache().tmp_dir
+        chosen = self.tmpdir if self.tmpdir is not None else BlobCache().tmp_dir
         try:
-            default.mkdir(parents=True, exist_ok=True)
+            chosen.mkdir(parents=True, exist_ok=True)
         except OSError:
-            return None
-        return default
+            return None if self.tmpdir is None else chosen
+        return chosen
 
     def _index(self, f: IO[bytes]) -> None:
         what = str(self.path)

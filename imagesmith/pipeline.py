@@ -148,7 +148,7 @@ def build_package_layers(
                 level=options.level,
             )
         else:
-            with tarball_entries(package.content, prefix) as entries:
+            with tarball_entries(package.content, prefix, tmpdir=cache.tmp_dir) as entries:
                 blob = build_layer(
                     entries,
                     cache,
@@ -398,7 +398,7 @@ def import_rootfs(
                 compression=compression,
             )
         else:
-            with tarball_entries(path, "", allow_whiteouts=False) as entries:
+            with tarball_entries(path, "", preserve=True, tmpdir=cache.tmp_dir) as entries:
                 blob = build_layer(entries, cache, media_types=media_types, compression=compression)
         progress(ProgressEvent("layer-built", str(path), blob.size, str(blob.digest)))
         created = _created()

@@ -658,3 +658,23 @@ def test_tag_template(registry: DistributionRegistry, base: str) -> None:
         HELLO,
     )
     assert code == 2 and "nope" in err
+
+
+def test_import_tarball_keeps_modes_and_owners(
+    registry: DistributionRegistry, busybox_dir: Path, tmp_path: Path, podman: Podman
+) -> None:
+    import tarfile
+
+    rootfs = tmp_path / "rootfs.tar.gz"
+    with tarfile.open(rootfs, "w:gz") as tar:
+        tar.add(busybox_dir, arcname=".")
+        info = tarfile.TarInfo("home/user/owned")
+        info.uid, info.gid, info.mode = 1000, 1000, 0o4755
+        tar.addfile(info, io.BytesIO(b""))
+    ref = f"{registry.host}/base/from-tarball:1"
+    ok("--insecure-registry", registry.host, "import", str(rootfs), "--tag", ref)
+    ran = podman.docker("run", "--rm", ref, "ls", "-lnd", "/tmp")
+    assert ran.returncode == 0 and ran.stdout.startswith("drwxrwxrwt"), ran.stdout + ran.stderr
+    ran = podman.docker("run", "--rm", ref, "ls", "-ln", "/home/user/owned")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("-rwsr-xr-x") and " 1000 " in ran.stdout
