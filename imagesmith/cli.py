@@ -19,10 +19,13 @@ import argparse
 import json
 import logging
 import shlex
+import shutil
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 from ._version import __version__
 from .cache import BlobCache
@@ -246,29 +249,59 @@ def _cache(args: argparse.Namespace) -> BlobCache:
 
 
 class _Progress:
-    """Status lines on a terminal; silent otherwise so output stays parseable."""
+    """A live status line on a terminal; silent otherwise so output stays parseable.
+
+    ``layer-progress`` events redraw one line in place (at most ten times a second); every
+    other event is printed as a finished line.
+    """
+
+    WORDS: ClassVar[dict[str, str]] = {
+        "resolve": "resolved base",
+        "layer-built": "built layer",
+        "blob-exists": "already there",
+        "blob-mounted": "mounted",
+        "blob-uploaded": "uploaded",
+        "blob-fetched": "fetched",
+        "manifest-pushed": "pushed manifest",
+    }
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
+        self._active: dict[str, int] = {}
+        self._last_draw = 0.0
+        self._lock = threading.Lock()
 
     def __call__(self, event: ProgressEvent) -> None:
         if not self.enabled:
             return
-        size = f" ({_human(event.size)})" if event.size else ""
-        words = {
-            "resolve": "resolved base",
-            "layer-built": "built layer",
-            "blob-exists": "already there",
-            "blob-mounted": "mounted",
-            "blob-uploaded": "uploaded",
-            "blob-fetched": "fetched",
-            "manifest-pushed": "pushed manifest",
-        }
-        subject = event.subject
-        if subject.startswith("sha256:"):
-            subject = subject[:19]
-        print(f"  {words.get(event.kind, event.kind):<16} {subject}{size}", file=self.stream, flush=True)
+        with self._lock:
+            if event.kind == "layer-progress":
+                self._active[event.subject] = event.size
+                now = time.monotonic()
+                if now - self._last_draw >= 0.1:
+                    self._last_draw = now
+                    self._draw()
+                return
+            if event.kind == "layer-built":
+                self._active.pop(event.subject, None)
+            subject = event.subject[:19] if event.subject.startswith("sha256:") else event.subject
+            size = f" ({_human(event.size)})" if event.size else ""
+            self._clear()
+            line = f"  {self.WORDS.get(event.kind, event.kind):<16} {subject}{size}"
+            print(line, file=self.stream, flush=True)
+            if self._active:
+                self._draw()
+
+    def _draw(self) -> None:
+        parts = [f"{name} {_human(done)}" for name, done in self._active.items()]
+        width = shutil.get_terminal_size((80, 20)).columns - 1
+        text = ("  archiving        " + ", ".join(parts))[:width]
+        self.stream.write("\r\x1b[K" + text)
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        self.stream.write("\r\x1b[K")
 
 
 def _human(size: int) -> str:

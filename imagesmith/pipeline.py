@@ -15,8 +15,9 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,50 @@ def _created(environ: Mapping[str, str] | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@contextmanager
+def _registry_pool(pool: RegistryPool | None, registry: RegistryOptions | None) -> Iterator[RegistryPool]:
+    """Borrow the caller's pool, or own one for the duration of a call."""
+    if pool is not None:
+        yield pool
+        return
+    owned = RegistryPool(registry or RegistryOptions.from_env())
+    try:
+        yield owned
+    finally:
+        owned.close()
+
+
+def content_layer(
+    content: Path,
+    prefix: str,
+    cache: BlobCache,
+    media_types: mt.MediaTypes,
+    *,
+    compression: mt.Compression = "gzip",
+    level: int | None = None,
+    preserve: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> LayerBlob:
+    """One layer from a directory or a tarball placed at ``prefix`` (relative to ``/``).
+
+    ``progress`` is called with the number of uncompressed bytes archived so far.
+    """
+    if content.is_dir():
+        entries = directory_entries(content, prefix, preserve=preserve)
+        return build_layer(
+            entries, cache, media_types=media_types, compression=compression, level=level, progress=progress
+        )
+    with tarball_entries(content, prefix, preserve=preserve, tmpdir=cache.tmp_dir) as tar_entries:
+        return build_layer(
+            tar_entries,
+            cache,
+            media_types=media_types,
+            compression=compression,
+            level=level,
+            progress=progress,
+        )
+
+
 def build_package_layers(
     packages: Sequence[Package],
     cache: BlobCache,
@@ -138,24 +183,16 @@ def build_package_layers(
         raise UsageError("no packages given: name at least one package file")
 
     def one(package: Package) -> LayerBlob:
-        prefix = package.prefix.lstrip("/")
-        if package.content_kind == "directory":
-            blob = build_layer(
-                directory_entries(package.content, prefix),
-                cache,
-                media_types=media_types,
-                compression=options.compression,
-                level=options.level,
-            )
-        else:
-            with tarball_entries(package.content, prefix, tmpdir=cache.tmp_dir) as entries:
-                blob = build_layer(
-                    entries,
-                    cache,
-                    media_types=media_types,
-                    compression=options.compression,
-                    level=options.level,
-                )
+        subject = f"{package.name}@{package.version}"
+        blob = content_layer(
+            package.content,
+            package.prefix.lstrip("/"),
+            cache,
+            media_types,
+            compression=options.compression,
+            level=options.level,
+            progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+        )
         progress(
             ProgressEvent("layer-built", f"{package.name}@{package.version}", blob.size, str(blob.digest))
         )
@@ -318,9 +355,7 @@ def build(
     """
     options = options or BuildOptions()
     cache = cache or BlobCache()
-    own_pool = pool is None
-    pool = pool or RegistryPool(registry or RegistryOptions.from_env())
-    try:
+    with _registry_pool(pool, registry) as pool:
         base_ref = base if isinstance(base, Reference) else Reference.parse(base)
         platform = options.platform or Platform.host()
         if repo is None and tag is None:
@@ -334,9 +369,6 @@ def build(
         image = assemble(resolved, built, cache, options, _created())
         digest = push_image(image, target, pool=pool, cache=cache, jobs=options.jobs, progress=progress)
         return BuildResult(target, digest, resolved, image, tuple(built))
-    finally:
-        if own_pool:
-            pool.close()
 
 
 @dataclass(frozen=True)
@@ -387,19 +419,16 @@ def import_rootfs(
     platform = platform or Platform.host()
     media_types = mt.DOCKER if family == "docker" else mt.OCI
     cache = cache or BlobCache()
-    own_pool = pool is None
-    pool = pool or RegistryPool(registry or RegistryOptions.from_env())
-    try:
-        if path.is_dir():
-            blob = build_layer(
-                directory_entries(path, "", preserve=True),
-                cache,
-                media_types=media_types,
-                compression=compression,
-            )
-        else:
-            with tarball_entries(path, "", preserve=True, tmpdir=cache.tmp_dir) as entries:
-                blob = build_layer(entries, cache, media_types=media_types, compression=compression)
+    with _registry_pool(pool, registry) as pool:
+        blob = content_layer(
+            path,
+            "",
+            cache,
+            media_types,
+            compression=compression,
+            preserve=True,
+            progress=lambda done: progress(ProgressEvent("layer-progress", str(path), done)),
+        )
         progress(ProgressEvent("layer-built", str(path), blob.size, str(blob.digest)))
         created = _created()
         config = ImageConfig.empty(platform)
@@ -416,9 +445,6 @@ def import_rootfs(
             image = image.with_annotations({ANNOTATION + "created": created})
         digest = push_image(image, ref, pool=pool, cache=cache, progress=progress)
         return ImportResult(ref, digest, blob, platform)
-    finally:
-        if own_pool:
-            pool.close()
 
 
 @dataclass(frozen=True)
@@ -474,9 +500,7 @@ def inspect(
     from .model import MAX_CONFIG_SIZE, select_platform
 
     ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
-    own_pool = pool is None
-    pool = pool or RegistryPool(registry or RegistryOptions.from_env())
-    try:
+    with _registry_pool(pool, registry) as pool:
         client = pool.client(ref.registry)
         response = client.get_manifest(ref.repository, ref.identifier)
         document = parse_manifest_document(response.data, response.media_type, f"manifest of {ref}")
@@ -500,6 +524,3 @@ def inspect(
         config = ImageConfig.parse(data, f"config of {ref}")
         config.check_layers(len(document.layers), f"config of {ref}")
         return InspectResult(ref, str(digest), document.media_type, document, config)
-    finally:
-        if own_pool:
-            pool.close()

@@ -14,12 +14,13 @@ from typing import Literal
 __all__ = ["EventKind", "ProgressCallback", "ProgressEvent", "null_progress"]
 
 EventKind = Literal[
-    "resolve",        # base manifest resolved
-    "layer-built",    # a package layer is in the cache (detail: digest)
-    "blob-exists",    # the target already had a blob
-    "blob-mounted",   # a blob was mounted from another repository
+    "resolve",  # base manifest resolved
+    "layer-progress",  # a layer is being archived (size: uncompressed bytes so far)
+    "layer-built",  # a package layer is in the cache (detail: digest)
+    "blob-exists",  # the target already had a blob
+    "blob-mounted",  # a blob was mounted from another repository
     "blob-uploaded",  # a blob was uploaded
-    "blob-fetched",   # a blob was downloaded into the cache
+    "blob-fetched",  # a blob was downloaded into the cache
     "manifest-pushed",
 ]
 

@@ -1,0 +1,104 @@
+"""The CLI layer alone: parsing, settings merging, rendering, exit codes (no registry)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from imagesmith.cli import _command, _parser, _Progress, _registry_options, main
+from imagesmith.errors import UsageError
+from imagesmith.progress import ProgressEvent
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    return main(list(argv), stdout=out, stderr=err), out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("command", [[], ["build"], ["inspect"], ["import"]])
+def test_help_everywhere(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(*command, "--help")[0] == 0
+    assert "usage: imagesmith" in capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--version")[0] == 0
+    assert capsys.readouterr().out.startswith("imagesmith 0.")
+
+
+def test_missing_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("build", "pkg.json")[0] == 2  # no --base-image, no --repo/--tag
+    assert "--base-image" in capsys.readouterr().err
+    assert run("build", "--base-image", "x", "--repo", "a/b", "--tag", "a/b:c", "p.json")[0] == 2
+
+
+def test_registry_settings_before_after_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    monkeypatch.setenv("IMAGESMITH_INSECURE_REGISTRY", "env.example:5000")
+    monkeypatch.delenv("IMAGESMITH_CA_CERT", raising=False)
+    args = _parser().parse_args(
+        ["--insecure-registry", "a:1", "inspect", "x", "--insecure-registry", "b:2,c", "--ca-cert", str(ca)]
+    )
+    options = _registry_options(args)
+    assert {"a:1", "b:2", "c", "env.example:5000"} <= set(options.insecure)
+    assert options.ca_cert == ca
+    assert options.is_insecure("c:443") and not options.is_insecure("d:1")
+
+
+def test_missing_ca_cert_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run("--ca-cert", "/nonexistent/ca.pem", "inspect", "127.0.0.1:1/x:1")
+    assert code == 2 and "/nonexistent/ca.pem" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('["/bin/sh", "-c"]', ["/bin/sh", "-c"]),
+        ("python3 -m http.server", ["python3", "-m", "http.server"]),
+        ("sh -c 'echo a b'", ["sh", "-c", "echo a b"]),
+    ],
+)
+def test_command_forms(text: str, expected: list[str]) -> None:
+    assert _command(text, "--cmd") == expected
+
+
+@pytest.mark.parametrize("text", ['["unterminated"', "[1, 2]", "sh -c 'open"])
+def test_bad_command_forms(text: str) -> None:
+    with pytest.raises(UsageError, match="--cmd"):
+        _command(text, "--cmd")
+
+
+def test_progress_is_silent_off_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = _Progress(stream)
+    progress(ProgressEvent("layer-progress", "hello@1", 10))
+    progress(ProgressEvent("blob-uploaded", "sha256:" + "a" * 64, 1234))
+    assert stream.getvalue() == ""
+
+
+def test_progress_on_a_terminal() -> None:
+    stream = Tty()
+    progress = _Progress(stream)
+    progress(ProgressEvent("layer-progress", "hello@1", 2_500_000))
+    progress(ProgressEvent("layer-built", "hello@1", 1_000, "sha256:" + "b" * 64))
+    progress(ProgressEvent("blob-uploaded", "sha256:" + "a" * 64, 1234))
+    text = stream.getvalue()
+    assert "archiving        hello@1 2.5 MB" in text
+    assert "built layer      hello@1 (1.0 kB)" in text
+    assert "uploaded         sha256:aaaaaaaaaaaa (1.2 kB)" in text
+
+
+def test_bad_package_file_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x"}')
+    code, out, err = run("build", "--base-image", "127.0.0.1:1/b:1", "--repo", "127.0.0.1:1/r", str(bad))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and str(bad) in err
