@@ -114,9 +114,9 @@ class Reference:
         if colon > last_slash:
             rest, tag = rest[:colon], rest[colon + 1 :]
             validate_tag(tag, original)
+        validate_repository(rest, original)
         if registry == DOCKER_HUB and "/" not in rest:
             rest = "library/" + rest
-        validate_repository(rest, original)
         if len(registry) + 1 + len(rest) > _MAX_NAME:
             raise ReferenceFormatError(
                 f"invalid reference {original[:80]!r}...: name longer than {_MAX_NAME} characters"

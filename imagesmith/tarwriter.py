@@ -450,6 +450,8 @@ def read_members(
                 raise LayerError(f"{what} is truncated: an extended header has no member")
             return
         if len(block) < BLOCK:
+            if offset == 0:
+                raise LayerError(f"{what} is not a tar archive (shorter than one 512-byte header)")
             raise LayerError(f"{what} is truncated at byte {offset}")
         if block == _ZERO_BLOCK:
             return

@@ -102,3 +102,13 @@ def test_bad_package_file_is_one_line(tmp_path: Path) -> None:
     code, out, err = run("build", "--base-image", "127.0.0.1:1/b:1", "--repo", "127.0.0.1:1/r", str(bad))
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and str(bad) in err
+
+
+def test_import_of_a_non_tar_file(tmp_path: Path) -> None:
+    not_tar = tmp_path / "hostname"
+    not_tar.write_text("myhost\n")
+    code, out, err = run(
+        "import", str(not_tar), "--tag", "127.0.0.1:1/x:1", "--cache-dir", str(tmp_path / "c")
+    )
+    assert code == 1 and out == ""
+    assert f"{not_tar} is not a tar archive" in err

@@ -54,7 +54,7 @@ def test_str_and_familiar() -> None:
     ("text", "fragment"),
     [
         ("", "image name is required"),
-        ("Ubuntu", "must be lowercase"),
+        ("Ubuntu", "repository name .Ubuntu. must be lowercase"),
         ("ubuntu:", "invalid tag"),
         ("ubuntu:-x", "invalid tag"),
         ("ubuntu:" + "a" * 129, "invalid tag"),
