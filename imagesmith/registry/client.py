@@ -608,11 +608,17 @@ class RegistryPool:
     store, so tokens are reused for the whole run."""
 
     def __init__(
-        self, options: RegistryOptions | None = None, credentials: CredentialStore | None = None
+        self,
+        options: RegistryOptions | None = None,
+        credentials: CredentialStore | None = None,
+        *,
+        transport: Transport | None = None,
     ) -> None:
-        self.options = options or RegistryOptions()
+        self.options = options or (transport.options if transport else RegistryOptions())
         self.credentials = credentials or CredentialStore(self.options.auth_file)
-        self._transport: Transport | None = None
+        # A caller-supplied transport is the seam tests use to replay recorded exchanges;
+        # auth, redirect and TLS policy stay above it and are exercised for real.
+        self._transport: Transport | None = transport
         self._clients: dict[str, RegistryClient] = {}
         self._lock = threading.Lock()
 
