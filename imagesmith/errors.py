@@ -17,6 +17,9 @@ message a user can act on. The CLI maps the tree to exit codes and prints ``str(
     ├── LayerError                 content that cannot be turned into a layer
     ├── TemplateError              a tag or profile template that does not render
     ├── CacheError                 the local blob cache cannot be used
+    ├── LayoutError                an OCI layout or image archive is missing, malformed or unwritable
+    ├── UnpackError                a layer would write outside the root or breaks the unpack policy
+    ├── DaemonError                a docker-compatible daemon refused or could not be reached
     └── RegistryError              a registry request failed (status, codes, method, URL)
         ├── AuthenticationError    401/403, bad or missing credentials, token endpoint refused
         ├── NotFoundError          the repository, manifest or blob does not exist
@@ -31,10 +34,12 @@ from collections.abc import Sequence
 __all__ = [
     "AuthenticationError",
     "CacheError",
+    "DaemonError",
     "DigestFormatError",
     "ImagesmithError",
     "IntegrityError",
     "LayerError",
+    "LayoutError",
     "ManifestError",
     "NotFoundError",
     "PackageError",
@@ -44,6 +49,7 @@ __all__ = [
     "RegistryError",
     "RegistryUnreachableError",
     "TemplateError",
+    "UnpackError",
     "UsageError",
 ]
 
@@ -94,6 +100,18 @@ class TemplateError(ImagesmithError):
 
 class CacheError(ImagesmithError):
     """The local blob cache cannot be read or written."""
+
+
+class LayoutError(ImagesmithError):
+    """An OCI image layout or image archive is missing, malformed or cannot be written."""
+
+
+class UnpackError(ImagesmithError):
+    """A layer cannot be unpacked safely: an escape from the root, or a member the policy refuses."""
+
+
+class DaemonError(ImagesmithError):
+    """A Docker-compatible daemon (``DOCKER_HOST``) refused a request or could not be reached."""
 
 
 class RegistryError(ImagesmithError):
