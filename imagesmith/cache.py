@@ -28,6 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +37,7 @@ import platformdirs
 from .digests import CHUNK, Digest, Hasher, VerifyingReader
 from .errors import CacheError, IntegrityError
 
-__all__ = ["CACHE_ENV", "BlobCache", "BlobWriter", "CachedBlobReader"]
+__all__ = ["CACHE_ENV", "BlobCache", "BlobWriter", "CacheStats", "CachedBlobReader", "PruneResult"]
 
 CACHE_ENV = "IMAGESMITH_CACHE_DIR"
 
@@ -48,6 +49,48 @@ def _fail(action: str, path: Path, exc: OSError) -> CacheError:
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = f": set {CACHE_ENV} to a writable directory"
     return CacheError(f"cannot {action} {path}: {exc.strerror or exc}{hint}")
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What the cache holds: blobs, records and leftover temp files, with their sizes."""
+
+    root: Path
+    blobs: int
+    blob_bytes: int
+    records: int
+    temp_files: int
+    temp_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "blobs": self.blobs,
+            "blob_bytes": self.blob_bytes,
+            "records": self.records,
+            "temp_files": self.temp_files,
+            "temp_bytes": self.temp_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What :meth:`BlobCache.prune` removed (or would remove, in a dry run)."""
+
+    blobs: int
+    records: int
+    temp_files: int
+    bytes: int
+    dry_run: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "blobs": self.blobs,
+            "records": self.records,
+            "temp_files": self.temp_files,
+            "bytes": self.bytes,
+            "dry_run": self.dry_run,
+        }
 
 
 class BlobWriter:
@@ -205,9 +248,10 @@ class BlobCache:
             if actual != size:
                 f.close()
                 self.evict(digest)
-                raise IntegrityError(
-                    f"cached blob {digest} has {actual} bytes instead of {size}: evicted"
-                )
+                raise IntegrityError(f"cached blob {digest} has {actual} bytes instead of {size}: evicted")
+        # The mtime records the last use, which is what `prune --older-than` goes by.
+        with contextlib.suppress(OSError):
+            os.utime(f.fileno())
         return CachedBlobReader(self, digest, f, size)
 
     @contextlib.contextmanager
@@ -398,3 +442,70 @@ class BlobCache:
             except OSError as exc:
                 raise _fail("remove", Path(entry.path), exc) from None
         return removed
+
+    def _files(self, sub: str) -> Iterator[os.DirEntry[str]]:
+        top = self.root / sub
+        stack = [top]
+        while stack:
+            directory = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _fail("list", directory, exc) from None
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    yield entry
+
+    def stats(self) -> CacheStats:
+        """Count what the cache holds (a directory walk; nothing is hashed)."""
+        blobs = blob_bytes = records = temp_files = temp_bytes = 0
+        for entry in self._files("blobs"):
+            with contextlib.suppress(FileNotFoundError):
+                blob_bytes += entry.stat(follow_symlinks=False).st_size
+                blobs += 1
+        for _ in self._files("records"):
+            records += 1
+        for entry in self._files("tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                temp_bytes += entry.stat(follow_symlinks=False).st_size
+                temp_files += 1
+        return CacheStats(self.root, blobs, blob_bytes, records, temp_files, temp_bytes)
+
+    def prune(self, older_than: float | None = None, *, dry_run: bool = False) -> PruneResult:
+        """Remove blobs and records not used for ``older_than`` seconds (``None``: all of them).
+
+        A blob's mtime is its last use (written, or opened for reading). Temp files of killed
+        writers older than an hour go too; younger ones may belong to a running process.
+        Removing a blob is always safe: the next run builds or fetches it again.
+        """
+        cutoff = None if older_than is None else time.time() - older_than
+        counts = {"blobs": 0, "records": 0}
+        removed_bytes = 0
+        for sub in ("blobs", "records"):
+            for entry in self._files(sub):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    if cutoff is not None and st.st_mtime > cutoff:
+                        continue
+                    if not dry_run:
+                        Path(entry.path).unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise _fail("remove", Path(entry.path), exc) from None
+                counts[sub] += 1
+                removed_bytes += st.st_size
+        stale = 0
+        if dry_run:
+            limit = time.time() - 3600
+            for entry in self._files("tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat(follow_symlinks=False).st_mtime <= limit:
+                        stale += 1
+        else:
+            stale = self.clean_temp()
+        return PruneResult(counts["blobs"], counts["records"], stale, removed_bytes, dry_run)

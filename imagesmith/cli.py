@@ -195,6 +195,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _registry_args(p, "")
+    p = commands.add_parser(
+        "cache",
+        help="show or prune the local blob cache",
+        description="The content-addressed blob cache: built layers and fetched base layers.",
+    )
+    p.add_argument(
+        "--cache-dir",
+        dest="cache_dir",
+        metavar="DIR",
+        default=None,
+        help="blob cache directory (also IMAGESMITH_CACHE_DIR)",
+    )
+    cache_commands = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    cache_commands.required = True
+    info = cache_commands.add_parser("info", help="where the cache is and what it holds")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    prune = cache_commands.add_parser(
+        "prune",
+        help="remove blobs not used recently (everything by default)",
+        description="Remove cached blobs and records; the next build recreates what it needs.",
+    )
+    prune.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="only what has not been used for DAYS days"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    prune.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -388,7 +414,41 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         else:
             _print_inspect(info.to_json(), stdout)
         return 0
+    if args.command == "cache":
+        return _run_cache(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _run_cache(args: argparse.Namespace, stdout: TextIO) -> int:
+    cache = _cache(args)
+    if args.cache_command == "info":
+        stats = cache.stats()
+        if args.json:
+            _emit(stats.to_json(), stdout)
+        else:
+            print(f"Cache:   {stats.root}", file=stdout)
+            print(f"Blobs:   {stats.blobs} ({_human(stats.blob_bytes)})", file=stdout)
+            print(f"Records: {stats.records}", file=stdout)
+            if stats.temp_files:
+                print(
+                    f"Temp:    {stats.temp_files} ({_human(stats.temp_bytes)}) left by interrupted runs",
+                    file=stdout,
+                )
+        return 0
+    if args.older_than is not None and args.older_than < 0:
+        raise UsageError("--older-than DAYS must not be negative")
+    seconds = None if args.older_than is None else args.older_than * 86400
+    result = cache.prune(seconds, dry_run=args.dry_run)
+    if args.json:
+        _emit(result.to_json(), stdout)
+    else:
+        verb = "Would remove" if result.dry_run else "Removed"
+        print(
+            f"{verb} {result.blobs} blobs ({_human(result.bytes)}), {result.records} records, "
+            f"{result.temp_files} temp files from {cache.root}",
+            file=stdout,
+        )
+    return 0
 
 
 def _print_inspect(data: dict[str, Any], out: TextIO) -> None:

@@ -22,7 +22,7 @@ def run(*argv: str) -> tuple[int, str, str]:
     return main(list(argv), stdout=out, stderr=err), out.getvalue(), err.getvalue()
 
 
-@pytest.mark.parametrize("command", [[], ["build"], ["inspect"], ["import"]])
+@pytest.mark.parametrize("command", [[], ["build"], ["inspect"], ["import"], ["cache"], ["cache", "prune"]])
 def test_help_everywhere(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert run(*command, "--help")[0] == 0
     assert "usage: imagesmith" in capsys.readouterr().out
@@ -112,3 +112,46 @@ def test_import_of_a_non_tar_file(tmp_path: Path) -> None:
     )
     assert code == 1 and out == ""
     assert f"{not_tar} is not a tar archive" in err
+
+
+def test_cache_info_and_prune(tmp_path: Path) -> None:
+    import json
+    import os
+    import time
+
+    from imagesmith.cache import BlobCache
+
+    cache = BlobCache(tmp_path / "c")
+    old = cache.put_bytes(b"old blob")
+    new = cache.put_bytes(b"new blob!")
+    cache.put_record("k", {"v": 1})
+    week_ago = time.time() - 7 * 86400
+    os.utime(cache.path(old), (week_ago, week_ago))
+    os.utime(cache._record_path("k"), (week_ago, week_ago))
+
+    code, out, _ = run("cache", "--cache-dir", str(cache.root), "info", "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "root": str(cache.root),
+        "blobs": 2,
+        "blob_bytes": 17,
+        "records": 1,
+        "temp_files": 0,
+        "temp_bytes": 0,
+    }
+    code, out, _ = run("cache", "--cache-dir", str(cache.root), "prune", "--older-than", "3", "--dry-run")
+    assert code == 0 and out.startswith("Would remove 1 blobs (") and ", 1 records" in out
+    assert cache.has(old)
+    code, out, _ = run("cache", "--cache-dir", str(cache.root), "prune", "--older-than", "3", "--json")
+    assert json.loads(out)["blobs"] == 1
+    assert not cache.has(old) and cache.has(new)
+    # Reading a blob marks it used: it survives a prune of older entries.
+    os.utime(cache.path(new), (week_ago, week_ago))
+    with cache.open(new) as reader:
+        reader.read_all()
+    assert run("cache", "--cache-dir", str(cache.root), "prune", "--older-than", "3")[0] == 0
+    assert cache.has(new)
+    assert run("cache", "--cache-dir", str(cache.root), "prune")[0] == 0
+    assert not cache.has(new)
+    assert "Blobs:   0 (0 B)" in run("cache", "--cache-dir", str(cache.root), "info")[1]
+    assert run("cache", "--cache-dir", str(cache.root), "prune", "--older-than", "-1")[0] == 2
