@@ -528,6 +528,12 @@ def read_members(
             )
         elif kind == "file" and typeflag in (b"\0", b"0") and name.endswith("/"):
             kind = "dir"  # pre-POSIX tars mark directories only by the trailing slash
+        if kind not in ("file", None) or typeflag == b"V":
+            # Only regular files carry data; for links, directories, devices and FIFOs the
+            # size field is ignored, as Go, tarfile and our unpacker do. Skipping `size` bytes
+            # here would let a crafted tarball read differently at build and at unpack time.
+            size = 0
+            end = data_offset
         if data_offset + size > total:
             raise LayerError(f"{where} is truncated: its data extends past the end of the archive")
         if kind is not None:

@@ -234,3 +234,28 @@ def test_sparse_members_are_refused(tmp_path: Path) -> None:
     subprocess.run(["tar", "--format=gnu", "-S", "-cf", str(archive), "-C", str(src), "sparse"], check=True)
     with archive.open("rb") as f, pytest.raises(LayerError, match="sparse"):
         list(read_members(f, "sparse.tar"))
+
+
+def test_read_members_ignores_size_of_non_regular_members() -> None:
+    """A symlink header claiming data must not swallow the member after it (parser alignment)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, "target"
+        tar.addfile(link)
+        data = b"hello"
+        info = tarfile.TarInfo("file")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    raw = bytearray(buf.getvalue())
+    # Claim 512 bytes of data for the symlink and fix its checksum.
+    raw[124:136] = b"%011o\0" % 512
+    raw[148:156] = b"        "
+    raw[148:156] = b"%06o\0 " % sum(raw[:512])
+    from imagesmith.tarwriter import read_members
+
+    names = [m.name for m in read_members(io.BytesIO(bytes(raw)), "crafted")]
+    assert names == ["link", "file"]
