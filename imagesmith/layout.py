@@ -236,12 +236,14 @@ class OCILayout:
                 self.clean_temp(_STALE_TEMP)
             except LayoutError as exc:
                 log.debug("could not sweep old temp files: %s", exc)
-        for _ in range(5):
+        for _ in range(100):
             try:
                 self.temp_dir.mkdir(exist_ok=True)
                 fd, name = tempfile.mkstemp(dir=self.temp_dir, prefix=f"{kind}-{os.getpid()}-", suffix=".tmp")
-            except FileNotFoundError:
-                continue  # another writer removed the empty temp dir in between: make it again
+            except (FileNotFoundError, FileExistsError):
+                # Another writer removed the empty temp dir in between (mkdir raises
+                # FileExistsError when the dir vanishes between its create and its check).
+                continue
             except OSError as exc:
                 raise _os_error("create a temp file in", self.temp_dir, exc) from None
             return fd, Path(name)

@@ -465,3 +465,19 @@ def test_skopeo_and_umoci_read_a_written_layout(tmp_path: Path, busybox_dir: Pat
         with copied.open_blob(blob) as reader:
             while reader.read(1 << 20):
                 pass
+
+
+def test_parallel_writers_survive_temp_dir_tidying(tmp_path: Path) -> None:
+    """Writers in threads race the removal of the empty temp dir; none may fail."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    layout = OCILayout(tmp_path / "layout", create=True)
+
+    def write(i: int) -> None:
+        data = f"blob {i}".encode()
+        layout.put_blob_from(io.BytesIO(data), Digest.of(data), len(data))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(write, range(1200)))
+    assert all(layout.has_blob(Digest.of(f"blob {i}".encode())) for i in range(1200))
