@@ -1,22 +1,33 @@
-"""Images as values: a config, ordered layers and where each layer's bytes can be read.
+"""Images as values, and where an image's documents and blobs are read from.
 
 An :class:`Image` never holds layer bytes. Each :class:`Layer` carries its descriptor, its
-diff_id and its origin: a repository of a registry (a base image's layer, fetched only if a
-sink really needs the bytes) or the local blob cache (a layer imagesmith built). Appending
-returns a new image; the manifest is computed from the value, so the same inputs always give
-the same manifest bytes.
+diff_id and its origin: a repository of a registry (:class:`RemoteOrigin`), an OCI layout
+directory (:class:`LayoutOrigin`), an archive (``archive.ArchiveOrigin``), or the local blob
+cache (``None``: a layer imagesmith built). Bytes are read only when a sink really needs them.
+Appending returns a new image; the manifest is computed from the value, so the same inputs
+always give the same manifest bytes.
+
+An :class:`ImageSource` reads an image's raw documents (manifest or index bytes exactly as
+stored, so copies keep their digests), small blobs such as configs, and tells the origin of
+every other blob. :func:`resolve_base` walks a source from its top document to the manifest
+and config of one platform.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
 
 from . import mediatypes as mt
 from .digests import Digest
-from .errors import ManifestError
+from .errors import ManifestError, PlatformError
+from .layout import OCILayout
 from .model import (
     MAX_CONFIG_SIZE,
+    MAX_MANIFEST_SIZE,
     Descriptor,
     HistoryEntry,
     ImageConfig,
@@ -29,9 +40,45 @@ from .model import (
 from .references import Reference
 from .registry.client import RegistryPool
 
-__all__ = ["BaseImage", "Image", "Layer", "RemoteOrigin", "resolve_base"]
+__all__ = [
+    "BaseImage",
+    "BlobOrigin",
+    "Image",
+    "ImageSource",
+    "Layer",
+    "LayoutOrigin",
+    "LayoutSource",
+    "RawManifest",
+    "Readable",
+    "RegistrySource",
+    "RemoteOrigin",
+    "resolve_base",
+]
 
 MAX_INDEX_DEPTH = 4
+
+
+class Readable(Protocol):
+    """A byte stream: ``read(n)`` returns up to ``n`` bytes, ``b""`` at the end."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class BlobOrigin(Protocol):
+    """Where the bytes of a blob can be read (see :class:`RemoteOrigin`, :class:`LayoutOrigin`)."""
+
+    @property
+    def local(self) -> bool:
+        """True when reading needs no network and may be repeated cheaply (a local file)."""
+        ...
+
+    def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
+        """Open the blob for reading; the reader checks size and digest as it is read."""
+        ...
+
+    def blob_file(self, descriptor: Descriptor) -> Path | None:
+        """A local file holding exactly the blob's bytes, when there is one."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -41,6 +88,44 @@ class RemoteOrigin:
     registry: str
     repository: str
 
+    @property
+    def local(self) -> bool:
+        return False
+
+    def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
+        """Stream the blob from the registry, verified while read (resumed if dropped)."""
+        return pool.client(self.registry).open_blob(self.repository, descriptor)
+
+    def blob_file(self, descriptor: Descriptor) -> Path | None:
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+
+@dataclass(frozen=True)
+class LayoutOrigin:
+    """A blob stored in the OCI image layout at ``path``."""
+
+    path: Path
+
+    @property
+    def local(self) -> bool:
+        return True
+
+    def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
+        """Read the blob from the layout, verified while read; ``pool`` is not used."""
+        return OCILayout(self.path).open_blob(descriptor)
+
+    def blob_file(self, descriptor: Descriptor) -> Path | None:
+        layout = OCILayout(self.path)
+        if layout.has_blob(descriptor.digest, descriptor.size):
+            return layout.blob_path(descriptor.digest)
+        return None
+
+    def __str__(self) -> str:
+        return f"oci:{self.path}"
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -48,7 +133,7 @@ class Layer:
 
     descriptor: Descriptor
     diff_id: Digest
-    origin: RemoteOrigin | None = None  # None: the blob is in the local cache
+    origin: BlobOrigin | None = None  # None: the blob is in the local cache
 
     @property
     def digest(self) -> Digest:
@@ -103,71 +188,187 @@ class Image:
 
 
 @dataclass(frozen=True)
-class BaseImage:
-    """A base image resolved for one platform: its reference, digests and the image value."""
+class RawManifest:
+    """A manifest or index exactly as stored: its bytes, media type and digest."""
 
-    reference: Reference
+    data: bytes
+    media_type: str
+    digest: Digest
+
+    def parse(self, what: str = "manifest") -> Manifest | Index:
+        """The parsed document (declared and embedded media types must agree)."""
+        return parse_manifest_document(self.data, self.media_type, what)
+
+
+class ImageSource(Protocol):
+    """Where an image (or index) is read from: a registry, an OCI layout or an archive."""
+
+    @property
+    def name(self) -> str:
+        """How the source is shown in messages (``oci:/srv/base:1``, ``ubuntu:23.04``)."""
+        ...
+
+    @property
+    def reference(self) -> Reference | None:
+        """The registry reference, when the source is a registry."""
+        ...
+
+    def top(self) -> RawManifest:
+        """The document the source names: a manifest or an index, bytes as stored."""
+        ...
+
+    def manifest(self, descriptor: Descriptor) -> RawManifest:
+        """A manifest or index the top document refers to, verified against ``descriptor``."""
+        ...
+
+    def read_blob(self, descriptor: Descriptor, max_size: int) -> bytes:
+        """A small blob (a config) in memory, verified; refused over ``max_size``."""
+        ...
+
+    def origin(self, descriptor: Descriptor) -> BlobOrigin:
+        """Where the bytes of a blob of this image are read."""
+        ...
+
+
+class RegistrySource:
+    """An image in a registry; documents are fetched on demand, blobs stay remote."""
+
+    def __init__(self, pool: RegistryPool, reference: Reference) -> None:
+        self._pool = pool
+        self._reference = reference
+
+    @property
+    def name(self) -> str:
+        return self._reference.familiar()
+
+    @property
+    def reference(self) -> Reference | None:
+        return self._reference
+
+    def top(self) -> RawManifest:
+        ref = self._reference
+        response = self._pool.client(ref.registry).get_manifest(ref.repository, ref.identifier)
+        return RawManifest(response.data, response.media_type, response.digest)
+
+    def manifest(self, descriptor: Descriptor) -> RawManifest:
+        ref = self._reference
+        response = self._pool.client(ref.registry).get_manifest(ref.repository, str(descriptor.digest))
+        return RawManifest(response.data, response.media_type or descriptor.media_type, response.digest)
+
+    def read_blob(self, descriptor: Descriptor, max_size: int) -> bytes:
+        ref = self._reference
+        return self._pool.client(ref.registry).get_blob_bytes(ref.repository, descriptor, max_size)
+
+    def origin(self, descriptor: Descriptor) -> BlobOrigin:
+        return RemoteOrigin(self._reference.registry, self._reference.repository)
+
+
+class LayoutSource:
+    """An image in an OCI layout directory, named by its ``ref.name`` tag (None: the only one)."""
+
+    def __init__(self, path: Path, tag: str | None = None) -> None:
+        self._layout = OCILayout(path)  # LayoutError when path is not a layout
+        self._path = self._layout.root
+        self._tag = tag
+
+    @property
+    def name(self) -> str:
+        return f"oci:{self._path}" + (f":{self._tag}" if self._tag else "")
+
+    @property
+    def reference(self) -> Reference | None:
+        return None
+
+    def top(self) -> RawManifest:
+        descriptor = self._layout.resolve(self._tag)
+        return self.manifest(descriptor)
+
+    def manifest(self, descriptor: Descriptor) -> RawManifest:
+        data = self._layout.read_blob(descriptor, MAX_MANIFEST_SIZE)
+        return RawManifest(data, descriptor.media_type, descriptor.digest)
+
+    def read_blob(self, descriptor: Descriptor, max_size: int) -> bytes:
+        return self._layout.read_blob(descriptor, max_size)
+
+    def origin(self, descriptor: Descriptor) -> BlobOrigin:
+        return LayoutOrigin(self._path)
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A base image resolved for one platform: where it came from, its digests and the value."""
+
+    reference: Reference | None  # the registry reference; None for a layout or archive base
     digest: Digest  # of the platform's manifest
     index_digest: Digest | None  # of the index it was chosen from, if any
     image: Image
     manifest: Manifest
+    source: str = ""  # how the base was named (``oci:/srv/base:1``...), for messages
 
     @property
-    def pinned(self) -> Reference:
-        """The base reference pinned to the digest that was used (index digest if any)."""
-        return self.reference.with_digest(self.index_digest or self.digest)
+    def pinned(self) -> str:
+        """The base pinned to the digest that was used (the index digest if any)."""
+        digest = self.index_digest or self.digest
+        if self.reference is not None:
+            return str(self.reference.with_digest(digest))
+        return f"{self.source}@{digest}"
 
 
-def resolve_base(pool: RegistryPool, reference: Reference, platform: Platform) -> BaseImage:
-    """Fetch the manifest (choosing ``platform`` from an index) and the config of a base image.
+def resolve_base(
+    pool: RegistryPool | None, reference: Reference | ImageSource, platform: Platform
+) -> BaseImage:
+    """Read the manifest (choosing ``platform`` from an index) and the config of a base image.
 
-    Only the manifest and config are downloaded; the layers stay where they are and are
-    represented by their origin repository.
+    ``reference`` is a registry reference (read through ``pool``) or any :class:`ImageSource`
+    (an OCI layout or an archive needs no pool at all). Only the manifest and config are
+    read; the layers stay where they are and are represented by their origin.
     """
-    client = pool.client(reference.registry)
-    response = client.get_manifest(reference.repository, reference.identifier)
-    document = parse_manifest_document(response.data, response.media_type, f"manifest of {reference}")
+    if isinstance(reference, Reference):
+        if pool is None:
+            raise ValueError("resolve_base needs a RegistryPool to read a registry reference")
+        source: ImageSource = RegistrySource(pool, reference)
+    else:
+        source = reference
+    name = source.name
+    raw = source.top()
+    document = raw.parse(f"manifest of {name}")
     index_digest: Digest | None = None
-    digest = response.digest
+    digest = raw.digest
     depth = 0
     seen: set[Digest] = {digest}
     while isinstance(document, Index):
         depth += 1
         if depth > MAX_INDEX_DEPTH:
-            raise ManifestError(f"index of {reference} nests more than {MAX_INDEX_DEPTH} levels deep")
+            raise ManifestError(f"index of {name} nests more than {MAX_INDEX_DEPTH} levels deep")
         entry = select_platform(document, platform)
         if entry.digest in seen:
-            raise ManifestError(f"index of {reference} refers to itself (cycle at {entry.digest})")
+            raise ManifestError(f"index of {name} refers to itself (cycle at {entry.digest})")
         seen.add(entry.digest)
         index_digest = index_digest or digest
-        response = client.get_manifest(reference.repository, str(entry.digest))
-        document = parse_manifest_document(
-            response.data, response.media_type, f"manifest {entry.digest} of {reference}"
-        )
-        digest = response.digest
+        raw = source.manifest(entry)
+        document = raw.parse(f"manifest {entry.digest} of {name}")
+        digest = raw.digest
     manifest = document
-    config_data = client.get_blob_bytes(reference.repository, manifest.config, MAX_CONFIG_SIZE)
-    config = ImageConfig.parse(config_data, f"config of {reference}")
-    config.check_layers(len(manifest.layers), f"config of {reference}")
+    config_data = source.read_blob(manifest.config, MAX_CONFIG_SIZE)
+    config = ImageConfig.parse(config_data, f"config of {name}")
+    config.check_layers(len(manifest.layers), f"config of {name}")
     if index_digest is None and config.os and config.architecture:
         actual = config.platform
         if not actual.matches(platform):
-            raise_platform_mismatch(reference, actual, platform)
-    origin = RemoteOrigin(reference.registry, reference.repository)
+            raise_platform_mismatch(name, actual, platform)
     layers = tuple(
-        Layer(descriptor, diff_id, origin)
+        Layer(descriptor, diff_id, source.origin(descriptor))
         for descriptor, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
     )
     family = mt.family_of(manifest.media_type)
     image = Image(family, config, layers)
-    return BaseImage(reference, digest, index_digest, image, manifest)
+    return BaseImage(source.reference, digest, index_digest, image, manifest, name)
 
 
-def raise_platform_mismatch(reference: Reference, actual: Platform, wanted: Platform) -> None:
-    from .errors import PlatformError
-
+def raise_platform_mismatch(name: str, actual: Platform, wanted: Platform) -> None:
+    """Raise the :class:`PlatformError` for a single-platform base of the wrong platform."""
     raise PlatformError(
-        f"base image {reference.familiar()} is a single-platform image for {actual}, not {wanted}; "
+        f"base image {name} is a single-platform image for {actual}, not {wanted}; "
         f"pass --platform {actual} or choose a base built for {wanted}",
         [str(actual)],
     )

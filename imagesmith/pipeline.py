@@ -2,9 +2,9 @@
 
 Data flows one way::
 
-    inputs -> plan (base reference, platform, packages in dependency order, options)
+    inputs -> plan (base location, platform, packages in dependency order, options)
            -> base (manifest + config only) -> layers (one streaming pass each, into the cache)
-           -> config + manifest -> sink (registry push)
+           -> config + manifest -> sink (registry, OCI layout, docker archive, daemon)
 
 Every step lives in its own module; this one wires them together, runs layer builds in
 parallel and reports progress through a callback.
@@ -24,19 +24,26 @@ from typing import Any
 
 from . import mediatypes as mt
 from .cache import BlobCache
-from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
 from .errors import UsageError
 from .images import BaseImage, Image, Layer, resolve_base
 from .layers import LayerBlob, build_layer, directory_entries, tarball_entries
-from .model import HistoryEntry, ImageConfig, Index, Manifest, Platform, parse_manifest_document
+from .locations import (
+    ArchiveLocation,
+    DaemonLocation,
+    LayoutLocation,
+    Location,
+    RegistryLocation,
+    validate_layout_tag,
+)
+from .model import HistoryEntry, ImageConfig, Index, Manifest, Platform
 from .packages import Package, package_hash
 from .progress import ProgressCallback, ProgressEvent, null_progress
-from .push import push_image
 from .references import Reference, parse_repository
 from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
 from .templating import render_profile_script, render_tag
+from .transfer import DaemonSink, as_location, open_sink, open_source, write_image
 
 __all__ = [
     "BuildOptions",
@@ -83,24 +90,45 @@ class BuiltPackage:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What a build pushed: the tagged reference, its manifest digest and the parts."""
+    """What a build wrote: the name, the manifest digest, where it went, and the parts.
 
-    reference: Reference
+    ``reference`` is the image's name (the registry reference pushed to, or the name given
+    to an archive or the daemon); None for an unnamed layout or archive output.
+    ``destination`` is where the image was written (``docker://REF``, ``oci:DIR:TAG``,
+    ``docker-archive:PATH:NAME``, ``docker-daemon:NAME``), ``destinations`` all of them when
+    the image went to several (an output and the daemon), and ``loaded`` what the daemon
+    reported loading.
+    """
+
+    reference: Reference | None
     digest: str
     base: BaseImage
     image: Image
     packages: tuple[BuiltPackage, ...]
+    destinations: tuple[Location, ...] = ()
+    loaded: tuple[str, ...] = ()
+
+    @property
+    def destination(self) -> str:
+        return str(self.destinations[0]) if self.destinations else ""
+
+    @property
+    def pushed(self) -> bool:
+        """Whether the image went to a registry."""
+        return any(isinstance(d, RegistryLocation) for d in self.destinations)
 
     @property
     def tag(self) -> str:
-        return self.reference.tag or ""
+        return _tag_of(self.reference, self.destinations)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "reference": str(self.reference),
+            "reference": str(self.reference) if self.reference is not None else None,
             "tag": self.tag,
             "digest": self.digest,
-            "base": str(self.base.pinned),
+            "destinations": [str(d) for d in self.destinations],
+            "loaded": list(self.loaded),
+            "base": self.base.pinned,
             "layers": [
                 {
                     "package": p.package.name,
@@ -276,7 +304,10 @@ def assemble(
 
     annotations: dict[str, str] = {}
     if media_types.family == "oci":
-        annotations[ANNOTATION + "base.name"] = str(base.reference)
+        if base.reference is not None:
+            # A layout or archive path is local to this machine: naming it would make the
+            # digest depend on where the base was stored.
+            annotations[ANNOTATION + "base.name"] = str(base.reference)
         annotations[ANNOTATION + "base.digest"] = str(base.digest)
         annotations[ANNOTATION + "created"] = created
         if built:
@@ -305,6 +336,18 @@ def _profile_layer(
         )
 
 
+def _rendered_tag(built: Sequence[BuiltPackage], template: str | None, platform: Platform) -> str:
+    last = built[-1]
+    return render_tag(
+        template,
+        name=last.package.name,
+        version=last.package.version,
+        hash=last.hash,
+        os=platform.os,
+        arch=platform.architecture,
+    )
+
+
 def target_reference(
     built: Sequence[BuiltPackage],
     *,
@@ -317,74 +360,218 @@ def target_reference(
     if (repo is None) == (tag is None):
         raise UsageError("give exactly one of --repo REPO (tag from the template) or --tag REF")
     if tag is not None:
-        ref = tag if isinstance(tag, Reference) else Reference.parse(tag, default_tag=None)
-        if ref.digest is not None or ref.tag is None:
-            raise UsageError(f"--tag {tag} must name a tag (repo:tag), not a digest")
-        return ref
+        return _tag_reference(tag)
     assert repo is not None
     repository = repo if isinstance(repo, Reference) else parse_repository(repo)
-    last = built[-1]
-    rendered = render_tag(
-        template,
-        name=last.package.name,
-        version=last.package.version,
-        hash=last.hash,
-        os=platform.os,
-        arch=platform.architecture,
-    )
-    return repository.with_tag(rendered)
+    return repository.with_tag(_rendered_tag(built, template, platform))
+
+
+def _tag_reference(tag: str | Reference) -> Reference:
+    ref = tag if isinstance(tag, Reference) else Reference.parse(tag, default_tag=None)
+    if ref.digest is not None or ref.tag is None:
+        raise UsageError(f"--tag {tag} must name a tag (repo:tag), not a digest")
+    return ref
+
+
+def _tag_of(reference: Reference | None, destinations: Sequence[Location]) -> str:
+    if reference is not None and reference.tag:
+        return reference.tag
+    for destination in destinations:
+        if isinstance(destination, LayoutLocation) and destination.tag:
+            return destination.tag
+    return ""
+
+
+def check_output(
+    *,
+    repo: str | Reference | None,
+    tag: str | Reference | None,
+    output: str | Reference | Location | None,
+    load: bool,
+) -> Location | None:
+    """Check how a build or import names and places its image, before any work is done.
+
+    Without ``output`` and ``load`` the image is pushed to the registry ``repo``/``tag``
+    names (exactly one of them). ``output`` is where it is written instead (``repo``/``tag``
+    may still name it: the layout tag, the archive's ``RepoTags``); ``load`` also loads it
+    into the daemon, which needs a name. Returns ``output`` as a location.
+    """
+    out = as_location(output) if output is not None else None
+    named = repo is not None or tag is not None
+    if repo is not None and tag is not None:
+        raise UsageError("give exactly one of --repo REPO (tag from the template) or --tag REF")
+    if out is None and not load and not named:
+        raise UsageError(
+            "give exactly one of --repo REPO (tag from the template) or --tag REF, "
+            "or an --output location"
+        )
+    if isinstance(out, RegistryLocation | DaemonLocation) and named:
+        raise UsageError(f"--output {out} names the image already: leave out --repo and --tag")
+    if isinstance(out, RegistryLocation) and out.reference.tag is None:
+        raise UsageError(f"--output {out} must name a tag (repo:tag), not only a digest")
+    archive_named = isinstance(out, ArchiveLocation) and out.reference is not None
+    if load and not named and not archive_named and not isinstance(out, DaemonLocation):
+        raise UsageError(
+            "--load needs a name for the image in the daemon: give --tag NAME:TAG or --repo REPO"
+        )
+    return out
+
+
+def plan_destinations(
+    name: Reference | None, output: Location | None, *, load: bool, default_tag: str | None
+) -> list[Location]:
+    """Where an image named ``name`` goes (see :func:`check_output`), every location complete.
+
+    A layout without a tag takes ``name``'s tag, else ``default_tag`` (the rendered tag
+    template); an archive without a name takes ``name``.
+    """
+    destinations: list[Location] = []
+    if output is None:
+        if not load:
+            assert name is not None  # check_output made sure
+            destinations.append(RegistryLocation(name))
+    elif isinstance(output, LayoutLocation):
+        layout_tag = output.tag or (name.tag if name is not None else None) or default_tag
+        checked = validate_layout_tag(layout_tag) if layout_tag else None
+        destinations.append(LayoutLocation(output.path, checked))
+    elif isinstance(output, ArchiveLocation):
+        destinations.append(ArchiveLocation(output.path, output.reference or name))
+    else:
+        destinations.append(output)
+    if load and not isinstance(output, DaemonLocation):
+        daemon_name = name or (output.reference if isinstance(output, ArchiveLocation) else None)
+        assert daemon_name is not None  # check_output made sure
+        destinations.append(DaemonLocation(daemon_name))
+    return destinations
+
+
+def _name_of(destinations: Sequence[Location], name: Reference | None) -> Reference | None:
+    if name is not None:
+        return name
+    for destination in destinations:
+        if isinstance(destination, RegistryLocation | DaemonLocation):
+            return destination.reference
+        if isinstance(destination, ArchiveLocation) and destination.reference is not None:
+            return destination.reference
+    return None
+
+
+def write_destinations(
+    image: Image,
+    destinations: Sequence[Location],
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    jobs: int,
+    docker_host: str | None,
+    progress: ProgressCallback,
+) -> tuple[str, tuple[str, ...]]:
+    """Write ``image`` to each destination in turn; return its digest and what a daemon loaded.
+
+    Remote base layers pass through the cache, so a second destination reads them locally.
+    """
+    digest = str(image.digest)
+    loaded: tuple[str, ...] = ()
+    for destination in destinations:
+        with open_sink(destination, pool=pool, cache=cache, docker_host=docker_host) as sink:
+            digest = str(write_image(image, sink, jobs=jobs, progress=progress))
+        if isinstance(sink, DaemonSink):
+            loaded += sink.loaded  # known once the sink has committed (loaded the archive)
+    return digest, loaded
 
 
 def build(
-    base: str | Reference,
+    base: str | Reference | Location,
     packages: Sequence[Package],
     *,
     repo: str | Reference | None = None,
     tag: str | Reference | None = None,
+    output: str | Reference | Location | None = None,
+    load: bool = False,
+    docker_host: str | None = None,
     options: BuildOptions | None = None,
     registry: RegistryOptions | None = None,
     cache: BlobCache | None = None,
     pool: RegistryPool | None = None,
     progress: ProgressCallback = null_progress,
 ) -> BuildResult:
-    """Build one image: ``packages`` (dependencies first) on ``base``, pushed to a registry.
+    """Build one image: ``packages`` (dependencies first) on ``base``, and write it out.
 
+    ``base`` is a registry reference or any location (``oci:DIR:TAG``,
+    ``docker-archive:PATH``); a layout or archive base is read locally, with no network.
     ``repo`` names the target repository and the tag comes from the tag template (default
-    ``{name}-{version}-{hash}.spack`` of the last package); ``tag`` names the full target
-    reference instead. Returns the pushed reference and manifest digest.
+    ``{name}-{version}-{hash}.spack`` of the last package); ``tag`` names the full reference
+    instead. By default the image is pushed there. ``output`` (a location or its string) is
+    written instead: an OCI layout (tag: the location's, else the name's, else the rendered
+    template), a docker archive (named by the location, else by ``repo``/``tag``) or another
+    registry reference. ``load`` also loads the image into the daemon at ``docker_host``
+    (default ``DOCKER_HOST``) under its name. Base layers are read only when a destination
+    needs their bytes (never for a push to the registry they live on).
     """
     options = options or BuildOptions()
     cache = cache or BlobCache()
+    out = check_output(repo=repo, tag=tag, output=output, load=load)
+    base_location = as_location(base)
+    # Names are checked before any work, so a typo never costs a build.
+    if repo is not None and not isinstance(repo, Reference):
+        repo = parse_repository(repo)
+    if tag is not None:
+        tag = _tag_reference(tag)
     with _registry_pool(pool, registry) as pool:
-        base_ref = base if isinstance(base, Reference) else Reference.parse(base)
         platform = options.platform or Platform.host()
-        if repo is None and tag is None:
-            raise UsageError("give exactly one of --repo REPO (tag from the template) or --tag REF")
-        resolved = resolve_base(pool, base_ref, platform)
-        progress(ProgressEvent("resolve", str(resolved.pinned)))
+        with open_source(base_location, pool) as source:
+            resolved = resolve_base(pool, source, platform)
+        progress(ProgressEvent("resolve", resolved.pinned))
         media_types = resolved.image.media_types
         media_types.layer(options.compression)  # fail early: zstd on a Docker v2 base
         built = build_package_layers(packages, cache, media_types, options, progress)
-        target = target_reference(built, repo=repo, tag=tag, template=options.tag_template, platform=platform)
+        name = (
+            target_reference(built, repo=repo, tag=tag, template=options.tag_template, platform=platform)
+            if repo is not None or tag is not None
+            else None
+        )
+        default_tag = None
+        if isinstance(out, LayoutLocation) and out.tag is None and name is None:
+            default_tag = _rendered_tag(built, options.tag_template, platform)  # as --repo would
+        destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
         image = assemble(resolved, built, cache, options, _created())
-        digest = push_image(image, target, pool=pool, cache=cache, jobs=options.jobs, progress=progress)
-        return BuildResult(target, digest, resolved, image, tuple(built))
+        digest, loaded = write_destinations(
+            image, destinations, pool=pool, cache=cache, jobs=options.jobs,
+            docker_host=docker_host, progress=progress,
+        )  # fmt: skip
+        return BuildResult(
+            _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded
+        )
 
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What ``import_rootfs`` pushed."""
+    """What ``import_rootfs`` wrote: the name (None for an unnamed layout or archive), the
+    digest, where it went and the layer."""
 
-    reference: Reference
+    reference: Reference | None
     digest: str
     layer: LayerBlob
     platform: Platform
+    destinations: tuple[Location, ...] = ()
+    loaded: tuple[str, ...] = ()
+
+    @property
+    def destination(self) -> str:
+        return str(self.destinations[0]) if self.destinations else ""
+
+    @property
+    def pushed(self) -> bool:
+        """Whether the image went to a registry."""
+        return any(isinstance(d, RegistryLocation) for d in self.destinations)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "reference": str(self.reference),
-            "tag": self.reference.tag or "",
+            "reference": str(self.reference) if self.reference is not None else None,
+            "tag": _tag_of(self.reference, self.destinations),
             "digest": self.digest,
+            "destinations": [str(d) for d in self.destinations],
+            "loaded": list(self.loaded),
             "platform": str(self.platform),
             "layer": str(self.layer.digest),
             "size": self.layer.size,
@@ -393,8 +580,11 @@ class ImportResult:
 
 def import_rootfs(
     rootfs: str | Path,
-    tag: str | Reference,
+    tag: str | Reference | None = None,
     *,
+    output: str | Reference | Location | None = None,
+    load: bool = False,
+    docker_host: str | None = None,
     platform: Platform | None = None,
     family: mt.Family = "oci",
     env: Sequence[str] = (),
@@ -405,20 +595,22 @@ def import_rootfs(
     pool: RegistryPool | None = None,
     progress: ProgressCallback = null_progress,
 ) -> ImportResult:
-    """Turn a root filesystem (directory or tarball) into a one-layer image and push it.
+    """Turn a root filesystem (directory or tarball) into a one-layer image and write it.
 
     Owners, permission bits and special files of the root filesystem are preserved (it is a
-    base image, not a package); timestamps are fixed so the result is reproducible.
+    base image, not a package); timestamps are fixed so the result is reproducible. ``tag``
+    names the image and, without ``output``, the registry it is pushed to; ``output`` and
+    ``load`` work as for :func:`build` (an OCI layout output needs no network at all).
     """
     path = Path(rootfs)
     if not path.exists():
         raise UsageError(f"root filesystem {path} not found: give a directory or a tarball")
-    ref = tag if isinstance(tag, Reference) else Reference.parse(tag, default_tag=None)
-    if ref.tag is None or ref.digest is not None:
-        raise UsageError(f"--tag {tag} must name a tag (repo:tag), not a digest")
+    out = check_output(repo=None, tag=tag, output=output, load=load)
+    ref = _tag_reference(tag) if tag is not None else None
     platform = platform or Platform.host()
     media_types = mt.DOCKER if family == "docker" else mt.OCI
     cache = cache or BlobCache()
+    destinations = plan_destinations(ref, out, load=load, default_tag=None)
     with _registry_pool(pool, registry) as pool:
         blob = content_layer(
             path,
@@ -443,24 +635,32 @@ def import_rootfs(
         )
         if family == "oci":
             image = image.with_annotations({ANNOTATION + "created": created})
-        digest = push_image(image, ref, pool=pool, cache=cache, progress=progress)
-        return ImportResult(ref, digest, blob, platform)
+        digest, loaded = write_destinations(
+            image, destinations, pool=pool, cache=cache, jobs=4, docker_host=docker_host, progress=progress
+        )
+        return ImportResult(
+            _name_of(destinations, ref), digest, blob, platform, tuple(destinations), loaded
+        )
 
 
 @dataclass(frozen=True)
 class InspectResult:
-    """A manifest or index as found in the registry, with the config when it is an image."""
+    """A manifest or index as stored (in a registry, layout or archive), with the config when
+    it is an image. ``reference`` is None for a layout or archive; ``source`` names where it
+    was read, ``raw`` holds the document's bytes exactly as stored."""
 
-    reference: Reference
+    reference: Reference | None
     digest: str
     media_type: str
     manifest: Manifest | Index
     config: ImageConfig | None = None
     platform_manifests: tuple[tuple[str, str], ...] = ()  # (platform, digest) of an index
+    source: str = ""
+    raw: bytes = field(default=b"", repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "reference": str(self.reference),
+            "reference": str(self.reference) if self.reference is not None else self.source,
             "digest": self.digest,
             "mediaType": self.media_type,
         }
@@ -486,41 +686,40 @@ class InspectResult:
 
 
 def inspect(
-    reference: str | Reference,
+    reference: str | Reference | Location,
     *,
     platform: Platform | None = None,
     registry: RegistryOptions | None = None,
     pool: RegistryPool | None = None,
 ) -> InspectResult:
-    """Fetch a manifest (or index) and, for an image, its config.
+    """Read a manifest (or index) and, for an image, its config.
 
-    An index is shown as it is unless ``platform`` is given, in which case the matching
-    image is inspected.
+    ``reference`` is a registry reference or any readable location (``oci:DIR:TAG``,
+    ``docker-archive:PATH``). An index is shown as it is unless ``platform`` is given, in
+    which case the matching image is inspected.
     """
     from .model import MAX_CONFIG_SIZE, select_platform
 
-    ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
-    with _registry_pool(pool, registry) as pool:
-        client = pool.client(ref.registry)
-        response = client.get_manifest(ref.repository, ref.identifier)
-        document = parse_manifest_document(response.data, response.media_type, f"manifest of {ref}")
-        digest: Digest = response.digest
+    location = as_location(reference)
+    with _registry_pool(pool, registry) as pool, open_source(location, pool) as source:
+        name = source.name
+        raw = source.top()
+        document = raw.parse(f"manifest of {name}")
         if isinstance(document, Index) and platform is not None:
             entry = select_platform(document, platform)
-            response = client.get_manifest(ref.repository, str(entry.digest))
-            document = parse_manifest_document(
-                response.data, response.media_type, f"manifest {entry.digest} of {ref}"
-            )
-            digest = response.digest
+            raw = source.manifest(entry)
+            document = raw.parse(f"manifest {entry.digest} of {name}")
+        ref, shown, digest = source.reference, str(location), str(raw.digest)
         if isinstance(document, Index):
             entries = tuple(
                 (str(d.platform) if d.platform else "-", str(d.digest)) for d in document.manifests
             )
-            return InspectResult(ref, str(digest), document.media_type, document, platform_manifests=entries)
+            return InspectResult(ref, digest, document.media_type, document, platform_manifests=entries,
+                                 source=shown, raw=raw.data)  # fmt: skip
         if document.config.media_type not in (mt.OCI_CONFIG, mt.DOCKER_CONFIG):
             # An artifact (such as an index tag payload): show the manifest without a config.
-            return InspectResult(ref, str(digest), document.media_type, document)
-        data = client.get_blob_bytes(ref.repository, document.config, MAX_CONFIG_SIZE)
-        config = ImageConfig.parse(data, f"config of {ref}")
-        config.check_layers(len(document.layers), f"config of {ref}")
-        return InspectResult(ref, str(digest), document.media_type, document, config)
+            return InspectResult(ref, digest, document.media_type, document, source=shown, raw=raw.data)
+        data = source.read_blob(document.config, MAX_CONFIG_SIZE)
+        config = ImageConfig.parse(data, f"config of {name}")
+        config.check_layers(len(document.layers), f"config of {name}")
+        return InspectResult(ref, digest, document.media_type, document, config, source=shown, raw=raw.data)

@@ -1,0 +1,109 @@
+"""Loading images into a Docker-compatible daemon through the docker SDK.
+
+The daemon is the one ``DOCKER_HOST`` names (or the SDK's default socket), or an explicit
+``docker_host`` such as ``unix:///run/podman/podman.sock``. An image goes in as a docker
+archive (see :mod:`imagesmith.archive`) streamed from its file, so a large image is never
+held in memory; the daemon's answer is read for the names it loaded and for errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from .errors import DaemonError
+
+__all__ = ["DOCKER_HOST_ENV", "load_into_daemon"]
+
+DOCKER_HOST_ENV = "DOCKER_HOST"
+DEFAULT_TIMEOUT = 600.0
+_LOADED = re.compile(r"^Loaded image(?: ID)?: (.+)$", re.MULTILINE)
+
+
+def _base_url(docker_host: str | None) -> str:
+    return docker_host or os.environ.get(DOCKER_HOST_ENV) or "unix:///var/run/docker.sock"
+
+
+def _check_socket(base_url: str) -> None:
+    """Fail early, with our message, when a unix socket has nobody listening.
+
+    The SDK would report the same thing, but leaks the socket it failed to connect.
+    """
+    if not base_url.startswith(("unix://", "http+unix://")):
+        return
+    path = base_url.split("://", 1)[1]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(10)
+            probe.connect(path)
+    except OSError as exc:
+        raise DaemonError(
+            f"no docker daemon at {base_url}: set DOCKER_HOST or start the daemon ({exc.strerror or exc})"
+        ) from None
+
+
+def _client(docker_host: str | None, timeout: float) -> Any:
+    base_url = _base_url(docker_host)
+    _check_socket(base_url)
+    try:
+        if docker_host:
+            return docker.DockerClient(base_url=docker_host, timeout=int(timeout))
+        # from_env also applies DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
+        return docker.from_env(timeout=int(timeout))
+    except docker.errors.DockerException as exc:
+        raise DaemonError(
+            f"no docker daemon at {base_url}: set DOCKER_HOST or start the daemon ({exc})"
+        ) from None
+
+
+def load_into_daemon(
+    archive: Path | str, *, docker_host: str | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> tuple[str, ...]:
+    """Load the docker archive at ``archive`` into the daemon and return what it loaded.
+
+    The file is streamed as the request body. The result lists the names (``name:tag``) or
+    image ids the daemon reports, in its order. An unreachable daemon raises
+    :class:`DaemonError` saying to set ``DOCKER_HOST`` or start the daemon; a daemon that
+    refuses the archive raises :class:`DaemonError` with its message.
+    """
+    path = Path(archive)
+    where = _base_url(docker_host)
+    client = _client(docker_host, timeout)
+    loaded: list[str] = []
+    try:
+        with path.open("rb") as body:
+            # The low-level call streams the file object and yields the daemon's JSON lines.
+            for chunk in client.api.load_image(body):
+                if not isinstance(chunk, dict):
+                    continue
+                if "errorDetail" in chunk or "error" in chunk:
+                    detail = chunk.get("errorDetail") or {}
+                    message = detail.get("message") if isinstance(detail, dict) else None
+                    reason = message or chunk.get("error")
+                    raise DaemonError(f"the daemon at {where} refused {path}: {reason}")
+                stream = chunk.get("stream")
+                if isinstance(stream, str):
+                    # podman joins several names with commas on one line.
+                    loaded.extend(
+                        name.strip() for m in _LOADED.findall(stream) for name in m.split(",") if name.strip()
+                    )
+    except FileNotFoundError:
+        raise DaemonError(f"cannot load {path} into the daemon: the file does not exist") from None
+    except docker.errors.APIError as exc:
+        raise DaemonError(f"the daemon at {where} refused {path}: {exc.explanation or exc}") from None
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise DaemonError(
+            f"no docker daemon at {where}: set DOCKER_HOST or start the daemon ({exc})"
+        ) from None
+    finally:
+        client.close()
+    if not loaded:
+        raise DaemonError(f"the daemon at {where} loaded nothing from {path}")
+    return tuple(loaded)
