@@ -1,6 +1,6 @@
-"""`make demo`: the main job end to end, on a throwaway local registry.
+"""`make demo`: the main job end to end, on the embedded registry.
 
-1. start a CNCF distribution registry on a free loopback port (nothing to configure);
+1. start `imagesmith serve` (an OCI registry backed by OCI layouts) on a free loopback port;
 2. `imagesmith import` a busybox root filesystem as the base image;
 3. `imagesmith build` the example stack (examples/stack: hello depends on libgreet);
 4. `imagesmith inspect` the result;
@@ -15,15 +15,18 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from servers import DistributionRegistry, Podman, busybox_rootfs  # noqa: E402
+from servers import Podman, busybox_rootfs  # noqa: E402
 
 
 def step(title: str) -> None:
@@ -38,15 +41,32 @@ def run(*args: str, capture: bool = False) -> str:
     return result.stdout or ""
 
 
+@contextmanager
+def serve(root: Path) -> Iterator[str]:
+    """Run `imagesmith serve` on a free port; yield its address."""
+    command = [sys.executable, "-m", "imagesmith", "serve", "--root", str(root), "--addr", "127.0.0.1:0"]
+    print("$ " + shlex.join(command) + " &", flush=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    print(line, end="", flush=True)
+    if not line.startswith("Serving "):
+        proc.kill()
+        sys.exit("demo: imagesmith serve did not start")
+    try:
+        yield line.split("http://", 1)[1].split()[0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+
+
 def main() -> int:
     imagesmith = [sys.executable, "-m", "imagesmith"]
-    with (
-        tempfile.TemporaryDirectory(prefix="imagesmith-demo-") as tmp,
-        DistributionRegistry(workdir=Path(tmp, "registry")) as registry,
-    ):
-        host = registry.host
+    with tempfile.TemporaryDirectory(prefix="imagesmith-demo-") as tmp, serve(Path(tmp, "registry")) as host:
         insecure = ["--insecure-registry", host]
-        step(f"a throwaway registry is listening on {host}")
+        step(
+            f"the embedded registry listens on {host}; its repositories are OCI layouts under {tmp}/registry"
+        )
 
         step("import a busybox root filesystem as the base image")
         rootfs = busybox_rootfs(Path(tmp, "rootfs"))
@@ -92,6 +112,12 @@ def main() -> int:
         print(f"digest {again['digest']} -> {'identical' if same else 'DIFFERENT'}")
         if not same:
             return 1
+
+        step("unpack only the package layers, as a consumer of the stack would")
+        rootfs = Path(tmp, "unpacked")
+        run(*imagesmith, *insecure, "pull", reference, "--rootfs", str(rootfs), "--packages-only")
+        for path in sorted(p for p in rootfs.rglob("*") if p.is_file()):
+            print(f"  /{path.relative_to(rootfs)}")
 
         if shutil.which("podman") and shutil.which("docker"):
             step("docker run the image (docker CLI -> podman's Docker-compatible API)")

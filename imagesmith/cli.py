@@ -20,29 +20,36 @@ import json
 import logging
 import shlex
 import shutil
+import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, Literal, TextIO
 
 from ._version import __version__
 from .cache import BlobCache
 from .errors import (
+    DaemonError,
     ImagesmithError,
     IntegrityError,
     PackageError,
     ReferenceFormatError,
     RegistryError,
     TemplateError,
+    UnpackError,
     UsageError,
 )
 from .model import Platform
 from .packages import load_packages
-from .pipeline import BuildOptions, build, import_rootfs, inspect
+from .pipeline import BuildOptions, BuildResult, ImportResult, build, import_rootfs, inspect
 from .progress import ProgressEvent
+from .pull import pull
+from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
+from .server import RegistryServer
+from .transfer import copy_image
 
 __all__ = ["main"]
 
@@ -100,9 +107,10 @@ def _parser() -> argparse.ArgumentParser:
         help="package files (JSON or TOML); their dependencies are added",
     )
     p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
-    target = p.add_mutually_exclusive_group(required=True)
+    target = p.add_mutually_exclusive_group()
     target.add_argument("--repo", metavar="REPO", help="target repository; the tag comes from --tag-template")
     target.add_argument("--tag", metavar="REF", help="full target reference (repo:tag)")
+    _output_args(p)
     p.add_argument(
         "--tag-template",
         metavar="TEMPLATE",
@@ -152,7 +160,11 @@ def _parser() -> argparse.ArgumentParser:
         help="show an image's manifest and config",
         description="Fetch a manifest (or index) and the image config from a registry.",
     )
-    p.add_argument("reference", metavar="REF")
+    p.add_argument(
+        "reference",
+        metavar="LOCATION",
+        help="REF, docker://REF, oci:DIR[:TAG] or docker-archive:PATH[:NAME:TAG]",
+    )
     p.add_argument(
         "--platform", metavar="OS/ARCH[/VARIANT]", help="for an index: inspect the image of this platform"
     )
@@ -167,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
         "owners, modes and special files, and push it as a one-layer image.",
     )
     p.add_argument("rootfs", metavar="ROOTFS", help="directory or tarball (.tar, .tar.gz, .tar.zst)")
-    p.add_argument("--tag", required=True, metavar="REF", help="target reference (repo:tag)")
+    p.add_argument("--tag", metavar="REF", help="target reference (repo:tag)")
+    _output_args(p)
     p.add_argument(
         "--platform",
         metavar="OS/ARCH[/VARIANT]",
@@ -196,6 +209,58 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _registry_args(p, "")
     p = commands.add_parser(
+        "copy",
+        help="copy an image or index between registries, OCI layouts and archives",
+        description="Copy SRC to DST, blobs streamed and verified, manifests byte for byte (so the "
+        "digest does not change). Locations: REF, docker://REF, oci:DIR[:TAG], "
+        "docker-archive:PATH[:NAME:TAG], docker-daemon:NAME:TAG (destination only).",
+    )
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("destination", metavar="DST")
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]|all",
+        help="copy one platform of an index (default: all, or this machine's for a destination "
+        "that holds a single image)",
+    )
+    p.add_argument("--docker-host", metavar="URL", help="daemon for docker-daemon: (default DOCKER_HOST)")
+    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob copies (default 4)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _registry_args(p, "")
+
+    p = commands.add_parser(
+        "pull",
+        help="unpack an image's layers into a directory, safely",
+        description="Fetch the layers (verified, through the cache) and unpack them in order into "
+        "DIR, which must be new or empty. No member can write outside DIR.",
+    )
+    p.add_argument("reference", metavar="LOCATION", help="REF, oci:DIR[:TAG] or docker-archive:PATH")
+    p.add_argument("--rootfs", required=True, metavar="DIR", help="directory to unpack into")
+    p.add_argument(
+        "--packages-only",
+        action="store_true",
+        help="only the layers imagesmith added for packages, not the base",
+    )
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="for an index (default: this machine's)")
+    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel downloads (default 4)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _registry_args(p, "")
+
+    p = commands.add_parser(
+        "serve",
+        help="run an embedded OCI registry backed by OCI layouts",
+        description="Serve the distribution API over plain http from DIR: repository a/b is the "
+        "OCI layout DIR/a/b. No authentication: bind to loopback or a trusted network.",
+    )
+    p.add_argument("--root", required=True, metavar="DIR", help="storage directory (created if missing)")
+    p.add_argument(
+        "--addr",
+        default="127.0.0.1:5000",
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:5000; port 0 picks a free one)",
+    )
+
+    p = commands.add_parser(
         "cache",
         help="show or prune the local blob cache",
         description="The content-addressed blob cache: built layers and fetched base layers.",
@@ -222,6 +287,19 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="count, remove nothing")
     prune.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output",
+        metavar="LOCATION",
+        help="write here instead of pushing: oci:DIR[:TAG], docker-archive:PATH[:NAME:TAG] "
+        "or a registry reference",
+    )
+    parser.add_argument(
+        "--load", action="store_true", help="also load the image into the docker daemon (DOCKER_HOST)"
+    )
+    parser.add_argument("--docker-host", metavar="URL", help="daemon for --load (default DOCKER_HOST)")
 
 
 def _command(text: str | None, option: str) -> list[str] | None:
@@ -343,77 +421,172 @@ def _emit(obj: dict[str, Any], stdout: TextIO) -> None:
     print(json.dumps(obj, indent=2), file=stdout)
 
 
+def _report_written(result: BuildResult | ImportResult, stdout: TextIO, suffix: str = "") -> None:
+    verb = "Pushed" if result.pushed else "Wrote"
+    if result.destinations:
+        print(f"{verb} {result.destination} ({result.digest}){suffix}", file=stdout)
+    for name in result.loaded:
+        print(f"Loaded {name} into the docker daemon", file=stdout)
+
+
+def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    packages = load_packages(args.packages)
+    options = BuildOptions(
+        platform=_platform(args.platform),
+        compression=args.compression,
+        level=args.level,
+        env=tuple(args.env),
+        entrypoint=_command(args.entrypoint, "--entrypoint"),
+        cmd=_command(args.cmd, "--cmd"),
+        workdir=args.workdir,
+        labels=_pairs(args.label, "--label"),
+        annotations=_pairs(args.annotation, "--annotation"),
+        profile_script=args.profile_script,
+        tag_template=args.tag_template,
+        jobs=max(1, args.jobs),
+    )
+    result = build(
+        args.base_image,
+        packages,
+        repo=args.repo,
+        tag=args.tag,
+        output=args.output,
+        load=args.load,
+        docker_host=args.docker_host,
+        options=options,
+        registry=_registry_options(args),
+        cache=_cache(args),
+        progress=progress,
+    )
+    if args.json:
+        _emit(result.to_json(), stdout)
+    else:
+        _report_written(result, stdout)
+    return 0
+
+
+def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    result = import_rootfs(
+        args.rootfs,
+        args.tag,
+        output=args.output,
+        load=args.load,
+        docker_host=args.docker_host,
+        platform=_platform(args.platform),
+        family=args.format,
+        env=tuple(args.env),
+        cmd=_command(args.cmd, "--cmd"),
+        compression=args.compression,
+        registry=_registry_options(args),
+        cache=_cache(args),
+        progress=progress,
+    )
+    if args.json:
+        _emit(result.to_json(), stdout)
+    else:
+        _report_written(result, stdout, f" for {result.platform}")
+    return 0
+
+
+def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
+    with RegistryPool(_registry_options(args)) as pool:
+        info = inspect(args.reference, platform=_platform(args.platform), pool=pool)
+    if args.raw:
+        stdout.write(info.raw.decode("utf-8", errors="replace") + "\n")
+    elif args.json:
+        _emit(info.to_json(), stdout)
+    else:
+        _print_inspect(info.to_json(), stdout)
+    return 0
+
+
+def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    platform: Platform | Literal["all"] | None = None
+    if args.platform == "all":
+        platform = "all"
+    elif args.platform:
+        platform = Platform.parse(args.platform)
+    with RegistryPool(_registry_options(args)) as pool:
+        result = copy_image(
+            args.source,
+            args.destination,
+            pool=pool,
+            cache=_cache(args),
+            platform=platform,
+            jobs=max(1, args.jobs),
+            docker_host=args.docker_host,
+            progress=progress,
+        )
+    if args.json:
+        _emit(result.to_json(), stdout)
+    else:
+        print(f"Copied {result.source} -> {result.destination} ({result.digest})", file=stdout)
+    return 0
+
+
+def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    result = pull(
+        args.reference,
+        args.rootfs,
+        packages_only=args.packages_only,
+        platform=_platform(args.platform),
+        jobs=max(1, args.jobs),
+        registry=_registry_options(args),
+        cache=_cache(args),
+        progress=progress,
+    )
+    if args.json:
+        _emit(result.to_json(), stdout)
+    else:
+        stats = result.stats
+        print(
+            f"Unpacked {result.layers} layers of {result.source} ({result.digest}) into {result.rootfs}: "
+            f"{stats.files} files, {stats.dirs} directories, {stats.symlinks} symlinks",
+            file=stdout,
+        )
+        for skipped in stats.skipped:
+            print(f"  skipped {skipped}", file=stdout)
+    return 0
+
+
+def _run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    host, sep, port_text = args.addr.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise UsageError(f"--addr {args.addr!r} must be HOST:PORT, e.g. 127.0.0.1:5000")
+    server = RegistryServer(Path(args.root), host=host.strip("[]"), port=int(port_text))
+    print(f"Serving {server.root} at http://{server.address} (Ctrl-C stops)", file=stdout, flush=True)
+    print(
+        f"  clients: --insecure-registry {server.address} (imagesmith), --tls-verify=false (podman, skopeo)",
+        file=stderr,
+        flush=True,
+    )
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # `kill` (SIGTERM) stops the server as cleanly as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        server.serve_forever()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     progress = _Progress(stderr)
     if args.command == "build":
-        packages = load_packages(args.packages)
-        options = BuildOptions(
-            platform=_platform(args.platform),
-            compression=args.compression,
-            level=args.level,
-            env=tuple(args.env),
-            entrypoint=_command(args.entrypoint, "--entrypoint"),
-            cmd=_command(args.cmd, "--cmd"),
-            workdir=args.workdir,
-            labels=_pairs(args.label, "--label"),
-            annotations=_pairs(args.annotation, "--annotation"),
-            profile_script=args.profile_script,
-            tag_template=args.tag_template,
-            jobs=max(1, args.jobs),
-        )
-        result = build(
-            args.base_image,
-            packages,
-            repo=args.repo,
-            tag=args.tag,
-            options=options,
-            registry=_registry_options(args),
-            cache=_cache(args),
-            progress=progress,
-        )
-        if args.json:
-            _emit(result.to_json(), stdout)
-        else:
-            print(f"Pushed {result.reference} ({result.digest})", file=stdout)
-        return 0
+        return _run_build(args, stdout, progress)
     if args.command == "import":
-        result_i = import_rootfs(
-            args.rootfs,
-            args.tag,
-            platform=_platform(args.platform),
-            family=args.format,
-            env=tuple(args.env),
-            cmd=_command(args.cmd, "--cmd"),
-            compression=args.compression,
-            registry=_registry_options(args),
-            cache=_cache(args),
-            progress=progress,
-        )
-        if args.json:
-            _emit(result_i.to_json(), stdout)
-        else:
-            print(f"Pushed {result_i.reference} ({result_i.digest}) for {result_i.platform}", file=stdout)
-        return 0
+        return _run_import(args, stdout, progress)
     if args.command == "inspect":
-        from .registry.client import RegistryPool
-
-        pool = RegistryPool(_registry_options(args))
-        try:
-            if args.raw:
-                from .references import Reference
-
-                ref = Reference.parse(args.reference)
-                response = pool.client(ref.registry).get_manifest(ref.repository, ref.identifier)
-                stdout.write(response.data.decode("utf-8", errors="replace") + "\n")
-                return 0
-            info = inspect(args.reference, platform=_platform(args.platform), pool=pool)
-        finally:
-            pool.close()
-        if args.json:
-            _emit(info.to_json(), stdout)
-        else:
-            _print_inspect(info.to_json(), stdout)
-        return 0
+        return _run_inspect(args, stdout)
+    if args.command == "copy":
+        return _run_copy(args, stdout, progress)
+    if args.command == "pull":
+        return _run_pull(args, stdout, progress)
+    if args.command == "serve":
+        return _run_serve(args, stdout, stderr)
     if args.command == "cache":
         return _run_cache(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
@@ -493,9 +666,9 @@ def _print_inspect(data: dict[str, Any], out: TextIO) -> None:
 def _exit_code(error: ImagesmithError) -> int:
     if isinstance(error, UsageError | ReferenceFormatError | PackageError | TemplateError):
         return 2
-    if isinstance(error, RegistryError):
+    if isinstance(error, RegistryError | DaemonError):
         return 3
-    if isinstance(error, IntegrityError):
+    if isinstance(error, IntegrityError | UnpackError):
         return 4
     return 1
 
