@@ -14,15 +14,18 @@ from __future__ import annotations
 
 from ._version import __version__
 from .cache import BlobCache
+from .daemon import load_into_daemon
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env
 from .errors import (
     AuthenticationError,
     CacheError,
+    DaemonError,
     DigestFormatError,
     ImagesmithError,
     IntegrityError,
     LayerError,
+    LayoutError,
     ManifestError,
     NotFoundError,
     PackageError,
@@ -32,9 +35,19 @@ from .errors import (
     RegistryError,
     RegistryUnreachableError,
     TemplateError,
+    UnpackError,
     UsageError,
 )
 from .images import BaseImage, Image, Layer, resolve_base
+from .layout import OCILayout
+from .locations import (
+    ArchiveLocation,
+    DaemonLocation,
+    LayoutLocation,
+    Location,
+    RegistryLocation,
+    parse_location,
+)
 from .model import Descriptor, ImageConfig, Index, Manifest, Platform
 from .packages import Package, load_package, load_packages
 from .pipeline import (
@@ -48,12 +61,17 @@ from .pipeline import (
     inspect,
 )
 from .progress import ProgressEvent
+from .pull import PullResult, pull
 from .references import Reference
 from .registry.client import RegistryClient, RegistryPool
 from .registry.credentials import Credentials, CredentialStore
 from .registry.transport import RegistryOptions
+from .server import RegistryServer
+from .transfer import CopyResult, copy_image
+from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
 
 __all__ = [
+    "ArchiveLocation",
     "AuthenticationError",
     "BaseImage",
     "BlobCache",
@@ -61,8 +79,11 @@ __all__ = [
     "BuildResult",
     "BuiltPackage",
     "CacheError",
+    "CopyResult",
     "CredentialStore",
     "Credentials",
+    "DaemonError",
+    "DaemonLocation",
     "Descriptor",
     "Digest",
     "DigestFormatError",
@@ -76,31 +97,47 @@ __all__ = [
     "IntegrityError",
     "Layer",
     "LayerError",
+    "LayoutError",
+    "LayoutLocation",
+    "Location",
     "Manifest",
     "ManifestError",
     "NotFoundError",
+    "OCILayout",
     "Package",
     "PackageError",
     "Platform",
     "PlatformError",
     "ProgressEvent",
+    "PullResult",
     "RateLimitError",
     "Reference",
     "ReferenceFormatError",
     "RegistryClient",
     "RegistryError",
+    "RegistryLocation",
     "RegistryOptions",
     "RegistryPool",
+    "RegistryServer",
     "RegistryUnreachableError",
     "TemplateError",
+    "UnpackError",
+    "UnpackPolicy",
+    "UnpackStats",
     "UsageError",
     "__version__",
     "apply_env",
     "build",
+    "copy_image",
     "import_rootfs",
     "infer_env",
     "inspect",
+    "load_into_daemon",
     "load_package",
     "load_packages",
+    "parse_location",
+    "pull",
     "resolve_base",
+    "unpack_layer",
+    "unpack_layers",
 ]

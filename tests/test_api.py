@@ -1,0 +1,93 @@
+"""The public API: what `import imagesmith` offers is a decision, so a test pins it."""
+
+import imagesmith
+
+EXPECTED = [
+    "ArchiveLocation",
+    "AuthenticationError",
+    "BaseImage",
+    "BlobCache",
+    "BuildOptions",
+    "BuildResult",
+    "BuiltPackage",
+    "CacheError",
+    "CopyResult",
+    "CredentialStore",
+    "Credentials",
+    "DaemonError",
+    "DaemonLocation",
+    "Descriptor",
+    "Digest",
+    "DigestFormatError",
+    "EnvModification",
+    "Image",
+    "ImageConfig",
+    "ImagesmithError",
+    "ImportResult",
+    "Index",
+    "InspectResult",
+    "IntegrityError",
+    "Layer",
+    "LayerError",
+    "LayoutError",
+    "LayoutLocation",
+    "Location",
+    "Manifest",
+    "ManifestError",
+    "NotFoundError",
+    "OCILayout",
+    "Package",
+    "PackageError",
+    "Platform",
+    "PlatformError",
+    "ProgressEvent",
+    "PullResult",
+    "RateLimitError",
+    "Reference",
+    "ReferenceFormatError",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryLocation",
+    "RegistryOptions",
+    "RegistryPool",
+    "RegistryServer",
+    "RegistryUnreachableError",
+    "TemplateError",
+    "UnpackError",
+    "UnpackPolicy",
+    "UnpackStats",
+    "UsageError",
+    "__version__",
+    "apply_env",
+    "build",
+    "copy_image",
+    "import_rootfs",
+    "infer_env",
+    "inspect",
+    "load_into_daemon",
+    "load_package",
+    "load_packages",
+    "parse_location",
+    "pull",
+    "resolve_base",
+    "unpack_layer",
+    "unpack_layers",
+]
+
+
+def test_public_names_are_exactly_these() -> None:
+    assert sorted(imagesmith.__all__) == sorted(EXPECTED)
+
+
+def test_every_public_name_exists_and_is_documented() -> None:
+    for name in imagesmith.__all__:
+        value = getattr(imagesmith, name)
+        if callable(value) and not name.endswith("Error"):
+            assert (value.__doc__ or "").strip(), f"imagesmith.{name} has no docstring"
+
+
+def test_errors_share_one_root() -> None:
+    for name in imagesmith.__all__:
+        value = getattr(imagesmith, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, imagesmith.ImagesmithError), name
