@@ -92,10 +92,13 @@ def fetch_blob(
 ) -> Path:
     """Make sure a blob is in the cache (reading it from ``origin``, verified, if needed).
 
-    Returns its path in the cache. A blob with no origin (one imagesmith built) that is
-    missing from the cache raises :class:`CacheError`.
+    Returns its path in the cache. A cached copy of a blob that has an origin is rehashed
+    first: one that was truncated or bit-flipped on disk is evicted and fetched again, so
+    callers that read the file directly (the unpacker, archive writers) never see bad bytes.
+    A blob with no origin (one imagesmith built in this run, already verified when written)
+    that is missing from the cache raises :class:`CacheError`.
     """
-    if cache.has(descriptor.digest, descriptor.size):
+    if cache.has(descriptor.digest, descriptor.size) and (origin is None or cache.verify(descriptor.digest)):
         return cache.path(descriptor.digest)
     if origin is None:
         raise CacheError(

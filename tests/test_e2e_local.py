@@ -231,3 +231,29 @@ def test_serve_is_a_registry_podman_and_imagesmith_use(
     assert ran.stdout.startswith("Hello, world, from hello 2.12")
     tags = ok("--insecure-registry", address, "inspect", reference, "--json")
     assert json.loads(tags)["digest"] == out["digest"]
+
+
+def test_a_corrupt_cache_entry_is_fetched_again(
+    base_layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagesmith.cache import BlobCache
+    from imagesmith.digests import Digest
+
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(cache_dir))
+    image = tmp_path / "image"
+    ok("build", "--base-image", base_layout, "--output", f"oci:{image}:v1", HELLO)
+    manifest = json.loads(ok("inspect", f"oci:{image}:v1", "--raw"))
+    base_layer = Digest.parse(manifest["layers"][0]["digest"])
+    cache = BlobCache(cache_dir)
+    ok("pull", f"oci:{image}:v1", "--rootfs", str(tmp_path / "first"))  # puts the base layer in the cache
+    assert cache.has(base_layer)
+    # Flip one byte in the middle: same size, wrong content.
+    path = cache.path(base_layer)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    rootfs = tmp_path / "rootfs"
+    ok("pull", f"oci:{image}:v1", "--rootfs", str(rootfs))
+    assert (rootfs / "bin/busybox").is_file()
+    assert cache.verify(base_layer)  # replaced by a good copy
