@@ -649,6 +649,12 @@ class Podman:
         if host not in self.insecure_registries:
             self.insecure_registries.append(host)
             self._write_registries_conf()
+            if self._service is not None:
+                # The API service reads registries.conf once, when it starts: restart it so
+                # `docker run` through the socket can pull from the new host too.
+                _stop_process(self._service)
+                self._service = None
+                self.start_service()
 
     @property
     def socket_path(self) -> Path:

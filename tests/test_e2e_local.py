@@ -226,7 +226,8 @@ def test_serve_is_a_registry_podman_and_imagesmith_use(
     reference = out["reference"]
     # The served repository is an OCI layout on disk, readable as such.
     assert (root / "stack" / "oci-layout").is_file()
-    ran = podman.podman("run", "--rm", "--tls-verify=false", reference, "hello")
+    podman.add_insecure_registry(address)
+    ran = podman.docker("run", "--rm", reference, "hello")  # the docker CLI, through podman's API
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith("Hello, world, from hello 2.12")
     tags = ok("--insecure-registry", address, "inspect", reference, "--json")
