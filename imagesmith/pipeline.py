@@ -57,6 +57,10 @@ __all__ = [
 ]
 
 PROFILE_SCRIPT_PATH = "etc/profile.d/imagesmith.sh"
+# Config labels naming the package an image was built for (the last, top layer).
+LABEL_NAME = "org.opencontainers.image.title"
+LABEL_VERSION = "org.opencontainers.image.version"
+LABEL_HASH = "io.imagesmith.package.hash"
 ANNOTATION = "org.opencontainers.image."
 
 
@@ -297,6 +301,17 @@ def assemble(
     elif options.entrypoint is not None:
         # Docker semantics: a new entrypoint resets the base image's Cmd.
         config = config.with_config_fields(Cmd=None)
+    if built:
+        # The package identity travels in the config (both media-type families have labels),
+        # so a repository index can be rebuilt from the registry alone.
+        last = built[-1]
+        config = config.with_labels(
+            {
+                LABEL_NAME: last.package.name,
+                LABEL_VERSION: last.package.version,
+                LABEL_HASH: last.hash,
+            }
+        )
     if options.labels:
         config = config.with_labels(options.labels)
     config = config.with_top_level(created=created)
@@ -402,8 +417,7 @@ def check_output(
         raise UsageError("give exactly one of --repo REPO (tag from the template) or --tag REF")
     if out is None and not load and not named:
         raise UsageError(
-            "give exactly one of --repo REPO (tag from the template) or --tag REF, "
-            "or an --output location"
+            "give exactly one of --repo REPO (tag from the template) or --tag REF, or an --output location"
         )
     if isinstance(out, RegistryLocation | DaemonLocation) and named:
         raise UsageError(f"--output {out} names the image already: leave out --repo and --tag")
@@ -638,9 +652,7 @@ def import_rootfs(
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=4, docker_host=docker_host, progress=progress
         )
-        return ImportResult(
-            _name_of(destinations, ref), digest, blob, platform, tuple(destinations), loaded
-        )
+        return ImportResult(_name_of(destinations, ref), digest, blob, platform, tuple(destinations), loaded)
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,11 @@ def test_profile_script_and_options(registry: DistributionRegistry, base: str, p
     data = json.loads(ok("inspect", ref, "--json", "--insecure-registry", registry.host))
     assert len(data["layers"]) == 4
     assert "GREETING=hi there" in data["config"]["Env"]
-    assert data["config"]["Labels"] == {"org.example.team": "hpc"}
+    labels = data["config"]["Labels"]
+    assert labels["org.example.team"] == "hpc"
+    assert labels["org.opencontainers.image.title"] == "hello"
+    assert labels["org.opencontainers.image.version"] == "2.12"
+    assert len(labels["io.imagesmith.package.hash"]) == 32
 
 
 def test_docker_v2_base_stays_docker(
