@@ -43,7 +43,7 @@ from .errors import (
 )
 from .model import Platform
 from .packages import load_packages
-from .pipeline import BuildOptions, BuildResult, ImportResult, build, import_rootfs, inspect
+from .pipeline import BuildOptions, BuildResult, ImportResult, build, build_each, import_rootfs, inspect
 from .progress import ProgressEvent
 from .pull import pull
 from .registry.client import RegistryPool
@@ -143,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="manifest annotation (repeatable; OCI bases only)",
+    )
+    p.add_argument(
+        "--each",
+        action="store_true",
+        help="one image per package (each with its dependencies below it), sharing work across them; "
+        "needs --repo or --output oci:DIR",
     )
     p.add_argument(
         "--profile-script",
@@ -445,6 +451,27 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         tag_template=args.tag_template,
         jobs=max(1, args.jobs),
     )
+    if args.each:
+        if args.tag or args.load:
+            raise UsageError(
+                "--each tags every image from the template: use --repo REPO (or --output oci:DIR)"
+            )
+        results = build_each(
+            args.base_image,
+            packages,
+            repo=args.repo,
+            output=args.output,
+            options=options,
+            registry=_registry_options(args),
+            cache=_cache(args),
+            progress=progress,
+        )
+        if args.json:
+            print(json.dumps([r.to_json() for r in results], indent=2), file=stdout)
+        else:
+            for item in results:
+                _report_written(item, stdout)
+        return 0
     result = build(
         args.base_image,
         packages,

@@ -43,7 +43,7 @@ from .references import Reference, parse_repository
 from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
 from .templating import render_profile_script, render_tag
-from .transfer import DaemonSink, as_location, open_sink, open_source, write_image
+from .transfer import DaemonSink, as_location, open_sink, open_source, write_image, write_images
 
 __all__ = [
     "BuildOptions",
@@ -52,6 +52,7 @@ __all__ = [
     "ImportResult",
     "InspectResult",
     "build",
+    "build_each",
     "import_rootfs",
     "inspect",
 ]
@@ -304,12 +305,12 @@ def assemble(
     if built:
         # The package identity travels in the config (both media-type families have labels),
         # so a repository index can be rebuilt from the registry alone.
-        last = built[-1]
+        top = built[-1]
         config = config.with_labels(
             {
-                LABEL_NAME: last.package.name,
-                LABEL_VERSION: last.package.version,
-                LABEL_HASH: last.hash,
+                LABEL_NAME: top.package.name,
+                LABEL_VERSION: top.package.version,
+                LABEL_HASH: top.hash,
             }
         )
     if options.labels:
@@ -326,9 +327,8 @@ def assemble(
         annotations[ANNOTATION + "base.digest"] = str(base.digest)
         annotations[ANNOTATION + "created"] = created
         if built:
-            last = built[-1].package
-            annotations[ANNOTATION + "title"] = last.name
-            annotations[ANNOTATION + "version"] = last.version
+            annotations[ANNOTATION + "title"] = built[-1].package.name
+            annotations[ANNOTATION + "version"] = built[-1].package.version
         annotations.update(options.annotations)
     elif options.annotations:
         raise UsageError("annotations need an OCI base image: Docker v2 manifests have none")
@@ -352,12 +352,12 @@ def _profile_layer(
 
 
 def _rendered_tag(built: Sequence[BuiltPackage], template: str | None, platform: Platform) -> str:
-    last = built[-1]
+    top = built[-1]
     return render_tag(
         template,
-        name=last.package.name,
-        version=last.package.version,
-        hash=last.hash,
+        name=top.package.name,
+        version=top.package.version,
+        hash=top.hash,
         os=platform.os,
         arch=platform.architecture,
     )
@@ -556,6 +556,86 @@ def build(
         return BuildResult(
             _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded
         )
+
+
+def _closure(package: Package, by_key: Mapping[str, BuiltPackage]) -> set[str]:
+    keys: set[str] = set()
+    stack = [package.key]
+    while stack:
+        key = stack.pop()
+        if key not in keys:
+            keys.add(key)
+            stack.extend(by_key[key].package.depends)
+    return keys
+
+
+def build_each(
+    base: str | Reference | Location,
+    packages: Sequence[Package],
+    *,
+    repo: str | Reference | None = None,
+    output: str | Location | None = None,
+    options: BuildOptions | None = None,
+    registry: RegistryOptions | None = None,
+    cache: BlobCache | None = None,
+    pool: RegistryPool | None = None,
+    progress: ProgressCallback = null_progress,
+) -> list[BuildResult]:
+    """Build one image per package (its dependencies as layers below it) in one run.
+
+    ``packages`` is a dependency-ordered list such as :func:`load_packages` returns; every
+    package in it gets an image, tagged from the tag template in ``repo`` (pushed), or in the
+    OCI layout ``output`` (``oci:DIR``). Work is shared across the images: the base is
+    resolved once, each layer is built and compressed once, and each blob is HEAD-checked,
+    mounted or uploaded once; what remains per image is its config and manifest.
+    """
+    options = options or BuildOptions()
+    cache = cache or BlobCache()
+    if not packages:
+        raise UsageError("no packages given: name at least one package file")
+    if (repo is None) == (output is None):
+        raise UsageError("--each needs exactly one of --repo REPO or --output oci:DIR")
+    out = as_location(output) if output is not None else None
+    if out is not None and not (isinstance(out, LayoutLocation) and out.tag is None):
+        raise UsageError(f"--each writes one tag per package: give --output oci:DIR without a tag, not {out}")
+    repository = parse_repository(repo) if isinstance(repo, str) else repo
+    keys = {p.key for p in packages}
+    for package in packages:
+        missing = [d for d in package.depends if d not in keys]
+        if missing:
+            raise UsageError(f"package {package.name} depends on {missing[0]}, which is not in the list")
+    with _registry_pool(pool, registry) as pool:
+        platform = options.platform or Platform.host()
+        with open_source(as_location(base), pool) as source:
+            resolved = resolve_base(pool, source, platform)
+        progress(ProgressEvent("resolve", resolved.pinned))
+        media_types = resolved.image.media_types
+        media_types.layer(options.compression)
+        built = build_package_layers(packages, cache, media_types, options, progress)
+        by_key = {b.package.key: b for b in built}
+        created = _created()
+        plans: list[tuple[Image, Location, Reference | None, tuple[BuiltPackage, ...]]] = []
+        for item in built:
+            closure = _closure(item.package, by_key)
+            stack = tuple(b for b in built if b.package.key in closure)  # dependency order kept
+            image = assemble(resolved, stack, cache, options, created)
+            tag = _rendered_tag(stack, options.tag_template, platform)
+            if repository is not None:
+                name: Reference | None = repository.with_tag(tag)
+                assert name is not None
+                location: Location = RegistryLocation(name)
+            else:
+                assert isinstance(out, LayoutLocation)
+                name, location = None, LayoutLocation(out.path, validate_layout_tag(tag))
+            plans.append((image, location, name, stack))
+        digests = write_images(
+            [(image, location) for image, location, _, _ in plans],
+            pool=pool, cache=cache, jobs=options.jobs, progress=progress,
+        )  # fmt: skip
+        return [
+            BuildResult(name, str(digest), resolved, image, stack, (location,), ())
+            for (image, location, name, stack), digest in zip(plans, digests, strict=True)
+        ]
 
 
 @dataclass(frozen=True)

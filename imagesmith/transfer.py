@@ -41,6 +41,7 @@ from .images import (
     BlobOrigin,
     Image,
     ImageSource,
+    Layer,
     LayoutSource,
     RawManifest,
     RegistrySource,
@@ -72,6 +73,7 @@ __all__ = [
     "open_sink",
     "open_source",
     "write_image",
+    "write_images",
 ]
 
 PlatformChoice = Platform | Literal["all"] | None
@@ -500,13 +502,73 @@ def write_image(
         if layer.digest not in seen:
             seen.add(layer.digest)
             layers.append(layer)
-    _run_parallel(lambda layer: sink.put_blob(layer.descriptor, layer.origin, progress), layers, jobs)
+    _put_layers(sink, layers, jobs, progress)
     sink.put_blob_bytes(image.config_descriptor, image.config_bytes, progress)
     data = image.manifest_bytes()
     manifest = RawManifest(data, image.media_types.manifest, Digest.of(data))
     platform = image.config.platform if image.config.os else None
     sink.put_manifest(manifest, top=True, platform=platform, progress=progress)
     return manifest.digest
+
+
+def _store_key(location: Location) -> tuple[str, ...]:
+    if isinstance(location, RegistryLocation):
+        return ("registry", location.reference.registry, location.reference.repository)
+    if isinstance(location, LayoutLocation):
+        return ("layout", str(Path(location.path).resolve()))
+    raise UsageError(
+        f"{location} cannot take several images in one run: write them to a registry repository "
+        "or an oci: layout"
+    )
+
+
+def _put_layers(sink: ImageSink, layers: Sequence[Layer], jobs: int, progress: ProgressCallback) -> None:
+    _run_parallel(lambda layer: sink.put_blob(layer.descriptor, layer.origin, progress), layers, jobs)
+
+
+def write_images(
+    targets: Sequence[tuple[Image, Location]],
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    jobs: int = 4,
+    progress: ProgressCallback = null_progress,
+) -> list[Digest]:
+    """Write several images that share blobs, doing each blob's work once per store.
+
+    Every distinct layer blob going to the same registry repository or layout is HEAD-checked,
+    mounted or uploaded once, all in parallel; then each image's config and manifest are
+    written, images in parallel. Returns the manifest digests in the order of ``targets``.
+    Only registry and OCI-layout locations can be written this way.
+    """
+    stores: dict[tuple[str, ...], list[int]] = {}
+    for index, (_, location) in enumerate(targets):
+        stores.setdefault(_store_key(location), []).append(index)
+    for members in stores.values():
+        seen: set[Digest] = set()
+        layers: list[Layer] = []
+        for index in members:
+            for layer in targets[index][0].layers:
+                if layer.digest not in seen:
+                    seen.add(layer.digest)
+                    layers.append(layer)
+        with open_sink(targets[members[0]][1], pool=pool, cache=cache) as sink:
+            _put_layers(sink, layers, jobs, progress)
+
+    digests: list[Digest | None] = [None] * len(targets)
+
+    def finish(index: int) -> None:
+        image, location = targets[index]
+        with open_sink(location, pool=pool, cache=cache) as sink:
+            sink.put_blob_bytes(image.config_descriptor, image.config_bytes, progress)
+            data = image.manifest_bytes()
+            manifest = RawManifest(data, image.media_types.manifest, Digest.of(data))
+            platform = image.config.platform if image.config.os else None
+            sink.put_manifest(manifest, top=True, platform=platform, progress=progress)
+        digests[index] = manifest.digest
+
+    _run_parallel(finish, list(range(len(targets))), jobs)
+    return [d for d in digests if d is not None]
 
 
 @dataclass(frozen=True)

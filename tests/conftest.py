@@ -108,3 +108,14 @@ def busybox_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A minimal busybox root filesystem directory (see ``servers.busybox_rootfs``)."""
     need(Path("/bin/busybox").is_file(), f"/bin/busybox missing: {install_hint('busybox')}")
     return busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture(scope="session")
+def base(registry: DistributionRegistry, busybox_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A busybox base image imported into the plain registry (through the CLI)."""
+    from cli_support import ok
+
+    ref = f"{registry.host}/base/busybox:1"
+    os.environ.setdefault("IMAGESMITH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    ok("--insecure-registry", registry.host, "import", str(busybox_dir), "--tag", ref)
+    return ref

@@ -14,51 +14,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_support import EXAMPLES, HELLO, cli, ok
 from conftest import BASIC_USERS, TOKEN_USERS, need_tool
 from servers import DEBIAN_PATH, DistributionRegistry, Podman, TokenIssuer
 
 from imagesmith import mediatypes as mt
-from imagesmith.cli import main
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "stack"
-HELLO = str(EXAMPLES / "hello.json")
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = dict(os.environ)
-    try:
-        if env:
-            os.environ.update(env)
-        code = main(list(args), stdout=out, stderr=err)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return code, out.getvalue(), err.getvalue()
-
-
-def ok(*args: str, env: dict[str, str] | None = None) -> str:
-    code, out, err = cli(*args, env=env)
-    assert code == 0, f"imagesmith {' '.join(args)} failed ({code}): {err}"
-    return out
+__all__ = ["EXAMPLES", "HELLO", "cli", "ok"]  # re-exported: other test files import them from here
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-
-
-@pytest.fixture(scope="session")
-def base(registry: DistributionRegistry, busybox_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A busybox base image imported into the plain registry."""
-    ref = f"{registry.host}/base/busybox:1"
-    os.environ.setdefault("IMAGESMITH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    ok("--insecure-registry", registry.host, "import", str(busybox_dir), "--tag", ref)
-    return ref
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,105 @@
+"""Batch builds (`build --each`): one image per package, work shared across them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from servers import DistributionRegistry, Podman
+from test_e2e import EXAMPLES, HELLO, cli, ok
+
+pytestmark = pytest.mark.integration
+
+
+class _Requests(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if " -> " in message:
+            self.lines.append(message)
+
+
+def test_each_matches_one_by_one_and_shares_blobs(registry: DistributionRegistry, base: str) -> None:
+    host = registry.host
+    repo = f"{host}/each"
+    counter = _Requests()
+    logger = logging.getLogger("imagesmith.http")
+    logger.addHandler(counter)
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        results = json.loads(
+            ok(
+                "--insecure-registry",
+                host,
+                "build",
+                "--each",
+                "--base-image",
+                base,
+                "--repo",
+                repo,
+                "--json",
+                HELLO,
+            )
+        )
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(previous)
+    assert [r["layers"][-1]["package"] for r in results] == ["libgreet", "hello"]
+    assert [len(r["layers"]) for r in results] == [1, 2]
+    # Each blob of the run was looked at once: base layer + 2 package layers, not 1 + 1 + 3.
+    layer_heads = [line for line in counter.lines if line.startswith("HEAD ") and "/blobs/" in line]
+    digests = {re.search(r"/blobs/(sha256:[0-9a-f]+)", line).group(1) for line in layer_heads}  # type: ignore[union-attr]
+    assert len(digests) == 3 and len(layer_heads) == len(digests), layer_heads
+    # The same images as separate builds would make.
+    for result, package in zip(results, [str(EXAMPLES / "libgreet.toml"), HELLO], strict=True):
+        alone = json.loads(
+            ok("--insecure-registry", host, "build", "--base-image", base, "--repo", repo, "--json", package)
+        )
+        assert (alone["tag"], alone["digest"]) == (result["tag"], result["digest"])
+
+
+def test_each_into_a_layout(
+    base: str, registry: DistributionRegistry, tmp_path: Path, podman: Podman
+) -> None:
+    layout = tmp_path / "stack"
+    results = json.loads(
+        ok(
+            "--insecure-registry",
+            registry.host,
+            "build",
+            "--each",
+            "--base-image",
+            base,
+            "--output",
+            f"oci:{layout}",
+            "--json",
+            HELLO,
+        )
+    )
+    tags = [r["tag"] or r["destinations"][0].rsplit(":", 1)[1] for r in results]
+    index = json.loads((layout / "index.json").read_text())
+    names = sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"])
+    assert names == sorted(tags)
+    hello_tag = next(t for t in tags if t.startswith("hello-"))
+    ran = podman.podman("run", "--rm", f"oci:{layout}:{hello_tag}", "hello")
+    assert ran.returncode == 0 and ran.stdout.startswith("Hello, world"), ran.stderr
+
+
+def test_each_refuses_what_it_cannot_do(base: str, registry: DistributionRegistry, tmp_path: Path) -> None:
+    for extra in (
+        ["--tag", f"{registry.host}/x:1"],
+        ["--output", f"docker-archive:{tmp_path}/a.tar"],
+        ["--output", f"oci:{tmp_path}/l:tag"],
+    ):
+        code, _, err = cli(
+            "--insecure-registry", registry.host, "build", "--each", "--base-image", base, *extra, HELLO
+        )
+        assert code == 2, err
+        assert err.startswith("imagesmith: error: ")
