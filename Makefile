@@ -11,12 +11,14 @@ SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apach
 SYSTEM_FILES := /usr/bin/docker-registry /usr/bin/podman /usr/sbin/runc /usr/bin/skopeo \
 	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl
 
-.PHONY: help demo test lint type check clean system-deps venv
+.PHONY: help demo test lint type check bench docs clean system-deps venv
 
 help:
 	@echo "make demo    run the main job end to end on a throwaway local registry"
 	@echo "make test    run the test suite (installs what it needs)"
 	@echo "make lint    ruff;  make type  mypy --strict;  make check  all three"
+	@echo "make bench   benchmarks (results in .bench/)"
+	@echo "make docs    check that every doc the README links exists"
 	@echo "make clean   remove the virtualenv and caches"
 
 system-deps:
@@ -51,6 +53,14 @@ type: venv
 	$(BIN)/mypy
 
 check: lint type test
+
+bench: system-deps venv
+	$(BIN)/python tests/bench_stack.py .bench/stack.json
+
+docs:
+	@missing=0; for f in $$(grep -o 'docs/[a-z_-]*\.md' README.md docs/*.md | cut -d: -f2 | sort -u); do \
+		[ -f $$f ] || { echo "missing: $$f"; missing=1; }; done; \
+	[ $$missing = 0 ] && echo "docs: every linked page exists"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info

@@ -558,15 +558,27 @@ def build(
         )
 
 
-def _closure(package: Package, by_key: Mapping[str, BuiltPackage]) -> set[str]:
-    keys: set[str] = set()
-    stack = [package.key]
+def _stack_of(package: Package, by_key: Mapping[str, BuiltPackage]) -> tuple[BuiltPackage, ...]:
+    """The layers of ``package``'s own image: its dependencies depth first in the order each
+    lists them, then itself -- the order :func:`load_packages` gives for it alone, so an image
+    is the same whatever else a batch holds."""
+    order: list[BuiltPackage] = []
+    seen: set[str] = set()
+    # Iterative post-order walk: (key, next dependency index).
+    stack: list[tuple[str, int]] = [(package.key, 0)]
+    seen.add(package.key)
     while stack:
-        key = stack.pop()
-        if key not in keys:
-            keys.add(key)
-            stack.extend(by_key[key].package.depends)
-    return keys
+        key, index = stack.pop()
+        depends = by_key[key].package.depends
+        if index < len(depends):
+            stack.append((key, index + 1))
+            dep = depends[index]
+            if dep not in seen:
+                seen.add(dep)
+                stack.append((dep, 0))
+        else:
+            order.append(by_key[key])
+    return tuple(order)
 
 
 def build_each(
@@ -616,8 +628,7 @@ def build_each(
         created = _created()
         plans: list[tuple[Image, Location, Reference | None, tuple[BuiltPackage, ...]]] = []
         for item in built:
-            closure = _closure(item.package, by_key)
-            stack = tuple(b for b in built if b.package.key in closure)  # dependency order kept
+            stack = _stack_of(item.package, by_key)
             image = assemble(resolved, stack, cache, options, created)
             tag = _rendered_tag(stack, options.tag_template, platform)
             if repository is not None:

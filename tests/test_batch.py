@@ -104,3 +104,33 @@ def test_each_refuses_what_it_cannot_do(base: str, registry: DistributionRegistr
         )
         assert code == 2, err
         assert err.startswith("imagesmith: error: ")
+
+
+def test_each_image_is_the_same_whatever_else_the_batch_holds(tmp_path: Path) -> None:
+    """An image's layer order is its own dependency walk, not the batch's global order."""
+    from imagesmith.packages import load_packages
+    from imagesmith.pipeline import _stack_of  # the ordering rule itself
+
+    def package(name: str, depends: list[str]) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"name": name, "version": "1", "prefix": f"/opt/{name}", "content": name,
+                                    "depends": [f"{d}.json" for d in depends]}))
+        return path
+
+    package("a", [])
+    package("b", [])
+    first = package("x", ["a", "b"])
+    second = package("y", ["b", "a"])  # lists its dependencies the other way round
+    everything = load_packages([first, second])
+
+    class Built:
+        def __init__(self, p: object) -> None:
+            self.package = p
+
+    by_key = {p.key: Built(p) for p in everything}
+    for root in (first, second):
+        alone = [p.name for p in load_packages([root])]
+        in_batch = [b.package.name for b in _stack_of(load_packages([root])[-1], by_key)]  # type: ignore[arg-type]
+        assert in_batch == alone
