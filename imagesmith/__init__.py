@@ -57,6 +57,7 @@ from .pipeline import (
     ImportResult,
     InspectResult,
     build,
+    build_each,
     import_rootfs,
     inspect,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "__version__",
     "apply_env",
     "build",
+    "build_each",
     "copy_image",
     "import_rootfs",
     "infer_env",

@@ -60,6 +60,7 @@ EXPECTED = [
     "__version__",
     "apply_env",
     "build",
+    "build_each",
     "copy_image",
     "import_rootfs",
     "infer_env",
