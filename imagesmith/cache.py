@@ -34,6 +34,7 @@ from typing import IO, Any
 
 import platformdirs
 
+from .blobstore import BlobWriter, atomic_blob
 from .digests import CHUNK, Digest, Hasher, VerifyingReader
 from .errors import CacheError, IntegrityError
 
@@ -91,44 +92,6 @@ class PruneResult:
             "bytes": self.bytes,
             "dry_run": self.dry_run,
         }
-
-
-class BlobWriter:
-    """The writable end of :meth:`BlobCache.put_stream`.
-
-    ``write`` hashes and stores bytes; ``size`` counts them. ``digest`` is available once the
-    ``with`` block has exited without error.
-    """
-
-    def __init__(self, f: IO[bytes], algorithm: str, limit: int | None, tmp: Path) -> None:
-        self._f = f
-        self._hasher = Hasher(algorithm)
-        self._limit = limit
-        self._tmp = tmp
-        self._digest: Digest | None = None
-
-    @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        return self._hasher.size
-
-    @property
-    def digest(self) -> Digest:
-        """The digest of everything written; valid after the ``with`` block ends."""
-        if self._digest is None:
-            raise CacheError("the blob digest is known only after its writer is closed")
-        return self._digest
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        """Store ``data``; more bytes than the announced size raise :class:`IntegrityError`."""
-        self._hasher.update(data)
-        if self._limit is not None and self._hasher.size > self._limit:
-            raise IntegrityError(f"blob is longer than its announced size {self._limit}")
-        try:
-            self._f.write(data)
-        except OSError as exc:
-            raise _fail("write", self._tmp, exc) from None
-        return len(data)
 
 
 class CachedBlobReader:
@@ -260,62 +223,26 @@ class BlobCache:
 
         Bytes go to a unique temp file under ``root/tmp``; when the block ends they are fsynced,
         checked against ``expected`` and ``size`` if given (:class:`IntegrityError` otherwise),
-        and renamed into place. If the blob is already present with the same size the temp file
-        is simply dropped. On any exception the temp file is removed and nothing is published.
+        and renamed into place (see :func:`imagesmith.blobstore.atomic_blob`). If the blob is
+        already present with the same size the temp file is simply dropped. On any exception
+        the temp file is removed and nothing is published.
         """
-        algorithm = expected.algorithm if expected is not None else "sha256"
-        self._ensure(algorithm)
+        self._ensure(expected.algorithm if expected is not None else "sha256")
         try:
             fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"blob-{os.getpid()}-", suffix=".tmp")
         except OSError as exc:
             raise _fail("create a temp file in", self.tmp_dir, exc) from None
-        tmp = Path(tmp_name)
-        try:
-            # mkstemp makes 0600 files; blobs are content, not secrets, and may be linked into
-            # an OCI layout that other users read.
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                writer = BlobWriter(f, algorithm, size, tmp)
-                yield writer
-                try:
-                    f.flush()
-                    os.fsync(f.fileno())
-                except OSError as exc:
-                    raise _fail("write", tmp, exc) from None
-            digest = writer._hasher.digest
-            if size is not None and writer.size != size:
-                raise IntegrityError(f"blob is truncated: got {writer.size} bytes, expected {size}")
-            if expected is not None and digest != expected:
-                raise IntegrityError(f"blob does not match its digest: expected {expected}, got {digest}")
-            self._publish(tmp, digest, writer.size)
-            writer._digest = digest
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
-    def _publish(self, tmp: Path, digest: Digest, size: int) -> None:
-        final = self.path(digest)
-        if self.has(digest, size):
-            return  # same bytes already there; the caller's finally drops the temp file
-        try:
-            tmp.replace(final)
-        except OSError as exc:
-            raise _fail("store blob", final, exc) from None
-        self._fsync_dir(final.parent)
-
-    @staticmethod
-    def _fsync_dir(directory: Path) -> None:
-        # Make the rename itself durable; not every filesystem supports it, which is harmless.
-        try:
-            fd = os.open(directory, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        with atomic_blob(
+            fd,
+            Path(tmp_name),
+            expected=expected,
+            size=size,
+            destination=self.path,
+            present=self.has,
+            fail=_fail,
+            misuse=CacheError,
+        ) as writer:
+            yield writer
 
     def put_bytes(self, data: bytes) -> Digest:
         """Store ``data`` (a small blob such as a config or manifest) and return its digest."""

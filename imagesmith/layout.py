@@ -30,10 +30,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from . import mediatypes as mt
-from .digests import CHUNK, Digest, Hasher, VerifyingReader
+from .blobstore import BlobWriter, atomic_blob, fsync_dir
+from .digests import CHUNK, Digest, VerifyingReader
 from .errors import (
     DigestFormatError,
     IntegrityError,
@@ -92,20 +93,6 @@ def _os_error(action: str, path: Path, exc: OSError) -> LayoutError:
     return LayoutError(f"cannot {action} {path}: {exc.strerror or exc}{hint}")
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes a rename durable; some filesystems refuse to fsync a directory, which is harmless.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def validate_layout_tag(tag: str) -> str:
     """Check a layout tag; return it unchanged.
 
@@ -126,42 +113,8 @@ def ref_name(descriptor: Descriptor) -> str | None:
     return (descriptor.annotations or {}).get(REF_NAME)
 
 
-class LayoutBlobWriter:
-    """The writable end of :meth:`OCILayout.put_blob`.
-
-    ``write`` hashes and stores bytes; ``size`` counts them; ``digest`` is known once the
-    ``with`` block has ended without error.
-    """
-
-    def __init__(self, f: IO[bytes], tmp: Path, algorithm: str, limit: int | None) -> None:
-        self._f = f
-        self._tmp = tmp
-        self._hasher = Hasher(algorithm)
-        self._limit = limit
-        self._digest: Digest | None = None
-
-    @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        return self._hasher.size
-
-    @property
-    def digest(self) -> Digest:
-        """The digest of everything written; valid after the ``with`` block ends."""
-        if self._digest is None:
-            raise LayoutError("the blob digest is known only after its writer is closed")
-        return self._digest
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        """Store ``data``; more bytes than the announced size raise :class:`IntegrityError`."""
-        self._hasher.update(data)
-        if self._limit is not None and self._hasher.size > self._limit:
-            raise IntegrityError(f"blob is longer than its announced size {self._limit}")
-        try:
-            self._f.write(data)
-        except OSError as exc:
-            raise _os_error("write", self._tmp, exc) from None
-        return len(data)
+# Kept as a name of this module for callers that import it from here.
+LayoutBlobWriter = BlobWriter
 
 
 class OCILayout:
@@ -300,7 +253,7 @@ class OCILayout:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             self._tidy_temp_dir()
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     # -- blobs ---------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
@@ -357,50 +310,24 @@ class OCILayout:
             return reader.read_all_chunks()
 
     @contextlib.contextmanager
-    def put_blob(self, expected: Digest | None = None, size: int | None = None) -> Iterator[LayoutBlobWriter]:
-        """Write a blob through a :class:`LayoutBlobWriter`, atomically, in a ``with`` block.
+    def put_blob(self, expected: Digest | None = None, size: int | None = None) -> Iterator[BlobWriter]:
+        """Write a blob through a :class:`~imagesmith.blobstore.BlobWriter`, atomically.
 
-        Bytes go to a temp file under :attr:`temp_dir`; when the block ends they are fsynced,
-        checked against ``expected`` and ``size`` when given (:class:`IntegrityError`
-        otherwise) and renamed into ``blobs/``. A blob already present with that size is kept
-        and the temp file dropped. On any exception the temp file is removed and nothing is
-        published.
+        Bytes go to a temp file under :attr:`temp_dir`; when the ``with`` block ends they are
+        fsynced, checked against ``expected`` and ``size`` when given (:class:`IntegrityError`
+        otherwise) and renamed into ``blobs/`` (see :func:`imagesmith.blobstore.atomic_blob`).
+        A blob already present with that size is kept and the temp file dropped. On any
+        exception the temp file is removed and nothing is published.
         """
-        algorithm = expected.algorithm if expected is not None else "sha256"
         fd, tmp = self._mkstemp("blob")
         try:
-            with os.fdopen(fd, "wb") as f:
-                # mkstemp makes 0600 files; blobs are content that other users may read.
-                os.fchmod(f.fileno(), 0o644)
-                writer = LayoutBlobWriter(f, tmp, algorithm, size)
+            with atomic_blob(
+                fd, tmp, expected=expected, size=size, destination=self.blob_path, present=self.has_blob,
+                fail=_os_error, misuse=LayoutError,
+            ) as writer:  # fmt: skip
                 yield writer
-                try:
-                    f.flush()
-                    os.fsync(f.fileno())
-                except OSError as exc:
-                    raise _os_error("write", tmp, exc) from None
-            digest = writer._hasher.digest
-            if size is not None and writer.size != size:
-                raise IntegrityError(f"blob is truncated: got {writer.size} bytes, expected {size}")
-            if expected is not None and digest != expected:
-                raise IntegrityError(f"blob does not match its digest: expected {expected}, got {digest}")
-            self._publish(tmp, digest, writer.size)
-            writer._digest = digest
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
             self._tidy_temp_dir()
-
-    def _publish(self, tmp: Path, digest: Digest, size: int) -> None:
-        final = self.blob_path(digest)
-        if self.has_blob(digest, size):
-            return  # the same bytes are already there; the caller drops its temp file
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp.replace(final)
-        except OSError as exc:
-            raise _os_error("store blob", final, exc) from None
-        _fsync_dir(final.parent)
 
     def put_blob_from(self, reader: _Readable, expected: Digest, size: int) -> None:
         """Copy a blob from ``reader`` (streaming), verifying its digest and size."""
@@ -452,7 +379,7 @@ class OCILayout:
                 with open(path, "rb") as f:
                     self.put_blob_from(f, digest, size)
                 return
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -484,7 +411,7 @@ class OCILayout:
             except FileNotFoundError:
                 return False
             return True
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return True
 
     # -- index.json ----------------------------------------------------------------------
