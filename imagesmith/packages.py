@@ -2,10 +2,12 @@
 
 A package file (JSON or TOML) names the package, its version, the absolute prefix it lands at in
 the image, its content, its dependencies (other package files) and optionally its hash and its
-environment modifications. :func:`load_packages` follows dependencies and returns every package
-once, dependencies first, which is the order layers are stacked in. :func:`package_hash` derives
-a Spack-style 32-character base32 hash when the file gives none. The file format is documented
-in ``docs/packages.md``.
+environment modifications. A Spack install prefix, its ``.spack/spec.json`` or a Spack
+build-cache tarball stands in for a package file (see :mod:`imagesmith.spack`).
+:func:`load_packages` follows dependencies and returns every package once, dependencies first,
+which is the order layers are stacked in. :func:`package_hash` derives a Spack-style
+32-character base32 hash when the file gives none. The formats are documented in
+``docs/packages.md`` and ``docs/spack.md``.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import posixpath
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .digests import Digest
 from .envmods import EnvModification, env_from_json, env_to_json
 from .errors import PackageError, UsageError
+
+if TYPE_CHECKING:
+    from .spack import SpackSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,6 +62,7 @@ _KNOWN_KEYS = (
     "env",
     "ld_library_path",
     "description",
+    "spack_spec",
 )
 # Bumped whenever the hashed document changes shape, so old and new hashes never collide.
 _HASH_SCHEMA = 1
@@ -71,7 +77,9 @@ class Package:
     when the pipeline is to compute it with :func:`package_hash`; ``depends`` the :attr:`key` of
     each direct dependency; ``env`` the explicit modifications with ``{prefix}`` already
     expanded, or None to infer them from the content's layout; ``source`` the package file and
-    ``metadata`` everything it contained. ``ld_library_path`` and ``metadata`` are keyword-only.
+    ``metadata`` everything it contained; ``spack`` the Spack spec the package came with (from
+    an install prefix, a build-cache tarball or a package file's ``spack_spec``), whose root
+    hash is then ``hash``. ``ld_library_path``, ``metadata`` and ``spack`` are keyword-only.
     """
 
     name: str
@@ -86,6 +94,7 @@ class Package:
     source: Path
     # Excluded from hashing so a Package stays hashable; the parsed fields carry its identity.
     metadata: Mapping[str, Any] = field(default_factory=dict, kw_only=True, hash=False)
+    spack: SpackSpec | None = field(default=None, kw_only=True)
 
     @property
     def key(self) -> str:
@@ -139,11 +148,6 @@ def _read_document(path: Path) -> dict[str, Any]:
         raise PackageError(f"package file {path}: invalid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise PackageError(f"package file {path}: the top level must be an object/table")
-    if "spec" in doc and isinstance(doc["spec"], Mapping) and "nodes" in doc["spec"]:
-        raise PackageError(
-            f"package file {path} is a Spack spec.json; write an imagesmith package file "
-            "(see docs/packages.md) that names its content and prefix"
-        )
     return doc
 
 
@@ -156,7 +160,13 @@ def _string(path: Path, doc: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _check_prefix(path: Path, prefix: str) -> str:
+def _check_version(version: str, what: str) -> str:
+    if not version or any(c.isspace() for c in version) or not version.isprintable():
+        raise PackageError(f"{what} {version!r} must be non-empty, without whitespace")
+    return version
+
+
+def _check_prefix(path: Path, prefix: str, *, what: str = "package file") -> str:
     problem = None
     if not prefix.startswith("/"):
         problem = "must be absolute (start with /)"
@@ -171,7 +181,7 @@ def _check_prefix(path: Path, prefix: str) -> str:
     elif prefix.startswith("//") or posixpath.normpath(prefix) != prefix:
         problem = f"must be normalised (write {posixpath.normpath('/' + prefix.lstrip('/'))!r})"
     if problem:
-        raise PackageError(f"package file {path}: prefix {prefix!r} {problem}")
+        raise PackageError(f"{what} {path}: prefix {prefix!r} {problem}")
     return prefix
 
 
@@ -215,39 +225,79 @@ def _depends(path: Path, doc: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def load_package(path: str | Path) -> Package:
-    """Load and validate one package file (``.json`` or ``.toml``), without its dependencies.
+def _wrapped_spec(path: Path, doc: Mapping[str, Any]) -> SpackSpec:
+    """The Spack spec a package file names with ``spack_spec``, checked against its fields."""
+    from .spack import read_spack_spec  # imported here: imagesmith.spack builds on this module
 
-    Required: ``name`` (``[A-Za-z0-9_.+-]+``), ``version`` (no whitespace), ``prefix`` (absolute,
-    normalised, not ``/``, no ``..`` or ``:``) and ``content`` (a directory or a ``.tar``,
-    ``.tar.gz``, ``.tgz`` or ``.tar.zst`` file, relative to the package file, which must exist).
-    Optional: ``hash`` (32 lowercase base32 characters), ``depends`` (package files relative to
-    this one), ``env`` (see :func:`~imagesmith.envmods.env_from_json`; ``{prefix}`` is expanded
-    here), ``ld_library_path`` (a boolean, only with an inferred env), ``description`` and any
+    raw = doc["spack_spec"]
+    if not isinstance(raw, str) or not raw:
+        raise PackageError(f"package file {path}: 'spack_spec' must be the path of a spec.json")
+    spec_path = path.parent / raw
+    if spec_path.is_dir():
+        spec_path = spec_path / ".spack" / "spec.json"
+    if not spec_path.is_file():
+        raise PackageError(
+            f"package file {path}: spack_spec {raw!r} not found (looked for {spec_path})"
+        )
+    spec = read_spack_spec(spec_path)
+    for key, value in (("name", spec.name), ("version", spec.version), ("hash", spec.hash)):
+        if key in doc and doc[key] != value:
+            raise PackageError(
+                f"package file {path}: {key} {doc[key]!r} differs from the {key} in spack_spec "
+                f"{raw!r} ({value!r}); leave it out, the spec gives it"
+            )
+    return spec
+
+
+def load_package(path: str | Path) -> Package:
+    """Load and validate one package, without its dependencies.
+
+    ``path`` is a package file (``.json`` or ``.toml``), or a Spack install prefix, its
+    ``.spack/spec.json`` or a Spack build-cache tarball (see
+    :func:`~imagesmith.spack.load_spack_package`). In a package file, required are ``name``
+    (``[A-Za-z0-9_.+-]+``), ``version`` (no whitespace), ``prefix`` (absolute, normalised, not
+    ``/``, no ``..`` or ``:``) and ``content`` (a directory or a ``.tar``, ``.tar.gz``, ``.tgz``
+    or ``.tar.zst`` file, relative to the package file, which must exist). Optional: ``hash``
+    (32 lowercase base32 characters), ``depends`` (package files relative to this one), ``env``
+    (see :func:`~imagesmith.envmods.env_from_json`; ``{prefix}`` is expanded here),
+    ``ld_library_path`` (a boolean, only with an inferred env), ``description``, ``spack_spec``
+    (a Spack spec.json relative to this file, which then gives name, version and hash) and any
     key starting with ``x-``. Every problem raises :class:`PackageError` naming the file and
     the field.
     """
+    from . import spack  # imported here: imagesmith.spack builds on this module
+
     source = Path(path).resolve()
+    suffix = source.suffix.lower()
+    # Anything that cannot be a package file goes to the Spack loader, which names what it
+    # expected; a directory called x.json still gets the package-file error below.
+    if source.is_dir() and suffix not in (".json", ".toml"):
+        return spack.load_spack_package(path)
+    if source.name.lower().endswith(spack.BUILDCACHE_SUFFIXES):
+        return spack.load_spack_package(path)
     doc = _read_document(source)
+    if suffix == ".json" and spack.is_spack_spec(doc):
+        return spack.load_spack_package(path)
     unknown = [k for k in doc if k not in _KNOWN_KEYS and not str(k).startswith("x-")]
     if unknown:
         raise PackageError(
             f"package file {source}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"known keys are {', '.join(_KNOWN_KEYS)} (prefix your own keys with x-)"
         )
-    name = _string(source, doc, "name")
+    spack_spec = _wrapped_spec(source, doc) if "spack_spec" in doc else None
+    if spack_spec is not None:
+        name, version = spack_spec.name, spack_spec.version
+    else:
+        name = _string(source, doc, "name")
+        version = _string(source, doc, "version")
     if not _NAME.fullmatch(name):
         raise PackageError(
             f"package file {source}: name {name!r} must be letters, digits and . _ + -"
         )
-    version = _string(source, doc, "version")
-    if not version or any(c.isspace() for c in version) or not version.isprintable():
-        raise PackageError(
-            f"package file {source}: version {version!r} must be non-empty, without whitespace"
-        )
+    _check_version(version, f"package file {source}: version")
     prefix = _check_prefix(source, _string(source, doc, "prefix"))
     content, kind = _content(source, doc)
-    explicit_hash = doc.get("hash")
+    explicit_hash = doc.get("hash") if spack_spec is None else spack_spec.hash
     if explicit_hash is not None and not is_valid_hash(explicit_hash):
         raise PackageError(
             f"package file {source}: hash {explicit_hash!r} must be {HASH_LENGTH} characters "
@@ -280,49 +330,95 @@ def load_package(path: str | Path) -> Package:
         ld_library_path=ld_library_path,
         source=source,
         metadata=doc,
+        spack=spack_spec,
     )
 
 
 def load_packages(paths: Sequence[str | Path]) -> list[Package]:
-    """Load package files and all their dependencies, each once, dependencies first.
+    """Load packages and all their dependencies, each once, dependencies first.
 
+    ``paths`` are package files, Spack install prefixes, spec.json files inside them or Spack
+    build-cache tarballs. A package file's ``depends`` are loaded too; a Spack package's runtime
+    dependencies (transitive ``link``/``run``) are matched by hash against every package loaded
+    here (a Spack package's DAG hash or a package file's explicit ``hash``) and must all be
+    there. Two Spack packages with the same DAG hash are one package: the first given wins.
     The order is a depth-first walk: each package comes right after its dependencies, which are
-    visited in the order they are listed, and the given files are visited in the order given,
-    so the result is deterministic. A dependency cycle raises :class:`PackageError` showing the
-    cycle; a missing dependency file raises one naming the package that depends on it; two
-    different files installing to the same prefix raise one naming both.
+    visited in the order they are listed (a Spack package's in dependency order), and the given
+    paths are visited in the order given, so the result is deterministic. A dependency cycle
+    raises :class:`PackageError` showing the cycle; a missing dependency file raises one naming
+    the package that depends on it, a missing Spack dependency one naming it and how to give
+    it; two different packages installing to the same prefix raise one naming both.
     """
+    from .spack import resolve_spack_dependencies  # imported here: it builds on this module
+
     if isinstance(paths, (str, Path)):
         raise UsageError("load_packages takes a list of package files, not a single path")
-    loaded: dict[str, Package] = {}
-    ordered: list[Package] = []
-    done: set[str] = set()
+    # The same package can be reached under several paths (a prefix and its spec.json, two
+    # spellings of a file) and, for Spack, from several sources with one DAG hash; ``by_path``
+    # maps each path to the one package that stands for it, keyed by its own ``key``.
+    by_path: dict[str, Package] = {}
+    by_key: dict[str, Package] = {}
+    by_spack_hash: dict[str, Package] = {}
+    loaded: list[Package] = []
 
-    def load(key: str, dependent: Package | None) -> Package:
-        if key not in loaded:
-            if dependent is not None and not Path(key).exists():
+    def load(path: str | Path, dependent: Package | None) -> Package:
+        path_key = str(Path(path).resolve())
+        package = by_path.get(path_key)
+        if package is None:
+            if dependent is not None and not Path(path_key).exists():
                 raise PackageError(
-                    f"package {dependent.label} ({dependent.source}) depends on {key}, "
+                    f"package {dependent.label} ({dependent.source}) depends on {path_key}, "
                     "which does not exist"
                 )
-            loaded[key] = load_package(key)
-        return loaded[key]
+            # The path as given, not resolved: a Spack prefix keeps its spelling in the image.
+            package = load_package(path)
+            package = by_key.get(package.key, package)
+            if package.spack is not None:
+                package = by_spack_hash.setdefault(package.spack.hash, package)
+            if package.key not in by_key:
+                by_key[package.key] = package
+                loaded.append(package)
+            by_path[path_key] = package
+        return package
 
-    for root in paths:
-        root_key = str(Path(root).resolve())
+    roots = [load(root, None) for root in paths]
+    # Every package file dependency, transitively, iteratively (long chains must not recurse).
+    index = 0
+    while index < len(loaded):
+        package = loaded[index]
+        index += 1
+        for dep_path in package.depends:
+            load(dep_path, package)
+
+    providers: dict[str, Package] = {}
+    for package in loaded:
+        if package.hash is not None:
+            providers.setdefault(package.hash, package)
+    final: dict[str, Package] = {}
+    for package in loaded:
+        keys = [by_path[dep].key for dep in package.depends]
+        keys.extend(resolve_spack_dependencies(package, providers))
+        # Aliases can make a package list itself or a dependency twice; both mean nothing.
+        depends = tuple(dict.fromkeys(k for k in keys if k != package.key))
+        final[package.key] = package if depends == package.depends else replace(package, depends=depends)
+
+    ordered: list[Package] = []
+    done: set[str] = set()
+    for root in roots:
+        root_key = root.key
         if root_key in done:
             continue
         # Iterative depth-first walk: (package, index of the next dependency to visit).
-        stack: list[tuple[Package, int]] = [(load(root_key, None), 0)]
+        stack: list[tuple[Package, int]] = [(final[root_key], 0)]
         on_stack = {root_key}
         while stack:
-            package, index = stack[-1]
-            if index < len(package.depends):
-                stack[-1] = (package, index + 1)
-                dep_key = package.depends[index]
+            package, position = stack[-1]
+            if position < len(package.depends):
+                stack[-1] = (package, position + 1)
+                dep_key = package.depends[position]
                 if dep_key in done:
                     continue
-                dep = load(dep_key, package)
+                dep = final[dep_key]
                 if dep_key in on_stack:
                     chain = [p for p, _ in stack]
                     start = next(i for i, p in enumerate(chain) if p.key == dep_key)
@@ -351,7 +447,7 @@ def load_packages(paths: Sequence[str | Path]) -> list[Package]:
 
 
 def package_hash(package: Package, dependency_hashes: Sequence[str], diff_id: Digest) -> str:
-    """The package's hash: the one from its file, else one derived from what defines it.
+    """The package's hash: its Spack DAG hash, else the one from its file, else a derived one.
 
     The derived hash is the first 32 characters of the lowercase, unpadded base32 encoding of
     the sha256 of a canonical JSON document holding the name, version, prefix, the explicit env
@@ -359,6 +455,8 @@ def package_hash(package: Package, dependency_hashes: Sequence[str], diff_id: Di
     direct dependencies and the content's ``diff_id``; the same inputs always give the same
     hash, and changing any of them changes it.
     """
+    if package.spack is not None:
+        return package.spack.hash
     if package.hash is not None:
         return package.hash
     for dep in dependency_hashes:
