@@ -41,6 +41,7 @@ from .errors import (
     UnpackError,
     UsageError,
 )
+from .makefile import render_makefile
 from .model import Platform
 from .packages import load_packages
 from .pipeline import BuildOptions, BuildResult, ImportResult, build, build_each, import_rootfs, inspect
@@ -265,6 +266,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on (default 127.0.0.1:5000; port 0 picks a free one)",
     )
+
+    p = commands.add_parser(
+        "makefile",
+        help="write a Makefile with one target per image of a stack",
+        description="Generate a Makefile with one target per package image (its dependencies' targets "
+        "as prerequisites), so `make -j N` or a CI matrix builds a stack in parallel. See docs/makefile.md.",
+    )
+    p.add_argument("packages", nargs="+", metavar="PACKAGE", help="package files; dependencies are added")
+    p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
+    p.add_argument("--repo", required=True, metavar="REPO", help="target repository")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    p.add_argument(
+        "--relative-to",
+        metavar="DIR",
+        help="write package paths relative to DIR (default: FILE's directory, or the current one)",
+    )
+    p.add_argument("--index-tag", default="index.spack", metavar="TAG", help="tag of the `make index` target")
+    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="default parallel make jobs (JOBS)")
+    _registry_args(p, "")
 
     p = commands.add_parser(
         "cache",
@@ -614,9 +634,43 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return _run_pull(args, stdout, progress)
     if args.command == "serve":
         return _run_serve(args, stdout, stderr)
+    if args.command == "makefile":
+        return _run_makefile(args, stdout)
     if args.command == "cache":
         return _run_cache(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _run_makefile(args: argparse.Namespace, stdout: TextIO) -> int:
+    packages = load_packages(args.packages)
+    options = _registry_options(args)
+    flags: list[str] = []
+    for host in sorted(options.insecure):
+        flags += ["--insecure-registry", host]
+    if options.ca_cert is not None:
+        flags += ["--ca-cert", str(options.ca_cert)]
+    target = Path(args.output) if args.output else None
+    directory = Path(args.relative_to) if args.relative_to else (target.parent if target else Path.cwd())
+    text = render_makefile(
+        packages,
+        base_image=args.base_image,
+        repo=args.repo,
+        package_args=args.packages,
+        jobs=max(1, args.jobs),
+        flags=flags,
+        index_tag=args.index_tag,
+        directory=directory.resolve(),
+    )
+    if target is None:
+        stdout.write(text)
+    else:
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(target)
+        except OSError as exc:
+            raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+    return 0
 
 
 def _run_cache(args: argparse.Namespace, stdout: TextIO) -> int:

@@ -155,3 +155,33 @@ def test_cache_info_and_prune(tmp_path: Path) -> None:
     assert not cache.has(new)
     assert "Blobs:   0 (0 B)" in run("cache", "--cache-dir", str(cache.root), "info")[1]
     assert run("cache", "--cache-dir", str(cache.root), "prune", "--older-than", "-1")[0] == 2
+
+
+def test_makefile_command_writes_a_runnable_makefile(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    stack = tmp_path / "stack"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "examples" / "stack", stack)
+    target = tmp_path / "Makefile"
+    code, out, err = run(
+        "--insecure-registry",
+        "127.0.0.1:5000",
+        "makefile",
+        "--base-image",
+        "127.0.0.1:5000/b:1",
+        "--repo",
+        "127.0.0.1:5000/stack",
+        "-o",
+        str(target),
+        str(stack / "hello.json"),
+    )
+    assert code == 0 and out == "", err
+    text = target.read_text()
+    assert "\nIMAGESMITH_FLAGS ?= --insecure-registry 127.0.0.1:5000\n" in text
+    assert "stack/hello.json" in text and str(tmp_path) not in text.split("# Set variables")[1]
+    env = {"PATH": "/usr/bin:/bin"}
+    listed = subprocess.run(
+        ["make", "-s", "-C", str(tmp_path), "list"], capture_output=True, text=True, env=env, check=True
+    )
+    assert listed.stdout.split() == ["libgreet-1.0", "hello-2.12"]
