@@ -48,6 +48,7 @@ from .locations import (
     RegistryLocation,
     parse_location,
 )
+from .makefile import render_makefile
 from .model import Descriptor, ImageConfig, Index, Manifest, Platform
 from .packages import Package, load_package, load_packages
 from .pipeline import (
@@ -67,6 +68,7 @@ from .references import Reference
 from .registry.client import RegistryClient, RegistryPool
 from .registry.credentials import Credentials, CredentialStore
 from .registry.transport import RegistryOptions
+from .repoindex import IndexEntry, RepositoryIndex, list_index, read_index, update_index
 from .server import RegistryServer
 from .transfer import CopyResult, copy_image
 from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
@@ -94,6 +96,7 @@ __all__ = [
     "ImagesmithError",
     "ImportResult",
     "Index",
+    "IndexEntry",
     "InspectResult",
     "IntegrityError",
     "Layer",
@@ -121,6 +124,7 @@ __all__ = [
     "RegistryPool",
     "RegistryServer",
     "RegistryUnreachableError",
+    "RepositoryIndex",
     "TemplateError",
     "UnpackError",
     "UnpackPolicy",
@@ -134,12 +138,16 @@ __all__ = [
     "import_rootfs",
     "infer_env",
     "inspect",
+    "list_index",
     "load_into_daemon",
     "load_package",
     "load_packages",
     "parse_location",
     "pull",
+    "read_index",
+    "render_makefile",
     "resolve_base",
     "unpack_layer",
     "unpack_layers",
+    "update_index",
 ]

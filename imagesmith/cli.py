@@ -47,8 +47,10 @@ from .packages import load_packages
 from .pipeline import BuildOptions, BuildResult, ImportResult, build, build_each, import_rootfs, inspect
 from .progress import ProgressEvent
 from .pull import pull
+from .references import parse_repository
 from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
+from .repoindex import list_index, update_index
 from .server import RegistryServer
 from .transfer import copy_image
 
@@ -268,6 +270,35 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = commands.add_parser(
+        "index",
+        help="the repository index: what a repository holds",
+        description="An index artifact (tag index.spack by default) listing every image of a repository "
+        "with its package name, version, hash, platforms and digest, rebuilt from the registry's tag list.",
+    )
+    index_commands = p.add_subparsers(dest="index_command", metavar="ACTION")
+    index_commands.required = True
+    for action, text in (("update", "rebuild the index from the tag list and push it"),
+                         ("list", "show what the repository holds")):  # fmt: skip
+        q = index_commands.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        q.add_argument("repo", metavar="REPO", help="repository, e.g. ghcr.io/acme/stack")
+        q.add_argument(
+            "--index-tag", default="index.spack", metavar="TAG", help="the index tag (default index.spack)"
+        )
+        q.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="parallel requests (default 8)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+        if action == "update":
+            q.add_argument(
+                "--force",
+                action="store_true",
+                help="replace an index tag that imagesmith did not write (Spack's)",
+            )
+        else:
+            q.add_argument(
+                "--live", action="store_true", help="scan the registry now instead of reading the index"
+            )
+        _registry_args(q, "")
+
+    p = commands.add_parser(
         "makefile",
         help="write a Makefile with one target per image of a stack",
         description="Generate a Makefile with one target per package image (its dependencies' targets "
@@ -386,7 +417,7 @@ class _Progress:
     """
 
     WORDS: ClassVar[dict[str, str]] = {
-        "resolve": "resolved base",
+        "resolve": "resolved",
         "layer-built": "built layer",
         "blob-exists": "already there",
         "blob-mounted": "mounted",
@@ -634,11 +665,44 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return _run_pull(args, stdout, progress)
     if args.command == "serve":
         return _run_serve(args, stdout, stderr)
+    if args.command == "index":
+        return _run_index(args, stdout, progress)
     if args.command == "makefile":
         return _run_makefile(args, stdout)
     if args.command == "cache":
         return _run_cache(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    repository = parse_repository(args.repo)
+    jobs = max(1, args.jobs)
+    with RegistryPool(_registry_options(args)) as pool:
+        if args.index_command == "update":
+            index, digest = update_index(
+                pool, repository, tag=args.index_tag, jobs=jobs, progress=progress, force=args.force
+            )
+            where = f"{repository.name}:{args.index_tag}"
+            if args.json:
+                _emit({"reference": where, "digest": digest, "images": len(index.entries),
+                       "skipped": len(index.skipped)}, stdout)  # fmt: skip
+            else:
+                counts = f"{len(index.entries)} images ({len(index.skipped)} other tags)"
+                print(f"Indexed {counts} in {where} ({digest})", file=stdout)
+            return 0
+        index = list_index(pool, repository, tag=args.index_tag, live=args.live, jobs=jobs, progress=progress)
+    if args.json:
+        _emit(index.to_json(), stdout)
+        return 0
+    rows = [("TAG", "NAME", "VERSION", "HASH", "PLATFORMS", "DIGEST")]
+    for entry in index.entries:
+        rows.append((entry.tag, entry.name or "-", entry.version or "-", entry.hash or "-",
+                     ",".join(entry.platforms) or "-", entry.digest))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5],
+              file=stdout)  # fmt: skip
+    return 0
 
 
 def _run_makefile(args: argparse.Namespace, stdout: TextIO) -> int:
