@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         "packages",
         nargs="+",
         metavar="PACKAGE",
-        help="package files (JSON or TOML); their dependencies are added",
+        help="package files (JSON or TOML), Spack install prefixes or build-cache tarballs; "
+        "dependencies are added",
     )
     p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
     target = p.add_mutually_exclusive_group()
@@ -304,7 +305,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Generate a Makefile with one target per package image (its dependencies' targets "
         "as prerequisites), so `make -j N` or a CI matrix builds a stack in parallel. See docs/makefile.md.",
     )
-    p.add_argument("packages", nargs="+", metavar="PACKAGE", help="package files; dependencies are added")
+    p.add_argument(
+        "packages",
+        nargs="+",
+        metavar="PACKAGE",
+        help="package files, Spack prefixes or tarballs; dependencies are added",
+    )
     p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
     p.add_argument("--repo", required=True, metavar="REPO", help="target repository")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")

@@ -341,7 +341,8 @@ def load_packages(paths: Sequence[str | Path]) -> list[Package]:
     build-cache tarballs. A package file's ``depends`` are loaded too; a Spack package's runtime
     dependencies (transitive ``link``/``run``) are matched by hash against every package loaded
     here (a Spack package's DAG hash or a package file's explicit ``hash``) and must all be
-    there. Two Spack packages with the same DAG hash are one package: the first given wins.
+    there. Two packages with the same hash, one of them from Spack, are one package: the first
+    loaded wins.
     The order is a depth-first walk: each package comes right after its dependencies, which are
     visited in the order they are listed (a Spack package's in dependency order), and the given
     paths are visited in the order given, so the result is deterministic. A dependency cycle
@@ -358,7 +359,7 @@ def load_packages(paths: Sequence[str | Path]) -> list[Package]:
     # maps each path to the one package that stands for it, keyed by its own ``key``.
     by_path: dict[str, Package] = {}
     by_key: dict[str, Package] = {}
-    by_spack_hash: dict[str, Package] = {}
+    by_hash: dict[str, Package] = {}
     loaded: list[Package] = []
 
     def load(path: str | Path, dependent: Package | None) -> Package:
@@ -373,8 +374,12 @@ def load_packages(paths: Sequence[str | Path]) -> list[Package]:
             # The path as given, not resolved: a Spack prefix keeps its spelling in the image.
             package = load_package(path)
             package = by_key.get(package.key, package)
-            if package.spack is not None:
-                package = by_spack_hash.setdefault(package.spack.hash, package)
+            if package.hash is not None:
+                same = by_hash.setdefault(package.hash, package)
+                # A Spack hash names one build of one package, whoever provides it; two plain
+                # package files that happen to share a hash stay two packages, as they always were.
+                if same.spack is not None or package.spack is not None:
+                    package = same
             if package.key not in by_key:
                 by_key[package.key] = package
                 loaded.append(package)
@@ -390,14 +395,10 @@ def load_packages(paths: Sequence[str | Path]) -> list[Package]:
         for dep_path in package.depends:
             load(dep_path, package)
 
-    providers: dict[str, Package] = {}
-    for package in loaded:
-        if package.hash is not None:
-            providers.setdefault(package.hash, package)
     final: dict[str, Package] = {}
     for package in loaded:
         keys = [by_path[dep].key for dep in package.depends]
-        keys.extend(resolve_spack_dependencies(package, providers))
+        keys.extend(resolve_spack_dependencies(package, by_hash))
         # Aliases can make a package list itself or a dependency twice; both mean nothing.
         depends = tuple(dict.fromkeys(k for k in keys if k != package.key))
         final[package.key] = package if depends == package.depends else replace(package, depends=depends)

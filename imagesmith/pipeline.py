@@ -42,6 +42,7 @@ from .progress import ProgressCallback, ProgressEvent, null_progress
 from .references import Reference, parse_repository
 from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
+from .spack import SPACK_CONFIG_KEYS, spack_config_fields
 from .templating import render_profile_script, render_tag
 from .transfer import DaemonSink, as_location, open_sink, open_source, write_image, write_images
 
@@ -313,6 +314,10 @@ def assemble(
                 LABEL_HASH: top.hash,
             }
         )
+        # Spack reads its spec and the package layer's checksum from top-level config keys;
+        # for other packages they are removed, so a Spack base image leaves no stale ones.
+        fields = spack_config_fields(top.package, top.layer.digest)
+        config = config.with_top_level(**(fields or dict.fromkeys(SPACK_CONFIG_KEYS)))
     if options.labels:
         config = config.with_labels(options.labels)
     config = config.with_top_level(created=created)

@@ -1,0 +1,530 @@
+"""Spack packages: install prefixes, build-cache tarballs and spec.json files as packages.
+
+Spack records what it installed in ``<prefix>/.spack/spec.json``: the package's DAG (the root
+node first, then every dependency, each with its 32-character DAG hash) in specfile format 2 to
+5. This module reads that file from an install prefix directory, from a build-cache tarball
+(members relative to ``/``, as ``spack buildcache push`` writes them) or through a package file
+that names it with ``spack_spec``, and turns it into a :class:`~imagesmith.packages.Package`
+whose name, version and hash are the root node's, so the image tag is exactly Spack's
+``name-version-hash.spack``. The package's runtime dependencies (``link`` or ``run`` edges,
+transitively; build-only dependencies and externals are not layers) are matched by hash against
+the other packages of the same :func:`~imagesmith.packages.load_packages` call. Finally
+:func:`spack_config_fields` gives the extra image config keys Spack's OCI build cache reads.
+The formats are documented in ``docs/spack.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tarfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+from .compression import open_decompressor
+from .digests import Digest
+from .errors import LayerError, PackageError
+from .packages import (
+    _NAME,
+    HASH_LENGTH,
+    TARBALL_SUFFIXES,
+    Package,
+    _check_prefix,
+    _check_version,
+    is_valid_hash,
+)
+
+__all__ = [
+    "BUILDCACHE_LAYOUT_VERSION",
+    "BUILDCACHE_SUFFIXES",
+    "SPACK_CONFIG_KEYS",
+    "SPEC_FORMAT_VERSIONS",
+    "SpackDependency",
+    "SpackSpec",
+    "is_spack_spec",
+    "load_spack_package",
+    "parse_spack_spec",
+    "read_spack_spec",
+    "resolve_spack_dependencies",
+    "spack_config_fields",
+]
+
+#: Spack's build-cache layout 2: package tarballs hold the prefix relative to ``/`` with its
+#: parent directories, which is what imagesmith's package layers are.
+BUILDCACHE_LAYOUT_VERSION = 2
+#: Specfile format versions read here (``_meta.version``): 2 and 3 give dependency types as
+#: ``type``, 4 and 5 as ``parameters.deptypes``.
+SPEC_FORMAT_VERSIONS = (2, 3, 4, 5)
+#: The top-level image config keys :func:`spack_config_fields` sets: a caller building on a base
+#: image that has them (a Spack image as base) removes them when the top package is not Spack's.
+SPACK_CONFIG_KEYS = ("spec", "buildcache_layout_version", "binary_cache_checksum")
+#: File names taken for build-cache tarballs: the usual tarballs plus Spack's ``.spack``.
+BUILDCACHE_SUFFIXES = (*TARBALL_SUFFIXES, ".spack")
+
+_SPEC_PATH = ".spack/spec.json"
+# A spec.json of a large DAG is a few MiB; anything far bigger is not one.
+_MAX_SPEC_BYTES = 64 << 20
+_RUNTIME_DEPTYPES = frozenset({"link", "run"})
+
+
+@dataclass(frozen=True)
+class SpackDependency:
+    """A runtime dependency of a Spack package: the node's name, version (if known) and hash."""
+
+    name: str
+    version: str | None
+    hash: str
+
+    @property
+    def label(self) -> str:
+        """``name@version/hash``, the way Spack users recognise a concrete spec."""
+        version = f"@{self.version}" if self.version else ""
+        return f"{self.name}{version}/{self.hash}"
+
+
+@dataclass(frozen=True)
+class SpackSpec:
+    """What imagesmith keeps of a Spack spec.json.
+
+    ``name``, ``version`` and ``hash`` are the root node's; ``format_version`` is
+    ``_meta.version`` as read; ``nodes`` every node exactly as read (written back into the image
+    config, so Spack sees its own spec); ``runtime`` the dependencies that must be layers below
+    the package — the transitive ``link`` and ``run`` dependencies, externals left out,
+    dependencies before their dependents; ``source`` where the spec was read, for messages.
+    """
+
+    name: str
+    version: str
+    hash: str
+    format_version: int
+    # Excluded from hashing (dicts are not hashable); the root hash already identifies the DAG.
+    nodes: tuple[Mapping[str, Any], ...] = field(repr=False, hash=False)
+    runtime: tuple[SpackDependency, ...]
+    # Where it was read says nothing about what it is: the same spec read twice is equal.
+    source: str = field(compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as Spack writes it under the ``spec`` key: ``{"_meta": …, "nodes": […]}``."""
+        return {
+            "_meta": {"version": self.format_version},
+            # A deep copy: callers may edit the result without touching this frozen value.
+            "nodes": [copy.deepcopy(dict(node)) for node in self.nodes],
+        }
+
+
+def is_spack_spec(obj: object) -> bool:
+    """Whether ``obj`` (a parsed JSON document) looks like a Spack spec.json: ``spec.nodes``."""
+    return isinstance(obj, Mapping) and isinstance(obj.get("spec"), Mapping) and "nodes" in obj["spec"]
+
+
+def _fail(where: str, problem: str) -> PackageError:
+    return PackageError(f"Spack spec {where}: {problem}")
+
+
+def _hash_problem(value: object) -> str:
+    return f"{value!r} must be a Spack DAG hash: {HASH_LENGTH} characters of lowercase base32 (a-z, 2-7)"
+
+
+def _edges(raw: object, at: str, where: str) -> list[tuple[str, str, frozenset[str]]]:
+    """A node's ``dependencies`` as (name, hash, deptypes), in the order listed."""
+    if not isinstance(raw, list):
+        raise _fail(where, f"{at} must be a list")
+    out: list[tuple[str, str, frozenset[str]]] = []
+    for index, dep in enumerate(raw):
+        here = f"{at}[{index}]"
+        if not isinstance(dep, Mapping):
+            raise _fail(where, f"{here} must be an object")
+        name = dep.get("name")
+        if not isinstance(name, str) or not name:
+            raise _fail(where, f"{here}.name is required")
+        dep_hash = dep.get("hash")
+        if not is_valid_hash(dep_hash):
+            raise _fail(where, f"{here}.hash {_hash_problem(dep_hash)}")
+        parameters = dep.get("parameters")
+        # Format 4 and later: parameters.deptypes; formats 2 and 3: type.
+        if isinstance(parameters, Mapping) and "deptypes" in parameters:
+            deptypes, key = parameters["deptypes"], "parameters.deptypes"
+        elif "type" in dep:
+            deptypes, key = dep["type"], "type"
+        else:
+            raise _fail(where, f"{here} has neither parameters.deptypes nor type")
+        if isinstance(deptypes, str):
+            deptypes = [deptypes]
+        if not isinstance(deptypes, list) or not all(isinstance(t, str) for t in deptypes):
+            raise _fail(where, f"{here}.{key} must be a list of dependency types")
+        out.append((name, str(dep_hash), frozenset(deptypes)))
+    return out
+
+
+def _runtime_closure(
+    root: str,
+    nodes: Mapping[str, Mapping[str, Any]],
+    edges: Mapping[str, list[tuple[str, str, frozenset[str]]]],
+    where: str,
+) -> list[str]:
+    """Hashes reachable from ``root`` over link/run edges, dependencies first (post-order)."""
+    order: list[str] = []
+    done: set[str] = set()
+    on_path = {root}
+
+    def runtime_edges(node_hash: str) -> Iterator[tuple[str, str]]:
+        for name, dep_hash, deptypes in edges[node_hash]:
+            if deptypes & _RUNTIME_DEPTYPES:
+                yield name, dep_hash
+
+    # Iterative depth-first walk: a deep DAG must not hit Python's recursion limit.
+    stack = [(root, runtime_edges(root))]
+    while stack:
+        node_hash, pending = stack[-1]
+        for name, dep_hash in pending:
+            if dep_hash in done:
+                continue
+            if dep_hash in on_path:
+                raise _fail(where, f"the dependencies of {name}/{dep_hash} form a cycle")
+            if dep_hash not in nodes:
+                parent = nodes[node_hash]["name"]
+                raise _fail(
+                    where,
+                    f"{parent} depends on {name}/{dep_hash}, which is not among spec.nodes",
+                )
+            on_path.add(dep_hash)
+            stack.append((dep_hash, runtime_edges(dep_hash)))
+            break
+        else:
+            stack.pop()
+            on_path.discard(node_hash)
+            done.add(node_hash)
+            order.append(node_hash)
+    return order
+
+
+def _version_of(node: Mapping[str, Any]) -> str | None:
+    version = node.get("version")
+    return version if isinstance(version, str) else None
+
+
+def parse_spack_spec(doc: object, where: str) -> SpackSpec:
+    """Validate a parsed spec.json and extract what imagesmith needs from it.
+
+    ``doc`` must be ``{"spec": {"_meta": {"version": 2…5}, "nodes": [...]}}``; every node needs
+    a ``name`` and a valid ``hash``, the root (the first node) also a ``version`` without
+    whitespace and a name of ``[A-Za-z0-9_.+-]``; dependencies need ``name``, ``hash`` and their
+    types as ``parameters.deptypes`` or ``type``. Other keys are kept untouched. Problems raise
+    :class:`PackageError` starting with ``Spack spec <where>:`` and naming the field.
+    """
+    if not is_spack_spec(doc):
+        raise _fail(where, "not a Spack spec.json (it has no spec.nodes)")
+    assert isinstance(doc, Mapping)
+    spec = doc["spec"]
+    meta = spec.get("_meta")
+    if not isinstance(meta, Mapping) or "version" not in meta:
+        raise _fail(where, "spec._meta.version is required")
+    format_version = meta["version"]
+    if isinstance(format_version, bool) or format_version not in SPEC_FORMAT_VERSIONS:
+        raise _fail(
+            where,
+            f"spec._meta.version {format_version!r} is not a specfile format imagesmith reads "
+            f"({', '.join(map(str, SPEC_FORMAT_VERSIONS))})",
+        )
+    raw_nodes = spec["nodes"]
+    if not isinstance(raw_nodes, list):
+        raise _fail(where, "spec.nodes must be a list")
+    if not raw_nodes:
+        raise _fail(where, "spec.nodes is empty: a spec lists at least its root node")
+    nodes: dict[str, Mapping[str, Any]] = {}
+    edges: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
+    for index, node in enumerate(raw_nodes):
+        at = f"spec.nodes[{index}]"
+        if not isinstance(node, Mapping):
+            raise _fail(where, f"{at} must be an object")
+        name = node.get("name")
+        if not isinstance(name, str) or not name:
+            raise _fail(where, f"{at}.name is required")
+        node_hash = node.get("hash")
+        if not is_valid_hash(node_hash):
+            raise _fail(where, f"{at}.hash {_hash_problem(node_hash)}")
+        assert isinstance(node_hash, str)
+        node_edges = _edges(node.get("dependencies", []), f"{at}.dependencies", where)
+        # Spack writes each hash once; should one repeat, the first node stands, as it does for
+        # the root.
+        if node_hash not in nodes:
+            nodes[node_hash] = node
+            edges[node_hash] = node_edges
+    root = raw_nodes[0]
+    name = root["name"]
+    if not _NAME.fullmatch(name):
+        raise _fail(where, f"spec.nodes[0].name {name!r} must be letters, digits and . _ + -")
+    version = root.get("version")
+    if not isinstance(version, str):
+        raise _fail(where, f"spec.nodes[0].version is required (a string), not {version!r}")
+    _check_version(version, f"Spack spec {where}: spec.nodes[0].version")
+    if root.get("external"):
+        raise _fail(
+            where,
+            f"{name} is an external package (installed outside Spack): there is nothing to put in a layer",
+        )
+    root_hash = root["hash"]
+    closure = _runtime_closure(root_hash, nodes, edges, where)
+    runtime = tuple(
+        SpackDependency(nodes[h]["name"], _version_of(nodes[h]), h)
+        for h in closure[:-1]  # the root comes last
+        # Spack leaves externals out of its images: they live in the base image.
+        if not nodes[h].get("external")
+    )
+    return SpackSpec(
+        name=name,
+        version=version,
+        hash=root_hash,
+        format_version=format_version,
+        nodes=tuple(raw_nodes),
+        runtime=runtime,
+        source=where,
+    )
+
+
+def _parse_json(data: bytes, where: str) -> object:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _fail(where, "not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise _fail(where, f"invalid JSON: {exc}") from None
+
+
+def read_spack_spec(path: str | Path) -> SpackSpec:
+    """Read and validate the spec.json file at ``path`` (see :func:`parse_spack_spec`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PackageError(f"Spack spec {path} not found") from None
+    except OSError as exc:
+        raise PackageError(f"cannot read Spack spec {path}: {exc.strerror or exc}") from None
+    return parse_spack_spec(_parse_json(data, str(path)), str(path))
+
+
+def _spec_in_prefix(path: Path) -> bool:
+    return path.name == "spec.json" and path.parent.name == ".spack"
+
+
+def _from_prefix(directory: Path) -> Package:
+    # The prefix keeps the path as given (made absolute, not resolved): Spack bakes the install
+    # path into rpaths and scripts, and an install tree reached through a symlink must land at
+    # the path its binaries expect.
+    prefix_dir = Path(os.path.normpath(directory.absolute()))
+    spec_file = prefix_dir / _SPEC_PATH
+    if not spec_file.is_file():
+        raise PackageError(
+            f"{prefix_dir} is a directory without {_SPEC_PATH}, so not a Spack install prefix: "
+            "give a package file (.json or .toml), a Spack install prefix or a Spack build-cache "
+            "tarball"
+        )
+    spec = read_spack_spec(spec_file)
+    prefix = _check_prefix(prefix_dir, str(prefix_dir), what="Spack install prefix")
+    return Package(
+        name=spec.name,
+        version=spec.version,
+        prefix=prefix,
+        content=prefix_dir.resolve(),
+        content_kind="directory",
+        hash=spec.hash,
+        depends=(),
+        env=None,
+        source=prefix_dir,
+        metadata={"spec": spec.to_json()},
+        spack=spec,
+    )
+
+
+def _clean_member(name: str, where: str) -> str:
+    if name.startswith("/"):
+        raise PackageError(f"{where}: member {name!r} is an absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PackageError(f"{where}: member {name!r} contains '..'")
+    return "/".join(parts)
+
+
+def _scan_tarball(path: Path) -> tuple[str, bytes]:
+    """The prefix (relative to ``/``) and spec.json bytes of a build-cache tarball.
+
+    The prefix is the directory holding the shallowest ``.spack/spec.json``; every member must
+    lie in it or be one of its parent directories, so the tarball is used as is.
+    """
+    where = f"build-cache tarball {path}"
+    members: list[tuple[str, bool]] = []
+    specs: dict[str, bytes] = {}
+    try:
+        with (
+            open_decompressor(path) as stream,
+            tarfile.open(fileobj=cast("IO[bytes]", stream), mode="r|") as tar,
+        ):
+            for member in tar:
+                name = _clean_member(member.name, where)
+                if not name:
+                    continue
+                members.append((name, member.isdir()))
+                if member.isfile() and (name == _SPEC_PATH or name.endswith("/" + _SPEC_PATH)):
+                    if member.size > _MAX_SPEC_BYTES:
+                        raise PackageError(f"{where}: {name} is too large ({member.size} bytes) for a spec")
+                    reader = tar.extractfile(member)
+                    assert reader is not None  # a regular file always has a reader
+                    specs[name] = reader.read()
+    except (LayerError, tarfile.TarError) as exc:
+        raise PackageError(f"{where} cannot be read: {exc}") from None
+    except OSError as exc:
+        raise PackageError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    if not specs:
+        if any(
+            "/" not in name and name.endswith((".spec.json", ".spec.json.sig", ".spec.yaml"))
+            for name, _ in members
+        ):
+            raise PackageError(
+                f"{where} is an old-style Spack .spack archive (a tarball and its spec side by "
+                "side); imagesmith reads build-cache layout 2 tarballs, whose members are the "
+                "install prefix relative to / (push it again with Spack 0.22 or later)"
+            )
+        raise PackageError(
+            f"{where} holds no <prefix>/{_SPEC_PATH}, so it is not a Spack build-cache tarball: "
+            "write a package file naming its prefix and content instead (see docs/packages.md)"
+        )
+    spec_name = min(specs, key=lambda n: (n.count("/"), n))
+    if spec_name == _SPEC_PATH:
+        raise PackageError(
+            f"{where} holds {_SPEC_PATH} at its top: its members are relative to the prefix, not "
+            "to /, so its install prefix is unknown; extract that spec.json and write a package "
+            "file with spack_spec (the spec), prefix and content (this tarball), see docs/spack.md"
+        )
+    prefix = spec_name[: -len("/" + _SPEC_PATH)]
+    for name, is_dir in members:
+        if name == prefix or name.startswith(prefix + "/") or (is_dir and prefix.startswith(name + "/")):
+            continue
+        raise PackageError(
+            f"{where}: member {name!r} lies outside the install prefix /{prefix} (found from "
+            f"{spec_name}); a build-cache tarball holds that prefix and its parent directories only"
+        )
+    return prefix, specs[spec_name]
+
+
+def _from_tarball(path: Path) -> Package:
+    source = path.resolve()
+    if not source.is_file():
+        raise PackageError(f"build-cache tarball {path} not found")
+    prefix_rel, data = _scan_tarball(source)
+    where = f"{source} ({prefix_rel}/{_SPEC_PATH})"
+    spec = parse_spack_spec(_parse_json(data, where), where)
+    prefix = _check_prefix(source, "/" + prefix_rel, what="build-cache tarball")
+    return Package(
+        name=spec.name,
+        version=spec.version,
+        prefix=prefix,
+        content=source,
+        content_kind="tarball",
+        hash=spec.hash,
+        depends=(),
+        env=None,
+        source=source,
+        metadata={"spec": spec.to_json()},
+        spack=spec,
+    )
+
+
+def load_spack_package(path: str | Path) -> Package:
+    """Load a Spack install prefix, its ``.spack/spec.json`` or a build-cache tarball.
+
+    A directory must hold ``.spack/spec.json``: its absolute path (as given, symlinks kept) is
+    the prefix in the image and its contents the layer. A ``spec.json`` counts only inside an
+    install prefix (``<prefix>/.spack/spec.json``) and stands for that prefix; anywhere else a
+    package file with ``spack_spec`` must say where the content is. A ``.tar``, ``.tar.gz``,
+    ``.tgz``, ``.tar.zst`` or ``.spack`` file must hold one install prefix relative to ``/``
+    (its parents allowed) with ``.spack/spec.json`` in it, and is used as is. Name, version and
+    hash come from the root node; ``depends`` stays empty until
+    :func:`~imagesmith.packages.load_packages` matches the runtime dependencies by hash; the
+    environment is inferred from the prefix layout. Problems raise :class:`PackageError`.
+    """
+    given = Path(path)
+    if given.is_dir():
+        return _from_prefix(given)
+    lower = given.name.lower()
+    if lower.endswith(".json"):
+        if _spec_in_prefix(given.absolute()):
+            return _from_prefix(given.absolute().parent.parent)
+        if not given.is_file():
+            raise PackageError(f"Spack spec {given.resolve()} not found")
+        raise PackageError(
+            f"package file {given.resolve()} is a Spack spec.json outside an install prefix "
+            f"(<prefix>/{_SPEC_PATH}), so its content is unknown: give the install prefix "
+            "directory, a build-cache tarball, or a package file with spack_spec, prefix and "
+            "content (see docs/spack.md)"
+        )
+    if lower.endswith(BUILDCACHE_SUFFIXES):
+        return _from_tarball(given)
+    raise PackageError(
+        f"{given.resolve()} is not a Spack install prefix, spec.json or build-cache tarball "
+        f"({', '.join(BUILDCACHE_SUFFIXES)})"
+    )
+
+
+def resolve_spack_dependencies(package: Package, providers: Mapping[str, Package]) -> tuple[str, ...]:
+    """The keys of the packages providing ``package``'s runtime dependencies, in order.
+
+    ``providers`` maps a hash to the package loaded with it (a Spack package's DAG hash or a
+    package file's explicit ``hash``). Every transitive ``link``/``run`` dependency must be
+    there, and under the same name; otherwise :class:`PackageError` lists each missing one and
+    says how to provide it. A package without Spack metadata has none.
+    """
+    spec = package.spack
+    if spec is None:
+        return ()
+    keys: list[str] = []
+    missing: list[SpackDependency] = []
+    for dep in spec.runtime:
+        provider = providers.get(dep.hash)
+        if provider is None:
+            missing.append(dep)
+            continue
+        if provider.name != dep.name:
+            raise PackageError(
+                f"package {package.label} ({package.source}) needs {dep.label}, but the package "
+                f"given with hash {dep.hash} is {provider.label} ({provider.source})"
+            )
+        if provider.key != package.key and provider.key not in keys:
+            keys.append(provider.key)
+    if missing:
+        if len(missing) == 1:
+            kind, how = (
+                "dependency",
+                "its install prefix or build-cache tarball (or a package file with its hash)",
+            )
+        else:
+            kind, how = (
+                "dependencies",
+                "the install prefix or build-cache tarball of each (or a package file with the hash)",
+            )
+        raise PackageError(
+            f"package {package.label} ({package.source}) needs "
+            f"{', '.join(dep.label for dep in missing)} at run time (Spack link/run {kind}), "
+            f"not among the packages given: add {how} to the same command"
+        )
+    return tuple(keys)
+
+
+def spack_config_fields(package: Package, layer_digest: Digest) -> dict[str, Any]:
+    """The top-level image config keys Spack's OCI build cache reads, for the top package.
+
+    ``layer_digest`` is the digest of the package's own (compressed) layer, the image's last
+    layer. For a package without Spack metadata the result is empty; otherwise it holds
+    ``spec`` (the spec as read), ``buildcache_layout_version`` (2) and
+    ``binary_cache_checksum`` (``{"hash_algorithm": "sha256", "hash": <hex of the layer
+    digest>}``, as Spack records the checksum of the compressed tarball).
+    """
+    if package.spack is None:
+        return {}
+    return {
+        "spec": package.spack.to_json(),
+        "buildcache_layout_version": BUILDCACHE_LAYOUT_VERSION,
+        "binary_cache_checksum": {"hash_algorithm": layer_digest.algorithm, "hash": layer_digest.hex},
+    }
