@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import need_tool
 from servers import DistributionRegistry
-from test_e2e import EXAMPLES
+from test_e2e import EXAMPLES, ok
 
 from imagesmith.errors import UsageError
 from imagesmith.makefile import STAMP_DIR, render_makefile, target_names
@@ -533,3 +533,11 @@ def test_make_builds_and_pushes_the_example_stack(
     for name, result in second.items():
         assert result["tag"] != first[name]["tag"]
         assert result["tag"] in tags
+
+    # The index target lists what the repository now holds (the first and second builds).
+    make("index")
+    listed = json.loads(
+        ok("--insecure-registry", registry.host, "index", "list", f"{registry.host}/{repo_name}", "--json")
+    )
+    indexed = {entry["tag"] for entry in listed["entries"]}
+    assert {str(r["tag"]) for r in [*first.values(), *second.values()]} <= indexed
