@@ -775,6 +775,8 @@ class InspectResult:
         if isinstance(self.manifest, Index):
             out["manifests"] = [d.to_json() for d in self.manifest.manifests]
             return out
+        if self.manifest.artifact_type:
+            out["artifactType"] = self.manifest.artifact_type
         out["layers"] = [d.to_json() for d in self.manifest.layers]
         out["annotations"] = dict(self.manifest.annotations or {})
         if self.config is not None:

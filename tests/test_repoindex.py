@@ -590,3 +590,12 @@ def test_index_cli_update_and_list(registry: DistributionRegistry, base: str) ->
     assert "hello-2.12-" in text
     code, _, err = cli("--insecure-registry", host, "index", "list", f"{host}/never-indexed")
     assert code == 3 and "never-indexed" in err and err.count("\n") == 1
+
+
+def test_inspect_shows_the_index_artifact_type(registry: DistributionRegistry, base: str) -> None:
+    host = registry.host
+    repo = f"{host}/artifact-type"
+    ok("--insecure-registry", host, "build", "--base-image", base, "--repo", repo, HELLO)
+    ok("--insecure-registry", host, "index", "update", repo)
+    shown = json.loads(ok("--insecure-registry", host, "inspect", f"{repo}:index.spack", "--json"))
+    assert shown["artifactType"] == repoindex.INDEX_MEDIA_TYPE
