@@ -16,6 +16,7 @@ line (``imagesmith: error: ...``) and mapped to exit codes:
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import shlex
@@ -41,6 +42,7 @@ from .errors import (
     UnpackError,
     UsageError,
 )
+from .login import login, logout
 from .makefile import render_makefile
 from .model import Platform
 from .packages import load_packages
@@ -49,6 +51,7 @@ from .progress import ProgressEvent
 from .pull import pull
 from .references import parse_repository
 from .registry.client import RegistryPool
+from .registry.credentials import registry_host
 from .registry.transport import RegistryOptions
 from .repoindex import list_index, update_index
 from .server import RegistryServer
@@ -349,6 +352,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="count, remove nothing")
     prune.add_argument("--json", action="store_true", help="print JSON")
+
+    p = commands.add_parser(
+        "login",
+        help="check credentials against a registry and store them where docker does",
+        description="Verify USER and the password against REGISTRY (GET /v2/ with Basic or a "
+        "Bearer token), then store them in $DOCKER_CONFIG/config.json or ~/.docker/config.json, "
+        "or through the credential helper that file names for the host.",
+    )
+    p.add_argument("registry", metavar="REGISTRY", help="HOST[:PORT]; docker.io for Docker Hub")
+    p.add_argument("-u", "--username", metavar="USER", help="user name (prompted on a terminal)")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (for scripts)"
+    )
+    secret.add_argument(
+        "-p", "--password", metavar="PASS", help="the password (visible in the process list: avoid)"
+    )
+    _registry_args(p, "")
+
+    p = commands.add_parser(
+        "logout",
+        help="remove the credentials stored for a registry",
+        description="Remove REGISTRY's entries from docker's config file and, when one is "
+        "configured, from the credential helper.",
+    )
+    p.add_argument("registry", metavar="REGISTRY", help="HOST[:PORT]; docker.io for Docker Hub")
+    _registry_args(p, "")
     return parser
 
 
@@ -677,7 +707,57 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return _run_makefile(args, stdout)
     if args.command == "cache":
         return _run_cache(args, stdout)
+    if args.command == "login":
+        return _run_login(args, stdout, stderr)
+    if args.command == "logout":
+        return _run_logout(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
+    """The username and password for ``login``: from the options, stdin or a prompt."""
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    username: str = args.username or ""
+    if not username:
+        if args.password_stdin or not interactive:
+            raise UsageError("login needs a username: pass -u USER")
+        stderr.write("Username: ")
+        stderr.flush()
+        username = sys.stdin.readline().strip()
+    if args.password is not None:
+        print(
+            "imagesmith: warning: -p/--password exposes the password in the process list; "
+            "use --password-stdin",
+            file=stderr,
+        )
+        return username, args.password
+    if args.password_stdin:
+        if sys.stdin is None:
+            raise UsageError("--password-stdin: there is no stdin")
+        return username, sys.stdin.read().rstrip("\r\n")
+    if not interactive:
+        raise UsageError(
+            "no password given and stdin is not a terminal: use --password-stdin "
+            "(e.g. `echo \"$PASSWORD\" | imagesmith login -u USER --password-stdin REGISTRY`)"
+        )
+    return username, getpass.getpass("Password: ")
+
+
+def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    host = registry_host(args.registry)
+    username, password = _login_secrets(args, stderr)
+    where = login(host, username, password, options=_registry_options(args))
+    print(f"Login succeeded for {host} (credentials in {where})", file=stdout)
+    return 0
+
+
+def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
+    host = registry_host(args.registry)
+    if logout(host):
+        print(f"Removed credentials for {host}", file=stdout)
+    else:
+        print(f"No credentials stored for {host}", file=stdout)
+    return 0
 
 
 def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:

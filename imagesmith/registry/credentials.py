@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +31,15 @@ from urllib.parse import urlsplit
 
 from imagesmith.errors import AuthenticationError, UsageError
 
-__all__ = ["DOCKER_HUB_AUTH_KEY", "CredentialStore", "Credentials", "normalise_registry"]
+__all__ = [
+    "DOCKER_HUB_AUTH_KEY",
+    "CredentialStore",
+    "Credentials",
+    "auth_key",
+    "helper_for",
+    "normalise_registry",
+    "registry_host",
+]
 
 log = logging.getLogger("imagesmith.http")
 
@@ -43,6 +53,50 @@ def normalise_registry(registry: str) -> str:
     """The canonical registry name: lowercase, Docker Hub aliases folded into ``docker.io``."""
     name = registry.strip().lower()
     return "docker.io" if name in _HUB_ALIASES else name
+
+
+def auth_key(registry: str) -> str:
+    """The ``auths`` key (and helper server URL) docker uses for ``registry``:
+    ``https://index.docker.io/v1/`` for Docker Hub, the ``host[:port]`` otherwise."""
+    name = normalise_registry(registry)
+    return DOCKER_HUB_AUTH_KEY if name == "docker.io" else name
+
+
+def registry_host(text: str) -> str:
+    """The canonical registry named by user input: ``host[:port]``, ``https://host/``,
+    ``https://index.docker.io/v1/``; a :class:`UsageError` for anything else."""
+    raw = text.strip()
+    host = raw
+    if "://" in raw:
+        try:
+            parts = urlsplit(raw)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise UsageError(f"invalid registry {raw!r}: expected HOST[:PORT]")
+        host = parts.netloc.rpartition("@")[2]
+    else:
+        host, _, path = raw.partition("/")
+        if path.strip("/") not in ("", "v1", "v2"):
+            raise UsageError(
+                f"invalid registry {raw!r}: expected HOST[:PORT], not a repository"
+            )
+    if not host or not re.fullmatch(r"[A-Za-z0-9._\-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?", host):
+        raise UsageError(f"invalid registry {raw!r}: expected HOST[:PORT]")
+    return normalise_registry(host)
+
+
+def helper_for(config: Mapping[str, Any], registry: str) -> str | None:
+    """The credential helper a docker config names for ``registry``: ``credHelpers[host]``
+    over ``credsStore``; None when it names none."""
+    registry = normalise_registry(registry)
+    helpers = config.get("credHelpers")
+    if isinstance(helpers, dict):
+        for key, name in helpers.items():
+            if isinstance(name, str) and name and _key_registry(key) == registry:
+                return name
+    store = config.get("credsStore")
+    return store if isinstance(store, str) and store else None
 
 
 @dataclass(frozen=True)
@@ -113,6 +167,139 @@ class CredentialStore:
                 self._cache[name] = self._lookup(name)
             return self._cache[name]
 
+    # -- writing (``imagesmith login`` / ``logout``)
+    def docker_config(self) -> Path:
+        """Docker's config file: ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``.
+        Logins are always written there (podman's files are only read)."""
+        env = self._environ
+        docker_config = env.get("DOCKER_CONFIG", "").strip()
+        if docker_config:
+            return Path(docker_config) / "config.json"
+        home = env.get("HOME", "").strip()
+        return (Path(home) if home else Path.home()) / ".docker" / "config.json"
+
+    def store(
+        self, registry: str, credentials: Credentials, config_path: Path | None = None
+    ) -> Path | str:
+        """Save ``credentials`` for ``registry`` where docker would.
+
+        Through the credential helper the config names for the host (``credHelpers``, then
+        ``credsStore``) when there is one, returning ``docker-credential-NAME``; otherwise in
+        the file's ``auths`` (every other key kept, written atomically with mode 0600),
+        returning the file's path.
+        """
+        name = normalise_registry(registry)
+        username, password = credentials.username, credentials.password
+        if not username or not password:
+            raise UsageError("a username and a password are needed to log in")
+        if ":" in username:
+            raise UsageError(f"invalid username {username!r}: it must not contain ':'")
+        path = self._write_target(config_path)
+        config = self._load_for_update(path)
+        key = auth_key(name)
+        helper = helper_for(config, name)
+        if helper is not None:
+            payload = json.dumps({"ServerURL": key, "Username": username, "Secret": password})
+            self._call_helper(helper, "store", payload, key, secret=password)
+            self._forget(name)
+            return f"docker-credential-{helper}"
+        auths = config.get("auths")
+        if not isinstance(auths, dict):
+            auths = {}
+        entry = auths.get(key)
+        entry = dict(entry) if isinstance(entry, dict) else {}
+        # A stale identity token or plain username/password would shadow nothing, but they are
+        # the old login: drop them with it.
+        for stale in ("identitytoken", "username", "password"):
+            entry.pop(stale, None)
+        entry["auth"] = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        auths[key] = entry
+        config["auths"] = auths
+        _write_json_atomic(path, config)
+        self._forget(name)
+        log.debug("stored credentials for %s in %s", name, path)
+        return path
+
+    def erase(self, registry: str, config_path: Path | None = None) -> bool:
+        """Forget the credentials stored for ``registry``: every registry-wide ``auths`` entry
+        naming it, and the helper's entry when a helper is configured. False when there was
+        nothing to remove."""
+        name = normalise_registry(registry)
+        path = self._write_target(config_path)
+        if not path.exists():
+            return False
+        config = self._load_for_update(path)
+        removed = False
+        helper = helper_for(config, name)
+        if helper is not None:
+            removed = self._call_helper(helper, "erase", auth_key(name), auth_key(name))
+        auths = config.get("auths")
+        if isinstance(auths, dict):
+            keys = [k for k in auths if _key_registry(k) == name]
+            for k in keys:
+                del auths[k]
+            if keys:
+                _write_json_atomic(path, config)
+                removed = True
+        self._forget(name)
+        return removed
+
+    def _write_target(self, config_path: Path | None) -> Path:
+        path = Path(config_path) if config_path is not None else self.docker_config()
+        # Keep a symlinked config (dotfiles repositories) a symlink: write its target.
+        return path.resolve() if path.is_symlink() else path
+
+    def _load_for_update(self, path: Path) -> dict[str, Any]:
+        if not path.exists():
+            return {}
+        config = self._load(path, explicit=True)
+        return config if config is not None else {}
+
+    def _forget(self, registry: str) -> None:
+        with self._lock:
+            self._cache.pop(registry, None)
+
+    def _call_helper(self, name: str, action: str, data: str, server: str, *, secret: str = "") -> bool:
+        """Run ``docker-credential-NAME ACTION`` with ``data`` on stdin. False when the helper
+        reports "credentials not found" (for ``erase``)."""
+        program = f"docker-credential-{name}"
+        if not _HELPER_NAME.fullmatch(name):
+            raise UsageError(f"invalid credential helper name {name!r} in the docker config")
+        exe = self._find_helper(name)
+        if exe is None:
+            raise UsageError(
+                f"the docker config names credential helper {program} for {server}, but it is "
+                "not on PATH: install it, or remove it from credHelpers/credsStore"
+            )
+        try:
+            proc = subprocess.run(
+                [exe, action], input=data.encode(), capture_output=True,
+                timeout=self.helper_timeout, check=False,
+                env=None if self._inherit_env else dict(self._environ),
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise AuthenticationError(
+                f"credential helper {program} did not answer within {self.helper_timeout:g} s "
+                f"for {server} ({action})"
+            ) from None
+        except OSError as exc:
+            raise AuthenticationError(
+                f"cannot run credential helper {exe}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        if proc.returncode == 0:
+            return True
+        output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+        if action == "erase" and "credentials not found" in output.lower():
+            return False
+        first = next((line.strip() for line in output.splitlines() if line.strip()), "")
+        if secret:
+            first = first.replace(secret, "<redacted>")
+        first = "".join(c if c.isprintable() else " " for c in first)[:200]
+        raise AuthenticationError(
+            f"credential helper {program} failed to {action} credentials for {server} "
+            f"(exit {proc.returncode})" + (f": {first}" if first else "")
+        )
+
     # -- sources
     def sources(self) -> list[Path]:
         """The files consulted, in order (existing or not)."""
@@ -178,21 +365,9 @@ class CredentialStore:
     def _from_config(
         self, config: Mapping[str, Any], registry: str, path: Path
     ) -> Credentials | None:
-        server = DOCKER_HUB_AUTH_KEY if registry == "docker.io" else registry
-        helpers = config.get("credHelpers")
-        helper: str | None = None
-        if isinstance(helpers, dict):
-            for key, name in helpers.items():
-                if isinstance(name, str) and name and _key_registry(key) == registry:
-                    helper = name
-                    break
-        store = config.get("credsStore")
+        helper = helper_for(config, registry)
         if helper is not None:
-            creds = self._run_helper(helper, server)
-            if creds is not None:
-                return creds
-        elif isinstance(store, str) and store:
-            creds = self._run_helper(store, server)
+            creds = self._run_helper(helper, auth_key(registry))
             if creds is not None:
                 return creds
         return self._from_auths(config.get("auths"), registry, path)
@@ -236,17 +411,21 @@ class CredentialStore:
         return Credentials(str(username or ""), str(password or ""), identity)
 
     # -- credential helpers
-    def _run_helper(self, name: str, server: str) -> Credentials | None:
-        program = f"docker-credential-{name}"
-        if not _HELPER_NAME.fullmatch(name):
-            log.warning("ignoring credential helper with an invalid name %r", name)
-            return None
+    def _find_helper(self, name: str) -> str | None:
+        """The absolute path of ``docker-credential-NAME``, or None when not installed."""
         # Only absolute PATH entries: a relative one ("." or "bin") could resolve inside an
         # unpacked image or the current directory, and a helper from there is untrusted.
         search = os.pathsep.join(
             p for p in self._environ.get("PATH", os.defpath).split(os.pathsep) if Path(p).is_absolute()
         )
-        exe = shutil.which(program, path=search)
+        return shutil.which(f"docker-credential-{name}", path=search)
+
+    def _run_helper(self, name: str, server: str) -> Credentials | None:
+        program = f"docker-credential-{name}"
+        if not _HELPER_NAME.fullmatch(name):
+            log.warning("ignoring credential helper with an invalid name %r", name)
+            return None
+        exe = self._find_helper(name)
         if exe is None:
             log.warning("credential helper %s not found on PATH; looking for other credentials "
                         "for %s", program, server)  # fmt: skip
@@ -291,3 +470,32 @@ class CredentialStore:
         if username == _TOKEN_USERNAME:
             return Credentials("", "", identity_token=secret)
         return Credentials(username if isinstance(username, str) else "", secret)
+
+
+def _write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
+    """Write ``obj`` as JSON to ``path`` via a 0600 temp file and ``os.replace``; a missing
+    directory is created with mode 0700."""
+    directory = path.parent
+    if not directory.is_dir():
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create {directory}: {exc.strerror or type(exc).__name__}") from None
+    data = (json.dumps(obj, indent="\t") + "\n").encode("utf-8")
+    tmp: str | None = None
+    try:
+        # mkstemp creates the file with mode 0600.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).chmod(0o600)
+        Path(tmp).replace(path)
+        tmp = None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()
