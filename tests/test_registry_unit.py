@@ -1192,3 +1192,64 @@ def test_public_api() -> None:
         "RegistryOptions", "RegistryPool", "parse_challenges", "parse_retry_after", "redact_url",
     }  # fmt: skip
     assert hashlib.sha256(b"").hexdigest() in str(Digest.of(b""))
+
+
+# ------------------------------------------------------------------ chunked uploads
+
+
+def chunked_handler(store: bytearray, min_length: str | None = None, refuse_at: int | None = None) -> Handler:
+    """A registry keeping one upload in ``store``; PATCH with Content-Range appends (416 when
+    the range does not start at the end, or once at ``refuse_at``); GET reports Range."""
+    refused: list[int] = []
+
+    def handler(req: Req) -> Resp:
+        loc = {"Location": "/v2/r/blobs/uploads/u-1?_state=st"}
+        rng = {"Range": f"0-{max(len(store) - 1, 0)}"}
+        if req.method == "POST":
+            return Resp(202, {**loc, **({"OCI-Chunk-Min-Length": min_length} if min_length else {})})
+        if req.method == "PATCH":
+            start = int((req.header("Content-Range") or "0-0").split("-")[0])
+            if start != len(store) or (start == refuse_at and not refused):
+                refused.append(start)
+                return Resp(416, rng)
+            store.extend(req.body)
+            return Resp(202, {**loc, "Range": f"0-{len(store) - 1}"})
+        if req.method == "GET":
+            return Resp(204, {**loc, **rng})
+        if req.method == "PUT":
+            ok = req.query.get("digest") == [str(Digest.of(bytes(store)))]
+            return Resp(201) if ok else Resp(400, body=b'{"errors":[{"code":"DIGEST_INVALID"}]}')
+        return Resp(404)
+
+    return handler
+
+
+def test_chunked_upload_416_asks_the_status_and_resumes(fake: FakeServer) -> None:
+    store = bytearray()
+    data = os.urandom(10_000)
+    fake.handler = chunked_handler(store, refuse_at=4096)
+    make_client(fake, chunk_size=2048).upload_blob("r", Digest.of(data), len(data), lambda: io.BytesIO(data))
+    assert bytes(store) == data
+    assert fake.count("POST") == 1 and fake.count("GET") == 1
+    patches = [r for r in fake.requests if r.method == "PATCH"]
+    assert patches[0].header("Content-Range") == "0-2047"
+    assert all(len(r.body) <= 2048 for r in patches)
+    assert fake.requests[-1].method == "PUT" and fake.requests[-1].body == b""
+
+
+def test_chunk_min_length_from_the_registry_is_honoured(fake: FakeServer) -> None:
+    store = bytearray()
+    data = os.urandom(10_000)
+    fake.handler = chunked_handler(store, min_length="4000")
+    make_client(fake, chunk_size=1000).upload_blob("r", Digest.of(data), len(data), lambda: io.BytesIO(data))
+    assert bytes(store) == data
+    assert [len(r.body) for r in fake.requests if r.method == "PATCH"] == [4000, 4000, 2000]
+
+
+def test_chunked_upload_with_wrong_content_is_stopped_before_the_last_byte(fake: FakeServer) -> None:
+    store = bytearray()
+    fake.handler = chunked_handler(store)
+    with pytest.raises(IntegrityError, match="hashes to"):
+        make_client(fake, chunk_size=3).upload_blob(
+            "r", Digest.of(b"expected"), 8, lambda: io.BytesIO(b"tampered"))
+    assert len(store) < 8 and fake.count("PUT") == 0

@@ -9,6 +9,8 @@ source of a mount) so the auth layer can reuse one token for a whole push.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import threading
@@ -186,6 +188,137 @@ class _UploadBody:
             raise IntegrityError(
                 f"{self._what}: the content hashes to {self._hasher.digest}, not {self._digest}"
             )
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            data = self.read(CHUNK)
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class _RestartUpload(Exception):
+    """Resuming an upload is impossible: restart it with a new POST (``error`` says why)."""
+
+    def __init__(self, error: RegistryError) -> None:
+        super().__init__(str(error))
+        # Always temporary: the caller restarts a bounded number of times, then raises it.
+        self.error = error if error.temporary else RegistryUnreachableError(str(error))
+
+
+def _positive_int(value: str | None) -> int | None:
+    text = (value or "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _range_end(value: str | None) -> int | None:
+    """Bytes received according to an upload ``Range: 0-N`` header (N+1), or None.
+
+    Registries answer ``0-0`` both for no bytes and for one byte; 0 is assumed (a wrong
+    guess makes the final digest check fail, and the upload restarts)."""
+    text = (value or "").strip().removeprefix("bytes=").strip()
+    first, sep, last = text.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        return None
+    end = int(last)
+    return 0 if end == 0 else end + 1
+
+
+class _ChunkSource:
+    """The content of a chunked upload: slices of ``open_body()``, hashed in order.
+
+    The hash of the bytes the registry has acknowledged is kept; a slice that does not start
+    there (a resume after bytes were lost) rehashes the file up to its start. The last
+    slice stops before its final byte when the whole content does not hash to ``digest``.
+    """
+
+    def __init__(self, open_body: Callable[[], BinaryIO], digest: Digest, size: int, what: str) -> None:
+        self._open = open_body
+        self._digest = digest
+        self._size = size
+        self._what = what
+        self._hash = hashlib.new(digest.algorithm)
+        self._hashed = 0
+        self._pending: _UploadSlice | None = None
+
+    def _rehash(self, upto: int) -> None:
+        h = hashlib.new(self._digest.algorithm)
+        with self._open() as raw:
+            left = upto
+            while left > 0:
+                data = raw.read(min(CHUNK, left))
+                if not data:
+                    raise IntegrityError(f"{self._what}: the file ended after {upto - left} bytes")
+                h.update(data)
+                left -= len(data)
+        self._hash, self._hashed = h, upto
+
+    def slice(self, start: int, end: int) -> _UploadSlice:
+        if start != self._hashed:
+            self._rehash(start)
+        raw = self._open()
+        try:
+            raw.seek(start)
+        except (OSError, AttributeError, ValueError):
+            skip = start
+            while skip > 0:
+                data = raw.read(min(CHUNK, skip))
+                if not data:
+                    raw.close()
+                    raise IntegrityError(f"{self._what}: the file ended after {start - skip} bytes") from None
+                skip -= len(data)
+        last = end == self._size
+        self._pending = _UploadSlice(raw, self._hash.copy(), end - start,
+                                     self._digest if last else None, self._what)  # fmt: skip
+        return self._pending
+
+    def commit(self, end: int) -> bool:
+        """Adopt the hash of the slice ending at ``end`` once the registry has it; False
+        when that slice was not sent whole."""
+        pending = self._pending
+        self._pending = None
+        if pending is None or not pending.complete:
+            return False
+        self._hash, self._hashed = pending.hash, end
+        return True
+
+
+class _UploadSlice:
+    """``length`` bytes of an open file as a request body (``__len__`` gives Content-Length)."""
+
+    def __init__(self, raw: BinaryIO, h: Any, length: int, digest: Digest | None, what: str) -> None:
+        self._raw = raw
+        self.hash = h
+        self._length = length
+        self._sent = 0
+        self._digest = digest
+        self._what = what
+
+    @property
+    def complete(self) -> bool:
+        return self._sent == self._length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self._length - self._sent
+        if remaining <= 0:
+            return b""
+        want = remaining if n is None or n < 0 else min(n, remaining)
+        data = self._raw.read(want)
+        if not data:
+            raise IntegrityError(f"{self._what}: the file ended early (a chunk is {self._length} bytes)")
+        self.hash.update(data)
+        if self._sent + len(data) == self._length and self._digest is not None:
+            ours = Digest(self._digest.algorithm, self.hash.hexdigest())
+            if ours != self._digest:
+                raise IntegrityError(f"{self._what}: the content hashes to {ours}, not {self._digest}")
+        self._sent += len(data)
         return data
 
     def __iter__(self) -> Iterator[bytes]:
@@ -512,11 +645,17 @@ class RegistryClient:
     def upload_blob(
         self, repository: str, digest: Digest, size: int, open_body: Callable[[], BinaryIO]
     ) -> None:
-        """Upload a blob monolithically: ``POST`` an upload, then ``PUT <location>&digest=``.
+        """Upload a blob: ``POST`` an upload, send the bytes, then ``PUT <location>&digest=``.
 
-        ``open_body`` opens the content from its start; it is called again whenever the body
-        must be re-sent (a token refresh, or a temporary failure, after which the whole
-        upload restarts with a new POST, a bounded number of times). ``DIGEST_INVALID`` from
+        Blobs up to ``options.chunk_size`` bytes go in one ``PUT`` (monolithic). Larger
+        blobs, and every blob when the ``POST`` answer carries ``OCI-Chunk-Min-Length``, are
+        sent as ``PATCH`` chunks with ``Content-Range`` (at least that minimum long); after a
+        dropped connection, a temporary failure or a 416, the upload's status (``GET
+        <location>`` -> ``Range: 0-N``) says where to resume, a bounded number of times.
+
+        ``open_body`` opens the content from its start; it is called again whenever bytes
+        must be re-sent. A temporary failure that cannot be resumed restarts the whole
+        upload with a new POST, at most ``options.retries`` times. ``DIGEST_INVALID`` from
         the registry is an :class:`IntegrityError`.
         """
         validate_repository(repository)
@@ -527,6 +666,7 @@ class RegistryClient:
             post = self._request("POST", self._url(f"/v2/{repository}/blobs/uploads/"), scopes,
                                  expect=(202,), prefix=f"starting the upload of {what}")  # fmt: skip
             location = post.headers.get("Location")
+            min_length = _positive_int(post.headers.get("OCI-Chunk-Min-Length"))
             base = post.url or self._url("/")
             post.close()
             if not location:
@@ -535,37 +675,146 @@ class RegistryClient:
                     "Location header", method="POST", status=202,
                 )  # fmt: skip
             upload_url = urljoin(base, location)
-            sep = "&" if urlsplit(upload_url).query else "?"
-            put_url = f"{upload_url}{sep}digest={digest}"
+            chunked = size > self.options.chunk_size or min_length is not None
+            try:
+                if chunked:
+                    chunk = max(self.options.chunk_size, min_length or 1)
+                    self._upload_chunks(upload_url, scopes, digest, size, open_body, chunk, what)
+                else:
+                    self._put_upload(
+                        upload_url, scopes, digest, what,
+                        lambda: _UploadBody(open_body(), size, digest, what),
+                    )  # fmt: skip
+                return
+            except _RestartUpload as restart:
+                error: RegistryError = restart.error
+            except RegistryError as exc:
+                if not exc.temporary:
+                    raise
+                error = exc
+            if attempt >= self.options.retries:
+                raise error
+            delay = self._transport.backoff(attempt)
+            attempt += 1
+            log.info("upload of %s failed (%s); restarting it in %.1f s (attempt %d of %d)",
+                     what, error, delay, attempt + 1, self.options.retries + 1)  # fmt: skip
+            self._transport.sleep(delay)
+
+    def _put_upload(
+        self,
+        upload_url: str,
+        scopes: frozenset[str],
+        digest: Digest,
+        what: str,
+        body: Callable[[], Any] | bytes,
+    ) -> None:
+        """The final ``PUT <location>?digest=`` (with the whole body, or empty after chunks)."""
+        sep = "&" if urlsplit(upload_url).query else "?"
+        put_url = f"{upload_url}{sep}digest={digest}"
+        headers = {"Content-Type": "application/octet-stream"}
+        if not callable(body):
+            headers["Content-Length"] = str(len(body))
+        resp = self._request(
+            "PUT", put_url, scopes, retry=False, expect=(*range(200, 300), 400), headers=headers,
+            body=body, prefix=f"uploading {what}",
+        )  # fmt: skip
+        if resp.status_code == 400:
+            error = self._error(resp, "PUT", f"uploading {what}")
+            if "DIGEST_INVALID" in error.codes:
+                raise IntegrityError(
+                    f"{self.registry} rejected {what}: the uploaded bytes do not match the "
+                    f"digest (DIGEST_INVALID); {error}"
+                )
+            raise error
+        announced = resp.headers.get("Docker-Content-Digest", "").strip()
+        resp.close()
+        if announced and announced != str(digest):
+            log.warning("registry %s stored %s as %s", self.registry, what, announced[:80])
+
+    def _upload_chunks(
+        self,
+        upload_url: str,
+        scopes: frozenset[str],
+        digest: Digest,
+        size: int,
+        open_body: Callable[[], BinaryIO],
+        chunk: int,
+        what: str,
+    ) -> None:
+        """Send ``PATCH`` chunks, resuming from the upload's status after a failure, then
+        the final empty ``PUT``. Raises :class:`_RestartUpload` when resuming is impossible."""
+        source = _ChunkSource(open_body, digest, size, what)
+        url = upload_url
+        offset = 0
+        resumes = 0
+        while offset < size:
+            end = min(size, offset + chunk)
+            failure: RegistryError | None = None
+            resp: requests.Response | None = None
             try:
                 resp = self._request(
-                    "PUT", put_url, scopes, retry=False, expect=(*range(200, 300), 400),
-                    headers={"Content-Type": "application/octet-stream"},
-                    body=lambda: _UploadBody(open_body(), size, digest, what),
-                    prefix=f"uploading {what}",
+                    "PATCH", url, scopes, retry=False, expect=(202, 204, 416),
+                    headers={"Content-Type": "application/octet-stream",
+                             "Content-Range": f"{offset}-{end - 1}"},
+                    body=functools.partial(source.slice, offset, end), prefix=f"uploading {what}",
                 )  # fmt: skip
             except RegistryError as exc:
-                if not exc.temporary or attempt >= self.options.retries:
+                if not exc.temporary:
                     raise
-                delay = self._transport.backoff(attempt)
-                attempt += 1
-                log.info("upload of %s failed (%s); restarting it in %.1f s (attempt %d of %d)",
-                         what, exc, delay, attempt + 1, self.options.retries + 1)  # fmt: skip
-                self._transport.sleep(delay)
-                continue
-            if resp.status_code == 400:
-                error = self._error(resp, "PUT", f"uploading {what}")
-                if "DIGEST_INVALID" in error.codes:
-                    raise IntegrityError(
-                        f"{self.registry} rejected {what}: the uploaded bytes do not match the "
-                        f"digest (DIGEST_INVALID); {error}"
+                failure = exc
+            if resp is not None:
+                resp.close()
+                location = resp.headers.get("Location")
+                if location:
+                    url = urljoin(resp.url or url, location)
+                if resp.status_code != 416 and source.commit(end):
+                    committed = _range_end(resp.headers.get("Range"))
+                    if committed is None or committed == end:
+                        offset = end
+                        continue
+                    failure = RegistryError(
+                        f"uploading {what}: {self.registry} reports {committed} bytes "
+                        f"received, expected {end}"
                     )
-                raise error
-            announced = resp.headers.get("Docker-Content-Digest", "").strip()
-            resp.close()
-            if announced and announced != str(digest):
-                log.warning("registry %s stored %s as %s", self.registry, what, announced[:80])
-            return
+                else:
+                    failure = RegistryError(
+                        f"uploading {what}: {self.registry} refused the chunk at byte "
+                        f"{offset} (HTTP {resp.status_code})", status=resp.status_code,
+                    )  # fmt: skip
+            assert failure is not None
+            if resumes >= MAX_RESUMES:
+                raise _RestartUpload(failure)
+            delay = self._transport.backoff(resumes)
+            resumes += 1
+            log.info("chunk %d-%d of %s failed (%s); asking where to resume in %.1f s",
+                     offset, end - 1, what, failure, delay)  # fmt: skip
+            self._transport.sleep(delay)
+            url, offset = self._upload_status(url, scopes, what, failure)
+            if offset > size:
+                raise _RestartUpload(failure)
+        try:
+            self._put_upload(url, scopes, digest, what, b"")
+        except IntegrityError as exc:
+            if resumes:
+                # The registry's idea of the resumed offset may have been wrong: start over.
+                raise _RestartUpload(RegistryError(str(exc))) from None
+            raise
+
+    def _upload_status(
+        self, url: str, scopes: frozenset[str], what: str, failure: RegistryError
+    ) -> tuple[str, int]:
+        """``GET <location>``: the upload's (new location, committed byte count)."""
+        try:
+            resp = self._request("GET", url, scopes, expect=(200, 204),
+                                 prefix=f"asking the status of the upload of {what}")  # fmt: skip
+        except RegistryError as exc:
+            # Unknown or invalidated session (404, 400 BLOB_UPLOAD_INVALID): start over.
+            raise _RestartUpload(exc if exc.temporary else failure) from None
+        resp.close()
+        location = resp.headers.get("Location")
+        new_url = urljoin(resp.url or url, location) if location else url
+        committed = _range_end(resp.headers.get("Range"))
+        return new_url, committed or 0
 
     def list_tags(self, repository: str, page_size: int | None = None) -> Iterator[str]:
         """The repository's tags, following ``Link: <...>; rel="next"`` pagination."""

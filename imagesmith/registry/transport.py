@@ -108,6 +108,11 @@ class RegistryOptions:
     ``localhost``. ``ca_cert`` adds a CA bundle to the default trust store for https.
     ``backoff``, ``max_backoff``, ``max_retry_after`` and ``max_redirects`` tune the retry and
     redirect bounds.
+
+    ``chunk_size`` (default 64 MiB): blobs larger than this are uploaded in chunks of this
+    size (``PATCH`` with ``Content-Range``), which can resume after a dropped connection;
+    smaller blobs go in one ``PUT``. A registry that announces ``OCI-Chunk-Min-Length``
+    gets a chunked upload with chunks at least that big.
     """
 
     insecure: frozenset[str] = frozenset()
@@ -120,6 +125,7 @@ class RegistryOptions:
     max_backoff: float = 20.0
     max_retry_after: float = 60.0
     max_redirects: int = 5
+    chunk_size: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         # Accept any iterable of strings and normalise once, so lookups are exact matches.
@@ -139,6 +145,8 @@ class RegistryOptions:
             raise UsageError(f"invalid retries {self.retries!r}: must be 0 or more")
         if self.max_redirects < 0:
             raise UsageError(f"invalid max_redirects {self.max_redirects!r}: must be 0 or more")
+        if self.chunk_size < 1:
+            raise UsageError(f"invalid chunk_size {self.chunk_size!r}: must be 1 byte or more")
 
     @classmethod
     def from_env(
