@@ -11,11 +11,12 @@ SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apach
 SYSTEM_FILES := /usr/bin/docker-registry /usr/bin/podman /usr/sbin/runc /usr/bin/skopeo \
 	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl
 
-.PHONY: help demo test lint type check bench docs clean system-deps venv
+.PHONY: help demo test fuzz lint type check bench docs clean system-deps venv
 
 help:
 	@echo "make demo    run the main job end to end on a throwaway local registry"
 	@echo "make test    run the test suite (installs what it needs)"
+	@echo "make fuzz    long property-based fuzzing run (IMAGESMITH_FUZZ=long)"
 	@echo "make lint    ruff;  make type  mypy --strict;  make check  all three"
 	@echo "make bench   benchmarks (results in .bench/)"
 	@echo "make docs    check that every doc the README links exists"
@@ -45,6 +46,9 @@ demo: system-deps venv
 
 test: system-deps venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+fuzz: venv
+	IMAGESMITH_FUZZ=long $(BIN)/python -m pytest tests/test_fuzz.py -q
 
 lint: venv
 	$(BIN)/ruff check imagesmith tests examples

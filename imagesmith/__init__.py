@@ -48,6 +48,7 @@ from .locations import (
     RegistryLocation,
     parse_location,
 )
+from .login import login, logout
 from .makefile import render_makefile
 from .model import Descriptor, ImageConfig, Index, Manifest, Platform
 from .packages import Package, load_package, load_packages
@@ -142,6 +143,8 @@ __all__ = [
     "load_into_daemon",
     "load_package",
     "load_packages",
+    "login",
+    "logout",
     "parse_location",
     "pull",
     "read_index",

@@ -57,10 +57,16 @@ def canonical_json(value: Any) -> bytes:
 def _load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
         raise ManifestError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ManifestError(f"{what} is not a JSON object")
+    try:
+        # JSON escapes can carry lone surrogates that no UTF-8 document can hold; refuse them
+        # here rather than crash when the document is written out again.
+        canonical_json(value)
+    except UnicodeEncodeError:
+        raise ManifestError(f"{what} contains an invalid Unicode escape (a lone surrogate)") from None
     return value
 
 
@@ -83,7 +89,8 @@ def _str_map(obj: Mapping[str, Any], key: str, what: str) -> dict[str, str] | No
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise ManifestError(f"{what}: {key!r} must map strings to strings")
-    return dict(value)
+    # An empty map means the same as none, and serialises as none.
+    return dict(value) or None
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,8 @@ class Platform:
         return cls(
             os=_str(obj, "os", what) or "",
             architecture=_str(obj, "architecture", what) or "",
-            variant=_str(obj, "variant", what, required=False),
-            os_version=_str(obj, "os.version", what, required=False),
+            variant=_str(obj, "variant", what, required=False) or None,
+            os_version=_str(obj, "os.version", what, required=False) or None,
             os_features=tuple(features),
         )
 
@@ -224,7 +231,7 @@ class Descriptor:
             annotations=_str_map(obj, "annotations", what),
             platform=Platform.from_json(platform, f"{what} platform") if platform else None,
             urls=tuple(urls),
-            artifact_type=_str(obj, "artifactType", what, required=False),
+            artifact_type=_str(obj, "artifactType", what, required=False) or None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -276,7 +283,7 @@ class Manifest:
             layers=tuple(Descriptor.from_json(x, f"{what} layer {i}") for i, x in enumerate(layers)),
             annotations=_str_map(obj, "annotations", what),
             subject=Descriptor.from_json(subject, f"{what} subject") if subject else None,
-            artifact_type=_str(obj, "artifactType", what, required=False),
+            artifact_type=_str(obj, "artifactType", what, required=False) or None,
         )
 
     def to_json(self) -> dict[str, Any]:

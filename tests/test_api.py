@@ -71,6 +71,8 @@ EXPECTED = [
     "load_into_daemon",
     "load_package",
     "load_packages",
+    "login",
+    "logout",
     "parse_location",
     "pull",
     "read_index",

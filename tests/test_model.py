@@ -143,3 +143,24 @@ def test_check_layers_counts() -> None:
 def test_descriptor_platform_json() -> None:
     d = Descriptor(mt.OCI_MANIFEST, D1, 3, platform=Platform("linux", "arm64", "v8"))
     assert Descriptor.from_json(d.to_json()) == d
+
+
+def test_index_that_refers_to_itself_or_nests_is_an_error(tmp_path: object) -> None:
+    """RELIABILITY 13: index cycles and nesting end in a clear error, never a loop."""
+    from pathlib import Path
+
+    from imagesmith.images import LayoutSource, resolve_base
+    from imagesmith.layout import OCILayout
+
+    assert isinstance(tmp_path, Path)
+    layout = OCILayout(tmp_path / "layout", create=True)
+    # A child index, then a top index pointing at it; and one pointing at a digest that is its own.
+    child = Index(mt.OCI_INDEX, (Descriptor(mt.OCI_MANIFEST, D1, 1, platform=Platform("linux", "amd64")),))
+    child_digest = layout.put_bytes(child.to_bytes())
+    nested = Index(
+        mt.OCI_INDEX,
+        (Descriptor(mt.OCI_INDEX, child_digest, len(child.to_bytes()), platform=Platform("linux", "amd64")),),
+    )
+    layout.add_manifest(nested.to_bytes(), mt.OCI_INDEX, tag="nested")
+    with pytest.raises((PlatformError, ManifestError)):
+        resolve_base(None, LayoutSource(layout.root, "nested"), Platform("linux", "amd64"))
