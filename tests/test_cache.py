@@ -77,6 +77,7 @@ def test_size_mismatch_is_caught_early_and_late(cache: BlobCache) -> None:
 
 
 def test_exception_in_writer_removes_temp(cache: BlobCache) -> None:
+    """RELIABILITY 28."""
     with pytest.raises(RuntimeError), cache.put_stream() as writer:
         writer.write(b"partial")
         raise RuntimeError("interrupted")
@@ -105,6 +106,7 @@ def _corrupt(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["truncated", "bitflip", "empty"])
 def test_corrupt_entry_is_detected_and_evicted_on_read(cache: BlobCache, how: str) -> None:
+    """RELIABILITY 27."""
     digest = cache.put_bytes(PAYLOAD)
     _corrupt(cache.path(digest), how)
     with pytest.raises(IntegrityError, match=digest.hex[:12]):
@@ -116,6 +118,7 @@ def test_corrupt_entry_is_detected_and_evicted_on_read(cache: BlobCache, how: st
 
 @pytest.mark.parametrize("how", ["truncated", "bitflip", "empty"])
 def test_verify_evicts_corrupt_entries(cache: BlobCache, how: str) -> None:
+    """RELIABILITY 27."""
     digest = cache.put_bytes(PAYLOAD)
     _corrupt(cache.path(digest), how)
     assert not cache.verify(digest)
@@ -124,6 +127,7 @@ def test_verify_evicts_corrupt_entries(cache: BlobCache, how: str) -> None:
 
 
 def test_size_mismatch_on_open_evicts_at_once(cache: BlobCache) -> None:
+    """RELIABILITY 27."""
     digest = cache.put_bytes(PAYLOAD)
     _corrupt(cache.path(digest), "truncated")
     with pytest.raises(IntegrityError, match="evicted"):
@@ -200,6 +204,7 @@ def test_concurrent_writers_processes(cache: BlobCache, tmp_path: Path) -> None:
 
 
 def test_killed_writer_leaves_only_temp_files(cache: BlobCache) -> None:
+    """RELIABILITY 28."""
     script = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
@@ -222,6 +227,7 @@ def test_killed_writer_leaves_only_temp_files(cache: BlobCache) -> None:
 
 
 def test_clean_temp_on_missing_cache(tmp_path: Path) -> None:
+    """RELIABILITY 28."""
     assert BlobCache(tmp_path / "nothing").clean_temp(0) == 0
 
 

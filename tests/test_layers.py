@@ -121,6 +121,7 @@ def _tar_bytes(cache: BlobCache, blob: LayerBlob) -> bytes:
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_same_content_same_digests(tmp_path: Path, cache: BlobCache, compression: str) -> None:
+    """RELIABILITY 21."""
     a = make_tree(tmp_path / "a")
     b = make_tree(
         tmp_path / "b", reverse=True, mtime=1_700_000_000, umask=0o077,
@@ -134,6 +135,7 @@ def test_same_content_same_digests(tmp_path: Path, cache: BlobCache, compression
 def test_source_date_epoch_changes_the_output(
     tmp_path: Path, cache: BlobCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """RELIABILITY 21."""
     tree = make_tree(tmp_path / "t")
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     plain = _build(directory_entries(tree, PREFIX), cache)
@@ -164,6 +166,7 @@ def test_gzip_matches_pythons_gzip_with_fixed_header(tmp_path: Path, cache: Blob
 
 
 def test_order_parents_links_and_names(tmp_path: Path, cache: BlobCache) -> None:
+    """RELIABILITY 21."""
     tree = make_tree(tmp_path / "t")
     blob = _build(directory_entries(tree, PREFIX), cache)
     members = _members(cache, blob)

@@ -254,6 +254,7 @@ def test_scopes_cover() -> None:
 
 
 def test_redact_url() -> None:
+    """RELIABILITY 7."""
     url = ("https://user:pw@reg.example/v2/r/blobs/uploads/u1?_state=SECRETSTATE&digest=sha256:ab"
            "&X-Amz-Signature=SIG&n=5#frag")  # fmt: skip
     shown = redact_url(url)
@@ -277,6 +278,7 @@ def test_parse_retry_after() -> None:
 
 
 def test_options_from_env_and_insecure_rules(tmp_path: Path) -> None:
+    """RELIABILITY 26."""
     env = {"IMAGESMITH_INSECURE_REGISTRY": "reg.local:5000, other.example ,",
            "IMAGESMITH_CA_CERT": str(tmp_path / "ca.pem")}  # fmt: skip
     opts = RegistryOptions.from_env(env, insecure=["Extra:1"], timeout=5)
@@ -300,6 +302,7 @@ def test_options_from_env_and_insecure_rules(tmp_path: Path) -> None:
 
 
 def test_bad_ca_cert_is_a_usage_error(tmp_path: Path) -> None:
+    """RELIABILITY 26."""
     with pytest.raises(UsageError, match="does not exist"):
         Transport(RegistryOptions(ca_cert=tmp_path / "missing.pem"))
     bad = tmp_path / "bad.pem"
@@ -530,6 +533,7 @@ def test_server_that_never_answers_times_out(fake: FakeServer) -> None:
 
 
 def test_tls_to_a_plain_http_server_hints_insecure_registry(fake: FakeServer) -> None:
+    """RELIABILITY 26."""
     opts = RegistryOptions(retries=0)
     client = RegistryClient(fake.host, opts, CredentialStore(environ={}))
     with pytest.raises(RegistryUnreachableError) as info:
@@ -542,6 +546,7 @@ def test_tls_to_a_plain_http_server_hints_insecure_registry(fake: FakeServer) ->
 
 
 def test_error_message_lists_codes_method_and_redacted_url(fake: FakeServer) -> None:
+    """RELIABILITY 7."""
     body = json.dumps({"errors": [
         {"code": "MANIFEST_INVALID", "message": "manifest invalid", "detail": "bad layer"},
         {"code": "BLOB_UNKNOWN", "message": "blob unknown", "detail": {"digest": "x"}},
@@ -558,6 +563,7 @@ def test_error_message_lists_codes_method_and_redacted_url(fake: FakeServer) -> 
 
 
 def test_html_error_page_is_sanitized(fake: FakeServer) -> None:
+    """RELIABILITY 7."""
     page = (b"<html><head><title>Oops</title></head><body>" + b"Gateway\x1b[31m broke " * 50
             + b"</body></html>")  # fmt: skip
     fake.handler = lambda req: Resp(418, {"Content-Type": "text/html"}, page)
@@ -567,6 +573,16 @@ def test_html_error_page_is_sanitized(fake: FakeServer) -> None:
     assert "418" in text and "Oops" in text and "Gateway" in text
     assert "<html>" not in text and "\x1b" not in text
     assert len(text) < 600
+
+
+def test_huge_error_body_is_read_with_a_cap(fake: FakeServer) -> None:
+    """RELIABILITY 6: a 10 MB error body is cut at MAX_ERROR_BODY; the error stays one short line."""
+    body = b'{"errors":[{"code":"DENIED","message":"' + b"x" * 10_000_000 + b'"}]}'
+    fake.handler = lambda req: Resp(400, {"Content-Type": "application/json"}, body)
+    with pytest.raises(RegistryError) as info:
+        make_client(fake).ping()
+    text = str(info.value)
+    assert "400" in text and len(text) < 1000 and "\n" not in text
 
 
 def test_404_manifest_is_not_found(fake: FakeServer) -> None:
@@ -582,6 +598,7 @@ def test_404_manifest_is_not_found(fake: FakeServer) -> None:
 
 
 def test_oversize_manifest_refused_by_content_length(fake: FakeServer) -> None:
+    """RELIABILITY 6."""
     fake.handler = lambda req: Resp(200, {"Content-Type": OCI_MANIFEST,
                                           "Content-Length": str(MAX_MANIFEST_SIZE + 1)},
                                     b"{", truncate_at=1)  # fmt: skip
@@ -590,6 +607,7 @@ def test_oversize_manifest_refused_by_content_length(fake: FakeServer) -> None:
 
 
 def test_oversize_manifest_refused_while_streaming(fake: FakeServer) -> None:
+    """RELIABILITY 6."""
     body = b" " * (MAX_MANIFEST_SIZE + 1024 * 1024)
     fake.handler = lambda req: Resp(200, {"Content-Type": OCI_MANIFEST}, body, no_length=True)
     with pytest.raises(ManifestError, match="larger than"):
@@ -672,6 +690,7 @@ def test_blob_exists_head_405_falls_back_to_get(fake: FakeServer) -> None:
 def test_blob_redirect_to_another_host_drops_authorization(
     fake: FakeServer, other: FakeServer, tmp_path: Path
 ) -> None:
+    """RELIABILITY 22."""
     data = os.urandom(50_000)
     digest = Digest.of(data)
 
@@ -702,6 +721,7 @@ def test_redirect_loop_is_bounded(fake: FakeServer) -> None:
 
 
 def test_redirect_to_plain_http_elsewhere_is_refused(fake: FakeServer, other: FakeServer) -> None:
+    """RELIABILITY 22."""
     fake.handler = lambda req: Resp(307, {"Location": f"{other.url}/cdn"})
     client = make_client(registry=fake)  # `other` is not listed insecure
     desc = Descriptor("x", Digest.of(b"x"), 1)
@@ -744,6 +764,7 @@ def test_dropped_download_resumes_with_range(fake: FakeServer) -> None:
 def test_foreign_layer_urls_are_fetched_without_credentials(
     fake: FakeServer, other: FakeServer, tmp_path: Path
 ) -> None:
+    """RELIABILITY 15."""
     data = b"foreign layer"
     desc = Descriptor("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
                       Digest.of(data), len(data), urls=(f"{other.url}/layer.tgz",))  # fmt: skip
@@ -858,6 +879,7 @@ def test_upload_body_that_does_not_match_is_stopped_before_the_end(fake: FakeSer
 def test_upload_location_on_another_host_gets_no_authorization(
     fake: FakeServer, other: FakeServer, tmp_path: Path
 ) -> None:
+    """RELIABILITY 22."""
     def registry(req: Req) -> Resp:
         if not basic_ok(req):
             return Resp(401, {"WWW-Authenticate": 'Basic realm="test"'})
@@ -982,6 +1004,7 @@ def test_push_token_covers_pull_requests(fake: FakeServer) -> None:
 
 
 def test_401_after_a_fresh_token_is_final(fake: FakeServer) -> None:
+    """RELIABILITY 24."""
     tokens = TokenServer(fake, accept=lambda token: False)
     with pytest.raises(AuthenticationError, match="docker login"):
         make_client(fake).blob_exists("team/app", Digest.of(b"x"))
@@ -1001,6 +1024,7 @@ def test_401_with_a_token_fetched_for_this_request_is_not_retried(fake: FakeServ
 
 
 def test_expired_token_is_refreshed_once(fake: FakeServer) -> None:
+    """RELIABILITY 24."""
     tokens = TokenServer(fake, expires_in=None)  # default lifetime: 60 s
     client = make_client(fake)
     now = [1000.0]
@@ -1020,6 +1044,7 @@ def test_expired_token_is_refreshed_once(fake: FakeServer) -> None:
 def test_token_revoked_mid_push_refreshes_once_and_resends_the_whole_body(
     fake: FakeServer,
 ) -> None:
+    """RELIABILITY 24."""
     tokens = TokenServer(fake)
     data = os.urandom(100_000)
     digest = Digest.of(data)
@@ -1076,6 +1101,7 @@ def test_identity_token_uses_oauth_refresh_grant(fake: FakeServer, tmp_path: Pat
 
 
 def test_token_response_size_is_capped(fake: FakeServer) -> None:
+    """RELIABILITY 6."""
     tokens = TokenServer(fake)
 
     def handler(req: Req) -> Resp:
@@ -1089,6 +1115,7 @@ def test_token_response_size_is_capped(fake: FakeServer) -> None:
 
 
 def test_https_registry_refuses_http_realm() -> None:
+    """RELIABILITY 23."""
     opts = RegistryOptions()
     auth = Authenticator("reg.example", "https://reg.example", Transport(opts), None)
     auth.unauthorized('Bearer realm="http://reg.example/token",service="s"', frozenset())
