@@ -455,6 +455,7 @@ class _Progress:
     WORDS: ClassVar[dict[str, str]] = {
         "resolve": "resolved",
         "layer-built": "built layer",
+        "layer-reused": "reused layer",
         "blob-exists": "already there",
         "blob-mounted": "mounted",
         "blob-uploaded": "uploaded",
@@ -480,7 +481,7 @@ class _Progress:
                     self._last_draw = now
                     self._draw()
                 return
-            if event.kind == "layer-built":
+            if event.kind in ("layer-built", "layer-reused"):
                 self._active.pop(event.subject, None)
             subject = event.subject[:19] if event.subject.startswith("sha256:") else event.subject
             size = f" ({_human(event.size)})" if event.size else ""

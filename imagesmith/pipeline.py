@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import layerrecords
 from . import mediatypes as mt
 from .cache import BlobCache
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
@@ -38,7 +39,7 @@ from .locations import (
 )
 from .model import HistoryEntry, ImageConfig, Index, Manifest, Platform
 from .packages import Package, package_hash
-from .progress import ProgressCallback, ProgressEvent, null_progress
+from .progress import EventKind, ProgressCallback, ProgressEvent, null_progress
 from .references import Reference, parse_repository
 from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
@@ -184,25 +185,37 @@ def content_layer(
     level: int | None = None,
     preserve: bool = False,
     progress: Callable[[int], None] | None = None,
-) -> LayerBlob:
+    reuse: bool = True,
+) -> tuple[LayerBlob, bool]:
     """One layer from a directory or a tarball placed at ``prefix`` (relative to ``/``).
 
-    ``progress`` is called with the number of uncompressed bytes archived so far.
+    With ``reuse``, an input whose identity (see :mod:`imagesmith.layerrecords`) matches an
+    earlier build is not read again: the recorded layer is returned while its blob is in the
+    cache. Returns the layer and whether it was reused. ``progress`` is called with the number
+    of uncompressed bytes archived so far.
     """
+    key = (
+        layerrecords.input_key(
+            content, prefix, preserve=preserve, compression=compression, level=level, media_types=media_types
+        )
+        if reuse
+        else None
+    )
+    if key is not None:
+        found = layerrecords.lookup(cache, key)
+        if found is not None and found.media_type == media_types.layer(compression):
+            return found, True
+    options: dict[str, Any] = {
+        "media_types": media_types, "compression": compression, "level": level, "progress": progress
+    }  # fmt: skip
     if content.is_dir():
-        entries = directory_entries(content, prefix, preserve=preserve)
-        return build_layer(
-            entries, cache, media_types=media_types, compression=compression, level=level, progress=progress
-        )
-    with tarball_entries(content, prefix, preserve=preserve, tmpdir=cache.tmp_dir) as tar_entries:
-        return build_layer(
-            tar_entries,
-            cache,
-            media_types=media_types,
-            compression=compression,
-            level=level,
-            progress=progress,
-        )
+        blob = build_layer(directory_entries(content, prefix, preserve=preserve), cache, **options)
+    else:
+        with tarball_entries(content, prefix, preserve=preserve, tmpdir=cache.tmp_dir) as entries:
+            blob = build_layer(entries, cache, **options)
+    if key is not None:
+        layerrecords.remember(cache, key, blob)
+    return blob, False
 
 
 def build_package_layers(
@@ -218,7 +231,7 @@ def build_package_layers(
 
     def one(package: Package) -> LayerBlob:
         subject = f"{package.name}@{package.version}"
-        blob = content_layer(
+        blob, reused = content_layer(
             package.content,
             package.prefix.lstrip("/"),
             cache,
@@ -227,9 +240,8 @@ def build_package_layers(
             level=options.level,
             progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
         )
-        progress(
-            ProgressEvent("layer-built", f"{package.name}@{package.version}", blob.size, str(blob.digest))
-        )
+        kind: EventKind = "layer-reused" if reused else "layer-built"
+        progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
         return blob
 
     jobs = max(1, min(options.jobs, len(packages)))
@@ -722,7 +734,7 @@ def import_rootfs(
     cache = cache or BlobCache()
     destinations = plan_destinations(ref, out, load=load, default_tag=None)
     with _registry_pool(pool, registry) as pool:
-        blob = content_layer(
+        blob, reused = content_layer(
             path,
             "",
             cache,
@@ -731,7 +743,8 @@ def import_rootfs(
             preserve=True,
             progress=lambda done: progress(ProgressEvent("layer-progress", str(path), done)),
         )
-        progress(ProgressEvent("layer-built", str(path), blob.size, str(blob.digest)))
+        kind: EventKind = "layer-reused" if reused else "layer-built"
+        progress(ProgressEvent(kind, str(path), blob.size, str(blob.digest)))
         created = _created()
         config = ImageConfig.empty(platform)
         modifications = [EnvModification("set", *parse_env_assignment(e)) for e in env]

@@ -17,6 +17,7 @@ EventKind = Literal[
     "resolve",  # base manifest resolved
     "layer-progress",  # a layer is being archived (size: uncompressed bytes so far)
     "layer-built",  # a package layer is in the cache (detail: digest)
+    "layer-reused",  # an unchanged input's layer was found in the cache; nothing was read
     "blob-exists",  # the target already had a blob
     "blob-mounted",  # a blob was mounted from another repository
     "blob-uploaded",  # a blob was uploaded

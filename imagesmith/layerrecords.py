@@ -1,0 +1,116 @@
+"""Reuse of built layers: a record from an input's identity to the layer it gave.
+
+Rebuilding an unchanged 1 GiB prefix means reading, archiving, compressing and hashing it
+all again, only to learn the digests it had last time. Instead, the identity of the input is
+computed from metadata alone -- a walk that stats every entry (path, type, mode, owner, size,
+mtime and ctime in nanoseconds, inode, link target) -- and combined with everything else that
+shapes the layer's bytes (prefix, mode policy, codec and level, media-type family, the fixed
+mtime, the layer format version). The record maps that key to the layer's digests, sizes and
+directory list, in the blob cache's records.
+
+A record is used only while its blob is still in the cache, so a pruned cache just means a
+rebuild. Like make and ccache, this trusts file metadata: content changed without touching
+size, mtime or ctime is not noticed (ctime cannot be set back by ordinary tools).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from .cache import BlobCache
+from .compression import codec_id
+from .digests import Digest
+from .errors import DigestFormatError
+from .layers import LayerBlob, source_date_epoch
+from .mediatypes import Compression, MediaTypes
+
+__all__ = ["RECORD_VERSION", "input_key", "lookup", "remember"]
+
+# Bump when the layer bytes for the same input could change (tar writer rules, for example).
+RECORD_VERSION = 1
+
+
+def _walk_identity(root: Path, digest: Any) -> None:
+    # Sorted walk without following symlinks; every entry contributes its metadata.
+    stack = [(root, "")]
+    while stack:
+        directory, rel = stack.pop()
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in reversed(entries):
+            st = entry.stat(follow_symlinks=False)
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            link = str(Path(entry.path).readlink()) if stat.S_ISLNK(st.st_mode) else ""
+            digest.update(
+                f"{name}\0{st.st_mode:o}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
+                f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0{link}\n".encode("utf-8", "surrogateescape")
+            )
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((Path(entry.path), name))
+
+
+def input_key(
+    content: Path,
+    prefix: str,
+    *,
+    preserve: bool,
+    compression: Compression,
+    level: int | None,
+    media_types: MediaTypes,
+) -> str:
+    """The identity of a layer input: its content's metadata plus every setting that shapes it."""
+    digest = hashlib.sha256()
+    settings = {
+        "version": RECORD_VERSION,
+        "content": str(content.resolve()),
+        "prefix": prefix,
+        "preserve": preserve,
+        "codec": codec_id(compression, level),
+        "family": media_types.family,
+        "mtime": source_date_epoch(),
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    st = content.stat()
+    digest.update(f"{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
+    if content.is_dir():
+        _walk_identity(content, digest)
+    return "layer:" + digest.hexdigest()
+
+
+def lookup(cache: BlobCache, key: str) -> LayerBlob | None:
+    """The layer recorded for ``key``, if its blob is still in the cache; else ``None``."""
+    record = cache.get_record(key)
+    if record is None:
+        return None
+    try:
+        blob = LayerBlob(
+            digest=Digest.parse(record["digest"]),
+            diff_id=Digest.parse(record["diff_id"]),
+            size=int(record["size"]),
+            media_type=str(record["media_type"]),
+            directories=frozenset(str(d) for d in record["directories"]),
+            uncompressed_size=int(record.get("uncompressed_size", 0)),
+        )
+    except (KeyError, TypeError, ValueError, DigestFormatError):
+        return None  # a record from another version, or damaged: rebuild
+    return blob if cache.has(blob.digest, blob.size) else None
+
+
+def remember(cache: BlobCache, key: str, blob: LayerBlob) -> None:
+    """Record that ``key`` gave ``blob``."""
+    cache.put_record(
+        key,
+        {
+            "digest": str(blob.digest),
+            "diff_id": str(blob.diff_id),
+            "size": blob.size,
+            "media_type": blob.media_type,
+            "directories": sorted(blob.directories),
+            "uncompressed_size": blob.uncompressed_size,
+        },
+    )
