@@ -11,14 +11,14 @@ SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apach
 SYSTEM_FILES := /usr/bin/docker-registry /usr/bin/podman /usr/sbin/runc /usr/bin/skopeo \
 	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl
 
-.PHONY: help demo test fuzz lint type check bench docs clean system-deps venv
+.PHONY: help demo test fuzz lint type check bench bench-deps docs clean system-deps venv
 
 help:
 	@echo "make demo    run the main job end to end on a throwaway local registry"
 	@echo "make test    run the test suite (installs what it needs)"
 	@echo "make fuzz    long property-based fuzzing run (IMAGESMITH_FUZZ=long)"
 	@echo "make lint    ruff;  make type  mypy --strict;  make check  all three"
-	@echo "make bench   benchmarks (results in .bench/)"
+	@echo "make bench   benchmarks (results in .bench/; BENCH_SCALE=0.1 BENCH_RUNS=1 for a quick one)"
 	@echo "make docs    check that every doc the README links exists"
 	@echo "make clean   remove the virtualenv and caches"
 
@@ -58,8 +58,20 @@ type: venv
 
 check: lint type test
 
-bench: system-deps venv
+# BENCH_SCALE shrinks bench_layers' workloads (1.0 = 1 GiB / 200 MiB + 50k files / 5 MiB),
+# BENCH_RUNS sets its repetitions (median reported), e.g. make bench BENCH_SCALE=0.1 BENCH_RUNS=1
+BENCH_SCALE ?= 1.0
+BENCH_RUNS ?= 3
+
+# The peers the layer benchmark compares against (podman and umoci/skopeo come with system-deps).
+bench-deps:
+	@command -v buildah >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah >/dev/null; } || \
+		echo "buildah not installed: it will be reported as not measured"
+
+bench: system-deps bench-deps venv
 	$(BIN)/python tests/bench_stack.py .bench/stack.json
+	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_layers.py .bench/layers.json
 
 docs:
 	@missing=0; for f in $$(grep -o 'docs/[a-z_-]*\.md' README.md docs/*.md | cut -d: -f2 | sort -u); do \
