@@ -35,6 +35,12 @@ def need(condition: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
+def requires(condition: bool, reason: str) -> pytest.MarkDecorator:
+    """A marker that skips a test locally when ``condition`` is false, but runs it in CI (where
+    it then fails), so a missing capability on the CI machine never passes silently."""
+    return pytest.mark.skipif(not condition and not in_ci(), reason=reason)
+
+
 def need_tool(name: str) -> None:
     """Require system executable ``name`` (e.g. docker-registry, podman, skopeo, umoci, docker)."""
     need(tool_available(name), f"{name} not found on PATH: {install_hint(name)}")

@@ -106,7 +106,7 @@ def test_docker_run_cli(stack: dict[str, object], podman: Podman) -> None:
 
 
 def test_docker_run_sdk(stack: dict[str, object], podman: Podman) -> None:
-    docker = pytest.importorskip("docker")
+    import docker  # a runtime dependency of imagesmith
     client = docker.DockerClient(base_url=podman.docker_host)
     try:
         out = client.containers.run(

@@ -244,7 +244,7 @@ def test_podman_docker_cli_runs_image(podman: Podman, smoke_image: str) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_podman_docker_sdk_runs_image(podman: Podman, smoke_image: str) -> None:
-    docker = pytest.importorskip("docker")
+    import docker  # a runtime dependency of imagesmith
     client = docker.DockerClient(base_url=podman.docker_host)
     try:
         out = client.containers.run(smoke_image, ["sh", "-lc", "echo sdk $PATH"], remove=True)

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import requires
 
 from imagesmith.errors import LayerError
 from imagesmith.tarwriter import TarEntry, TarWriter, read_members
@@ -116,7 +117,7 @@ def test_size_of_8_gib_uses_a_pax_size_record(tmp_path: Path) -> None:
         assert "8589934592" in listing.stdout
 
 
-@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
+@requires(shutil.which("tar") is not None, "GNU tar not installed")
 def test_gnu_tar_lists_and_extracts(tmp_path: Path) -> None:
     archive = tmp_path / "a.tar"
     archive.write_bytes(_write(_sample()))
@@ -193,7 +194,7 @@ def test_read_members_matches_what_was_written() -> None:
     assert members[-1].linkname == "/" + LONG_300
 
 
-@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
+@requires(shutil.which("tar") is not None, "GNU tar not installed")
 def test_read_members_understands_gnu_long_names(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / ("n" * 120)).mkdir(parents=True)
@@ -223,7 +224,7 @@ def test_read_members_limits_and_corruption() -> None:
     assert len(list(read_members(io.BytesIO(data + b"garbage" * 100), "x"))) == len(_sample())
 
 
-@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
+@requires(shutil.which("tar") is not None, "GNU tar not installed")
 def test_sparse_members_are_refused(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -347,7 +347,7 @@ def test_docker_load_of_a_built_archive(
 def test_build_loads_into_the_daemon_with_the_sdk(
     base_ref: str, pool: RegistryPool, podman: Podman, tmp_path: Path
 ) -> None:
-    docker = pytest.importorskip("docker")
+    import docker  # a runtime dependency of imagesmith
     cache = BlobCache(tmp_path / "cache")
     result = build(base_ref, load_packages([HELLO]), tag="transfer/loaded:1", load=True,
                    docker_host=podman.docker_host, pool=pool, cache=cache)  # fmt: skip
