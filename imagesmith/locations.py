@@ -147,8 +147,11 @@ def parse_location(text: str, *, default_tag: str | None = "latest") -> Location
         if reference.digest is not None or reference.tag is None:
             raise UsageError(f"invalid location {text!r}: a daemon image is named NAME:TAG")
         return DaemonLocation(reference)
-    scheme, sep, _ = text.partition(":")
+    scheme, sep, rest = text.partition(":")
     if sep and scheme in _UNSUPPORTED:
         raise UsageError(f"the {scheme}: transport is not supported: use {FORMS}")
+    if sep and rest.startswith("/") and "/" not in scheme and "." not in scheme:
+        # `word:/path` is no reference (a registry host needs a port or a dot): an unknown scheme.
+        raise UsageError(f"unknown location type {scheme + ':'!r} in {text!r}: use {FORMS}")
     # A bare reference keeps the reference grammar's own errors (ReferenceFormatError).
     return RegistryLocation(Reference.parse(text, default_tag=default_tag))

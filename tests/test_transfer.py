@@ -451,3 +451,14 @@ def test_index_copy_keeps_the_index_digest(
     raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:multi"],
                          capture_output=True, check=True)  # fmt: skip
     assert "sha256:" + hashlib.sha256(raw.stdout).hexdigest() == index_digest
+
+
+@pytest.mark.parametrize("text", ["ftp:/srv/img", "layout:/tmp/x", "s3:/bucket/key"])
+def test_an_unknown_location_type_is_named(text: str) -> None:
+    from imagesmith.errors import UsageError
+    from imagesmith.locations import parse_location
+
+    with pytest.raises(UsageError, match="unknown location type"):
+        parse_location(text)
+    # Registry references with ports and plain tags still parse as references.
+    assert str(parse_location("localhost:5000/x:1")) == "docker://localhost:5000/x:1"
