@@ -389,26 +389,35 @@ def _text(raw: bytes, what: str) -> str:
         raise LayerError(f"{what}: name {raw!r} is not valid UTF-8") from None
 
 
-def _parse_pax(payload: bytes, what: str) -> dict[str, bytes]:
-    records: dict[str, bytes] = {}
+def parse_pax(payload: bytes) -> dict[bytes, bytes]:
+    """The records of a PAX extended header (``"LEN key=value\\n"``...), keys as raw bytes.
+
+    The one parser of the format, shared by the layer builder and the unpacker so both read
+    a tarball the same way. Raises :class:`ValueError` on a corrupt header; callers turn that
+    into their own error.
+    """
+    records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(payload):
         if payload[pos] == 0:
             break  # some writers pad the record area with NULs
         space = payload.find(b" ", pos)
-        try:
-            length = int(payload[pos:space])
-        except ValueError:
-            raise LayerError(f"{what}: corrupt PAX extended header") from None
+        length = int(payload[pos:space]) if space > pos else 0  # ValueError when not a number
         record = payload[pos : pos + length]
-        if space < 0 or length <= 0 or len(record) != length or not record.endswith(b"\n"):
-            raise LayerError(f"{what}: corrupt PAX extended header")
         key, eq, value = record[space - pos + 1 : -1].partition(b"=")
-        if not eq:
-            raise LayerError(f"{what}: corrupt PAX extended header record")
-        records[_text(key, what)] = value
+        if length <= 0 or len(record) != length or not record.endswith(b"\n") or not eq:
+            raise ValueError("corrupt PAX extended header record")
+        records[key] = value
         pos += length
     return records
+
+
+def _parse_pax(payload: bytes, what: str) -> dict[str, bytes]:
+    try:
+        records = parse_pax(payload)
+    except ValueError:
+        raise LayerError(f"{what}: corrupt PAX extended header") from None
+    return {_text(key, what): value for key, value in records.items()}
 
 
 def _read_exact(f: IO[bytes], n: int) -> bytes:

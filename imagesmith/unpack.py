@@ -36,6 +36,7 @@ from typing import IO, NoReturn
 
 from .compression import Decompressor, open_decompressor
 from .errors import LayerError, UnpackError, UsageError
+from .tarwriter import parse_pax
 
 __all__ = ["MAX_SYMLINK_HOPS", "UnpackPolicy", "UnpackStats", "unpack_layer", "unpack_layers"]
 
@@ -226,23 +227,11 @@ def _pax_time_ns(value: bytes, where: str) -> int:
 
 
 def _parse_pax(payload: bytes, where: str) -> dict[str, bytes]:
-    records: dict[str, bytes] = {}
-    pos = 0
-    while pos < len(payload):
-        if payload[pos] == 0:
-            break  # some writers pad the record area with NULs
-        space = payload.find(b" ", pos)
-        try:
-            length = int(payload[pos:space]) if space > pos else 0
-        except ValueError:
-            length = 0
-        record = payload[pos : pos + length]
-        key, eq, value = record[space - pos + 1 : -1].partition(b"=")
-        if length <= 0 or len(record) != length or not record.endswith(b"\n") or not eq:
-            raise UnpackError(f"{where}: corrupt PAX extended header; {_TRUNCATED_ADVICE}")
-        records[key.decode("utf-8", "surrogateescape")] = value
-        pos += length
-    return records
+    try:
+        records = parse_pax(payload)
+    except ValueError:
+        raise UnpackError(f"{where}: corrupt PAX extended header; {_TRUNCATED_ADVICE}") from None
+    return {key.decode("utf-8", "surrogateescape"): value for key, value in records.items()}
 
 
 def _decode(raw: bytes) -> str:
