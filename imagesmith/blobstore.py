@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -18,7 +19,7 @@ from typing import IO
 from .digests import Digest, Hasher
 from .errors import ImagesmithError, IntegrityError
 
-__all__ = ["BlobWriter", "FailFactory", "atomic_blob", "fsync_dir"]
+__all__ = ["BlobWriter", "FailFactory", "atomic_blob", "fsync_dir", "remove_stale_temp"]
 
 # Turns an OSError into the caller's own error type: (action, path, error) -> exception.
 FailFactory = Callable[[str, Path, OSError], ImagesmithError]
@@ -135,3 +136,29 @@ def atomic_blob(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def remove_stale_temp(directory: Path, older_than: float, fail: FailFactory) -> int:
+    """Remove temp files in ``directory`` older than ``older_than`` seconds; return the count.
+
+    Temp files that old belong to writers that were killed (a live writer finishes or removes
+    its own), so this is safe while other processes write. A missing directory counts as empty.
+    """
+    cutoff = time.time() - older_than
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise fail("list", directory, exc) from None
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime <= cutoff:
+                Path(entry.path).unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # its writer finished, or another cleaner got there first
+        except OSError as exc:
+            raise fail("remove", Path(entry.path), exc) from None
+    return removed

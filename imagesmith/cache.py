@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import platformdirs
 
-from .blobstore import BlobWriter, atomic_blob
+from .blobstore import BlobWriter, atomic_blob, remove_stale_temp
 from .digests import CHUNK, Digest, Hasher, VerifyingReader
 from .errors import CacheError, IntegrityError
 
@@ -349,26 +349,7 @@ class BlobCache:
         writer keeps touching its file). Pass 0 to remove every temp file, only when no other
         process uses the cache.
         """
-        cutoff = time.time() - older_than
-        removed = 0
-        try:
-            entries = list(os.scandir(self.tmp_dir))
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise _fail("list", self.tmp_dir, exc) from None
-        for entry in entries:
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
-                    Path(entry.path).unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue  # its writer finished or another cleaner got there first
-            except OSError as exc:
-                raise _fail("remove", Path(entry.path), exc) from None
-        return removed
+        return remove_stale_temp(self.tmp_dir, older_than, _fail)
 
     def _files(self, sub: str) -> Iterator[os.DirEntry[str]]:
         top = self.root / sub

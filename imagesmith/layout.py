@@ -27,13 +27,12 @@ import os
 import re
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import mediatypes as mt
-from .blobstore import BlobWriter, atomic_blob, fsync_dir
+from .blobstore import BlobWriter, atomic_blob, fsync_dir, remove_stale_temp
 from .digests import CHUNK, Digest, VerifyingReader
 from .errors import (
     DigestFormatError,
@@ -214,25 +213,7 @@ class OCILayout:
         removes its own). Pass 0 to remove every temp file, only when no other process is
         writing this layout. The temp directory itself is removed once empty.
         """
-        cutoff = time.time() - older_than
-        removed = 0
-        try:
-            entries = list(os.scandir(self.temp_dir))
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise _os_error("list", self.temp_dir, exc) from None
-        for entry in entries:
-            try:
-                if entry.is_file(follow_symlinks=False) and (
-                    entry.stat(follow_symlinks=False).st_mtime <= cutoff
-                ):
-                    Path(entry.path).unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue  # its writer finished, or another cleaner got there first
-            except OSError as exc:
-                raise _os_error("remove", Path(entry.path), exc) from None
+        removed = remove_stale_temp(self.temp_dir, older_than, _os_error)
         self._tidy_temp_dir()
         return removed
 
