@@ -55,6 +55,24 @@ class BlobWriter:
         return self._hasher.size
 
     @property
+    def path(self) -> Path:
+        """The temp file being written (gone once the ``with`` block ends)."""
+        return self._tmp
+
+    @property
+    def written_digest(self) -> Digest:
+        """The digest of the bytes written so far (before the blob is checked and stored)."""
+        return self._hasher.digest
+
+    def flush(self) -> None:
+        """Hand buffered bytes to the OS, so another reader of :attr:`path` sees all of
+        :attr:`size` (an upload that follows the file while it grows, for one)."""
+        try:
+            self._f.flush()
+        except OSError as exc:
+            raise self._fail("write", self._tmp, exc) from None
+
+    @property
     def digest(self) -> Digest:
         """The digest of everything written; valid after the ``with`` block ends."""
         if self._digest is None:

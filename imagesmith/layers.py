@@ -38,8 +38,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
+from .blobstore import BlobWriter
 from .cache import BlobCache
 from .compression import Compressor, open_compressor, open_decompressor
 from .digests import Digest, Hasher
@@ -47,6 +48,9 @@ from .errors import LayerError, UsageError
 from .mediatypes import Compression, MediaTypes
 from .model import Descriptor
 from .tarwriter import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarEntry, TarMember, TarWriter, read_members
+
+if TYPE_CHECKING:
+    from .overlap import BlobFollower
 
 __all__ = [
     "MAX_TARBALL_BYTES",
@@ -61,6 +65,8 @@ __all__ = [
 
 MAX_TARBALL_BYTES = 64 << 30
 _CHUNK = 1 << 20
+# How often a follower of the compressed blob hears of its growth (see build_layer).
+_ANNOUNCE = 4 << 20
 _DIR_MODE = 0o755
 _WHITEOUT = ".wh."
 
@@ -587,6 +593,24 @@ class _TarSink:
         return self._hasher.size
 
 
+class _Announcing:
+    """The compressor's output: into the cache's blob writer, flushed and announced to a
+    :class:`~imagesmith.overlap.BlobFollower` every :data:`_ANNOUNCE` bytes."""
+
+    def __init__(self, blob: BlobWriter, follower: BlobFollower) -> None:
+        self._blob = blob
+        self._follower = follower
+        self._announced = 0
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        n = self._blob.write(data)
+        if self._blob.size - self._announced >= _ANNOUNCE:
+            self._blob.flush()
+            self._announced = self._blob.size
+            self._follower.grow(self._blob.path, self._announced)
+        return n
+
+
 def build_layer(
     entries: Iterable[TarEntry],
     cache: BlobCache,
@@ -596,6 +620,7 @@ def build_layer(
     level: int | None = None,
     mtime: int | None = None,
     progress: Callable[[int], None] | None = None,
+    follower: BlobFollower | None = None,
 ) -> LayerBlob:
     """Write ``entries`` as a layer blob into ``cache`` and describe it.
 
@@ -607,27 +632,41 @@ def build_layer(
     uncompressed bytes written so far. Entries are written in the order given: use
     :func:`directory_entries` or :func:`tarball_entries` for a sorted, normalised stream. Any
     failure raises (usually :class:`LayerError`) and leaves nothing in the cache.
+
+    ``follower`` (see :mod:`imagesmith.overlap`) is told how much of the compressed blob is
+    in the cache's temp file as it grows (flushed there every few MiB), then the digest, or
+    that the build failed; an upload can so run alongside the build.
     """
     media_type = media_types.layer(compression)
     if mtime is None:
         mtime = source_date_epoch()
     directories: set[str] = set()
-    with cache.put_stream() as blob:
-        compressor = open_compressor(compression, blob, level)
-        sink = _TarSink(compressor, progress)
-        writer = TarWriter(sink, mtime=mtime)
-        for entry in entries:
-            if entry.kind == "dir":
-                directories.add(entry.name)
-            # Record implied parents too, for callers whose entries omit them.
-            parent = entry.name.rpartition("/")[0]
-            while parent and parent not in directories:
-                directories.add(parent)
-                parent = parent.rpartition("/")[0]
-            writer.add(entry)
-        writer.close()
-        diff_id = sink.finish()
-        compressor.close()
+    try:
+        with cache.put_stream() as blob:
+            out: BlobWriter | _Announcing = blob if follower is None else _Announcing(blob, follower)
+            compressor = open_compressor(compression, out, level)
+            sink = _TarSink(compressor, progress)
+            writer = TarWriter(sink, mtime=mtime)
+            for entry in entries:
+                if entry.kind == "dir":
+                    directories.add(entry.name)
+                # Record implied parents too, for callers whose entries omit them.
+                parent = entry.name.rpartition("/")[0]
+                while parent and parent not in directories:
+                    directories.add(parent)
+                    parent = parent.rpartition("/")[0]
+                writer.add(entry)
+            writer.close()
+            diff_id = sink.finish()
+            compressor.close()
+            if follower is not None:
+                # Before the cache's fsync: the upload's tail need not wait for the disk.
+                blob.flush()
+                follower.finish(blob.written_digest, blob.size)
+    except BaseException:
+        if follower is not None:
+            follower.abort()
+        raise
     return LayerBlob(
         digest=blob.digest,
         diff_id=diff_id,

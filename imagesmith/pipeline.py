@@ -38,6 +38,7 @@ from .locations import (
     validate_layout_tag,
 )
 from .model import HistoryEntry, ImageConfig, Index, Manifest, Platform
+from .overlap import EarlyUploads
 from .packages import Package, package_hash
 from .progress import EventKind, ProgressCallback, ProgressEvent, null_progress
 from .references import Reference, parse_repository
@@ -83,6 +84,8 @@ class BuildOptions:
     profile_script: bool = False
     tag_template: str | None = None
     jobs: int = 4
+    # Upload each new layer to the target repository while it is compressed (see overlap.py).
+    overlap_upload: bool = True
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,35 @@ def _registry_pool(pool: RegistryPool | None, registry: RegistryOptions | None) 
         owned.close()
 
 
+def _push_target(
+    out: Location | None, name: Reference | None, *, load: bool, enabled: bool = True
+) -> Reference | None:
+    """The registry repository a build will push to, known before any layer is built
+    (the tag may still depend on the layers; the repository never does)."""
+    if not enabled:
+        return None
+    if isinstance(out, RegistryLocation):
+        return out.reference
+    if out is None and not load:
+        return name
+    return None
+
+
+@contextmanager
+def _early_uploads(
+    pool: RegistryPool, target: Reference | None, progress: ProgressCallback
+) -> Iterator[EarlyUploads | None]:
+    """Uploads of new layers to ``target`` while they are built; all waited for (or, on
+    an error, cancelled) on leaving, so the push that follows finds them with a HEAD."""
+    if target is None:
+        yield None
+        return
+    with EarlyUploads(pool.client(target.registry), target.repository) as uploads:
+        yield uploads
+    for digest, size in uploads.wait():
+        progress(ProgressEvent("blob-uploaded", str(digest), size, "while building"))
+
+
 def content_layer(
     content: Path,
     prefix: str,
@@ -186,13 +218,15 @@ def content_layer(
     preserve: bool = False,
     progress: Callable[[int], None] | None = None,
     reuse: bool = True,
+    uploads: EarlyUploads | None = None,
 ) -> tuple[LayerBlob, bool]:
     """One layer from a directory or a tarball placed at ``prefix`` (relative to ``/``).
 
     With ``reuse``, an input whose identity (see :mod:`imagesmith.layerrecords`) matches an
     earlier build is not read again: the recorded layer is returned while its blob is in the
     cache. Returns the layer and whether it was reused. ``progress`` is called with the number
-    of uncompressed bytes archived so far.
+    of uncompressed bytes archived so far. With ``uploads``, a layer that is built is also
+    uploaded while it is compressed (a reused one is left to the push: it may be there).
     """
     key = (
         layerrecords.input_key(
@@ -206,7 +240,8 @@ def content_layer(
         if found is not None and found.media_type == media_types.layer(compression):
             return found, True
     options: dict[str, Any] = {
-        "media_types": media_types, "compression": compression, "level": level, "progress": progress
+        "media_types": media_types, "compression": compression, "level": level, "progress": progress,
+        "follower": uploads.follower() if uploads is not None else None,
     }  # fmt: skip
     if content.is_dir():
         blob = build_layer(directory_entries(content, prefix, preserve=preserve), cache, **options)
@@ -224,8 +259,13 @@ def build_package_layers(
     media_types: mt.MediaTypes,
     options: BuildOptions,
     progress: ProgressCallback = null_progress,
+    uploads: EarlyUploads | None = None,
 ) -> list[BuiltPackage]:
-    """Turn each package into a layer (in parallel), then derive hashes in dependency order."""
+    """Turn each package into a layer (in parallel), then derive hashes in dependency order.
+
+    With ``uploads`` each new layer is also uploaded while it is built (see
+    :mod:`imagesmith.overlap`); the caller waits for them before writing a manifest.
+    """
     if not packages:
         raise UsageError("no packages given: name at least one package file")
 
@@ -239,6 +279,7 @@ def build_package_layers(
             compression=options.compression,
             level=options.level,
             progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+            uploads=uploads,
         )
         kind: EventKind = "layer-reused" if reused else "layer-built"
         progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
@@ -555,7 +596,9 @@ def build(
         progress(ProgressEvent("resolve", resolved.pinned))
         media_types = resolved.image.media_types
         media_types.layer(options.compression)  # fail early: zstd on a Docker v2 base
-        built = build_package_layers(packages, cache, media_types, options, progress)
+        push_to = _push_target(out, tag or repo, load=load, enabled=options.overlap_upload)
+        with _early_uploads(pool, push_to, progress) as uploads:
+            built = build_package_layers(packages, cache, media_types, options, progress, uploads)
         name = (
             target_reference(built, repo=repo, tag=tag, template=options.tag_template, platform=platform)
             if repo is not None or tag is not None
@@ -640,7 +683,9 @@ def build_each(
         progress(ProgressEvent("resolve", resolved.pinned))
         media_types = resolved.image.media_types
         media_types.layer(options.compression)
-        built = build_package_layers(packages, cache, media_types, options, progress)
+        push_to = repository if options.overlap_upload else None
+        with _early_uploads(pool, push_to, progress) as uploads:
+            built = build_package_layers(packages, cache, media_types, options, progress, uploads)
         by_key = {b.package.key: b for b in built}
         created = _created()
         plans: list[tuple[Image, Location, Reference | None, tuple[BuiltPackage, ...]]] = []
@@ -734,15 +779,17 @@ def import_rootfs(
     cache = cache or BlobCache()
     destinations = plan_destinations(ref, out, load=load, default_tag=None)
     with _registry_pool(pool, registry) as pool:
-        blob, reused = content_layer(
-            path,
-            "",
-            cache,
-            media_types,
-            compression=compression,
-            preserve=True,
-            progress=lambda done: progress(ProgressEvent("layer-progress", str(path), done)),
-        )
+        with _early_uploads(pool, _push_target(out, ref, load=load), progress) as uploads:
+            blob, reused = content_layer(
+                path,
+                "",
+                cache,
+                media_types,
+                compression=compression,
+                preserve=True,
+                progress=lambda done: progress(ProgressEvent("layer-progress", str(path), done)),
+                uploads=uploads,
+            )
         kind: EventKind = "layer-reused" if reused else "layer-built"
         progress(ProgressEvent(kind, str(path), blob.size, str(blob.digest)))
         created = _created()

@@ -50,7 +50,7 @@ from .transport import (
     redact_url,
 )
 
-__all__ = ["MAX_TAGS_RESPONSE", "ManifestResponse", "RegistryClient", "RegistryPool"]
+__all__ = ["MAX_TAGS_RESPONSE", "ManifestResponse", "RegistryClient", "RegistryPool", "UploadSession"]
 
 log = logging.getLogger("imagesmith.http")
 
@@ -208,6 +208,20 @@ class _RestartUpload(Exception):
         super().__init__(str(error))
         # Always temporary: the caller restarts a bounded number of times, then raises it.
         self.error = error if error.temporary else RegistryUnreachableError(str(error))
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    """An open blob upload: where to send the next bytes and how many the registry has.
+
+    ``min_chunk`` is the registry's ``OCI-Chunk-Min-Length`` (every ``PATCH`` but the last
+    must be at least that long), None when it names none.
+    """
+
+    repository: str
+    url: str
+    offset: int
+    min_chunk: int | None
 
 
 def _positive_int(value: str | None) -> int | None:
@@ -663,18 +677,8 @@ class RegistryClient:
         what = f"blob {digest} for {self.registry}/{repository}"
         attempt = 0
         while True:
-            post = self._request("POST", self._url(f"/v2/{repository}/blobs/uploads/"), scopes,
-                                 expect=(202,), prefix=f"starting the upload of {what}")  # fmt: skip
-            location = post.headers.get("Location")
-            min_length = _positive_int(post.headers.get("OCI-Chunk-Min-Length"))
-            base = post.url or self._url("/")
-            post.close()
-            if not location:
-                raise RegistryError(
-                    f"starting the upload of {what}: {self.registry} answered 202 without a "
-                    "Location header", method="POST", status=202,
-                )  # fmt: skip
-            upload_url = urljoin(base, location)
+            session = self._start(repository, what)
+            upload_url, min_length = session.url, session.min_chunk
             chunked = size > self.options.chunk_size or min_length is not None
             try:
                 if chunked:
@@ -699,6 +703,70 @@ class RegistryClient:
             log.info("upload of %s failed (%s); restarting it in %.1f s (attempt %d of %d)",
                      what, error, delay, attempt + 1, self.options.retries + 1)  # fmt: skip
             self._transport.sleep(delay)
+
+    def _start(self, repository: str, what: str) -> UploadSession:
+        post = self._request("POST", self._url(f"/v2/{repository}/blobs/uploads/"), _push(repository),
+                             expect=(202,), prefix=f"starting the upload of {what}")  # fmt: skip
+        location = post.headers.get("Location")
+        min_length = _positive_int(post.headers.get("OCI-Chunk-Min-Length"))
+        base = post.url or self._url("/")
+        post.close()
+        if not location:
+            raise RegistryError(
+                f"starting the upload of {what}: {self.registry} answered 202 without a "
+                "Location header", method="POST", status=202,
+            )  # fmt: skip
+        return UploadSession(repository, urljoin(base, location), 0, min_length)
+
+    # -- an upload fed while its content is still being produced (see imagesmith.overlap)
+    def start_upload(self, repository: str) -> UploadSession:
+        """``POST`` a new upload session for a blob whose digest is not known yet.
+
+        Feed it with :meth:`append_upload` as bytes become available, then
+        :meth:`finish_upload` with the digest; :meth:`cancel_upload` drops it. Unlike
+        :meth:`upload_blob` nothing here retries: the caller falls back to a whole upload.
+        """
+        validate_repository(repository)
+        return self._start(repository, f"a blob for {self.registry}/{repository}")
+
+    def append_upload(
+        self, session: UploadSession, end: int, open_part: Callable[[], Any]
+    ) -> UploadSession:
+        """``PATCH`` bytes ``session.offset`` to ``end`` (exclusive) with ``Content-Range``.
+
+        ``open_part`` returns a body of exactly those bytes (a file-like object with
+        ``__len__``; called again if the request must be re-sent, after a token refresh). Returns the session
+        moved on (the registry may hand out a new location); raises :class:`RegistryError`
+        when the registry does not acknowledge exactly ``end`` bytes.
+        """
+        what = f"a blob for {self.registry}/{session.repository}"
+        start = session.offset
+        resp = self._request(
+            "PATCH", session.url, _push(session.repository), retry=False, expect=(202, 204),
+            headers={"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end - 1}"},
+            body=open_part, prefix=f"uploading bytes {start}-{end - 1} of {what}",
+        )  # fmt: skip
+        resp.close()
+        location = resp.headers.get("Location")
+        url = urljoin(resp.url or session.url, location) if location else session.url
+        committed = _range_end(resp.headers.get("Range"))
+        if committed is not None and committed != end:
+            raise RegistryError(f"uploading {what}: {self.registry} reports {committed} bytes received, "
+                                f"expected {end}")  # fmt: skip
+        return UploadSession(session.repository, url, end, session.min_chunk)
+
+    def finish_upload(self, session: UploadSession, digest: Digest) -> None:
+        """The final ``PUT <location>?digest=``: the registry checks and stores the blob."""
+        what = f"blob {digest} for {self.registry}/{session.repository}"
+        self._put_upload(session.url, _push(session.repository), digest, what, b"")
+
+    def cancel_upload(self, session: UploadSession) -> None:
+        """``DELETE`` the session, best effort (registries also expire abandoned ones)."""
+        try:
+            self._request("DELETE", session.url, _push(session.repository),
+                          expect=range(200, 500), retry=False).close()  # fmt: skip
+        except ImagesmithError as exc:
+            log.debug("could not cancel an upload session: %s", exc)
 
     def _put_upload(
         self,

@@ -1,0 +1,168 @@
+"""Layers uploaded while they are built (imagesmith.overlap), against the real registry.
+
+The overlap must never change what is pushed (same digests with and without it), must
+really send the layer before the build ends (PATCH requests during the build, the push
+then finding the blob with a HEAD), and must fall back to the ordinary upload on any fault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faultproxy import FaultProxy, Rule
+from servers import DistributionRegistry
+
+from imagesmith.cache import BlobCache
+from imagesmith.digests import Digest
+from imagesmith.errors import LayerError
+from imagesmith.layers import build_layer
+from imagesmith.mediatypes import OCI
+from imagesmith.overlap import EarlyUploads, LayerUpload
+from imagesmith.packages import load_packages
+from imagesmith.pipeline import BuildOptions, build
+from imagesmith.progress import ProgressEvent
+from imagesmith.registry import RegistryClient, RegistryOptions, RegistryPool
+from imagesmith.tarwriter import TarEntry
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def proxy(registry: DistributionRegistry) -> Iterator[FaultProxy]:
+    with FaultProxy(registry.host) as p:
+        yield p
+
+
+def _options(*hosts: str) -> RegistryOptions:
+    return RegistryOptions(insecure=frozenset(hosts), timeout=10.0, retries=2, backoff=0.01, max_backoff=0.05)
+
+
+def _package(tmp_path: Path, name: str, size: int) -> Path:
+    """A package whose content is ``size`` incompressible bytes (so the layer is that big)."""
+    content = tmp_path / f"{name}-prefix"
+    (content / "lib").mkdir(parents=True)
+    (content / "lib" / "data.bin").write_bytes(os.urandom(size))
+    (content / "bin").mkdir()
+    (content / "bin" / name).write_text("#!/bin/sh\necho hi\n")
+    pkg = tmp_path / f"{name}.json"
+    pkg.write_text(json.dumps({"name": name, "version": "1.0", "prefix": f"/opt/{name}",
+                               "content": content.name}))  # fmt: skip
+    return pkg
+
+
+def _build(
+    host: str, base_host: str, pkg: Path, cache: BlobCache, repo: str, **options: object
+) -> tuple[str, list[ProgressEvent]]:
+    events: list[ProgressEvent] = []
+    lock = threading.Lock()
+
+    def record(event: ProgressEvent) -> None:
+        with lock:
+            events.append(event)
+
+    with RegistryPool(_options(host, base_host)) as pool:
+        result = build(
+            f"{base_host}/base/busybox:1", load_packages([pkg]), repo=f"{host}/{repo}",
+            options=BuildOptions(**options),  # type: ignore[arg-type]
+            cache=cache, pool=pool, progress=record,
+        )  # fmt: skip
+    return result.digest, events
+
+
+def _early(events: list[ProgressEvent]) -> set[str]:
+    return {e.subject for e in events if e.kind == "blob-uploaded" and e.detail == "while building"}
+
+
+def test_layer_is_uploaded_while_built_and_digests_do_not_change(
+    registry: DistributionRegistry, base: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    pkg = _package(tmp_path, "big", 20 * MiB)
+    digest, events = _build(proxy.host, proxy.host, pkg, BlobCache(tmp_path / "c1"), "overlap/on")
+    built = [e for e in events if e.kind == "layer-built"]
+    assert len(built) == 1
+    layer = built[0].detail
+    assert _early(events) == {layer}
+    # The layer went up in PATCH chunks during the build; the push found it with a HEAD.
+    assert proxy.count("PATCH", r"/v2/overlap/on/blobs/uploads/") >= 2
+    assert any(e.kind == "blob-exists" and e.subject == layer for e in events)
+    with RegistryClient(registry.host, _options(registry.host)) as client:
+        manifest = json.loads(client.get_manifest("overlap/on", digest).data)
+        assert manifest["layers"][-1]["digest"] == layer
+        assert client.blob_exists("overlap/on", Digest.parse(layer))
+
+    # Without the overlap (and a fresh cache): the same bytes, uploaded by the push.
+    before = proxy.count("PATCH")
+    digest_off, events_off = _build(
+        proxy.host, proxy.host, pkg, BlobCache(tmp_path / "c2"), "overlap/off", overlap_upload=False
+    )
+    assert not _early(events_off)
+    assert [e.detail for e in events_off if e.kind == "layer-built"] == [layer]
+    assert digest_off == digest  # the image does not depend on how the layer got there
+    assert proxy.count("PATCH") == before  # 20 MiB is below the whole-upload chunk size
+
+
+def test_a_small_layer_never_opens_a_session(tmp_path: Path, registry: DistributionRegistry) -> None:
+    with RegistryClient(registry.host, _options(registry.host)) as client:
+        follower = LayerUpload(client, "overlap/small")
+        entries = [TarEntry("f", "file", 0o644, 3 * MiB, source=_random_file(tmp_path / "f", 3 * MiB))]
+        blob = build_layer(entries, BlobCache(tmp_path / "c"), media_types=OCI, follower=follower)
+        assert not follower.started
+        assert follower.wait() is None
+        assert not client.blob_exists("overlap/small", blob.digest)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        Rule("PATCH", r"/blobs/uploads/", "status", on=frozenset({1}), status=500),
+        Rule("PATCH", r"/blobs/uploads/", "drop_request", on=frozenset({2})),
+        Rule("PUT", r"/blobs/uploads/", "status", on=frozenset({1}), status=503),
+    ],
+    ids=["first-chunk-500", "second-chunk-dropped", "final-put-503"],
+)
+def test_a_fault_falls_back_to_the_ordinary_upload(
+    registry: DistributionRegistry, base: str, proxy: FaultProxy, tmp_path: Path, rule: Rule
+) -> None:
+    proxy.rules.append(rule)
+    pkg = _package(tmp_path, "faulty", 24 * MiB)
+    digest, events = _build(proxy.host, proxy.host, pkg, BlobCache(tmp_path / "c"), "overlap/fault")
+    assert rule.fired == 1
+    layer = next(e.detail for e in events if e.kind == "layer-built")
+    assert not _early(events)
+    # The push uploaded the layer itself, and the image is complete.
+    assert any(e.kind == "blob-uploaded" and e.subject == layer and e.detail != "while building" for e in events)
+    assert proxy.count("DELETE", r"/blobs/uploads/") >= 1  # the broken session was cancelled
+    with RegistryClient(registry.host, _options(registry.host)) as client:
+        manifest = json.loads(client.get_manifest("overlap/fault", digest).data)
+        for blob in manifest["layers"]:
+            assert client.blob_exists("overlap/fault", Digest.parse(blob["digest"]))
+
+
+def test_a_failed_build_cancels_its_upload(
+    registry: DistributionRegistry, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    source = _random_file(tmp_path / "data", 30 * MiB)
+
+    def entries() -> Iterator[TarEntry]:
+        yield TarEntry("data", "file", 0o644, 30 * MiB, source=source)
+        raise LayerError("the content changed while it was read")
+
+    cache = BlobCache(tmp_path / "c")
+    with RegistryClient(proxy.host, _options(proxy.host)) as client:
+        with pytest.raises(LayerError), EarlyUploads(client, "overlap/failed", chunk=4 * MiB) as uploads:
+            build_layer(entries(), cache, media_types=OCI, follower=uploads.follower())
+    assert proxy.count("PATCH", r"/v2/overlap/failed/") >= 1  # it had started
+    assert proxy.count("DELETE", r"/v2/overlap/failed/blobs/uploads/") == 1
+    assert proxy.count("PUT", r"/v2/overlap/failed/") == 0
+    assert not any(t.name == "imagesmith-upload" for t in threading.enumerate())
+    assert not list((cache.tmp_dir).iterdir())
+
+
+def _random_file(path: Path, size: int) -> Path:
+    path.write_bytes(os.urandom(size))
+    return path
