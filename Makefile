@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# busybox for linux/arm64 (Debian's busybox-static:arm64), the second platform of the tests'
+# multi-platform base image; fetched with apt, never run on this machine.
+BUSYBOX_ARM64 := tests/.data/busybox-arm64/busybox
 
 # Real components the tests and the demo use (see docs/testing.md).
 SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apache2-utils openssl
@@ -41,10 +44,29 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# Multi-architecture apt (dpkg --add-architecture) only adds package lists: amd64 installs are
+# unaffected. The binary is extracted from the .deb, not installed. Without root or apt, a hint.
+# After system-deps (order only), so `make -j` never runs two apt-gets at once.
+$(BUSYBOX_ARM64): | system-deps
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then \
+		echo "fetching busybox-static:arm64 into $@"; \
+		tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		{ dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64; } && \
+		apt-get update -qq && \
+		(cd "$$tmp" && apt-get download -qq -o APT::Sandbox::User=root busybox-static:arm64) && \
+		dpkg-deb -x "$$tmp"/busybox-static_*_arm64.deb "$$tmp/root" && \
+		src=$$(ls "$$tmp/root/bin/busybox" "$$tmp/root/usr/bin/busybox" 2>/dev/null | head -n 1) && \
+		[ -n "$$src" ] && mkdir -p $(@D) && \
+		cp "$$src" $@.tmp && chmod 755 $@.tmp && mv $@.tmp $@; \
+	else \
+		echo "$@ missing: the multi-platform tests need it; as root on Debian run" \
+			"'make $@' (dpkg --add-architecture arm64; apt-get download busybox-static:arm64)"; \
+	fi
+
 demo: system-deps venv
 	$(BIN)/python examples/demo.py
 
-test: system-deps venv
+test: system-deps venv $(BUSYBOX_ARM64)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 fuzz: venv
@@ -79,4 +101,4 @@ docs:
 	[ $$missing = 0 ] && echo "docs: every linked page exists"
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info tests/.data

@@ -50,6 +50,7 @@ from .locations import (
 )
 from .login import login, logout
 from .makefile import render_makefile
+from .merge import MergeResult, index_document, merge_images
 from .model import Descriptor, ImageConfig, Index, Manifest, Platform
 from .packages import Package, load_package, load_packages
 from .pipeline import (
@@ -58,8 +59,10 @@ from .pipeline import (
     BuiltPackage,
     ImportResult,
     InspectResult,
+    MultiBuildResult,
     build,
     build_each,
+    build_platforms,
     import_rootfs,
     inspect,
 )
@@ -107,6 +110,8 @@ __all__ = [
     "Location",
     "Manifest",
     "ManifestError",
+    "MergeResult",
+    "MultiBuildResult",
     "NotFoundError",
     "OCILayout",
     "Package",
@@ -135,8 +140,10 @@ __all__ = [
     "apply_env",
     "build",
     "build_each",
+    "build_platforms",
     "copy_image",
     "import_rootfs",
+    "index_document",
     "infer_env",
     "inspect",
     "list_index",
@@ -145,6 +152,7 @@ __all__ = [
     "load_packages",
     "login",
     "logout",
+    "merge_images",
     "parse_location",
     "pull",
     "read_index",

@@ -42,11 +42,23 @@ from .errors import (
     UnpackError,
     UsageError,
 )
+from .locations import RegistryLocation
 from .login import login, logout
 from .makefile import render_makefile
+from .merge import merge_images
 from .model import Platform
 from .packages import load_packages
-from .pipeline import BuildOptions, BuildResult, ImportResult, build, build_each, import_rootfs, inspect
+from .pipeline import (
+    BuildOptions,
+    BuildResult,
+    ImportResult,
+    MultiBuildResult,
+    build,
+    build_each,
+    build_platforms,
+    import_rootfs,
+    inspect,
+)
 from .progress import ProgressEvent
 from .pull import pull
 from .references import parse_repository
@@ -126,8 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--platform",
-        metavar="OS/ARCH[/VARIANT]",
-        help="platform to take from a multi-arch base (default: this machine's)",
+        metavar="OS/ARCH[/VARIANT][,...]",
+        help="platform to take from a multi-arch base (default: this machine's); several, comma-"
+        "separated (linux/amd64,linux/arm64), build one image each and push them as one index",
     )
     p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
     p.add_argument("--level", type=int, metavar="N", help="compression level")
@@ -238,6 +251,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--docker-host", metavar="URL", help="daemon for docker-daemon: (default DOCKER_HOST)")
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob copies (default 4)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _registry_args(p, "")
+
+    p = commands.add_parser(
+        "merge",
+        help="assemble per-platform images of one registry into one multi-platform index",
+        description="Push one index (OCI image index, or Docker manifest list for Docker v2 images) "
+        "under --tag naming every image of the SOURCEs: single-platform images (platform read from "
+        "their config) and the entries of indexes. Blobs are mounted into the target repository, "
+        "never downloaded; sources must be on the target's registry (imagesmith copy moves them).",
+    )
+    p.add_argument(
+        "sources", nargs="+", metavar="SOURCE", help="an image or index (tag or digest), in index order"
+    )
+    p.add_argument("--tag", required=True, metavar="REF", help="the index's reference (repo:tag)")
+    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob mounts (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _registry_args(p, "")
 
@@ -515,18 +544,36 @@ def _emit(obj: dict[str, Any], stdout: TextIO) -> None:
     print(json.dumps(obj, indent=2), file=stdout)
 
 
-def _report_written(result: BuildResult | ImportResult, stdout: TextIO, suffix: str = "") -> None:
+def _report_written(
+    result: BuildResult | ImportResult | MultiBuildResult, stdout: TextIO, suffix: str = ""
+) -> None:
     verb = "Pushed" if result.pushed else "Wrote"
+    if isinstance(result, MultiBuildResult):
+        print(f"{verb} {result.destination} ({result.digest}), an index of:", file=stdout)
+        for platform, image in zip(result.platforms, result.images, strict=True):
+            print(f"  {platform}: {image.digest}", file=stdout)
+        return
     if result.destinations:
         print(f"{verb} {result.destination} ({result.digest}){suffix}", file=stdout)
     for name in result.loaded:
         print(f"Loaded {name} into the docker daemon", file=stdout)
 
 
+def _platforms(text: str | None) -> list[Platform]:
+    """``--platform`` of build: one platform, or a comma-separated list."""
+    if text is None:
+        return []
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise UsageError(f"--platform {text!r}: an empty platform in the list (OS/ARCH[/VARIANT],...)")
+    return [Platform.parse(part) for part in parts]
+
+
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    platforms = _platforms(args.platform)
     packages = load_packages(args.packages)
     options = BuildOptions(
-        platform=_platform(args.platform),
+        platform=platforms[0] if len(platforms) == 1 else None,
         compression=args.compression,
         level=args.level,
         env=tuple(args.env),
@@ -539,6 +586,28 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         tag_template=args.tag_template,
         jobs=max(1, args.jobs),
     )
+    if len(platforms) > 1:
+        if args.each or args.load:
+            raise UsageError(
+                f"--platform {args.platform} builds an index: --each and --load work on one platform"
+            )
+        multi = build_platforms(
+            args.base_image,
+            packages,
+            platforms,
+            repo=args.repo,
+            tag=args.tag,
+            output=args.output,
+            options=options,
+            registry=_registry_options(args),
+            cache=_cache(args),
+            progress=progress,
+        )
+        if args.json:
+            _emit(multi.to_json(), stdout)
+        else:
+            _report_written(multi, stdout)
+        return 0
     if args.each:
         if args.tag or args.load:
             raise UsageError(
@@ -639,6 +708,17 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
     return 0
 
 
+def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    with RegistryPool(_registry_options(args)) as pool:
+        result = merge_images(args.sources, args.tag, pool=pool, progress=progress, jobs=max(1, args.jobs))
+    if args.json:
+        _emit(result.to_json(), stdout)
+    else:
+        print(f"Pushed {RegistryLocation(result.reference)} ({result.digest})", file=stdout)
+        print(f"Platforms: {', '.join(result.platforms)}", file=stdout)
+    return 0
+
+
 def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     result = pull(
         args.reference,
@@ -698,6 +778,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return _run_inspect(args, stdout)
     if args.command == "copy":
         return _run_copy(args, stdout, progress)
+    if args.command == "merge":
+        return _run_merge(args, stdout, progress)
     if args.command == "pull":
         return _run_pull(args, stdout, progress)
     if args.command == "serve":

@@ -139,13 +139,14 @@ def _check_graph(packages: Sequence[Package]) -> None:
 
 def _rule(package: Package, target: str, stamps: dict[str, str], directory: Path | None) -> _Rule:
     source = _path_text(package.source, directory, f"package file of {package.label}")
-    content = _path_text(package.content, directory, f"content of {package.label}")
+    contents = [_path_text(path, directory, f"content of {package.label}") for path in package.contents]
     stamp = stamps[package.key]
-    prerequisites = [source, content, *(stamps[key] for key in package.depends), "$(STAMPS)/settings"]
-    if package.content_kind == "directory":
-        # A directory's own time changes only when entries are added or removed right in it;
-        # _changed (in the template) looks for anything newer deeper down.
-        prerequisites.append(f"$(call _changed,{content},{stamp})")
+    prerequisites = [source, *contents, *(stamps[key] for key in package.depends), "$(STAMPS)/settings"]
+    for path, content in zip(package.contents, contents, strict=True):
+        if path.is_dir():
+            # A directory's own time changes only when entries are added or removed right in
+            # it; _changed (in the template) looks for anything newer deeper down.
+            prerequisites.append(f"$(call _changed,{content},{stamp})")
     return _Rule(
         label=_comment(package.label),
         target=target,

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .digests import Digest
 from .envmods import EnvModification, env_from_json, env_to_json
-from .errors import PackageError, UsageError
+from .errors import ManifestError, PackageError, UsageError
+from .model import Platform
 
 if TYPE_CHECKING:
     from .spack import SpackSpec
@@ -57,6 +58,7 @@ _KNOWN_KEYS = (
     "version",
     "prefix",
     "content",
+    "platforms",
     "hash",
     "depends",
     "env",
@@ -79,14 +81,21 @@ class Package:
     expanded, or None to infer them from the content's layout; ``source`` the package file and
     ``metadata`` everything it contained; ``spack`` the Spack spec the package came with (from
     an install prefix, a build-cache tarball or a package file's ``spack_spec``), whose root
-    hash is then ``hash``. ``ld_library_path``, ``metadata`` and ``spack`` are keyword-only.
+    hash is then ``hash``. ``ld_library_path``, ``metadata``, ``spack`` and ``platforms`` are
+    keyword-only.
+
+    ``platforms`` holds per-platform content (the package file's ``platforms`` table): for a
+    platform it names, that content goes into the platform's image instead of ``content``,
+    which is then the platform-independent content (scripts, data) every other platform gets.
+    ``content`` is None when the package has per-platform content only. See
+    :meth:`for_platform`.
     """
 
     name: str
     version: str
     prefix: str
-    content: Path
-    content_kind: ContentKind
+    content: Path | None
+    content_kind: ContentKind | None
     hash: str | None
     depends: tuple[str, ...]
     env: tuple[EnvModification, ...] | None
@@ -95,6 +104,34 @@ class Package:
     # Excluded from hashing so a Package stays hashable; the parsed fields carry its identity.
     metadata: Mapping[str, Any] = field(default_factory=dict, kw_only=True, hash=False)
     spack: SpackSpec | None = field(default=None, kw_only=True)
+    platforms: tuple[tuple[Platform, Path, ContentKind], ...] = field(default=(), kw_only=True)
+
+    def content_for(self, platform: Platform) -> tuple[Path, ContentKind]:
+        """The content ``platform``'s image gets: the ``platforms`` entry matching it (an
+        entry without a variant stands for the architecture's default one: arm64 is v8),
+        else the platform-independent ``content``; :class:`PackageError` when neither."""
+        for candidate, path, kind in self.platforms:
+            if platform.matches(candidate):
+                return path, kind
+        if self.content is None or self.content_kind is None:
+            offered = ", ".join(str(p) for p, _, _ in self.platforms)
+            raise PackageError(
+                f"package {self.label} ({self.source}) has no content for {platform}: its "
+                f"'platforms' table names {offered}; add an entry for {platform}, or a "
+                "platform-independent 'content'"
+            )
+        return self.content, self.content_kind
+
+    def for_platform(self, platform: Platform) -> Package:
+        """This package as it goes into ``platform``'s image: ``content`` is that platform's."""
+        content, kind = self.content_for(platform)
+        return replace(self, content=content, content_kind=kind, platforms=())
+
+    @property
+    def contents(self) -> tuple[Path, ...]:
+        """Every content path of the package (platform-independent first)."""
+        common = (self.content,) if self.content is not None else ()
+        return common + tuple(path for _, path, _ in self.platforms)
 
     @property
     def key(self) -> str:
@@ -185,23 +222,55 @@ def _check_prefix(path: Path, prefix: str, *, what: str = "package file") -> str
     return prefix
 
 
+def _platform_contents(path: Path, doc: Mapping[str, Any]) -> tuple[tuple[Platform, Path, ContentKind], ...]:
+    table = doc.get("platforms")
+    if table is None:
+        return ()
+    if not isinstance(table, Mapping) or not table:
+        raise PackageError(
+            f"package file {path}: 'platforms' must be a non-empty table of platform (os/arch[/variant]) "
+            "to content path, e.g. {\"linux/amd64\": \"build-x86_64\", \"linux/arm64\": \"build-aarch64\"}"
+        )
+    out: list[tuple[Platform, Path, ContentKind]] = []
+    for key, raw in table.items():
+        try:
+            platform = Platform.parse(str(key))
+        except (ManifestError, UsageError, ValueError) as exc:
+            raise PackageError(
+                f"package file {path}: platforms: {key!r} is not os/arch[/variant]: {exc}"
+            ) from None
+        for other, _, _ in out:
+            if platform.matches(other) or other.matches(platform):
+                raise PackageError(f"package file {path}: platforms: {key!r} and {str(other)!r} overlap")
+        if not isinstance(raw, str):
+            raise PackageError(
+                f"package file {path}: platforms: the content of {key!r} must be a path string"
+            )
+        content, kind = _content_path(path, raw, f"content for {key}")
+        out.append((platform, content, kind))
+    return tuple(out)
+
+
 def _content(path: Path, doc: Mapping[str, Any]) -> tuple[Path, ContentKind]:
-    raw = _string(path, doc, "content")
+    return _content_path(path, _string(path, doc, "content"), "content")
+
+
+def _content_path(path: Path, raw: str, field_name: str) -> tuple[Path, ContentKind]:
     if not raw:
-        raise PackageError(f"package file {path}: 'content' must not be empty")
+        raise PackageError(f"package file {path}: '{field_name}' must not be empty")
     content = path.parent / raw
     if not content.exists():
-        raise PackageError(f"package file {path}: content {raw!r} not found (looked for {content})")
+        raise PackageError(f"package file {path}: {field_name} {raw!r} not found (looked for {content})")
     content = content.resolve()
     if content.is_dir():
         return content, "directory"
     if not content.is_file():
         raise PackageError(
-            f"package file {path}: content {raw!r} is neither a directory nor a regular file"
+            f"package file {path}: {field_name} {raw!r} is neither a directory nor a regular file"
         )
     if not content.name.lower().endswith(TARBALL_SUFFIXES):
         raise PackageError(
-            f"package file {path}: content {raw!r} is a file but not a tarball; "
+            f"package file {path}: {field_name} {raw!r} is a file but not a tarball; "
             f"use a directory or a {', '.join(TARBALL_SUFFIXES)} file"
         )
     return content, "tarball"
@@ -296,7 +365,11 @@ def load_package(path: str | Path) -> Package:
         )
     _check_version(version, f"package file {source}: version")
     prefix = _check_prefix(source, _string(source, doc, "prefix"))
-    content, kind = _content(source, doc)
+    platforms = _platform_contents(source, doc)
+    content: Path | None = None
+    kind: ContentKind | None = None
+    if "content" in doc or not platforms:
+        content, kind = _content(source, doc)
     explicit_hash = doc.get("hash") if spack_spec is None else spack_spec.hash
     if explicit_hash is not None and not is_valid_hash(explicit_hash):
         raise PackageError(
@@ -331,6 +404,7 @@ def load_package(path: str | Path) -> Package:
         source=source,
         metadata=doc,
         spack=spack_spec,
+        platforms=platforms,
     )
 
 

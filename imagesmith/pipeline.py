@@ -12,7 +12,10 @@ parallel and reports progress through a callback.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,9 +28,10 @@ from typing import Any
 from . import layerrecords
 from . import mediatypes as mt
 from .cache import BlobCache
+from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
-from .errors import UsageError
-from .images import BaseImage, Image, Layer, resolve_base
+from .errors import PackageError, UsageError
+from .images import BaseImage, Image, Layer, RawManifest, resolve_base
 from .layers import LayerBlob, build_layer, directory_entries, tarball_entries
 from .locations import (
     ArchiveLocation,
@@ -37,7 +41,8 @@ from .locations import (
     RegistryLocation,
     validate_layout_tag,
 )
-from .model import HistoryEntry, ImageConfig, Index, Manifest, Platform
+from .merge import index_document
+from .model import Descriptor, HistoryEntry, ImageConfig, Index, Manifest, Platform, select_platform
 from .overlap import EarlyUploads
 from .packages import Package, package_hash
 from .progress import EventKind, ProgressCallback, ProgressEvent, null_progress
@@ -46,7 +51,7 @@ from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
 from .spack import SPACK_CONFIG_KEYS, spack_config_fields
 from .templating import render_profile_script, render_tag
-from .transfer import DaemonSink, as_location, open_sink, open_source, write_image, write_images
+from .transfer import DaemonSink, as_location, open_sink, open_source, write_image, write_images, write_index
 
 __all__ = [
     "BuildOptions",
@@ -54,8 +59,10 @@ __all__ = [
     "BuiltPackage",
     "ImportResult",
     "InspectResult",
+    "MultiBuildResult",
     "build",
     "build_each",
+    "build_platforms",
     "import_rootfs",
     "inspect",
 ]
@@ -271,6 +278,11 @@ def build_package_layers(
 
     def one(package: Package) -> LayerBlob:
         subject = f"{package.name}@{package.version}"
+        if package.content is None:
+            raise PackageError(
+                f"package {package.label} ({package.source}) has per-platform content only: "
+                "choose its platform first (Package.for_platform)"
+            )
         blob, reused = content_layer(
             package.content,
             package.prefix.lstrip("/"),
@@ -589,8 +601,9 @@ def build(
         repo = parse_repository(repo)
     if tag is not None:
         tag = _tag_reference(tag)
+    platform = options.platform or Platform.host()
+    packages = [p.for_platform(platform) for p in packages]  # a missing content fails here
     with _registry_pool(pool, registry) as pool:
-        platform = options.platform or Platform.host()
         with open_source(base_location, pool) as source:
             resolved = resolve_base(pool, source, platform)
         progress(ProgressEvent("resolve", resolved.pinned))
@@ -616,6 +629,199 @@ def build(
         return BuildResult(
             _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded
         )
+
+
+@dataclass(frozen=True)
+class MultiBuildResult:
+    """What a multi-platform build wrote: an index naming one image per platform.
+
+    ``digest`` and ``media_type`` are the index's (an OCI image index, or a Docker manifest
+    list on a Docker-typed base); ``images`` the per-platform builds in the order the
+    platforms were given, each with its own manifest ``digest`` (pushed by digest, not
+    tagged) and ``platform``; ``reference`` and ``destinations`` as for :class:`BuildResult`.
+    """
+
+    reference: Reference | None
+    digest: str
+    media_type: str
+    images: tuple[BuildResult, ...]
+    platforms: tuple[Platform, ...]
+    destinations: tuple[Location, ...] = ()
+
+    @property
+    def destination(self) -> str:
+        return str(self.destinations[0]) if self.destinations else ""
+
+    @property
+    def pushed(self) -> bool:
+        return any(isinstance(d, RegistryLocation) for d in self.destinations)
+
+    @property
+    def tag(self) -> str:
+        return _tag_of(self.reference, self.destinations)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reference": str(self.reference) if self.reference is not None else None,
+            "tag": self.tag,
+            "digest": self.digest,
+            "mediaType": self.media_type,
+            "destinations": [str(d) for d in self.destinations],
+            "platforms": [
+                {"platform": str(platform), **image.to_json()}
+                for platform, image in zip(self.platforms, self.images, strict=True)
+            ],
+        }
+
+
+def _index_hash(hashes: Sequence[tuple[Platform, str]]) -> str:
+    """The hash a multi-platform tag carries: the top package's hash when every platform
+    has the same one, else one derived from each platform's (sorted, so the order of
+    ``--platform`` does not matter)."""
+    distinct = {h for _, h in hashes}
+    if len(distinct) == 1:
+        return distinct.pop()
+    document = sorted([str(p.normalized()), h] for p, h in hashes)
+    digest = hashlib.sha256(json.dumps(document, separators=(",", ":")).encode()).digest()
+    return base64.b32encode(digest).decode("ascii").lower()[: len(hashes[0][1])]
+
+
+def _distinct_platforms(platforms: Sequence[Platform]) -> tuple[Platform, ...]:
+    if not platforms:
+        raise UsageError("name at least one platform (--platform linux/amd64,linux/arm64)")
+    seen: dict[Platform, Platform] = {}
+    for platform in platforms:
+        key = platform.normalized()
+        if key in seen:
+            raise UsageError(f"platforms {seen[key]} and {platform} are the same platform: name it once")
+        seen[key] = platform
+    return tuple(platforms)
+
+
+def build_platforms(
+    base: str | Reference | Location,
+    packages: Sequence[Package],
+    platforms: Sequence[Platform],
+    *,
+    repo: str | Reference | None = None,
+    tag: str | Reference | None = None,
+    output: str | Reference | Location | None = None,
+    options: BuildOptions | None = None,
+    registry: RegistryOptions | None = None,
+    cache: BlobCache | None = None,
+    pool: RegistryPool | None = None,
+    progress: ProgressCallback = null_progress,
+) -> MultiBuildResult:
+    """Build one image per platform on a multi-platform base, and write them as one index.
+
+    ``base`` must be an index (OCI image index or Docker manifest list) offering every
+    platform; for each, its image is taken from the index (``unknown/unknown`` attestation
+    entries never match), each package's content for that platform appended (see
+    :meth:`Package.for_platform`: per-platform content, else the platform-independent one),
+    and the config keeps the base's os/architecture/variant. The images are written by
+    digest, then an index of the base's family naming them (entries carry the base index's
+    platform fields) under one tag: the template's, rendered with a hash combining the
+    platforms' (the shared hash when they agree), or ``tag``. Destinations: a registry (the
+    default, as for :func:`build`) or an OCI layout; a docker archive or a daemon holds one
+    platform only. Layers shared by platforms (platform-independent content) are built and
+    pushed once.
+    """
+    options = options or BuildOptions()
+    cache = cache or BlobCache()
+    platforms = _distinct_platforms(platforms)
+    out = check_output(repo=repo, tag=tag, output=output, load=False)
+    if isinstance(out, ArchiveLocation | DaemonLocation):
+        raise UsageError(
+            f"{out} holds single-platform images: write a multi-platform build to a registry or "
+            "an oci: layout, or build one --platform at a time"
+        )
+    if not packages:
+        raise UsageError("no packages given: name at least one package file")
+    base_location = as_location(base)
+    if repo is not None and not isinstance(repo, Reference):
+        repo = parse_repository(repo)
+    if tag is not None:
+        tag = _tag_reference(tag)
+    per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
+    with _registry_pool(pool, registry) as pool:
+        with open_source(base_location, pool) as source:
+            document = source.top().parse(f"manifest of {source.name}")
+            if not isinstance(document, Index):
+                raise UsageError(
+                    f"base image {source.name} is a single image, not an index: a multi-platform "
+                    "build needs a base index offering every platform (or build one --platform)"
+                )
+            entries = [select_platform(document, platform) for platform in platforms]
+            bases = [resolve_base(pool, source, platform) for platform in platforms]
+        families = {b.image.media_types.family for b in bases}
+        if len(families) > 1:
+            raise UsageError(
+                f"the base index mixes media-type families ({', '.join(sorted(families))}): its "
+                "images cannot go into one index"
+            )
+        media_types = bases[0].image.media_types
+        media_types.layer(options.compression)
+        progress(ProgressEvent("resolve", bases[0].pinned))
+        push_to = _push_target(out, tag or repo, load=False, enabled=options.overlap_upload)
+        with _early_uploads(pool, push_to, progress) as uploads:
+            built_by = [
+                build_package_layers(pkgs, cache, media_types, options, progress, uploads)
+                for pkgs in per_platform
+            ]
+        created = _created()
+        images = [
+            assemble(b, built, cache, options, created) for b, built in zip(bases, built_by, strict=True)
+        ]
+        index_platforms = [e.platform or platform for e, platform in zip(entries, platforms, strict=True)]
+        children = []
+        for image, platform in zip(images, index_platforms, strict=True):
+            data = image.manifest_bytes()
+            children.append(Descriptor(media_types.manifest, Digest.of(data), len(data), platform=platform))
+        top = built_by[0][-1]
+        annotations: dict[str, str] = {}
+        if media_types.family == "oci":
+            annotations = {
+                ANNOTATION + "created": created,
+                ANNOTATION + "title": top.package.name,
+                ANNOTATION + "version": top.package.version,
+                **options.annotations,
+            }
+        data = index_document(children, media_types.family, annotations or None)
+        index = RawManifest(data, media_types.index, Digest.of(data))
+        name: Reference | None = tag
+        if name is None and repo is not None:
+            name = repo.with_tag(_multi_tag(built_by, platforms, options.tag_template))
+        default_tag = None
+        if isinstance(out, LayoutLocation) and out.tag is None and name is None:
+            default_tag = _multi_tag(built_by, platforms, options.tag_template)
+        destinations = plan_destinations(name, out, load=False, default_tag=default_tag)
+        for destination in destinations:
+            with open_sink(destination, pool=pool, cache=cache) as sink:
+                write_index(list(zip(images, index_platforms, strict=True)), index, sink,
+                            jobs=options.jobs, progress=progress)  # fmt: skip
+        results = tuple(
+            BuildResult(None, str(child.digest), b, image, tuple(built))
+            for child, b, image, built in zip(children, bases, images, built_by, strict=True)
+        )
+        return MultiBuildResult(
+            _name_of(destinations, name), str(index.digest), media_types.index, results, platforms,
+            tuple(destinations),
+        )  # fmt: skip
+
+
+def _multi_tag(
+    built_by: Sequence[Sequence[BuiltPackage]], platforms: Sequence[Platform], template: str | None
+) -> str:
+    top = built_by[0][-1]
+    oses = sorted({p.os for p in platforms})
+    return render_tag(
+        template,
+        name=top.package.name,
+        version=top.package.version,
+        hash=_index_hash([(p, built[-1].hash) for p, built in zip(platforms, built_by, strict=True)]),
+        os="-".join(oses),
+        arch="-".join(p.architecture for p in platforms),
+    )
 
 
 def _stack_of(package: Package, by_key: Mapping[str, BuiltPackage]) -> tuple[BuiltPackage, ...]:
@@ -676,8 +882,9 @@ def build_each(
         missing = [d for d in package.depends if d not in keys]
         if missing:
             raise UsageError(f"package {package.name} depends on {missing[0]}, which is not in the list")
+    platform = options.platform or Platform.host()
+    packages = [p.for_platform(platform) for p in packages]
     with _registry_pool(pool, registry) as pool:
-        platform = options.platform or Platform.host()
         with open_source(as_location(base), pool) as source:
             resolved = resolve_base(pool, source, platform)
         progress(ProgressEvent("resolve", resolved.pinned))

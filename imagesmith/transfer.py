@@ -74,6 +74,7 @@ __all__ = [
     "open_source",
     "write_image",
     "write_images",
+    "write_index",
 ]
 
 PlatformChoice = Platform | Literal["all"] | None
@@ -509,6 +510,37 @@ def write_image(
     platform = image.config.platform if image.config.os else None
     sink.put_manifest(manifest, top=True, platform=platform, progress=progress)
     return manifest.digest
+
+
+def write_index(
+    images: Sequence[tuple[Image, Platform]],
+    index: RawManifest,
+    sink: ImageSink,
+    *,
+    jobs: int = 4,
+    progress: ProgressCallback = null_progress,
+) -> Digest:
+    """Write a multi-platform image into ``sink``: every image, then ``index`` naming them.
+
+    Layers of all the images go first (each distinct blob once, ``jobs`` in parallel), then
+    each image's config and manifest (by digest, not tagged), and the index last under the
+    sink's name, so the tag never points at an index whose images are missing.
+    """
+    seen: set[Digest] = set()
+    layers: list[Layer] = []
+    for image, _ in images:
+        for layer in image.layers:
+            if layer.digest not in seen:
+                seen.add(layer.digest)
+                layers.append(layer)
+    _put_layers(sink, layers, jobs, progress)
+    for image, platform in images:
+        sink.put_blob_bytes(image.config_descriptor, image.config_bytes, progress)
+        data = image.manifest_bytes()
+        sink.put_manifest(RawManifest(data, image.media_types.manifest, Digest.of(data)),
+                          top=False, platform=platform, progress=progress)  # fmt: skip
+    sink.put_manifest(index, top=True, platform=None, progress=progress)
+    return index.digest
 
 
 def _store_key(location: Location) -> tuple[str, ...]:

@@ -125,3 +125,69 @@ def base(registry: DistributionRegistry, busybox_dir: Path, tmp_path_factory: py
     os.environ.setdefault("IMAGESMITH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     ok("--insecure-registry", registry.host, "import", str(busybox_dir), "--tag", ref)
     return ref
+
+
+# Debian's busybox-static:arm64, fetched by the Makefile target of that name (see docs/testing.md).
+BUSYBOX_ARM64_TARGET = "tests/.data/busybox-arm64/busybox"
+BUSYBOX_ARM64 = Path(__file__).resolve().parent.parent / BUSYBOX_ARM64_TARGET
+
+
+@pytest.fixture(scope="session")
+def busybox_arm64_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``busybox_dir`` layout around the linux/arm64 busybox: the second platform of the
+    multi-platform base. It is never run here, only imported, so no emulator is needed."""
+    need(
+        BUSYBOX_ARM64.is_file(),
+        f"{BUSYBOX_ARM64} missing: run `make {BUSYBOX_ARM64_TARGET}` (as root on Debian: "
+        "dpkg --add-architecture arm64, apt-get download busybox-static:arm64)",
+    )
+    return busybox_rootfs(tmp_path_factory.mktemp("busybox-arm64") / "rootfs", BUSYBOX_ARM64)
+
+
+def _multiarch_base(
+    registry: DistributionRegistry,
+    rootfs: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    repository: str,
+    media_format: str,
+) -> str:
+    """Import one busybox per platform as ``REPO:1-ARCH``, then merge them into ``REPO:1``."""
+    from cli_support import ok
+
+    os.environ.setdefault("IMAGESMITH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    flags = ("--insecure-registry", registry.host)
+    parts = []
+    for platform, root in rootfs.items():
+        part = f"{registry.host}/{repository}:1-{platform.split('/')[1]}"
+        ok(*flags, "import", str(root), "--tag", part, "--platform", platform, "--format", media_format)
+        parts.append(part)
+    target = f"{registry.host}/{repository}:1"
+    ok(*flags, "merge", *parts, "--tag", target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def multiarch_base(
+    registry: DistributionRegistry,
+    busybox_dir: Path,
+    busybox_arm64_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """``{registry.host}/base/busybox-multi:1``: an OCI image index of busybox for linux/amd64
+    and linux/arm64/v8 (in that order), made with ``imagesmith import --platform`` (tags
+    ``:1-amd64``, ``:1-arm64`` of the same repository) and ``imagesmith merge``."""
+    rootfs = {"linux/amd64": busybox_dir, "linux/arm64/v8": busybox_arm64_dir}
+    return _multiarch_base(registry, rootfs, tmp_path_factory, "base/busybox-multi", "oci")
+
+
+@pytest.fixture(scope="session")
+def multiarch_base_docker(
+    registry: DistributionRegistry,
+    busybox_dir: Path,
+    busybox_arm64_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """``{registry.host}/base/busybox-multi-docker:1``: the same as ``multiarch_base`` in Docker
+    v2 media types (``import --format docker``), so the index is a Docker manifest list."""
+    rootfs = {"linux/amd64": busybox_dir, "linux/arm64/v8": busybox_arm64_dir}
+    return _multiarch_base(registry, rootfs, tmp_path_factory, "base/busybox-multi-docker", "docker")

@@ -135,7 +135,8 @@ def test_a_fault_falls_back_to_the_ordinary_upload(
     layer = next(e.detail for e in events if e.kind == "layer-built")
     assert not _early(events)
     # The push uploaded the layer itself, and the image is complete.
-    assert any(e.kind == "blob-uploaded" and e.subject == layer and e.detail != "while building" for e in events)
+    pushed = [e for e in events if e.kind == "blob-uploaded" and e.subject == layer]
+    assert pushed and all(e.detail != "while building" for e in pushed)
     assert proxy.count("DELETE", r"/blobs/uploads/") >= 1  # the broken session was cancelled
     with RegistryClient(registry.host, _options(registry.host)) as client:
         manifest = json.loads(client.get_manifest("overlap/fault", digest).data)
@@ -153,9 +154,9 @@ def test_a_failed_build_cancels_its_upload(
         raise LayerError("the content changed while it was read")
 
     cache = BlobCache(tmp_path / "c")
-    with RegistryClient(proxy.host, _options(proxy.host)) as client:
-        with pytest.raises(LayerError), EarlyUploads(client, "overlap/failed", chunk=4 * MiB) as uploads:
-            build_layer(entries(), cache, media_types=OCI, follower=uploads.follower())
+    client = RegistryClient(proxy.host, _options(proxy.host))
+    with client, pytest.raises(LayerError), EarlyUploads(client, "overlap/failed", chunk=4 * MiB) as uploads:
+        build_layer(entries(), cache, media_types=OCI, follower=uploads.follower())
     assert proxy.count("PATCH", r"/v2/overlap/failed/") >= 1  # it had started
     assert proxy.count("DELETE", r"/v2/overlap/failed/blobs/uploads/") == 1
     assert proxy.count("PUT", r"/v2/overlap/failed/") == 0
