@@ -784,6 +784,8 @@ def build_platforms(
                 ANNOTATION + "created": created,
                 ANNOTATION + "title": top.package.name,
                 ANNOTATION + "version": top.package.version,
+                # The hash the tag carries, for the repository index (images differ in theirs).
+                LABEL_HASH: _index_hash([(p, b[-1].hash) for p, b in zip(platforms, built_by, strict=True)]),
                 **options.annotations,
             }
         data = index_document(children, media_types.family, annotations or None)
@@ -818,7 +820,7 @@ def _multi_tag(
         template,
         name=top.package.name,
         version=top.package.version,
-        hash=_index_hash([(p, built[-1].hash) for p, built in zip(platforms, built_by, strict=True)]),
+        hash=_index_hash([(p, b[-1].hash) for p, b in zip(platforms, built_by, strict=True)]),
         os="-".join(oses),
         arch="-".join(p.architecture for p in platforms),
     )

@@ -42,7 +42,7 @@ from .model import (
     canonical_json,
     parse_manifest_document,
 )
-from .pipeline import LABEL_HASH, LABEL_NAME, LABEL_VERSION
+from .pipeline import ANNOTATION, LABEL_HASH, LABEL_NAME, LABEL_VERSION
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .references import Reference, validate_tag
 from .registry.client import RegistryClient, RegistryPool
@@ -410,6 +410,13 @@ def _describe_index(
     if labels is None:
         log.debug("%s holds no image: not indexed", what)
         return None
+    notes = index.annotations or {}
+    keys = (ANNOTATION + "title", ANNOTATION + "version", LABEL_HASH)
+    title, version, digest_hash = (notes.get(k, "") for k in keys)
+    if title and version and digest_hash:
+        # A multi-platform build names the package on the index itself, with the hash its tag
+        # carries (each platform's image has its own hash when their content differs).
+        labels = {**labels, LABEL_NAME: title, LABEL_VERSION: version, LABEL_HASH: digest_hash}
     return _Document(index.media_type, size, labels, spec, tuple(platforms))
 
 

@@ -159,6 +159,9 @@ def test_one_tag_every_platform(
     (entry,) = [e for e in listed["entries"] if e["tag"] == ref.rsplit(":", 1)[1]]
     assert {p.split("/v")[0] for p in entry["platforms"]} == {AMD64, ARM64}
     assert (entry["name"], entry["version"], entry["mediaType"]) == ("scripts", "1.0", mt.OCI_INDEX)
+    # The index's hash is the tag's, not one platform's (their tool layers differ).
+    assert ref.endswith(f"-{entry['hash']}.spack")
+    assert entry["hash"] not in {p["layers"][-1]["hash"] for p in result["platforms"]}
 
     # Reproducible: the same inputs give the same tag and digests.
     again = _build(registry, multiarch_base, "--repo", f"{registry.host}/{repo}", str(packages["scripts"]))
