@@ -32,8 +32,11 @@ member below a symlink or file, and member types tar cannot express portably rai
 
 from __future__ import annotations
 
+import codecs
+import operator
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -154,6 +157,13 @@ def _parents(prefix: str, include_self: bool) -> Iterator[TarEntry]:
         yield TarEntry("/".join(parts[:i]), "dir", _DIR_MODE)
 
 
+# Whether names from os.scandir are UTF-8 decoded (with surrogate escapes for invalid bytes):
+# then a name is valid UTF-8 exactly when it encodes strictly, without a round trip to bytes.
+_FS_ENCODING_IS_UTF8 = codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
+_Child = tuple[bytes, str, str, os.stat_result | None]
+_first = operator.itemgetter(0)
+
+
 def _utf8_name(raw: bytes, path: str) -> str:
     try:
         return raw.decode("utf-8")
@@ -177,22 +187,44 @@ def _kind_of(mode: int) -> EntryKind | None:
     return None  # sockets (and anything exotic): skipped by policy
 
 
-def _sorted_children(directory: str, archive_dir: str) -> list[tuple[bytes, str, str, os.stat_result]]:
-    children = []
+def _sorted_children(directory: str, archive_dir: str, stat_dirs: bool) -> list[_Child]:
+    """The entries of ``directory`` as ``(sort key, archive name, path, lstat or None)``, sorted.
+
+    Names are checked to be UTF-8 here, once per entry. Unless ``stat_dirs``, a subdirectory
+    is recognised from the type its directory entry carries (no ``lstat``; a filesystem that
+    does not report types costs one inside :meth:`os.DirEntry.is_dir`) and comes with ``None``
+    instead of a stat result: packages give every directory mode 0755 and owner 0, so its
+    stat would only say that it is a directory, one system call per directory for nothing.
+    """
+    children: list[_Child] = []
+    base = archive_dir + "/" if archive_dir else ""
     try:
         with os.scandir(directory) as it:
             for dirent in it:
+                name = dirent.name
+                if not _FS_ENCODING_IS_UTF8:
+                    name = _utf8_name(os.fsencode(name), dirent.path)
+                archive_name = base + name
+                try:
+                    # With a UTF-8 file system encoding, the bytes of a name that is not UTF-8
+                    # come back as lone surrogates, which refuse to encode.
+                    key = archive_name.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise LayerError(
+                        f"{dirent.path!r}: file names must be valid UTF-8 to go into a layer"
+                    ) from None
+                if not stat_dirs and dirent.is_dir(follow_symlinks=False):
+                    children.append((key + b"/", archive_name, dirent.path, None))
+                    continue
                 st = dirent.stat(follow_symlinks=False)
-                raw = os.fsencode(dirent.name)
-                name = _utf8_name(raw, dirent.path)
-                archive_name = f"{archive_dir}/{name}" if archive_dir else name
-                key = archive_name.encode("utf-8") + (b"/" if stat.S_ISDIR(st.st_mode) else b"")
+                if stat.S_ISDIR(st.st_mode):
+                    key += b"/"
                 children.append((key, archive_name, dirent.path, st))
     except FileNotFoundError:
         raise LayerError(f"{directory} disappeared while the layer was built") from None
     except OSError as exc:
         raise LayerError(f"cannot read {exc.filename or directory}: {exc.strerror or exc}") from None
-    children.sort(key=lambda child: child[0])
+    children.sort(key=_first)
     return children
 
 
@@ -217,19 +249,29 @@ def directory_entries(root: Path, prefix: str = "", *, preserve: bool = False) -
     if prefix:
         yield _dir_entry(prefix, root_st, preserve)
     seen_inodes: dict[tuple[int, int], str] = {}
-    stack = [iter(_sorted_children(os.fspath(root), prefix))]
+    stack = [iter(_sorted_children(os.fspath(root), prefix, preserve))]
     while stack:
-        child = next(stack[-1], None)
-        if child is None:
+        # Resumes the innermost directory's iterator; "break" descends into a subdirectory,
+        # and the loop running out pops back to the parent.
+        for _, archive_name, path, st in stack[-1]:
+            if st is None:
+                yield TarEntry(archive_name, "dir", _DIR_MODE)
+                stack.append(iter(_sorted_children(path, archive_name, preserve)))
+                break
+            mode = st.st_mode
+            if not preserve and st.st_nlink == 1 and stat.S_ISREG(mode):
+                # The common case, inline: a package file that is not hardlinked.
+                yield TarEntry(archive_name, "file", _package_mode("file", mode), st.st_size, source=path)
+                continue
+            entry = _fs_entry(archive_name, path, st, preserve, seen_inodes)
+            if entry is None:
+                continue
+            yield entry
+            if entry.kind == "dir":
+                stack.append(iter(_sorted_children(path, archive_name, preserve)))
+                break
+        else:
             stack.pop()
-            continue
-        _, archive_name, path, st = child
-        entry = _fs_entry(archive_name, path, st, preserve, seen_inodes)
-        if entry is None:
-            continue
-        yield entry
-        if entry.kind == "dir":
-            stack.append(iter(_sorted_children(path, archive_name)))
 
 
 def _dir_entry(name: str, st: os.stat_result, preserve: bool) -> TarEntry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -641,3 +642,129 @@ def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
     )
     growth = int(proc.stdout.strip())
     assert growth < 100 << 20, f"peak RSS grew by {growth >> 20} MiB while streaming 200 MB"
+
+
+# --- pinned bytes ------------------------------------------------------------------------
+
+
+def make_pinned_tree(root: Path, files: int = 3000) -> Path:
+    """A deterministic tree that reaches every path of the directory walk and the tar writer.
+
+    Thousands of small files (empty, 1 byte, exactly 512 and 1024 bytes, one byte either side
+    of a block), executables, symlinks (relative, absolute, dangling, long and unicode
+    targets, one hardlinked), hardlinked sets spread over directories, names over 100 and
+    paths over 255 bytes, unicode names, names that sort differently as ``name/``, empty
+    directories, and files of 1 MiB, 1 MiB + 1 and 3 MiB. Modes are set explicitly so the
+    umask does not matter; used with ``preserve=False`` so owners do not either.
+    """
+    rng = random.Random(20261124)
+    root.mkdir(parents=True)
+
+    def put(rel: str, data: bytes, mode: int = 0o644) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(mode)
+
+    sizes = (0, 1, 100, 511, 512, 513, 1023, 1024, 1025, 4096, 10_000)
+    for i in range(files):
+        size = sizes[i % len(sizes)] if i % 3 == 0 else int(rng.expovariate(1 / 2000))
+        data = rng.randbytes(size) if i % 2 else ((b"line %d\n" % i) * (size // 6 + 1))[:size]
+        put(f"d{i % 37:02d}/s{i % 5}/f{i}.dat", data, 0o755 if i % 7 == 0 else 0o640)
+    put("big/1mib", rng.randbytes(1 << 20))
+    put("big/1mib+1", rng.randbytes((1 << 20) + 1))
+    put("big/3mib", rng.randbytes(3 << 20), 0o700)
+    put("x" * 101, b"a name over 100 bytes\n")
+    put("y" * 99, b"a name of 99 bytes, over 100 with the prefix\n")
+    put(f"{'L' * 120}/{'M' * 120}/{'n' * 200}", b"a path over 255 bytes\n")
+    put("résumé-日本.txt", "ünïcode".encode())
+    put("ü/emoji-\U0001f642", b"\xf0\x9f\x99\x82\n")
+    for name in ("a/b", "a-b", "a.b", "a0"):
+        put(f"order/{name}", name.encode())
+    (root / "empty/dir/deeper").mkdir(parents=True)
+    (root / "empty/file").write_bytes(b"")
+    links = root / "links"
+    links.mkdir()
+    (links / "rel").symlink_to("../d00/s0/f0.dat")
+    (links / "abs").symlink_to("/usr/bin/env")
+    (links / "dangling").symlink_to("nowhere/at/all")
+    (links / "long").symlink_to("../" * 40 + "target")
+    (links / "unicode").symlink_to("résumé-日本.txt")
+    (links / "to-dir").symlink_to("../order/a")
+    os.link(links / "rel", links / "rel-hardlinked", follow_symlinks=False)
+    put("hard/a", b"hardlinked data\n" * 40)
+    os.link(root / "hard/a", root / "hard/b")
+    os.link(root / "hard/a", root / "d05/s0/z-hard")  # first in sorted order: carries the data
+    os.link(root / "big/1mib+1", root / "big/zz-link")
+    for dirpath, _dirs, _names in os.walk(root):
+        os.chmod(dirpath, 0o750)
+    return root
+
+
+# Computed with the writer as it was before the read-ahead and header fast paths were added.
+PINNED_DIFF_ID = "sha256:c1373e9cab6221e8f4917b9b22459843b5dd79353ccc6d631af3e396b766543c"
+PINNED_DIFF_ID_MTIME = "sha256:2474d74ba1a110182ecb92a6fcec09229cd4d128994d5802cbaa835a082008cf"
+PINNED_DIFF_ID_SPECIAL = "sha256:bd7d5e6268ce572afadbde989a559e6eb947a54c8eb136965055fb090df5f896"
+
+
+def test_pinned_tree_bytes_never_change(tmp_path: Path, cache: BlobCache) -> None:
+    """The exact tar bytes of a tree covering every writer path are pinned: any change to
+    the walk or the writer that alters a single byte (so every layer digest) fails here."""
+    root = make_pinned_tree(tmp_path / "tree")
+    blob = _build(directory_entries(root, "opt/bench"), cache, compression="none", mtime=0)
+    assert str(blob.diff_id) == PINNED_DIFF_ID
+    dated = _build(directory_entries(root, "opt/bench"), cache, mtime=1_700_000_000)
+    assert str(dated.diff_id) == PINNED_DIFF_ID_MTIME
+
+
+def test_pinned_special_files_bytes_never_change(tmp_path: Path, cache: BlobCache) -> None:
+    """A FIFO, a setuid file and a sticky directory, kept by ``preserve=True`` (owners zeroed
+    so the digest does not depend on who runs the test)."""
+    special = tmp_path / "special"
+    special.mkdir()
+    os.mkfifo(special / "fifo")
+    os.chmod(special / "fifo", 0o600)
+    (special / "suid").write_bytes(b"x" * 700)
+    os.chmod(special / "suid", 0o4755)
+    os.chmod(special, 0o1777)
+    entries = (
+        dataclasses.replace(e, uid=0, gid=0) for e in directory_entries(special, "opt/s", preserve=True)
+    )
+    blob = _build(entries, cache, compression="none", mtime=0)
+    assert str(blob.diff_id) == PINNED_DIFF_ID_SPECIAL
+
+
+@pytest.mark.parametrize("size", [1000, 3 << 20])
+@pytest.mark.parametrize("change", ["grow", "shrink", "vanish", "symlink", "directory", "fifo"])
+def test_file_changed_after_the_walk_is_named(
+    tmp_path: Path, cache: BlobCache, change: str, size: int
+) -> None:
+    """Whatever happens to a file between the walk and the writer, the build fails naming it."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "a").write_bytes(b"a")
+    victim = root / "data.bin"
+    victim.write_bytes(b"x" * size)
+    (root / "z").write_bytes(b"z" * 600)
+
+    def meddle(entries: Iterator[TarEntry]) -> Iterator[TarEntry]:
+        for entry in entries:
+            if entry.name == "data.bin":
+                if change == "grow":
+                    with victim.open("ab") as f:
+                        f.write(b"more")
+                elif change == "shrink":
+                    victim.write_bytes(b"x")
+                else:
+                    victim.unlink()
+                    if change == "symlink":
+                        victim.symlink_to(root / "z")
+                    elif change == "directory":
+                        victim.mkdir()
+                    elif change == "fifo":
+                        os.mkfifo(victim)
+            yield entry
+
+    with pytest.raises(LayerError, match=r"data\.bin"):
+        _build(meddle(directory_entries(root)), cache)
+    assert list((cache.root / "tmp").iterdir()) == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import random
+import re
 import shutil
 import subprocess
 import tarfile
@@ -13,7 +15,7 @@ import pytest
 from conftest import requires
 
 from imagesmith.errors import LayerError
-from imagesmith.tarwriter import TarEntry, TarWriter, read_members
+from imagesmith.tarwriter import EntryKind, TarEntry, TarWriter, _byte_sum, _read_fd, read_members
 
 LONG_150 = "d" * 60 + "/" + "f" * 89  # 150 bytes in two components
 LONG_300 = "/".join(["x" * 99, "y" * 99, "z" * 100])  # 300 bytes
@@ -260,3 +262,101 @@ def test_read_members_ignores_size_of_non_regular_members() -> None:
 
     names = [m.name for m in read_members(io.BytesIO(bytes(raw)), "crafted")]
     assert names == ["link", "file"]
+
+
+# --- the fast paths give the general path's bytes ------------------------------------------
+
+
+def _random_entry(rng: random.Random) -> TarEntry:
+    alphabet = ["a", "b", "-", ".", "x" * 40, "é", "日", "y" * 99]
+    parts = [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 3))
+    ]
+    name = "/".join(part if part.strip(".") else "p" for part in parts)
+    kinds: list[EntryKind] = ["file", "dir", "symlink", "hardlink", "chardev", "blockdev", "fifo"]
+    kind = rng.choice(kinds)
+
+    def number() -> int:
+        return rng.choice([0, 0, 1, 7, 1000, 0o7777777, 0o7777777 + 1])
+
+    return TarEntry(
+        name,
+        kind,
+        rng.randint(0, 0o7777),
+        size=rng.choice([0, 1, 511, 512, 513, 0o77777777777, 0o77777777777 + 1]) if kind == "file" else 0,
+        linkname=rng.choice(["t", "../" + name, "l" * 100, "l" * 101, "é"]) if "link" in kind else "",
+        uid=number(),
+        gid=number(),
+        uname=rng.choice(["", "", "", "root", "u" * 33, "é"]),
+        gname=rng.choice(["", "", "", "wheel"]),
+        devmajor=number() if kind.endswith("dev") else 0,
+        devminor=number() if kind.endswith("dev") else 0,
+    )
+
+
+@pytest.mark.parametrize("mtime", [0, 1_700_000_000, 0o77777777777])
+def test_fast_header_path_matches_the_general_one(mtime: int) -> None:
+    """The one-block fast path must give byte for byte what the general path gives."""
+    rng = random.Random(mtime)
+    writer = TarWriter(io.BytesIO(), mtime=mtime)
+    fast = 0
+    for _ in range(3000):
+        entry = _random_entry(rng)
+        try:
+            general = writer._general_headers(entry)
+        except LayerError as exc:
+            with pytest.raises(LayerError, match=re.escape(str(exc))):
+                writer._headers(entry)
+            continue
+        assert writer._headers(entry) == general, entry
+        fast += len(general) == 512
+    assert fast > 150  # the fast path was exercised, not just the fallback
+
+
+def test_checksum_by_adler32_is_the_byte_sum() -> None:
+    """Adler-32's low half is an exact byte sum for a block of ASCII, the largest a header can be."""
+    for block in (bytes(512), b"\x7f" * 512, bytes(range(128)) * 4):
+        assert _byte_sum(block) == sum(block)
+
+
+def test_file_swapped_for_a_directory_or_fifo_is_named(tmp_path: Path) -> None:
+    """Neither raises a bare OSError nor hangs opening a FIFO that has no writer."""
+    (tmp_path / "was-a-file").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    writer = TarWriter(io.BytesIO(), mtime=0)
+    for name in ("was-a-file", "fifo"):
+        with pytest.raises(LayerError, match=f"{name} is no longer a regular file"):
+            writer.add(TarEntry(name, "file", 0o644, size=10, source=tmp_path / name))
+
+
+def test_small_file_read_detects_growth_and_shrinking_after_the_size_check(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _read_fd(fd, 10, "f") == b"0123456789"
+        os.lseek(fd, 0, os.SEEK_SET)
+        with pytest.raises(LayerError, match=r"f grew while the layer was built \(more than 9 bytes\)"):
+            _read_fd(fd, 9, "f")
+        os.lseek(fd, 0, os.SEEK_SET)
+        with pytest.raises(LayerError, match="f shrank while the layer was built: 10 of 11 bytes read"):
+            _read_fd(fd, 11, "f")
+    finally:
+        os.close(fd)
+
+
+def test_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that cannot be opened (permissions, which root would bypass) raises LayerError."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"hidden")
+    real_open = os.open
+
+    def refuse(path: object, *args: object, **kwargs: object) -> int:
+        if os.fspath(path) == os.fspath(secret):  # type: ignore[call-overload]
+            raise PermissionError(13, "Permission denied", os.fspath(secret))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refuse)
+    writer = TarWriter(io.BytesIO(), mtime=0)
+    with pytest.raises(LayerError, match=r"cannot read .*secret: Permission denied"):
+        writer.add(TarEntry("secret", "file", 0o644, size=6, source=secret))
