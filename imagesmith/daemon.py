@@ -14,8 +14,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
 import requests
 
 from .errors import DaemonError
@@ -50,6 +48,8 @@ def _check_socket(base_url: str) -> None:
 
 
 def _client(docker_host: str | None, timeout: float) -> Any:
+    import docker  # here: the SDK costs every command ~20 ms to import, and few need a daemon
+
     base_url = _base_url(docker_host)
     _check_socket(base_url)
     try:
@@ -73,6 +73,8 @@ def load_into_daemon(
     :class:`DaemonError` saying to set ``DOCKER_HOST`` or start the daemon; a daemon that
     refuses the archive raises :class:`DaemonError` with its message.
     """
+    import docker.errors
+
     path = Path(archive)
     where = _base_url(docker_host)
     client = _client(docker_host, timeout)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import stat
 from pathlib import Path
@@ -31,27 +32,37 @@ from .mediatypes import Compression, MediaTypes
 
 __all__ = ["RECORD_VERSION", "input_key", "lookup", "remember"]
 
+_NAME = operator.attrgetter("name")
+
 # Bump when the layer bytes for the same input could change (tar writer rules, for example).
 RECORD_VERSION = 1
 
 
 def _walk_identity(root: Path, digest: Any) -> None:
-    # Sorted walk without following symlinks; every entry contributes its metadata.
-    stack = [(root, "")]
+    # Sorted, depth-first, without following symlinks; every entry contributes its metadata as
+    # one line naming its full relative path, so the order only has to be deterministic. This
+    # runs on every build (it is how an unchanged input is recognised), so it is kept lean:
+    # string paths, one hash update per directory, no per-entry objects beyond the stat.
+    stack = [(os.fspath(root), "")]
     while stack:
         directory, rel = stack.pop()
         with os.scandir(directory) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-        for entry in reversed(entries):
+            entries = sorted(scan, key=_NAME)
+        lines = []
+        subdirs = []
+        for entry in entries:
             st = entry.stat(follow_symlinks=False)
-            name = f"{rel}/{entry.name}" if rel else entry.name
-            link = str(Path(entry.path).readlink()) if stat.S_ISLNK(st.st_mode) else ""
-            digest.update(
-                f"{name}\0{st.st_mode:o}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
-                f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0{link}\n".encode("utf-8", "surrogateescape")
+            mode = st.st_mode
+            name = rel + entry.name
+            link = os.readlink(entry.path) if stat.S_ISLNK(mode) else ""  # noqa: PTH115 (no Path per entry)
+            lines.append(
+                f"{name}\0{mode:o}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
+                f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0{link}\n"
             )
-            if stat.S_ISDIR(st.st_mode):
-                stack.append((Path(entry.path), name))
+            if stat.S_ISDIR(mode):
+                subdirs.append((entry.path, name + "/"))
+        digest.update("".join(lines).encode("utf-8", "surrogateescape"))
+        stack.extend(reversed(subdirs))
 
 
 def input_key(
