@@ -19,11 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, cast
 
 from . import mediatypes as mt
 from .digests import CHUNK, Digest, VerifyingReader
@@ -41,7 +40,7 @@ from .model import (
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .references import Reference
 from .registry.client import ManifestResponse, RegistryClient, RegistryPool
-from .transfer import as_location
+from .transfer import as_location, run_parallel
 
 __all__ = ["MergeResult", "index_document", "merge_images"]
 
@@ -52,7 +51,6 @@ _SCHEMA1_TYPES = frozenset({
     "application/vnd.docker.distribution.manifest.v1+json",
 })  # fmt: skip
 _FAMILY_NAMES: Mapping[str, str] = {"oci": "OCI", "docker": "Docker v2 (schema 2)"}
-_T = TypeVar("_T")
 
 
 def _is_attestation(platform: Platform | None) -> bool:
@@ -407,20 +405,6 @@ def _put_blob(
     progress(ProgressEvent("blob-uploaded", str(descriptor.digest), descriptor.size, source))
 
 
-def _run_parallel(call: Callable[[_T], None], items: Sequence[_T], jobs: int) -> None:
-    """``call`` on every item, ``jobs`` at a time; all finish before the first error is raised."""
-    if jobs <= 1 or len(items) <= 1:
-        for item in items:
-            call(item)
-        return
-    with ThreadPoolExecutor(max_workers=min(jobs, len(items))) as executor:
-        futures = [executor.submit(call, item) for item in items]
-        errors = [f.exception() for f in futures]
-    for error in errors:
-        if error is not None:
-            raise error
-
-
 def merge_images(
     sources: Sequence[str | Reference],
     target: str | Reference,
@@ -476,7 +460,7 @@ def merge_images(
             if blob.urls:
                 continue  # a foreign layer is served from its URLs, never by the registry
             blobs.setdefault(blob.digest, (blob, child.repository))
-    _run_parallel(lambda item: _put_blob(client, repository, item[1], item[0], progress),
+    run_parallel(lambda item: _put_blob(client, repository, item[1], item[0], progress),
                   list(blobs.values()), max(1, jobs))  # fmt: skip
     for child in children:
         if child.repository != repository:

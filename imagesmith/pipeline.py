@@ -105,8 +105,28 @@ class BuiltPackage:
     env: tuple[EnvModification, ...]
 
 
+class _Written:
+    """Where a result went: ``reference`` (the name) and ``destinations`` (every location)."""
+
+    reference: Reference | None
+    destinations: tuple[Location, ...]
+
+    @property
+    def destination(self) -> str:
+        return str(self.destinations[0]) if self.destinations else ""
+
+    @property
+    def pushed(self) -> bool:
+        """Whether the image went to a registry."""
+        return any(isinstance(d, RegistryLocation) for d in self.destinations)
+
+    @property
+    def tag(self) -> str:
+        return _tag_of(self.reference, self.destinations)
+
+
 @dataclass(frozen=True)
-class BuildResult:
+class BuildResult(_Written):
     """What a build wrote: the name, the manifest digest, where it went, and the parts.
 
     ``reference`` is the image's name (the registry reference pushed to, or the name given
@@ -124,19 +144,6 @@ class BuildResult:
     packages: tuple[BuiltPackage, ...]
     destinations: tuple[Location, ...] = ()
     loaded: tuple[str, ...] = ()
-
-    @property
-    def destination(self) -> str:
-        return str(self.destinations[0]) if self.destinations else ""
-
-    @property
-    def pushed(self) -> bool:
-        """Whether the image went to a registry."""
-        return any(isinstance(d, RegistryLocation) for d in self.destinations)
-
-    @property
-    def tag(self) -> str:
-        return _tag_of(self.reference, self.destinations)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -632,7 +639,7 @@ def build(
 
 
 @dataclass(frozen=True)
-class MultiBuildResult:
+class MultiBuildResult(_Written):
     """What a multi-platform build wrote: an index naming one image per platform.
 
     ``digest`` and ``media_type`` are the index's (an OCI image index, or a Docker manifest
@@ -647,18 +654,6 @@ class MultiBuildResult:
     images: tuple[BuildResult, ...]
     platforms: tuple[Platform, ...]
     destinations: tuple[Location, ...] = ()
-
-    @property
-    def destination(self) -> str:
-        return str(self.destinations[0]) if self.destinations else ""
-
-    @property
-    def pushed(self) -> bool:
-        return any(isinstance(d, RegistryLocation) for d in self.destinations)
-
-    @property
-    def tag(self) -> str:
-        return _tag_of(self.reference, self.destinations)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -921,7 +916,7 @@ def build_each(
 
 
 @dataclass(frozen=True)
-class ImportResult:
+class ImportResult(_Written):
     """What ``import_rootfs`` wrote: the name (None for an unnamed layout or archive), the
     digest, where it went and the layer."""
 
@@ -932,19 +927,10 @@ class ImportResult:
     destinations: tuple[Location, ...] = ()
     loaded: tuple[str, ...] = ()
 
-    @property
-    def destination(self) -> str:
-        return str(self.destinations[0]) if self.destinations else ""
-
-    @property
-    def pushed(self) -> bool:
-        """Whether the image went to a registry."""
-        return any(isinstance(d, RegistryLocation) for d in self.destinations)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "reference": str(self.reference) if self.reference is not None else None,
-            "tag": _tag_of(self.reference, self.destinations),
+            "tag": self.tag,
             "digest": self.digest,
             "destinations": [str(d) for d in self.destinations],
             "loaded": list(self.loaded),

@@ -72,6 +72,7 @@ __all__ = [
     "fetch_blob",
     "open_sink",
     "open_source",
+    "run_parallel",
     "write_image",
     "write_images",
     "write_index",
@@ -475,7 +476,8 @@ def open_sink(
         raise
 
 
-def _run_parallel(call: Callable[[T], None], items: Sequence[T], jobs: int) -> None:
+def run_parallel(call: Callable[[T], None], items: Sequence[T], jobs: int) -> None:
+    """``call`` on every item, ``jobs`` at a time; all finish before the first error is raised."""
     if jobs <= 1 or len(items) <= 1:
         for item in items:
             call(item)
@@ -555,7 +557,7 @@ def _store_key(location: Location) -> tuple[str, ...]:
 
 
 def _put_layers(sink: ImageSink, layers: Sequence[Layer], jobs: int, progress: ProgressCallback) -> None:
-    _run_parallel(lambda layer: sink.put_blob(layer.descriptor, layer.origin, progress), layers, jobs)
+    run_parallel(lambda layer: sink.put_blob(layer.descriptor, layer.origin, progress), layers, jobs)
 
 
 def write_images(
@@ -599,7 +601,7 @@ def write_images(
             sink.put_manifest(manifest, top=True, platform=platform, progress=progress)
         digests[index] = manifest.digest
 
-    _run_parallel(finish, list(range(len(targets))), jobs)
+    run_parallel(finish, list(range(len(targets))), jobs)
     return [d for d in digests if d is not None]
 
 
@@ -712,7 +714,7 @@ def copy_image(
         _collect(reader, top, chosen, plan, 0)
         with open_sink(dst, pool=pool, cache=cache, docker_host=docker_host, keep_in_cache=False) as sink:
             blobs = list(plan.blobs.values())
-            _run_parallel(lambda item: sink.put_blob(item[0], item[1], progress), blobs, jobs)
+            run_parallel(lambda item: sink.put_blob(item[0], item[1], progress), blobs, jobs)
             *children, (last, last_platform) = plan.manifests
             for raw, entry_platform in children:
                 sink.put_manifest(raw, top=False, platform=entry_platform, progress=progress)
