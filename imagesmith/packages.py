@@ -123,8 +123,23 @@ class Package:
         return self.content, self.content_kind
 
     def for_platform(self, platform: Platform) -> Package:
-        """This package as it goes into ``platform``'s image: ``content`` is that platform's."""
+        """This package as it goes into ``platform``'s image: ``content`` is that platform's.
+
+        A Spack package whose content is its own build (not a ``platforms`` entry) is refused
+        for a platform of another architecture than its spec's target: a binary for aarch64
+        in an amd64 image only fails when it runs.
+        """
         content, kind = self.content_for(platform)
+        if self.spack is not None and not any(platform.matches(p) for p, _, _ in self.platforms):
+            from .spack import spec_architecture  # imagesmith.spack builds on this module
+
+            built_for = spec_architecture(self.spack)
+            if built_for is not None and built_for[0] != platform.normalized().architecture:
+                raise PackageError(
+                    f"package {self.label} ({self.source}) is a Spack build for {built_for[1]} "
+                    f"({built_for[0]}): it cannot go into the {platform} image; build it for "
+                    f"{platform.architecture}, or give per-platform content in a package file"
+                )
         return replace(self, content=content, content_kind=kind, platforms=())
 
     @property

@@ -115,6 +115,49 @@ class SpackSpec:
         }
 
 
+# Spack names microarchitectures (archspec); an image names an OCI architecture. The generic
+# family names, and the microarchitectures Spack builds for most, map to one; anything else is
+# unknown and never refused on that account.
+_ARCH_FAMILIES: dict[str, frozenset[str]] = {
+    "amd64": frozenset({
+        "x86_64", "x86_64_v2", "x86_64_v3", "x86_64_v4", "nocona", "core2", "nehalem", "westmere",
+        "sandybridge", "ivybridge", "haswell", "broadwell", "skylake", "mic_knl", "skylake_avx512",
+        "cannonlake", "cascadelake", "icelake", "sapphirerapids", "k10", "bulldozer", "piledriver",
+        "steamroller", "excavator", "zen", "zen2", "zen3", "zen4", "zen5",
+    }),
+    "arm64": frozenset({
+        "aarch64", "armv8.1a", "armv8.2a", "armv8.3a", "armv8.4a", "armv8.5a", "armv9.0a",
+        "thunderx2", "a64fx", "cortex_a72", "neoverse_n1", "neoverse_n2", "neoverse_v1",
+        "neoverse_v2", "graviton", "graviton2", "graviton3", "graviton4", "m1", "m2", "m3",
+    }),
+    "ppc64le": frozenset({"ppc64le", "power8le", "power9le", "power10le"}),
+    "ppc64": frozenset({"ppc64", "power7", "power8", "power9", "power10"}),
+    "s390x": frozenset({"s390x", "z13", "z14", "z15", "z16"}),
+    "riscv64": frozenset({"riscv64", "u74mc"}),
+}
+_FAMILY_OF = {name: arch for arch, names in _ARCH_FAMILIES.items() for name in names}
+
+
+def spec_architecture(spec: SpackSpec) -> tuple[str, str] | None:
+    """The root's ``(OCI architecture, Spack target)`` (``("arm64", "neoverse_n1")``), or None
+    when the spec names no target, or one this table does not know."""
+    arch = spec.nodes[0].get("arch") if spec.nodes else None
+    target = arch.get("target") if isinstance(arch, Mapping) else None
+    names: list[str] = []
+    if isinstance(target, str):
+        names.append(target)
+    elif isinstance(target, Mapping):
+        names.append(str(target.get("name", "")))
+        parents = target.get("parents")
+        if isinstance(parents, list):
+            names.extend(str(p) for p in parents)
+    for name in names:
+        family = _FAMILY_OF.get(name.lower())
+        if family is not None:
+            return family, names[0]
+    return None
+
+
 def is_spack_spec(obj: object) -> bool:
     """Whether ``obj`` (a parsed JSON document) looks like a Spack spec.json: ``spec.nodes``."""
     return isinstance(obj, Mapping) and isinstance(obj.get("spec"), Mapping) and "nodes" in obj["spec"]

@@ -558,3 +558,62 @@ def test_push_a_spack_prefix_to_a_registry(
     top_layer = out["layers"][-1]["digest"]
     assert config["binary_cache_checksum"] == {"hash_algorithm": "sha256", "hash": top_layer.split(":")[1]}
     assert len(config["rootfs"]["diff_ids"]) == 3  # base, zlib, sqlite
+
+
+@pytest.mark.parametrize(
+    ("target", "arch"),
+    [
+        ("x86_64", "amd64"),
+        ("zen3", "amd64"),
+        (
+            {"name": "neoverse_n1", "vendor": "ARM", "features": [], "generation": 0, "parents": ["aarch64"]},
+            "arm64",
+        ),
+        (
+            {
+                "name": "made_up_core",
+                "vendor": "x",
+                "features": [],
+                "generation": 0,
+                "parents": ["x86_64_v3"],
+            },
+            "amd64",
+        ),
+        ("power9le", "ppc64le"),
+        ("unheard_of", None),
+        (None, None),
+    ],
+)
+def test_a_spack_build_goes_only_into_images_of_its_architecture(
+    tmp_path: Path, target: object, arch: str | None
+) -> None:
+    from imagesmith.model import Platform
+    from imagesmith.spack import spec_architecture
+
+    extra = (
+        {} if target is None else {"arch": {"platform": "linux", "platform_os": "debian12", "target": target}}
+    )
+    prefix = make_prefix(tmp_path, spec_doc(node("tool", **extra)))
+    package = load_package(prefix)
+    assert package.spack is not None
+    found = spec_architecture(package.spack)
+    assert (found[0] if found else None) == arch
+    for platform in ("linux/amd64", "linux/arm64", "linux/ppc64le"):
+        wanted = Platform.parse(platform)
+        if arch is None or wanted.architecture == arch:
+            assert package.for_platform(wanted).content == prefix.resolve()
+        else:
+            with pytest.raises(
+                PackageError, match=rf"tool-1.0 .* is a Spack build for .* cannot go into the {platform}"
+            ):
+                package.for_platform(wanted)
+
+
+def test_a_multi_platform_build_refuses_a_single_architecture_spack_prefix() -> None:
+    from cli_support import cli
+
+    # Refused before the base is even looked at (the registry named here does not exist).
+    code, _, err = cli("build", "--base-image", "127.0.0.1:9/none:1", "--platform", "linux/amd64,linux/arm64",
+                       "--repo", "127.0.0.1:9/out", str(ZLIB))  # fmt: skip
+    assert code == 2
+    assert "is a Spack build for x86_64 (amd64): it cannot go into the linux/arm64 image" in err
