@@ -55,6 +55,7 @@ from .pipeline import (
     MultiBuildResult,
     build,
     build_each,
+    build_each_platforms,
     build_platforms,
     import_rootfs,
     inspect,
@@ -586,11 +587,32 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         tag_template=args.tag_template,
         jobs=max(1, args.jobs),
     )
-    if len(platforms) > 1:
-        if args.each or args.load:
+    if len(platforms) > 1 and args.each:
+        if args.tag or args.load:
             raise UsageError(
-                f"--platform {args.platform} builds an index: --each and --load work on one platform"
+                "--each tags every index from the template: use --repo REPO (or --output oci:DIR), "
+                "without --load"
             )
+        indexes = build_each_platforms(
+            args.base_image,
+            packages,
+            platforms,
+            repo=args.repo,
+            output=args.output,
+            options=options,
+            registry=_registry_options(args),
+            cache=_cache(args),
+            progress=progress,
+        )
+        if args.json:
+            print(json.dumps([r.to_json() for r in indexes], indent=2), file=stdout)
+        else:
+            for written in indexes:
+                _report_written(written, stdout)
+        return 0
+    if len(platforms) > 1:
+        if args.load:
+            raise UsageError(f"--platform {args.platform} builds an index: --load works on one platform")
         multi = build_platforms(
             args.base_image,
             packages,

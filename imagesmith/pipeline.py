@@ -62,6 +62,7 @@ __all__ = [
     "MultiBuildResult",
     "build",
     "build_each",
+    "build_each_platforms",
     "build_platforms",
     "import_rootfs",
     "inspect",
@@ -739,52 +740,15 @@ def build_platforms(
         tag = _tag_reference(tag)
     per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
     with _registry_pool(pool, registry) as pool:
-        with open_source(base_location, pool) as source:
-            document = source.top().parse(f"manifest of {source.name}")
-            if not isinstance(document, Index):
-                raise UsageError(
-                    f"base image {source.name} is a single image, not an index: a multi-platform "
-                    "build needs a base index offering every platform (or build one --platform)"
-                )
-            entries = [select_platform(document, platform) for platform in platforms]
-            bases = [resolve_base(pool, source, platform) for platform in platforms]
-        families = {b.image.media_types.family for b in bases}
-        if len(families) > 1:
-            raise UsageError(
-                f"the base index mixes media-type families ({', '.join(sorted(families))}): its "
-                "images cannot go into one index"
-            )
+        bases, index_platforms = _platform_bases(pool, base_location, platforms, options, progress)
         media_types = bases[0].image.media_types
-        media_types.layer(options.compression)
-        progress(ProgressEvent("resolve", bases[0].pinned))
         push_to = _push_target(out, tag or repo, load=False, enabled=options.overlap_upload)
         with _early_uploads(pool, push_to, progress) as uploads:
             built_by = [
                 build_package_layers(pkgs, cache, media_types, options, progress, uploads)
                 for pkgs in per_platform
             ]
-        created = _created()
-        images = [
-            assemble(b, built, cache, options, created) for b, built in zip(bases, built_by, strict=True)
-        ]
-        index_platforms = [e.platform or platform for e, platform in zip(entries, platforms, strict=True)]
-        children = []
-        for image, platform in zip(images, index_platforms, strict=True):
-            data = image.manifest_bytes()
-            children.append(Descriptor(media_types.manifest, Digest.of(data), len(data), platform=platform))
-        top = built_by[0][-1]
-        annotations: dict[str, str] = {}
-        if media_types.family == "oci":
-            annotations = {
-                ANNOTATION + "created": created,
-                ANNOTATION + "title": top.package.name,
-                ANNOTATION + "version": top.package.version,
-                # The hash the tag carries, for the repository index (images differ in theirs).
-                LABEL_HASH: _index_hash([(p, b[-1].hash) for p, b in zip(platforms, built_by, strict=True)]),
-                **options.annotations,
-            }
-        data = index_document(children, media_types.family, annotations or None)
-        index = RawManifest(data, media_types.index, Digest.of(data))
+        images, index = _platform_index(bases, built_by, index_platforms, cache, options, _created())
         name: Reference | None = tag
         if name is None and repo is not None:
             name = repo.with_tag(_multi_tag(built_by, platforms, options.tag_template))
@@ -796,14 +760,83 @@ def build_platforms(
             with open_sink(destination, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
-        results = tuple(
-            BuildResult(None, str(child.digest), b, image, tuple(built))
-            for child, b, image, built in zip(children, bases, images, built_by, strict=True)
+        return _multi_result(_name_of(destinations, name), index, bases, images, built_by, platforms,
+                             tuple(destinations))  # fmt: skip
+
+
+def _platform_bases(
+    pool: RegistryPool,
+    base: Location,
+    platforms: Sequence[Platform],
+    options: BuildOptions,
+    progress: ProgressCallback,
+) -> tuple[list[BaseImage], list[Platform]]:
+    """Each platform's image of the base index, and the platform fields its index entry has."""
+    with open_source(base, pool) as source:
+        document = source.top().parse(f"manifest of {source.name}")
+        if not isinstance(document, Index):
+            raise UsageError(
+                f"base image {source.name} is a single image, not an index: a multi-platform "
+                "build needs a base index offering every platform (or build one --platform)"
+            )
+        entries = [select_platform(document, platform) for platform in platforms]
+        bases = [resolve_base(pool, source, platform) for platform in platforms]
+    families = {b.image.media_types.family for b in bases}
+    if len(families) > 1:
+        raise UsageError(
+            f"the base index mixes media-type families ({', '.join(sorted(families))}): its "
+            "images cannot go into one index"
         )
-        return MultiBuildResult(
-            _name_of(destinations, name), str(index.digest), media_types.index, results, platforms,
-            tuple(destinations),
-        )  # fmt: skip
+    bases[0].image.media_types.layer(options.compression)
+    progress(ProgressEvent("resolve", bases[0].pinned))
+    return bases, [e.platform or platform for e, platform in zip(entries, platforms, strict=True)]
+
+
+def _platform_index(
+    bases: Sequence[BaseImage],
+    stacks: Sequence[Sequence[BuiltPackage]],
+    index_platforms: Sequence[Platform],
+    cache: BlobCache,
+    options: BuildOptions,
+    created: str,
+) -> tuple[list[Image], RawManifest]:
+    """One image per platform (``stacks[i]`` on ``bases[i]``) and the index naming them."""
+    media_types = bases[0].image.media_types
+    images = [assemble(b, stack, cache, options, created) for b, stack in zip(bases, stacks, strict=True)]
+    children = []
+    for image, platform in zip(images, index_platforms, strict=True):
+        data = image.manifest_bytes()
+        children.append(Descriptor(media_types.manifest, Digest.of(data), len(data), platform=platform))
+    top = stacks[0][-1]
+    annotations: dict[str, str] = {}
+    if media_types.family == "oci":
+        annotations = {
+            ANNOTATION + "created": created,
+            ANNOTATION + "title": top.package.name,
+            ANNOTATION + "version": top.package.version,
+            # The hash the tag carries, for the repository index (images differ in theirs).
+            LABEL_HASH: _index_hash([(p, b[-1].hash) for p, b in zip(index_platforms, stacks, strict=True)]),
+            **options.annotations,
+        }
+    data = index_document(children, media_types.family, annotations or None)
+    return images, RawManifest(data, media_types.index, Digest.of(data))
+
+
+def _multi_result(
+    name: Reference | None,
+    index: RawManifest,
+    bases: Sequence[BaseImage],
+    images: Sequence[Image],
+    stacks: Sequence[Sequence[BuiltPackage]],
+    platforms: Sequence[Platform],
+    destinations: tuple[Location, ...],
+) -> MultiBuildResult:
+    results = tuple(
+        BuildResult(None, str(image.digest), b, image, tuple(stack))
+        for b, image, stack in zip(bases, images, stacks, strict=True)
+    )
+    digest = str(index.digest)
+    return MultiBuildResult(name, digest, index.media_type, results, tuple(platforms), destinations)
 
 
 def _multi_tag(
@@ -844,6 +877,83 @@ def _stack_of(package: Package, by_key: Mapping[str, BuiltPackage]) -> tuple[Bui
     return tuple(order)
 
 
+def _each_targets(
+    packages: Sequence[Package], repo: str | Reference | None, output: str | Location | None
+) -> tuple[Reference | None, LayoutLocation | None]:
+    """Check an ``--each`` run's inputs: (the repository, or the layout) it writes to."""
+    if not packages:
+        raise UsageError("no packages given: name at least one package file")
+    if (repo is None) == (output is None):
+        raise UsageError("--each needs exactly one of --repo REPO or --output oci:DIR")
+    out = as_location(output) if output is not None else None
+    if out is not None and not (isinstance(out, LayoutLocation) and out.tag is None):
+        raise UsageError(f"--each writes one tag per package: give --output oci:DIR without a tag, not {out}")
+    keys = {p.key for p in packages}
+    for package in packages:
+        missing = [d for d in package.depends if d not in keys]
+        if missing:
+            raise UsageError(f"package {package.name} depends on {missing[0]}, which is not in the list")
+    return (parse_repository(repo) if isinstance(repo, str) else repo), out
+
+
+def build_each_platforms(
+    base: str | Reference | Location,
+    packages: Sequence[Package],
+    platforms: Sequence[Platform],
+    *,
+    repo: str | Reference | None = None,
+    output: str | Location | None = None,
+    options: BuildOptions | None = None,
+    registry: RegistryOptions | None = None,
+    cache: BlobCache | None = None,
+    pool: RegistryPool | None = None,
+    progress: ProgressCallback = null_progress,
+) -> list[MultiBuildResult]:
+    """:func:`build_each` for several platforms: one index per package, as
+    :func:`build_platforms` would give for that package alone.
+
+    Every layer is built once per distinct content (platform-independent packages once for
+    all platforms), the base index is resolved once, and each package's index (its images
+    first) is written under the tag rendered from the template, in ``repo`` or the layout.
+    """
+    options = options or BuildOptions()
+    cache = cache or BlobCache()
+    platforms = _distinct_platforms(platforms)
+    repository, out = _each_targets(packages, repo, output)
+    per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
+    with _registry_pool(pool, registry) as pool:
+        bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
+        media_types = bases[0].image.media_types
+        push_to = repository if options.overlap_upload else None
+        with _early_uploads(pool, push_to, progress) as uploads:
+            built_by = [
+                build_package_layers(pkgs, cache, media_types, options, progress, uploads)
+                for pkgs in per_platform
+            ]
+        by_key_by = [{b.package.key: b for b in built} for built in built_by]
+        created = _created()
+        results: list[MultiBuildResult] = []
+        for position in range(len(packages)):
+            stacks = [
+                _stack_of(pkgs[position], by_key)
+                for pkgs, by_key in zip(per_platform, by_key_by, strict=True)
+            ]
+            images, index = _platform_index(bases, stacks, index_platforms, cache, options, created)
+            tag = _multi_tag(stacks, platforms, options.tag_template)
+            name: Reference | None = None
+            if repository is not None:
+                name = repository.with_tag(tag)
+                location: Location = RegistryLocation(name)
+            else:
+                assert out is not None
+                location = LayoutLocation(out.path, validate_layout_tag(tag))
+            with open_sink(location, pool=pool, cache=cache) as sink:
+                write_index(list(zip(images, index_platforms, strict=True)), index, sink,
+                            jobs=options.jobs, progress=progress)  # fmt: skip
+            results.append(_multi_result(name, index, bases, images, stacks, platforms, (location,)))
+        return results
+
+
 def build_each(
     base: str | Reference | Location,
     packages: Sequence[Package],
@@ -866,19 +976,7 @@ def build_each(
     """
     options = options or BuildOptions()
     cache = cache or BlobCache()
-    if not packages:
-        raise UsageError("no packages given: name at least one package file")
-    if (repo is None) == (output is None):
-        raise UsageError("--each needs exactly one of --repo REPO or --output oci:DIR")
-    out = as_location(output) if output is not None else None
-    if out is not None and not (isinstance(out, LayoutLocation) and out.tag is None):
-        raise UsageError(f"--each writes one tag per package: give --output oci:DIR without a tag, not {out}")
-    repository = parse_repository(repo) if isinstance(repo, str) else repo
-    keys = {p.key for p in packages}
-    for package in packages:
-        missing = [d for d in package.depends if d not in keys]
-        if missing:
-            raise UsageError(f"package {package.name} depends on {missing[0]}, which is not in the list")
+    repository, out = _each_targets(packages, repo, output)
     platform = options.platform or Platform.host()
     packages = [p.for_platform(platform) for p in packages]
     with _registry_pool(pool, registry) as pool:

@@ -65,6 +65,7 @@ EXPECTED = [
     "apply_env",
     "build",
     "build_each",
+    "build_each_platforms",
     "build_platforms",
     "copy_image",
     "import_rootfs",

@@ -254,7 +254,7 @@ def test_refusals_name_what_is_wrong(
         # A single-image base.
         (("--platform", f"{AMD64},{ARM64}", "--base-image", base, "--repo", f"{host}/m"), "not an index"),
         (("--platform", f"{AMD64},{ARM64}", "--base-image", multiarch_base, "--tag", f"{host}/m:1", "--load"),
-         "--each and --load work on one platform"),
+         "--load works on one platform"),
         (("--platform", f"{AMD64},{ARM64}", "--base-image", multiarch_base, "--output",
           f"docker-archive:{tmp_path / 'x.tar'}:m:1"), "holds single-platform images"),
         (("--platform", f"{AMD64},linux/amd64", "--base-image", multiarch_base, "--repo", f"{host}/m"),
@@ -271,3 +271,33 @@ def test_refusals_name_what_is_wrong(
         assert code != 0, (args, out)
         assert message in err, (args, err)
         assert "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_each_package_gets_its_own_index(
+    registry: DistributionRegistry, multiarch_base: str, packages: dict[str, Path], tmp_path: Path
+) -> None:
+    repo = f"{registry.host}/multi/each"
+    out = ok(*flags(registry), "build", "--base-image", multiarch_base, "--platform", f"{AMD64},{ARM64}",
+             "--each", "--repo", repo, "--json", str(packages["scripts"]))  # fmt: skip
+    results = json.loads(out)
+    assert [r["reference"].split(":")[-1].split("-")[0] for r in results] == ["tool", "scripts"]
+    # Each index is the one a build of that package alone gives.
+    for result, package in zip(results, ("tool", "scripts"), strict=True):
+        alone = _build(registry, multiarch_base, "--repo", f"{registry.host}/multi/alone",
+                       str(packages[package]))  # fmt: skip
+        assert alone["digest"] == result["digest"]
+        assert alone["reference"].split(":")[-1] == result["reference"].split(":")[-1]
+        index = skopeo_raw(result["reference"])
+        assert [_platform_of(m).split("/v")[0] for m in index["manifests"]] == [AMD64, ARM64]
+    # Into a layout: one tag per package.
+    layout = tmp_path / "layout"
+    ok(*flags(registry), "build", "--base-image", multiarch_base, "--platform", f"{AMD64},{ARM64}",
+       "--each", "--output", f"oci:{layout}", str(packages["scripts"]))  # fmt: skip
+    tags = sorted(m["annotations"]["org.opencontainers.image.ref.name"]
+                  for m in json.loads((layout / "index.json").read_text())["manifests"])  # fmt: skip
+    assert tags == sorted(r["reference"].split(":")[-1] for r in results)
+    code, _, err = cli(*flags(registry), "build", "--base-image", multiarch_base, "--platform",
+                       f"{AMD64},{ARM64}", "--each", "--tag", f"{repo}:x",
+                       str(packages["scripts"]))  # fmt: skip
+    assert code == 2 and "--each tags every index from the template" in err
