@@ -587,83 +587,40 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         tag_template=args.tag_template,
         jobs=max(1, args.jobs),
     )
-    if len(platforms) > 1 and args.each:
-        if args.tag or args.load:
-            raise UsageError(
-                "--each tags every index from the template: use --repo REPO (or --output oci:DIR), "
-                "without --load"
-            )
-        indexes = build_each_platforms(
-            args.base_image,
-            packages,
-            platforms,
-            repo=args.repo,
-            output=args.output,
-            options=options,
-            registry=_registry_options(args),
-            cache=_cache(args),
-            progress=progress,
-        )
-        if args.json:
-            print(json.dumps([r.to_json() for r in indexes], indent=2), file=stdout)
-        else:
-            for written in indexes:
-                _report_written(written, stdout)
-        return 0
-    if len(platforms) > 1:
-        if args.load:
-            raise UsageError(f"--platform {args.platform} builds an index: --load works on one platform")
-        multi = build_platforms(
-            args.base_image,
-            packages,
-            platforms,
-            repo=args.repo,
-            tag=args.tag,
-            output=args.output,
-            options=options,
-            registry=_registry_options(args),
-            cache=_cache(args),
-            progress=progress,
-        )
-        if args.json:
-            _emit(multi.to_json(), stdout)
-        else:
-            _report_written(multi, stdout)
-        return 0
+    common: dict[str, Any] = {
+        "options": options, "registry": _registry_options(args), "cache": _cache(args), "progress": progress,
+    }  # fmt: skip
+    multi = len(platforms) > 1
     if args.each:
         if args.tag or args.load:
             raise UsageError(
-                "--each tags every image from the template: use --repo REPO (or --output oci:DIR)"
+                f"--each tags every {'index' if multi else 'image'} from the template: use --repo REPO "
+                "(or --output oci:DIR), without --load"
             )
-        results = build_each(
-            args.base_image,
-            packages,
-            repo=args.repo,
-            output=args.output,
-            options=options,
-            registry=_registry_options(args),
-            cache=_cache(args),
-            progress=progress,
+        where = {"repo": args.repo, "output": args.output}
+        results: Sequence[BuildResult | MultiBuildResult] = (
+            build_each_platforms(args.base_image, packages, platforms, **where, **common)
+            if multi
+            else build_each(args.base_image, packages, **where, **common)
         )
         if args.json:
             print(json.dumps([r.to_json() for r in results], indent=2), file=stdout)
         else:
-            for item in results:
-                _report_written(item, stdout)
+            for written in results:
+                _report_written(written, stdout)
         return 0
-    result = build(
-        args.base_image,
-        packages,
-        repo=args.repo,
-        tag=args.tag,
-        output=args.output,
-        load=args.load,
-        docker_host=args.docker_host,
-        options=options,
-        registry=_registry_options(args),
-        cache=_cache(args),
-        progress=progress,
-    )
+    result: BuildResult | MultiBuildResult
+    if multi:
+        if args.load:
+            raise UsageError(f"--platform {args.platform} builds an index: --load works on one platform")
+        result = build_platforms(
+            args.base_image, packages, platforms, repo=args.repo, tag=args.tag, output=args.output, **common
+        )
+    else:
+        result = build(
+            args.base_image, packages, repo=args.repo, tag=args.tag, output=args.output, load=args.load,
+            docker_host=args.docker_host, **common,
+        )  # fmt: skip
     if args.json:
         _emit(result.to_json(), stdout)
     else:

@@ -26,14 +26,13 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from .digests import CHUNK, Digest
+from .digests import Digest
 from .errors import ImagesmithError
-from .registry.client import RegistryClient, UploadSession
+from .registry.client import RegistryClient, RequestBody, UploadSession
 
 __all__ = ["DEFAULT_CHUNK", "BlobFollower", "EarlyUploads", "LayerUpload"]
 
@@ -58,7 +57,7 @@ class BlobFollower(Protocol):
         """The blob will never be complete (the build failed)."""
 
 
-class _FileRange:
+class _FileRange(RequestBody):
     """Bytes ``start`` to ``end`` of an open file as a request body (``pread``; the
     descriptor's offset is never moved, and it is not closed here)."""
 
@@ -80,10 +79,6 @@ class _FileRange:
             raise OSError(f"layer file ended at byte {self._pos}, expected {self._end}")
         self._pos += len(data)
         return data
-
-    def __iter__(self) -> Iterator[bytes]:
-        while data := self.read(CHUNK):
-            yield data
 
     def close(self) -> None:
         """The descriptor belongs to the :class:`LayerUpload`."""

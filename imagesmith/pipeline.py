@@ -275,11 +275,15 @@ def build_package_layers(
     options: BuildOptions,
     progress: ProgressCallback = null_progress,
     uploads: EarlyUploads | None = None,
+    shared: dict[tuple[Path, str], LayerBlob] | None = None,
 ) -> list[BuiltPackage]:
     """Turn each package into a layer (in parallel), then derive hashes in dependency order.
 
     With ``uploads`` each new layer is also uploaded while it is built (see
     :mod:`imagesmith.overlap`); the caller waits for them before writing a manifest.
+    ``shared`` carries the layers of one run's earlier calls by (content, prefix): a
+    multi-platform build calls once per platform, and platform-independent content is then
+    neither built nor even stat-walked again.
     """
     if not packages:
         raise UsageError("no packages given: name at least one package file")
@@ -291,6 +295,11 @@ def build_package_layers(
                 f"package {package.label} ({package.source}) has per-platform content only: "
                 "choose its platform first (Package.for_platform)"
             )
+        key = (package.content, package.prefix)
+        found = shared.get(key) if shared is not None else None
+        if found is not None:
+            progress(ProgressEvent("layer-reused", subject, found.size, str(found.digest)))
+            return found
         blob, reused = content_layer(
             package.content,
             package.prefix.lstrip("/"),
@@ -301,6 +310,8 @@ def build_package_layers(
             progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
             uploads=uploads,
         )
+        if shared is not None:
+            shared[key] = blob  # distinct packages have distinct prefixes: no two threads share a key
         kind: EventKind = "layer-reused" if reused else "layer-built"
         progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
         return blob
@@ -612,11 +623,8 @@ def build(
     platform = options.platform or Platform.host()
     packages = [p.for_platform(platform) for p in packages]  # a missing content fails here
     with _registry_pool(pool, registry) as pool:
-        with open_source(base_location, pool) as source:
-            resolved = resolve_base(pool, source, platform)
-        progress(ProgressEvent("resolve", resolved.pinned))
+        resolved = _single_base(pool, base_location, platform, options, progress)
         media_types = resolved.image.media_types
-        media_types.layer(options.compression)  # fail early: zstd on a Docker v2 base
         push_to = _push_target(out, tag or repo, load=load, enabled=options.overlap_upload)
         with _early_uploads(pool, push_to, progress) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads)
@@ -744,8 +752,9 @@ def build_platforms(
         media_types = bases[0].image.media_types
         push_to = _push_target(out, tag or repo, load=False, enabled=options.overlap_upload)
         with _early_uploads(pool, push_to, progress) as uploads:
+            shared: dict[tuple[Path, str], LayerBlob] = {}
             built_by = [
-                build_package_layers(pkgs, cache, media_types, options, progress, uploads)
+                build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared)
                 for pkgs in per_platform
             ]
         images, index = _platform_index(bases, built_by, index_platforms, cache, options, _created())
@@ -896,6 +905,28 @@ def _each_targets(
     return (parse_repository(repo) if isinstance(repo, str) else repo), out
 
 
+def _each_location(
+    repository: Reference | None, out: LayoutLocation | None, tag: str
+) -> tuple[Reference | None, Location]:
+    """Where ``--each`` writes the image tagged ``tag``: (its name, its location)."""
+    if repository is not None:
+        name = repository.with_tag(tag)
+        return name, RegistryLocation(name)
+    assert out is not None  # _each_targets made sure
+    return None, LayoutLocation(out.path, validate_layout_tag(tag))
+
+
+def _single_base(
+    pool: RegistryPool, base: Location, platform: Platform, options: BuildOptions, progress: ProgressCallback
+) -> BaseImage:
+    """The base's image for ``platform`` (reported), checked to take the chosen codec."""
+    with open_source(base, pool) as source:
+        resolved = resolve_base(pool, source, platform)
+    progress(ProgressEvent("resolve", resolved.pinned))
+    resolved.image.media_types.layer(options.compression)  # fail early: zstd on a Docker v2 base
+    return resolved
+
+
 def build_each_platforms(
     base: str | Reference | Location,
     packages: Sequence[Package],
@@ -926,8 +957,9 @@ def build_each_platforms(
         media_types = bases[0].image.media_types
         push_to = repository if options.overlap_upload else None
         with _early_uploads(pool, push_to, progress) as uploads:
+            shared: dict[tuple[Path, str], LayerBlob] = {}
             built_by = [
-                build_package_layers(pkgs, cache, media_types, options, progress, uploads)
+                build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared)
                 for pkgs in per_platform
             ]
         by_key_by = [{b.package.key: b for b in built} for built in built_by]
@@ -940,13 +972,7 @@ def build_each_platforms(
             ]
             images, index = _platform_index(bases, stacks, index_platforms, cache, options, created)
             tag = _multi_tag(stacks, platforms, options.tag_template)
-            name: Reference | None = None
-            if repository is not None:
-                name = repository.with_tag(tag)
-                location: Location = RegistryLocation(name)
-            else:
-                assert out is not None
-                location = LayoutLocation(out.path, validate_layout_tag(tag))
+            name, location = _each_location(repository, out, tag)
             with open_sink(location, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
@@ -980,11 +1006,8 @@ def build_each(
     platform = options.platform or Platform.host()
     packages = [p.for_platform(platform) for p in packages]
     with _registry_pool(pool, registry) as pool:
-        with open_source(as_location(base), pool) as source:
-            resolved = resolve_base(pool, source, platform)
-        progress(ProgressEvent("resolve", resolved.pinned))
+        resolved = _single_base(pool, as_location(base), platform, options, progress)
         media_types = resolved.image.media_types
-        media_types.layer(options.compression)
         push_to = repository if options.overlap_upload else None
         with _early_uploads(pool, push_to, progress) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads)
@@ -995,13 +1018,7 @@ def build_each(
             stack = _stack_of(item.package, by_key)
             image = assemble(resolved, stack, cache, options, created)
             tag = _rendered_tag(stack, options.tag_template, platform)
-            if repository is not None:
-                name: Reference | None = repository.with_tag(tag)
-                assert name is not None
-                location: Location = RegistryLocation(name)
-            else:
-                assert isinstance(out, LayoutLocation)
-                name, location = None, LayoutLocation(out.path, validate_layout_tag(tag))
+            name, location = _each_location(repository, out, tag)
             plans.append((image, location, name, stack))
         digests = write_images(
             [(image, location) for image, location, _, _ in plans],

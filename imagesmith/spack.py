@@ -171,6 +171,20 @@ def _hash_problem(value: object) -> str:
     return f"{value!r} must be a Spack DAG hash: {HASH_LENGTH} characters of lowercase base32 (a-z, 2-7)"
 
 
+def _name_and_hash(obj: object, at: str, where: str) -> tuple[str, str]:
+    """The ``name`` and ``hash`` every node and dependency edge carries, checked."""
+    if not isinstance(obj, Mapping):
+        raise _fail(where, f"{at} must be an object")
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(where, f"{at}.name is required")
+    value = obj.get("hash")
+    if not is_valid_hash(value):
+        raise _fail(where, f"{at}.hash {_hash_problem(value)}")
+    assert isinstance(value, str)
+    return name, value
+
+
 def _edges(raw: object, at: str, where: str) -> list[tuple[str, str, frozenset[str]]]:
     """A node's ``dependencies`` as (name, hash, deptypes), in the order listed."""
     if not isinstance(raw, list):
@@ -178,14 +192,7 @@ def _edges(raw: object, at: str, where: str) -> list[tuple[str, str, frozenset[s
     out: list[tuple[str, str, frozenset[str]]] = []
     for index, dep in enumerate(raw):
         here = f"{at}[{index}]"
-        if not isinstance(dep, Mapping):
-            raise _fail(where, f"{here} must be an object")
-        name = dep.get("name")
-        if not isinstance(name, str) or not name:
-            raise _fail(where, f"{here}.name is required")
-        dep_hash = dep.get("hash")
-        if not is_valid_hash(dep_hash):
-            raise _fail(where, f"{here}.hash {_hash_problem(dep_hash)}")
+        name, dep_hash = _name_and_hash(dep, here, where)
         parameters = dep.get("parameters")
         # Format 4 and later: parameters.deptypes; formats 2 and 3: type.
         if isinstance(parameters, Mapping) and "deptypes" in parameters:
@@ -198,7 +205,7 @@ def _edges(raw: object, at: str, where: str) -> list[tuple[str, str, frozenset[s
             deptypes = [deptypes]
         if not isinstance(deptypes, list) or not all(isinstance(t, str) for t in deptypes):
             raise _fail(where, f"{here}.{key} must be a list of dependency types")
-        out.append((name, str(dep_hash), frozenset(deptypes)))
+        out.append((name, dep_hash, frozenset(deptypes)))
     return out
 
 
@@ -281,15 +288,7 @@ def parse_spack_spec(doc: object, where: str) -> SpackSpec:
     edges: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
     for index, node in enumerate(raw_nodes):
         at = f"spec.nodes[{index}]"
-        if not isinstance(node, Mapping):
-            raise _fail(where, f"{at} must be an object")
-        name = node.get("name")
-        if not isinstance(name, str) or not name:
-            raise _fail(where, f"{at}.name is required")
-        node_hash = node.get("hash")
-        if not is_valid_hash(node_hash):
-            raise _fail(where, f"{at}.hash {_hash_problem(node_hash)}")
-        assert isinstance(node_hash, str)
+        name, node_hash = _name_and_hash(node, at, where)
         node_edges = _edges(node.get("dependencies", []), f"{at}.dependencies", where)
         # Spack writes each hash once; should one repeat, the first node stands, as it does for
         # the root.

@@ -499,18 +499,39 @@ def write_image(
     Layers go first (``jobs`` in parallel, each blob once), then the config, then the
     manifest under the sink's name. The caller commits the sink (see :func:`open_sink`).
     """
+    _put_layers(sink, _distinct_layers([image]), jobs, progress)
+    return _put_documents(sink, image, top=True, progress=progress)
+
+
+def _distinct_layers(images: Sequence[Image]) -> list[Layer]:
+    """The layers of ``images`` in order, each blob once."""
     seen: set[Digest] = set()
-    layers = []
-    for layer in image.layers:
-        if layer.digest not in seen:
-            seen.add(layer.digest)
-            layers.append(layer)
-    _put_layers(sink, layers, jobs, progress)
+    layers: list[Layer] = []
+    for image in images:
+        for layer in image.layers:
+            if layer.digest not in seen:
+                seen.add(layer.digest)
+                layers.append(layer)
+    return layers
+
+
+def _put_documents(
+    sink: ImageSink,
+    image: Image,
+    *,
+    top: bool,
+    progress: ProgressCallback,
+    platform: Platform | None = None,
+) -> Digest:
+    """An image's config, then its manifest (under the sink's name when ``top``, else by
+    digest), once its layers are in ``sink``; returns the manifest digest. ``platform``
+    defaults to the config's."""
     sink.put_blob_bytes(image.config_descriptor, image.config_bytes, progress)
     data = image.manifest_bytes()
     manifest = RawManifest(data, image.media_types.manifest, Digest.of(data))
-    platform = image.config.platform if image.config.os else None
-    sink.put_manifest(manifest, top=True, platform=platform, progress=progress)
+    if platform is None and image.config.os:
+        platform = image.config.platform
+    sink.put_manifest(manifest, top=top, platform=platform, progress=progress)
     return manifest.digest
 
 
@@ -528,19 +549,9 @@ def write_index(
     each image's config and manifest (by digest, not tagged), and the index last under the
     sink's name, so the tag never points at an index whose images are missing.
     """
-    seen: set[Digest] = set()
-    layers: list[Layer] = []
-    for image, _ in images:
-        for layer in image.layers:
-            if layer.digest not in seen:
-                seen.add(layer.digest)
-                layers.append(layer)
-    _put_layers(sink, layers, jobs, progress)
+    _put_layers(sink, _distinct_layers([image for image, _ in images]), jobs, progress)
     for image, platform in images:
-        sink.put_blob_bytes(image.config_descriptor, image.config_bytes, progress)
-        data = image.manifest_bytes()
-        sink.put_manifest(RawManifest(data, image.media_types.manifest, Digest.of(data)),
-                          top=False, platform=platform, progress=progress)  # fmt: skip
+        _put_documents(sink, image, top=False, platform=platform, progress=progress)
     sink.put_manifest(index, top=True, platform=None, progress=progress)
     return index.digest
 
@@ -579,13 +590,7 @@ def write_images(
     for index, (_, location) in enumerate(targets):
         stores.setdefault(_store_key(location), []).append(index)
     for members in stores.values():
-        seen: set[Digest] = set()
-        layers: list[Layer] = []
-        for index in members:
-            for layer in targets[index][0].layers:
-                if layer.digest not in seen:
-                    seen.add(layer.digest)
-                    layers.append(layer)
+        layers = _distinct_layers([targets[index][0] for index in members])
         with open_sink(targets[members[0]][1], pool=pool, cache=cache) as sink:
             _put_layers(sink, layers, jobs, progress)
 
@@ -594,12 +599,7 @@ def write_images(
     def finish(index: int) -> None:
         image, location = targets[index]
         with open_sink(location, pool=pool, cache=cache) as sink:
-            sink.put_blob_bytes(image.config_descriptor, image.config_bytes, progress)
-            data = image.manifest_bytes()
-            manifest = RawManifest(data, image.media_types.manifest, Digest.of(data))
-            platform = image.config.platform if image.config.os else None
-            sink.put_manifest(manifest, top=True, platform=platform, progress=progress)
-        digests[index] = manifest.digest
+            digests[index] = _put_documents(sink, image, top=True, progress=progress)
 
     run_parallel(finish, list(range(len(targets))), jobs)
     return [d for d in digests if d is not None]

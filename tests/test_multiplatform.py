@@ -301,3 +301,36 @@ def test_each_package_gets_its_own_index(
                        f"{AMD64},{ARM64}", "--each", "--tag", f"{repo}:x",
                        str(packages["scripts"]))  # fmt: skip
     assert code == 2 and "--each tags every index from the template" in err
+
+
+@pytest.mark.integration
+def test_platform_independent_content_is_walked_once(
+    registry: DistributionRegistry,
+    multiarch_base: str,
+    packages: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from imagesmith import layerrecords
+    from imagesmith.cache import BlobCache
+    from imagesmith.packages import load_packages
+    from imagesmith.pipeline import build_platforms
+    from imagesmith.registry import RegistryOptions, RegistryPool
+
+    walked: list[Path] = []
+    original = layerrecords.input_key
+
+    def counting(content: Path, *args: Any, **kwargs: Any) -> str:
+        walked.append(content)
+        return original(content, *args, **kwargs)
+
+    monkeypatch.setattr(layerrecords, "input_key", counting)
+    with RegistryPool(RegistryOptions(insecure=frozenset({registry.host}))) as pool:
+        result = build_platforms(
+            multiarch_base, load_packages([packages["scripts"]]),
+            [Platform.parse(AMD64), Platform.parse(ARM64)],
+            repo=f"{registry.host}/multi/walk", cache=BlobCache(tmp_path / "cache"), pool=pool,
+        )  # fmt: skip
+    # tool-amd64, tool-arm64 and scripts: the shared scripts content once, not once per platform.
+    assert sorted(p.name for p in walked) == ["scripts", "tool-amd64", "tool-arm64"]
+    assert result.images[0].packages[-1].layer == result.images[1].packages[-1].layer

@@ -50,7 +50,14 @@ from .transport import (
     redact_url,
 )
 
-__all__ = ["MAX_TAGS_RESPONSE", "ManifestResponse", "RegistryClient", "RegistryPool", "UploadSession"]
+__all__ = [
+    "MAX_TAGS_RESPONSE",
+    "ManifestResponse",
+    "RegistryClient",
+    "RegistryPool",
+    "RequestBody",
+    "UploadSession",
+]
 
 log = logging.getLogger("imagesmith.http")
 
@@ -155,7 +162,22 @@ class _ResumableStream:
             self._resp = None
 
 
-class _UploadBody:
+class RequestBody:
+    """A streamed request body: ``read`` gives the bytes, ``__len__`` their count (so requests
+    sends ``Content-Length``), and iteration hands them to the connection in CHUNK pieces."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, n: int = -1, /) -> bytes:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.read(CHUNK):
+            yield data
+
+
+class _UploadBody(RequestBody):
     """A file streamed as an upload body: exactly ``size`` bytes, hashed on the way.
 
     ``__len__`` makes requests send ``Content-Length``. A file that is shorter than
@@ -189,13 +211,6 @@ class _UploadBody:
                 f"{self._what}: the content hashes to {self._hasher.digest}, not {self._digest}"
             )
         return data
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            data = self.read(CHUNK)
-            if not data:
-                return
-            yield data
 
     def close(self) -> None:
         self._raw.close()
@@ -301,7 +316,7 @@ class _ChunkSource:
         return True
 
 
-class _UploadSlice:
+class _UploadSlice(RequestBody):
     """``length`` bytes of an open file as a request body (``__len__`` gives Content-Length)."""
 
     def __init__(self, raw: BinaryIO, h: Any, length: int, digest: Digest | None, what: str) -> None:
@@ -334,13 +349,6 @@ class _UploadSlice:
                 raise IntegrityError(f"{self._what}: the content hashes to {ours}, not {self._digest}")
         self._sent += len(data)
         return data
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            data = self.read(CHUNK)
-            if not data:
-                return
-            yield data
 
     def close(self) -> None:
         self._raw.close()
