@@ -797,6 +797,32 @@ def is_static_elf(path: Path | str) -> bool:
     return all(num(phoff + i * phentsize, 4) != 3 for i in range(phnum))  # 3 = PT_INTERP
 
 
+def docker_sdk_run(docker_host: str, image: str, command: list[str], *, timeout: float = 120) -> bytes:
+    """Run ``command`` in ``image`` through the docker SDK and return its output (stdout and
+    stderr, as ``containers.run`` gives), the container removed afterwards.
+
+    Detached, waited for and then read: ``containers.run(..., remove=True)`` follows the log
+    stream, and podman 4.3's API sometimes never ends that stream for a container that exited
+    at once, which hung a test until pytest-timeout (seen once in seven full runs).
+    """
+    import docker  # a runtime dependency of imagesmith
+
+    client = docker.DockerClient(base_url=docker_host, timeout=int(timeout))
+    try:
+        container = client.containers.run(image, command, detach=True)
+        try:
+            status = container.wait(timeout=timeout)
+            out = container.logs(stdout=True, stderr=True)
+        finally:
+            container.remove(force=True)
+    finally:
+        client.close()
+    code = status.get("StatusCode")
+    if code != 0:
+        raise AssertionError(f"{command} in {image} exited {code}: {out.decode(errors='replace')}")
+    return bytes(out)
+
+
 def busybox_rootfs(dest: Path | str, busybox: Path | str = "/bin/busybox") -> Path:
     """A minimal root filesystem: static busybox with applet links in bin/, etc/passwd,
     etc/group, etc/profile (Debian-like PATH), tmp/ (1777), root/, usr/bin/."""

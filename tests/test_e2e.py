@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cli_support import EXAMPLES, HELLO, cli, ok
 from conftest import BASIC_USERS, TOKEN_USERS, need_tool
-from servers import DEBIAN_PATH, DistributionRegistry, Podman, TokenIssuer
+from servers import DEBIAN_PATH, DistributionRegistry, Podman, TokenIssuer, docker_sdk_run
 
 from imagesmith import mediatypes as mt
 
@@ -106,16 +106,11 @@ def test_docker_run_cli(stack: dict[str, object], podman: Podman) -> None:
 
 
 def test_docker_run_sdk(stack: dict[str, object], podman: Podman) -> None:
-    import docker  # a runtime dependency of imagesmith
-    client = docker.DockerClient(base_url=podman.docker_host)
-    try:
-        out = client.containers.run(
-            str(stack["reference"]),
-            ["sh", "-c", "hello && pkg-config --version 2>/dev/null; echo $PKG_CONFIG_PATH"],
-            remove=True,
-        )
-    finally:
-        client.close()
+    out = docker_sdk_run(
+        podman.docker_host,
+        str(stack["reference"]),
+        ["sh", "-c", "hello && pkg-config --version 2>/dev/null; echo $PKG_CONFIG_PATH"],
+    )
     text = out.decode()
     assert "Hello, world, from hello 2.12" in text
     assert "/opt/stack/libgreet-1.0/lib/pkgconfig" in text

@@ -22,6 +22,7 @@ from servers import (
     DistributionRegistry,
     Podman,
     TokenIssuer,
+    docker_sdk_run,
     is_static_elf,
     sha256_digest,
 )
@@ -244,10 +245,5 @@ def test_podman_docker_cli_runs_image(podman: Podman, smoke_image: str) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_podman_docker_sdk_runs_image(podman: Podman, smoke_image: str) -> None:
-    import docker  # a runtime dependency of imagesmith
-    client = docker.DockerClient(base_url=podman.docker_host)
-    try:
-        out = client.containers.run(smoke_image, ["sh", "-lc", "echo sdk $PATH"], remove=True)
-    finally:
-        client.close()
+    out = docker_sdk_run(podman.docker_host, smoke_image, ["sh", "-lc", "echo sdk $PATH"])
     assert out.decode().strip() == f"sdk {DEBIAN_PATH}"  # login shell: /etc/profile resets PATH

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import need_tool
-from servers import DistributionRegistry, Podman
+from servers import DistributionRegistry, Podman, docker_sdk_run
 
 from imagesmith import mediatypes as mt
 from imagesmith.cache import BlobCache
@@ -347,18 +347,13 @@ def test_docker_load_of_a_built_archive(
 def test_build_loads_into_the_daemon_with_the_sdk(
     base_ref: str, pool: RegistryPool, podman: Podman, tmp_path: Path
 ) -> None:
-    import docker  # a runtime dependency of imagesmith
     cache = BlobCache(tmp_path / "cache")
     result = build(base_ref, load_packages([HELLO]), tag="transfer/loaded:1", load=True,
                    docker_host=podman.docker_host, pool=pool, cache=cache)  # fmt: skip
     assert result.destinations == (DaemonLocation(Reference.parse("transfer/loaded:1")),)
     assert any(name.endswith("transfer/loaded:1") for name in result.loaded), result.loaded
     assert list(cache.tmp_dir.iterdir()) == []
-    client = docker.DockerClient(base_url=podman.docker_host)
-    try:
-        out = client.containers.run("transfer/loaded:1", ["hello"], remove=True)
-    finally:
-        client.close()
+    out = docker_sdk_run(podman.docker_host, "transfer/loaded:1", ["hello"])
     assert out.decode().startswith("Hello, world, from hello 2.12")
 
     # copy also writes to a daemon: docker-daemon:NAME:TAG.
