@@ -28,7 +28,7 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal, Protocol
@@ -512,6 +512,31 @@ def parse_pax(payload: bytes) -> dict[bytes, bytes]:
     return records
 
 
+def member_paths(
+    block: bytes, records: Mapping[str, bytes], long_name: bytes | None, long_link: bytes | None
+) -> tuple[bytes, bytes]:
+    """A member's raw name and link target, by precedence: its PAX ``path``/``linkpath``
+    records, then GNU long-name/long-link headers, then the header's own fields (a ustar name
+    joined to its ``prefix`` field). Shared by the layer builder and the unpacker, so both
+    read a member under the same name."""
+    if "path" in records:
+        raw_name = records["path"]
+    elif long_name is not None:
+        raw_name = long_name
+    else:
+        raw_name = block[0:100].split(b"\0", 1)[0]
+        prefix = block[345:500].split(b"\0", 1)[0]
+        if block[257:263] == b"ustar\0" and prefix:
+            raw_name = prefix + b"/" + raw_name
+    if "linkpath" in records:
+        raw_link = records["linkpath"]
+    elif long_link is not None:
+        raw_link = long_link
+    else:
+        raw_link = block[157:257].split(b"\0", 1)[0]
+    return raw_name, raw_link
+
+
 def _parse_pax(payload: bytes, what: str) -> dict[str, bytes]:
     try:
         records = parse_pax(payload)
@@ -602,22 +627,7 @@ def read_members(
             raise LayerError(
                 f"{where}: sparse members are not supported; re-create the tarball without --sparse"
             )
-        is_ustar = block[257:263] == b"ustar\0"
-        if "path" in records:
-            raw_name = records["path"]
-        elif long_name is not None:
-            raw_name = long_name
-        else:
-            raw_name = block[0:100].split(b"\0", 1)[0]
-            prefix = block[345:500].split(b"\0", 1)[0]
-            if is_ustar and prefix:
-                raw_name = prefix + b"/" + raw_name
-        if "linkpath" in records:
-            raw_link = records["linkpath"]
-        elif long_link is not None:
-            raw_link = long_link
-        else:
-            raw_link = block[157:257].split(b"\0", 1)[0]
+        raw_name, raw_link = member_paths(block, records, long_name, long_link)
         name = _text(raw_name, where)
         where = f"{what}: member {name!r}"
         if "\0" in name:

@@ -36,7 +36,7 @@ from typing import IO, NoReturn
 
 from .compression import Decompressor, open_decompressor
 from .errors import LayerError, UnpackError, UsageError
-from .tarwriter import parse_pax
+from .tarwriter import member_paths, parse_pax
 
 __all__ = ["MAX_SYMLINK_HOPS", "UnpackPolicy", "UnpackStats", "unpack_layer", "unpack_layers"]
 
@@ -369,21 +369,7 @@ class _TarStream:
             records = {**global_pax, **pax}
             # A record with an empty value deletes the field (POSIX pax).
             records = {key: value for key, value in records.items() if value}
-            if "path" in records:
-                raw_name = records["path"]
-            elif long_name is not None:
-                raw_name = long_name
-            else:
-                raw_name = block[0:100].split(b"\0", 1)[0]
-                prefix = block[345:500].split(b"\0", 1)[0]
-                if block[257:263] == b"ustar\0" and prefix:
-                    raw_name = prefix + b"/" + raw_name
-            if "linkpath" in records:
-                raw_link = records["linkpath"]
-            elif long_link is not None:
-                raw_link = long_link
-            else:
-                raw_link = block[157:257].split(b"\0", 1)[0]
+            raw_name, raw_link = member_paths(block, records, long_name, long_link)
             name = _decode(raw_name)
             self._current = f"member {name!r}"
             where = f"{what}: member {name!r}"
