@@ -18,6 +18,7 @@ from servers import (
     install_hint,
     tool_available,
 )
+from spackkit import SpackKit, kit_available, kit_directory, kit_hint
 
 BASIC_USERS = {"alice": "s3cret-alice"}
 TOKEN_USERS = {"bob": "s3cret-bob"}
@@ -191,3 +192,20 @@ def multiarch_base_docker(
     v2 media types (``import --format docker``), so the index is a Docker manifest list."""
     rootfs = {"linux/amd64": busybox_dir, "linux/arm64/v8": busybox_arm64_dir}
     return _multiarch_base(registry, rootfs, tmp_path_factory, "base/busybox-multi-docker", "docker")
+
+
+def _spack(version: str, tmp_path_factory: pytest.TempPathFactory) -> SpackKit:
+    need(kit_available(), kit_hint())
+    return SpackKit(kit_directory(version, tmp_path_factory.getbasetemp()), version)
+
+
+@pytest.fixture(scope="session")
+def spack12(tmp_path_factory: pytest.TempPathFactory) -> SpackKit:
+    """Real Spack 1.2 from the shared kit (``tests/spackkit.py``), set up once per session."""
+    return _spack("1.2", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def spack023(tmp_path_factory: pytest.TempPathFactory) -> SpackKit:
+    """Real Spack 0.23 from the shared kit, set up once per session."""
+    return _spack("0.23", tmp_path_factory)
