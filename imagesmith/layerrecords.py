@@ -27,7 +27,7 @@ from .cache import BlobCache
 from .compression import codec_id
 from .digests import Digest
 from .errors import DigestFormatError
-from .layers import LayerBlob, source_date_epoch
+from .layers import LayerBlob, input_error, source_date_epoch
 from .mediatypes import Compression, MediaTypes
 
 __all__ = ["RECORD_VERSION", "input_key", "lookup", "remember"]
@@ -43,18 +43,26 @@ def _walk_identity(root: Path, digest: Any) -> None:
     # one line naming its full relative path, so the order only has to be deterministic. This
     # runs on every build (it is how an unchanged input is recognised), so it is kept lean:
     # string paths, one hash update per directory, no per-entry objects beyond the stat.
+    # A failing system call becomes one LayerError naming the path (the same words the layer
+    # builder uses): an unreadable directory, a file removed meanwhile, a path over PATH_MAX.
     stack = [(os.fspath(root), "")]
     while stack:
         directory, rel = stack.pop()
-        with os.scandir(directory) as scan:
-            entries = sorted(scan, key=_NAME)
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=_NAME)
+        except OSError as exc:
+            raise input_error(directory, exc) from None
         lines = []
         subdirs = []
         for entry in entries:
-            st = entry.stat(follow_symlinks=False)
-            mode = st.st_mode
+            try:
+                st = entry.stat(follow_symlinks=False)
+                mode = st.st_mode
+                link = os.readlink(entry.path) if stat.S_ISLNK(mode) else ""  # noqa: PTH115 (no Path per entry)
+            except OSError as exc:
+                raise input_error(entry.path, exc) from None
             name = rel + entry.name
-            link = os.readlink(entry.path) if stat.S_ISLNK(mode) else ""  # noqa: PTH115 (no Path per entry)
             lines.append(
                 f"{name}\0{mode:o}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
                 f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0{link}\n"
@@ -78,7 +86,7 @@ def input_key(
     digest = hashlib.sha256()
     settings = {
         "version": RECORD_VERSION,
-        "content": str(content.resolve()),
+        "content": os.path.realpath(content),
         "prefix": prefix,
         "preserve": preserve,
         "codec": codec_id(compression, level),
@@ -86,9 +94,12 @@ def input_key(
         "mtime": source_date_epoch(),
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    st = content.stat()
+    try:
+        st = content.stat()
+    except OSError as exc:
+        raise input_error(content, exc, walking=False) from None
     digest.update(f"{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
-    if content.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         _walk_identity(content, digest)
     return "layer:" + digest.hexdigest()
 
