@@ -11,6 +11,13 @@ directory list, in the blob cache's records.
 A record is used only while its blob is still in the cache, so a pruned cache just means a
 rebuild. Like make and ccache, this trusts file metadata: content changed without touching
 size, mtime or ctime is not noticed (ctime cannot be set back by ordinary tools).
+
+A reused blob was verified when it was written, possibly long ago; the cache file may have
+been damaged since. A record only checks the size, so the bytes are checked when something
+reads them (an upload hashes what it sends, a layout copy reads through the cache's
+verifying reader). :class:`RebuildOrigin` is where such a layer's bytes come from when its
+cached copy turns out damaged or gone: the input it was built from, built again (the cache
+entry is evicted on detection, and the rebuild puts the good bytes back under the same record).
 """
 
 from __future__ import annotations
@@ -20,17 +27,25 @@ import json
 import operator
 import os
 import stat
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import BlobCache
 from .compression import codec_id
 from .digests import Digest
-from .errors import DigestFormatError
+from .errors import DigestFormatError, LayerError
 from .layers import LayerBlob, input_error, source_date_epoch
 from .mediatypes import Compression, MediaTypes
+from .model import Descriptor
 
-__all__ = ["RECORD_VERSION", "input_key", "lookup", "remember"]
+if TYPE_CHECKING:
+    from .images import Readable
+    from .registry.client import RegistryPool
+
+__all__ = ["RECORD_VERSION", "RebuildOrigin", "input_key", "lookup", "remember"]
 
 _NAME = operator.attrgetter("name")
 
@@ -136,3 +151,52 @@ def remember(cache: BlobCache, key: str, blob: LayerBlob) -> None:
             "uncompressed_size": blob.uncompressed_size,
         },
     )
+
+
+class RebuildOrigin:
+    """Where the bytes of a package layer come from when its cached copy is gone or damaged:
+    its input, built again by ``rebuild`` (a :class:`~imagesmith.images.BlobOrigin`).
+
+    ``what`` names the input in messages. Building again must give the same digest (layers
+    are reproducible); a different one means the content changed without its size or times
+    changing, and raises :class:`LayerError` rather than publishing other bytes under the
+    digest the image already names.
+    """
+
+    def __init__(
+        self, blob: LayerBlob, cache: BlobCache, what: str, rebuild: Callable[[], LayerBlob]
+    ) -> None:
+        self.blob = blob
+        self.cache = cache
+        self.what = what
+        self._rebuild = rebuild
+        self._lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return self.what
+
+    @property
+    def local(self) -> bool:
+        return True
+
+    def restore(self) -> None:
+        """Make sure the cache holds the blob's verified bytes, building it again if not."""
+        digest, size = self.blob.digest, self.blob.size
+        with self._lock:
+            if self.cache.has(digest, size) and self.cache.verify(digest):
+                return
+            rebuilt = self._rebuild()
+        if rebuilt.digest != digest:
+            raise LayerError(
+                f"building {self.what} again gave layer {rebuilt.digest}, not {digest} as before: "
+                "its content changed during the build; build again"
+            )
+
+    def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
+        """Build the layer again when the cache lacks good bytes, then read it from the cache."""
+        self.restore()
+        return self.cache.open(descriptor.digest, descriptor.size)
+
+    def blob_file(self, descriptor: Descriptor) -> Path | None:
+        """None: the file is the cache's own (callers look there first)."""
+        return None

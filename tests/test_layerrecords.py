@@ -224,3 +224,20 @@ def test_a_directory_the_user_cannot_read_is_one_clear_line(shared_dir: Path, mo
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("imagesmith: error: cannot read ") and "content/secret" in lines[0]
     assert "Permission denied" in lines[0] and "readable" in lines[0]
+
+
+def test_a_rebuild_that_gives_other_bytes_is_refused(prefix: Path, tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache")
+    blob, _ = content_layer(prefix, "opt/x", cache, OCI)
+    origin = layerrecords.RebuildOrigin(blob, cache, "the layer of x", lambda: content_layer(
+        prefix, "opt/x", cache, OCI, reuse=False)[0])  # fmt: skip
+    path = cache.path(blob.digest)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 1
+    path.write_bytes(bytes(data))
+    origin.restore()  # damaged: evicted and built again
+    assert cache.verify(blob.digest)
+    (prefix / "bin" / "tool").write_text("#!/bin/sh\necho TOOL\n")  # same size, other bytes
+    cache.evict(blob.digest)
+    with pytest.raises(LayerError, match=r"building the layer of x again gave layer sha256:\w+, not "):
+        origin.restore()
