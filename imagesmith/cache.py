@@ -4,7 +4,7 @@ Layout under the root (``$IMAGESMITH_CACHE_DIR``, else the platform's user cache
 
     blobs/sha256/<hex>      one file per blob, named by the digest of its bytes
     records/<sha256>.json   small JSON records (e.g. "this input gave that layer"), keyed by
-                            the sha256 of a caller-chosen key string
+                            the sha256 of a caller-chosen key string; mtime = last use
     tmp/                    files being written; renamed into place when complete
 
 Writes are atomic: bytes go to a uniquely named temp file under ``tmp/``, are fsynced and
@@ -192,6 +192,11 @@ class BlobCache:
             return False
         return size is None or st.st_size == size
 
+    def touch(self, digest: Digest) -> None:
+        """Record a use of the blob without reading it (its mtime is what :meth:`prune` goes by)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.path(digest))
+
     def open(self, digest: Digest, size: int | None = None) -> CachedBlobReader:
         """Open a cached blob for verified reading.
 
@@ -301,7 +306,8 @@ class BlobCache:
         """The JSON record stored under ``key``, or ``None`` when absent or unreadable.
 
         A corrupt record (not JSON, not an object, stored under another key) counts as missing:
-        records are hints that save work, never the source of truth.
+        records are hints that save work, never the source of truth. Reading a record is a
+        use: its mtime moves, so :meth:`prune` keeps records in use.
         """
         path = self._record_path(key)
         try:
@@ -315,6 +321,8 @@ class BlobCache:
         if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("value"), dict):
             return None
         value: dict[str, Any] = doc["value"]
+        with contextlib.suppress(OSError):
+            os.utime(path)
         return value
 
     def put_record(self, key: str, value: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .images import Readable
     from .registry.client import RegistryPool
 
-__all__ = ["RECORD_VERSION", "RebuildOrigin", "input_key", "lookup", "remember"]
+__all__ = ["RECORD_VERSION", "RebuildOrigin", "input_key", "lookup", "recorded", "remember"]
 
 _NAME = operator.attrgetter("name")
 
@@ -119,13 +119,17 @@ def input_key(
     return "layer:" + digest.hexdigest()
 
 
-def lookup(cache: BlobCache, key: str) -> LayerBlob | None:
-    """The layer recorded for ``key``, if its blob is still in the cache; else ``None``."""
+def recorded(cache: BlobCache, key: str) -> LayerBlob | None:
+    """The layer recorded for ``key``, whether or not its blob is still in the cache.
+
+    A record outlives its blob (a pruned cache): it still says which digest the input gives,
+    so a registry can be asked for the blob before anything is built or sent.
+    """
     record = cache.get_record(key)
     if record is None:
         return None
     try:
-        blob = LayerBlob(
+        return LayerBlob(
             digest=Digest.parse(record["digest"]),
             diff_id=Digest.parse(record["diff_id"]),
             size=int(record["size"]),
@@ -135,7 +139,18 @@ def lookup(cache: BlobCache, key: str) -> LayerBlob | None:
         )
     except (KeyError, TypeError, ValueError, DigestFormatError):
         return None  # a record from another version, or damaged: rebuild
-    return blob if cache.has(blob.digest, blob.size) else None
+
+
+def lookup(cache: BlobCache, key: str) -> LayerBlob | None:
+    """The layer recorded for ``key``, if its blob is still in the cache; else ``None``.
+
+    A hit is a use of the blob (see :meth:`BlobCache.touch`), even when nothing reads it.
+    """
+    blob = recorded(cache, key)
+    if blob is None or not cache.has(blob.digest, blob.size):
+        return None
+    cache.touch(blob.digest)
+    return blob
 
 
 def remember(cache: BlobCache, key: str, blob: LayerBlob) -> None:

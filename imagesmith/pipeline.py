@@ -246,7 +246,9 @@ def content_layer(
     earlier build is not read again: the recorded layer is returned while its blob is in the
     cache. Returns the layer and whether it was reused. ``progress`` is called with the number
     of uncompressed bytes archived so far. With ``uploads``, a layer that is built is also
-    uploaded while it is compressed (a reused one is left to the push: it may be there).
+    uploaded while it is compressed (a reused one is left to the push: it may be there), and
+    a layer whose blob left the cache but whose record names a digest the target repository
+    already has is neither built nor sent.
     """
     key = (
         layerrecords.input_key(
@@ -259,6 +261,14 @@ def content_layer(
         found = layerrecords.lookup(cache, key)
         if found is not None and found.media_type == media_types.layer(compression):
             return found, True
+        # The blob left the cache but its record says what the input gives: a push target
+        # that has that blob needs nothing built or sent (a destination that wants the bytes
+        # later builds them through the layer's RebuildOrigin).
+        known = layerrecords.recorded(cache, key) if uploads is not None and found is None else None
+        if known is not None and known.media_type == media_types.layer(compression):
+            assert uploads is not None
+            if uploads.present(known.digest):
+                return known, True
     options: dict[str, Any] = {
         "media_types": media_types, "compression": compression, "level": level, "progress": progress,
         "follower": uploads.follower() if uploads is not None else None,
