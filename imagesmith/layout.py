@@ -19,6 +19,7 @@ missing. Blobs are verified (digest and size) whenever they are read.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -114,6 +115,20 @@ def ref_name(descriptor: Descriptor) -> str | None:
 
 # Kept as a name of this module for callers that import it from here.
 LayoutBlobWriter = BlobWriter
+
+
+def _untag(entries: list[Descriptor], tag: str, keep_untagged: bool) -> list[Descriptor]:
+    """``entries`` without the name ``tag``: its entries dropped, or kept unnamed when
+    ``keep_untagged`` and no other entry lists their digest."""
+    kept = [d for d in entries if ref_name(d) != tag]
+    if keep_untagged:
+        listed = {d.digest for d in kept}
+        for d in entries:
+            if ref_name(d) == tag and d.digest not in listed:
+                rest = {k: v for k, v in (d.annotations or {}).items() if k != REF_NAME}
+                kept.append(dataclasses.replace(d, annotations=rest or None))
+                listed.add(d.digest)
+    return kept
 
 
 class OCILayout:
@@ -492,15 +507,18 @@ class OCILayout:
         tag: str | None = None,
         platform: Platform | None = None,
         annotations: Mapping[str, str] | None = None,
+        keep_untagged: bool = False,
     ) -> Descriptor:
         """Store manifest (or index) bytes as given and list them in ``index.json``.
 
         ``tag`` must pass :func:`validate_layout_tag`; ``data`` must parse as a manifest or
         index of ``media_type`` (:class:`ManifestError`). The blob is written first, then
         ``index.json`` is updated under the lock: a ``tag`` moves here from any entry that
-        held it (that entry is dropped, since an entry carries one name); entries are unique
-        by (digest, tag), so re-adding is a no-op. Returns the new entry. The blobs the
-        manifest refers to must already be present: the caller puts them first.
+        held it (that entry is dropped, since an entry carries one name, unless
+        ``keep_untagged``: then it stays listed without a name, as a registry keeps every
+        manifest reachable by digest until it is deleted); entries are unique by (digest,
+        tag), so re-adding is a no-op. Returns the new entry. The blobs the manifest refers
+        to must already be present: the caller puts them first.
         """
         extra = dict(annotations or {})
         named = extra.pop(REF_NAME, None)
@@ -520,15 +538,16 @@ class OCILayout:
             if tag is None:
                 kept = [d for d in entries if not (d.digest == digest and ref_name(d) is None)]
             else:
-                kept = [d for d in entries if ref_name(d) != tag]
+                kept = _untag(entries, tag, keep_untagged)
             return [*kept, entry]
 
         self._update_index(change)
         log.debug("%s: %s %s", self.root, f"tag {tag} ->" if tag else "added", digest)
         return entry
 
-    def remove_tag(self, tag: str) -> None:
-        """Remove the entries named ``tag`` from ``index.json`` (their blobs stay).
+    def remove_tag(self, tag: str, *, keep_untagged: bool = False) -> None:
+        """Remove the name ``tag`` from ``index.json`` (blobs stay): its entries are dropped,
+        or with ``keep_untagged`` kept without a name (see :meth:`add_manifest`).
 
         An unknown tag raises :class:`LayoutError`.
         """
@@ -536,9 +555,8 @@ class OCILayout:
 
         def change(entries: list[Descriptor]) -> list[Descriptor]:
             nonlocal removed
-            kept = [d for d in entries if ref_name(d) != tag]
-            removed = len(entries) - len(kept)
-            return kept
+            removed = sum(1 for d in entries if ref_name(d) == tag)
+            return _untag(entries, tag, keep_untagged)
 
         self._update_index(change)
         if not removed:

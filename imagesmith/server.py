@@ -825,7 +825,9 @@ class _Handler(BaseHTTPRequestHandler):
         layout = self.storage.layout(name, create=True)
         assert layout is not None
         try:
-            entry = layout.add_manifest(data, doc.media_type, tag=tag)
+            # A moved tag leaves its old manifest listed, untagged: pulls by digest of what
+            # an earlier push reported keep working until the manifest itself is deleted.
+            entry = layout.add_manifest(data, doc.media_type, tag=tag, keep_untagged=True)
         except ManifestError as exc:
             raise _Fail(400, "MANIFEST_INVALID", "manifest invalid", str(exc)) from None
         headers = {
@@ -884,7 +886,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             assert tag is not None
             try:
-                layout.remove_tag(tag)
+                layout.remove_tag(tag, keep_untagged=True)
             except LayoutError as exc:
                 raise _Fail(404, "MANIFEST_UNKNOWN", "manifest unknown to registry", str(exc)) from None
         self._send(202)

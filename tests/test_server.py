@@ -374,6 +374,24 @@ def test_manifest_put_get_head_delete(api: Api, server: RegistryServer) -> None:
     assert r.status_code == 404 and error_codes(r) == ["NAME_UNKNOWN"]
 
 
+def test_a_manifest_stays_reachable_by_digest_when_its_tag_moves(api: Api, server: RegistryServer) -> None:
+    first, one = api.push_image("moving", "latest", label="one")
+    with ThreadPoolExecutor(4) as pool:  # builds racing for one tag
+        raced = list(pool.map(lambda i: api.push_image("moving", "latest", label=f"race {i}")[1], range(4)))
+    for digest in (one, *raced):
+        r = api.get(f"/v2/moving/manifests/{digest}")
+        assert r.status_code == 200 and sha(r.content) == digest
+    assert api.get("/v2/moving/manifests/latest").headers["Docker-Content-Digest"] in raced
+    assert api.get("/v2/moving/manifests/" + one).content == first
+    assert api.get("/v2/moving/tags/list").json()["tags"] == ["latest"]
+    # Deleting the tag deletes no manifest; deleting a manifest does.
+    assert api.request("DELETE", "/v2/moving/manifests/latest").status_code == 202
+    assert all(api.get(f"/v2/moving/manifests/{d}").status_code == 200 for d in raced)
+    assert api.request("DELETE", f"/v2/moving/manifests/{one}").status_code == 202
+    assert api.get(f"/v2/moving/manifests/{one}").status_code == 404
+    assert OCILayout(server.root / "moving").tags() == []
+
+
 def test_manifest_refusals(api: Api, server: RegistryServer) -> None:
     config = api.push_blob("app", b"{}")
     missing = sha(b"never pushed")
