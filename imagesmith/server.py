@@ -718,7 +718,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if target.mount_blob(source, digest):
                         self._blob_created(name, digest)
                         return
-        expected = self._q("digest")
+        raw_digest = self._q("digest")
+        # Checked before a session or a byte of the body exists: a malformed digest stores nothing.
+        expected = self._digest(raw_digest) if raw_digest is not None else None
         upload = self.storage.new_upload(name)
         if expected is None:
             self._send(202, headers={**self._upload_headers(name, upload), "OCI-Chunk-Min-Length": "0"})
@@ -729,8 +731,8 @@ class _Handler(BaseHTTPRequestHandler):
             except BaseException:
                 self.storage.discard(upload)
                 raise
-            self.storage.finish(upload, name, self._digest(expected))
-        self._blob_created(name, self._digest(expected))
+            self.storage.finish(upload, name, expected)
+        self._blob_created(name, expected)
 
     def _require_body(self) -> _Body:
         assert self._body is not None
@@ -773,7 +775,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _upload_put(self, name: str, upload_id: str | None) -> None:
         name = self._name(name)
-        digest = self._digest(self._q("digest"))
+        try:
+            digest = self._digest(self._q("digest"))
+        except _Fail:
+            # Before the body is read: the session ends here and its bytes go with it, rather
+            # than waiting an hour for the sweep.
+            with contextlib.suppress(_Fail):
+                upload = self.storage.upload(name, upload_id or "")
+                with upload.lock:
+                    self.storage.discard(upload)
+            raise
         upload = self.storage.upload(name, upload_id or "")
         with upload.lock:
             self._check_content_range(name, upload)

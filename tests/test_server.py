@@ -304,6 +304,22 @@ def test_digest_mismatch_discards_the_upload(api: Api, server: RegistryServer) -
     assert not (server.root / "repo").exists()  # a failed upload creates no repository
 
 
+def test_a_malformed_digest_parameter_stores_nothing(api: Api, server: RegistryServer) -> None:
+    body = os.urandom(256 * 1024)
+    for bad in ("sha256:nope", "md5:" + "0" * 32, "", "sha256:" + "A" * 64):
+        r = api.request("POST", f"/v2/repo/blobs/uploads/?digest={bad}", data=body)
+        assert r.status_code == 400 and error_codes(r) == ["DIGEST_INVALID"], bad
+        assert list((server.root / UPLOADS_DIR).iterdir()) == []
+    # Closing a session with a malformed digest ends the session and drops its bytes.
+    location = api.request("POST", "/v2/repo/blobs/uploads/").headers["Location"]
+    assert api.request("PATCH", location, data=body).status_code == 202
+    r = api.request("PUT", f"{location}?digest=sha256:nope")
+    assert r.status_code == 400 and error_codes(r) == ["DIGEST_INVALID"]
+    assert api.get(location).status_code == 404
+    assert list((server.root / UPLOADS_DIR).iterdir()) == []
+    assert not (server.root / "repo").exists()
+
+
 def test_cancel_upload_and_wrong_repository(api: Api, server: RegistryServer) -> None:
     location = api.request("POST", "/v2/one/blobs/uploads/").headers["Location"]
     upload_id = location.rsplit("/", 1)[1]
