@@ -5,12 +5,18 @@ written to a temp file while it is hashed, fsynced, checked against the digest a
 was announced with, and only then renamed into place (unless identical bytes are already
 there). A reader therefore sees a complete blob or none, two writers of the same digest both
 succeed, and a killed writer leaves only a temp file.
+
+Blob files are opened for reading with :func:`open_regular`: a FIFO, a device or a directory
+where a blob should be is refused at once (opening a FIFO would wait forever for a writer),
+and a reader that serves blobs to others can refuse symbolic links on the way as well.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,10 +25,70 @@ from typing import IO
 from .digests import Digest, Hasher
 from .errors import ImagesmithError, IntegrityError
 
-__all__ = ["BlobWriter", "FailFactory", "atomic_blob", "fsync_dir", "remove_stale_temp"]
+__all__ = [
+    "BlobWriter",
+    "FailFactory",
+    "NotARegularFile",
+    "atomic_blob",
+    "fsync_dir",
+    "open_regular",
+    "remove_stale_temp",
+]
 
 # Turns an OSError into the caller's own error type: (action, path, error) -> exception.
 FailFactory = Callable[[str, Path, OSError], ImagesmithError]
+
+
+class NotARegularFile(OSError):
+    """A path that should hold a blob is a FIFO, device, directory or (when refused) a link."""
+
+
+def open_regular(path: Path, *, below: Path | None = None) -> IO[bytes]:
+    """Open ``path`` for reading, only if it is a regular file.
+
+    The open never blocks: a FIFO (which would wait for a writer forever), a device node or a
+    directory raises :class:`NotARegularFile`, an :class:`OSError` whose ``strerror`` says
+    what was found. With ``below`` (an ancestor of ``path``), no component of ``path`` under
+    ``below`` may be a symbolic link, the file included: each is opened relative to its
+    parent's descriptor with ``O_NOFOLLOW``, so a link planted in a served directory cannot
+    make it serve another file of the host.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    if below is None:
+        fd = os.open(path, flags)
+    else:
+        fd = _open_below(Path(below), Path(path), flags | os.O_NOFOLLOW)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device"
+            raise NotARegularFile(errno.EINVAL, f"{kind}, not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_below(below: Path, path: Path, flags: int) -> int:
+    """Open ``path`` component by component from ``below``, following no symbolic link."""
+    *directories, name = path.relative_to(below).parts
+    fd = os.open(below, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in directories:
+            inner = os.open(part, _DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(name, flags, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # what O_NOFOLLOW answers for a link
+            raise NotARegularFile(errno.ELOOP, "a symbolic link, not followed", str(path)) from None
+        raise
+    finally:
+        os.close(fd)
 
 
 class BlobWriter:

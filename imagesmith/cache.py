@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import platformdirs
 
-from .blobstore import BlobWriter, atomic_blob, remove_stale_temp
+from .blobstore import BlobWriter, NotARegularFile, atomic_blob, open_regular, remove_stale_temp
 from .digests import CHUNK, Digest, Hasher, VerifyingReader
 from .errors import CacheError, IntegrityError
 
@@ -206,9 +206,12 @@ class BlobCache:
         """
         path = self.path(digest)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - owned by the returned reader
+            f = open_regular(path)  # owned by the returned reader; never blocks on a FIFO
         except FileNotFoundError:
             raise CacheError(f"blob {digest} is not in the cache ({path})") from None
+        except NotARegularFile as exc:
+            self.evict(digest)
+            raise IntegrityError(f"cached blob {digest} was {exc.strerror}: evicted") from None
         except OSError as exc:
             raise _fail("open", path, exc) from None
         if size is not None:
@@ -277,10 +280,13 @@ class BlobCache:
         path = self.path(digest)
         hasher = Hasher(digest.algorithm)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 while chunk := f.read(CHUNK):
                     hasher.update(chunk)
         except FileNotFoundError:
+            return False
+        except NotARegularFile:
+            self.evict(digest)
             return False
         except OSError as exc:
             raise _fail("read", path, exc) from None

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import mediatypes as mt
-from .blobstore import BlobWriter, atomic_blob, fsync_dir, remove_stale_temp
+from .blobstore import BlobWriter, NotARegularFile, atomic_blob, fsync_dir, open_regular, remove_stale_temp
 from .digests import CHUNK, Digest, VerifyingReader
 from .errors import (
     DigestFormatError,
@@ -279,7 +280,7 @@ class OCILayout:
         """
         path = self.blob_path(descriptor.digest)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the with block below
+            f = open_regular(path)  # a FIFO planted there would block an ordinary open forever
         except FileNotFoundError:
             raise LayoutError(
                 f"blob {descriptor.digest} is missing from the OCI layout {self.root}"
@@ -391,20 +392,23 @@ class OCILayout:
             return True
         src = source.blob_path(digest)
         try:
-            size = src.stat().st_size
+            st = src.lstat()
         except OSError:
             return False
+        if not stat.S_ISREG(st.st_mode):
+            return False  # a link or special file is never copied into another layout
+        size = st.st_size
         final = self.blob_path(digest)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src, final)
+            os.link(src, final, follow_symlinks=False)
         except FileExistsError:
             return True
         except OSError:
             try:
-                with open(src, "rb") as f:
+                with open_regular(src) as f:
                     self.put_blob_from(f, digest, size)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotARegularFile):
                 return False
             return True
         fsync_dir(final.parent)

@@ -24,6 +24,7 @@ import socketserver
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,7 @@ from typing import IO, Any, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from . import mediatypes as mt
+from .blobstore import NotARegularFile, open_regular
 from .digests import CHUNK, Digest, Hasher
 from .errors import (
     DigestFormatError,
@@ -57,6 +59,9 @@ UPLOADS_DIR = "_uploads"
 RESERVED_COMPONENTS = frozenset({"blobs", INDEX_FILE, LAYOUT_FILE, LOCK_FILE})
 MAX_NAME_LENGTH = 255
 UPLOAD_EXPIRY = 3600.0
+# Blob files remembered as hashed whole and right, so ranges of them are served without
+# hashing the file again (a resumed download asks for one range after another).
+MAX_VERIFIED = 4096
 MAX_PAGE = 10_000
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
@@ -208,6 +213,7 @@ class _Storage:
         self._layouts: dict[str, OCILayout] = {}
         self._uploads: dict[str, _Upload] = {}
         self._last_sweep = 0.0
+        self._verified: OrderedDict[tuple[int, ...], Digest] = OrderedDict()
         try:
             self.uploads_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -247,6 +253,20 @@ class _Storage:
                 continue
             out.append(name)
         return sorted(out)
+
+    def verified(self, st: os.stat_result, digest: Digest, *, remember: bool = False) -> bool:
+        """Whether the file ``st`` describes was hashed whole and found to be ``digest``
+        (``remember``: record that it was). Keyed by device, inode, size, mtime and ctime,
+        so a file rewritten since is hashed again; bounded, oldest forgotten first."""
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            if remember:
+                self._verified[key] = digest
+                self._verified.move_to_end(key)
+                while len(self._verified) > MAX_VERIFIED:
+                    self._verified.popitem(last=False)
+                return True
+            return self._verified.get(key) == digest
 
     # -- uploads
     def new_upload(self, repository: str) -> _Upload:
@@ -629,27 +649,37 @@ class _Handler(BaseHTTPRequestHandler):
         name = self._name(name)
         d = self._digest(digest)
         layout = self.storage.layout(name)
-        path = layout.blob_path(d) if layout is not None else None
-        try:
-            f = open(path, "rb") if path is not None else None  # noqa: SIM115 - closed below
-        except OSError:
-            f = None
+        f = None
+        if layout is not None:
+            try:
+                # Regular files only, and no symbolic link below the layout's root: a link
+                # planted in a served layout must not serve some other file of the host.
+                f = open_regular(layout.blob_path(d), below=layout.root)
+            except NotARegularFile as exc:
+                log.warning("not serving blob %s of %s: %s is %s", d, name, exc.filename, exc.strerror)
+            except OSError:
+                pass
         if f is None:
             raise _Fail(404, "BLOB_UNKNOWN", "blob unknown to registry", str(d))
         with f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            size = st.st_size
             headers = {"Docker-Content-Digest": str(d), "Accept-Ranges": "bytes",
                        "ETag": f'"{d}"'}  # fmt: skip
             byte_range = _parse_range(self.headers.get("Range"), size)
             if byte_range is None:
                 self._start(200, size, headers, "application/octet-stream")
-                if self.command != "HEAD":
-                    self._stream_verified(f, d, size)
+                if self.command != "HEAD" and self._stream_verified(f, d, size):
+                    self.storage.verified(st, d, remember=True)
                 return
             start, end = byte_range
             if start > end:
                 raise _Fail(416, "BLOB_UNKNOWN", "requested range not satisfiable",
                             self.headers.get("Range"), {"Content-Range": f"bytes */{size}"})  # fmt: skip
+            if self.command != "HEAD" and not self.storage.verified(st, d):
+                # A range is served only from a file whose whole content hashed right.
+                _check_file(f, d, size)
+                self.storage.verified(st, d, remember=True)
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
             self._start(206, end - start + 1, headers, "application/octet-stream")
             if self.command != "HEAD":
@@ -661,7 +691,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if left:
                     self.close_connection = True
 
-    def _stream_verified(self, f: IO[bytes], digest: Digest, size: int) -> None:
+    def _stream_verified(self, f: IO[bytes], digest: Digest, size: int) -> bool:
         # The last chunk is held back until the whole blob hashed right, so a client never
         # receives a complete-looking body of a corrupt blob: it gets a cut connection.
         hasher = Hasher(digest.algorithm)
@@ -675,9 +705,10 @@ class _Handler(BaseHTTPRequestHandler):
             log.error("blob %s on disk is corrupt (%d bytes hashing to %s): connection cut",
                       digest, hasher.size, hasher.digest)  # fmt: skip
             self.close_connection = True
-            return
+            return False
         if held:
             self.wfile.write(held)
+        return True
 
     def _blob_delete(self, name: str, digest: str) -> None:
         self._name(name)
@@ -943,6 +974,16 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, _Route]]] = [
     ),
     (re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"), {"GET": _Handler._referrers}),
 ]
+
+
+def _check_file(f: IO[bytes], digest: Digest, size: int) -> None:
+    """Hash the whole open file; :class:`IntegrityError` (answered 500) unless it is the blob."""
+    hasher = Hasher(digest.algorithm)
+    f.seek(0)
+    while chunk := f.read(CHUNK):
+        hasher.update(chunk)
+    if hasher.size != size or hasher.digest != digest:
+        raise IntegrityError(f"blob {digest} on disk hashes to {hasher.digest}: not serving a range of it")
 
 
 def _is_tag(text: str) -> bool:

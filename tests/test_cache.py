@@ -252,3 +252,16 @@ def test_unwritable_cache_is_a_cache_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(CacheError, match="cannot create"):
         BlobCache(blocker / "cache").put_bytes(b"x")
+
+
+def test_a_fifo_in_place_of_a_blob_is_evicted_not_waited_on(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache")
+    digest = cache.put_bytes(b"")
+    cache.evict(digest)
+    os.mkfifo(cache.path(digest))  # as large as the empty blob: has() cannot tell
+    assert cache.has(digest, 0)
+    with pytest.raises(IntegrityError, match="was a FIFO, not a regular file: evicted"):
+        cache.open(digest, 0)
+    assert not cache.path(digest).exists()
+    os.mkfifo(cache.path(digest))
+    assert cache.verify(digest) is False and not cache.path(digest).exists()

@@ -8,10 +8,12 @@ import json
 import multiprocessing
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_support import HELLO
 from conftest import need_tool
 
 from imagesmith import mediatypes as mt
@@ -426,6 +428,40 @@ def test_old_temp_files_are_swept_on_first_write(layout: OCILayout) -> None:
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     OCILayout(layout.root).put_bytes(b"new")
     assert not tmp.exists()
+
+
+@pytest.mark.parametrize("which", ["config", "layer"])
+def test_a_fifo_where_a_blob_should_be_is_an_error_not_a_hang(tmp_path: Path, which: str) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "hostname").write_text("x\n")
+    layout = OCILayout(tmp_path / "image", create=True)
+    entry = write_busybox_image(layout, rootfs, BlobCache(tmp_path / "build-cache"), tag="1")
+    manifest = Manifest.from_json(json.loads(layout.read_blob(entry, 1 << 20)), mt.OCI_MANIFEST)
+    blob = manifest.config if which == "config" else manifest.layers[0]
+    path = layout.blob_path(blob.digest)
+    path.unlink()
+    os.mkfifo(path)
+    image = f"oci:{tmp_path / 'image'}:1"
+    commands = [
+        ["inspect", image],
+        ["pull", image, "--rootfs", str(tmp_path / "rootfs-out")],
+        ["copy", image, f"oci:{tmp_path / 'copy'}:1"],
+        ["build", "--base-image", image, "--output", f"oci:{tmp_path / 'built'}:1", HELLO],
+    ]
+    for args in commands:
+        if which == "config" or args[0] != "inspect":
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "imagesmith", *args], capture_output=True, text=True, timeout=30,
+                    env={**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"imagesmith {args[0]} hung on a FIFO blob")
+            assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
+            assert proc.stderr.strip().splitlines() == [
+                f"imagesmith: error: cannot open {path}: a FIFO, not a regular file"
+            ], args
 
 
 # -- real tools --------------------------------------------------------------------------

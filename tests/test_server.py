@@ -230,6 +230,44 @@ def test_corrupt_blob_is_never_served_whole(api: Api, server: RegistryServer) ->
         api.get(f"/v2/repo/blobs/{digest}").content  # noqa: B018 - cut before the last chunk
 
 
+def test_a_corrupt_blob_is_never_served_in_ranges(api: Api, server: RegistryServer) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    digest = api.push_blob("repo", data)
+    assert api.get(f"/v2/repo/blobs/{digest}", headers={"Range": "bytes=0-99"}).content == data[:100]
+    path = server.root / "repo/blobs/sha256" / digest.split(":")[1]
+    path.write_bytes(b"X" * 100 + data[100:])  # same size, other bytes: a resume must not get them
+    for byte_range in ("bytes=0-99", "bytes=50-", "bytes=-10"):
+        r = api.get(f"/v2/repo/blobs/{digest}", headers={"Range": byte_range})
+        assert r.status_code == 500 and b"X" not in r.content, byte_range
+
+
+def test_links_and_special_files_in_a_served_layout_are_not_served(
+    api: Api, server: RegistryServer, tmp_path: Path
+) -> None:
+    secret = b"root:secret-hash:19000:0:99999:7:::\n"
+    host_file = tmp_path / "host-secret"
+    host_file.write_bytes(secret)
+    digest = sha(secret)  # the right name for the content: only the link gives it away
+    api.push_blob("repo", b"something")
+    blobs = server.root / "repo/blobs/sha256"
+    (blobs / digest.split(":")[1]).symlink_to(host_file)
+    # A directory link: another repository whose blobs directory points elsewhere.
+    elsewhere = tmp_path / "elsewhere" / "sha256"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / digest.split(":")[1]).write_bytes(secret)
+    OCILayout(server.root / "linked", create=True)
+    (server.root / "linked/blobs/sha256").rmdir()
+    (server.root / "linked/blobs").rmdir()
+    (server.root / "linked/blobs").symlink_to(tmp_path / "elsewhere")
+    fifo_data = b"fifo"
+    os.mkfifo(blobs / sha(fifo_data).split(":")[1])
+    for repo, blob in (("repo", digest), ("linked", digest), ("repo", sha(fifo_data))):
+        for headers in ({}, {"Range": "bytes=0-9"}):
+            r = api.get(f"/v2/{repo}/blobs/{blob}", headers=headers, timeout=5)
+            assert r.status_code == 404 and secret not in r.content, (repo, blob, headers)
+            assert error_codes(r) == ["BLOB_UNKNOWN"]
+
+
 def test_chunked_upload_out_of_order_and_resume(api: Api, server: RegistryServer) -> None:
     data = os.urandom(250_000)
     digest = sha(data)
