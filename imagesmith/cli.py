@@ -67,7 +67,7 @@ from .registry.client import RegistryPool
 from .registry.credentials import registry_host
 from .registry.transport import RegistryOptions
 from .repoindex import list_index, update_index
-from .server import RegistryServer
+from .server import DEFAULT_IDLE_TIMEOUT, RegistryServer
 from .transfer import copy_image
 
 __all__ = ["main"]
@@ -301,6 +301,20 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1:5000",
         metavar="HOST:PORT",
         help="address to listen on (default 127.0.0.1:5000; port 0 picks a free one)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections open at once; past it the one idle longest is closed "
+        "(default: a third of the open-file limit, at most 1024)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close a connection idle this long between requests (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
 
     p = commands.add_parser(
@@ -727,7 +741,8 @@ def _run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     host, sep, port_text = args.addr.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise UsageError(f"--addr {args.addr!r} must be HOST:PORT, e.g. 127.0.0.1:5000")
-    server = RegistryServer(Path(args.root), host=host.strip("[]"), port=int(port_text))
+    server = RegistryServer(Path(args.root), host=host.strip("[]"), port=int(port_text),
+                            max_connections=args.max_connections, idle_timeout=args.idle_timeout)  # fmt: skip
     print(f"Serving {server.root} at http://{server.address} (Ctrl-C stops)", file=stdout, flush=True)
     print(
         f"  clients: --insecure-registry {server.address} (imagesmith), --tls-verify=false (podman, skopeo)",

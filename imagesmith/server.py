@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import resource
 import socket
 import socketserver
 import threading
@@ -49,7 +50,7 @@ from .layout import INDEX_FILE, LAYOUT_FILE, LOCK_FILE, OCILayout
 from .model import MAX_MANIFEST_SIZE, Descriptor, Index, Manifest, parse_manifest_document
 from .references import validate_repository, validate_tag
 
-__all__ = ["UPLOADS_DIR", "RegistryServer"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "UPLOADS_DIR", "RegistryServer", "default_max_connections"]
 
 log = logging.getLogger("imagesmith.serve")
 
@@ -59,6 +60,8 @@ UPLOADS_DIR = "_uploads"
 RESERVED_COMPONENTS = frozenset({"blobs", INDEX_FILE, LAYOUT_FILE, LOCK_FILE})
 MAX_NAME_LENGTH = 255
 UPLOAD_EXPIRY = 3600.0
+# Seconds a connection may wait between requests, or between the bytes of a request's head.
+DEFAULT_IDLE_TIMEOUT = 60.0
 # Blob files remembered as hashed whole and right, so ranges of them are served without
 # hashing the file again (a resumed download asks for one range after another).
 MAX_VERIFIED = 4096
@@ -368,16 +371,71 @@ class _Storage:
         layout.adopt_blob(upload.path, digest, upload.size)
 
 
+def default_max_connections() -> int:
+    """Connections served at once by default: a third of the file descriptors this process
+    may open (each connection holds a socket and, while it is served, a file or two),
+    between 8 and 1,024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(8, min(1024, (soft - 32) // 3))
+
+
+@dataclass(slots=True)
+class _Connection:
+    """What a connection is doing: ``waiting`` for a request (idle, or still sending the
+    request line and headers), ``busy`` with one, or ``closing`` (evicted)."""
+
+    state: str
+    since: float
+
+
+_REFUSED = json.dumps(
+    {"errors": [{"code": "TOOMANYREQUESTS", "message": "every connection the registry allows is busy"}]}
+).encode()
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], storage: _Storage) -> None:
+    def __init__(
+        self, address: tuple[str, int], storage: _Storage, *, max_connections: int, idle_timeout: float
+    ) -> None:
         self.storage = storage
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._connections: set[socket.socket] = set()
+        self._connections: dict[socket.socket, _Connection] = {}
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def mark(self, conn: socket.socket, state: str) -> None:
+        """Record what ``conn`` is doing now (see :class:`_Connection`)."""
+        with self._connections_lock:
+            known = self._connections.get(conn)
+            if known is not None and known.state != "closing":
+                known.state, known.since = state, time.monotonic()
+
+    def _admit(self, request: socket.socket) -> bool:
+        """Make room for a new connection: past the cap, the connection waiting longest for a
+        request is closed (an idle keep-alive, or one that never finished its headers); with
+        every connection busy, the newcomer is refused."""
+        victim = None
+        with self._connections_lock:
+            live = [(c, s) for c, s in self._connections.items() if s.state != "closing"]
+            if len(live) >= self.max_connections:
+                waiting = [(s.since, id(c), c) for c, s in live if s.state == "waiting"]
+                if not waiting:
+                    return False
+                victim = min(waiting)[2]
+                self._connections[victim].state = "closing"
+            self._connections[request] = _Connection("waiting", time.monotonic())
+        if victim is not None:
+            log.debug("%d connections open: closing the one idle longest", self.max_connections)
+            with contextlib.suppress(OSError):
+                victim.shutdown(socket.SHUT_RDWR)  # its handler sees the end and exits
+        return True
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for our own name (getfqdn): slow and useless here.
@@ -387,13 +445,22 @@ class _HTTPServer(ThreadingHTTPServer):
         self.server_port = int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
+        if not self._admit(request):
+            log.warning("%d connections busy: refusing one from %s", self.max_connections, client_address[0])
+            with contextlib.suppress(OSError):
+                request.settimeout(1)
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+                    b"Content-Type: application/json\r\n"
+                    + f"Content-Length: {len(_REFUSED)}\r\n\r\n".encode() + _REFUSED
+                )
+            self.shutdown_request(request)
+            return
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
-            self._connections.discard(request)
+            self._connections.pop(request, None)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -415,6 +482,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "imagesmith"
     sys_version = ""
     disable_nagle_algorithm = True  # small answers must not wait for delayed ACKs
+    # Silence allowed in the middle of a request (a slow upload); between requests, and
+    # while the request line and headers arrive, the server's idle timeout applies.
     timeout = 300
 
     _status = 0
@@ -423,10 +492,29 @@ class _Handler(BaseHTTPRequestHandler):
     _query: dict[str, list[str]]
 
     @property
-    def storage(self) -> _Storage:
+    def _http(self) -> _HTTPServer:
         server = self.server
         assert isinstance(server, _HTTPServer)
-        return server.storage
+        return server
+
+    @property
+    def storage(self) -> _Storage:
+        return self._http.storage
+
+    def handle_one_request(self) -> None:
+        # Waiting for a request is idleness: bounded by the idle timeout, and evictable when
+        # the server is full. The first byte (peeked, not consumed) ends the wait.
+        server = self._http
+        server.mark(self.connection, "waiting")
+        self.connection.settimeout(server.idle_timeout)
+        try:
+            started = self.rfile.peek(1)  # type: ignore[attr-defined]
+        except OSError:  # the idle timeout, or a connection evicted or reset
+            started = b""
+        if not started:
+            self.close_connection = True
+            return
+        super().handle_one_request()
 
     # -- plumbing
     def log_message(self, format: str, *args: Any) -> None:
@@ -461,6 +549,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        self._http.mark(self.connection, "busy")
+        self.connection.settimeout(self.timeout)
         self._status = 0
         self._headers_done = False
         self._body = None
@@ -1042,13 +1132,34 @@ class RegistryServer:
     Binds ``host:port`` at construction (``port=0`` picks a free port; see :attr:`address`).
     :meth:`start` serves from a background thread, :meth:`serve_forever` in the foreground
     until :meth:`stop` or Ctrl-C. Also a context manager (start on enter, stop on exit).
+
+    At most ``max_connections`` connections are open at once (default: from the file
+    descriptor limit, :func:`default_max_connections`); past that, the connection idle the
+    longest is closed, and a newcomer is answered 503 only when every connection is busy
+    with a request. A connection waiting ``idle_timeout`` seconds for its next request (or
+    for the rest of its request line and headers) is closed.
     """
 
-    def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 5000) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        max_connections: int | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
         self.root = Path(root).expanduser().absolute()
+        if max_connections is None:
+            max_connections = default_max_connections()
+        if max_connections < 1:
+            raise UsageError(f"max_connections {max_connections} must be 1 or more")
+        if not idle_timeout > 0:
+            raise UsageError(f"idle timeout {idle_timeout!r} must be a positive number of seconds")
         self._storage = _Storage(self.root)
         try:
-            self._httpd = _HTTPServer((host, port), self._storage)
+            self._httpd = _HTTPServer((host, port), self._storage, max_connections=max_connections,
+                                      idle_timeout=idle_timeout)  # fmt: skip
         except OSError as exc:
             raise UsageError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another port"

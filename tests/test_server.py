@@ -9,10 +9,14 @@ import io
 import json
 import logging
 import os
+import resource
+import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -151,6 +155,90 @@ def test_serve_forever_in_the_foreground(tmp_path: Path) -> None:
         srv.stop()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def _serve_with_fd_limit(root: Path, limit: int, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """``imagesmith serve`` in its own process under RLIMIT_NOFILE ``limit``; and its address."""
+
+    def lower_limit() -> None:  # pragma: no cover - runs in the child
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagesmith", "serve", "--root", str(root), "--addr", "127.0.0.1:0", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=lower_limit,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("Serving "), line + (proc.stderr.read() if proc.stderr else "")
+    return proc, line.split("http://", 1)[1].split()[0]
+
+
+def test_idle_connections_never_starve_other_clients(tmp_path: Path) -> None:
+    """More idle connections than the server has file descriptors: the oldest idle ones are
+    closed to make room, and a client with a request is answered at once."""
+    proc, address = _serve_with_fd_limit(tmp_path / "r", 256)
+    host, port = address.rsplit(":", 1)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(400):
+            idle.append(socket.create_connection((host, int(port)), timeout=10))
+        r = requests.get(f"http://{address}/v2/", timeout=15)
+        assert r.status_code == 200
+        # Of the idle ones, the oldest were closed by the server (a read sees the end).
+        idle[0].settimeout(15)
+        assert idle[0].recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+
+
+def test_idle_connections_time_out(tmp_path: Path) -> None:
+    proc, address = _serve_with_fd_limit(tmp_path / "r", 1024, "--idle-timeout", "1")
+    host, port = address.rsplit(":", 1)
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        with sock:
+            assert sock.recv(1) == b""  # closed after a second of silence, not 300
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/v2/")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == b"{}"
+        assert conn.sock is not None and conn.sock.recv(1) == b""  # kept alive, then closed when idle
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+
+
+def test_a_newcomer_is_refused_only_when_every_connection_is_busy(tmp_path: Path) -> None:
+    with RegistryServer(tmp_path / "r", port=0, max_connections=2) as srv:
+        host, port = srv.address.rsplit(":", 1)
+        busy = []
+        for _ in range(2):  # two uploads in progress: their bodies are still to come
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"POST /v2/r/blobs/uploads/?digest=" + sha(b"x").encode()
+                         + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")  # fmt: skip
+            busy.append(sock)
+        for _ in range(200):  # until both requests reached their handlers
+            states = [c.state for c in srv._httpd._connections.values()]
+            if states == ["busy", "busy"]:
+                break
+            time.sleep(0.05)
+        r = requests.get(f"http://{srv.address}/v2/", timeout=10)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert error_codes(r) == ["TOOMANYREQUESTS"]
+        busy[0].close()
+        busy[1].close()
+        for _ in range(50):
+            if requests.get(f"http://{srv.address}/v2/", timeout=10).status_code == 200:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the server never took connections again")
 
 
 def test_concurrent_pushes_to_one_repository(api: Api) -> None:
