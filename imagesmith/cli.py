@@ -91,6 +91,15 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
         help="trust this CA bundle for TLS (also IMAGESMITH_CA_CERT)",
     )
     group.add_argument(
+        "--credential-helper-timeout",
+        dest=f"helper_timeout{suffix}",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help="stop a docker-credential-* helper (and what it started) that has not answered by then "
+        "(default 60; also IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT)",
+    )
+    group.add_argument(
         "--cache-dir",
         dest=f"cache_dir{suffix}",
         metavar="DIR",
@@ -481,6 +490,10 @@ def _registry_options(args: argparse.Namespace) -> RegistryOptions:
         overrides["insecure"] = frozenset(hosts)
     if ca is not None:
         overrides["ca_cert"] = Path(ca)
+    helper_timeout = getattr(args, "helper_timeout", None)
+    if helper_timeout is None:
+        helper_timeout = args.helper_timeout_global
+    overrides["credential_helper_timeout"] = helper_timeout
     return RegistryOptions.from_env(**overrides)
 
 
@@ -830,7 +843,7 @@ def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
     host = registry_host(args.registry)
-    if logout(host):
+    if logout(host, options=_registry_options(args)):
         print(f"Removed credentials for {host}", file=stdout)
     else:
         print(f"No credentials stored for {host}", file=stdout)

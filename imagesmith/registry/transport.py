@@ -113,6 +113,9 @@ class RegistryOptions:
     size (``PATCH`` with ``Content-Range``), which can resume after a dropped connection;
     smaller blobs go in one ``PUT``. A registry that announces ``OCI-Chunk-Min-Length``
     gets a chunked upload with chunks at least that big.
+
+    ``credential_helper_timeout`` (default 60 s): a ``docker-credential-*`` helper that has not
+    answered by then is killed, with every process it started.
     """
 
     insecure: frozenset[str] = frozenset()
@@ -126,6 +129,7 @@ class RegistryOptions:
     max_retry_after: float = 60.0
     max_redirects: int = 5
     chunk_size: int = 64 * 1024 * 1024
+    credential_helper_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         # Accept any iterable of strings and normalise once, so lookups are exact matches.
@@ -147,18 +151,34 @@ class RegistryOptions:
             raise UsageError(f"invalid max_redirects {self.max_redirects!r}: must be 0 or more")
         if self.chunk_size < 1:
             raise UsageError(f"invalid chunk_size {self.chunk_size!r}: must be 1 byte or more")
+        if not self.credential_helper_timeout > 0:
+            raise UsageError(
+                f"invalid credential helper timeout {self.credential_helper_timeout!r}: must be a "
+                "positive number of seconds"
+            )
 
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
     ) -> RegistryOptions:
-        """Options from ``IMAGESMITH_INSECURE_REGISTRY`` and ``IMAGESMITH_CA_CERT``, merged.
+        """Options from ``IMAGESMITH_INSECURE_REGISTRY``, ``IMAGESMITH_CA_CERT`` and
+        ``IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT``, merged.
 
         ``IMAGESMITH_INSECURE_REGISTRY`` is a comma- or space-separated list of hosts added to
-        any ``insecure`` override; an explicit ``ca_cert`` override wins over
-        ``IMAGESMITH_CA_CERT``. Other keyword arguments are passed through unchanged.
+        any ``insecure`` override; an explicit ``ca_cert`` or ``credential_helper_timeout``
+        override wins over its variable. Other keyword arguments are passed through unchanged.
         """
         env = os.environ if environ is None else environ
+        if overrides.get("credential_helper_timeout") is None:
+            overrides.pop("credential_helper_timeout", None)
+            text = env.get("IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT", "").strip()
+            if text:
+                try:
+                    overrides["credential_helper_timeout"] = float(text)
+                except ValueError:
+                    raise UsageError(
+                        f"IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT={text!r} is not a number of seconds"
+                    ) from None
         insecure = set(re.split(r"[,\s]+", env.get("IMAGESMITH_INSECURE_REGISTRY", "")))
         explicit = overrides.pop("insecure", None)
         if explicit is not None:
