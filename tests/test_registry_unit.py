@@ -1189,6 +1189,29 @@ def test_https_registry_refuses_http_realm() -> None:
         auth.check_realm("http://evil.example/token")
 
 
+def test_an_https_realm_that_speaks_plain_http_gets_advice_that_can_help(
+    fake: FakeServer, other: FakeServer
+) -> None:
+    """A plain-http registry whose token realm says https:// but is plain http: listing the
+    realm's host as insecure cannot change the scheme the registry names, so the message says
+    what can (the registry's realm setting, or TLS on the token endpoint)."""
+    fake.handler = lambda req: Resp(401, {"WWW-Authenticate": f'Bearer realm="https://{other.host}/token",service="s"'})
+    other.handler = lambda req: Resp(200, {"Content-Type": "application/json"}, b'{"token": "t"}')
+    client = make_client(fake, other, retries=0)
+    with pytest.raises(RegistryUnreachableError) as info:
+        client.blob_exists("r", Digest.of(b"x"))
+    message = str(info.value)
+    assert "pass --insecure-registry" not in message
+    assert f"https://{other.host}/token" in message and "realm" in message
+    assert f"http://{other.host}/token" in message  # what the realm should say
+    assert not other.requests  # a TLS handshake only, never a request
+    # The same for a redirect: the URL is the server's, the flag cannot help.
+    fake.handler = lambda req: Resp(307, {"Location": f"https://{other.host}/blob"})
+    with pytest.raises(RegistryUnreachableError, match="a redirect named an https URL") as info:
+        make_client(fake, other, retries=0).get_manifest("r", "v1")
+    assert "pass --insecure-registry" not in str(info.value)
+
+
 def test_basic_challenge_without_credentials(fake: FakeServer) -> None:
     fake.handler = lambda req: Resp(401, {"WWW-Authenticate": 'Basic realm="r"'})
     with pytest.raises(AuthenticationError, match=f"docker login {fake.host}"):
