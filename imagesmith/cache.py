@@ -25,7 +25,6 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import IO, Any
 
 import platformdirs
 
-from .blobstore import BlobWriter, NotARegularFile, atomic_blob, open_regular, remove_stale_temp
+from .blobstore import BlobWriter, NotARegularFile, atomic_blob, create_temp, open_regular, remove_stale_temp
 from .digests import CHUNK, Digest, Hasher, VerifyingReader
 from .errors import CacheError, IntegrityError
 
@@ -237,12 +236,12 @@ class BlobCache:
         """
         self._ensure(expected.algorithm if expected is not None else "sha256")
         try:
-            fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"blob-{os.getpid()}-", suffix=".tmp")
+            fd, tmp = create_temp(self.tmp_dir, "blob")
         except OSError as exc:
             raise _fail("create a temp file in", self.tmp_dir, exc) from None
         with atomic_blob(
             fd,
-            Path(tmp_name),
+            tmp,
             expected=expected,
             size=size,
             destination=self.path,
@@ -340,28 +339,29 @@ class BlobCache:
             raise CacheError(f"record {key!r} is not JSON-serialisable: {exc}") from None
         path = self._record_path(key)
         try:
-            fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"record-{os.getpid()}-", suffix=".tmp")
+            fd, tmp = create_temp(self.tmp_dir, "record")
         except OSError as exc:
             raise _fail("create a temp file in", self.tmp_dir, exc) from None
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(path)
+            with os.fdopen(fd, "wb") as f:  # open (so locked) until renamed or removed
+                try:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    tmp.replace(path)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        tmp.unlink()
         except OSError as exc:
             raise _fail("write record", path, exc) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
 
     def clean_temp(self, older_than: float = 3600) -> int:
-        """Remove temp files older than ``older_than`` seconds; return how many were removed.
+        """Remove the temp files of writers that are gone; return how many were removed.
 
-        Temp files older than that belong to processes that were killed or crashed (a live
-        writer keeps touching its file). Pass 0 to remove every temp file, only when no other
-        process uses the cache.
+        imagesmith's own writers lock their temp files while they live, so a killed writer's
+        file goes at once and a live one's never (:func:`~imagesmith.blobstore.remove_stale_temp`);
+        other files go once older than ``older_than`` seconds (0: all of them, only when no
+        other process uses the cache).
         """
         return remove_stale_temp(self.tmp_dir, older_than, _fail)
 

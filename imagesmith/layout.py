@@ -27,14 +27,21 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import mediatypes as mt
-from .blobstore import BlobWriter, NotARegularFile, atomic_blob, fsync_dir, open_regular, remove_stale_temp
+from .blobstore import (
+    BlobWriter,
+    NotARegularFile,
+    atomic_blob,
+    create_temp,
+    fsync_dir,
+    open_regular,
+    remove_stale_temp,
+)
 from .digests import CHUNK, Digest, VerifyingReader
 from .errors import (
     DigestFormatError,
@@ -207,14 +214,13 @@ class OCILayout:
         for _ in range(100):
             try:
                 self.temp_dir.mkdir(exist_ok=True)
-                fd, name = tempfile.mkstemp(dir=self.temp_dir, prefix=f"{kind}-{os.getpid()}-", suffix=".tmp")
+                return create_temp(self.temp_dir, kind)
             except (FileNotFoundError, FileExistsError):
                 # Another writer removed the empty temp dir in between (mkdir raises
                 # FileExistsError when the dir vanishes between its create and its check).
                 continue
             except OSError as exc:
                 raise _os_error("create a temp file in", self.temp_dir, exc) from None
-            return fd, Path(name)
         raise LayoutError(f"cannot create a temp file in {self.temp_dir}: it keeps disappearing")
 
     def _tidy_temp_dir(self) -> None:
@@ -223,11 +229,12 @@ class OCILayout:
             self.temp_dir.rmdir()
 
     def clean_temp(self, older_than: float = _STALE_TEMP) -> int:
-        """Remove temp files older than ``older_than`` seconds; return how many were removed.
+        """Remove the temp files of writers that are gone; return how many were removed.
 
-        Temp files that old belong to writers that were killed (a live writer finishes or
-        removes its own). Pass 0 to remove every temp file, only when no other process is
-        writing this layout. The temp directory itself is removed once empty.
+        imagesmith's writers lock their temp files while they live: a killed writer's file
+        goes at once, a live writer's never (see
+        :func:`~imagesmith.blobstore.remove_stale_temp`); files of other tools go once older
+        than ``older_than`` seconds. The temp directory itself is removed once empty.
         """
         removed = remove_stale_temp(self.temp_dir, older_than, _os_error)
         self._tidy_temp_dir()
@@ -238,17 +245,19 @@ class OCILayout:
         fd, tmp = self._mkstemp(name)
         target = self.root / name
         try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o644)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(target)
+            with os.fdopen(fd, "wb") as f:  # open (so locked) until renamed or removed
+                try:
+                    os.fchmod(f.fileno(), 0o644)
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    tmp.replace(target)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        tmp.unlink()
         except OSError as exc:
             raise _os_error("write", target, exc) from None
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
             self._tidy_temp_dir()
         fsync_dir(self.root)
 

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cli_support import HELLO
+from cli_support import HELLO, ok
 from conftest import need_tool
 
 from imagesmith import mediatypes as mt
@@ -404,11 +405,50 @@ def test_killed_writer_leaves_only_temp_files(layout: OCILayout) -> None:
     proc.join(30)
     assert proc.exitcode == 9
     leftovers = list((layout.root / TEMP_DIR).iterdir())
-    assert len(leftovers) == 1 and leftovers[0].name.startswith("blob-")
+    assert len(leftovers) == 1 and leftovers[0].name.startswith("blob@")
     assert set((layout.root / "blobs" / "sha256").iterdir()) == blobs_before
     assert (layout.root / "index.json").read_bytes() == index_before
-    assert layout.clean_temp() == 0  # too recent to be a dead writer's
-    assert layout.clean_temp(older_than=0) == 1
+    assert layout.clean_temp() == 1  # its writer's lock is gone: however recent, it is stale
+    assert not (layout.root / TEMP_DIR).exists()
+
+
+def _write_and_wait(root: str, started: Any, finish: Any) -> None:
+    layout = OCILayout(Path(root))
+    with layout.put_blob() as writer:
+        writer.write(b"a live writer's layer")
+        started.set()
+        finish.wait(60)
+
+
+def test_the_next_write_removes_a_killed_writers_temp_file_but_never_a_live_one(
+    layout: OCILayout, tmp_path: Path
+) -> None:
+    """A kill -9 during a write leaves a temp file; the next successful write into the layout
+    (here `imagesmith import --output oci:`) removes it at once, while a temp file whose
+    writer still runs stays."""
+    spawn = multiprocessing.get_context("spawn")
+    killed = spawn.Process(target=_die_mid_write, args=(str(layout.root),))
+    killed.start()
+    killed.join(30)
+    assert killed.exitcode == 9
+    (dead,) = (layout.root / TEMP_DIR).iterdir()
+    started, finish = spawn.Event(), spawn.Event()
+    live = spawn.Process(target=_write_and_wait, args=(str(layout.root), started, finish))
+    live.start()
+    try:
+        assert started.wait(30)
+        (live_file,) = set((layout.root / TEMP_DIR).iterdir()) - {dead}
+        rootfs = tmp_path / "rootfs"
+        (rootfs / "etc").mkdir(parents=True)
+        (rootfs / "etc" / "hostname").write_text("x\n")
+        ok("import", str(rootfs), "--output", f"oci:{layout.root}:next",
+           env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+        assert not dead.exists()
+        assert live_file.exists()  # its writer is alive: never touched
+    finally:
+        finish.set()
+        live.join(30)
+    assert live.exitcode == 0
     assert not (layout.root / TEMP_DIR).exists()
 
 
