@@ -42,6 +42,7 @@ __all__ = [
     "fsync_dir",
     "open_regular",
     "remove_stale_temp",
+    "replace_from_temp",
 ]
 
 # Turns an OSError into the caller's own error type: (action, path, error) -> exception.
@@ -78,6 +79,23 @@ def create_temp(directory: Path, kind: str) -> tuple[int, Path]:
             raise
         os.close(fd)
     raise OSError(errno.EAGAIN, "temp files keep disappearing", str(directory))
+
+
+def replace_from_temp(fd: int, tmp: Path, target: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` into the :func:`create_temp` file ``fd`` (at ``tmp``), fsync it and
+    rename it onto ``target``, keeping it open (so locked) until then; ``mode`` sets its
+    permissions first. The temp file is gone afterwards either way; errors are ``OSError``."""
+    with os.fdopen(fd, "wb") as f:
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            f.write(data)
+            f.flush()
+            os.fsync(fd)
+            tmp.replace(target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def _writer_gone(path: str, name: str) -> bool | None:

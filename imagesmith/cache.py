@@ -33,7 +33,15 @@ from typing import IO, Any
 
 import platformdirs
 
-from .blobstore import BlobWriter, NotARegularFile, atomic_blob, create_temp, open_regular, remove_stale_temp
+from .blobstore import (
+    BlobWriter,
+    NotARegularFile,
+    atomic_blob,
+    create_temp,
+    open_regular,
+    remove_stale_temp,
+    replace_from_temp,
+)
 from .digests import CHUNK, Digest, Hasher, VerifyingReader
 from .errors import CacheError, IntegrityError
 
@@ -343,15 +351,7 @@ class BlobCache:
         except OSError as exc:
             raise _fail("create a temp file in", self.tmp_dir, exc) from None
         try:
-            with os.fdopen(fd, "wb") as f:  # open (so locked) until renamed or removed
-                try:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                    tmp.replace(path)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        tmp.unlink()
+            replace_from_temp(fd, tmp, path, data)
         except OSError as exc:
             raise _fail("write record", path, exc) from None
 

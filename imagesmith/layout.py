@@ -41,6 +41,7 @@ from .blobstore import (
     fsync_dir,
     open_regular,
     remove_stale_temp,
+    replace_from_temp,
 )
 from .digests import CHUNK, Digest, VerifyingReader
 from .errors import (
@@ -245,16 +246,7 @@ class OCILayout:
         fd, tmp = self._mkstemp(name)
         target = self.root / name
         try:
-            with os.fdopen(fd, "wb") as f:  # open (so locked) until renamed or removed
-                try:
-                    os.fchmod(f.fileno(), 0o644)
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                    tmp.replace(target)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        tmp.unlink()
+            replace_from_temp(fd, tmp, target, data, mode=0o644)
         except OSError as exc:
             raise _os_error("write", target, exc) from None
         finally:
