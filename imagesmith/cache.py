@@ -4,7 +4,7 @@ Layout under the root (``$IMAGESMITH_CACHE_DIR``, else the platform's user cache
 
     blobs/sha256/<hex>      one file per blob, named by the digest of its bytes
     records/<sha256>.json   small JSON records (e.g. "this input gave that layer"), keyed by
-                            the sha256 of a caller-chosen key string
+                            the sha256 of a caller-chosen key string; mtime = last use
     tmp/                    files being written; renamed into place when complete
 
 Writes are atomic: bytes go to a uniquely named temp file under ``tmp/``, are fsynced and
@@ -25,7 +25,6 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,15 @@ from typing import IO, Any
 
 import platformdirs
 
-from .blobstore import BlobWriter, atomic_blob, remove_stale_temp
+from .blobstore import (
+    BlobWriter,
+    NotARegularFile,
+    atomic_blob,
+    create_temp,
+    open_regular,
+    remove_stale_temp,
+    replace_from_temp,
+)
 from .digests import CHUNK, Digest, Hasher, VerifyingReader
 from .errors import CacheError, IntegrityError
 
@@ -192,6 +199,11 @@ class BlobCache:
             return False
         return size is None or st.st_size == size
 
+    def touch(self, digest: Digest) -> None:
+        """Record a use of the blob without reading it (its mtime is what :meth:`prune` goes by)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.path(digest))
+
     def open(self, digest: Digest, size: int | None = None) -> CachedBlobReader:
         """Open a cached blob for verified reading.
 
@@ -201,9 +213,12 @@ class BlobCache:
         """
         path = self.path(digest)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - owned by the returned reader
+            f = open_regular(path)  # owned by the returned reader; never blocks on a FIFO
         except FileNotFoundError:
             raise CacheError(f"blob {digest} is not in the cache ({path})") from None
+        except NotARegularFile as exc:
+            self.evict(digest)
+            raise IntegrityError(f"cached blob {digest} was {exc.strerror}: evicted") from None
         except OSError as exc:
             raise _fail("open", path, exc) from None
         if size is not None:
@@ -229,12 +244,12 @@ class BlobCache:
         """
         self._ensure(expected.algorithm if expected is not None else "sha256")
         try:
-            fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"blob-{os.getpid()}-", suffix=".tmp")
+            fd, tmp = create_temp(self.tmp_dir, "blob")
         except OSError as exc:
             raise _fail("create a temp file in", self.tmp_dir, exc) from None
         with atomic_blob(
             fd,
-            Path(tmp_name),
+            tmp,
             expected=expected,
             size=size,
             destination=self.path,
@@ -272,10 +287,13 @@ class BlobCache:
         path = self.path(digest)
         hasher = Hasher(digest.algorithm)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 while chunk := f.read(CHUNK):
                     hasher.update(chunk)
         except FileNotFoundError:
+            return False
+        except NotARegularFile:
+            self.evict(digest)
             return False
         except OSError as exc:
             raise _fail("read", path, exc) from None
@@ -301,7 +319,8 @@ class BlobCache:
         """The JSON record stored under ``key``, or ``None`` when absent or unreadable.
 
         A corrupt record (not JSON, not an object, stored under another key) counts as missing:
-        records are hints that save work, never the source of truth.
+        records are hints that save work, never the source of truth. Reading a record is a
+        use: its mtime moves, so :meth:`prune` keeps records in use.
         """
         path = self._record_path(key)
         try:
@@ -315,6 +334,8 @@ class BlobCache:
         if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("value"), dict):
             return None
         value: dict[str, Any] = doc["value"]
+        with contextlib.suppress(OSError):
+            os.utime(path)
         return value
 
     def put_record(self, key: str, value: dict[str, Any]) -> None:
@@ -326,28 +347,21 @@ class BlobCache:
             raise CacheError(f"record {key!r} is not JSON-serialisable: {exc}") from None
         path = self._record_path(key)
         try:
-            fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"record-{os.getpid()}-", suffix=".tmp")
+            fd, tmp = create_temp(self.tmp_dir, "record")
         except OSError as exc:
             raise _fail("create a temp file in", self.tmp_dir, exc) from None
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(path)
+            replace_from_temp(fd, tmp, path, data)
         except OSError as exc:
             raise _fail("write record", path, exc) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
 
     def clean_temp(self, older_than: float = 3600) -> int:
-        """Remove temp files older than ``older_than`` seconds; return how many were removed.
+        """Remove the temp files of writers that are gone; return how many were removed.
 
-        Temp files older than that belong to processes that were killed or crashed (a live
-        writer keeps touching its file). Pass 0 to remove every temp file, only when no other
-        process uses the cache.
+        imagesmith's own writers lock their temp files while they live, so a killed writer's
+        file goes at once and a live one's never (:func:`~imagesmith.blobstore.remove_stale_temp`);
+        other files go once older than ``older_than`` seconds (0: all of them, only when no
+        other process uses the cache).
         """
         return remove_stale_temp(self.tmp_dir, older_than, _fail)
 

@@ -67,7 +67,7 @@ from .registry.client import RegistryPool
 from .registry.credentials import registry_host
 from .registry.transport import RegistryOptions
 from .repoindex import list_index, update_index
-from .server import RegistryServer
+from .server import DEFAULT_IDLE_TIMEOUT, RegistryServer
 from .transfer import copy_image
 
 __all__ = ["main"]
@@ -89,6 +89,15 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
         metavar="FILE",
         default=None,
         help="trust this CA bundle for TLS (also IMAGESMITH_CA_CERT)",
+    )
+    group.add_argument(
+        "--credential-helper-timeout",
+        dest=f"helper_timeout{suffix}",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help="stop a docker-credential-* helper (and what it started) that has not answered by then "
+        "(default 60; also IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT)",
     )
     group.add_argument(
         "--cache-dir",
@@ -302,6 +311,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on (default 127.0.0.1:5000; port 0 picks a free one)",
     )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections open at once; past it the one idle longest is closed "
+        "(default: a third of the open-file limit, at most 1024)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close a connection idle this long between requests (default {DEFAULT_IDLE_TIMEOUT:g})",
+    )
 
     p = commands.add_parser(
         "index",
@@ -467,6 +490,10 @@ def _registry_options(args: argparse.Namespace) -> RegistryOptions:
         overrides["insecure"] = frozenset(hosts)
     if ca is not None:
         overrides["ca_cert"] = Path(ca)
+    helper_timeout = getattr(args, "helper_timeout", None)
+    if helper_timeout is None:
+        helper_timeout = args.helper_timeout_global
+    overrides["credential_helper_timeout"] = helper_timeout
     return RegistryOptions.from_env(**overrides)
 
 
@@ -727,7 +754,8 @@ def _run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     host, sep, port_text = args.addr.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise UsageError(f"--addr {args.addr!r} must be HOST:PORT, e.g. 127.0.0.1:5000")
-    server = RegistryServer(Path(args.root), host=host.strip("[]"), port=int(port_text))
+    server = RegistryServer(Path(args.root), host=host.strip("[]"), port=int(port_text),
+                            max_connections=args.max_connections, idle_timeout=args.idle_timeout)  # fmt: skip
     print(f"Serving {server.root} at http://{server.address} (Ctrl-C stops)", file=stdout, flush=True)
     print(
         f"  clients: --insecure-registry {server.address} (imagesmith), --tls-verify=false (podman, skopeo)",
@@ -815,7 +843,7 @@ def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
     host = registry_host(args.registry)
-    if logout(host):
+    if logout(host, options=_registry_options(args)):
         print(f"Removed credentials for {host}", file=stdout)
     else:
         print(f"No credentials stored for {host}", file=stdout)

@@ -11,6 +11,13 @@ directory list, in the blob cache's records.
 A record is used only while its blob is still in the cache, so a pruned cache just means a
 rebuild. Like make and ccache, this trusts file metadata: content changed without touching
 size, mtime or ctime is not noticed (ctime cannot be set back by ordinary tools).
+
+A reused blob was verified when it was written, possibly long ago; the cache file may have
+been damaged since. A record only checks the size, so the bytes are checked when something
+reads them (an upload hashes what it sends, a layout copy reads through the cache's
+verifying reader). :class:`RebuildOrigin` is where such a layer's bytes come from when its
+cached copy turns out damaged or gone: the input it was built from, built again (the cache
+entry is evicted on detection, and the rebuild puts the good bytes back under the same record).
 """
 
 from __future__ import annotations
@@ -20,17 +27,25 @@ import json
 import operator
 import os
 import stat
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import BlobCache
 from .compression import codec_id
 from .digests import Digest
-from .errors import DigestFormatError
-from .layers import LayerBlob, source_date_epoch
+from .errors import DigestFormatError, LayerError
+from .layers import LayerBlob, input_error, source_date_epoch
 from .mediatypes import Compression, MediaTypes
+from .model import Descriptor
 
-__all__ = ["RECORD_VERSION", "input_key", "lookup", "remember"]
+if TYPE_CHECKING:
+    from .images import Readable
+    from .registry.client import RegistryPool
+
+__all__ = ["RECORD_VERSION", "RebuildOrigin", "input_key", "lookup", "recorded", "remember"]
 
 _NAME = operator.attrgetter("name")
 
@@ -43,18 +58,26 @@ def _walk_identity(root: Path, digest: Any) -> None:
     # one line naming its full relative path, so the order only has to be deterministic. This
     # runs on every build (it is how an unchanged input is recognised), so it is kept lean:
     # string paths, one hash update per directory, no per-entry objects beyond the stat.
+    # A failing system call becomes one LayerError naming the path (the same words the layer
+    # builder uses): an unreadable directory, a file removed meanwhile, a path over PATH_MAX.
     stack = [(os.fspath(root), "")]
     while stack:
         directory, rel = stack.pop()
-        with os.scandir(directory) as scan:
-            entries = sorted(scan, key=_NAME)
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=_NAME)
+        except OSError as exc:
+            raise input_error(directory, exc) from None
         lines = []
         subdirs = []
         for entry in entries:
-            st = entry.stat(follow_symlinks=False)
-            mode = st.st_mode
+            try:
+                st = entry.stat(follow_symlinks=False)
+                mode = st.st_mode
+                link = os.readlink(entry.path) if stat.S_ISLNK(mode) else ""  # noqa: PTH115 (no Path per entry)
+            except OSError as exc:
+                raise input_error(entry.path, exc) from None
             name = rel + entry.name
-            link = os.readlink(entry.path) if stat.S_ISLNK(mode) else ""  # noqa: PTH115 (no Path per entry)
             lines.append(
                 f"{name}\0{mode:o}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
                 f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0{link}\n"
@@ -78,7 +101,7 @@ def input_key(
     digest = hashlib.sha256()
     settings = {
         "version": RECORD_VERSION,
-        "content": str(content.resolve()),
+        "content": os.path.realpath(content),
         "prefix": prefix,
         "preserve": preserve,
         "codec": codec_id(compression, level),
@@ -86,20 +109,27 @@ def input_key(
         "mtime": source_date_epoch(),
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    st = content.stat()
+    try:
+        st = content.stat()
+    except OSError as exc:
+        raise input_error(content, exc, walking=False) from None
     digest.update(f"{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
-    if content.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         _walk_identity(content, digest)
     return "layer:" + digest.hexdigest()
 
 
-def lookup(cache: BlobCache, key: str) -> LayerBlob | None:
-    """The layer recorded for ``key``, if its blob is still in the cache; else ``None``."""
+def recorded(cache: BlobCache, key: str) -> LayerBlob | None:
+    """The layer recorded for ``key``, whether or not its blob is still in the cache.
+
+    A record outlives its blob (a pruned cache): it still says which digest the input gives,
+    so a registry can be asked for the blob before anything is built or sent.
+    """
     record = cache.get_record(key)
     if record is None:
         return None
     try:
-        blob = LayerBlob(
+        return LayerBlob(
             digest=Digest.parse(record["digest"]),
             diff_id=Digest.parse(record["diff_id"]),
             size=int(record["size"]),
@@ -109,7 +139,18 @@ def lookup(cache: BlobCache, key: str) -> LayerBlob | None:
         )
     except (KeyError, TypeError, ValueError, DigestFormatError):
         return None  # a record from another version, or damaged: rebuild
-    return blob if cache.has(blob.digest, blob.size) else None
+
+
+def lookup(cache: BlobCache, key: str) -> LayerBlob | None:
+    """The layer recorded for ``key``, if its blob is still in the cache; else ``None``.
+
+    A hit is a use of the blob (see :meth:`BlobCache.touch`), even when nothing reads it.
+    """
+    blob = recorded(cache, key)
+    if blob is None or not cache.has(blob.digest, blob.size):
+        return None
+    cache.touch(blob.digest)
+    return blob
 
 
 def remember(cache: BlobCache, key: str, blob: LayerBlob) -> None:
@@ -125,3 +166,52 @@ def remember(cache: BlobCache, key: str, blob: LayerBlob) -> None:
             "uncompressed_size": blob.uncompressed_size,
         },
     )
+
+
+class RebuildOrigin:
+    """Where the bytes of a package layer come from when its cached copy is gone or damaged:
+    its input, built again by ``rebuild`` (a :class:`~imagesmith.images.BlobOrigin`).
+
+    ``what`` names the input in messages. Building again must give the same digest (layers
+    are reproducible); a different one means the content changed without its size or times
+    changing, and raises :class:`LayerError` rather than publishing other bytes under the
+    digest the image already names.
+    """
+
+    def __init__(
+        self, blob: LayerBlob, cache: BlobCache, what: str, rebuild: Callable[[], LayerBlob]
+    ) -> None:
+        self.blob = blob
+        self.cache = cache
+        self.what = what
+        self._rebuild = rebuild
+        self._lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return self.what
+
+    @property
+    def local(self) -> bool:
+        return True
+
+    def restore(self) -> None:
+        """Make sure the cache holds the blob's verified bytes, building it again if not."""
+        digest, size = self.blob.digest, self.blob.size
+        with self._lock:
+            if self.cache.has(digest, size) and self.cache.verify(digest):
+                return
+            rebuilt = self._rebuild()
+        if rebuilt.digest != digest:
+            raise LayerError(
+                f"building {self.what} again gave layer {rebuilt.digest}, not {digest} as before: "
+                "its content changed during the build; build again"
+            )
+
+    def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
+        """Build the layer again when the cache lacks good bytes, then read it from the cache."""
+        self.restore()
+        return self.cache.open(descriptor.digest, descriptor.size)
+
+    def blob_file(self, descriptor: Descriptor) -> Path | None:
+        """None: the file is the cache's own (callers look there first)."""
+        return None

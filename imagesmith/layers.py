@@ -33,6 +33,7 @@ member below a symlink or file, and member types tar cannot express portably rai
 from __future__ import annotations
 
 import codecs
+import errno
 import operator
 import os
 import stat
@@ -61,6 +62,7 @@ __all__ = [
     "TarballEntries",
     "build_layer",
     "directory_entries",
+    "input_error",
     "normalise_prefix",
     "source_date_epoch",
     "tarball_entries",
@@ -164,6 +166,37 @@ _Child = tuple[bytes, str, str, os.stat_result | None]
 _first = operator.itemgetter(0)
 
 
+# Paths in messages are cut in the middle past this length: a path over PATH_MAX is the error.
+_SHOWN_PATH = 400
+
+
+def input_error(path: str | os.PathLike[str], exc: OSError, *, walking: bool = True) -> LayerError:
+    """The :class:`LayerError` for package content that cannot be read: one line naming the
+    path at fault (``exc.filename`` when the system names one) and what to do about it.
+
+    ``walking`` says that the path was listed a moment before, so a missing one disappeared
+    while the input was read (content still being written, or a cleanup running meanwhile).
+    """
+    raw = exc.filename if isinstance(exc.filename, str) else os.fspath(path)
+    shown = raw if len(raw) <= _SHOWN_PATH else f"{raw[:150]}...{raw[-200:]} ({len(raw)} characters)"
+    if exc.errno == errno.ENOENT and walking:
+        return LayerError(
+            f"{shown} disappeared while the layer was built: is something still changing the "
+            "package? build again once it is complete"
+        )
+    if exc.errno == errno.ENAMETOOLONG:
+        return LayerError(
+            f"cannot read {shown}: its path is longer than the system allows; shorten the "
+            "directory names or move the content closer to /"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return LayerError(
+            f"cannot read {shown}: Permission denied; make the package readable (and its "
+            "directories searchable) by the user running imagesmith"
+        )
+    return LayerError(f"cannot read {shown}: {exc.strerror or exc}")
+
+
 def _utf8_name(raw: bytes, path: str) -> str:
     try:
         return raw.decode("utf-8")
@@ -220,10 +253,8 @@ def _sorted_children(directory: str, archive_dir: str, stat_dirs: bool) -> list[
                 if stat.S_ISDIR(st.st_mode):
                     key += b"/"
                 children.append((key, archive_name, dirent.path, st))
-    except FileNotFoundError:
-        raise LayerError(f"{directory} disappeared while the layer was built") from None
     except OSError as exc:
-        raise LayerError(f"cannot read {exc.filename or directory}: {exc.strerror or exc}") from None
+        raise input_error(directory, exc) from None
     children.sort(key=_first)
     return children
 
@@ -242,7 +273,7 @@ def directory_entries(root: Path, prefix: str = "", *, preserve: bool = False) -
     try:
         root_st = Path(root).stat()
     except OSError as exc:
-        raise LayerError(f"cannot read {root}: {exc.strerror or exc}") from None
+        raise input_error(root, exc, walking=False) from None
     if not stat.S_ISDIR(root_st.st_mode):
         raise LayerError(f"{root} is not a directory")
     yield from _parents(prefix, include_self=False)
@@ -305,7 +336,7 @@ def _fs_entry(
         try:
             target = os.fspath(Path(path).readlink())
         except OSError as exc:
-            raise LayerError(f"cannot read symlink {path}: {exc.strerror or exc}") from None
+            raise input_error(path, exc) from None
         _utf8_name(os.fsencode(target), path)
         return TarEntry(name, "symlink", mode, linkname=target, uid=uid, gid=gid)
     if kind == "file":

@@ -19,20 +19,30 @@ missing. Blobs are verified (digest and size) whenever they are read.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
 import logging
 import os
 import re
-import tempfile
+import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import mediatypes as mt
-from .blobstore import BlobWriter, atomic_blob, fsync_dir, remove_stale_temp
+from .blobstore import (
+    BlobWriter,
+    NotARegularFile,
+    atomic_blob,
+    create_temp,
+    fsync_dir,
+    open_regular,
+    remove_stale_temp,
+    replace_from_temp,
+)
 from .digests import CHUNK, Digest, VerifyingReader
 from .errors import (
     DigestFormatError,
@@ -116,6 +126,20 @@ def ref_name(descriptor: Descriptor) -> str | None:
 LayoutBlobWriter = BlobWriter
 
 
+def _untag(entries: list[Descriptor], tag: str, keep_untagged: bool) -> list[Descriptor]:
+    """``entries`` without the name ``tag``: its entries dropped, or kept unnamed when
+    ``keep_untagged`` and no other entry lists their digest."""
+    kept = [d for d in entries if ref_name(d) != tag]
+    if keep_untagged:
+        listed = {d.digest for d in kept}
+        for d in entries:
+            if ref_name(d) == tag and d.digest not in listed:
+                rest = {k: v for k, v in (d.annotations or {}).items() if k != REF_NAME}
+                kept.append(dataclasses.replace(d, annotations=rest or None))
+                listed.add(d.digest)
+    return kept
+
+
 class OCILayout:
     """An OCI image layout directory: read and write blobs, manifests and tags.
 
@@ -191,14 +215,13 @@ class OCILayout:
         for _ in range(100):
             try:
                 self.temp_dir.mkdir(exist_ok=True)
-                fd, name = tempfile.mkstemp(dir=self.temp_dir, prefix=f"{kind}-{os.getpid()}-", suffix=".tmp")
+                return create_temp(self.temp_dir, kind)
             except (FileNotFoundError, FileExistsError):
                 # Another writer removed the empty temp dir in between (mkdir raises
                 # FileExistsError when the dir vanishes between its create and its check).
                 continue
             except OSError as exc:
                 raise _os_error("create a temp file in", self.temp_dir, exc) from None
-            return fd, Path(name)
         raise LayoutError(f"cannot create a temp file in {self.temp_dir}: it keeps disappearing")
 
     def _tidy_temp_dir(self) -> None:
@@ -207,11 +230,12 @@ class OCILayout:
             self.temp_dir.rmdir()
 
     def clean_temp(self, older_than: float = _STALE_TEMP) -> int:
-        """Remove temp files older than ``older_than`` seconds; return how many were removed.
+        """Remove the temp files of writers that are gone; return how many were removed.
 
-        Temp files that old belong to writers that were killed (a live writer finishes or
-        removes its own). Pass 0 to remove every temp file, only when no other process is
-        writing this layout. The temp directory itself is removed once empty.
+        imagesmith's writers lock their temp files while they live: a killed writer's file
+        goes at once, a live writer's never (see
+        :func:`~imagesmith.blobstore.remove_stale_temp`); files of other tools go once older
+        than ``older_than`` seconds. The temp directory itself is removed once empty.
         """
         removed = remove_stale_temp(self.temp_dir, older_than, _os_error)
         self._tidy_temp_dir()
@@ -222,17 +246,10 @@ class OCILayout:
         fd, tmp = self._mkstemp(name)
         target = self.root / name
         try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o644)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(target)
+            replace_from_temp(fd, tmp, target, data, mode=0o644)
         except OSError as exc:
             raise _os_error("write", target, exc) from None
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
             self._tidy_temp_dir()
         fsync_dir(self.root)
 
@@ -264,7 +281,7 @@ class OCILayout:
         """
         path = self.blob_path(descriptor.digest)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the with block below
+            f = open_regular(path)  # a FIFO planted there would block an ordinary open forever
         except FileNotFoundError:
             raise LayoutError(
                 f"blob {descriptor.digest} is missing from the OCI layout {self.root}"
@@ -376,20 +393,23 @@ class OCILayout:
             return True
         src = source.blob_path(digest)
         try:
-            size = src.stat().st_size
+            st = src.lstat()
         except OSError:
             return False
+        if not stat.S_ISREG(st.st_mode):
+            return False  # a link or special file is never copied into another layout
+        size = st.st_size
         final = self.blob_path(digest)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src, final)
+            os.link(src, final, follow_symlinks=False)
         except FileExistsError:
             return True
         except OSError:
             try:
-                with open(src, "rb") as f:
+                with open_regular(src) as f:
                     self.put_blob_from(f, digest, size)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotARegularFile):
                 return False
             return True
         fsync_dir(final.parent)
@@ -492,15 +512,18 @@ class OCILayout:
         tag: str | None = None,
         platform: Platform | None = None,
         annotations: Mapping[str, str] | None = None,
+        keep_untagged: bool = False,
     ) -> Descriptor:
         """Store manifest (or index) bytes as given and list them in ``index.json``.
 
         ``tag`` must pass :func:`validate_layout_tag`; ``data`` must parse as a manifest or
         index of ``media_type`` (:class:`ManifestError`). The blob is written first, then
         ``index.json`` is updated under the lock: a ``tag`` moves here from any entry that
-        held it (that entry is dropped, since an entry carries one name); entries are unique
-        by (digest, tag), so re-adding is a no-op. Returns the new entry. The blobs the
-        manifest refers to must already be present: the caller puts them first.
+        held it (that entry is dropped, since an entry carries one name, unless
+        ``keep_untagged``: then it stays listed without a name, as a registry keeps every
+        manifest reachable by digest until it is deleted); entries are unique by (digest,
+        tag), so re-adding is a no-op. Returns the new entry. The blobs the manifest refers
+        to must already be present: the caller puts them first.
         """
         extra = dict(annotations or {})
         named = extra.pop(REF_NAME, None)
@@ -520,15 +543,16 @@ class OCILayout:
             if tag is None:
                 kept = [d for d in entries if not (d.digest == digest and ref_name(d) is None)]
             else:
-                kept = [d for d in entries if ref_name(d) != tag]
+                kept = _untag(entries, tag, keep_untagged)
             return [*kept, entry]
 
         self._update_index(change)
         log.debug("%s: %s %s", self.root, f"tag {tag} ->" if tag else "added", digest)
         return entry
 
-    def remove_tag(self, tag: str) -> None:
-        """Remove the entries named ``tag`` from ``index.json`` (their blobs stay).
+    def remove_tag(self, tag: str, *, keep_untagged: bool = False) -> None:
+        """Remove the name ``tag`` from ``index.json`` (blobs stay): its entries are dropped,
+        or with ``keep_untagged`` kept without a name (see :meth:`add_manifest`).
 
         An unknown tag raises :class:`LayoutError`.
         """
@@ -536,9 +560,8 @@ class OCILayout:
 
         def change(entries: list[Descriptor]) -> list[Descriptor]:
             nonlocal removed
-            kept = [d for d in entries if ref_name(d) != tag]
-            removed = len(entries) - len(kept)
-            return kept
+            removed = sum(1 for d in entries if ref_name(d) == tag)
+            return _untag(entries, tag, keep_untagged)
 
         self._update_index(change)
         if not removed:

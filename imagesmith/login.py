@@ -100,15 +100,22 @@ def login(
         raise UsageError("a password is needed to log in (an empty one is refused)")
     if verify:
         verify_credentials(name, username, password, options=options)
-    store = CredentialStore(environ=environ)
+    timeout = (options or RegistryOptions()).credential_helper_timeout
+    store = CredentialStore(environ=environ, helper_timeout=timeout)
     return store.store(name, Credentials(username, password), config_path)
 
 
 def logout(
-    registry: str, *, config_path: Path | None = None, environ: Mapping[str, str] | None = None
+    registry: str,
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    options: RegistryOptions | None = None,
 ) -> bool:
     """Remove the credentials stored for ``registry`` from docker's config (every registry-wide
     ``auths`` key naming it) and, when one is configured, from the credential helper
-    (``erase``). False when there was nothing to remove."""
+    (``erase``, given ``options.credential_helper_timeout``). False when there was nothing
+    to remove."""
     name = registry_host(registry)
-    return CredentialStore(environ=environ).erase(name, config_path)
+    timeout = (options or RegistryOptions()).credential_helper_timeout
+    return CredentialStore(environ=environ, helper_timeout=timeout).erase(name, config_path)

@@ -201,6 +201,15 @@ class EarlyUploads:
         self._lock = threading.Lock()
         self._uploads: list[LayerUpload] = []
 
+    def present(self, digest: Digest) -> bool:
+        """Whether the repository already has the blob (one ``HEAD``); an error counts as
+        absent, since the ordinary push checks again anyway."""
+        try:
+            return self._client.blob_exists(self._repository, digest)
+        except ImagesmithError as exc:
+            log.info("could not check blob %s before building (%s)", digest, exc)
+            return False
+
     def follower(self) -> LayerUpload:
         upload = LayerUpload(self._client, self._repository, chunk=self._chunk)
         with self._lock:

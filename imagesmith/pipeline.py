@@ -31,7 +31,7 @@ from .cache import BlobCache
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
 from .errors import PackageError, UsageError
-from .images import BaseImage, Image, Layer, RawManifest, resolve_base
+from .images import BaseImage, BlobOrigin, Image, Layer, RawManifest, resolve_base
 from .layers import LayerBlob, build_layer, directory_entries, tarball_entries
 from .locations import (
     ArchiveLocation,
@@ -98,12 +98,17 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class BuiltPackage:
-    """A package turned into a layer, with its effective hash and environment changes."""
+    """A package turned into a layer, with its effective hash and environment changes.
+
+    ``origin`` builds the layer again should its cached copy be lost or damaged by the time
+    a destination reads it (see :class:`~imagesmith.layerrecords.RebuildOrigin`).
+    """
 
     package: Package
     layer: LayerBlob
     hash: str
     env: tuple[EnvModification, ...]
+    origin: BlobOrigin | None = field(default=None, compare=False, repr=False)
 
 
 class _Written:
@@ -241,7 +246,9 @@ def content_layer(
     earlier build is not read again: the recorded layer is returned while its blob is in the
     cache. Returns the layer and whether it was reused. ``progress`` is called with the number
     of uncompressed bytes archived so far. With ``uploads``, a layer that is built is also
-    uploaded while it is compressed (a reused one is left to the push: it may be there).
+    uploaded while it is compressed (a reused one is left to the push: it may be there), and
+    a layer whose blob left the cache but whose record names a digest the target repository
+    already has is neither built nor sent.
     """
     key = (
         layerrecords.input_key(
@@ -254,6 +261,14 @@ def content_layer(
         found = layerrecords.lookup(cache, key)
         if found is not None and found.media_type == media_types.layer(compression):
             return found, True
+        # The blob left the cache but its record says what the input gives: a push target
+        # that has that blob needs nothing built or sent (a destination that wants the bytes
+        # later builds them through the layer's RebuildOrigin).
+        known = layerrecords.recorded(cache, key) if uploads is not None and found is None else None
+        if known is not None and known.media_type == media_types.layer(compression):
+            assert uploads is not None
+            if uploads.present(known.digest):
+                return known, True
     options: dict[str, Any] = {
         "media_types": media_types, "compression": compression, "level": level, "progress": progress,
         "follower": uploads.follower() if uploads is not None else None,
@@ -266,6 +281,19 @@ def content_layer(
     if key is not None:
         layerrecords.remember(cache, key, blob)
     return blob, False
+
+
+def _rebuild_origin(
+    blob: LayerBlob, content: Path, prefix: str, cache: BlobCache, media_types: mt.MediaTypes, *,
+    compression: mt.Compression, level: int | None, preserve: bool,
+) -> layerrecords.RebuildOrigin:  # fmt: skip
+    """How to make ``blob`` again from its input: :func:`content_layer`, without reuse."""
+
+    def rebuild() -> LayerBlob:
+        return content_layer(content, prefix, cache, media_types, compression=compression, level=level,
+                             preserve=preserve, reuse=False)[0]  # fmt: skip
+
+    return layerrecords.RebuildOrigin(blob, cache, f"the layer of {content}", rebuild)
 
 
 def build_package_layers(
@@ -338,7 +366,12 @@ def build_package_layers(
                 return f"{_prefix}/{rel}".strip("/") in _dirs
 
             env = infer_env(package.prefix, has_dir, ld_library_path=package.ld_library_path)
-        built.append(BuiltPackage(package, blob, digest_hash, tuple(env)))
+        assert package.content is not None  # one() made sure
+        origin = _rebuild_origin(
+            blob, package.content, package.prefix.lstrip("/"), cache, media_types,
+            compression=options.compression, level=options.level, preserve=False,
+        )  # fmt: skip
+        built.append(BuiltPackage(package, blob, digest_hash, tuple(env), origin))
     return built
 
 
@@ -352,7 +385,7 @@ def assemble(
     """Base image + one layer per package (+ the optional profile layer) + merged config."""
     media_types = base.image.media_types
     image = base.image
-    layers = [Layer(p.layer.descriptor(), p.layer.diff_id) for p in built]
+    layers = [Layer(p.layer.descriptor(), p.layer.diff_id, p.origin) for p in built]
     history = [
         HistoryEntry(
             created_by=f"imagesmith: add {p.package.name}@{p.package.version} at {p.package.prefix}",
@@ -1109,8 +1142,10 @@ def import_rootfs(
         if cmd is not None:
             config = config.with_config_fields(Cmd=list(cmd))
         config = config.with_top_level(created=created)
+        origin = _rebuild_origin(blob, path, "", cache, media_types, compression=compression, level=None,
+                                 preserve=True)  # fmt: skip
         image = Image(media_types, config, ()).append(
-            [Layer(blob.descriptor(), blob.diff_id)],
+            [Layer(blob.descriptor(), blob.diff_id, origin)],
             [HistoryEntry(created_by=f"imagesmith: import {path.name}", created=created)],
         )
         if family == "oci":

@@ -19,11 +19,13 @@ import json
 import logging
 import os
 import re
+import resource
 import socket
 import socketserver
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +35,7 @@ from typing import IO, Any, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from . import mediatypes as mt
+from .blobstore import NotARegularFile, open_regular
 from .digests import CHUNK, Digest, Hasher
 from .errors import (
     DigestFormatError,
@@ -47,7 +50,7 @@ from .layout import INDEX_FILE, LAYOUT_FILE, LOCK_FILE, OCILayout
 from .model import MAX_MANIFEST_SIZE, Descriptor, Index, Manifest, parse_manifest_document
 from .references import validate_repository, validate_tag
 
-__all__ = ["UPLOADS_DIR", "RegistryServer"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "UPLOADS_DIR", "RegistryServer", "default_max_connections"]
 
 log = logging.getLogger("imagesmith.serve")
 
@@ -57,6 +60,11 @@ UPLOADS_DIR = "_uploads"
 RESERVED_COMPONENTS = frozenset({"blobs", INDEX_FILE, LAYOUT_FILE, LOCK_FILE})
 MAX_NAME_LENGTH = 255
 UPLOAD_EXPIRY = 3600.0
+# Seconds a connection may wait between requests, or between the bytes of a request's head.
+DEFAULT_IDLE_TIMEOUT = 60.0
+# Blob files remembered as hashed whole and right, so ranges of them are served without
+# hashing the file again (a resumed download asks for one range after another).
+MAX_VERIFIED = 4096
 MAX_PAGE = 10_000
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
@@ -208,6 +216,7 @@ class _Storage:
         self._layouts: dict[str, OCILayout] = {}
         self._uploads: dict[str, _Upload] = {}
         self._last_sweep = 0.0
+        self._verified: OrderedDict[tuple[int, ...], Digest] = OrderedDict()
         try:
             self.uploads_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -247,6 +256,20 @@ class _Storage:
                 continue
             out.append(name)
         return sorted(out)
+
+    def verified(self, st: os.stat_result, digest: Digest, *, remember: bool = False) -> bool:
+        """Whether the file ``st`` describes was hashed whole and found to be ``digest``
+        (``remember``: record that it was). Keyed by device, inode, size, mtime and ctime,
+        so a file rewritten since is hashed again; bounded, oldest forgotten first."""
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            if remember:
+                self._verified[key] = digest
+                self._verified.move_to_end(key)
+                while len(self._verified) > MAX_VERIFIED:
+                    self._verified.popitem(last=False)
+                return True
+            return self._verified.get(key) == digest
 
     # -- uploads
     def new_upload(self, repository: str) -> _Upload:
@@ -348,16 +371,71 @@ class _Storage:
         layout.adopt_blob(upload.path, digest, upload.size)
 
 
+def default_max_connections() -> int:
+    """Connections served at once by default: a third of the file descriptors this process
+    may open (each connection holds a socket and, while it is served, a file or two),
+    between 8 and 1,024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(8, min(1024, (soft - 32) // 3))
+
+
+@dataclass(slots=True)
+class _Connection:
+    """What a connection is doing: ``waiting`` for a request (idle, or still sending the
+    request line and headers), ``busy`` with one, or ``closing`` (evicted)."""
+
+    state: str
+    since: float
+
+
+_REFUSED = json.dumps(
+    {"errors": [{"code": "TOOMANYREQUESTS", "message": "every connection the registry allows is busy"}]}
+).encode()
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], storage: _Storage) -> None:
+    def __init__(
+        self, address: tuple[str, int], storage: _Storage, *, max_connections: int, idle_timeout: float
+    ) -> None:
         self.storage = storage
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._connections: set[socket.socket] = set()
+        self._connections: dict[socket.socket, _Connection] = {}
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def mark(self, conn: socket.socket, state: str) -> None:
+        """Record what ``conn`` is doing now (see :class:`_Connection`)."""
+        with self._connections_lock:
+            known = self._connections.get(conn)
+            if known is not None and known.state != "closing":
+                known.state, known.since = state, time.monotonic()
+
+    def _admit(self, request: socket.socket) -> bool:
+        """Make room for a new connection: past the cap, the connection waiting longest for a
+        request is closed (an idle keep-alive, or one that never finished its headers); with
+        every connection busy, the newcomer is refused."""
+        victim = None
+        with self._connections_lock:
+            live = [(c, s) for c, s in self._connections.items() if s.state != "closing"]
+            if len(live) >= self.max_connections:
+                waiting = [(s.since, id(c), c) for c, s in live if s.state == "waiting"]
+                if not waiting:
+                    return False
+                victim = min(waiting)[2]
+                self._connections[victim].state = "closing"
+            self._connections[request] = _Connection("waiting", time.monotonic())
+        if victim is not None:
+            log.debug("%d connections open: closing the one idle longest", self.max_connections)
+            with contextlib.suppress(OSError):
+                victim.shutdown(socket.SHUT_RDWR)  # its handler sees the end and exits
+        return True
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for our own name (getfqdn): slow and useless here.
@@ -367,13 +445,22 @@ class _HTTPServer(ThreadingHTTPServer):
         self.server_port = int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
+        if not self._admit(request):
+            log.warning("%d connections busy: refusing one from %s", self.max_connections, client_address[0])
+            with contextlib.suppress(OSError):
+                request.settimeout(1)
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+                    b"Content-Type: application/json\r\n"
+                    + f"Content-Length: {len(_REFUSED)}\r\n\r\n".encode() + _REFUSED
+                )
+            self.shutdown_request(request)
+            return
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
-            self._connections.discard(request)
+            self._connections.pop(request, None)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -395,6 +482,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "imagesmith"
     sys_version = ""
     disable_nagle_algorithm = True  # small answers must not wait for delayed ACKs
+    # Silence allowed in the middle of a request (a slow upload); between requests, and
+    # while the request line and headers arrive, the server's idle timeout applies.
     timeout = 300
 
     _status = 0
@@ -403,10 +492,29 @@ class _Handler(BaseHTTPRequestHandler):
     _query: dict[str, list[str]]
 
     @property
-    def storage(self) -> _Storage:
+    def _http(self) -> _HTTPServer:
         server = self.server
         assert isinstance(server, _HTTPServer)
-        return server.storage
+        return server
+
+    @property
+    def storage(self) -> _Storage:
+        return self._http.storage
+
+    def handle_one_request(self) -> None:
+        # Waiting for a request is idleness: bounded by the idle timeout, and evictable when
+        # the server is full. The first byte (peeked, not consumed) ends the wait.
+        server = self._http
+        server.mark(self.connection, "waiting")
+        self.connection.settimeout(server.idle_timeout)
+        try:
+            started = self.rfile.peek(1)  # type: ignore[attr-defined]
+        except OSError:  # the idle timeout, or a connection evicted or reset
+            started = b""
+        if not started:
+            self.close_connection = True
+            return
+        super().handle_one_request()
 
     # -- plumbing
     def log_message(self, format: str, *args: Any) -> None:
@@ -441,6 +549,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        self._http.mark(self.connection, "busy")
+        self.connection.settimeout(self.timeout)
         self._status = 0
         self._headers_done = False
         self._body = None
@@ -629,27 +739,37 @@ class _Handler(BaseHTTPRequestHandler):
         name = self._name(name)
         d = self._digest(digest)
         layout = self.storage.layout(name)
-        path = layout.blob_path(d) if layout is not None else None
-        try:
-            f = open(path, "rb") if path is not None else None  # noqa: SIM115 - closed below
-        except OSError:
-            f = None
+        f = None
+        if layout is not None:
+            try:
+                # Regular files only, and no symbolic link below the layout's root: a link
+                # planted in a served layout must not serve some other file of the host.
+                f = open_regular(layout.blob_path(d), below=layout.root)
+            except NotARegularFile as exc:
+                log.warning("not serving blob %s of %s: %s is %s", d, name, exc.filename, exc.strerror)
+            except OSError:
+                pass
         if f is None:
             raise _Fail(404, "BLOB_UNKNOWN", "blob unknown to registry", str(d))
         with f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            size = st.st_size
             headers = {"Docker-Content-Digest": str(d), "Accept-Ranges": "bytes",
                        "ETag": f'"{d}"'}  # fmt: skip
             byte_range = _parse_range(self.headers.get("Range"), size)
             if byte_range is None:
                 self._start(200, size, headers, "application/octet-stream")
-                if self.command != "HEAD":
-                    self._stream_verified(f, d, size)
+                if self.command != "HEAD" and self._stream_verified(f, d, size):
+                    self.storage.verified(st, d, remember=True)
                 return
             start, end = byte_range
             if start > end:
                 raise _Fail(416, "BLOB_UNKNOWN", "requested range not satisfiable",
                             self.headers.get("Range"), {"Content-Range": f"bytes */{size}"})  # fmt: skip
+            if self.command != "HEAD" and not self.storage.verified(st, d):
+                # A range is served only from a file whose whole content hashed right.
+                _check_file(f, d, size)
+                self.storage.verified(st, d, remember=True)
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
             self._start(206, end - start + 1, headers, "application/octet-stream")
             if self.command != "HEAD":
@@ -661,7 +781,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if left:
                     self.close_connection = True
 
-    def _stream_verified(self, f: IO[bytes], digest: Digest, size: int) -> None:
+    def _stream_verified(self, f: IO[bytes], digest: Digest, size: int) -> bool:
         # The last chunk is held back until the whole blob hashed right, so a client never
         # receives a complete-looking body of a corrupt blob: it gets a cut connection.
         hasher = Hasher(digest.algorithm)
@@ -675,9 +795,10 @@ class _Handler(BaseHTTPRequestHandler):
             log.error("blob %s on disk is corrupt (%d bytes hashing to %s): connection cut",
                       digest, hasher.size, hasher.digest)  # fmt: skip
             self.close_connection = True
-            return
+            return False
         if held:
             self.wfile.write(held)
+        return True
 
     def _blob_delete(self, name: str, digest: str) -> None:
         self._name(name)
@@ -718,7 +839,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if target.mount_blob(source, digest):
                         self._blob_created(name, digest)
                         return
-        expected = self._q("digest")
+        raw_digest = self._q("digest")
+        # Checked before a session or a byte of the body exists: a malformed digest stores nothing.
+        expected = self._digest(raw_digest) if raw_digest is not None else None
         upload = self.storage.new_upload(name)
         if expected is None:
             self._send(202, headers={**self._upload_headers(name, upload), "OCI-Chunk-Min-Length": "0"})
@@ -729,8 +852,8 @@ class _Handler(BaseHTTPRequestHandler):
             except BaseException:
                 self.storage.discard(upload)
                 raise
-            self.storage.finish(upload, name, self._digest(expected))
-        self._blob_created(name, self._digest(expected))
+            self.storage.finish(upload, name, expected)
+        self._blob_created(name, expected)
 
     def _require_body(self) -> _Body:
         assert self._body is not None
@@ -773,7 +896,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _upload_put(self, name: str, upload_id: str | None) -> None:
         name = self._name(name)
-        digest = self._digest(self._q("digest"))
+        try:
+            digest = self._digest(self._q("digest"))
+        except _Fail:
+            # Before the body is read: the session ends here and its bytes go with it, rather
+            # than waiting an hour for the sweep.
+            with contextlib.suppress(_Fail):
+                upload = self.storage.upload(name, upload_id or "")
+                with upload.lock:
+                    self.storage.discard(upload)
+            raise
         upload = self.storage.upload(name, upload_id or "")
         with upload.lock:
             self._check_content_range(name, upload)
@@ -825,7 +957,9 @@ class _Handler(BaseHTTPRequestHandler):
         layout = self.storage.layout(name, create=True)
         assert layout is not None
         try:
-            entry = layout.add_manifest(data, doc.media_type, tag=tag)
+            # A moved tag leaves its old manifest listed, untagged: pulls by digest of what
+            # an earlier push reported keep working until the manifest itself is deleted.
+            entry = layout.add_manifest(data, doc.media_type, tag=tag, keep_untagged=True)
         except ManifestError as exc:
             raise _Fail(400, "MANIFEST_INVALID", "manifest invalid", str(exc)) from None
         headers = {
@@ -884,7 +1018,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             assert tag is not None
             try:
-                layout.remove_tag(tag)
+                layout.remove_tag(tag, keep_untagged=True)
             except LayoutError as exc:
                 raise _Fail(404, "MANIFEST_UNKNOWN", "manifest unknown to registry", str(exc)) from None
         self._send(202)
@@ -930,6 +1064,16 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, _Route]]] = [
     ),
     (re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"), {"GET": _Handler._referrers}),
 ]
+
+
+def _check_file(f: IO[bytes], digest: Digest, size: int) -> None:
+    """Hash the whole open file; :class:`IntegrityError` (answered 500) unless it is the blob."""
+    hasher = Hasher(digest.algorithm)
+    f.seek(0)
+    while chunk := f.read(CHUNK):
+        hasher.update(chunk)
+    if hasher.size != size or hasher.digest != digest:
+        raise IntegrityError(f"blob {digest} on disk hashes to {hasher.digest}: not serving a range of it")
 
 
 def _is_tag(text: str) -> bool:
@@ -988,13 +1132,34 @@ class RegistryServer:
     Binds ``host:port`` at construction (``port=0`` picks a free port; see :attr:`address`).
     :meth:`start` serves from a background thread, :meth:`serve_forever` in the foreground
     until :meth:`stop` or Ctrl-C. Also a context manager (start on enter, stop on exit).
+
+    At most ``max_connections`` connections are open at once (default: from the file
+    descriptor limit, :func:`default_max_connections`); past that, the connection idle the
+    longest is closed, and a newcomer is answered 503 only when every connection is busy
+    with a request. A connection waiting ``idle_timeout`` seconds for its next request (or
+    for the rest of its request line and headers) is closed.
     """
 
-    def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 5000) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        max_connections: int | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
         self.root = Path(root).expanduser().absolute()
+        if max_connections is None:
+            max_connections = default_max_connections()
+        if max_connections < 1:
+            raise UsageError(f"max_connections {max_connections} must be 1 or more")
+        if not idle_timeout > 0:
+            raise UsageError(f"idle timeout {idle_timeout!r} must be a positive number of seconds")
         self._storage = _Storage(self.root)
         try:
-            self._httpd = _HTTPServer((host, port), self._storage)
+            self._httpd = _HTTPServer((host, port), self._storage, max_connections=max_connections,
+                                      idle_timeout=idle_timeout)  # fmt: skip
         except OSError as exc:
             raise UsageError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another port"

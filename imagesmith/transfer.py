@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import threading
 import uuid
@@ -35,7 +36,7 @@ from .archive import ArchiveSource, ArchiveWriter
 from .cache import BlobCache
 from .daemon import load_into_daemon
 from .digests import CHUNK, Digest
-from .errors import CacheError, LayoutError, ManifestError, UsageError
+from .errors import CacheError, IntegrityError, LayoutError, ManifestError, UsageError
 from .images import (
     MAX_INDEX_DEPTH,
     BlobOrigin,
@@ -81,6 +82,8 @@ __all__ = [
 PlatformChoice = Platform | Literal["all"] | None
 T = TypeVar("T")
 
+log = logging.getLogger("imagesmith.transfer")
+
 
 def as_location(value: str | Reference | Location) -> Location:
     """A location from a string (:func:`parse_location`), a registry reference or a location."""
@@ -97,10 +100,10 @@ def fetch_blob(
     """Make sure a blob is in the cache (reading it from ``origin``, verified, if needed).
 
     Returns its path in the cache. A cached copy of a blob that has an origin is rehashed
-    first: one that was truncated or bit-flipped on disk is evicted and fetched again, so
-    callers that read the file directly (the unpacker, archive writers) never see bad bytes.
-    A blob with no origin (one imagesmith built in this run, already verified when written)
-    that is missing from the cache raises :class:`CacheError`.
+    first: one that was truncated or bit-flipped on disk is evicted and fetched again (a
+    package layer's origin builds it again), so callers that read the file directly (the
+    unpacker, archive writers) never see bad bytes. A blob with no origin that is missing
+    from the cache raises :class:`CacheError`.
     """
     if cache.has(descriptor.digest, descriptor.size) and (origin is None or cache.verify(descriptor.digest)):
         return cache.path(descriptor.digest)
@@ -116,6 +119,11 @@ def fetch_blob(
         while chunk := reader.read(CHUNK):
             writer.write(chunk)
     return cache.path(descriptor.digest)
+
+
+def _evicted(cache: BlobCache, descriptor: Descriptor, origin: BlobOrigin) -> None:
+    log.warning("blob %s was damaged in the cache at %s: evicted; getting it again from %s",
+                descriptor.digest, cache.root, origin)  # fmt: skip
 
 
 class ImageSink(Protocol):
@@ -193,9 +201,31 @@ class RegistrySink:
             # layer that vanished from the cache gets a clear CacheError.
             path = fetch_blob(self._pool, self._cache, descriptor, origin)
             progress(_blob_event("blob-fetched", descriptor))
-        local = path
-        client.upload_blob(repository, descriptor.digest, descriptor.size, lambda: local.open("rb"))
+        try:
+            self._upload(descriptor, path)
+        except IntegrityError as exc:
+            # The upload hashes what it sends: a cache entry damaged on disk since it was
+            # written fails here. Evicted, it is fetched or built again from its origin.
+            if not self._damaged_in_cache(descriptor, path, exc, origin):
+                raise
+            self._upload(descriptor, fetch_blob(self._pool, self._cache, descriptor, origin))
         progress(_blob_event("blob-uploaded", descriptor))
+
+    def _upload(self, descriptor: Descriptor, path: Path) -> None:
+        self._client.upload_blob(self.reference.repository, descriptor.digest, descriptor.size,
+                                 lambda: path.open("rb"))  # fmt: skip
+
+    def _damaged_in_cache(
+        self, descriptor: Descriptor, path: Path, error: IntegrityError, origin: BlobOrigin | None
+    ) -> bool:
+        """Whether ``error`` came from a damaged cache copy (now evicted) that ``origin`` can
+        replace; raise when there is no origin to replace it from."""
+        if path != self._cache.path(descriptor.digest) or self._cache.verify(descriptor.digest):
+            return False  # the local bytes are right: the registry disagreed
+        if origin is None:
+            raise IntegrityError(f"{error}; the damaged copy was removed from the cache: run again") from None
+        _evicted(self._cache, descriptor, origin)
+        return True
 
     def put_blob_bytes(self, descriptor: Descriptor, data: bytes, progress: ProgressCallback) -> None:
         repository = self.reference.repository
@@ -257,9 +287,18 @@ class LayoutSink:
             fetch_blob(self._pool, self._cache, descriptor, origin)
             progress(_blob_event("blob-fetched", descriptor))
         if self._cache.has(digest, size):
-            with self._cache.open(digest, size) as reader:
-                self.layout.put_blob_from(reader, digest, size)
-        elif origin is None:
+            try:
+                with self._cache.open(digest, size) as reader:
+                    self.layout.put_blob_from(reader, digest, size)
+            except IntegrityError:
+                # The verifying reader evicted a copy damaged since it was written.
+                if origin is None:
+                    raise
+                _evicted(self._cache, descriptor, origin)
+            else:
+                progress(_blob_event("blob-uploaded", descriptor, self.name))
+                return
+        if origin is None:
             fetch_blob(self._pool, self._cache, descriptor, None)  # raises the CacheError
         else:
             with origin.open_blob(descriptor, self._pool) as reader:

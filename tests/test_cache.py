@@ -219,11 +219,21 @@ def test_killed_writer_leaves_only_temp_files(cache: BlobCache) -> None:
     assert list((cache.root / "blobs" / "sha256").iterdir()) == []
     leftovers = list((cache.root / "tmp").iterdir())
     assert len(leftovers) == 1
-    assert cache.clean_temp() == 0  # too recent: might belong to a live writer
-    old = time.time() - 7200
-    os.utime(leftovers[0], (old, old))
-    assert cache.clean_temp() == 1
+    # The next write sweeps the dead writer's file at once; a live writer's temp file is
+    # never removed, however old it looks.
+    with cache.put_stream() as live:
+        live.write(b"still writing")
+        assert not leftovers[0].exists()
+        os.utime(live.path, (time.time() - 7200, time.time() - 7200))
+        assert BlobCache(cache.root).clean_temp(older_than=0) == 0
+        assert live.path.exists()
     assert list((cache.root / "tmp").iterdir()) == []
+    # Files of another naming (older versions, other tools) still go by age.
+    other = cache.root / "tmp" / "blob-1-legacy.tmp"
+    other.write_bytes(b"x")
+    assert cache.clean_temp() == 0
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    assert cache.clean_temp() == 1
 
 
 def test_clean_temp_on_missing_cache(tmp_path: Path) -> None:
@@ -252,3 +262,16 @@ def test_unwritable_cache_is_a_cache_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(CacheError, match="cannot create"):
         BlobCache(blocker / "cache").put_bytes(b"x")
+
+
+def test_a_fifo_in_place_of_a_blob_is_evicted_not_waited_on(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache")
+    digest = cache.put_bytes(b"")
+    cache.evict(digest)
+    os.mkfifo(cache.path(digest))  # as large as the empty blob: has() cannot tell
+    assert cache.has(digest, 0)
+    with pytest.raises(IntegrityError, match="was a FIFO, not a regular file: evicted"):
+        cache.open(digest, 0)
+    assert not cache.path(digest).exists()
+    os.mkfifo(cache.path(digest))
+    assert cache.verify(digest) is False and not cache.path(digest).exists()

@@ -53,6 +53,18 @@ def test_registry_settings_before_after_and_env(tmp_path: Path, monkeypatch: pyt
     assert options.is_insecure("c:443") and not options.is_insecure("d:1")
 
 
+def test_credential_helper_timeout_from_flag_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT", raising=False)
+    assert _registry_options(_parser().parse_args(["inspect", "x"])).credential_helper_timeout == 60
+    monkeypatch.setenv("IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT", "7")
+    assert _registry_options(_parser().parse_args(["inspect", "x"])).credential_helper_timeout == 7
+    for argv in (["--credential-helper-timeout", "2.5", "inspect", "x"],
+                 ["inspect", "x", "--credential-helper-timeout", "2.5"]):  # fmt: skip
+        assert _registry_options(_parser().parse_args(argv)).credential_helper_timeout == 2.5
+    code, _, err = run("--credential-helper-timeout", "0", "inspect", "127.0.0.1:1/x:1")
+    assert code == 2 and "credential helper timeout" in err
+
+
 def test_missing_ca_cert_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run("--ca-cert", "/nonexistent/ca.pem", "inspect", "127.0.0.1:1/x:1")
     assert code == 2 and "/nonexistent/ca.pem" in err

@@ -648,3 +648,40 @@ def test_import_tarball_keeps_modes_and_owners(
     ran = podman.docker("run", "--rm", ref, "ls", "-ln", "/home/user/owned")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith("-rwsr-xr-x") and " 1000 " in ran.stdout
+
+
+def test_a_corrupt_built_layer_in_the_cache_is_rebuilt_and_pushed(
+    registry: DistributionRegistry, base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One flipped byte in a built layer of the cache: the next push to a repository that
+    lacks it detects it, evicts it, rebuilds it from the package and pushes the good bytes;
+    a layout output recovers the same way."""
+    from imagesmith.cache import BlobCache
+    from imagesmith.digests import Digest
+
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(cache_dir))
+    common = ("--insecure-registry", registry.host, "build", "--base-image", base, "--json")
+    first = json.loads(ok(*common, "--tag", f"{registry.host}/corrupt/one:1", HELLO))
+    cache = BlobCache(cache_dir)
+    layers = [Digest.parse(layer["digest"]) for layer in first["layers"]]
+
+    def flip() -> None:
+        for digest in layers:
+            path = cache.path(digest)
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+
+    flip()
+    second = json.loads(ok(*common, "--tag", f"{registry.host}/corrupt/two:1", HELLO))
+    assert second["digest"] == first["digest"]
+    for digest in layers:
+        assert cache.verify(digest)  # rebuilt, good bytes
+        blob = registry.get(f"/v2/corrupt/two/blobs/{digest}")
+        assert blob.status_code == 200 and Digest.of(blob.content) == digest
+    flip()
+    third = json.loads(ok(*common, "--output", f"oci:{tmp_path / 'layout'}:1", HELLO))
+    assert third["digest"] == first["digest"]
+    for digest in layers:
+        assert Digest.of((tmp_path / "layout" / "blobs" / "sha256" / digest.hex).read_bytes()) == digest

@@ -8,10 +8,13 @@ import json
 import multiprocessing
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cli_support import HELLO, cli, ok
 from conftest import need_tool
 
 from imagesmith import mediatypes as mt
@@ -402,11 +405,50 @@ def test_killed_writer_leaves_only_temp_files(layout: OCILayout) -> None:
     proc.join(30)
     assert proc.exitcode == 9
     leftovers = list((layout.root / TEMP_DIR).iterdir())
-    assert len(leftovers) == 1 and leftovers[0].name.startswith("blob-")
+    assert len(leftovers) == 1 and leftovers[0].name.startswith("blob@")
     assert set((layout.root / "blobs" / "sha256").iterdir()) == blobs_before
     assert (layout.root / "index.json").read_bytes() == index_before
-    assert layout.clean_temp() == 0  # too recent to be a dead writer's
-    assert layout.clean_temp(older_than=0) == 1
+    assert layout.clean_temp() == 1  # its writer's lock is gone: however recent, it is stale
+    assert not (layout.root / TEMP_DIR).exists()
+
+
+def _write_and_wait(root: str, started: Any, finish: Any) -> None:
+    layout = OCILayout(Path(root))
+    with layout.put_blob() as writer:
+        writer.write(b"a live writer's layer")
+        started.set()
+        finish.wait(60)
+
+
+def test_the_next_write_removes_a_killed_writers_temp_file_but_never_a_live_one(
+    layout: OCILayout, tmp_path: Path
+) -> None:
+    """A kill -9 during a write leaves a temp file; the next successful write into the layout
+    (here `imagesmith import --output oci:`) removes it at once, while a temp file whose
+    writer still runs stays."""
+    spawn = multiprocessing.get_context("spawn")
+    killed = spawn.Process(target=_die_mid_write, args=(str(layout.root),))
+    killed.start()
+    killed.join(30)
+    assert killed.exitcode == 9
+    (dead,) = (layout.root / TEMP_DIR).iterdir()
+    started, finish = spawn.Event(), spawn.Event()
+    live = spawn.Process(target=_write_and_wait, args=(str(layout.root), started, finish))
+    live.start()
+    try:
+        assert started.wait(30)
+        (live_file,) = set((layout.root / TEMP_DIR).iterdir()) - {dead}
+        rootfs = tmp_path / "rootfs"
+        (rootfs / "etc").mkdir(parents=True)
+        (rootfs / "etc" / "hostname").write_text("x\n")
+        ok("import", str(rootfs), "--output", f"oci:{layout.root}:next",
+           env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+        assert not dead.exists()
+        assert live_file.exists()  # its writer is alive: never touched
+    finally:
+        finish.set()
+        live.join(30)
+    assert live.exitcode == 0
     assert not (layout.root / TEMP_DIR).exists()
 
 
@@ -426,6 +468,44 @@ def test_old_temp_files_are_swept_on_first_write(layout: OCILayout) -> None:
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     OCILayout(layout.root).put_bytes(b"new")
     assert not tmp.exists()
+
+
+@pytest.mark.parametrize("which", ["config", "layer"])
+def test_a_fifo_where_a_blob_should_be_is_an_error_not_a_hang(tmp_path: Path, which: str) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "hostname").write_text("x\n")
+    layout = OCILayout(tmp_path / "image", create=True)
+    entry = write_busybox_image(layout, rootfs, BlobCache(tmp_path / "build-cache"), tag="1")
+    manifest = Manifest.from_json(json.loads(layout.read_blob(entry, 1 << 20)), mt.OCI_MANIFEST)
+    blob = manifest.config if which == "config" else manifest.layers[0]
+    path = layout.blob_path(blob.digest)
+    path.unlink()
+    os.mkfifo(path)
+    image = f"oci:{tmp_path / 'image'}:1"
+    commands = [
+        ["inspect", image],
+        ["pull", image, "--rootfs", str(tmp_path / "rootfs-out")],
+        ["copy", image, f"oci:{tmp_path / 'copy'}:1"],
+        ["build", "--base-image", image, "--output", f"oci:{tmp_path / 'built'}:1", HELLO],
+    ]
+    expected = [f"imagesmith: error: cannot open {path}: a FIFO, not a regular file"]
+    for args in commands:
+        if which == "config" or args[0] != "inspect":
+            code, err = _cli_or_hang(args, {"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})
+            assert code == 1 and err.strip().splitlines() == expected, (args, err)
+
+
+def _cli_or_hang(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """The CLI's exit code and stderr; a run that has not ended after a minute fails the test
+    (it runs in a daemon thread, so a blocked open() cannot stop the whole test run)."""
+    done: list[tuple[int, str, str]] = []
+    runner = threading.Thread(target=lambda: done.append(cli(*args, env=env)), daemon=True)
+    runner.start()
+    runner.join(60)
+    if not done:
+        pytest.fail(f"imagesmith {args[0]} hung on a FIFO blob")
+    return done[0][0], done[0][2]
 
 
 # -- real tools --------------------------------------------------------------------------

@@ -167,3 +167,43 @@ def test_a_failed_build_cancels_its_upload(
 def _random_file(path: Path, size: int) -> Path:
     path.write_bytes(os.urandom(size))
     return path
+
+
+def test_a_layer_the_registry_has_is_not_sent_again_when_a_record_knows_it(
+    registry: DistributionRegistry, base: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """The cache lost the layer (pruned) but its record says what the digest will be: the
+    registry is asked first, has it, and not one byte of the layer goes out again; the layer
+    is not even built again."""
+    pkg = _package(tmp_path, "known", 20 * MiB)
+    cache = BlobCache(tmp_path / "c")
+    digest, events = _build(proxy.host, proxy.host, pkg, cache, "overlap/known")
+    layer = Digest.parse(next(e.detail for e in events if e.kind == "layer-built"))
+    cache.evict(layer)  # the blob goes (a pruned cache), its record stays
+    patches, posts = proxy.count("PATCH"), proxy.count("POST")
+    again, events = _build(proxy.host, proxy.host, pkg, cache, "overlap/known")
+    assert again == digest
+    assert proxy.count("PATCH") == patches and proxy.count("POST") == posts  # nothing sent
+    assert [e.kind for e in events if str(layer) in (e.subject, e.detail)] == ["layer-reused", "blob-exists"]
+    assert not cache.has(layer)  # nothing needed its bytes
+    # A layout output needs the bytes: the layer is built again, the same.
+    with RegistryPool(_options(proxy.host)) as pool:
+        out = build(f"{proxy.host}/base/busybox:1", load_packages([pkg]), output=f"oci:{tmp_path / 'l'}",
+                    cache=cache, pool=pool)  # fmt: skip
+    assert cache.verify(layer) and (tmp_path / "l" / "blobs" / "sha256" / layer.hex).is_file()
+    assert out.digest != "" and out.packages[0].layer.digest == layer
+
+
+def test_a_used_record_survives_pruning_by_age(tmp_path: Path) -> None:
+    from imagesmith.pipeline import content_layer
+
+    content = _package(tmp_path, "aged", 1024).parent / "aged-prefix"
+    cache = BlobCache(tmp_path / "c")
+    blob, _ = content_layer(content, "opt/aged", cache, OCI)
+    old = 1_000_000_000
+    for path in (cache.root / "records").iterdir():
+        os.utime(path, (old, old))
+    os.utime(cache.path(blob.digest), (old, old))
+    assert content_layer(content, "opt/aged", cache, OCI)[1]  # reused: a use, like a read
+    pruned = cache.prune(older_than=86400)
+    assert pruned.records == 0 and pruned.blobs == 0

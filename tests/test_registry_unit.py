@@ -457,6 +457,65 @@ def test_helpers_on_relative_path_entries_are_ignored(
     assert CredentialStore(cfg, environ={"PATH": str(tmp_path / "bin")}).get("helped.example") is None
 
 
+def _script(bindir: Path, name: str, body: str) -> None:
+    bindir.mkdir(parents=True, exist_ok=True)
+    script = bindir / f"docker-credential-{name}"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # The answer itself, then a failing exit.
+        """printf '{"ServerURL":"x","Username":"u","Secret":"%s"}' "$SECRET"; exit 1""",
+        """printf '{\\n  "Username": "u",\\n  "Secret": "%s"\\n}\\n' "$SECRET"; exit 1""",
+        """echo "error: cannot store: password=$SECRET rejected"; exit 1""",
+        """printf '{"Secret": "%s"}' "$SECRET" >&2; echo "keychain locked"; exit 1""",
+    ],
+    ids=["json", "pretty-json", "key-value", "json-on-stderr"],
+)
+def test_a_failing_helper_output_never_shows_the_secret(tmp_path: Path, body: str) -> None:
+    _script(tmp_path / "bin", "leaky", f"read -r url\nSECRET='{SENTINEL}'\n{body}\n")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"credHelpers": {"leaky.example": "leaky"}}))
+    store = CredentialStore(cfg, environ={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"})
+    with pytest.raises(AuthenticationError, match=r"docker-credential-leaky failed for leaky") as info:
+        store.get("leaky.example")
+    assert SENTINEL not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie waits for a reaper, but is dead
+
+
+def test_a_hanging_helper_and_its_children_are_killed_after_the_configured_time(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    _script(tmp_path / "bin", "slow", f"sleep 300 &\necho $! > {pids}\necho $$ >> {pids}\nsleep 300\n")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"credHelpers": {"slow.example": "slow"}}))
+    options = RegistryOptions.from_env({"IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT": "1.5"})
+    assert options.credential_helper_timeout == 1.5
+    store = CredentialStore(cfg, environ={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"},
+                            helper_timeout=options.credential_helper_timeout)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(AuthenticationError, match=r"did not answer within 1\.5 s"):
+        store.get("slow.example")
+    assert time.monotonic() - started < 30
+    children = [int(p) for p in pids.read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in children), "the helper's process group outlived it"
+    with pytest.raises(UsageError, match="credential helper timeout"):
+        RegistryOptions(credential_helper_timeout=0)
+
+
 # ------------------------------------------------------------------ retries
 
 
@@ -1128,6 +1187,29 @@ def test_https_registry_refuses_http_realm() -> None:
     auth.check_realm("https://auth.example/token")
     with pytest.raises(AuthenticationError, match="another host"):
         auth.check_realm("http://evil.example/token")
+
+
+def test_an_https_realm_that_speaks_plain_http_gets_advice_that_can_help(
+    fake: FakeServer, other: FakeServer
+) -> None:
+    """A plain-http registry whose token realm says https:// but is plain http: listing the
+    realm's host as insecure cannot change the scheme the registry names, so the message says
+    what can (the registry's realm setting, or TLS on the token endpoint)."""
+    fake.handler = lambda req: Resp(401, {"WWW-Authenticate": f'Bearer realm="https://{other.host}/token",service="s"'})
+    other.handler = lambda req: Resp(200, {"Content-Type": "application/json"}, b'{"token": "t"}')
+    client = make_client(fake, other, retries=0)
+    with pytest.raises(RegistryUnreachableError) as info:
+        client.blob_exists("r", Digest.of(b"x"))
+    message = str(info.value)
+    assert "pass --insecure-registry" not in message
+    assert f"https://{other.host}/token" in message and "realm" in message
+    assert f"http://{other.host}/token" in message  # what the realm should say
+    assert not other.requests  # a TLS handshake only, never a request
+    # The same for a redirect: the URL is the server's, the flag cannot help.
+    fake.handler = lambda req: Resp(307, {"Location": f"https://{other.host}/blob"})
+    with pytest.raises(RegistryUnreachableError, match="a redirect named an https URL") as info:
+        make_client(fake, other, retries=0).get_manifest("r", "v1")
+    assert "pass --insecure-registry" not in str(info.value)
 
 
 def test_basic_challenge_without_credentials(fake: FakeServer) -> None:

@@ -9,10 +9,14 @@ import io
 import json
 import logging
 import os
+import resource
+import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -153,6 +157,90 @@ def test_serve_forever_in_the_foreground(tmp_path: Path) -> None:
     assert not thread.is_alive()
 
 
+def _serve_with_fd_limit(root: Path, limit: int, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """``imagesmith serve`` in its own process under RLIMIT_NOFILE ``limit``; and its address."""
+
+    def lower_limit() -> None:  # pragma: no cover - runs in the child
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagesmith", "serve", "--root", str(root), "--addr", "127.0.0.1:0", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=lower_limit,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("Serving "), line + (proc.stderr.read() if proc.stderr else "")
+    return proc, line.split("http://", 1)[1].split()[0]
+
+
+def test_idle_connections_never_starve_other_clients(tmp_path: Path) -> None:
+    """More idle connections than the server has file descriptors: the oldest idle ones are
+    closed to make room, and a client with a request is answered at once."""
+    proc, address = _serve_with_fd_limit(tmp_path / "r", 256)
+    host, port = address.rsplit(":", 1)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(400):
+            idle.append(socket.create_connection((host, int(port)), timeout=10))
+        r = requests.get(f"http://{address}/v2/", timeout=15)
+        assert r.status_code == 200
+        # Of the idle ones, the oldest were closed by the server (a read sees the end).
+        idle[0].settimeout(15)
+        assert idle[0].recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+
+
+def test_idle_connections_time_out(tmp_path: Path) -> None:
+    proc, address = _serve_with_fd_limit(tmp_path / "r", 1024, "--idle-timeout", "1")
+    host, port = address.rsplit(":", 1)
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        with sock:
+            assert sock.recv(1) == b""  # closed after a second of silence, not 300
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/v2/")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == b"{}"
+        assert conn.sock is not None and conn.sock.recv(1) == b""  # kept alive, then closed when idle
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+
+
+def test_a_newcomer_is_refused_only_when_every_connection_is_busy(tmp_path: Path) -> None:
+    with RegistryServer(tmp_path / "r", port=0, max_connections=2) as srv:
+        host, port = srv.address.rsplit(":", 1)
+        busy = []
+        for _ in range(2):  # two uploads in progress: their bodies are still to come
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"POST /v2/r/blobs/uploads/?digest=" + sha(b"x").encode()
+                         + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")  # fmt: skip
+            busy.append(sock)
+        for _ in range(200):  # until both requests reached their handlers
+            states = [c.state for c in srv._httpd._connections.values()]
+            if states == ["busy", "busy"]:
+                break
+            time.sleep(0.05)
+        r = requests.get(f"http://{srv.address}/v2/", timeout=10)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert error_codes(r) == ["TOOMANYREQUESTS"]
+        busy[0].close()
+        busy[1].close()
+        for _ in range(50):
+            if requests.get(f"http://{srv.address}/v2/", timeout=10).status_code == 200:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the server never took connections again")
+
+
 def test_concurrent_pushes_to_one_repository(api: Api) -> None:
     with ThreadPoolExecutor(8) as pool:
         digests = list(pool.map(lambda i: api.push_image("busy", f"t{i}", label=str(i))[1], range(16)))
@@ -230,6 +318,44 @@ def test_corrupt_blob_is_never_served_whole(api: Api, server: RegistryServer) ->
         api.get(f"/v2/repo/blobs/{digest}").content  # noqa: B018 - cut before the last chunk
 
 
+def test_a_corrupt_blob_is_never_served_in_ranges(api: Api, server: RegistryServer) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    digest = api.push_blob("repo", data)
+    assert api.get(f"/v2/repo/blobs/{digest}", headers={"Range": "bytes=0-99"}).content == data[:100]
+    path = server.root / "repo/blobs/sha256" / digest.split(":")[1]
+    path.write_bytes(b"X" * 100 + data[100:])  # same size, other bytes: a resume must not get them
+    for byte_range in ("bytes=0-99", "bytes=50-", "bytes=-10"):
+        r = api.get(f"/v2/repo/blobs/{digest}", headers={"Range": byte_range})
+        assert r.status_code == 500 and b"X" not in r.content, byte_range
+
+
+def test_links_and_special_files_in_a_served_layout_are_not_served(
+    api: Api, server: RegistryServer, tmp_path: Path
+) -> None:
+    secret = b"root:secret-hash:19000:0:99999:7:::\n"
+    host_file = tmp_path / "host-secret"
+    host_file.write_bytes(secret)
+    digest = sha(secret)  # the right name for the content: only the link gives it away
+    api.push_blob("repo", b"something")
+    blobs = server.root / "repo/blobs/sha256"
+    (blobs / digest.split(":")[1]).symlink_to(host_file)
+    # A directory link: another repository whose blobs directory points elsewhere.
+    elsewhere = tmp_path / "elsewhere" / "sha256"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / digest.split(":")[1]).write_bytes(secret)
+    OCILayout(server.root / "linked", create=True)
+    (server.root / "linked/blobs/sha256").rmdir()
+    (server.root / "linked/blobs").rmdir()
+    (server.root / "linked/blobs").symlink_to(tmp_path / "elsewhere")
+    fifo_data = b"fifo"
+    os.mkfifo(blobs / sha(fifo_data).split(":")[1])
+    for repo, blob in (("repo", digest), ("linked", digest), ("repo", sha(fifo_data))):
+        for headers in ({}, {"Range": "bytes=0-9"}):
+            r = api.get(f"/v2/{repo}/blobs/{blob}", headers=headers, timeout=5)
+            assert r.status_code == 404 and secret not in r.content, (repo, blob, headers)
+            assert error_codes(r) == ["BLOB_UNKNOWN"]
+
+
 def test_chunked_upload_out_of_order_and_resume(api: Api, server: RegistryServer) -> None:
     data = os.urandom(250_000)
     digest = sha(data)
@@ -304,6 +430,22 @@ def test_digest_mismatch_discards_the_upload(api: Api, server: RegistryServer) -
     assert not (server.root / "repo").exists()  # a failed upload creates no repository
 
 
+def test_a_malformed_digest_parameter_stores_nothing(api: Api, server: RegistryServer) -> None:
+    body = os.urandom(256 * 1024)
+    for bad in ("sha256:nope", "md5:" + "0" * 32, "", "sha256:" + "A" * 64):
+        r = api.request("POST", f"/v2/repo/blobs/uploads/?digest={bad}", data=body)
+        assert r.status_code == 400 and error_codes(r) == ["DIGEST_INVALID"], bad
+        assert list((server.root / UPLOADS_DIR).iterdir()) == []
+    # Closing a session with a malformed digest ends the session and drops its bytes.
+    location = api.request("POST", "/v2/repo/blobs/uploads/").headers["Location"]
+    assert api.request("PATCH", location, data=body).status_code == 202
+    r = api.request("PUT", f"{location}?digest=sha256:nope")
+    assert r.status_code == 400 and error_codes(r) == ["DIGEST_INVALID"]
+    assert api.get(location).status_code == 404
+    assert list((server.root / UPLOADS_DIR).iterdir()) == []
+    assert not (server.root / "repo").exists()
+
+
 def test_cancel_upload_and_wrong_repository(api: Api, server: RegistryServer) -> None:
     location = api.request("POST", "/v2/one/blobs/uploads/").headers["Location"]
     upload_id = location.rsplit("/", 1)[1]
@@ -372,6 +514,24 @@ def test_manifest_put_get_head_delete(api: Api, server: RegistryServer) -> None:
     assert api.request("DELETE", "/v2/app/manifests/v1").status_code == 404
     r = api.get("/v2/nosuch/manifests/latest")
     assert r.status_code == 404 and error_codes(r) == ["NAME_UNKNOWN"]
+
+
+def test_a_manifest_stays_reachable_by_digest_when_its_tag_moves(api: Api, server: RegistryServer) -> None:
+    first, one = api.push_image("moving", "latest", label="one")
+    with ThreadPoolExecutor(4) as pool:  # builds racing for one tag
+        raced = list(pool.map(lambda i: api.push_image("moving", "latest", label=f"race {i}")[1], range(4)))
+    for digest in (one, *raced):
+        r = api.get(f"/v2/moving/manifests/{digest}")
+        assert r.status_code == 200 and sha(r.content) == digest
+    assert api.get("/v2/moving/manifests/latest").headers["Docker-Content-Digest"] in raced
+    assert api.get("/v2/moving/manifests/" + one).content == first
+    assert api.get("/v2/moving/tags/list").json()["tags"] == ["latest"]
+    # Deleting the tag deletes no manifest; deleting a manifest does.
+    assert api.request("DELETE", "/v2/moving/manifests/latest").status_code == 202
+    assert all(api.get(f"/v2/moving/manifests/{d}").status_code == 200 for d in raced)
+    assert api.request("DELETE", f"/v2/moving/manifests/{one}").status_code == 202
+    assert api.get(f"/v2/moving/manifests/{one}").status_code == 404
+    assert OCILayout(server.root / "moving").tags() == []
 
 
 def test_manifest_refusals(api: Api, server: RegistryServer) -> None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from imagesmith.errors import AuthenticationError, ImagesmithError
 
@@ -378,6 +378,7 @@ class Authenticator:
             expect=range(200, 300), host=self.registry, headers=headers, body=body,
             prefix=f"getting a token for {self.registry} ({user})",
             http_origins=(origin_of(realm),),  # vetted by check_realm above
+            plain_http_hint=self._plain_http_realm_hint(realm),
         )  # fmt: skip
         token = self._parse_token(fetched, realm)
         lifetime = token[1]
@@ -388,6 +389,28 @@ class Authenticator:
         log.debug("got a token for %s (scopes %s, %s s)", self.registry,
                   " ".join(scope_list) or "-", lifetime)  # fmt: skip
         return entry
+
+    def _plain_http_realm_hint(self, realm: str) -> str:
+        """What helps when the realm says https but its server speaks plain http: the
+        registry's realm setting (an http realm is accepted for a plain-http registry), or TLS
+        on the token server; never --insecure-registry, which cannot change a realm's scheme."""
+        parts = urlsplit(realm)
+        as_http = redact_url(urlunsplit(("http", parts.netloc, parts.path, parts.query, "")))
+        accepted = (
+            urlsplit(self.base_url).scheme == "http"
+            and (parts.hostname == urlsplit(self.base_url).hostname
+                 or self.transport.options.is_insecure(parts.netloc.rpartition("@")[2]))
+        )  # fmt: skip
+        fix = (
+            f"make the registry's token realm {as_http} (its auth.token.realm setting)"
+            if accepted
+            else "give the token server a TLS certificate (and pass --ca-cert if its CA is private)"
+        )
+        return (
+            f"the token server speaks plain http, but {self.registry} names its realm "
+            f"{redact_url(realm)}; --insecure-registry cannot change a realm the registry names: {fix}"
+            + (", or give the token server TLS" if accepted else "")
+        )
 
     def _parse_token(self, fetched: Fetched, realm: str) -> tuple[str, float]:
         try:

@@ -177,6 +177,11 @@ class RequestBody:
             yield data
 
 
+def _credential_store(options: RegistryOptions) -> CredentialStore:
+    """The credentials ``options`` point at: their auth file (else docker's and podman's)."""
+    return CredentialStore(options.auth_file, helper_timeout=options.credential_helper_timeout)
+
+
 class _UploadBody(RequestBody):
     """A file streamed as an upload body: exactly ``size`` bytes, hashed on the way.
 
@@ -380,7 +385,7 @@ class RegistryClient:
         self._owns_transport = transport is None
         self._transport = transport or Transport(self.options)
         if credentials is None:
-            credentials = CredentialStore(self.options.auth_file)
+            credentials = _credential_store(self.options)
         self.auth = Authenticator(self.registry, self.base_url, self._transport, credentials)
 
     def __repr__(self) -> str:
@@ -940,7 +945,7 @@ class RegistryPool:
         transport: Transport | None = None,
     ) -> None:
         self.options = options or (transport.options if transport else RegistryOptions())
-        self.credentials = credentials or CredentialStore(self.options.auth_file)
+        self.credentials = credentials or _credential_store(self.options)
         # A caller-supplied transport is the seam tests use to replay recorded exchanges;
         # auth, redirect and TLS policy stay above it and are exercised for real.
         self._transport: Transport | None = transport

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -138,7 +139,9 @@ class CredentialStore:
     ``environ`` replaces ``os.environ`` for ``DOCKER_CONFIG``, ``HOME``,
     ``REGISTRY_AUTH_FILE``, ``XDG_RUNTIME_DIR`` and ``PATH`` (the helpers' search path and
     environment). An explicit ``auth_file`` that is missing or malformed is a
-    :class:`UsageError`; implicit files that are malformed are skipped with a warning.
+    :class:`UsageError`; implicit files that are malformed are skipped with a warning. A
+    helper that has not answered after ``helper_timeout`` seconds is killed with its whole
+    process group (``RegistryOptions.credential_helper_timeout``).
     """
 
     def __init__(
@@ -271,34 +274,42 @@ class CredentialStore:
                 f"the docker config names credential helper {program} for {server}, but it is "
                 "not on PATH: install it, or remove it from credHelpers/credsStore"
             )
+        code, _, output = self._exec(exe, action, data.encode(), f"for {server} ({action})")
+        if code == 0:
+            return True
+        if action == "erase" and "credentials not found" in output.lower():
+            return False
+        first = _helper_message(output, (secret,) if secret else ())
+        raise AuthenticationError(
+            f"credential helper {program} failed to {action} credentials for {server} "
+            f"(exit {code})" + (f": {first}" if first else "")
+        )
+
+    def _exec(self, exe: str, action: str, data: bytes, what: str) -> tuple[int, bytes, str]:
+        """Run ``exe action`` with ``data`` on stdin: its exit code, its stdout, and all its
+        output as text (stdout, then stderr) for messages. It runs in a process group of its
+        own: past :attr:`helper_timeout` the whole group is killed, children included, and
+        that is an :class:`AuthenticationError`."""
+        program = Path(exe).name
         try:
-            proc = subprocess.run(
-                [exe, action], input=data.encode(), capture_output=True,
-                timeout=self.helper_timeout, check=False,
-                env=None if self._inherit_env else dict(self._environ),
+            proc = subprocess.Popen(
+                [exe, action], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=None if self._inherit_env else dict(self._environ), start_new_session=True,
             )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise AuthenticationError(
-                f"credential helper {program} did not answer within {self.helper_timeout:g} s "
-                f"for {server} ({action})"
-            ) from None
         except OSError as exc:
             raise AuthenticationError(
                 f"cannot run credential helper {exe}: {exc.strerror or type(exc).__name__}"
             ) from None
-        if proc.returncode == 0:
-            return True
-        output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
-        if action == "erase" and "credentials not found" in output.lower():
-            return False
-        first = next((line.strip() for line in output.splitlines() if line.strip()), "")
-        if secret:
-            first = first.replace(secret, "<redacted>")
-        first = "".join(c if c.isprintable() else " " for c in first)[:200]
-        raise AuthenticationError(
-            f"credential helper {program} failed to {action} credentials for {server} "
-            f"(exit {proc.returncode})" + (f": {first}" if first else "")
-        )
+        try:
+            stdout, stderr = proc.communicate(data, timeout=self.helper_timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise AuthenticationError(
+                f"credential helper {program} did not answer within {self.helper_timeout:g} s {what}; "
+                f"it was stopped (set IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT or "
+                "--credential-helper-timeout to wait longer)"
+            ) from None
+        return proc.returncode, stdout, (stdout + stderr).decode("utf-8", "replace")
 
     # -- sources
     def sources(self) -> list[Path]:
@@ -430,33 +441,17 @@ class CredentialStore:
             log.warning("credential helper %s not found on PATH; looking for other credentials "
                         "for %s", program, server)  # fmt: skip
             return None
-        try:
-            proc = subprocess.run(
-                [exe, "get"], input=server.encode(), capture_output=True,
-                timeout=self.helper_timeout, check=False,
-                env=None if self._inherit_env else dict(self._environ),
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise AuthenticationError(
-                f"credential helper {program} did not answer within {self.helper_timeout:g} s "
-                f"for {server}"
-            ) from None
-        except OSError as exc:
-            raise AuthenticationError(
-                f"cannot run credential helper {exe}: {exc.strerror or type(exc).__name__}"
-            ) from None
-        if proc.returncode != 0:
-            output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+        code, stdout, output = self._exec(exe, "get", server.encode(), f"for {server}")
+        if code != 0:
             if "credentials not found" in output.lower():
                 return None
-            first = next((line.strip() for line in output.splitlines() if line.strip()), "")
-            first = "".join(c if c.isprintable() else " " for c in first)[:200]
+            first = _helper_message(output)
             raise AuthenticationError(
-                f"credential helper {program} failed for {server} (exit {proc.returncode})"
+                f"credential helper {program} failed for {server} (exit {code})"
                 + (f": {first}" if first else "")
             )
         try:
-            answer = json.loads(proc.stdout)
+            answer = json.loads(stdout)
         except (UnicodeDecodeError, ValueError):
             raise AuthenticationError(
                 f"credential helper {program} answered something that is not JSON for {server}"
@@ -470,6 +465,48 @@ class CredentialStore:
         if username == _TOKEN_USERNAME:
             return Credentials("", "", identity_token=secret)
         return Credentials(username if isinstance(username, str) else "", secret)
+
+
+# Words that announce a secret in a helper's message: "password=...", "Secret: ...".
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b(secret|password|passwd|token|identitytoken|auth)(\W{0,3}?[:=]\s*)(\"[^\"]*\"|\S+)"
+)
+_SECRET_KEYS = frozenset({"secret", "password", "passwd", "token", "identitytoken", "auth",
+                          "access_token", "refresh_token"})  # fmt: skip
+
+
+def _helper_message(output: str, secrets: tuple[str, ...] = ()) -> str:
+    """The first line of a failing helper's output, fit for an error message: never a JSON
+    document (a helper that printed its answer and then failed would leak the secret in it),
+    every value a secret-looking key or ``secrets`` names redacted, control characters out,
+    200 characters at most."""
+    known = [s for s in secrets if s]
+    for text in (output, *output.splitlines()):
+        with contextlib.suppress(ValueError):
+            doc = json.loads(text)
+            if isinstance(doc, dict):
+                known += [v for k, v in doc.items() if isinstance(v, str) and v and k.lower() in _SECRET_KEYS]
+    first = next((line.strip() for line in output.splitlines() if line.strip()), "")
+    if first[:1] in ("{", "["):
+        return "(its output looks like JSON and is not shown: it may hold credentials)"
+    for secret in sorted(known, key=len, reverse=True):
+        first = first.replace(secret, "<redacted>")
+    first = _SECRET_ASSIGNMENT.sub(lambda m: f"{m[1]}{m[2]}<redacted>", first)
+    return "".join(c if c.isprintable() else " " for c in first)[:200]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a helper's whole process group (it was started in a session of its own) and reap
+    it; its pipes are closed unread, since a surviving descendant could hold them forever."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.kill()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
 
 
 def _write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:

@@ -113,6 +113,9 @@ class RegistryOptions:
     size (``PATCH`` with ``Content-Range``), which can resume after a dropped connection;
     smaller blobs go in one ``PUT``. A registry that announces ``OCI-Chunk-Min-Length``
     gets a chunked upload with chunks at least that big.
+
+    ``credential_helper_timeout`` (default 60 s): a ``docker-credential-*`` helper that has not
+    answered by then is killed, with every process it started.
     """
 
     insecure: frozenset[str] = frozenset()
@@ -126,6 +129,7 @@ class RegistryOptions:
     max_retry_after: float = 60.0
     max_redirects: int = 5
     chunk_size: int = 64 * 1024 * 1024
+    credential_helper_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         # Accept any iterable of strings and normalise once, so lookups are exact matches.
@@ -147,18 +151,34 @@ class RegistryOptions:
             raise UsageError(f"invalid max_redirects {self.max_redirects!r}: must be 0 or more")
         if self.chunk_size < 1:
             raise UsageError(f"invalid chunk_size {self.chunk_size!r}: must be 1 byte or more")
+        if not self.credential_helper_timeout > 0:
+            raise UsageError(
+                f"invalid credential helper timeout {self.credential_helper_timeout!r}: must be a "
+                "positive number of seconds"
+            )
 
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
     ) -> RegistryOptions:
-        """Options from ``IMAGESMITH_INSECURE_REGISTRY`` and ``IMAGESMITH_CA_CERT``, merged.
+        """Options from ``IMAGESMITH_INSECURE_REGISTRY``, ``IMAGESMITH_CA_CERT`` and
+        ``IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT``, merged.
 
         ``IMAGESMITH_INSECURE_REGISTRY`` is a comma- or space-separated list of hosts added to
-        any ``insecure`` override; an explicit ``ca_cert`` override wins over
-        ``IMAGESMITH_CA_CERT``. Other keyword arguments are passed through unchanged.
+        any ``insecure`` override; an explicit ``ca_cert`` or ``credential_helper_timeout``
+        override wins over its variable. Other keyword arguments are passed through unchanged.
         """
         env = os.environ if environ is None else environ
+        if overrides.get("credential_helper_timeout") is None:
+            overrides.pop("credential_helper_timeout", None)
+            text = env.get("IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT", "").strip()
+            if text:
+                try:
+                    overrides["credential_helper_timeout"] = float(text)
+                except ValueError:
+                    raise UsageError(
+                        f"IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT={text!r} is not a number of seconds"
+                    ) from None
         insecure = set(re.split(r"[,\s]+", env.get("IMAGESMITH_INSECURE_REGISTRY", "")))
         explicit = overrides.pop("insecure", None)
         if explicit is not None:
@@ -398,7 +418,7 @@ _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 
 
 def _network_error(
-    exc: BaseException, method: str, url: str, options: RegistryOptions
+    exc: BaseException, method: str, url: str, options: RegistryOptions, plain_http_hint: str | None = None
 ) -> _NetworkFailure:
     # Never put str(exc) in a message: requests includes the request path and query in it.
     shown = redact_url(url)
@@ -413,7 +433,9 @@ def _network_error(
         if "wrong_version_number" in lower or "record layer failure" in lower or (
             "unknown protocol" in lower
         ):
-            hint = f"is it plain http? pass --insecure-registry {host}"
+            # --insecure-registry picks the scheme of URLs imagesmith builds; a URL a server
+            # named (a token realm, a redirect) keeps its scheme, and its caller says why.
+            hint = plain_http_hint or f"is it plain http? pass --insecure-registry {host}"
         elif "certificate verify failed" in lower or "certificate_verify_failed" in lower:
             if "hostname" in lower or "ip address mismatch" in lower:
                 hint = f"its certificate is not valid for {parts.hostname}"
@@ -542,11 +564,14 @@ class Transport:
                 url=redact_url(url),
             )
 
-    def send(self, method: str, url: str, headers: Mapping[str, str], data: Any) -> requests.Response:
+    def send(
+        self, method: str, url: str, headers: Mapping[str, str], data: Any, plain_http_hint: str | None = None
+    ) -> requests.Response:
         """One HTTP exchange (no redirects followed, body streamed), logged at DEBUG.
 
         Network failures raise an internal error carrying a :class:`RegistryUnreachableError`;
-        use :meth:`request` unless you need the raw exchange.
+        use :meth:`request` unless you need the raw exchange. ``plain_http_hint`` replaces the
+        advice given when an https URL reaches a plain-http server (see :meth:`request`).
         """
         start = time.monotonic()
         try:
@@ -562,7 +587,7 @@ class Transport:
         except requests.RequestException as exc:
             log.debug("%s %s -> %s (%.3f s)", method, redact_url(url), type(exc).__name__,
                       time.monotonic() - start)  # fmt: skip
-            raise _network_error(exc, method, url, self.options) from None
+            raise _network_error(exc, method, url, self.options, plain_http_hint) from None
         log.debug("%s %s -> %d (%.3f s)", method, redact_url(url), resp.status_code,
                   time.monotonic() - start)  # fmt: skip
         return resp
@@ -578,6 +603,7 @@ class Transport:
         auth_origin: str | None,
         follow_redirects: bool,
         http_origins: Collection[str],
+        plain_http_hint: str | None,
     ) -> tuple[requests.Response, bool, str | None]:
         current = url
         fresh = False
@@ -599,7 +625,11 @@ class Transport:
                 hdrs["Authorization"] = sent = explicit
             data = body() if callable(body) else body
             try:
-                resp = self.send(method, current, hdrs, data)
+                hint = plain_http_hint if current == url else (
+                    "it speaks plain http, but a redirect named an https URL for it: the server "
+                    "that redirected is misconfigured"
+                )  # fmt: skip
+                resp = self.send(method, current, hdrs, data, hint)
             finally:
                 closer = getattr(data, "close", None) if callable(body) else None
                 if closer is not None:
@@ -639,6 +669,7 @@ class Transport:
         follow_redirects: bool = True,
         prefix: str | None = None,
         http_origins: Collection[str] = (),
+        plain_http_hint: str | None = None,
     ) -> requests.Response:
         """Send a request with retries, authentication and redirects; return the response.
 
@@ -647,6 +678,9 @@ class Transport:
         A 401 from ``auth_origin`` makes ``auth`` handle the challenge and the request is sent
         once more; a second 401 is final. Temporary failures are retried when ``retry``.
         ``http_origins`` lists origins vetted for plain http besides the insecure hosts.
+        ``plain_http_hint`` is the advice when ``url`` is https but the server speaks plain
+        http, for a URL a server named (``--insecure-registry``, the default advice, only
+        changes the URLs imagesmith builds itself).
         """
         attempt = 0
         auth_retried = False
@@ -654,7 +688,7 @@ class Transport:
             try:
                 resp, fresh, sent = self._send_chain(
                     method, url, headers or {}, body, scopes, auth, auth_origin, follow_redirects,
-                    http_origins,
+                    http_origins, plain_http_hint,
                 )
             except _NetworkFailure as failure:
                 if retry and failure.retryable and attempt < self.options.retries:
