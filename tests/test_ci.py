@@ -553,3 +553,24 @@ def test_gitlab_ci_local_logs_in_with_gitlabs_registry_variables(
     assert output.count(f"Login succeeded for {basic_registry.host}") == 3
     assert password not in output
     assert "hello-2.12-" in " ".join(basic_registry.tags("stack", auth=(user, password)))
+
+
+def test_docs_show_what_the_command_writes_for_the_example_stack() -> None:
+    """docs/pipelines.md shows both files for the example stack; they must stay the real output."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "pipelines.md").read_text()
+    shown = re.findall(r"```yaml\n(.*?)```", doc, re.S)[:2]
+    platforms = (AMD64, ARM64)
+    digest = "sha256:4ab4b4c9a0b6b5c6a7f3a2a1e0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1"
+    base = BasePin("ubuntu:23.04", Reference.parse(f"ubuntu:23.04@{digest}"), platforms)
+    packages = load_packages([EXAMPLES / "hello.json"])
+    written = [
+        render_pipeline(packages, engine=engine, base=base, repo=repo, runners=runners,
+                        directory=EXAMPLES.parent.parent, package_args=["examples/stack/hello.json"]).text
+        for engine, repo, runners in (
+            ("gitlab", "registry.gitlab.com/acme/stack",
+             {"linux/amd64": ["saas-linux-small-amd64"], "linux/arm64": ["saas-linux-small-arm64"]}),
+            ("github", "ghcr.io/acme/stack",
+             {"linux/amd64": ["ubuntu-24.04"], "linux/arm64": ["ubuntu-24.04-arm"]}),
+        )
+    ]  # fmt: skip
+    assert shown == written
