@@ -39,6 +39,7 @@ from .locations import RegistryLocation
 from .makefile import check_stack, target_names
 from .model import MAX_CONFIG_SIZE, ImageConfig, Index, Platform, select_platform
 from .packages import Package
+from .pipeline import _distinct_platforms as distinct_platforms
 from .references import Reference, parse_repository
 from .registry.client import RegistryPool
 from .templating import environment
@@ -129,7 +130,7 @@ def pin_base(base: str | Reference, platforms: Sequence[Platform] = (), *, pool:
             f"--base-image {base}: a pipeline's jobs run on other machines, so the base image must "
             "be in a registry (push it there first: imagesmith copy)"
         )
-    wanted = _distinct(platforms)
+    wanted = distinct_platforms(platforms) if platforms else ()
     with open_source(location, pool) as source:
         raw = source.top()
         document = raw.parse(f"manifest of {source.name}")
@@ -150,16 +151,6 @@ def pin_base(base: str | Reference, platforms: Sequence[Platform] = (), *, pool:
                 raise_platform_mismatch(source.name, actual, wanted[0])
             chosen = wanted or (actual,)
     return BasePin(str(base), location.reference.with_digest(raw.digest), chosen)
-
-
-def _distinct(platforms: Sequence[Platform]) -> tuple[Platform, ...]:
-    seen: dict[Platform, Platform] = {}
-    for platform in platforms:
-        key = platform.normalized()
-        if key in seen:
-            raise UsageError(f"platforms {seen[key]} and {platform} are the same platform: name it once")
-        seen[key] = platform
-    return tuple(platforms)
 
 
 # --- values written into the file ----------------------------------------------------------------
@@ -532,7 +523,12 @@ def _github(plan: _Plan, limits: EngineLimits) -> GeneratedPipeline:
 
 
 def _github_variables(plan: _Plan) -> dict[str, Any]:
+    depended_on = {name for i in plan.images for name in i.depends}
+    tops = [i.target for i in plan.images if i.target not in depended_on]
+    more = f" and {len(tops) - 1} more" if len(tops) > 1 else ""
     return {
+        # Shown in the Actions tab: several generated workflows stay apart by their top image.
+        "name": f"imagesmith {tops[-1]}{more}",
         "version": __version__,
         "command": plan.command,
         "plan": plan,

@@ -162,6 +162,7 @@ def test_github_needs_graph_is_the_stack_on_every_platform(tmp_path: Path) -> No
     assert doc["on"] == {"workflow_dispatch": None, "workflow_call": {
         "secrets": {"IMAGESMITH_REGISTRY_PASSWORD": {"required": False}}}}  # fmt: skip
     assert doc["permissions"] == {"contents": "read"}  # packages: write only for ghcr.io
+    assert doc["name"] == "imagesmith a-1.0"
 
 
 def topological(jobs: dict[str, Any]) -> list[str]:
@@ -242,8 +243,8 @@ def test_package_paths_are_relative_inside_the_checkout_and_absolute_outside(tmp
 @pytest.mark.parametrize(
     "value",
     ["plain", "yes", "No", "on", "null", "~", "1.0", "0x1F", "2024-01-01", "-x", "a: b", "a #b", "it's",
-     "{{ name }}", "*ref", "&anchor", "!tag", "%x", "@x", "`x", '"quoted"', "[list]", "tail ", "12:30",
-     'imagesmith build "$X" --flag', "${{ secrets.X }}", "é", "\\"],
+     "{{ name }}", "a, b", "x=1", "*ref", "&anchor", "!tag", "%x", "@x", "`x", '"quoted"', "[list]",
+     "tail ", "12:30", 'imagesmith build "$X" --flag', "${{ secrets.X }}", "é", "\\"],
 )  # fmt: skip
 def test_yaml_scalars_read_back_unchanged_in_yaml_1_1_and_1_2(value: str) -> None:
     text = f"key: {yaml_scalar(value)}\nlist:\n  - {yaml_scalar(value)}\n"
