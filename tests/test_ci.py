@@ -382,6 +382,28 @@ def test_bad_input_is_one_line_with_the_usage_exit_code(registry: DistributionRe
     assert code == 2 and "must be in a registry" in err
 
 
+@pytest.mark.slow
+def test_a_stack_too_large_for_github_even_grouped_is_refused_at_the_real_limit(
+    registry: DistributionRegistry, base: str, tmp_path: Path
+) -> None:
+    """560 images whose package files sit 1 KB deep make even the grouped workflow larger than
+    the 500 KB GitHub runs: one line, exit 2, nothing written."""
+    deep = tmp_path.joinpath(*["d" * 200] * 5)
+    top = wide(deep, 560)
+    output = tmp_path / "stack.yml"
+    code, out, err = cli("--insecure-registry", registry.host, "pipeline", "--engine", "github",
+                         "--base-image", base, "--repo", f"{registry.host}/stack", "-o", str(output),
+                         "--relative-to", str(tmp_path), str(top))  # fmt: skip
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert re.fullmatch(
+        r"imagesmith: error: the stack is too large for one GitHub workflow: even grouped by dependency "
+        r"level into matrix jobs its file is (\d+) KB, (\d+) KB over the 500 KB GitHub runs; split the stack "
+        r"into several workflows \(one per top-level package\)\n",
+        err,
+    )
+    assert not output.exists() and not output.with_name("stack.yml.tmp").exists()
+
+
 # --- through the command line, against a real registry ---------------------------------------------
 
 
