@@ -10,11 +10,19 @@ PYTEST_ARGS ?=
 BUSYBOX_ARM64 := tests/.data/busybox-arm64/busybox
 
 # Real components the tests and the demo use (see docs/testing.md).
-SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apache2-utils openssl
+SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apache2-utils openssl \
+	rsync git
 SYSTEM_FILES := /usr/bin/docker-registry /usr/bin/podman /usr/sbin/runc /usr/bin/skopeo \
-	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl
+	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl /usr/bin/rsync /usr/bin/git
+# Node tools the tests run, pinned by tests/npm/package-lock.json: gitlab-ci-local runs generated
+# GitLab pipelines for real (4.60.0 is the last release for Node 20). npm ci compiles its re2
+# module when no prebuilt binary can be downloaded: minutes, once; node's headers come from
+# /usr/include/node when they are there, as no download is needed then.
+NPM_DIR := tests/.data/npm
+GITLAB_CI_LOCAL := $(NPM_DIR)/node_modules/.bin/gitlab-ci-local
+NODE_HEADERS := $(if $(wildcard /usr/include/node/node_version.h),--nodedir=/usr)
 
-.PHONY: help demo test fuzz lint type check bench bench-deps docs clean system-deps venv
+.PHONY: help demo test fuzz lint type check bench bench-deps docs clean system-deps venv node-deps
 
 help:
 	@echo "make demo    run the main job end to end on a throwaway local registry"
@@ -63,10 +71,25 @@ $(BUSYBOX_ARM64): | system-deps
 			"'make $@' (dpkg --add-architecture arm64; apt-get download busybox-static:arm64)"; \
 	fi
 
+# Node and npm themselves: the machine's, else Debian's (as root); never both, since a Node from
+# another source ships its own npm, which Debian's npm package would conflict with.
+$(GITLAB_CI_LOCAL): tests/npm/package.json tests/npm/package-lock.json | system-deps $(BUSYBOX_ARM64)
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		echo "installing nodejs and npm" && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; } || \
+		echo "npm missing: install Node.js 18 or later with npm, then run 'make $@'"
+	@if command -v npm >/dev/null; then \
+		echo "installing gitlab-ci-local into $(NPM_DIR) (npm ci)"; \
+		mkdir -p $(NPM_DIR) && cp tests/npm/package.json tests/npm/package-lock.json $(NPM_DIR)/ && \
+		(cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error $(NODE_HEADERS)) && touch $@; \
+	fi
+
+node-deps: $(GITLAB_CI_LOCAL)
+
 demo: system-deps venv
 	$(BIN)/python examples/demo.py
 
-test: system-deps venv $(BUSYBOX_ARM64)
+test: system-deps venv $(BUSYBOX_ARM64) $(GITLAB_CI_LOCAL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 fuzz: venv

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from .cache import BlobCache
+from .ci import pin_base, render_pipeline
 from .daemon import load_into_daemon
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env
@@ -67,6 +68,7 @@ from .pipeline import (
     import_rootfs,
     inspect,
 )
+from .platformmerge import merge_builds
 from .progress import ProgressEvent
 from .pull import PullResult, pull
 from .references import Reference
@@ -154,11 +156,14 @@ __all__ = [
     "load_packages",
     "login",
     "logout",
+    "merge_builds",
     "merge_images",
     "parse_location",
+    "pin_base",
     "pull",
     "read_index",
     "render_makefile",
+    "render_pipeline",
     "resolve_base",
     "unpack_layer",
     "unpack_layers",

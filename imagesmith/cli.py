@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal, TextIO
 
 from ._version import __version__
 from .cache import BlobCache
+from .ci import DEFAULT_INSTALL, ENGINES, check_runners, pin_base, relative_base, render_pipeline
 from .errors import (
     DaemonError,
     ImagesmithError,
@@ -60,6 +61,7 @@ from .pipeline import (
     import_rootfs,
     inspect,
 )
+from .platformmerge import merge_builds
 from .progress import ProgressEvent
 from .pull import pull
 from .references import parse_repository
@@ -189,6 +191,11 @@ def _parser() -> argparse.ArgumentParser:
         "-j", "--jobs", type=int, default=4, metavar="N", help="parallel layer builds and uploads (default 4)"
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--digestfile",
+        metavar="FILE",
+        help="also write the digest of what was written (the image, or the index) to FILE",
+    )
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -275,7 +282,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "sources", nargs="+", metavar="SOURCE", help="an image or index (tag or digest), in index order"
     )
-    p.add_argument("--tag", required=True, metavar="REF", help="the index's reference (repo:tag)")
+    named = p.add_mutually_exclusive_group(required=True)
+    named.add_argument("--tag", metavar="REF", help="the index's reference (repo:tag)")
+    named.add_argument(
+        "--repo",
+        metavar="REPO",
+        help="push the index to REPO under the tag `build --platform` would give it, rendered from "
+        "the sources' package labels (single-platform images imagesmith built, of one package)",
+    )
+    p.add_argument(
+        "--tag-template",
+        metavar="TEMPLATE",
+        help="with --repo: jinja2 template for the tag (default: "
+        "'{{ name }}-{{ version }}-{{ hash }}.spack')",
+    )
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob mounts (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _registry_args(p, "")
@@ -377,6 +397,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--index-tag", default="index.spack", metavar="TAG", help="tag of the `make index` target")
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="default parallel make jobs (JOBS)")
+    _registry_args(p, "")
+
+    p = commands.add_parser(
+        "pipeline",
+        help="write a GitLab CI or GitHub Actions pipeline with one job per image of a stack",
+        description="Generate a CI pipeline building a stack: one job per image (per platform), each "
+        "needing its dependencies' jobs, on the base image pinned by digest now; a merge job per image "
+        "for several platforms; one job updating the repository index. See docs/pipelines.md.",
+    )
+    p.add_argument(
+        "packages",
+        nargs="+",
+        metavar="PACKAGE",
+        help="package files, Spack prefixes or tarballs; dependencies are added",
+    )
+    p.add_argument("--engine", required=True, metavar="|".join(ENGINES), help="the CI engine")
+    p.add_argument(
+        "--base-image", required=True, metavar="REF", help="base image (resolved now, pinned by digest)"
+    )
+    p.add_argument("--repo", required=True, metavar="REPO", help="target repository")
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT][,...]",
+        help="platforms to build, comma-separated (default: this machine's); several get a merge "
+        "job per image",
+    )
+    p.add_argument(
+        "--runner",
+        action="append",
+        default=[],
+        metavar="PLATFORM=TAG[,TAG]",
+        help="runner tags (GitLab) or runs-on labels (GitHub) of a platform's jobs (repeatable; "
+        "needed for every platform when there are several)",
+    )
+    p.add_argument(
+        "--install",
+        metavar="COMMAND",
+        help=f"shell command putting imagesmith on the jobs' PATH (default: {DEFAULT_INSTALL!r}; "
+        "'true' when the runners have it)",
+    )
+    p.add_argument("--image", metavar="IMAGE", help="container image the jobs run in (container runners)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    p.add_argument(
+        "--relative-to",
+        metavar="DIR",
+        help="where jobs start, for package paths (default: the git work tree holding FILE, or the "
+        "current directory)",
+    )
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -599,6 +667,12 @@ def _platforms(text: str | None) -> list[Platform]:
 
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     platforms = _platforms(args.platform)
+    if args.digestfile:
+        # Its directory is made first, so a path that cannot be written fails before the build.
+        try:
+            Path(args.digestfile).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--digestfile {args.digestfile}: {exc.strerror or exc}") from None
     packages = load_packages(args.packages)
     options = BuildOptions(
         platform=platforms[0] if len(platforms) == 1 else None,
@@ -619,6 +693,8 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
     }  # fmt: skip
     multi = len(platforms) > 1
     if args.each:
+        if args.digestfile:
+            raise UsageError("--digestfile holds one digest: --each writes one image per package")
         if args.tag or args.load:
             raise UsageError(
                 f"--each tags every {'index' if multi else 'image'} from the template: use --repo REPO "
@@ -648,6 +724,8 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             args.base_image, packages, repo=args.repo, tag=args.tag, output=args.output, load=args.load,
             docker_host=args.docker_host, **common,
         )  # fmt: skip
+    if args.digestfile:
+        _write_output(result.digest + "\n", Path(args.digestfile), stdout)
     if args.json:
         _emit(result.to_json(), stdout)
     else:
@@ -715,8 +793,15 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 
 def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    if args.tag_template is not None and args.repo is None:
+        raise UsageError("--tag-template names the index with --repo: leave it out with --tag")
+    jobs = max(1, args.jobs)
     with RegistryPool(_registry_options(args)) as pool:
-        result = merge_images(args.sources, args.tag, pool=pool, progress=progress, jobs=max(1, args.jobs))
+        if args.repo is not None:
+            result = merge_builds(args.sources, args.repo, pool=pool, tag_template=args.tag_template,
+                                  progress=progress, jobs=jobs)  # fmt: skip
+        else:
+            result = merge_images(args.sources, args.tag, pool=pool, progress=progress, jobs=jobs)
     if args.json:
         _emit(result.to_json(), stdout)
     else:
@@ -795,6 +880,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return _run_index(args, stdout, progress)
     if args.command == "makefile":
         return _run_makefile(args, stdout)
+    if args.command == "pipeline":
+        return _run_pipeline(args, stdout, stderr)
     if args.command == "cache":
         return _run_cache(args, stdout)
     if args.command == "login":
@@ -901,15 +988,65 @@ def _run_makefile(args: argparse.Namespace, stdout: TextIO) -> int:
         index_tag=args.index_tag,
         directory=directory.resolve(),
     )
+    _write_output(text, target, stdout)
+    return 0
+
+
+def _write_output(text: str, target: Path | None, stdout: TextIO) -> None:
+    """``text`` to standard output, or to ``target`` whole (through a temporary file) or not at all."""
     if target is None:
         stdout.write(text)
-    else:
-        tmp = target.with_name(target.name + ".tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(target)
-        except OSError as exc:
-            raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+        return
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _runners(items: Sequence[str]) -> dict[str, list[str]]:
+    """``--runner PLATFORM=TAG[,TAG]`` options as a mapping."""
+    runners: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, labels = item.partition("=")
+        if not sep or not key.strip() or not labels.strip():
+            raise UsageError(f"--runner {item!r} must be PLATFORM=TAG[,TAG], e.g. linux/arm64=arm-runner")
+        if key.strip() in runners:
+            raise UsageError(f"--runner {key.strip()} is given twice: name its tags once, comma-separated")
+        runners[key.strip()] = [label for label in labels.split(",") if label.strip()]
+    return runners
+
+
+def _run_pipeline(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    if args.engine not in ENGINES:
+        raise UsageError(f"unknown CI engine {args.engine!r}: use {' or '.join(ENGINES)}")
+    runners = _runners(args.runner)
+    platforms = _platforms(args.platform)
+    if platforms:
+        check_runners(platforms, runners)  # before anything is read or looked up
+    packages = load_packages(args.packages)
+    options = _registry_options(args)
+    target = Path(args.output) if args.output else None
+    directory = Path(args.relative_to).resolve() if args.relative_to else relative_base(target)
+    with RegistryPool(options) as pool:
+        pin = pin_base(args.base_image, platforms, pool=pool)
+    generated = render_pipeline(
+        packages,
+        engine=args.engine,
+        base=pin,
+        repo=args.repo,
+        runners=runners,
+        install=args.install,
+        image=args.image,
+        insecure=sorted(options.insecure),
+        directory=directory,
+        package_args=args.packages,
+    )
+    for note in generated.notes:
+        print(f"imagesmith: note: {note}", file=stderr)
+    _write_output(generated.text, target, stdout)
     return 0
 
 

@@ -26,7 +26,7 @@ from .errors import TemplateError, UsageError
 from .packages import Package
 from .templating import environment
 
-__all__ = ["STAMP_DIR", "render_makefile", "target_names"]
+__all__ = ["STAMP_DIR", "check_stack", "render_makefile", "target_names"]
 
 STAMP_DIR = ".imagesmith/stamps"
 # Characters a path may use: each is literal in a make prerequisite list, in $(call ...)
@@ -118,9 +118,13 @@ def _comment(text: str) -> str:
     return text + " " if text.endswith("\\") else text
 
 
-def _check_graph(packages: Sequence[Package]) -> None:
+def check_stack(packages: Sequence[Package], what: str = "render_makefile") -> None:
+    """Check that ``packages`` is a stack a generated file can build: a non-empty list (not a
+    path), each package once, every dependency before its dependents (as
+    :func:`~imagesmith.packages.load_packages` returns it); else :class:`UsageError`, naming
+    ``what`` took the list."""
     if isinstance(packages, (str, Path)):
-        raise UsageError("render_makefile takes a list of packages (from load_packages), not a path")
+        raise UsageError(f"{what} takes a list of packages (from load_packages), not a path")
     if not packages:
         raise UsageError("no packages: give at least one package file")
     seen: set[str] = set()
@@ -186,7 +190,7 @@ def render_makefile(
     an incomplete dependency list or a bad ``jobs`` raises
     :class:`~imagesmith.errors.UsageError`.
     """
-    _check_graph(packages)
+    check_stack(packages)
     if not base_image or not repo or not index_tag:
         raise UsageError("the base image, the repository and the index tag must not be empty")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:

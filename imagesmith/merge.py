@@ -412,6 +412,7 @@ def merge_images(
     pool: RegistryPool,
     progress: ProgressCallback = null_progress,
     jobs: int = 4,
+    annotations: Mapping[str, str] | None = None,
 ) -> MergeResult:
     """Push one index naming the images of ``sources`` under ``target`` (a tag).
 
@@ -426,8 +427,9 @@ def merge_images(
     Blobs of sources in other repositories are mounted into the target repository (streamed
     over, verified, when the registry refuses; ``jobs`` at a time), then each child manifest
     is PUT there by digest with its exact bytes, and the index last. Layers are never
-    downloaded. The index bytes depend only on the children and their order, so merging the
-    same sources again gives the same digest.
+    downloaded. The index bytes depend only on the children, their order and ``annotations``
+    (written on an OCI index; a Docker manifest list has none), so merging the same sources
+    again gives the same digest.
     """
     if not sources:
         raise UsageError("merge needs at least one source image")
@@ -467,7 +469,7 @@ def merge_images(
             descriptor = child.descriptor
             client.put_manifest(repository, str(descriptor.digest), child.data, descriptor.media_type)
 
-    data = index_document([c.descriptor for c in children], family)
+    data = index_document([c.descriptor for c in children], family, annotations if family == "oci" else None)
     types = mt.OCI if family == "oci" else mt.DOCKER
     digest = client.put_manifest(repository, target_ref.identifier, data, types.index)
     progress(ProgressEvent("manifest-pushed", str(target_ref), len(data), str(digest)))
