@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TextIO
 
 from ._version import __version__
+from .budget import DEFAULT_MAX_LAYERS
 from .cache import BlobCache
 from .ci import DEFAULT_INSTALL, ENGINES, check_runners, pin_base, relative_base, render_pipeline
 from .errors import (
@@ -186,6 +187,14 @@ def _parser() -> argparse.ArgumentParser:
         "--profile-script",
         action="store_true",
         help="also write the environment to /etc/profile.d/imagesmith.sh in an extra layer",
+    )
+    p.add_argument(
+        "--max-layers",
+        type=int,
+        default=DEFAULT_MAX_LAYERS,
+        metavar="N",
+        help=f"most layers an image may have, base layers included (default {DEFAULT_MAX_LAYERS}, what "
+        "Docker accepts); over it, dependencies share layers, chosen once for the whole stack",
     )
     p.add_argument(
         "-j", "--jobs", type=int, default=4, metavar="N", help="parallel layer builds and uploads (default 4)"
@@ -687,6 +696,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         profile_script=args.profile_script,
         tag_template=args.tag_template,
         jobs=max(1, args.jobs),
+        max_layers=args.max_layers,
     )
     common: dict[str, Any] = {
         "options": options, "registry": _registry_options(args), "cache": _cache(args), "progress": progress,

@@ -18,19 +18,21 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import layerrecords
 from . import mediatypes as mt
+from .budget import DEFAULT_MAX_LAYERS, LayerPlan, package_slots, plan_layers
 from .cache import BlobCache
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
 from .errors import PackageError, UsageError
+from .grouplayer import GroupMember, group_entries, group_record_key
 from .images import BaseImage, BlobOrigin, Image, Layer, RawManifest, resolve_base
 from .layers import LayerBlob, build_layer, directory_entries, tarball_entries
 from .locations import (
@@ -60,6 +62,7 @@ __all__ = [
     "ImportResult",
     "InspectResult",
     "MultiBuildResult",
+    "StackLayer",
     "build",
     "build_each",
     "build_each_platforms",
@@ -94,6 +97,8 @@ class BuildOptions:
     jobs: int = 4
     # Upload each new layer to the target repository while it is compressed (see overlap.py).
     overlap_upload: bool = True
+    # The most layers an image may have, base layers included (see budget.py).
+    max_layers: int = DEFAULT_MAX_LAYERS
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,34 @@ class BuiltPackage:
     hash: str
     env: tuple[EnvModification, ...]
     origin: BlobOrigin | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class StackLayer:
+    """One layer of an image: a package's own layer, or a group of several packages that the
+    layer budget put into one layer (see :mod:`imagesmith.budget`)."""
+
+    layer: LayerBlob
+    packages: tuple[BuiltPackage, ...]
+    # Builds the layer again should its cached copy be lost before a destination reads it.
+    origin: BlobOrigin | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if len(self.packages) == 1:
+            only = self.packages[0]
+            out = {"package": only.package.name, "version": only.package.version, "hash": only.hash}
+        out["packages"] = [
+            {"package": p.package.name, "version": p.package.version, "hash": p.hash} for p in self.packages
+        ]
+        out.update(
+            {"digest": str(self.layer.digest), "diff_id": str(self.layer.diff_id), "size": self.layer.size}
+        )
+        return out
+
+
+def _single_layers(built: Sequence[BuiltPackage]) -> tuple[StackLayer, ...]:
+    return tuple(StackLayer(p.layer, (p,), p.origin) for p in built)
 
 
 class _Written:
@@ -140,7 +173,9 @@ class BuildResult(_Written):
     ``destination`` is where the image was written (``docker://REF``, ``oci:DIR:TAG``,
     ``docker-archive:PATH:NAME``, ``docker-daemon:NAME``), ``destinations`` all of them when
     the image went to several (an output and the daemon), and ``loaded`` what the daemon
-    reported loading.
+    reported loading. ``packages`` are every package of the image, dependencies first;
+    ``layers`` the image's package layers (one per package, unless the layer budget grouped
+    some), bottom to top.
     """
 
     reference: Reference | None
@@ -150,6 +185,7 @@ class BuildResult(_Written):
     packages: tuple[BuiltPackage, ...]
     destinations: tuple[Location, ...] = ()
     loaded: tuple[str, ...] = ()
+    layers: tuple[StackLayer, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -159,17 +195,7 @@ class BuildResult(_Written):
             "destinations": [str(d) for d in self.destinations],
             "loaded": list(self.loaded),
             "base": self.base.pinned,
-            "layers": [
-                {
-                    "package": p.package.name,
-                    "version": p.package.version,
-                    "hash": p.hash,
-                    "digest": str(p.layer.digest),
-                    "diff_id": str(p.layer.diff_id),
-                    "size": p.layer.size,
-                }
-                for p in self.packages
-            ],
+            "layers": [layer.to_json() for layer in self.layers or _single_layers(self.packages)],
         }
 
 
@@ -304,14 +330,16 @@ def build_package_layers(
     progress: ProgressCallback = null_progress,
     uploads: EarlyUploads | None = None,
     shared: dict[tuple[Path, str], LayerBlob] | None = None,
+    upload_only: Collection[str] | None = None,
 ) -> list[BuiltPackage]:
     """Turn each package into a layer (in parallel), then derive hashes in dependency order.
 
     With ``uploads`` each new layer is also uploaded while it is built (see
     :mod:`imagesmith.overlap`); the caller waits for them before writing a manifest.
-    ``shared`` carries the layers of one run's earlier calls by (content, prefix): a
-    multi-platform build calls once per platform, and platform-independent content is then
-    neither built nor even stat-walked again.
+    ``upload_only`` limits that to the packages with these keys (the others' own layers go
+    into no image: the layer budget grouped them). ``shared`` carries the layers of one run's
+    earlier calls by (content, prefix): a multi-platform build calls once per platform, and
+    platform-independent content is then neither built nor even stat-walked again.
     """
     if not packages:
         raise UsageError("no packages given: name at least one package file")
@@ -336,7 +364,7 @@ def build_package_layers(
             compression=options.compression,
             level=options.level,
             progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
-            uploads=uploads,
+            uploads=uploads if upload_only is None or package.key in upload_only else None,
         )
         if shared is not None:
             shared[key] = blob  # distinct packages have distinct prefixes: no two threads share a key
@@ -375,26 +403,147 @@ def build_package_layers(
     return built
 
 
+def plan_stacks(
+    stacks: Mapping[str, Sequence[Package]], base_layers: int, options: BuildOptions
+) -> LayerPlan:
+    """The layers of every image of a run under ``options.max_layers`` (see
+    :mod:`imagesmith.budget`): ``stacks`` maps an image to its packages, dependencies first
+    and its own package last; ``base_layers`` is the base's layer count (the largest, for
+    several platforms). A budget that leaves no room raises :class:`UsageError`."""
+    slots = package_slots(
+        options.max_layers,
+        base_layers,
+        extra_layers=1 if options.profile_script else 0,
+        dependencies=any(len(stack) > 1 for stack in stacks.values()),
+    )
+    keys = {image: [p.key for p in stack] for image, stack in stacks.items()}
+    canonical = {p.key: p.prefix for stack in stacks.values() for p in stack}
+    return plan_layers(keys, slots, canonical)
+
+
+def single_layer_keys(plan: LayerPlan) -> frozenset[str]:
+    """The packages whose own layer goes into some image of ``plan`` (the others are only in
+    groups)."""
+    return frozenset(layer[0] for layers in plan.layers.values() for layer in layers if len(layer) == 1)
+
+
+def build_group_layers(
+    plan: LayerPlan,
+    built: Mapping[str, BuiltPackage],
+    cache: BlobCache,
+    media_types: mt.MediaTypes,
+    options: BuildOptions,
+    progress: ProgressCallback = null_progress,
+    uploads: EarlyUploads | None = None,
+    shared: dict[tuple[tuple[Path, str], ...], LayerBlob] | None = None,
+) -> dict[tuple[str, ...], LayerBlob]:
+    """Build the layer of every group of ``plan`` (in parallel), keyed by its package keys.
+
+    ``built`` holds each package's own layer by key (their diff_ids identify a group's input,
+    so an unchanged group is found in the cache's records without reading anything). A group's
+    bytes depend only on its packages' contents (:mod:`imagesmith.grouplayer`): the same group
+    is the same blob in every image. ``shared`` works as for :func:`build_package_layers`,
+    keyed by the members' (content, prefix).
+    """
+
+    def one(group: tuple[str, ...]) -> LayerBlob:
+        members = [built[key] for key in group]
+        subject = f"{len(members)} packages ({members[0].package.name}, ...)"
+        parts = []
+        for m in members:
+            if m.package.content is None:  # build_package_layers refused it already
+                raise PackageError(f"package {m.package.label} has no content for this platform")
+            parts.append(GroupMember(m.package.label, m.package.content, m.package.prefix))
+        sources = tuple((part.content, part.prefix) for part in parts)
+        found = shared.get(sources) if shared is not None else None
+        if found is not None:
+            progress(ProgressEvent("layer-reused", subject, found.size, str(found.digest)))
+            return found
+        key = group_record_key(
+            [(m.package.prefix, m.layer.diff_id) for m in members],
+            compression=options.compression,
+            level=options.level,
+            media_types=media_types,
+        )
+        blob = layerrecords.lookup(cache, key)
+        kind: EventKind = "layer-reused"
+        if blob is None or blob.media_type != media_types.layer(options.compression):
+            with closing(group_entries(parts, tmpdir=cache.tmp_dir)) as entries:
+                blob = build_layer(
+                    entries, cache, media_types=media_types, compression=options.compression,
+                    level=options.level,
+                    progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+                    follower=uploads.follower() if uploads is not None else None,
+                )  # fmt: skip
+            layerrecords.remember(cache, key, blob)
+            kind = "layer-built"
+        if shared is not None:
+            shared[sources] = blob
+        progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
+        return blob
+
+    groups = list(plan.groups)
+    jobs = max(1, min(options.jobs, len(groups)))
+    if jobs <= 1:
+        blobs = [one(g) for g in groups]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as executor:
+            blobs = list(executor.map(one, groups))
+    return dict(zip(groups, blobs, strict=True))
+
+
+def stack_layers(
+    plan: LayerPlan,
+    image: str,
+    built: Mapping[str, BuiltPackage],
+    groups: Mapping[tuple[str, ...], LayerBlob],
+) -> tuple[StackLayer, ...]:
+    """The package layers ``plan`` gives ``image``, as built."""
+    out = []
+    for keys in plan.layers[image]:
+        members = tuple(built[key] for key in keys)
+        if len(keys) == 1:
+            out.append(StackLayer(members[0].layer, members, members[0].origin))
+        else:
+            out.append(StackLayer(groups[keys], members))
+    return tuple(out)
+
+
+def _history_of(layer: StackLayer, created: str) -> HistoryEntry:
+    """The history entry of a package layer: ``imagesmith: add NAME@VERSION at PREFIX`` for a
+    package, every package of a group for a group (one entry per layer, as tools expect)."""
+    if len(layer.packages) == 1:
+        p = layer.packages[0]
+        return HistoryEntry(
+            created_by=f"imagesmith: add {p.package.name}@{p.package.version} at {p.package.prefix}",
+            comment=f"{p.package.name}-{p.package.version}-{p.hash}",
+            created=created,
+        )
+    return HistoryEntry(
+        created_by=f"imagesmith: add {len(layer.packages)} packages in one layer: "
+        + ", ".join(f"{p.package.name}@{p.package.version} at {p.package.prefix}" for p in layer.packages),
+        comment=" ".join(f"{p.package.name}-{p.package.version}-{p.hash}" for p in layer.packages),
+        created=created,
+    )
+
+
 def assemble(
     base: BaseImage,
     built: Sequence[BuiltPackage],
     cache: BlobCache,
     options: BuildOptions,
     created: str,
+    layers: Sequence[StackLayer] | None = None,
 ) -> Image:
-    """Base image + one layer per package (+ the optional profile layer) + merged config."""
+    """Base image + the package layers (one per package of ``built``, or ``layers`` as the
+    layer budget planned them) + the optional profile layer + the merged config."""
     media_types = base.image.media_types
     image = base.image
-    layers = [Layer(p.layer.descriptor(), p.layer.diff_id, p.origin) for p in built]
-    history = [
-        HistoryEntry(
-            created_by=f"imagesmith: add {p.package.name}@{p.package.version} at {p.package.prefix}",
-            comment=f"{p.package.name}-{p.package.version}-{p.hash}",
-            created=created,
-        )
-        for p in built
-    ]
-    image = image.append(layers, history)
+    stack = tuple(layers) if layers is not None else _single_layers(built)
+    image = image.append(
+        [Layer(s.layer.descriptor(), s.layer.diff_id, s.origin) for s in stack],
+        [_history_of(s, created) for s in stack],
+    )
 
     modifications: list[EnvModification] = [m for p in built for m in p.env]
     for assignment in options.env:
@@ -654,13 +803,21 @@ def build(
     if tag is not None:
         tag = _tag_reference(tag)
     platform = options.platform or Platform.host()
+    if not packages:
+        raise UsageError("no packages given: name at least one package file")
     packages = [p.for_platform(platform) for p in packages]  # a missing content fails here
+    top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, base_location, platform, options, progress)
         media_types = resolved.image.media_types
+        plan = plan_stacks({top: packages}, len(resolved.image.layers), options)
         push_to = _push_target(out, tag or repo, load=load, enabled=options.overlap_upload)
         with _early_uploads(pool, push_to, progress) as uploads:
-            built = build_package_layers(packages, cache, media_types, options, progress, uploads)
+            built = build_package_layers(packages, cache, media_types, options, progress, uploads,
+                                         upload_only=single_layer_keys(plan))  # fmt: skip
+            by_key = {b.package.key: b for b in built}
+            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads)
+        layers = stack_layers(plan, top, by_key, groups)
         name = (
             target_reference(built, repo=repo, tag=tag, template=options.tag_template, platform=platform)
             if repo is not None or tag is not None
@@ -670,14 +827,15 @@ def build(
         if isinstance(out, LayoutLocation) and out.tag is None and name is None:
             default_tag = _rendered_tag(built, options.tag_template, platform)  # as --repo would
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
-        image = assemble(resolved, built, cache, options, _created())
+        image = assemble(resolved, built, cache, options, _created(), layers)
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
             docker_host=docker_host, progress=progress,
         )  # fmt: skip
         return BuildResult(
-            _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded
-        )
+            _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded,
+            layers,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -780,17 +938,25 @@ def build_platforms(
     if tag is not None:
         tag = _tag_reference(tag)
     per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
+    top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
         bases, index_platforms = _platform_bases(pool, base_location, platforms, options, progress)
         media_types = bases[0].image.media_types
+        # One plan for every platform (the deepest base decides), so a group is the same set
+        # of packages, and for platform-independent content the same blob, on each.
+        plan = plan_stacks({top: packages}, max(len(b.image.layers) for b in bases), options)
         push_to = _push_target(out, tag or repo, load=False, enabled=options.overlap_upload)
         with _early_uploads(pool, push_to, progress) as uploads:
-            shared: dict[tuple[Path, str], LayerBlob] = {}
-            built_by = [
-                build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared)
-                for pkgs in per_platform
-            ]
-        images, index = _platform_index(bases, built_by, index_platforms, cache, options, _created())
+            built_by, groups_by = _platform_layers(
+                per_platform, plan, cache, media_types, options, progress, uploads
+            )
+        layers_by = [
+            stack_layers(plan, top, {b.package.key: b for b in built}, groups)
+            for built, groups in zip(built_by, groups_by, strict=True)
+        ]
+        images, index = _platform_index(
+            bases, built_by, index_platforms, cache, options, _created(), layers_by
+        )
         name: Reference | None = tag
         if name is None and repo is not None:
             name = repo.with_tag(_multi_tag(built_by, platforms, options.tag_template))
@@ -803,7 +969,7 @@ def build_platforms(
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
         return _multi_result(_name_of(destinations, name), index, bases, images, built_by, platforms,
-                             tuple(destinations))  # fmt: skip
+                             tuple(destinations), layers_by)  # fmt: skip
 
 
 def _platform_bases(
@@ -841,10 +1007,15 @@ def _platform_index(
     cache: BlobCache,
     options: BuildOptions,
     created: str,
+    layers_by: Sequence[Sequence[StackLayer]],
 ) -> tuple[list[Image], RawManifest]:
-    """One image per platform (``stacks[i]`` on ``bases[i]``) and the index naming them."""
+    """One image per platform (``stacks[i]`` in ``layers_by[i]`` on ``bases[i]``) and the
+    index naming them."""
     media_types = bases[0].image.media_types
-    images = [assemble(b, stack, cache, options, created) for b, stack in zip(bases, stacks, strict=True)]
+    images = [
+        assemble(b, stack, cache, options, created, layers)
+        for b, stack, layers in zip(bases, stacks, layers_by, strict=True)
+    ]
     children = []
     for image, platform in zip(images, index_platforms, strict=True):
         data = image.manifest_bytes()
@@ -872,10 +1043,11 @@ def _multi_result(
     stacks: Sequence[Sequence[BuiltPackage]],
     platforms: Sequence[Platform],
     destinations: tuple[Location, ...],
+    layers_by: Sequence[Sequence[StackLayer]],
 ) -> MultiBuildResult:
     results = tuple(
-        BuildResult(None, str(image.digest), b, image, tuple(stack))
-        for b, image, stack in zip(bases, images, stacks, strict=True)
+        BuildResult(None, str(image.digest), b, image, tuple(stack), layers=tuple(layers))
+        for b, image, stack, layers in zip(bases, images, stacks, layers_by, strict=True)
     )
     digest = str(index.digest)
     return MultiBuildResult(name, digest, index.media_type, results, tuple(platforms), destinations)
@@ -896,18 +1068,18 @@ def _multi_tag(
     )
 
 
-def _stack_of(package: Package, by_key: Mapping[str, BuiltPackage]) -> tuple[BuiltPackage, ...]:
-    """The layers of ``package``'s own image: its dependencies depth first in the order each
+def _stack_of(package: Package, by_key: Mapping[str, Package]) -> tuple[Package, ...]:
+    """The packages of ``package``'s own image: its dependencies depth first in the order each
     lists them, then itself -- the order :func:`load_packages` gives for it alone, so an image
     is the same whatever else a batch holds."""
-    order: list[BuiltPackage] = []
+    order: list[Package] = []
     seen: set[str] = set()
     # Iterative post-order walk: (key, next dependency index).
     stack: list[tuple[str, int]] = [(package.key, 0)]
     seen.add(package.key)
     while stack:
         key, index = stack.pop()
-        depends = by_key[key].package.depends
+        depends = by_key[key].depends
         if index < len(depends):
             stack.append((key, index + 1))
             dep = depends[index]
@@ -936,6 +1108,53 @@ def _each_targets(
         if missing:
             raise UsageError(f"package {package.name} depends on {missing[0]}, which is not in the list")
     return (parse_repository(repo) if isinstance(repo, str) else repo), out
+
+
+# One image of an --each run before it is written: (image, location, name, packages, layers).
+_EachPlan = tuple[Image, Location, Reference | None, tuple[BuiltPackage, ...], tuple[StackLayer, ...]]
+
+
+def _each_tops(packages: Sequence[Package], roots: Sequence[Package] | None) -> list[Package]:
+    """The packages ``--each`` makes an image of: every one, or only ``roots`` (each in the
+    list, given once), in the order of ``packages``."""
+    if roots is None:
+        return list(packages)
+    wanted = {p.key for p in roots}
+    known = {p.key for p in packages}
+    for root in roots:
+        if root.key not in known:
+            raise UsageError(f"root {root.label} ({root.source}) is not among the packages")
+    return [p for p in packages if p.key in wanted]
+
+
+def _each_stacks(packages: Sequence[Package], tops: Sequence[Package]) -> dict[str, tuple[Package, ...]]:
+    """Each image's packages, dependencies first and its own package last (see :func:`_stack_of`)."""
+    by_key = {p.key: p for p in packages}
+    return {top.key: _stack_of(by_key[top.key], by_key) for top in tops}
+
+
+def _platform_layers(
+    per_platform: Sequence[Sequence[Package]],
+    plan: LayerPlan,
+    cache: BlobCache,
+    media_types: mt.MediaTypes,
+    options: BuildOptions,
+    progress: ProgressCallback,
+    uploads: EarlyUploads | None,
+) -> tuple[list[list[BuiltPackage]], list[dict[tuple[str, ...], LayerBlob]]]:
+    """Every platform's package and group layers; content shared by platforms built once."""
+    shared: dict[tuple[Path, str], LayerBlob] = {}
+    shared_groups: dict[tuple[tuple[Path, str], ...], LayerBlob] = {}
+    singles = single_layer_keys(plan)
+    built_by: list[list[BuiltPackage]] = []
+    groups_by: list[dict[tuple[str, ...], LayerBlob]] = []
+    for pkgs in per_platform:
+        built = build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared, singles)
+        by_key = {b.package.key: b for b in built}
+        built_by.append(built)
+        groups_by.append(build_group_layers(plan, by_key, cache, media_types, options, progress, uploads,
+                                            shared_groups))  # fmt: skip
+    return built_by, groups_by
 
 
 def _each_location(
@@ -967,6 +1186,7 @@ def build_each_platforms(
     *,
     repo: str | Reference | None = None,
     output: str | Location | None = None,
+    roots: Sequence[Package] | None = None,
     options: BuildOptions | None = None,
     registry: RegistryOptions | None = None,
     cache: BlobCache | None = None,
@@ -984,32 +1204,36 @@ def build_each_platforms(
     cache = cache or BlobCache()
     platforms = _distinct_platforms(platforms)
     repository, out = _each_targets(packages, repo, output)
+    tops = _each_tops(packages, roots)
     per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
+    stacks = _each_stacks(packages, tops)
     with _registry_pool(pool, registry) as pool:
         bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
         media_types = bases[0].image.media_types
+        plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
         push_to = repository if options.overlap_upload else None
         with _early_uploads(pool, push_to, progress) as uploads:
-            shared: dict[tuple[Path, str], LayerBlob] = {}
-            built_by = [
-                build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared)
-                for pkgs in per_platform
-            ]
+            built_by, groups_by = _platform_layers(
+                per_platform, plan, cache, media_types, options, progress, uploads
+            )
         by_key_by = [{b.package.key: b for b in built} for built in built_by]
         created = _created()
         results: list[MultiBuildResult] = []
-        for position in range(len(packages)):
-            stacks = [
-                _stack_of(pkgs[position], by_key)
-                for pkgs, by_key in zip(per_platform, by_key_by, strict=True)
+        for top in tops:
+            image_stacks = [tuple(by_key[p.key] for p in stacks[top.key]) for by_key in by_key_by]
+            layers_by = [
+                stack_layers(plan, top.key, by_key, groups)
+                for by_key, groups in zip(by_key_by, groups_by, strict=True)
             ]
-            images, index = _platform_index(bases, stacks, index_platforms, cache, options, created)
-            tag = _multi_tag(stacks, platforms, options.tag_template)
+            images, index = _platform_index(bases, image_stacks, index_platforms, cache, options, created,
+                                            layers_by)  # fmt: skip
+            tag = _multi_tag(image_stacks, platforms, options.tag_template)
             name, location = _each_location(repository, out, tag)
             with open_sink(location, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
-            results.append(_multi_result(name, index, bases, images, stacks, platforms, (location,)))
+            results.append(_multi_result(name, index, bases, images, image_stacks, platforms, (location,),
+                                         layers_by))  # fmt: skip
         return results
 
 
@@ -1019,6 +1243,7 @@ def build_each(
     *,
     repo: str | Reference | None = None,
     output: str | Location | None = None,
+    roots: Sequence[Package] | None = None,
     options: BuildOptions | None = None,
     registry: RegistryOptions | None = None,
     cache: BlobCache | None = None,
@@ -1036,30 +1261,37 @@ def build_each(
     options = options or BuildOptions()
     cache = cache or BlobCache()
     repository, out = _each_targets(packages, repo, output)
+    tops = _each_tops(packages, roots)
     platform = options.platform or Platform.host()
     packages = [p.for_platform(platform) for p in packages]
+    stacks = _each_stacks(packages, tops)
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, as_location(base), platform, options, progress)
         media_types = resolved.image.media_types
+        plan = plan_stacks(stacks, len(resolved.image.layers), options)
         push_to = repository if options.overlap_upload else None
         with _early_uploads(pool, push_to, progress) as uploads:
-            built = build_package_layers(packages, cache, media_types, options, progress, uploads)
-        by_key = {b.package.key: b for b in built}
+            built = build_package_layers(packages, cache, media_types, options, progress, uploads,
+                                         upload_only=single_layer_keys(plan))  # fmt: skip
+            by_key = {b.package.key: b for b in built}
+            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads)
         created = _created()
-        plans: list[tuple[Image, Location, Reference | None, tuple[BuiltPackage, ...]]] = []
-        for item in built:
-            stack = _stack_of(item.package, by_key)
-            image = assemble(resolved, stack, cache, options, created)
+        plans: list[_EachPlan]
+        plans = []
+        for top in tops:
+            stack = tuple(by_key[p.key] for p in stacks[top.key])
+            layers = stack_layers(plan, top.key, by_key, groups)
+            image = assemble(resolved, stack, cache, options, created, layers)
             tag = _rendered_tag(stack, options.tag_template, platform)
             name, location = _each_location(repository, out, tag)
-            plans.append((image, location, name, stack))
+            plans.append((image, location, name, stack, layers))
         digests = write_images(
-            [(image, location) for image, location, _, _ in plans],
+            [(image, location) for image, location, _, _, _ in plans],
             pool=pool, cache=cache, jobs=options.jobs, progress=progress,
         )  # fmt: skip
         return [
-            BuildResult(name, str(digest), resolved, image, stack, (location,), ())
-            for (image, location, name, stack), digest in zip(plans, digests, strict=True)
+            BuildResult(name, str(digest), resolved, image, stack, (location,), (), layers)
+            for (image, location, name, stack, layers), digest in zip(plans, digests, strict=True)
         ]
 
 
