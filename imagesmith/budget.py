@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -87,7 +87,10 @@ class LayerPlan:
 
 
 def plan_layers(
-    stacks: Mapping[str, Sequence[str]], slots: int, canonical: Mapping[str, str]
+    stacks: Mapping[str, Sequence[str]],
+    slots: int,
+    canonical: Mapping[str, str],
+    fixed: Collection[str] = (),
 ) -> LayerPlan:
     """Choose the layers of every image so that none has more than ``slots`` package layers.
 
@@ -95,7 +98,10 @@ def plan_layers(
     package last); the keys identify packages across images. ``canonical`` gives each package
     a sort key independent of the order packages were given in (its install prefix), which
     breaks every tie, so the same stack always gives the same plan. Layers keep the image's
-    dependency order: a layer sits where its first package would.
+    dependency order: a layer sits where its first package would. ``fixed`` packages keep
+    their own layer everywhere (a layer that exists only in a registry cannot be regrouped
+    without downloading it); an image whose fixed packages alone exceed the slots raises
+    :class:`UsageError`.
     """
     if slots < 1:
         raise UsageError(f"no layer left for packages ({slots} slots): raise --max-layers")
@@ -107,7 +113,7 @@ def plan_layers(
     chosen: dict[str, list[frozenset[str]]] = {}
     groups: list[frozenset[str]] = []
     if large:
-        chosen = _choose_groups(stacks, large, below, canonical, groups)
+        chosen = _choose_groups(stacks, large, below, canonical, frozenset(fixed), groups)
     layers: dict[str, tuple[tuple[str, ...], ...]] = {}
     used: dict[frozenset[str], None] = {}
     for image, stack in stacks.items():
@@ -144,6 +150,7 @@ def _choose_groups(
     large: Sequence[str],
     below: int,
     canonical: Mapping[str, str],
+    fixed: frozenset[str],
     groups: list[frozenset[str]],
 ) -> dict[str, list[frozenset[str]]]:
     """The groups each over-budget image uses (see the module docstring); ``groups`` collects
@@ -151,11 +158,12 @@ def _choose_groups(
     closures = {
         image: frozenset(k for k in stacks[image][:-1] if k != stacks[image][-1]) for image in large
     }
+    groupable = {image: members - fixed for image, members in closures.items()}
     # Which over-budget images hold each package: its "signature". Packages with the same one
     # are interchangeable for every such image; popular ones are held by many.
     holders: dict[str, list[int]] = defaultdict(list)
     for position, image in enumerate(large):
-        for key in closures[image]:
+        for key in groupable[image]:
             holders[key].append(position)
     signature = {key: tuple(positions) for key, positions in holders.items()}
     held_by = {key: frozenset(positions) for key, positions in holders.items()}
@@ -171,7 +179,8 @@ def _choose_groups(
     index_of: dict[frozenset[str], int] = {}
     result: dict[str, list[frozenset[str]]] = {}
     for image, need in zip(large, needs, strict=True):
-        members = closures[image]
+        members = groupable[image]
+        held = len(closures[image]) - len(members)  # fixed packages: a layer each, always
         hits = Counter(g for key in members for g in groups_of[key])
         whole = sorted(
             (g for g, n in hits.items() if n == len(groups[g])), key=lambda g: (-len(groups[g]), g)
@@ -199,18 +208,27 @@ def _choose_groups(
                 picked.append(_new_group(frozenset(take), groups, groups_of, index_of))
                 covered.update(take)
                 saved += len(take) - 1
-        layer_count = len(picked) + len(members) - len(covered)
-        if layer_count > below:
+        layer_count = held + len(picked) + len(members) - len(covered)
+        if layer_count > below and len(members) >= 2:
             # Not enough whole groups (a tiny budget or an adversarial graph): merge the
             # smallest layers into one more group; the budget always holds.
             units = sorted(
                 [*picked, *(frozenset((k,)) for k in members - covered)],
                 key=lambda unit: (len(unit), sorted(canonical[k] for k in unit)),
             )
-            merge = layer_count - below + 1
+            merge = min(layer_count - below + 1, len(units))
             merged = frozenset().union(*units[:merge])
             picked = [*units[merge:], _new_group(merged, groups, groups_of, index_of)]
             picked = [unit for unit in picked if len(unit) > 1]
+            layer_count = held + len(units) - merge + 1
+        if layer_count > below:
+            others = f" and {len(members)} others in at least one more layer" if members else ""
+            raise UsageError(
+                f"the image of {canonical[stacks[image][-1]]} needs a layer of its own for each of "
+                f"{held} dependencies whose layers are used as they are (in a registry){others}, "
+                f"and one for itself: {layer_count + 1} layers, over the {below + 1} the budget "
+                f"leaves for packages; raise --max-layers by {layer_count - below}"
+            )
         result[image] = picked
     return result
 

@@ -49,7 +49,7 @@ from .login import login, logout
 from .makefile import render_makefile
 from .merge import merge_images
 from .model import Platform
-from .packages import load_packages
+from .packages import Package, load_package, load_packages
 from .pipeline import (
     BuildOptions,
     BuildResult,
@@ -71,6 +71,7 @@ from .registry.credentials import registry_host
 from .registry.transport import RegistryOptions
 from .repoindex import list_index, update_index
 from .server import DEFAULT_IDLE_TIMEOUT, RegistryServer
+from .spackenv import load_environment
 from .transfer import copy_image
 
 __all__ = ["main"]
@@ -133,10 +134,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "packages",
-        nargs="+",
+        nargs="*",
         metavar="PACKAGE",
         help="package files (JSON or TOML), Spack install prefixes or build-cache tarballs; "
         "dependencies are added",
+    )
+    p.add_argument(
+        "--spack-env",
+        metavar="DIR",
+        help="a concretized, installed Spack environment (spack.yaml + spack.lock) instead of "
+        "PACKAGEs: its roots and their run-time dependencies",
+    )
+    p.add_argument(
+        "--spack-install-tree",
+        metavar="DIR",
+        help="where --spack-env is installed: the directory holding .spack-db (default "
+        "$SPACK_ROOT/opt/spack)",
     )
     p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
     target = p.add_mutually_exclusive_group()
@@ -177,11 +190,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="manifest annotation (repeatable; OCI bases only)",
     )
-    p.add_argument(
+    each = p.add_mutually_exclusive_group()
+    each.add_argument(
         "--each",
         action="store_true",
         help="one image per package (each with its dependencies below it), sharing work across them; "
         "needs --repo or --output oci:DIR",
+    )
+    each.add_argument(
+        "--each-root",
+        action="store_true",
+        help="like --each, one image per root only: each PACKAGE named, or each root of --spack-env",
     )
     p.add_argument(
         "--profile-script",
@@ -674,6 +693,20 @@ def _platforms(text: str | None) -> list[Platform]:
     return [Platform.parse(part) for part in parts]
 
 
+def _build_inputs(args: argparse.Namespace) -> tuple[list[Package], list[Package]]:
+    """The packages of a build, dependencies first, and its roots (the packages named, or the
+    environment's roots)."""
+    if args.spack_env is not None:
+        if args.packages:
+            raise UsageError("give PACKAGEs or --spack-env DIR, not both")
+        return load_environment(args.spack_env, install_tree=args.spack_install_tree)
+    if args.spack_install_tree is not None:
+        raise UsageError("--spack-install-tree goes with --spack-env DIR")
+    if not args.packages:
+        raise UsageError("name at least one PACKAGE, or a Spack environment with --spack-env DIR")
+    return load_packages(args.packages), [load_package(path) for path in args.packages]
+
+
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     platforms = _platforms(args.platform)
     if args.digestfile:
@@ -682,7 +715,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             Path(args.digestfile).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--digestfile {args.digestfile}: {exc.strerror or exc}") from None
-    packages = load_packages(args.packages)
+    packages, roots = _build_inputs(args)
     options = BuildOptions(
         platform=platforms[0] if len(platforms) == 1 else None,
         compression=args.compression,
@@ -702,15 +735,16 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         "options": options, "registry": _registry_options(args), "cache": _cache(args), "progress": progress,
     }  # fmt: skip
     multi = len(platforms) > 1
-    if args.each:
+    if args.each or args.each_root:
+        flag = "--each" if args.each else "--each-root"
         if args.digestfile:
-            raise UsageError("--digestfile holds one digest: --each writes one image per package")
+            raise UsageError(f"--digestfile holds one digest: {flag} writes one image per package")
         if args.tag or args.load:
             raise UsageError(
-                f"--each tags every {'index' if multi else 'image'} from the template: use --repo REPO "
+                f"{flag} tags every {'index' if multi else 'image'} from the template: use --repo REPO "
                 "(or --output oci:DIR), without --load"
             )
-        where = {"repo": args.repo, "output": args.output}
+        where = {"repo": args.repo, "output": args.output, "roots": roots if args.each_root else None}
         results: Sequence[BuildResult | MultiBuildResult] = (
             build_each_platforms(args.base_image, packages, platforms, **where, **common)
             if multi

@@ -418,7 +418,9 @@ def plan_stacks(
     )
     keys = {image: [p.key for p in stack] for image, stack in stacks.items()}
     canonical = {p.key: p.prefix for stack in stacks.values() for p in stack}
-    return plan_layers(keys, slots, canonical)
+    # A package without local content (its layer is only in a registry) cannot be regrouped.
+    fixed = {p.key for stack in stacks.values() for p in stack if p.content is None}
+    return plan_layers(keys, slots, canonical, fixed)
 
 
 def single_layer_keys(plan: LayerPlan) -> frozenset[str]:
@@ -1119,11 +1121,15 @@ def _each_tops(packages: Sequence[Package], roots: Sequence[Package] | None) -> 
     list, given once), in the order of ``packages``."""
     if roots is None:
         return list(packages)
-    wanted = {p.key for p in roots}
-    known = {p.key for p in packages}
+    # A Spack package is one package whatever path named it (load_packages merges by hash).
+    by_key = {p.key: p for p in packages}
+    by_hash = {p.spack.hash: p for p in packages if p.spack is not None}
+    wanted: set[str] = set()
     for root in roots:
-        if root.key not in known:
+        found = by_key.get(root.key) or (by_hash.get(root.spack.hash) if root.spack is not None else None)
+        if found is None:
             raise UsageError(f"root {root.label} ({root.source}) is not among the packages")
+        wanted.add(found.key)
     return [p for p in packages if p.key in wanted]
 
 

@@ -135,6 +135,17 @@ def test_a_stack_of_one_image_and_its_subset_image_share_the_group() -> None:
     assert tool_groups & app_groups
 
 
+def test_fixed_packages_keep_their_own_layer() -> None:
+    stacks = {"top": [f"d{i}" for i in range(10)] + ["top"]}
+    canonical = {k: k for k in stacks["top"]}
+    plan = plan_layers(stacks, 6, canonical, fixed={"d0", "d1", "d2"})
+    check(plan, stacks, 6)
+    assert {("d0",), ("d1",), ("d2",)} <= set(plan.layers["top"])
+    expected = r"the image of top needs .* each of 5 dependencies .* 7 layers, over the 5 .* by 2"
+    with pytest.raises(UsageError, match=expected):
+        plan_layers(stacks, 5, canonical, fixed={"d0", "d1", "d2", "d3", "d4"})
+
+
 def test_package_slots() -> None:
     assert DEFAULT_MAX_LAYERS == 125
     assert package_slots(125, 3, dependencies=True) == 122
