@@ -13,6 +13,7 @@ Everything raised on purpose derives from :class:`ImagesmithError`.
 from __future__ import annotations
 
 from ._version import __version__
+from .budget import LayerPlan, plan_layers
 from .cache import BlobCache
 from .ci import pin_base, render_pipeline
 from .daemon import load_into_daemon
@@ -61,6 +62,7 @@ from .pipeline import (
     ImportResult,
     InspectResult,
     MultiBuildResult,
+    StackLayer,
     build,
     build_each,
     build_each_platforms,
@@ -77,6 +79,7 @@ from .registry.credentials import Credentials, CredentialStore
 from .registry.transport import RegistryOptions
 from .repoindex import IndexEntry, RepositoryIndex, list_index, read_index, update_index
 from .server import RegistryServer
+from .spackenv import load_environment
 from .transfer import CopyResult, copy_image
 from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
 
@@ -108,6 +111,7 @@ __all__ = [
     "IntegrityError",
     "Layer",
     "LayerError",
+    "LayerPlan",
     "LayoutError",
     "LayoutLocation",
     "Location",
@@ -134,6 +138,7 @@ __all__ = [
     "RegistryServer",
     "RegistryUnreachableError",
     "RepositoryIndex",
+    "StackLayer",
     "TemplateError",
     "UnpackError",
     "UnpackPolicy",
@@ -151,6 +156,7 @@ __all__ = [
     "infer_env",
     "inspect",
     "list_index",
+    "load_environment",
     "load_into_daemon",
     "load_package",
     "load_packages",
@@ -160,6 +166,7 @@ __all__ = [
     "merge_images",
     "parse_location",
     "pin_base",
+    "plan_layers",
     "pull",
     "read_index",
     "render_makefile",

@@ -582,13 +582,17 @@ def assemble(
                 LABEL_HASH: top.hash,
             }
         )
-        # Spack reads its spec and the package layer's checksum from top-level config keys;
-        # for other packages they are removed, so a Spack base image leaves no stale ones.
-        fields = spack_config_fields(top.package, top.layer.digest)
-        config = config.with_top_level(**(fields or dict.fromkeys(SPACK_CONFIG_KEYS)))
     if options.labels:
         config = config.with_labels(options.labels)
-    config = config.with_top_level(created=created)
+    top_level: dict[str, Any] = {}
+    if built:
+        # Spack reads its spec and the package layer's checksum from top-level config keys;
+        # for other packages they are removed, so a Spack base image leaves no stale ones.
+        # Set last, with ``created``: every config update copies the config, and a Spack
+        # spec can be megabytes (a stack of hundreds of images copied it seconds long).
+        fields = spack_config_fields(built[-1].package, built[-1].layer.digest)
+        top_level = fields or dict.fromkeys(SPACK_CONFIG_KEYS)
+    config = config.with_top_level(**top_level, created=created)
     image = image.with_config(config)
 
     annotations: dict[str, str] = {}
