@@ -240,10 +240,14 @@ def _push_target(
 
 @contextmanager
 def _early_uploads(
-    pool: RegistryPool, target: Reference | None, progress: ProgressCallback
+    pool: RegistryPool,
+    target: Reference | None,
+    progress: ProgressCallback,
+    accepted: set[Digest] | None = None,
 ) -> Iterator[EarlyUploads | None]:
     """Uploads of new layers to ``target`` while they are built; all waited for (or, on
-    an error, cancelled) on leaving, so the push that follows finds them with a HEAD."""
+    an error, cancelled) on leaving. The digests the registry accepted go into ``accepted``:
+    the push that follows need not even check them."""
     if target is None:
         yield None
         return
@@ -251,6 +255,8 @@ def _early_uploads(
         yield uploads
     for digest, size in uploads.wait():
         progress(ProgressEvent("blob-uploaded", str(digest), size, "while building"))
+        if accepted is not None:
+            accepted.add(digest)
 
 
 def content_layer(
@@ -756,16 +762,26 @@ def write_destinations(
     jobs: int,
     docker_host: str | None,
     progress: ProgressCallback,
+    uploaded: tuple[Reference | None, Collection[Digest]] = (None, ()),
 ) -> tuple[str, tuple[str, ...]]:
     """Write ``image`` to each destination in turn; return its digest and what a daemon loaded.
 
     Remote base layers pass through the cache, so a second destination reads them locally.
+    ``uploaded`` is (a repository, the blobs this run uploaded there): not checked again.
     """
     digest = str(image.digest)
     loaded: tuple[str, ...] = ()
+    into, blobs = uploaded
     for destination in destinations:
+        same = (
+            into is not None
+            and isinstance(destination, RegistryLocation)
+            and (destination.reference.registry, destination.reference.repository)
+            == (into.registry, into.repository)
+        )
         with open_sink(destination, pool=pool, cache=cache, docker_host=docker_host) as sink:
-            digest = str(write_image(image, sink, jobs=jobs, progress=progress))
+            present = blobs if same else ()
+            digest = str(write_image(image, sink, jobs=jobs, progress=progress, present=present))
         if isinstance(sink, DaemonSink):
             loaded += sink.loaded  # known once the sink has committed (loaded the archive)
     return digest, loaded
@@ -818,7 +834,8 @@ def build(
         media_types = resolved.image.media_types
         plan = plan_stacks({top: packages}, len(resolved.image.layers), options)
         push_to = _push_target(out, tag or repo, load=load, enabled=options.overlap_upload)
-        with _early_uploads(pool, push_to, progress) as uploads:
+        uploaded: set[Digest] = set()
+        with _early_uploads(pool, push_to, progress, uploaded) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads,
                                          upload_only=single_layer_keys(plan))  # fmt: skip
             by_key = {b.package.key: b for b in built}
@@ -836,7 +853,7 @@ def build(
         image = assemble(resolved, built, cache, options, _created(), layers)
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
-            docker_host=docker_host, progress=progress,
+            docker_host=docker_host, progress=progress, uploaded=(push_to, uploaded),
         )  # fmt: skip
         return BuildResult(
             _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded,
@@ -1280,7 +1297,8 @@ def build_each(
         media_types = resolved.image.media_types
         plan = plan_stacks(stacks, len(resolved.image.layers), options)
         push_to = repository if options.overlap_upload else None
-        with _early_uploads(pool, push_to, progress) as uploads:
+        uploaded: set[Digest] = set()
+        with _early_uploads(pool, push_to, progress, uploaded) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads,
                                          upload_only=single_layer_keys(plan))  # fmt: skip
             by_key = {b.package.key: b for b in built}
@@ -1297,7 +1315,7 @@ def build_each(
             plans.append((image, location, name, stack, layers))
         digests = write_images(
             [(image, location) for image, location, _, _, _ in plans],
-            pool=pool, cache=cache, jobs=options.jobs, progress=progress,
+            pool=pool, cache=cache, jobs=options.jobs, progress=progress, present=uploaded,
         )  # fmt: skip
         return [
             BuildResult(name, str(digest), resolved, image, stack, (location,), (), layers)
