@@ -1226,6 +1226,7 @@ def build_each_platforms(
     Every layer is built once per distinct content (platform-independent packages once for
     all platforms), the base index is resolved once, and each package's index (its images
     first) is written under the tag rendered from the template, in ``repo`` or the layout.
+    ``roots`` limits the indexes to those packages'. One layer plan serves every platform.
     """
     options = options or BuildOptions()
     cache = cache or BlobCache()
@@ -1280,10 +1281,12 @@ def build_each(
     """Build one image per package (its dependencies as layers below it) in one run.
 
     ``packages`` is a dependency-ordered list such as :func:`load_packages` returns; every
-    package in it gets an image, tagged from the tag template in ``repo`` (pushed), or in the
-    OCI layout ``output`` (``oci:DIR``). Work is shared across the images: the base is
-    resolved once, each layer is built and compressed once, and each blob is HEAD-checked,
-    mounted or uploaded once; what remains per image is its config and manifest.
+    package in it gets an image (only the ``roots``, when given), tagged from the tag template
+    in ``repo`` (pushed), or in the OCI layout ``output`` (``oci:DIR``). Work is shared across
+    the images: the base is resolved once, each layer is built and compressed once, and each
+    blob is HEAD-checked, mounted or uploaded once; what remains per image is its config and
+    manifest. The layer budget (``options.max_layers``) is planned once for all the images,
+    so a group of dependencies is one blob wherever it is used (:mod:`imagesmith.budget`).
     """
     options = options or BuildOptions()
     cache = cache or BlobCache()

@@ -189,3 +189,14 @@ def test_two_packages_holding_one_path_differently_cannot_share_a_layer(
     # With a layer each, the upper one shadows the lower as always.
     ok("--insecure-registry", registry.host, "build", "--base-image", base, "--repo",
        f"{registry.host}/budget-clash", str(app))  # fmt: skip
+
+
+def test_each_root_builds_the_roots_only(registry: DistributionRegistry, base: str, stack: Stack) -> None:
+    roots = [stack.files[-1], stack.files[-2]]
+    results = json.loads(ok("--insecure-registry", registry.host, "build", "--each-root", "--base-image",
+                            base, "--repo", f"{registry.host}/budget-roots", "--max-layers", str(BUDGET),
+                            "--json", *map(str, roots)))  # fmt: skip
+    assert [names(layers_of(r)[-1]) for r in results] == [[p.stem] for p in roots]
+    code, _, _ = cli("--insecure-registry", registry.host, "build", "--each", "--each-root", "--base-image",
+                     base, "--repo", f"{registry.host}/budget-roots", str(roots[0]))  # fmt: skip
+    assert code == 2  # argparse: one or the other
