@@ -2,8 +2,8 @@
 
 The stack is generated, not downloaded (tests/stackgen.py): 10 levels of 100 packages, each
 on 1-3 packages below it, so closures grow with the level like a Spack stack's: the median
-image has 18 layers, and 124 images would need more than the default budget of 125 layers
-(the largest 293): those get grouped dependency layers. Both ways start from an empty cache
+image has 17 layers, and 63 images would need more than the default budget of 125 layers
+(the largest 269): those get grouped dependency layers. Both ways start from an empty cache
 and push to their own repository of a real distribution registry on loopback:
 
 - one run: ``imagesmith build --each`` over the whole stack, then the same run again (every
