@@ -1,14 +1,14 @@
 """A generated stack of package files, shaped like a software stack, for tests and `make bench`.
 
-Packages come in levels (``width`` packages each, ``levels`` of them); a package depends on
+Packages come in levels of ``width`` packages; a package depends on
 ``lo``-``hi`` packages below it, mostly from the level just below (70 %), otherwise from any
 level below, so dependency closures grow with the level as they do in a Spack stack: with the
 defaults (1,000 packages, 100 per level, 1-3 dependencies) the median closure is 15 packages,
 the largest 267, and 63 packages have more than the 123 dependencies an image on a one-layer
-base can hold one layer each under the default budget of 125 layers. Each package is a small install prefix: ``bin/NAME`` (a shell
-script printing ``NAME``), ``lib/libNAME.so`` (4 KiB of seeded random bytes) and
-``share/doc/NAME/README``. Everything is derived from ``seed``: the same arguments write the
-same files.
+base can hold one layer each under the default budget of 125 layers. Each package is a small
+install prefix: ``bin/NAME`` (a shell script printing ``NAME``), ``lib/libNAME.so`` (4 KiB of
+seeded random bytes) and ``share/doc/NAME/README``. Everything is derived from ``seed``: the
+same arguments write the same files.
 """
 
 from __future__ import annotations
