@@ -140,6 +140,10 @@ class StackLayer:
         return out
 
 
+# A group's layer as built, and how to build it again (see layerrecords.RebuildOrigin).
+GroupLayer = tuple[LayerBlob, BlobOrigin]
+
+
 def _single_layers(built: Sequence[BuiltPackage]) -> tuple[StackLayer, ...]:
     return tuple(StackLayer(p.layer, (p,), p.origin) for p in built)
 
@@ -429,10 +433,11 @@ def plan_stacks(
     return plan_layers(keys, slots, canonical, fixed)
 
 
-def single_layer_keys(plan: LayerPlan) -> frozenset[str]:
-    """The packages whose own layer goes into some image of ``plan`` (the others are only in
-    groups)."""
-    return frozenset(layer[0] for layers in plan.layers.values() for layer in layers if len(layer) == 1)
+def single_layer_keys(plan: LayerPlan, images: Collection[str] | None = None) -> frozenset[str]:
+    """The packages whose own layer goes into some image of ``plan`` (of ``images`` only, when
+    given); the others are only in groups."""
+    chosen = plan.layers if images is None else {i: plan.layers[i] for i in images}
+    return frozenset(layer[0] for layers in chosen.values() for layer in layers if len(layer) == 1)
 
 
 def build_group_layers(
@@ -443,68 +448,89 @@ def build_group_layers(
     options: BuildOptions,
     progress: ProgressCallback = null_progress,
     uploads: EarlyUploads | None = None,
-    shared: dict[tuple[tuple[Path, str], ...], LayerBlob] | None = None,
-) -> dict[tuple[str, ...], LayerBlob]:
-    """Build the layer of every group of ``plan`` (in parallel), keyed by its package keys.
+    shared: dict[tuple[tuple[Path, str], ...], GroupLayer] | None = None,
+    images: Collection[str] | None = None,
+) -> dict[tuple[str, ...], GroupLayer]:
+    """Build the layer of every group of ``plan`` (of ``images`` only, when given) in
+    parallel, keyed by its package keys.
 
     ``built`` holds each package's own layer by key (their diff_ids identify a group's input,
-    so an unchanged group is found in the cache's records without reading anything). A group's
-    bytes depend only on its packages' contents (:mod:`imagesmith.grouplayer`): the same group
-    is the same blob in every image. ``shared`` works as for :func:`build_package_layers`,
-    keyed by the members' (content, prefix).
+    so an unchanged group is found in the cache's records without reading anything, and one
+    whose blob left the cache is not even built when the push target has it). A group's bytes
+    depend only on its packages' contents (:mod:`imagesmith.grouplayer`): the same group is
+    the same blob in every image. ``shared`` works as for :func:`build_package_layers`, keyed
+    by the members' (content, prefix).
     """
 
-    def one(group: tuple[str, ...]) -> LayerBlob:
+    def one(group: tuple[str, ...]) -> GroupLayer:
         members = [built[key] for key in group]
         subject = f"{len(members)} packages ({members[0].package.name}, ...)"
         parts = []
         for m in members:
-            if m.package.content is None:  # build_package_layers refused it already
-                raise PackageError(f"package {m.package.label} has no content for this platform")
+            if m.package.content is None:  # the plan never groups a package without content
+                raise PackageError(f"package {m.package.label} has no local content for a group layer")
             parts.append(GroupMember(m.package.label, m.package.content, m.package.prefix))
         sources = tuple((part.content, part.prefix) for part in parts)
         found = shared.get(sources) if shared is not None else None
         if found is not None:
-            progress(ProgressEvent("layer-reused", subject, found.size, str(found.digest)))
+            progress(ProgressEvent("layer-reused", subject, found[0].size, str(found[0].digest)))
             return found
+
+        def build_group(follower: bool) -> LayerBlob:
+            with closing(group_entries(parts, tmpdir=cache.tmp_dir)) as entries:
+                return build_layer(
+                    entries, cache, media_types=media_types, compression=options.compression,
+                    level=options.level,
+                    progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+                    follower=uploads.follower() if uploads is not None and follower else None,
+                )  # fmt: skip
+
         key = group_record_key(
             [(m.package.prefix, m.layer.diff_id) for m in members],
             compression=options.compression,
             level=options.level,
             media_types=media_types,
         )
+        wanted = media_types.layer(options.compression)
         blob = layerrecords.lookup(cache, key)
+        if blob is None and uploads is not None:
+            # As for a package's layer: a record whose blob left the cache, and a push target
+            # that already has the blob, need nothing built or sent.
+            known = layerrecords.recorded(cache, key)
+            if known is not None and known.media_type == wanted and uploads.present(known.digest):
+                blob = known
         kind: EventKind = "layer-reused"
-        if blob is None or blob.media_type != media_types.layer(options.compression):
-            with closing(group_entries(parts, tmpdir=cache.tmp_dir)) as entries:
-                blob = build_layer(
-                    entries, cache, media_types=media_types, compression=options.compression,
-                    level=options.level,
-                    progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
-                    follower=uploads.follower() if uploads is not None else None,
-                )  # fmt: skip
+        if blob is None or blob.media_type != wanted:
+            blob = build_group(follower=True)
             layerrecords.remember(cache, key, blob)
             kind = "layer-built"
+        names = ", ".join(m.package.name for m in members[:3]) + (", ..." if len(members) > 3 else "")
+        what = f"the layer of {len(members)} packages ({names})"
+        origin = layerrecords.RebuildOrigin(blob, cache, what, lambda: build_group(follower=False))
+        result = (blob, origin)
         if shared is not None:
-            shared[sources] = blob
+            shared[sources] = result
         progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
-        return blob
+        return result
 
     groups = list(plan.groups)
+    if images is not None:
+        used = {layer for image in images for layer in plan.layers[image] if len(layer) > 1}
+        groups = [g for g in groups if g in used]
     jobs = max(1, min(options.jobs, len(groups)))
     if jobs <= 1:
-        blobs = [one(g) for g in groups]
+        layers = [one(g) for g in groups]
     else:
         with ThreadPoolExecutor(max_workers=jobs) as executor:
-            blobs = list(executor.map(one, groups))
-    return dict(zip(groups, blobs, strict=True))
+            layers = list(executor.map(one, groups))
+    return dict(zip(groups, layers, strict=True))
 
 
 def stack_layers(
     plan: LayerPlan,
     image: str,
     built: Mapping[str, BuiltPackage],
-    groups: Mapping[tuple[str, ...], LayerBlob],
+    groups: Mapping[tuple[str, ...], GroupLayer],
 ) -> tuple[StackLayer, ...]:
     """The package layers ``plan`` gives ``image``, as built."""
     out = []
@@ -513,7 +539,8 @@ def stack_layers(
         if len(keys) == 1:
             out.append(StackLayer(members[0].layer, members, members[0].origin))
         else:
-            out.append(StackLayer(groups[keys], members))
+            blob, origin = groups[keys]
+            out.append(StackLayer(blob, members, origin))
     return tuple(out)
 
 
@@ -1154,7 +1181,9 @@ def _each_tops(packages: Sequence[Package], roots: Sequence[Package] | None) -> 
     return [p for p in packages if p.key in wanted]
 
 
-def _each_stacks(packages: Sequence[Package], tops: Sequence[Package]) -> dict[str, tuple[Package, ...]]:
+def _each_stacks(
+    packages: Sequence[Package], tops: Sequence[Package]
+) -> dict[str, tuple[Package, ...]]:
     """Each image's packages, dependencies first and its own package last (see :func:`_stack_of`)."""
     by_key = {p.key: p for p in packages}
     return {top.key: _stack_of(by_key[top.key], by_key) for top in tops}
@@ -1168,19 +1197,21 @@ def _platform_layers(
     options: BuildOptions,
     progress: ProgressCallback,
     uploads: EarlyUploads | None,
-) -> tuple[list[list[BuiltPackage]], list[dict[tuple[str, ...], LayerBlob]]]:
-    """Every platform's package and group layers; content shared by platforms built once."""
+    images: Collection[str] | None = None,
+) -> tuple[list[list[BuiltPackage]], list[dict[tuple[str, ...], GroupLayer]]]:
+    """Every platform's package and group layers (those of ``images``, when given); content
+    shared by platforms built once."""
     shared: dict[tuple[Path, str], LayerBlob] = {}
-    shared_groups: dict[tuple[tuple[Path, str], ...], LayerBlob] = {}
-    singles = single_layer_keys(plan)
+    shared_groups: dict[tuple[tuple[Path, str], ...], GroupLayer] = {}
+    singles = single_layer_keys(plan, images)
     built_by: list[list[BuiltPackage]] = []
-    groups_by: list[dict[tuple[str, ...], LayerBlob]] = []
+    groups_by: list[dict[tuple[str, ...], GroupLayer]] = []
     for pkgs in per_platform:
         built = build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared, singles)
         by_key = {b.package.key: b for b in built}
         built_by.append(built)
         groups_by.append(build_group_layers(plan, by_key, cache, media_types, options, progress, uploads,
-                                            shared_groups))  # fmt: skip
+                                            shared_groups, images))  # fmt: skip
     return built_by, groups_by
 
 
@@ -1234,7 +1265,9 @@ def build_each_platforms(
     repository, out = _each_targets(packages, repo, output)
     tops = _each_tops(packages, roots)
     per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
-    stacks = _each_stacks(packages, tops)
+    # The plan covers every package's image, whichever are written: a group is then the same
+    # set (the same blob) whether a run writes all the images or some of them.
+    stacks = _each_stacks(packages, packages)
     with _registry_pool(pool, registry) as pool:
         bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
         media_types = bases[0].image.media_types
@@ -1242,7 +1275,7 @@ def build_each_platforms(
         push_to = repository if options.overlap_upload else None
         with _early_uploads(pool, push_to, progress) as uploads:
             built_by, groups_by = _platform_layers(
-                per_platform, plan, cache, media_types, options, progress, uploads
+                per_platform, plan, cache, media_types, options, progress, uploads, [t.key for t in tops]
             )
         by_key_by = [{b.package.key: b for b in built} for built in built_by]
         created = _created()
@@ -1294,7 +1327,10 @@ def build_each(
     tops = _each_tops(packages, roots)
     platform = options.platform or Platform.host()
     packages = [p.for_platform(platform) for p in packages]
-    stacks = _each_stacks(packages, tops)
+    # The plan covers every package's image, whichever are written: a group is then the same
+    # set (the same blob) whether a run writes all the images or some of them.
+    stacks = _each_stacks(packages, packages)
+    images = [t.key for t in tops]
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, as_location(base), platform, options, progress)
         media_types = resolved.image.media_types
@@ -1303,9 +1339,10 @@ def build_each(
         uploaded: set[Digest] = set()
         with _early_uploads(pool, push_to, progress, uploaded) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads,
-                                         upload_only=single_layer_keys(plan))  # fmt: skip
+                                         upload_only=single_layer_keys(plan, images))  # fmt: skip
             by_key = {b.package.key: b for b in built}
-            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads)
+            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads,
+                                        images=images)  # fmt: skip
         created = _created()
         plans: list[_EachPlan]
         plans = []

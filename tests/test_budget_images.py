@@ -200,3 +200,38 @@ def test_each_root_builds_the_roots_only(registry: DistributionRegistry, base: s
     code, _, _ = cli("--insecure-registry", registry.host, "build", "--each", "--each-root", "--base-image",
                      base, "--repo", f"{registry.host}/budget-roots", str(roots[0]))  # fmt: skip
     assert code == 2  # argparse: one or the other
+
+
+def test_a_group_the_registry_has_is_not_built_again_and_a_layout_rebuilds_it(
+    registry: DistributionRegistry, base: str, stack: Stack, tmp_path: Path
+) -> None:
+    """A group whose blob left the cache (its record stays) is not built again for a push to
+    a repository that has it; a layout, which needs the bytes, gets them built again, the same."""
+    from imagesmith import BlobCache, BuildOptions, RegistryOptions, RegistryPool, build_each, load_packages
+    from imagesmith.digests import Digest
+
+    cache = BlobCache(tmp_path / "cache")
+    options = BuildOptions(max_layers=BUDGET)
+    packages = load_packages(stack.files)
+    repo = f"{registry.host}/budget-pruned"
+    with RegistryPool(RegistryOptions(insecure=frozenset({registry.host}))) as pool:
+        first = build_each(base, packages, repo=repo, options=options, cache=cache, pool=pool)
+        groups = {layer.layer.digest for r in first for layer in r.layers if len(layer.packages) > 1}
+        assert groups
+        for digest in groups:
+            cache.evict(digest)
+        events: list[str] = []
+        again = build_each(base, packages, repo=repo, options=options, cache=cache, pool=pool,
+                           progress=lambda e: events.append(f"{e.kind} {e.detail}"))  # fmt: skip
+        assert [r.digest for r in again] == [r.digest for r in first]
+        assert not any(e.startswith("layer-built") for e in events)
+        assert not any(cache.has(digest) for digest in groups)  # nothing needed their bytes
+        top = next(r for r in first if any(len(layer.packages) > 1 for layer in r.layers))
+        name = top.packages[-1].package.name
+        out = build_each(base, packages, output=f"oci:{tmp_path / 'layout'}", options=options, cache=cache,
+                         pool=pool, roots=[p for p in packages if p.name == name])  # fmt: skip
+    assert out[0].digest == top.digest
+    for layer in out[0].layers:
+        if len(layer.packages) > 1:
+            assert cache.verify(Digest.parse(str(layer.layer.digest)))
+            assert (tmp_path / "layout" / "blobs" / "sha256" / layer.layer.digest.hex).is_file()
