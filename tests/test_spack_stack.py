@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,18 @@ def deepest_dependency(spec_json: Path) -> tuple[str, str]:
     return nodes[leaf]["name"], leaf
 
 
+@dataclass(frozen=True)
+class Tidy:
+    """The 1.2 environment, its install tree and the name of r-tidyverse's deepest dependency."""
+
+    env: Path
+    tree: Path
+    deepest: str
+
+
 @pytest.fixture(scope="module")
-def tidy(spack12: SpackKit) -> tuple[Path, dict[str, Path], tuple[str, str]]:
-    """The 1.2 environment, its prefixes by hash and r-tidyverse's deepest dependency."""
+def tidy(spack12: SpackKit) -> Tidy:
+    """The 1.2 environment, with programs in its roots and r-tidyverse's deepest dependency."""
     env = environment(spack12, "tidyverse", ROOTS)
     where = prefixes(spack12)
     lock = json.loads((env / "spack.lock").read_text())
@@ -101,20 +111,16 @@ def tidy(spack12: SpackKit) -> tuple[Path, dict[str, Path], tuple[str, str]]:
     tidyverse = where[lock["roots"][0]["hash"]]
     name, leaf = deepest_dependency(tidyverse / ".spack" / "spec.json")
     program(where[leaf], name)
-    return env, where, (name, leaf)
+    return Tidy(env, install_tree(spack12), name)
 
 
 @pytest.mark.timeout(3600)
 def test_each_package_of_the_large_dag_is_an_image_that_runs(
-    spack12: SpackKit,
-    tidy: tuple[Path, dict[str, Path], tuple[str, str]],
-    registry: DistributionRegistry,
-    base: str,
-    podman_overlay: Podman,
+    tidy: Tidy, registry: DistributionRegistry, base: str, podman_overlay: Podman
 ) -> None:
-    env, _, (deep_name, _) = tidy
-    common = ("--insecure-registry", registry.host, "build", "--spack-env", str(env), "--spack-install-tree",
-              str(install_tree(spack12)), "--base-image", base, "--each", "--json")  # fmt: skip
+    deep_name = tidy.deepest
+    common = ("--insecure-registry", registry.host, "build", "--spack-env", str(tidy.env),
+              "--spack-install-tree", str(tidy.tree), "--base-image", base, "--each", "--json")  # fmt: skip
     started = time.monotonic()
     results = json.loads(ok(*common, "--repo", f"{registry.host}/tidy"))
     build_seconds = time.monotonic() - started
@@ -171,16 +177,11 @@ def test_each_package_of_the_large_dag_is_an_image_that_runs(
 
 @pytest.mark.timeout(1800)
 def test_the_environment_as_one_image_runs_every_root(
-    spack12: SpackKit,
-    tidy: tuple[Path, dict[str, Path], tuple[str, str]],
-    registry: DistributionRegistry,
-    base: str,
-    podman_overlay: Podman,
+    tidy: Tidy, registry: DistributionRegistry, base: str, podman_overlay: Podman
 ) -> None:
-    env = tidy[0]
     ref = f"{registry.host}/tidy-env:1"
-    result = json.loads(ok("--insecure-registry", registry.host, "build", "--spack-env", str(env),
-                           "--spack-install-tree", str(install_tree(spack12)), "--base-image", base,
+    result = json.loads(ok("--insecure-registry", registry.host, "build", "--spack-env", str(tidy.env),
+                           "--spack-install-tree", str(tidy.tree), "--base-image", base,
                            "--tag", ref, "--json"))  # fmt: skip
     assert 1 + len(result["layers"]) <= 125
     in_image = {p["package"] for layer in result["layers"] for p in layer["packages"]}
