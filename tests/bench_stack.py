@@ -17,7 +17,7 @@ needs no group (an image over the budget alone is planned for its own closure, n
 stack's: see docs/budget.md).
 
 Writes a table to the terminal and JSON to .bench/stack.json (or the path in argv[1]).
-``BENCH_STACK_PACKAGES`` (default 1000) changes the stack's size.
+The stack has 1,000 packages times ``BENCH_SCALE`` (at least 100), or ``BENCH_STACK_PACKAGES``.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def summary(seconds: float, rss_kib: int, requests: Counter[str]) -> dict[str, A
 
 def main() -> int:
     out_path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".bench/stack.json")
-    count = int(os.environ.get("BENCH_STACK_PACKAGES", "1000"))
+    scaled = max(100, round(1000 * float(os.environ.get("BENCH_SCALE", "1"))))
+    count = int(os.environ.get("BENCH_STACK_PACKAGES", scaled))
     with tempfile.TemporaryDirectory(prefix="imagesmith-bench-") as tmp_name, \
             DistributionRegistry(workdir=Path(tmp_name, "registry")) as registry:  # fmt: skip
         tmp = Path(tmp_name)
