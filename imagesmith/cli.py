@@ -23,9 +23,10 @@ import shlex
 import shutil
 import signal
 import sys
+import textwrap
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TextIO
 
@@ -668,6 +669,18 @@ def _emit(obj: dict[str, Any], stdout: TextIO) -> None:
     print(json.dumps(obj, indent=2), file=stdout)
 
 
+def _emit_list(objects: Iterable[dict[str, Any]], stdout: TextIO) -> None:
+    """Print a JSON list, one element at a time: the same text as ``json.dumps(list,
+    indent=2)``, without every element's document in memory at once (a 1,000-image run's
+    list took 120 MB)."""
+    first = True
+    for obj in objects:
+        stdout.write("[\n" if first else ",\n")
+        stdout.write(textwrap.indent(json.dumps(obj, indent=2), "  "))
+        first = False
+    print("[]" if first else "\n]", file=stdout)
+
+
 def _report_written(
     result: BuildResult | ImportResult | MultiBuildResult, stdout: TextIO, suffix: str = ""
 ) -> None:
@@ -751,7 +764,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             else build_each(args.base_image, packages, **where, **common)
         )
         if args.json:
-            print(json.dumps([r.to_json() for r in results], indent=2), file=stdout)
+            _emit_list((r.to_json() for r in results), stdout)
         else:
             for written in results:
                 _report_written(written, stdout)

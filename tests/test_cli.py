@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
 
-from imagesmith.cli import _command, _parser, _Progress, _registry_options, main
+from imagesmith.cli import _command, _emit_list, _parser, _Progress, _registry_options, main
 from imagesmith.errors import UsageError
 from imagesmith.progress import ProgressEvent
 
@@ -197,3 +198,10 @@ def test_makefile_command_writes_a_runnable_makefile(tmp_path: Path) -> None:
         ["make", "-s", "-C", str(tmp_path), "list"], capture_output=True, text=True, env=env, check=True
     )
     assert listed.stdout.split() == ["libgreet-1.0", "hello-2.12"]
+
+
+def test_a_json_list_is_printed_one_element_at_a_time_as_json_dumps_would() -> None:
+    for data in ([], [{"a": 1, "b": [1, {"c": "x\ny"}]}], [{"a": 1}, {"b": {"c": [1, 2]}, "d": "  x\n"}]):
+        out = io.StringIO()
+        _emit_list(iter(data), out)
+        assert out.getvalue() == json.dumps(data, indent=2) + "\n"
