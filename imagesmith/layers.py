@@ -25,9 +25,12 @@ numeric owners come from the filesystem or the tarball, device nodes and FIFOs a
 sockets are still skipped; the mtime is still the fixed one.
 
 Tarball members are checked before anything is written: absolute names, ``..`` components,
-NUL bytes, whiteouts (unless ``allow_whiteouts``), hardlinks to a member not seen before, a
-member below a symlink or file, and member types tar cannot express portably raise
-:class:`LayerError` naming the member.
+NUL bytes, whiteouts (any ``.wh.`` component, unless ``allow_whiteouts``), hardlinks to a member
+not seen before, a member below a symlink or file, and member types tar cannot express portably
+raise :class:`LayerError` naming the member. Tarballs are read by :mod:`imagesmith.tarformat`,
+the reader the unpacker uses too. In a directory, a file or directory named ``.wh.*`` raises
+:class:`LayerError` naming it: a layer reader would take it for a whiteout and delete files of
+the layers below.
 """
 
 from __future__ import annotations
@@ -38,20 +41,20 @@ import operator
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from .blobstore import BlobWriter
 from .cache import BlobCache
-from .compression import Compressor, open_compressor, open_decompressor
+from .compression import Compressor, open_compressor, open_uncompressed
 from .digests import Digest, Hasher
 from .errors import LayerError, UsageError
 from .mediatypes import Compression, MediaTypes
 from .model import Descriptor
-from .tarwriter import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarEntry, TarMember, TarWriter, read_members
+from .tarformat import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarMember, read_members
+from .tarwriter import TarEntry, TarWriter
 
 if TYPE_CHECKING:
     from .overlap import BlobFollower
@@ -74,6 +77,7 @@ _CHUNK = 1 << 20
 _ANNOUNCE = 4 << 20
 _DIR_MODE = 0o755
 _WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,8 @@ def normalise_prefix(prefix: str) -> str:
     parts = [p for p in prefix.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise LayerError(f"prefix {prefix!r} must not contain '..'")
+    if any(p.startswith(_WHITEOUT) for p in parts):
+        raise LayerError(f"prefix {prefix!r} has a component named like a whiteout ({_WHITEOUT}*)")
     return "/".join(parts)
 
 
@@ -197,6 +203,17 @@ def input_error(path: str | os.PathLike[str], exc: OSError, *, walking: bool = T
     return LayerError(f"cannot read {shown}: {exc.strerror or exc}")
 
 
+def _utf8_member(text: str, what: str, member: str) -> None:
+    """Refuse a tarball member's name or link target whose stored bytes are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # tarformat keeps undecodable bytes as lone surrogates
+        raise LayerError(
+            f"{what}: member {member!r} has a name or link target that is not valid UTF-8: layer "
+            "names must be UTF-8 (re-create the tarball with UTF-8 names)"
+        ) from None
+
+
 def _utf8_name(raw: bytes, path: str) -> str:
     try:
         return raw.decode("utf-8")
@@ -220,6 +237,18 @@ def _kind_of(mode: int) -> EntryKind | None:
     return None  # sockets (and anything exotic): skipped by policy
 
 
+def _refuse_whiteout_name(path: str, name: str) -> NoReturn:
+    """Refuse a file whose name a layer reader takes for a whiteout (OCI image-spec)."""
+    meaning = (
+        "everything the layers below put in its directory" if name == _OPAQUE
+        else f"{name[len(_WHITEOUT):]!r} from the layers below"
+    )
+    raise LayerError(
+        f"{path!r} is named like a whiteout ({_WHITEOUT}*): in a layer it would not be a file but "
+        f"would delete {meaning}; rename or remove it"
+    )
+
+
 def _sorted_children(directory: str, archive_dir: str, stat_dirs: bool) -> list[_Child]:
     """The entries of ``directory`` as ``(sort key, archive name, path, lstat or None)``, sorted.
 
@@ -237,6 +266,8 @@ def _sorted_children(directory: str, archive_dir: str, stat_dirs: bool) -> list[
                 name = dirent.name
                 if not _FS_ENCODING_IS_UTF8:
                     name = _utf8_name(os.fsencode(name), dirent.path)
+                if name.startswith(_WHITEOUT):
+                    _refuse_whiteout_name(dirent.path, name)
                 archive_name = base + name
                 try:
                     # With a UTF-8 file system encoding, the bytes of a name that is not UTF-8
@@ -348,6 +379,8 @@ def _fs_entry(
 
 
 def _clean_member_name(raw: str, what: str) -> str:
+    if not raw.isascii():
+        _utf8_member(raw, what, raw)
     if raw.startswith("/"):
         raise LayerError(
             f"{what}: member {raw!r} has an absolute name; create the tarball with relative paths"
@@ -437,46 +470,10 @@ class TarballEntries:
             raise
 
     def _uncompressed(self) -> IO[bytes]:
-        what = str(self.path)
-        with open_decompressor(self.path) as source:
-            if source.compression == "none":
-                try:
-                    return open(self.path, "rb")
-                except OSError as exc:
-                    raise LayerError(f"cannot open {what}: {exc.strerror or exc}") from None
-            try:
-                # An unlinked temp file: gone even if this process is killed.
-                tmp = tempfile.TemporaryFile(dir=self._temp_dir())  # noqa: SIM115
-            except OSError as exc:
-                raise LayerError(f"cannot create a temp file for {what}: {exc.strerror or exc}") from None
-            try:
-                written = 0
-                while chunk := source.read(_CHUNK):
-                    written += len(chunk)
-                    if written > self.max_bytes:
-                        raise LayerError(
-                            f"{what} decompresses to more than {self.max_bytes} bytes: refusing it "
-                            "(a decompression bomb, or raise the limit for a genuinely huge package)"
-                        )
-                    tmp.write(chunk)
-                tmp.flush()
-            except OSError as exc:
-                tmp.close()
-                raise LayerError(f"cannot decompress {what}: {exc.strerror or exc}") from None
-            except BaseException:
-                tmp.close()
-                raise
-            return tmp
-
-    def _temp_dir(self) -> Path | None:
         # Default to the blob cache's disk: /tmp is often a RAM-backed tmpfs, and a
         # decompressed package can be many GiB.
-        chosen = self.tmpdir if self.tmpdir is not None else BlobCache().tmp_dir
-        try:
-            chosen.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return None if self.tmpdir is None else chosen
-        return chosen
+        tmpdir = self.tmpdir if self.tmpdir is not None else BlobCache().tmp_dir
+        return open_uncompressed(self.path, str(self.path), max_bytes=self.max_bytes, tmpdir=tmpdir)
 
     def _index(self, f: IO[bytes]) -> None:
         what = str(self.path)
@@ -488,6 +485,8 @@ class TarballEntries:
             if not name:
                 continue  # "./" itself: the root, or the prefix, which is emitted anyway
             self._check_member(name, member, what)
+            if not member.linkname.isascii():
+                _utf8_member(member.linkname, what, member.name)
             target = None
             if member.kind == "hardlink":
                 target = self._link_target(member, final, what)
@@ -515,6 +514,14 @@ class TarballEntries:
                 if parent in final:
                     break
                 final[parent] = None
+                if len(final) > self.max_members:
+                    # Every implied parent is one more entry of the layer: a deep path must not
+                    # make one member cost thousands of entries beyond the limit.
+                    raise LayerError(
+                        f"{what}: the layer would have more than {self.max_members} entries with "
+                        "the parent directories its members imply; raise max_members if the "
+                        "tarball is trusted"
+                    )
                 parent = parent.rpartition("/")[0]
         self._sorted = sorted(
             (_sort_key(name, "dir" if item is None else item.member.kind), name, item)
@@ -531,8 +538,8 @@ class TarballEntries:
         self._first_of = first_of
 
     def _check_member(self, name: str, member: TarMember, what: str) -> None:
-        base = name.rpartition("/")[2]
-        if base.startswith(_WHITEOUT) and not self.allow_whiteouts:
+        # Any component: "a/.wh.b/c" would make the implied directory "a/.wh.b" a whiteout.
+        if not self.allow_whiteouts and "/" + _WHITEOUT in "/" + name:
             raise LayerError(
                 f"{what}: member {member.name!r} is a whiteout: package tarballs may not delete "
                 "files of lower layers"
