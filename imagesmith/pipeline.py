@@ -269,9 +269,11 @@ def content_layer(
             assert uploads is not None
             if uploads.present(known.digest):
                 return known, True
+    # Environment inference looks two levels below the prefix at most: record no deeper.
+    depth = len([p for p in prefix.split("/") if p not in ("", ".")]) + 2
     options: dict[str, Any] = {
         "media_types": media_types, "compression": compression, "level": level, "progress": progress,
-        "follower": uploads.follower() if uploads is not None else None,
+        "follower": uploads.follower() if uploads is not None else None, "directory_depth": depth,
     }  # fmt: skip
     if content.is_dir():
         blob = build_layer(directory_entries(content, prefix, preserve=preserve), cache, **options)

@@ -328,9 +328,9 @@ class TarReader:
     def _path(self, raw: bytes, where: str, role: str) -> str:
         if len(raw) > MAX_NAME_BYTES:
             name = raw.decode("utf-8", "surrogateescape")
-            self._corrupt(
+            raise self._error(
                 f"{where}: its {role} {_shown(name)} is longer than {MAX_NAME_BYTES} bytes, the "
-                "longest path a file system call takes (PATH_MAX)"
+                "longest path a file system call takes (PATH_MAX): no system can hold it"
             )
         if b"\0" in raw:
             self._corrupt(f"{where}: NUL byte in the {role}")

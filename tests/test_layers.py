@@ -644,6 +644,45 @@ def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
     assert growth < 100 << 20, f"peak RSS grew by {growth >> 20} MiB while streaming 200 MB"
 
 
+def test_memory_stays_bounded_for_members_at_the_deepest_path(tmp_path: Path) -> None:
+    """Issue 14, item 1: ten members each 2,046 components deep (the most a PATH_MAX name
+    allows) imply 20,000 parent directories of up to 4 KB each. Kept as full strings (index,
+    sort keys, the layer's directory list and its record) that cost hundreds of MB; the tree
+    index and the depth-bounded directory list keep it to a few."""
+    tarball = tmp_path / "deep.tar"
+    with tarfile.open(tarball, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(10):
+            info = tarfile.TarInfo(f"{i}/" + "/".join(["a"] * 2045) + "/f")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    script = textwrap.dedent(
+        """
+        import resource, sys
+        from pathlib import Path
+        from imagesmith.cache import BlobCache
+        from imagesmith.mediatypes import OCI
+        from imagesmith.pipeline import content_layer
+        cache = BlobCache(Path(sys.argv[2]))
+        def rss():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        small = Path(sys.argv[1]).parent / "small"
+        small.mkdir()
+        (small / "f").write_bytes(b"x")
+        content_layer(small, "/opt/small", cache, OCI)  # warm up imports
+        base = rss()
+        blob, _ = content_layer(Path(sys.argv[1]), "/opt/pkg", cache, OCI)
+        assert "opt/pkg/0/a" in blob.directories
+        print(rss() - base)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tarball), str(tmp_path / "cache")],
+        capture_output=True, text=True, check=True,
+    )
+    growth = int(proc.stdout.strip())
+    assert growth < 30 << 20, f"peak RSS grew by {growth >> 20} MiB for 10 deep members"
+
+
 # --- pinned bytes ------------------------------------------------------------------------
 
 
