@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,7 +46,7 @@ from typing import IO, Protocol, cast
 
 import zstandard
 
-from .errors import ImagesmithError, LayerError
+from .errors import LayerError
 from .mediatypes import Compression
 
 _isal_zlib: ModuleType | None
@@ -72,7 +71,6 @@ __all__ = [
     "gzip_backend",
     "open_compressor",
     "open_decompressor",
-    "open_uncompressed",
 ]
 
 DEFAULT_LEVELS: dict[str, int] = {"gzip": 6, "zstd": 3}
@@ -578,56 +576,3 @@ def open_decompressor(source: Path | str | IO[bytes], what: str | None = None) -
             raw.close()
             raise
     return Decompressor(source, what or getattr(source, "name", None) or "stream", owns_raw=False)
-
-
-def open_uncompressed(
-    path: Path, what: str, *, max_bytes: int, tmpdir: Path | None, error: type[ImagesmithError] = LayerError
-) -> IO[bytes]:
-    """A seekable binary file holding the uncompressed bytes of ``path`` (gzip, zstd or plain).
-
-    A plain file is opened as it is; a compressed one is decompressed once, in one pass, into
-    an unlinked temp file (gone even if the process is killed) in ``tmpdir``, created if
-    missing, or the system's temp directory when it cannot be (pass a directory on a real disk:
-    ``/tmp`` is often in RAM, and the copy can be many GiB). More than ``max_bytes`` of output
-    (a decompression bomb), a corrupt stream or an I/O failure raises ``error`` naming ``what``.
-    The caller closes the file.
-    """
-    try:
-        with open_decompressor(path, what) as source:
-            if source.compression == "none":
-                try:
-                    return open(path, "rb")  # the caller closes it
-                except OSError as exc:
-                    raise error(f"cannot open {what}: {exc.strerror or exc}") from None
-            directory = tmpdir
-            if directory is not None:
-                try:
-                    directory.mkdir(parents=True, exist_ok=True)
-                except OSError:
-                    directory = None
-            try:
-                tmp = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
-            except OSError as exc:
-                raise error(f"cannot create a temp file for {what}: {exc.strerror or exc}") from None
-            try:
-                written = 0
-                while chunk := source.read(_OUT_CHUNK):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise error(
-                            f"{what} decompresses to more than {max_bytes} bytes: refusing it "
-                            "(a decompression bomb, or raise the limit if it is genuinely that big)"
-                        )
-                    tmp.write(chunk)
-                tmp.flush()
-            except OSError as exc:
-                tmp.close()
-                raise error(f"cannot decompress {what}: {exc.strerror or exc}") from None
-            except BaseException:
-                tmp.close()
-                raise
-            return tmp
-    except LayerError as exc:
-        if error is LayerError:
-            raise
-        raise error(str(exc)) from None

@@ -41,6 +41,7 @@ import operator
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ from typing import IO, TYPE_CHECKING, NoReturn
 
 from .blobstore import BlobWriter
 from .cache import BlobCache
-from .compression import Compressor, open_compressor, open_uncompressed
+from .compression import Compressor, open_compressor, open_decompressor
 from .digests import Digest, Hasher
 from .errors import LayerError, UsageError
 from .mediatypes import Compression, MediaTypes
@@ -489,10 +490,46 @@ class TarballEntries:
             raise
 
     def _uncompressed(self) -> IO[bytes]:
+        what = str(self.path)
+        with open_decompressor(self.path) as source:
+            if source.compression == "none":
+                try:
+                    return open(self.path, "rb")
+                except OSError as exc:
+                    raise LayerError(f"cannot open {what}: {exc.strerror or exc}") from None
+            try:
+                # An unlinked temp file: gone even if this process is killed.
+                tmp = tempfile.TemporaryFile(dir=self._temp_dir())  # noqa: SIM115
+            except OSError as exc:
+                raise LayerError(f"cannot create a temp file for {what}: {exc.strerror or exc}") from None
+            try:
+                written = 0
+                while chunk := source.read(_CHUNK):
+                    written += len(chunk)
+                    if written > self.max_bytes:
+                        raise LayerError(
+                            f"{what} decompresses to more than {self.max_bytes} bytes: refusing it "
+                            "(a decompression bomb, or raise the limit for a genuinely huge package)"
+                        )
+                    tmp.write(chunk)
+                tmp.flush()
+            except OSError as exc:
+                tmp.close()
+                raise LayerError(f"cannot decompress {what}: {exc.strerror or exc}") from None
+            except BaseException:
+                tmp.close()
+                raise
+            return tmp
+
+    def _temp_dir(self) -> Path | None:
         # Default to the blob cache's disk: /tmp is often a RAM-backed tmpfs, and a
         # decompressed package can be many GiB.
-        tmpdir = self.tmpdir if self.tmpdir is not None else BlobCache().tmp_dir
-        return open_uncompressed(self.path, str(self.path), max_bytes=self.max_bytes, tmpdir=tmpdir)
+        chosen = self.tmpdir if self.tmpdir is not None else BlobCache().tmp_dir
+        try:
+            chosen.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None if self.tmpdir is None else chosen
+        return chosen
 
     def _child(self, node: _Node, name: str, what: str) -> _Node:
         """The child ``name`` of ``node``, created (and counted) if it is new."""

@@ -99,7 +99,7 @@ _REGULAR_FLAGS = frozenset({b"0", b"\0", b"7"})
 # Header-only types: their size field is ignored (see the module docstring).
 _NO_DATA_FLAGS = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})
 _EXTENDED_FLAGS = frozenset({b"x", b"g", b"L", b"K"})
-_NUMERIC_PAX = frozenset({b"size", b"uid", b"gid", b"mtime"})
+_HIGH_BYTES = bytes(range(128, 256))
 
 
 class _Source(Protocol):
@@ -203,31 +203,57 @@ class TarReader:
         self.consumed = 0
         self._left = 0  # data of the current member not yet read
         self._pad = 0  # its padding to the next block
-        self._current = "the first member"
+        # For messages, built only when one is needed: the header being read and the name of
+        # the member it describes (None until known), and the last member named.
+        self._header_at = 0
+        self._name: str | None = None
+        self._last_name: str | None = None
 
     # -- failures --------------------------------------------------------------------------
 
-    def _corrupt(self, message: str) -> NoReturn:
+    @property
+    def _last(self) -> str:
+        name = self._last_name
+        return "the first member" if name is None else f"member {_shown(name)}"
+
+    def _during(self, part: str) -> str:
+        """What was being read, for a message: ``part`` is "data", "header" or "extended"."""
+        if part == "data":
+            return f"the data of {self._last}"
+        if part == "header":
+            return f"the header after {self._last}"
+        return "an extended header"
+
+    def _where(self) -> str:
+        if self._name is not None:
+            return f"{self._what}: member {_shown(self._name)}"
+        return f"{self._what}: header at byte {self._header_at}"
+
+    def _corrupt(self, problem: str) -> NoReturn:
+        message = f"{self._where()}: {problem}"
         raise self._error(f"{message}; {self._advice}" if self._advice else message)
 
     def _truncated(self, where: str) -> NoReturn:
-        self._corrupt(f"{self._what}: truncated {where}")
+        message = f"{self._what}: truncated {where}"
+        raise self._error(f"{message}; {self._advice}" if self._advice else message)
 
-    def _limit(self, message: str, setting: str) -> NoReturn:
+    def _limit(self, problem: str, setting: str) -> NoReturn:
         owner = f"{self._limits}." if self._limits else ""
-        raise self._error(f"{message}; raise {owner}{setting} if the archive is trusted")
+        raise self._error(f"{self._where()}: {problem}; raise {owner}{setting} if the archive is trusted")
 
     # -- bytes -------------------------------------------------------------------------------
 
     def _read(self, n: int, during: str) -> bytes:
-        """Up to ``n`` bytes (fewer only at the end of the archive)."""
+        """Up to ``n`` bytes (fewer only at the end of the archive); ``during`` as for
+        :meth:`_during`."""
         pieces: list[bytes] = []
         got = 0
         while got < n:
             try:
                 chunk = self._f.read(min(n - got, _CHUNK))
             except LayerError as exc:  # a decompressor's verdict on its input
-                self._corrupt(f"{exc} (while reading {during})")
+                message = f"{exc} (while reading {self._during(during)})"
+                raise self._error(f"{message}; {self._advice}" if self._advice else message) from None
             except OSError as exc:
                 raise self._error(f"cannot read {self._what}: {exc.strerror or exc}") from None
             if not chunk:
@@ -251,40 +277,37 @@ class TarReader:
         while n:
             want = min(_CHUNK, n)
             if len(self._read(want, during)) < want:
-                self._truncated(f"inside {during}")
+                self._truncated(f"inside {self._during(during)}")
             n -= want
 
     def _seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return cast("IO[bytes]", self._f).seek(offset, whence)  # seekable sources only
 
-    def _budget(self, n: int, where: str) -> None:
+    def _budget(self, n: int) -> None:
         limit = self._max_bytes
         if limit is not None and self.consumed + n > limit:
-            self._limit(
-                f"{where}: the archive is larger than {limit} bytes uncompressed (a decompression "
-                "bomb?)",
-                "max_bytes",
-            )
+            self._limit(f"the archive is larger than {limit} bytes uncompressed (a decompression bomb?)",
+                        "max_bytes")
 
     def data(self) -> Iterator[bytes]:
         """Yield the current member's data in pieces of at most 1 MiB (streaming use)."""
         while self._left:
             want = min(_CHUNK, self._left)
-            chunk = self._read(want, f"the data of {self._current}")
+            chunk = self._read(want, "data")
             if len(chunk) < want:
-                self._truncated(f"inside the data of {self._current}")
+                self._truncated(f"inside the data of {self._last}")
             self._left -= want
             yield chunk
 
     # -- headers -----------------------------------------------------------------------------
 
-    def _number(self, raw: bytes, where: str, *, signed: bool = False) -> int:
+    def _number(self, raw: bytes, *, signed: bool = False) -> int:
         if raw and raw[0] & 0x80:
             # GNU base-256: the high bit of the first byte marks it; 0xff starts a negative number.
             value = int.from_bytes(bytes([raw[0] & 0x7F]) + raw[1:], "big")
             if raw[0] == 0xFF:
                 if not signed:
-                    self._corrupt(f"{where}: negative number in a tar header")
+                    self._corrupt("negative number in a tar header")
                 value -= 1 << (8 * len(raw) - 1)
             return value
         text = raw.split(b"\0", 1)[0].strip(b" ")
@@ -293,47 +316,49 @@ class TarReader:
         try:
             return int(text, 8)
         except ValueError:
-            self._corrupt(f"{where}: corrupt number {text[:20]!r} in a tar header")
+            self._corrupt(f"corrupt number {text[:20]!r} in a tar header")
 
-    def _pax_int(self, value: bytes, where: str, key: str) -> int:
+    def _pax_int(self, value: bytes, key: str) -> int:
         if not value.isdigit():  # also refuses b"": an empty number deletes the field
-            self._corrupt(f"{where}: corrupt {key} {value[:20]!r} in a pax header")
+            self._corrupt(f"corrupt {key} {value[:20]!r} in a pax header")
         return int(value)
 
-    def _pax_time_ns(self, value: bytes, where: str) -> int:
+    def _pax_time_ns(self, value: bytes) -> int:
         text = value.decode("ascii", "replace")
         negative = text.startswith("-")
         seconds, _, fraction = text.lstrip("-").partition(".")
         if not seconds.isdigit() or (fraction and not fraction.isdigit()):
-            self._corrupt(f"{where}: corrupt mtime {text[:30]!r} in a pax header")
+            self._corrupt(f"corrupt mtime {text[:30]!r} in a pax header")
         ns = int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
         return -ns if negative else ns
 
-    def _parse_pax(self, payload: bytes, where: str) -> dict[bytes, bytes]:
+    def _parse_pax(self, payload: bytes) -> dict[bytes, bytes]:
         try:
             return parse_pax(payload)
         except ValueError:
-            self._corrupt(f"{where}: corrupt pax extended header")
+            self._corrupt("corrupt pax extended header")
 
-    def _checksum_ok(self, block: bytes, where: str) -> bool:
+    def _checksum_ok(self, block: bytes) -> bool:
         try:
-            stored = self._number(block[148:156], where)
+            stored = self._number(block[148:156])
         except ImagesmithError:
             return False
-        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        rest = block[:148] + block[156:]
+        unsigned = sum(rest) + 256  # the checksum field itself counts as eight spaces
+        if stored == unsigned:
+            return True
         # Some old writers summed signed chars; tar accepts that form too.
-        signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b >= 128)
-        return stored in (unsigned, signed)
+        return stored == unsigned - 256 * (len(rest) - len(rest.translate(None, _HIGH_BYTES)))
 
-    def _path(self, raw: bytes, where: str, role: str) -> str:
+    def _path(self, raw: bytes, role: str) -> str:
         if len(raw) > MAX_NAME_BYTES:
             name = raw.decode("utf-8", "surrogateescape")
             raise self._error(
-                f"{where}: its {role} {_shown(name)} is longer than {MAX_NAME_BYTES} bytes, the "
-                "longest path a file system call takes (PATH_MAX): no system can hold it"
+                f"{self._where()}: its {role} {_shown(name)} is longer than {MAX_NAME_BYTES} bytes, "
+                "the longest path a file system call takes (PATH_MAX): no system can hold it"
             )
         if b"\0" in raw:
-            self._corrupt(f"{where}: NUL byte in the {role}")
+            self._corrupt(f"NUL byte in the {role}")
         return raw.decode("utf-8", "surrogateescape")
 
     def members(self) -> Iterator[TarMember]:
@@ -353,47 +378,45 @@ class TarReader:
         extended_bytes = 0
         index = 0
         while True:
-            self._skip(self._left + self._pad, f"the data of {self._current}")
+            self._skip(self._left + self._pad, "data")
             self._left = self._pad = 0
-            offset = self.consumed
-            where = f"{what}: header at byte {offset}"
-            self._budget(BLOCK, where)
-            block = self._read(BLOCK, f"the header after {self._current}")
+            offset = self._header_at = self.consumed
+            self._name = None
+            self._budget(BLOCK)
+            block = self._read(BLOCK, "header")
             if not block:
                 if offset == 0:
                     return  # an empty stream is an empty archive: nothing was cut off
-                self._truncated(f"after {self._current}: the end-of-archive marker is missing")
+                self._truncated(f"after {self._last}: the end-of-archive marker is missing")
             if len(block) < BLOCK:
                 if offset == 0:
-                    self._corrupt(f"{what} is not a tar archive (shorter than one 512-byte header)")
-                self._truncated(f"inside the header after {self._current}")
+                    self._corrupt("not a tar archive (shorter than one 512-byte header)")
+                self._truncated(f"inside the header after {self._last}")
             if block == _ZERO_BLOCK:
                 if pax or long_name is not None or long_link is not None:
                     self._truncated("after an extended header that has no member")
                 return
-            if not self._checksum_ok(block, where):
-                self._corrupt(f"{where}: bad header checksum (not a tar archive, or corrupt)")
+            if not self._checksum_ok(block):
+                self._corrupt("bad header checksum (not a tar archive, or corrupt)")
             typeflag = block[156:157]
-            size = self._number(block[124:136], where)
+            size = self._number(block[124:136])
             pad = -size % BLOCK
             if typeflag in _EXTENDED_FLAGS:
                 extended_bytes += size
                 limit = self._max_header_bytes
                 if extended_bytes > limit or (typeflag == b"g" and global_bytes + size > limit):
-                    self._limit(
-                        f"{where}: extended headers of more than {limit} bytes before one member",
-                        "max_header_bytes",
-                    )
-                self._budget(size + pad, where)
-                payload = self._read(size, "an extended header")
+                    self._limit(f"extended headers of more than {limit} bytes before one member",
+                                "max_header_bytes")
+                self._budget(size + pad)
+                payload = self._read(size, "extended")
                 if len(payload) < size:
                     self._truncated("inside an extended header")
-                self._skip(pad, "an extended header")
+                self._skip(pad, "extended")
                 if typeflag == b"x":
-                    pax.update(self._parse_pax(payload, where))
+                    pax.update(self._parse_pax(payload))
                 elif typeflag == b"g":
                     global_bytes += size
-                    global_pax.update(self._parse_pax(payload, where))
+                    global_pax.update(self._parse_pax(payload))
                     # An empty value ends the global value (see the module docstring).
                     global_pax = {key: value for key, value in global_pax.items() if value}
                 elif typeflag == b"L":
@@ -403,7 +426,7 @@ class TarReader:
                 continue
             records = {**global_pax, **pax} if global_pax else pax
             pax, extended_bytes = {}, 0
-            member = self._member(block, typeflag, size, pad, records, long_name, long_link, index, where)
+            member = self._member(block, typeflag, size, pad, records, long_name, long_link, index)
             long_name = long_link = None
             if member is None:
                 continue  # a volume label: its data, if any, is skipped like any other
@@ -420,7 +443,6 @@ class TarReader:
         long_name: bytes | None,
         long_link: bytes | None,
         index: int,
-        where: str,
     ) -> TarMember | None:
         """The member the header ``block`` describes; sets the data to read or skip after it."""
         # Precedence: pax records, then GNU long-name headers, then the header's own fields
@@ -432,7 +454,7 @@ class TarReader:
         else:
             raw_name = block[0:100].split(b"\0", 1)[0]
             prefix = block[345:500].split(b"\0", 1)[0]
-            if block[257:263] == b"ustar\0" and prefix:
+            if prefix and block[257:263] == b"ustar\0":
                 raw_name = prefix + b"/" + raw_name
         if b"linkpath" in records:
             raw_link = records[b"linkpath"]
@@ -440,54 +462,50 @@ class TarReader:
             raw_link = long_link
         else:
             raw_link = block[157:257].split(b"\0", 1)[0]
-        name = self._path(raw_name, where, "name")
-        self._current = f"member {_shown(name)}"
-        where = f"{self._what}: member {_shown(name)}"
-        if typeflag == b"S" or any(key.startswith(b"GNU.sparse") for key in records):
-            self._corrupt(
-                f"{where}: sparse members are not supported; re-create the archive without --sparse"
-            )
+        name = self._name = self._path(raw_name, "name")
+        if typeflag == b"S" or (records and any(key.startswith(b"GNU.sparse") for key in records)):
+            self._corrupt("sparse members are not supported; re-create the archive without --sparse")
         kind = _KINDS.get(typeflag)
         if kind is None:
             self._corrupt(
-                f"{where}: unsupported member type {typeflag!r} (multi-volume or a vendor "
-                "extension); re-create the archive with a POSIX tar"
+                f"unsupported member type {typeflag!r} (multi-volume or a vendor extension); "
+                "re-create the archive with a POSIX tar"
             )
         if b"size" in records:
-            size = self._pax_int(records[b"size"], where, "size")
+            size = self._pax_int(records[b"size"], "size")
             pad = -size % BLOCK
         if typeflag in _NO_DATA_FLAGS:
             size = pad = 0
-        self._budget(size + pad, where)
+        self._budget(size + pad)
+        self._last_name = name
         if self._total is not None and self.consumed + size > self._total:
-            self._truncated(f"inside the data of {self._current}: it extends past the end of the archive")
+            self._truncated(f"inside the data of {self._last}: it extends past the end of the archive")
         self._left, self._pad = size, pad
         if kind == "label":
             return None
         if not name:
-            self._corrupt(f"{where}: the member has an empty name")
+            self._corrupt("the member has an empty name")
         if typeflag in _REGULAR_FLAGS and raw_name.endswith(b"/"):
             kind = "dir"  # a trailing slash makes a directory, as GNU tar extracts it
         if index >= self._max_members:
-            self._limit(f"{where}: the archive has more than {self._max_members} members", "max_members")
+            self._limit(f"the archive has more than {self._max_members} members", "max_members")
         links = kind in ("symlink", "hardlink")
         device = kind in ("chardev", "blockdev")
+        number = self._number
         return TarMember(
             name=name,
             kind=kind,
-            mode=self._number(block[100:108], where) & 0o7777,
+            mode=number(block[100:108]) & 0o7777,
             size=size if kind == "file" else 0,
-            linkname=self._path(raw_link, where, "link target") if links else "",
-            uid=self._pax_int(records[b"uid"], where, "uid") if b"uid" in records
-            else self._number(block[108:116], where),
-            gid=self._pax_int(records[b"gid"], where, "gid") if b"gid" in records
-            else self._number(block[116:124], where),
+            linkname=self._path(raw_link, "link target") if links else "",
+            uid=self._pax_int(records[b"uid"], "uid") if b"uid" in records else number(block[108:116]),
+            gid=self._pax_int(records[b"gid"], "gid") if b"gid" in records else number(block[116:124]),
             uname=records.get(b"uname", block[265:297].split(b"\0", 1)[0]).decode("utf-8", "surrogateescape"),
             gname=records.get(b"gname", block[297:329].split(b"\0", 1)[0]).decode("utf-8", "surrogateescape"),
-            mtime_ns=self._pax_time_ns(records[b"mtime"], where) if b"mtime" in records
-            else self._number(block[136:148], where, signed=True) * 1_000_000_000,
-            devmajor=self._number(block[329:337], where) if device else 0,
-            devminor=self._number(block[337:345], where) if device else 0,
+            mtime_ns=self._pax_time_ns(records[b"mtime"]) if b"mtime" in records
+            else number(block[136:148], signed=True) * 1_000_000_000,
+            devmajor=number(block[329:337]) if device else 0,
+            devminor=number(block[337:345]) if device else 0,
             offset=self.consumed,
             index=index,
         )
