@@ -44,7 +44,7 @@ from .digests import Digest, Hasher
 from .errors import IntegrityError, LayerError, UnpackError, UsageError
 from .tarformat import MAX_NAME_BYTES, TarMember, TarReader
 
-__all__ = ["MAX_SYMLINK_HOPS", "UnpackPolicy", "UnpackStats", "unpack_layer", "unpack_layers"]
+__all__ = ["MAX_SYMLINK_HOPS", "UnpackPolicy", "UnpackStats", "discard_tree", "unpack_layer", "unpack_layers"]
 
 MAX_SYMLINK_HOPS = 255
 
@@ -203,6 +203,77 @@ def _push(stack: list[tuple[int, str, list[str]]], fd: int, label: str) -> None:
     children: list[str] = []
     stack.append((fd, label, children))
     children.extend(os.listdir(fd))
+
+
+def _open_dir(name: str, dir_fd: int, *, writable: bool) -> int:
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        if not writable:
+            raise
+        # An unreadable directory (mode 0 in the image, unpacked as non-root): make it ours
+        # first. It was seen to be a directory, inside a tree only this process writes.
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    if writable:
+        try:
+            os.fchmod(fd, 0o700)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _remove(dir_fd: int, name: str, *, writable: bool = False) -> None:
+    """Remove ``name`` in ``dir_fd`` and everything below it, never following a symlink.
+
+    With ``writable``, each directory is made readable and writable before it is emptied (an
+    unpacked tree can hold read-only directories).
+    """
+    st = _lstat(name, dir_fd)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    # Iterative, one descriptor per level: a hostile layer can nest very deep. A descriptor
+    # goes on the stack before its listing is read, so a failing listdir cannot leak it.
+    stack: list[tuple[int, str, list[str]]] = []
+    try:
+        _push(stack, _open_dir(name, dir_fd, writable=writable), name)
+        while stack:
+            fd, dname, children = stack[-1]
+            if not children:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(dname, dir_fd=stack[-1][0] if stack else dir_fd)
+                continue
+            child = children.pop()
+            cst = _lstat(child, fd)
+            if cst is None:
+                continue
+            if stat.S_ISDIR(cst.st_mode):
+                _push(stack, _open_dir(child, fd, writable=writable), child)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def discard_tree(path: Path) -> None:
+    """Remove the directory ``path`` and everything in it, as deep as it goes, never following
+    a symlink, read-only directories included: what is left of a refused unpack.
+
+    ``shutil.rmtree`` recurses once per level and cannot remove a tree as deep as a layer may
+    legitimately make one. A failure raises :class:`OSError`.
+    """
+    path = Path(path)
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _remove(parent, path.name, writable=True)
+    finally:
+        os.close(parent)
 
 
 def _kind_name(mode: int) -> str:
@@ -403,35 +474,7 @@ class _Unpacker:
     def _rmtree(self, dir_fd: int, name: str) -> None:
         """Remove ``name`` in ``dir_fd`` and everything below it, never following a symlink."""
         self._forget()
-        st = _lstat(name, dir_fd)
-        if st is None:
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(name, dir_fd=dir_fd)
-            return
-        # Iterative, one descriptor per level: a hostile layer can nest very deep. A descriptor
-        # goes on the stack before its listing is read, so a failing listdir cannot leak it.
-        stack: list[tuple[int, str, list[str]]] = []
-        try:
-            _push(stack, os.open(name, _DIR_FLAGS, dir_fd=dir_fd), name)
-            while stack:
-                fd, dname, children = stack[-1]
-                if not children:
-                    stack.pop()
-                    os.close(fd)
-                    os.rmdir(dname, dir_fd=stack[-1][0] if stack else dir_fd)
-                    continue
-                child = children.pop()
-                cst = _lstat(child, fd)
-                if cst is None:
-                    continue
-                if stat.S_ISDIR(cst.st_mode):
-                    _push(stack, os.open(child, _DIR_FLAGS, dir_fd=fd), child)
-                else:
-                    os.unlink(child, dir_fd=fd)
-        finally:
-            for fd, _, _ in stack:
-                os.close(fd)
+        _remove(dir_fd, name)
 
     def _hide_lower(self, dir_fd: int, name: str, path: str) -> None:
         """Apply a whiteout of ``name`` (at ``path``): remove what lower layers put there."""

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import shutil
 import socket
 import stat
@@ -568,6 +569,27 @@ def test_malicious_tarball_members_are_refused(
 def test_whiteouts_allowed_when_asked(tmp_path: Path) -> None:
     path = make_tarball(tmp_path / "w.tar", [(_info("etc/.wh.motd"), b"")])
     assert [e.name for e in tarball_entries(path, allow_whiteouts=True)] == ["etc", "etc/.wh.motd"]
+
+
+@pytest.mark.parametrize("name", [".wh..wh..opq", ".wh.sh", ".wh.dir/inside"])
+def test_whiteout_names_in_a_package_directory_are_refused(tmp_path: Path, name: str) -> None:
+    """Issue 14, item 7: a file ``.wh..wh..opq`` in a package whose prefix is /bin wiped the
+    base's /bin, and ``.wh.sh`` deleted /bin/sh: a directory input is refused like a tarball,
+    naming the file; so is a tarball member below a ``.wh.`` directory (which would make the
+    implied directory a whiteout)."""
+    prefix = tmp_path / "prefix"
+    (prefix / name).parent.mkdir(parents=True, exist_ok=True)
+    (prefix / name).write_text("x")
+    (prefix / "tool").write_text("y")
+    shown = str(prefix / name.split("/")[0])
+    for preserve in (False, True):
+        with pytest.raises(LayerError, match=re.escape(repr(shown)) + ".*whiteout.*delete"):
+            list(directory_entries(prefix, "bin", preserve=preserve))
+    tarball = make_tarball(tmp_path / "t.tar", [(_info(f"opt/{name}"), b"x")])
+    with pytest.raises(LayerError, match="whiteout"):
+        list(tarball_entries(tarball))
+    with pytest.raises(LayerError, match="whiteout"):
+        normalise_prefix("/opt/.wh.x/pkg")
 
 
 def test_broken_tarballs(tmp_path: Path, cache: BlobCache) -> None:
