@@ -390,7 +390,7 @@ class TarReader:
                 self._truncated(f"after {self._last}: the end-of-archive marker is missing")
             if len(block) < BLOCK:
                 if offset == 0:
-                    self._corrupt("not a tar archive (shorter than one 512-byte header)")
+                    raise self._error(f"{what} is not a tar archive (shorter than one 512-byte header)")
                 self._truncated(f"inside the header after {self._last}")
             if block == _ZERO_BLOCK:
                 if pax or long_name is not None or long_link is not None:
