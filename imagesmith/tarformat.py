@@ -444,23 +444,20 @@ class TarReader:
         long_link: bytes | None,
         index: int,
     ) -> TarMember | None:
-        """The member the header ``block`` describes; sets the data to read or skip after it."""
-        # Precedence: pax records, then GNU long-name headers, then the header's own fields
-        # (a ustar name joined to its prefix). An empty pax value deletes the field itself.
-        if b"path" in records:
-            raw_name = records[b"path"]
-        elif long_name is not None:
-            raw_name = long_name
-        else:
+        """The member the header ``block`` describes; sets the data to read or skip after it.
+
+        Names and link targets come from pax records, then GNU long-name headers, then the
+        header's own fields (a ustar name joined to its prefix); an empty pax value deletes
+        the field, so it is used as it is (empty).
+        """
+        raw_name = records.get(b"path", long_name)
+        if raw_name is None:
             raw_name = block[0:100].split(b"\0", 1)[0]
             prefix = block[345:500].split(b"\0", 1)[0]
             if prefix and block[257:263] == b"ustar\0":
                 raw_name = prefix + b"/" + raw_name
-        if b"linkpath" in records:
-            raw_link = records[b"linkpath"]
-        elif long_link is not None:
-            raw_link = long_link
-        else:
+        raw_link = records.get(b"linkpath", long_link)
+        if raw_link is None:
             raw_link = block[157:257].split(b"\0", 1)[0]
         name = self._name = self._path(raw_name, "name")
         if typeflag == b"S" or (records and any(key.startswith(b"GNU.sparse") for key in records)):
