@@ -19,6 +19,7 @@ import argparse
 import getpass
 import json
 import logging
+import re
 import shlex
 import shutil
 import signal
@@ -627,6 +628,30 @@ class _Progress:
         self.stream.write("\r\x1b[K")
 
 
+# C0 controls, DEL, C1 controls, and lone surrogates: those from U+DC80 stand for bytes that
+# were not UTF-8 (names from an old image, decoded with surrogateescape); any other comes from
+# a JSON "\\udXXX" escape in a config. None of them can be printed as they are.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _shown(text: str) -> str:
+    """``text`` safe to print: every control character and undecodable byte as a ``\\xNN``
+    escape, so what an image says (names, Env, labels, history) can neither drive the terminal
+    (escape sequences) nor break the encoder. Human output only: ``--json`` stays exact JSON."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _say(text: str, out: TextIO) -> None:
+    print(_shown(text), file=out)
+
+
 def _human(size: int) -> str:
     value = float(size)
     for unit in ("B", "kB", "MB", "GB"):
@@ -825,13 +850,13 @@ def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
         _emit(result.to_json(), stdout)
     else:
         stats = result.stats
-        print(
+        _say(
             f"Unpacked {result.layers} layers of {result.source} ({result.digest}) into {result.rootfs}: "
             f"{stats.files} files, {stats.dirs} directories, {stats.symlinks} symlinks",
-            file=stdout,
+            stdout,
         )
         for skipped in stats.skipped:
-            print(f"  skipped {skipped}", file=stdout)
+            _say(f"  skipped {skipped}", stdout)
     return 0
 
 
@@ -1083,11 +1108,11 @@ def _run_cache(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _print_inspect(data: dict[str, Any], out: TextIO) -> None:
-    print(f"Reference:  {data['reference']}", file=out)
-    print(f"Digest:     {data['digest']}", file=out)
-    print(f"Media type: {data['mediaType']}", file=out)
+    _say(f"Reference:  {data['reference']}", out)
+    _say(f"Digest:     {data['digest']}", out)
+    _say(f"Media type: {data['mediaType']}", out)
     if "manifests" in data:
-        print("Platforms:", file=out)
+        _say("Platforms:", out)
         for entry in data["manifests"]:
             platform = entry.get("platform") or {}
             name = (
@@ -1098,27 +1123,27 @@ def _print_inspect(data: dict[str, Any], out: TextIO) -> None:
                 )
                 or "-"
             )
-            print(f"  {name:<20} {entry['digest']} ({_human(entry['size'])})", file=out)
+            _say(f"  {name:<20} {entry['digest']} ({_human(entry['size'])})", out)
         return
     if "platform" in data:
-        print(f"Platform:   {data['platform']}", file=out)
-        print(f"Created:    {data.get('created')}", file=out)
+        _say(f"Platform:   {data['platform']}", out)
+        _say(f"Created:    {data.get('created')}", out)
         config = data["config"]
         for key in ("Entrypoint", "Cmd", "WorkingDir"):
             if config.get(key):
-                print(f"{key + ':':<11} {config[key]}", file=out)
-        print("Env:", file=out)
+                _say(f"{key + ':':<11} {config[key]}", out)
+        _say("Env:", out)
         for entry in config["Env"]:
-            print(f"  {entry}", file=out)
+            _say(f"  {entry}", out)
         for key, value in sorted(config.get("Labels", {}).items()):
-            print(f"Label:      {key}={value}", file=out)
+            _say(f"Label:      {key}={value}", out)
     for key, value in sorted(data.get("annotations", {}).items()):
-        print(f"Annotation: {key}={value}", file=out)
-    print(f"Layers ({len(data['layers'])}):", file=out)
+        _say(f"Annotation: {key}={value}", out)
+    _say(f"Layers ({len(data['layers'])}):", out)
     history = [h for h in data.get("history", []) if not h.get("empty_layer")]
     for i, layer in enumerate(data["layers"]):
         note = history[i].get("created_by", "") if i < len(history) else ""
-        print(f"  {layer['digest']} {_human(layer['size']):>9}  {note[:60]}", file=out)
+        _say(f"  {layer['digest']} {_human(layer['size']):>9}  {note[:60]}", out)
 
 
 def _exit_code(error: ImagesmithError) -> int:
@@ -1151,7 +1176,7 @@ def main(
     try:
         return _run(args, stdout, stderr)
     except ImagesmithError as error:
-        print(f"imagesmith: error: {error}", file=stderr)
+        _say(f"imagesmith: error: {error}", stderr)
         return _exit_code(error)
     except KeyboardInterrupt:
         print("imagesmith: interrupted", file=stderr)

@@ -25,9 +25,12 @@ numeric owners come from the filesystem or the tarball, device nodes and FIFOs a
 sockets are still skipped; the mtime is still the fixed one.
 
 Tarball members are checked before anything is written: absolute names, ``..`` components,
-NUL bytes, whiteouts (unless ``allow_whiteouts``), hardlinks to a member not seen before, a
-member below a symlink or file, and member types tar cannot express portably raise
-:class:`LayerError` naming the member.
+NUL bytes, whiteouts (any ``.wh.`` component, unless ``allow_whiteouts``), hardlinks to a member
+not seen before, a member below a symlink or file, and member types tar cannot express portably
+raise :class:`LayerError` naming the member. Tarballs are read by :mod:`imagesmith.tarformat`,
+the reader the unpacker uses too. In a directory, a file or directory named ``.wh.*`` raises
+:class:`LayerError` naming it: a layer reader would take it for a whiteout and delete files of
+the layers below.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from .blobstore import BlobWriter
 from .cache import BlobCache
@@ -51,7 +54,8 @@ from .digests import Digest, Hasher
 from .errors import LayerError, UsageError
 from .mediatypes import Compression, MediaTypes
 from .model import Descriptor
-from .tarwriter import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarEntry, TarMember, TarWriter, read_members
+from .tarformat import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarMember, read_members
+from .tarwriter import TarEntry, TarWriter
 
 if TYPE_CHECKING:
     from .overlap import BlobFollower
@@ -74,6 +78,7 @@ _CHUNK = 1 << 20
 _ANNOUNCE = 4 << 20
 _DIR_MODE = 0o755
 _WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,9 @@ class LayerBlob:
 
     ``digest`` and ``size`` describe the compressed blob (what a manifest lists); ``diff_id``
     is the sha256 of the uncompressed tar (what the config's ``rootfs.diff_ids`` lists) and
-    ``uncompressed_size`` its length. ``directories`` holds every directory of the layer as a
-    relative path without leading or trailing slash (``"opt/pkg/bin"``).
+    ``uncompressed_size`` its length. ``directories`` holds every directory of the layer (or,
+    when the layer was built with a ``directory_depth``, every one at most that many components
+    deep) as a relative path without leading or trailing slash (``"opt/pkg/bin"``).
     """
 
     digest: Digest
@@ -134,6 +140,8 @@ def normalise_prefix(prefix: str) -> str:
     parts = [p for p in prefix.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise LayerError(f"prefix {prefix!r} must not contain '..'")
+    if any(p.startswith(_WHITEOUT) for p in parts):
+        raise LayerError(f"prefix {prefix!r} has a component named like a whiteout ({_WHITEOUT}*)")
     return "/".join(parts)
 
 
@@ -197,6 +205,17 @@ def input_error(path: str | os.PathLike[str], exc: OSError, *, walking: bool = T
     return LayerError(f"cannot read {shown}: {exc.strerror or exc}")
 
 
+def _utf8_member(text: str, what: str, member: str) -> None:
+    """Refuse a tarball member's name or link target whose stored bytes are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # tarformat keeps undecodable bytes as lone surrogates
+        raise LayerError(
+            f"{what}: member {member!r} has a name or link target that is not valid UTF-8: layer "
+            "names must be UTF-8 (re-create the tarball with UTF-8 names)"
+        ) from None
+
+
 def _utf8_name(raw: bytes, path: str) -> str:
     try:
         return raw.decode("utf-8")
@@ -220,6 +239,18 @@ def _kind_of(mode: int) -> EntryKind | None:
     return None  # sockets (and anything exotic): skipped by policy
 
 
+def _refuse_whiteout_name(path: str, name: str) -> NoReturn:
+    """Refuse a file whose name a layer reader takes for a whiteout (OCI image-spec)."""
+    meaning = (
+        "everything the layers below put in its directory" if name == _OPAQUE
+        else f"{name[len(_WHITEOUT):]!r} from the layers below"
+    )
+    raise LayerError(
+        f"{path!r} is named like a whiteout ({_WHITEOUT}*): in a layer it would not be a file but "
+        f"would delete {meaning}; rename or remove it"
+    )
+
+
 def _sorted_children(directory: str, archive_dir: str, stat_dirs: bool) -> list[_Child]:
     """The entries of ``directory`` as ``(sort key, archive name, path, lstat or None)``, sorted.
 
@@ -237,6 +268,8 @@ def _sorted_children(directory: str, archive_dir: str, stat_dirs: bool) -> list[
                 name = dirent.name
                 if not _FS_ENCODING_IS_UTF8:
                     name = _utf8_name(os.fsencode(name), dirent.path)
+                if name.startswith(_WHITEOUT):
+                    _refuse_whiteout_name(dirent.path, name)
                 archive_name = base + name
                 try:
                     # With a UTF-8 file system encoding, the bytes of a name that is not UTF-8
@@ -348,6 +381,8 @@ def _fs_entry(
 
 
 def _clean_member_name(raw: str, what: str) -> str:
+    if not raw.isascii():
+        _utf8_member(raw, what, raw)
     if raw.startswith("/"):
         raise LayerError(
             f"{what}: member {raw!r} has an absolute name; create the tarball with relative paths"
@@ -364,6 +399,22 @@ class _Item:
 
     member: TarMember
     target: TarMember | None
+
+
+@dataclass(slots=True)
+class _Node:
+    """One path of the layer, below its parent's node: the member there (None for a
+    directory only implied by the paths below it) and its children by name.
+
+    A tree, not one string per path: the implied parents of a deep member cost one node per
+    component instead of a full path each (the square of the depth in bytes).
+    """
+
+    item: _Item | None = None
+    children: dict[str, _Node] | None = None
+
+    def is_dir(self) -> bool:
+        return self.item is None or self.item.member.kind == "dir"
 
 
 class TarballEntries:
@@ -397,8 +448,9 @@ class TarballEntries:
         self.max_header_bytes = max_header_bytes
         self.root_relative: bool | None = None
         self._file: IO[bytes] | None = None
-        self._sorted: list[tuple[bytes, str, _Item | None]] = []
-        self._first_of: dict[int, str] = {}
+        self._root = _Node()
+        self._nodes = 0
+        self._linked: set[int] = set()  # ids of the members hardlinks point to
 
     def __enter__(self) -> TarballEntries:
         self.open()
@@ -422,8 +474,9 @@ class TarballEntries:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._sorted = []
-        self._first_of = {}
+        self._root = _Node()
+        self._nodes = 0
+        self._linked = set()
 
     def open(self) -> None:
         """Decompress (when needed) and index the tarball; idempotent while open."""
@@ -478,9 +531,27 @@ class TarballEntries:
             return None if self.tmpdir is None else chosen
         return chosen
 
+    def _child(self, node: _Node, name: str, what: str) -> _Node:
+        """The child ``name`` of ``node``, created (and counted) if it is new."""
+        if node.children is None:
+            node.children = {}
+        child = node.children.get(name)
+        if child is None:
+            self._nodes += 1
+            if self._nodes > self.max_members:
+                # Implied parents are entries of the layer too: one deep member must not make
+                # thousands of entries beyond the limit.
+                raise LayerError(
+                    f"{what}: the layer would have more than {self.max_members} entries with "
+                    "the parent directories its members imply; raise max_members if the "
+                    "tarball is trusted"
+                )
+            child = node.children[name] = _Node()
+        return child
+
     def _index(self, f: IO[bytes]) -> None:
         what = str(self.path)
-        final: dict[str, _Item | None] = {}
+        root = _Node()
         for member in read_members(
             f, what, max_members=self.max_members, max_header_bytes=self.max_header_bytes
         ):
@@ -488,51 +559,36 @@ class TarballEntries:
             if not name:
                 continue  # "./" itself: the root, or the prefix, which is emitted anyway
             self._check_member(name, member, what)
+            if not member.linkname.isascii():
+                _utf8_member(member.linkname, what, member.name)
             target = None
             if member.kind == "hardlink":
-                target = self._link_target(member, final, what)
-            final[name] = _Item(member, target)
-        prefix = self.prefix
-        self.root_relative = not prefix or all(
-            name == prefix
-            or name.startswith(prefix + "/")
-            or (prefix.startswith(name + "/") and item is not None and item.member.kind == "dir")
-            for name, item in final.items()
-        )
+                target = self._link_target(member, root, what)
+                self._linked.add(id(target))
+            node = root
+            for part in name.split("/"):
+                node = self._child(node, part, what)
+            node.item = _Item(member, target)  # of duplicate names the last wins
+        prefix_parts = self.prefix.split("/") if self.prefix else []
+        self.root_relative = _is_root_relative(root, prefix_parts)
         if not self.root_relative:
-            final = {f"{prefix}/{name}": item for name, item in final.items()}
-        for prefix_dir in _parents(prefix, include_self=True):
-            final.setdefault(prefix_dir.name, None)
-        for name, child in list(final.items()):
-            parent = name.rpartition("/")[0]
-            while parent:
-                item = final.get(parent)
-                if item is not None and item.member.kind != "dir":
-                    raise LayerError(
-                        f"{what}: member {child.member.name if child else name!r} lies below "
-                        f"{item.member.name!r}, which is a {item.member.kind}, not a directory"
-                    )
-                if parent in final:
-                    break
-                final[parent] = None
-                parent = parent.rpartition("/")[0]
-        self._sorted = sorted(
-            (_sort_key(name, "dir" if item is None else item.member.kind), name, item)
-            for name, item in final.items()
-        )
-        # A hardlinked set is written as the data under its first name in sorted order and
-        # hardlinks to that name for the rest, so the target always precedes its links.
-        first_of: dict[int, str] = {}
-        for _, name, item in self._sorted:
-            if item is None:
-                continue
-            data_member = item.target if item.target is not None else item.member
-            first_of.setdefault(id(data_member), name)
-        self._first_of = first_of
+            # Re-rooted: the whole tree goes below the prefix.
+            rerooted = _Node()
+            node = rerooted
+            for part in prefix_parts:
+                node = self._child(node, part, what)
+            node.children = root.children
+            root = rerooted
+        else:
+            node = root
+            for part in prefix_parts:  # the prefix and its parents are always there
+                node = self._child(node, part, what)
+        _check_parents(root, what)
+        self._root = root
 
     def _check_member(self, name: str, member: TarMember, what: str) -> None:
-        base = name.rpartition("/")[2]
-        if base.startswith(_WHITEOUT) and not self.allow_whiteouts:
+        # Any component: "a/.wh.b/c" would make the implied directory "a/.wh.b" a whiteout.
+        if not self.allow_whiteouts and "/" + _WHITEOUT in "/" + name:
             raise LayerError(
                 f"{what}: member {member.name!r} is a whiteout: package tarballs may not delete "
                 "files of lower layers"
@@ -544,13 +600,15 @@ class TarballEntries:
             )
 
     @staticmethod
-    def _link_target(member: TarMember, final: dict[str, _Item | None], what: str) -> TarMember:
+    def _link_target(member: TarMember, root: _Node, what: str) -> TarMember:
         if member.linkname.startswith("/") or ".." in member.linkname.split("/"):
             raise LayerError(
                 f"{what}: hardlink {member.name!r} points outside the archive ({member.linkname!r})"
             )
-        target_name = _clean_member_name(member.linkname, what)
-        item = final.get(target_name)
+        node: _Node | None = root
+        for part in _clean_member_name(member.linkname, what).split("/"):
+            node = node.children.get(part) if node is not None and node.children else None
+        item = node.item if node is not None else None
         if item is None:
             raise LayerError(
                 f"{what}: hardlink {member.name!r} points to {member.linkname!r}, which is not an "
@@ -563,32 +621,89 @@ class TarballEntries:
         return item.member
 
     def _entries(self) -> Iterator[TarEntry]:
+        # Depth first, each directory's children sorted by the bytes of their archive names
+        # (directories compared as "name/"), which is the byte order of the full archive paths.
         f = self._file
         assert f is not None
-        preserve = self.preserve
-        for _, name, item in self._sorted:
-            if item is None:
-                yield TarEntry(name, "dir", _DIR_MODE)
-                continue
-            m = item.target if item.target is not None else item.member
-            first = self._first_of.get(id(m), name)
-            kind = m.kind
-            if preserve:
-                mode, uid, gid, uname, gname = m.mode, m.uid, m.gid, m.uname, m.gname
+        # A hardlinked set is written as the data under its first name in sorted order and
+        # hardlinks to that name for the rest, so the target always precedes its links.
+        first_of: dict[int, str] = {}
+        stack = [("", iter(_sorted_nodes(self._root)))]
+        while stack:
+            base, children = stack[-1]
+            for part, node in children:
+                name = base + part
+                yield self._entry(name, node, first_of, f)
+                if node.children:
+                    stack.append((name + "/", iter(_sorted_nodes(node))))
+                    break
             else:
-                mode, uid, gid, uname, gname = _package_mode(kind, m.mode), 0, 0, "", ""
-            if first != name:
-                kind, linkname, size, source = "hardlink", first, 0, None
-            else:
-                linkname = m.linkname if kind == "symlink" else ""
-                size = m.size if kind == "file" else 0
-                source = (f, m.offset) if kind == "file" else None
-            device = kind in ("chardev", "blockdev")
-            yield TarEntry(
-                name, kind, mode, size=size, linkname=linkname, uid=uid, gid=gid, uname=uname,
-                gname=gname, devmajor=m.devmajor if device else 0,
-                devminor=m.devminor if device else 0, source=source,
+                stack.pop()
+
+    def _entry(self, name: str, node: _Node, first_of: dict[int, str], f: IO[bytes]) -> TarEntry:
+        item = node.item
+        if item is None:
+            return TarEntry(name, "dir", _DIR_MODE)
+        m = item.target if item.target is not None else item.member
+        kind = m.kind
+        first = first_of.setdefault(id(m), name) if id(m) in self._linked else name
+        if self.preserve:
+            mode, uid, gid, uname, gname = m.mode, m.uid, m.gid, m.uname, m.gname
+        else:
+            mode, uid, gid, uname, gname = _package_mode(kind, m.mode), 0, 0, "", ""
+        if first != name:
+            kind, linkname, size, source = "hardlink", first, 0, None
+        else:
+            linkname = m.linkname if kind == "symlink" else ""
+            size = m.size if kind == "file" else 0
+            source = (f, m.offset) if kind == "file" else None
+        device = kind in ("chardev", "blockdev")
+        return TarEntry(
+            name, kind, mode, size=size, linkname=linkname, uid=uid, gid=gid, uname=uname,
+            gname=gname, devmajor=m.devmajor if device else 0,
+            devminor=m.devminor if device else 0, source=source,
+        )
+
+
+def _sorted_nodes(node: _Node) -> list[tuple[str, _Node]]:
+    children = node.children or {}
+    return sorted(children.items(), key=lambda kv: _sort_key(kv[0], "dir" if kv[1].is_dir() else "file"))
+
+
+def _is_root_relative(root: _Node, prefix_parts: list[str]) -> bool:
+    """Whether every member lies at or under the prefix, or is a directory above it."""
+    node = root
+    for depth, part in enumerate(prefix_parts):
+        children = node.children or {}
+        if any(name != part for name in children):
+            return False
+        child = children.get(part)
+        if child is None:
+            return True
+        if depth < len(prefix_parts) - 1 and not child.is_dir():
+            return False
+        node = child
+    return True
+
+
+def _check_parents(root: _Node, what: str) -> None:
+    """Refuse a member below a member that is not a directory (a file, a link...)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if not node.children:
+            continue
+        if not node.is_dir():
+            assert node.item is not None
+            below = next(iter(node.children.values()))
+            while below.item is None and below.children:  # an implied parent: its members
+                below = next(iter(below.children.values()))
+            below_name = below.item.member.name if below.item is not None else "?"
+            raise LayerError(
+                f"{what}: member {below_name!r} lies below {node.item.member.name!r}, which is "
+                f"a {node.item.member.kind}, not a directory"
             )
+        stack.extend(node.children.values())
 
 
 def tarball_entries(
@@ -694,6 +809,7 @@ def build_layer(
     mtime: int | None = None,
     progress: Callable[[int], None] | None = None,
     follower: BlobFollower | None = None,
+    directory_depth: int | None = None,
 ) -> LayerBlob:
     """Write ``entries`` as a layer blob into ``cache`` and describe it.
 
@@ -709,6 +825,11 @@ def build_layer(
     ``follower`` (see :mod:`imagesmith.overlap`) is told how much of the compressed blob is
     in the cache's temp file as it grows (flushed there every few MiB), then the digest, or
     that the build failed; an upload can so run alongside the build.
+
+    ``directory_depth`` bounds the directories :attr:`LayerBlob.directories` records to those
+    at most that many components deep (what environment inference looks at lies two below a
+    prefix): every directory of a deep tree, each a full path, would cost memory (and a layer
+    record) in the square of its depth.
     """
     media_type = media_types.layer(compression)
     if mtime is None:
@@ -721,10 +842,16 @@ def build_layer(
             sink = _TarSink(compressor, progress)
             writer = TarWriter(sink, mtime=mtime)
             for entry in entries:
-                if entry.kind == "dir":
-                    directories.add(entry.name)
+                name = entry.name
+                if directory_depth is not None and name.count("/") >= directory_depth:
+                    # Too deep to record: start from its ancestor at the deepest recorded level.
+                    name = "/".join(name.split("/", directory_depth)[:directory_depth])
+                    if name not in directories:
+                        directories.add(name)
+                elif entry.kind == "dir":
+                    directories.add(name)
                 # Record implied parents too, for callers whose entries omit them.
-                parent = entry.name.rpartition("/")[0]
+                parent = name.rpartition("/")[0]
                 while parent and parent not in directories:
                     directories.add(parent)
                     parent = parent.rpartition("/")[0]

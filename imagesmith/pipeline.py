@@ -31,7 +31,7 @@ from .cache import BlobCache
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
 from .errors import PackageError, UsageError
-from .images import BaseImage, BlobOrigin, Image, Layer, RawManifest, resolve_base
+from .images import BaseImage, BlobOrigin, Image, Layer, RawManifest, choose_platform, resolve_base
 from .layers import LayerBlob, build_layer, directory_entries, tarball_entries
 from .locations import (
     ArchiveLocation,
@@ -269,9 +269,11 @@ def content_layer(
             assert uploads is not None
             if uploads.present(known.digest):
                 return known, True
+    # Environment inference looks two levels below the prefix at most: record no deeper.
+    depth = len([p for p in prefix.split("/") if p not in ("", ".")]) + 2
     options: dict[str, Any] = {
         "media_types": media_types, "compression": compression, "level": level, "progress": progress,
-        "follower": uploads.follower() if uploads is not None else None,
+        "follower": uploads.follower() if uploads is not None else None, "directory_depth": depth,
     }  # fmt: skip
     if content.is_dir():
         blob = build_layer(directory_entries(content, prefix, preserve=preserve), cache, **options)
@@ -1213,7 +1215,7 @@ def inspect(
     ``docker-archive:PATH``). An index is shown as it is unless ``platform`` is given, in
     which case the matching image is inspected.
     """
-    from .model import MAX_CONFIG_SIZE, select_platform
+    from .model import MAX_CONFIG_SIZE
 
     location = as_location(reference)
     with _registry_pool(pool, registry) as pool, open_source(location, pool) as source:
@@ -1221,9 +1223,7 @@ def inspect(
         raw = source.top()
         document = raw.parse(f"manifest of {name}")
         if isinstance(document, Index) and platform is not None:
-            entry = select_platform(document, platform)
-            raw = source.manifest(entry)
-            document = raw.parse(f"manifest {entry.digest} of {name}")
+            raw, document, _ = choose_platform(source, raw, platform)  # nested indexes followed
         ref, shown, digest = source.reference, str(location), str(raw.digest)
         if isinstance(document, Index):
             entries = tuple(

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import shutil
 import socket
 import stat
@@ -570,6 +571,27 @@ def test_whiteouts_allowed_when_asked(tmp_path: Path) -> None:
     assert [e.name for e in tarball_entries(path, allow_whiteouts=True)] == ["etc", "etc/.wh.motd"]
 
 
+@pytest.mark.parametrize("name", [".wh..wh..opq", ".wh.sh", ".wh.dir/inside"])
+def test_whiteout_names_in_a_package_directory_are_refused(tmp_path: Path, name: str) -> None:
+    """Issue 14, item 7: a file ``.wh..wh..opq`` in a package whose prefix is /bin wiped the
+    base's /bin, and ``.wh.sh`` deleted /bin/sh: a directory input is refused like a tarball,
+    naming the file; so is a tarball member below a ``.wh.`` directory (which would make the
+    implied directory a whiteout)."""
+    prefix = tmp_path / "prefix"
+    (prefix / name).parent.mkdir(parents=True, exist_ok=True)
+    (prefix / name).write_text("x")
+    (prefix / "tool").write_text("y")
+    shown = str(prefix / name.split("/")[0])
+    for preserve in (False, True):
+        with pytest.raises(LayerError, match=re.escape(repr(shown)) + ".*whiteout.*delete"):
+            list(directory_entries(prefix, "bin", preserve=preserve))
+    tarball = make_tarball(tmp_path / "t.tar", [(_info(f"opt/{name}"), b"x")])
+    with pytest.raises(LayerError, match="whiteout"):
+        list(tarball_entries(tarball))
+    with pytest.raises(LayerError, match="whiteout"):
+        normalise_prefix("/opt/.wh.x/pkg")
+
+
 def test_broken_tarballs(tmp_path: Path, cache: BlobCache) -> None:
     good = io.BytesIO()
     with tarfile.open(fileobj=good, mode="w") as tar:
@@ -605,6 +627,23 @@ def test_tarball_limits(tmp_path: Path, cache: BlobCache) -> None:
 # --- memory ------------------------------------------------------------------------------
 
 
+def _peak_rss_growth(warm_up: str, work: str, *args: str) -> int:
+    """How much the peak RSS of a fresh interpreter grows while it runs ``work`` after
+    ``warm_up`` (Python source both, ``sys.argv[1:]`` being ``args``): imports and caches
+    are paid in the warm-up, so only what the work itself holds counts."""
+    script = "\n".join((
+        "import resource, sys",
+        "from pathlib import Path",
+        textwrap.dedent(warm_up),
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
+        textwrap.dedent(work),
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)",
+    ))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip())
+
+
 def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -612,36 +651,55 @@ def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
         f.truncate(200 << 20)  # sparse: 200 MB of zeros without writing them
         f.seek(100 << 20)
         f.write(os.urandom(1 << 20))
-    script = textwrap.dedent(
-        """
-        import resource, sys
-        from pathlib import Path
+    warm_up = """
         from imagesmith.cache import BlobCache
         from imagesmith.layers import build_layer, directory_entries, tarball_entries
         from imagesmith.mediatypes import OCI
         cache = BlobCache(Path(sys.argv[2]))
-        def rss():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         small = Path(sys.argv[1]).parent / "small"
         small.mkdir()
         (small / "f").write_bytes(b"x")
         build_layer(directory_entries(small), cache, media_types=OCI)  # warm up imports
-        base = rss()
+        """
+    work = """
         blob = build_layer(directory_entries(Path(sys.argv[1])), cache, media_types=OCI)
         zst = build_layer(directory_entries(Path(sys.argv[1])), cache, media_types=OCI, compression="zstd")
         again = build_layer(
             tarball_entries(cache.path(zst.digest)), cache, media_types=OCI, compression="zstd"
         )
         assert again.diff_id == zst.diff_id == blob.diff_id
-        print(rss() - base)
         """
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(src), str(tmp_path / "cache")],
-        capture_output=True, text=True, check=True,
-    )
-    growth = int(proc.stdout.strip())
+    growth = _peak_rss_growth(warm_up, work, str(src), str(tmp_path / "cache"))
     assert growth < 100 << 20, f"peak RSS grew by {growth >> 20} MiB while streaming 200 MB"
+
+
+def test_memory_stays_bounded_for_members_at_the_deepest_path(tmp_path: Path) -> None:
+    """Issue 14, item 1: ten members each 2,046 components deep (the most a PATH_MAX name
+    allows) imply 20,000 parent directories of up to 4 KB each. Kept as full strings (index,
+    sort keys, the layer's directory list and its record) that cost hundreds of MB; the tree
+    index and the depth-bounded directory list keep it to a few."""
+    tarball = tmp_path / "deep.tar"
+    with tarfile.open(tarball, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(10):
+            info = tarfile.TarInfo(f"{i}/" + "/".join(["a"] * 2045) + "/f")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    warm_up = """
+        from imagesmith.cache import BlobCache
+        from imagesmith.mediatypes import OCI
+        from imagesmith.pipeline import content_layer
+        cache = BlobCache(Path(sys.argv[2]))
+        small = Path(sys.argv[1]).parent / "small"
+        small.mkdir()
+        (small / "f").write_bytes(b"x")
+        content_layer(small, "/opt/small", cache, OCI)  # warm up imports
+        """
+    work = """
+        blob, _ = content_layer(Path(sys.argv[1]), "/opt/pkg", cache, OCI)
+        assert "opt/pkg/0/a" in blob.directories
+        """
+    growth = _peak_rss_growth(warm_up, work, str(tarball), str(tmp_path / "cache"))
+    assert growth < 30 << 20, f"peak RSS grew by {growth >> 20} MiB for 10 deep members"
 
 
 # --- pinned bytes ------------------------------------------------------------------------
