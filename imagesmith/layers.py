@@ -1020,7 +1020,8 @@ def adopt_tarball(
         with f:
             raw = _HashingReader(f, path, follower)
             with open_decompressor(cast("IO[bytes]", raw), what) as decompressed:
-                compression = decompressed.compression
+                # Before any work: Docker v2 images have no zstd layer type.
+                media_type = media_types.layer(decompressed.compression)
                 stream = ForwardStream(cast("IO[bytes]", decompressed), what, max_bytes)
                 members = read_members(
                     cast("IO[bytes]", stream), what,
@@ -1065,7 +1066,7 @@ def adopt_tarball(
         digest=digest,
         diff_id=stream.hasher.digest,
         size=raw.hasher.size,
-        media_type=media_types.layer(compression),
+        media_type=media_type,
         directories=frozenset(directories),
         uncompressed_size=stream.hasher.size,
     )

@@ -155,8 +155,10 @@ class FileBuildCache:
         if (root / "build_cache").is_dir():
             found.append(2)
         if not found:
+            # Spack keeps every layout since 3 under vN/manifests/: another N is a layout this
+            # imagesmith does not know (a plain directory with a v2/ folder is no build cache).
             others = sorted(
-                p.name for p in root.glob("v*") if p.is_dir() and _LAYOUT_DIR.fullmatch(p.name)
+                p.parent.name for p in root.glob("v*/manifests") if _LAYOUT_DIR.fullmatch(p.parent.name)
             ) if root.is_dir() else []  # fmt: skip
             if others:
                 raise PackageError(
@@ -472,14 +474,17 @@ class RegistryBuildCache:
     def packages(self, selector: str | None = None) -> list[Package]:
         """The packages of the repository's Spack tags, or those ``selector`` names."""
         client = self.pool.client(self.repository.registry)
+        if selector is not None:
+            try:
+                return [self.load(selector)]  # a tag, which must be a Spack image
+            except NotFoundError:
+                pass  # no such tag: a selector over the Spack tags
         tags = sorted(t for t in client.list_tags(self.repository.repository) if t.endswith(".spack"))
         tags = [t for t in tags if t != "index.spack"]
         if selector is None:
             if not tags:
                 raise PackageError(f"{self.locator} holds no Spack image (no tag name-version-hash.spack)")
             return [self.load(t) for t in tags]
-        if selector in tags:
-            return [self.load(selector)]
         named = [(m[1], m[2], m[3], tag) for tag in tags if (m := _SPACK_TAG.fullmatch(tag))]
         picked = _pick(selector, named, lambda t: (t[0], t[1], t[2]), f"{self.locator} (no tag {selector!r})")
         return [self.load(tag) for _n, _v, _h, tag in picked]
@@ -536,7 +541,8 @@ def is_cache_argument(text: str) -> bool:
         return True
     path = Path(text)
     if path.is_dir():
-        return bool(FileBuildCache.layouts_of(path))
+        # An install prefix is never a build cache, whatever folders it holds.
+        return not (path / ".spack" / "spec.json").is_file() and bool(FileBuildCache.layouts_of(path))
     name = path.name
     if name.endswith(_MANIFEST_SUFFIX):
         return True

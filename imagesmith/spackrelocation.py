@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import LayerError
 from .tarwriter import TarEntry
 
 __all__ = [
@@ -203,15 +204,20 @@ def _prefix_pattern(prefixes: Iterable[str]) -> re.Pattern[bytes]:
     return re.compile(b"(?<![\\w\\-_/])([\\w\\-_]*?)(%s)([\\w\\-_/]*)" % alternatives)
 
 
+def _universal_binary(head: bytes) -> bool:
+    # Mach-O universal binaries, told from Java class files by their small architecture count.
+    if head[:4] == b"\xca\xfe\xba\xbe":
+        return int.from_bytes(head[4:8], "big") < 10
+    return head[:4] == b"\xbe\xba\xfe\xca" and int.from_bytes(head[4:8], "little") < 10
+
+
 def _classify(path: str, pattern: re.Pattern[bytes]) -> str | None:
     """``"binary"``, ``"text"`` (a text file naming a prefix) or None, as Spack decides."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             return None
-        if head[:4] == b"\x7fELF" or head[:4] in _MACHO_MAGIC or (
-            head[:4] in (b"\xca\xfe\xba\xbe", b"\xbe\xba\xfe\xca") and int.from_bytes(head[4:8], "big") < 10
-        ):
+        if head[:4] == b"\x7fELF" or head[:4] in _MACHO_MAGIC or _universal_binary(head):
             return "binary"
         f.seek(0)
         utf8: codecs.IncrementalDecoder | None = codecs.getincrementaldecoder("utf-8")("strict")
@@ -256,7 +262,10 @@ def buildinfo(relocation: Relocation, entries: Iterable[TarEntry], prefix: str) 
             if target.startswith("/") and pattern.match(target.encode("utf-8")):
                 links.append(rel)
         elif entry.kind == "file" and rel.split("/", 1)[0] != ".spack" and isinstance(entry.source, str):
-            kind = _classify(entry.source, pattern)
+            try:
+                kind = _classify(entry.source, pattern)
+            except OSError as exc:
+                raise LayerError(f"cannot read {entry.source}: {exc.strerror or exc}") from None
             if kind == "binary":
                 binaries.append(rel)
             elif kind == "text":
