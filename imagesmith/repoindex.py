@@ -33,7 +33,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from . import mediatypes as mt
@@ -107,7 +107,8 @@ class IndexEntry:
     (``media_type``, ``digest``, ``size`` of the manifest document itself), and the package it
     holds (``name``, ``version``, ``hash``; empty strings when unknown) for each platform.
     ``spack`` says that the tag is a Spack build-cache entry: an image at Spack's own tag for
-    its package whose config carries Spack's spec, so ``index.spack`` lists it."""
+    its package whose config carries Spack's spec, so ``index.spack`` lists it (None: not
+    known, in an index an older imagesmith wrote)."""
 
     tag: str
     digest: str
@@ -117,7 +118,7 @@ class IndexEntry:
     hash: str
     platforms: tuple[str, ...]
     size: int
-    spack: bool = False
+    spack: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The entry as it appears in the payload (see ``docs/index.md``)."""
@@ -131,8 +132,8 @@ class IndexEntry:
             "hash": self.hash,
             "platforms": list(self.platforms),
         }
-        if self.spack:
-            out["spack"] = True  # optional: absent means false, as older payloads have it
+        if self.spack is not None:
+            out["spack"] = self.spack  # absent in payloads of older imagesmith versions
         return out
 
     @classmethod
@@ -163,7 +164,7 @@ class IndexEntry:
             hash=_str_field(obj, "hash", what),
             platforms=tuple(platforms),
             size=size,
-            spack=obj.get("spack") is True,
+            spack=obj["spack"] if isinstance(obj.get("spack"), bool) else None,
         )
 
 
@@ -517,8 +518,10 @@ def _scan(
         if head is None:
             continue  # deleted since the tag list was read
         old = known.get(tag)
-        if old is not None and old.digest == str(head.digest):
-            entries.append(old)
+        # An entry of an older index does not say whether it is Spack's: a Spack tag is read again.
+        known_kind = old is not None and (old.spack is not None or not tag.endswith(".spack"))
+        if old is not None and known_kind and old.digest == str(head.digest):
+            entries.append(old if old.spack is not None else replace(old, spack=False))
         elif known_skipped.get(tag) == str(head.digest) or not (
             mt.is_manifest(head.media_type) or mt.is_index(head.media_type)
             or head.media_type in ("", "application/json")

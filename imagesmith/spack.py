@@ -3,14 +3,19 @@
 Spack records what it installed in ``<prefix>/.spack/spec.json``: the package's DAG (the root
 node first, then every dependency, each with its 32-character DAG hash) in specfile format 2 to
 5. This module reads that file from an install prefix directory, from a build-cache tarball
-(members relative to ``/``, as ``spack buildcache push`` writes them) or through a package file
-that names it with ``spack_spec``, and turns it into a :class:`~imagesmith.packages.Package`
-whose name, version and hash are the root node's, so the image tag is exactly Spack's
-``name-version-hash.spack``. The package's runtime dependencies (``link`` or ``run`` edges,
-transitively; build-only dependencies and externals are not layers) are matched by hash against
-the other packages of the same :func:`~imagesmith.packages.load_packages` call. Finally
-:func:`spack_config_fields` gives the extra image config keys Spack's OCI build cache reads.
-The formats are documented in ``docs/spack.md``.
+(members relative to ``/``, as ``spack buildcache push`` writes them: only its first few KiB)
+or through a package file that names it with ``spack_spec``, and turns it into a
+:class:`~imagesmith.packages.Package` whose name, version and hash are the root node's, so the
+image tag is exactly Spack's ``name-version-hash.spack`` (:func:`spack_tag`). Each package says
+how it becomes a layer Spack installs from (``Package.spack_content``): a tarball used as is
+(:class:`SpackTarball`), a layer already in a registry (:class:`SpackRegistryLayer`, from
+:mod:`imagesmith.spackcache`), or an install prefix with Spack's relocation record
+(:class:`SpackPrefix`, :mod:`imagesmith.spackrelocation`). The package's runtime dependencies
+(``link`` or ``run`` edges, transitively; build-only dependencies and externals are not layers)
+are matched by hash against the other packages of the same
+:func:`~imagesmith.packages.load_packages` call. Finally :func:`spack_config_fields` gives the
+extra image config keys Spack's OCI build cache reads. The formats are documented in
+``docs/spack.md``.
 """
 
 from __future__ import annotations

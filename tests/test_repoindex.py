@@ -7,6 +7,7 @@ with the registry client, which is cheap since their blobs are already in the re
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -635,3 +636,28 @@ def test_inspect_shows_the_index_artifact_type(registry: DistributionRegistry, b
     ok("--insecure-registry", host, "index", "update", repo)
     shown = json.loads(ok("--insecure-registry", host, "inspect", f"{repo}:{INDEX_TAG}", "--json"))
     assert shown["artifactType"] == repoindex.INDEX_MEDIA_TYPE
+
+
+@pytest.mark.integration
+def test_spack_images_are_indexed_for_spack_even_from_an_older_index(
+    registry: DistributionRegistry, base: str, pool: RegistryPool
+) -> None:
+    from test_spack import PYTHON_HASH, PYTHON_TGZ, SQLITE, ZLIB
+
+    repo = f"{registry.host}/spack-entries"
+    built = _build(registry, base, "--repo", repo, str(PYTHON_TGZ), str(SQLITE), str(ZLIB))
+    assert built["tag"] == f"python-3.11.7-{PYTHON_HASH}.spack" and built["spack"]
+    repository = parse_repository(repo)
+    done = update_index(pool, repository)
+    (entry,) = done.index.entries
+    assert entry.spack is True and entry.to_json()["spack"] is True
+    assert done.spack_database is not None and done.spack_database.packages == (PYTHON_HASH,)
+    assert done.spack_database.version == "7"  # the python spec is format 4
+    # An index written before entries said whether they are Spack's: the tag is read again.
+    legacy = RepositoryIndex(repository.name, (dataclasses.replace(entry, spack=None),))
+    manifest, payload = index_manifest(legacy)
+    client = _client(pool, registry)
+    _put_blob(client, "spack-entries", payload)
+    client.put_manifest("spack-entries", INDEX_TAG, manifest.to_bytes(), mt.OCI_MANIFEST)
+    again = update_index(pool, repository)
+    assert again.index == done.index and again.spack_digest == done.spack_digest

@@ -262,6 +262,9 @@ def test_spack_12_layout_3_cache_tarballs_become_the_layers(
         _ours, our_config = manifest_of(tls, "from-layout3-12", kit12.tag(name))
         assert our_config["rootfs"]["diff_ids"][-1] == spack_config["rootfs"]["diff_ids"][-1]
         assert our_config["spec"] == spack_config["spec"]  # identical tag and spec
+        # An image made from the install prefix carries its spec.json as read: the same spec.
+        installed = json.loads((kit12.prefixes[name] / ".spack" / "spec.json").read_text())
+        assert installed["spec"] == spack_config["spec"]
     imagesmith(tls, "index", "update", f"{tls.host}/from-layout3-12")
     spack = SpackScope(kit12, tmp_path, tls, images=mirror(tls, "from-layout3-12"))
     assert {f"{n}/{kit12.hashes[n]}" for n in RUNTIME} <= spack.listed()
@@ -295,6 +298,35 @@ def test_spack_12_oci_cache_onto_another_base_without_a_download(
     imagesmith(tls, "index", "update", f"{tls.host}/moved-12")
     spack = SpackScope(kit12, tmp_path, tls, images=mirror(tls, "moved-12"))
     assert f"kit-hello/{kit12.hashes['kit-hello']}" in spack.listed()
+    spack.install_and_run(kit12)
+
+
+def test_spack_12_pushed_first_then_imagesmith_into_the_same_repository(
+    kit12: Installed, tls_registry: DistributionRegistry, glibc_base: str, spack12_pushed: dict[str, Any],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Spack's images are there first; imagesmith's images of the same packages (from the
+    layout-3 cache) find every package layer already there, and the repository stays a build
+    cache Spack installs from, with imagesmith's index.spack."""
+    from imagesmith.packages import load_packages
+    from imagesmith.pipeline import build_each
+    from imagesmith.progress import ProgressEvent
+    from imagesmith.registry.client import RegistryPool
+    from imagesmith.registry.transport import RegistryOptions
+
+    tls = tls_registry
+    repo = spack12_pushed["repo"]
+    events: list[ProgressEvent] = []
+    with RegistryPool(RegistryOptions(ca_cert=tls.ca_cert)) as pool:
+        packages = load_packages([str(spack12_pushed["fs"])], pool=pool)
+        results = build_each(glibc_base, packages, repo=f"{tls.host}/{repo}", pool=pool,
+                             progress=events.append)  # fmt: skip
+    uploaded = {e.subject for e in events if e.kind == "blob-uploaded"}
+    layers = {str(r.packages[-1].layer.digest) for r in results}
+    assert layers and not layers & uploaded  # one blob per package, Spack's
+    imagesmith(tls, "index", "update", f"{tls.host}/{repo}")  # Spack's index.spack is replaced
+    spack = SpackScope(kit12, tmp_path, tls, images=mirror(tls, repo))
+    assert {f"{n}/{kit12.hashes[n]}" for n in RUNTIME} <= spack.listed()
     spack.install_and_run(kit12)
 
 
