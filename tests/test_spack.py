@@ -587,6 +587,28 @@ def test_push_a_spack_prefix_to_a_registry(
     assert buildinfo["relocate_textfiles"] == ["lib/pkgconfig/sqlite3.pc"]
 
 
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        ("--profile-script", "--profile-script puts a layer above the package"),
+        ("--compression=zstd", "zstd-compressed, and Spack extracts gzip or uncompressed tarballs only"),
+    ],
+)
+def test_options_that_break_spack_installs_drop_the_spack_tag(
+    tiny_base: str, tmp_path: Path, option: str, reason: str
+) -> None:
+    from cli_support import cli
+
+    store = installed_store(tmp_path / "store")
+    zlib = store / ZLIB.name
+    ok("build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'ok'}", str(zlib))
+    assert (tmp_path / "ok" / "index.json").read_text().count(f"zlib-1.3-{ZLIB_HASH}.spack") == 1
+    code, out, err = cli("build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'out'}", "--json",
+                         option, str(zlib))  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["tag"] == f"zlib-1.3-{ZLIB_HASH}" and reason in err and err.count("\n") == 1
+
+
 def test_a_prefix_spack_cannot_install_from_gets_no_spack_tag(tiny_base: str, tmp_path: Path) -> None:
     from cli_support import cli
 
