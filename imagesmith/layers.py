@@ -55,7 +55,7 @@ from .digests import Digest, Hasher
 from .errors import IntegrityError, LayerError, UsageError
 from .mediatypes import Compression, MediaTypes
 from .model import Descriptor
-from .tarformat import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarMember, read_members
+from .tarformat import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarMember, TarReader, read_members
 from .tarwriter import TarEntry, TarWriter
 
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_TARBALL_BYTES",
-    "ForwardStream",
     "LayerBlob",
     "TarballEntries",
     "adopt_tarball",
@@ -927,15 +926,10 @@ class _HashingReader:
         return data
 
 
-# read_members asks where a file ends; a stream's end is known only once reached.
-_UNKNOWN_END = 1 << 62
-
-
-class ForwardStream:
-    """A decompressed stream as a file :func:`~imagesmith.tarwriter.read_members` can walk:
-    seeking forward reads and discards, every byte read is hashed (the diff_id), and reading
-    past ``limit`` bytes or seeking past the end raises :class:`LayerError`. A member's data
-    is read with :meth:`read_exact` right after its header was yielded."""
+class _HashedStream:
+    """A decompressed stream whose every byte read is hashed (a layer's diff_id is the sha256
+    of its whole uncompressed tar, end-of-archive blocks and padding included), read through to
+    its end at most ``limit`` bytes long."""
 
     def __init__(self, source: IO[bytes], what: str, limit: int) -> None:
         self._source = source
@@ -943,7 +937,7 @@ class ForwardStream:
         self._limit = limit
         self.hasher = Hasher()
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1, /) -> bytes:
         data = self._source.read(n if n >= 0 else _CHUNK)
         self.hasher.update(data)
         if self.hasher.size > self._limit:
@@ -953,30 +947,8 @@ class ForwardStream:
             )
         return data
 
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_END:
-            return _UNKNOWN_END
-        if offset < self.hasher.size:
-            raise LayerError(f"{self._what}: cannot go back to byte {offset} of a stream")
-        while self.hasher.size < offset:
-            if not self.read(min(_CHUNK, offset - self.hasher.size)):
-                raise LayerError(f"{self._what} is truncated: a member's data ends past its end")
-        return offset
-
-    def read_exact(self, n: int) -> bytes:
-        """The next ``n`` bytes; :class:`LayerError` when the stream ends before."""
-        parts = []
-        left = n
-        while left:
-            data = self.read(min(left, _CHUNK))
-            if not data:
-                raise LayerError(f"{self._what} is truncated: a member's data ends past its end")
-            parts.append(data)
-            left -= len(data)
-        return b"".join(parts)
-
     def drain(self) -> None:
-        """Read (and hash) the rest of the stream."""
+        """Read (and hash) the rest of the stream, after the tar's end-of-archive marker."""
         while self.read(_CHUNK):
             pass
 
@@ -1022,12 +994,9 @@ def adopt_tarball(
             with open_decompressor(cast("IO[bytes]", raw), what) as decompressed:
                 # Before any work: Docker v2 images have no zstd layer type.
                 media_type = media_types.layer(decompressed.compression)
-                stream = ForwardStream(cast("IO[bytes]", decompressed), what, max_bytes)
-                members = read_members(
-                    cast("IO[bytes]", stream), what,
-                    max_members=max_members, max_header_bytes=max_header_bytes,
-                )
-                for member in members:
+                stream = _HashedStream(cast("IO[bytes]", decompressed), what, max_bytes)
+                reader = TarReader(stream, what, max_members=max_members, max_header_bytes=max_header_bytes)
+                for member in reader.members():
                     name = _clean_member_name(member.name, what)
                     if not name:
                         continue

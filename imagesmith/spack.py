@@ -26,12 +26,12 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from .compression import open_decompressor
 from .digests import Digest
 from .errors import LayerError, PackageError
-from .layers import MAX_TARBALL_BYTES, ForwardStream
+from .layers import MAX_TARBALL_BYTES
 from .model import Descriptor
 from .packages import (
     _NAME,
@@ -44,7 +44,7 @@ from .packages import (
 )
 from .references import sanitize_tag
 from .spackrelocation import Relocation, find_relocation
-from .tarformat import read_members
+from .tarformat import TarReader
 
 __all__ = [
     "BUILDCACHE_LAYOUT_VERSION",
@@ -491,16 +491,15 @@ def read_tarball_spec(stream: IO[bytes], where: str) -> tuple[str, bytes]:
     seen: list[tuple[str, bool]] = []
     try:
         with open_decompressor(stream, where) as decompressed:
-            forward = ForwardStream(cast("IO[bytes]", decompressed), where, MAX_TARBALL_BYTES)
-            for member in read_members(cast("IO[bytes]", forward), where):
+            reader = TarReader(decompressed, where, max_bytes=MAX_TARBALL_BYTES)
+            for member in reader.members():
                 name = _clean_member(member.name, where)
                 if not name:
                     continue
                 if member.kind == "file" and (name == _SPEC_PATH or name.endswith("/" + _SPEC_PATH)):
                     if member.size > _MAX_SPEC_BYTES:
                         raise PackageError(f"{where}: {name} is too large ({member.size} bytes) for a spec")
-                    data = forward.read_exact(member.size)
-                    return _tarball_prefix(name, seen, where), data
+                    return _tarball_prefix(name, seen, where), b"".join(reader.data())
                 seen.append((name, member.kind == "dir"))
     except LayerError as exc:
         raise PackageError(f"{where} cannot be read: {exc}") from None
