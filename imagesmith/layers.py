@@ -802,6 +802,22 @@ class _Announcing:
         return n
 
 
+def _record_directories(directories: set[str], name: str, is_dir: bool, depth: int | None) -> None:
+    """Add the directories ``name`` shows to ``directories``: itself when it is one, and its
+    parents (for entries that omit them), none more than ``depth`` components deep."""
+    if depth is not None and name.count("/") >= depth:
+        # Too deep to record: start from its ancestor at the deepest recorded level.
+        name = "/".join(name.split("/", depth)[:depth])
+        if name not in directories:
+            directories.add(name)
+    elif is_dir:
+        directories.add(name)
+    parent = name.rpartition("/")[0]
+    while parent and parent not in directories:
+        directories.add(parent)
+        parent = parent.rpartition("/")[0]
+
+
 def build_layer(
     entries: Iterable[TarEntry],
     cache: BlobCache,
@@ -845,19 +861,7 @@ def build_layer(
             sink = _TarSink(compressor, progress)
             writer = TarWriter(sink, mtime=mtime)
             for entry in entries:
-                name = entry.name
-                if directory_depth is not None and name.count("/") >= directory_depth:
-                    # Too deep to record: start from its ancestor at the deepest recorded level.
-                    name = "/".join(name.split("/", directory_depth)[:directory_depth])
-                    if name not in directories:
-                        directories.add(name)
-                elif entry.kind == "dir":
-                    directories.add(name)
-                # Record implied parents too, for callers whose entries omit them.
-                parent = name.rpartition("/")[0]
-                while parent and parent not in directories:
-                    directories.add(parent)
-                    parent = parent.rpartition("/")[0]
+                _record_directories(directories, entry.name, entry.kind == "dir", directory_depth)
                 writer.add(entry)
             writer.close()
             diff_id = sink.finish()
@@ -965,6 +969,7 @@ def adopt_tarball(
     max_members: int = MAX_MEMBERS,
     max_bytes: int = MAX_TARBALL_BYTES,
     max_header_bytes: int = MAX_HEADER_BYTES,
+    directory_depth: int | None = None,
 ) -> LayerBlob:
     """The tarball ``path`` as a layer, byte for byte: its digest is the file's sha256.
 
@@ -978,6 +983,7 @@ def adopt_tarball(
     and the limits on members, header and decompressed sizes hold. ``expected``, when given,
     is the digest the file must have (the checksum a build cache records: a mismatch is an
     :class:`IntegrityError`). The file is not copied: the caller keeps it as the blob's origin.
+    ``directory_depth`` bounds the directories recorded as for :func:`build_layer`.
     """
     what = str(path)
     prefix = normalise_prefix(prefix)
@@ -1001,12 +1007,7 @@ def adopt_tarball(
                     if not name:
                         continue
                     _check_adopted(name, member, prefix, what, kinds, has_children)
-                    if member.kind == "dir":
-                        directories.add(name)
-                    parent = name.rpartition("/")[0]
-                    while parent and parent not in directories:
-                        directories.add(parent)
-                        parent = parent.rpartition("/")[0]
+                    _record_directories(directories, name, member.kind == "dir", directory_depth)
                     if progress is not None:
                         progress(stream.hasher.size)
                 stream.drain()

@@ -303,11 +303,10 @@ def content_layer(
             assert uploads is not None
             if uploads.present(known.digest):
                 return known, True
-    # Environment inference looks two levels below the prefix at most: record no deeper.
-    depth = len([p for p in prefix.split("/") if p not in ("", ".")]) + 2
     options: dict[str, Any] = {
         "media_types": media_types, "compression": compression, "level": level, "progress": progress,
-        "follower": uploads.follower() if uploads is not None else None, "directory_depth": depth,
+        "follower": uploads.follower() if uploads is not None else None,
+        "directory_depth": _inspected_depth(prefix),
     }  # fmt: skip
     if content.is_dir():
         entries: Iterable[TarEntry] = directory_entries(content, prefix, preserve=preserve)
@@ -321,6 +320,12 @@ def content_layer(
     if key is not None:
         layerrecords.remember(cache, key, blob)
     return blob, False
+
+
+def _inspected_depth(prefix: str) -> int:
+    """How deep a layer's directories are recorded: environment inference looks two levels
+    below the prefix at most."""
+    return len([p for p in prefix.split("/") if p not in ("", ".")]) + 2
 
 
 def _rebuild_origin(
@@ -361,6 +366,7 @@ def adopted_layer(
     blob = adopt_tarball(
         tarball, prefix, media_types, expected=checksum, required=(BUILDINFO_PATH, ".spack/spec.json"),
         follower=uploads.follower() if uploads is not None else None, progress=progress,
+        directory_depth=_inspected_depth(prefix),
     )  # fmt: skip
     layerrecords.remember(cache, key, blob)
     return blob, False
