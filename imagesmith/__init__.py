@@ -75,7 +75,15 @@ from .references import Reference
 from .registry.client import RegistryClient, RegistryPool
 from .registry.credentials import Credentials, CredentialStore
 from .registry.transport import RegistryOptions
-from .repoindex import IndexEntry, RepositoryIndex, list_index, read_index, update_index
+from .repoindex import (
+    IndexEntry,
+    IndexUpdate,
+    RepositoryIndex,
+    list_index,
+    read_index,
+    read_spack_index,
+    update_index,
+)
 from .server import RegistryServer
 from .transfer import CopyResult, copy_image
 from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
@@ -104,6 +112,7 @@ __all__ = [
     "ImportResult",
     "Index",
     "IndexEntry",
+    "IndexUpdate",
     "InspectResult",
     "IntegrityError",
     "Layer",
@@ -162,6 +171,7 @@ __all__ = [
     "pin_base",
     "pull",
     "read_index",
+    "read_spack_index",
     "render_makefile",
     "render_pipeline",
     "resolve_base",

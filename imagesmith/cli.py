@@ -69,7 +69,7 @@ from .references import parse_repository
 from .registry.client import RegistryPool
 from .registry.credentials import registry_host
 from .registry.transport import RegistryOptions
-from .repoindex import list_index, update_index
+from .repoindex import INDEX_TAG, SPACK_INDEX_TAG, list_index, update_index
 from .server import DEFAULT_IDLE_TIMEOUT, RegistryServer
 from .transfer import copy_image
 
@@ -135,7 +135,8 @@ def _parser() -> argparse.ArgumentParser:
         "packages",
         nargs="+",
         metavar="PACKAGE",
-        help="package files (JSON or TOML), Spack install prefixes or build-cache tarballs; "
+        help="package files (JSON or TOML), Spack install prefixes, build-cache tarballs or Spack "
+        "build caches (DIR, DIR:NAME, DIR:/HASH, a .spec.manifest.json, oci://REGISTRY/REPO[:TAG]); "
         "dependencies are added",
     )
     p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
@@ -350,8 +351,10 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "index",
         help="the repository index: what a repository holds",
-        description="An index artifact (tag index.spack by default) listing every image of a repository "
-        "with its package name, version, hash, platforms and digest, rebuilt from the registry's tag list.",
+        description="An index artifact (tag index.imagesmith by default) listing every image of a "
+        "repository with its package name, version, hash, platforms and digest, rebuilt from the "
+        "registry's tag list; where the repository holds Spack packages, Spack's own build-cache "
+        "database too, under index.spack.",
     )
     index_commands = p.add_subparsers(dest="index_command", metavar="ACTION")
     index_commands.required = True
@@ -360,7 +363,10 @@ def _parser() -> argparse.ArgumentParser:
         q = index_commands.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         q.add_argument("repo", metavar="REPO", help="repository, e.g. ghcr.io/acme/stack")
         q.add_argument(
-            "--index-tag", default="index.spack", metavar="TAG", help="the index tag (default index.spack)"
+            "--index-tag",
+            default=INDEX_TAG,
+            metavar="TAG",
+            help=f"imagesmith's index tag (default {INDEX_TAG}; list: {SPACK_INDEX_TAG} shows Spack's)",
         )
         q.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="parallel requests (default 8)")
         q.add_argument("--json", action="store_true", help="print JSON")
@@ -368,7 +374,8 @@ def _parser() -> argparse.ArgumentParser:
             q.add_argument(
                 "--force",
                 action="store_true",
-                help="replace an index tag that imagesmith did not write (Spack's)",
+                help="replace what imagesmith would not (an index tag it did not write, an "
+                "index.spack that is not Spack's database)",
             )
         else:
             q.add_argument(
@@ -386,7 +393,7 @@ def _parser() -> argparse.ArgumentParser:
         "packages",
         nargs="+",
         metavar="PACKAGE",
-        help="package files, Spack prefixes or tarballs; dependencies are added",
+        help="package files, Spack prefixes, tarballs or build caches; dependencies are added",
     )
     p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
     p.add_argument("--repo", required=True, metavar="REPO", help="target repository")
@@ -396,7 +403,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write package paths relative to DIR (default: FILE's directory, or the current one)",
     )
-    p.add_argument("--index-tag", default="index.spack", metavar="TAG", help="tag of the `make index` target")
+    p.add_argument(
+        "--index-tag",
+        default=INDEX_TAG,
+        metavar="TAG",
+        help=f"tag of the `make index` target (default {INDEX_TAG})",
+    )
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="default parallel make jobs (JOBS)")
     _registry_args(p, "")
 
@@ -690,6 +702,14 @@ def _platforms(text: str | None) -> list[Platform]:
     return [Platform.parse(part) for part in parts]
 
 
+def _print_notes(results: Sequence[BuildResult | MultiBuildResult], stream: TextIO) -> None:
+    """One line per note (why a Spack package's image is no Spack build-cache entry), on
+    standard error whatever the output format, so that a script sees it and JSON stays clean."""
+    for result in results:
+        for note in result.notes:
+            print(f"imagesmith: note: {note}", file=stream)
+
+
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     platforms = _platforms(args.platform)
     if args.digestfile:
@@ -698,7 +718,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             Path(args.digestfile).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--digestfile {args.digestfile}: {exc.strerror or exc}") from None
-    packages = load_packages(args.packages)
+    packages = load_packages(args.packages, registry=_registry_options(args))
     options = BuildOptions(
         platform=platforms[0] if len(platforms) == 1 else None,
         compression=args.compression,
@@ -736,6 +756,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         else:
             for written in results:
                 _report_written(written, stdout)
+        _print_notes(results, progress.stream)
         return 0
     result: BuildResult | MultiBuildResult
     if multi:
@@ -755,6 +776,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         _emit(result.to_json(), stdout)
     else:
         _report_written(result, stdout)
+    _print_notes([result], progress.stream)
     return 0
 
 
@@ -967,16 +989,24 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
     jobs = max(1, args.jobs)
     with RegistryPool(_registry_options(args)) as pool:
         if args.index_command == "update":
-            index, digest = update_index(
+            done = update_index(
                 pool, repository, tag=args.index_tag, jobs=jobs, progress=progress, force=args.force
             )
+            index = done.index
             where = f"{repository.name}:{args.index_tag}"
+            spack_where = f"{repository.name}:{SPACK_INDEX_TAG}"
+            packages = len(done.spack_database.packages) if done.spack_database is not None else 0
             if args.json:
-                _emit({"reference": where, "digest": digest, "images": len(index.entries),
-                       "skipped": len(index.skipped)}, stdout)  # fmt: skip
+                spack = {"reference": spack_where, "digest": done.spack_digest, "packages": packages}
+                _emit({"reference": where, "digest": done.digest, "images": len(index.entries),
+                       "skipped": len(index.skipped),
+                       "spack": spack if done.spack_digest is not None else None}, stdout)  # fmt: skip
             else:
                 counts = f"{len(index.entries)} images ({len(index.skipped)} other tags)"
-                print(f"Indexed {counts} in {where} ({digest})", file=stdout)
+                print(f"Indexed {counts} in {where} ({done.digest})", file=stdout)
+                if done.spack_digest is not None:
+                    print(f"Indexed {packages} Spack packages in {spack_where} ({done.spack_digest})",
+                          file=stdout)  # fmt: skip
             return 0
         index = list_index(pool, repository, tag=args.index_tag, live=args.live, jobs=jobs, progress=progress)
     if args.json:
@@ -994,7 +1024,7 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_makefile(args: argparse.Namespace, stdout: TextIO) -> int:
-    packages = load_packages(args.packages)
+    packages = load_packages(args.packages, registry=_registry_options(args))
     options = _registry_options(args)
     flags: list[str] = []
     for host in sorted(options.insecure):
@@ -1051,8 +1081,8 @@ def _run_pipeline(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> i
     platforms = _platforms(args.platform)
     if platforms:
         check_runners(platforms, runners)  # before anything is read or looked up
-    packages = load_packages(args.packages)
     options = _registry_options(args)
+    packages = load_packages(args.packages, registry=options)
     target = Path(args.output) if args.output else None
     directory = Path(args.relative_to).resolve() if args.relative_to else relative_base(target)
     with RegistryPool(options) as pool:

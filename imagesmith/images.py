@@ -15,15 +15,16 @@ and config of one platform.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 from . import mediatypes as mt
-from .digests import Digest
-from .errors import ManifestError, PlatformError
+from .digests import Digest, VerifyingReader
+from .errors import IntegrityError, LayerError, ManifestError, PlatformError
 from .layout import OCILayout
 from .model import (
     MAX_CONFIG_SIZE,
@@ -43,6 +44,7 @@ from .registry.client import RegistryPool
 __all__ = [
     "BaseImage",
     "BlobOrigin",
+    "FileOrigin",
     "Image",
     "ImageSource",
     "Layer",
@@ -125,6 +127,43 @@ class LayoutOrigin:
 
     def __str__(self) -> str:
         return f"oci:{self.path}"
+
+
+@dataclass(frozen=True)
+class FileOrigin:
+    """A blob that is exactly the bytes of the local file ``path``: a Spack build-cache tarball
+    used as a layer as is, which is neither copied into the cache nor read twice."""
+
+    path: Path
+
+    @property
+    def local(self) -> bool:
+        return True
+
+    @contextmanager
+    def _open(self, descriptor: Descriptor) -> Iterator[Readable]:
+        what = f"blob {descriptor.digest} ({self.path})"
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed by the with block below
+        except OSError as exc:
+            raise LayerError(f"cannot read {what}: {exc.strerror or exc}") from None
+        with f:
+            if os.fstat(f.fileno()).st_size != descriptor.size:
+                raise IntegrityError(f"{what} changed size since the layer was built: build again")
+            yield VerifyingReader(f, descriptor.digest, descriptor.size, what)
+
+    def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
+        """Read the file, verified while read; ``pool`` is not used."""
+        return self._open(descriptor)
+
+    def blob_file(self, descriptor: Descriptor) -> Path | None:
+        try:
+            return self.path if self.path.stat().st_size == descriptor.size else None
+        except OSError:
+            return None
+
+    def __str__(self) -> str:
+        return str(self.path)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,8 +31,18 @@ from .cache import BlobCache
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
 from .errors import PackageError, UsageError
-from .images import BaseImage, BlobOrigin, Image, Layer, RawManifest, choose_platform, resolve_base
-from .layers import LayerBlob, build_layer, directory_entries, tarball_entries
+from .images import (
+    BaseImage,
+    BlobOrigin,
+    FileOrigin,
+    Image,
+    Layer,
+    RawManifest,
+    RemoteOrigin,
+    choose_platform,
+    resolve_base,
+)
+from .layers import LayerBlob, adopt_tarball, build_layer, directory_entries, tarball_entries, with_file
 from .locations import (
     ArchiveLocation,
     DaemonLocation,
@@ -49,7 +59,9 @@ from .progress import EventKind, ProgressCallback, ProgressEvent, null_progress
 from .references import Reference, parse_repository
 from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
-from .spack import SPACK_CONFIG_KEYS, spack_config_fields
+from .spack import SPACK_CONFIG_KEYS, SpackPrefix, SpackRegistryLayer, SpackTarball, spack_config_fields
+from .spackrelocation import BUILDINFO_PATH, Relocation, buildinfo
+from .tarwriter import TarEntry
 from .templating import render_profile_script, render_tag
 from .transfer import DaemonSink, as_location, open_sink, open_source, write_image, write_images, write_index
 
@@ -100,8 +112,11 @@ class BuildOptions:
 class BuiltPackage:
     """A package turned into a layer, with its effective hash and environment changes.
 
-    ``origin`` builds the layer again should its cached copy be lost or damaged by the time
-    a destination reads it (see :class:`~imagesmith.layerrecords.RebuildOrigin`).
+    ``origin`` is where the layer's bytes come from: for a layer built into the blob cache, its
+    input built again should the cached copy be lost or damaged by the time a destination reads
+    it (see :class:`~imagesmith.layerrecords.RebuildOrigin`); a Spack build-cache tarball used
+    as is; a layer in a registry. ``spack_problem`` says why the layer of a Spack package is
+    not one Spack can install from (then its image is no Spack build-cache entry).
     """
 
     package: Package
@@ -109,6 +124,7 @@ class BuiltPackage:
     hash: str
     env: tuple[EnvModification, ...]
     origin: BlobOrigin | None = field(default=None, compare=False, repr=False)
+    spack_problem: str | None = None
 
 
 class _Written:
@@ -151,6 +167,17 @@ class BuildResult(_Written):
     destinations: tuple[Location, ...] = ()
     loaded: tuple[str, ...] = ()
 
+    @property
+    def spack(self) -> bool:
+        """Whether the image is a Spack build-cache entry (Spack's config keys are in it)."""
+        return "spec" in self.image.config.raw
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user should know about the image: why a Spack package's image is not a
+        Spack build-cache entry."""
+        return _notes(self.packages, self.spack)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "reference": str(self.reference) if self.reference is not None else None,
@@ -158,6 +185,8 @@ class BuildResult(_Written):
             "digest": self.digest,
             "destinations": [str(d) for d in self.destinations],
             "loaded": list(self.loaded),
+            "spack": self.spack,
+            "notes": list(self.notes),
             "base": self.base.pinned,
             "layers": [
                 {
@@ -239,6 +268,7 @@ def content_layer(
     progress: Callable[[int], None] | None = None,
     reuse: bool = True,
     uploads: EarlyUploads | None = None,
+    relocation: Relocation | None = None,
 ) -> tuple[LayerBlob, bool]:
     """One layer from a directory or a tarball placed at ``prefix`` (relative to ``/``).
 
@@ -248,11 +278,15 @@ def content_layer(
     of uncompressed bytes archived so far. With ``uploads``, a layer that is built is also
     uploaded while it is compressed (a reused one is left to the push: it may be there), and
     a layer whose blob left the cache but whose record names a digest the target repository
-    already has is neither built nor sent.
+    already has is neither built nor sent. ``relocation`` (a Spack install prefix directory)
+    adds Spack's relocation record, ``<prefix>/.spack/binary_distribution``, written for the
+    directory's files.
     """
+    extra = {"spack-relocation": relocation.to_json()} if relocation is not None else None
     key = (
         layerrecords.input_key(
-            content, prefix, preserve=preserve, compression=compression, level=level, media_types=media_types
+            content, prefix, preserve=preserve, compression=compression, level=level,
+            media_types=media_types, extra=extra,
         )
         if reuse
         else None
@@ -269,33 +303,73 @@ def content_layer(
             assert uploads is not None
             if uploads.present(known.digest):
                 return known, True
-    # Environment inference looks two levels below the prefix at most: record no deeper.
-    depth = len([p for p in prefix.split("/") if p not in ("", ".")]) + 2
     options: dict[str, Any] = {
         "media_types": media_types, "compression": compression, "level": level, "progress": progress,
-        "follower": uploads.follower() if uploads is not None else None, "directory_depth": depth,
+        "follower": uploads.follower() if uploads is not None else None,
+        "directory_depth": _inspected_depth(prefix),
     }  # fmt: skip
     if content.is_dir():
-        blob = build_layer(directory_entries(content, prefix, preserve=preserve), cache, **options)
+        entries: Iterable[TarEntry] = directory_entries(content, prefix, preserve=preserve)
+        if relocation is not None:
+            record = buildinfo(relocation, directory_entries(content, prefix, preserve=preserve), prefix)
+            entries = with_file(entries, f"{prefix}/{BUILDINFO_PATH}", record)
+        blob = build_layer(entries, cache, **options)
     else:
-        with tarball_entries(content, prefix, preserve=preserve, tmpdir=cache.tmp_dir) as entries:
-            blob = build_layer(entries, cache, **options)
+        with tarball_entries(content, prefix, preserve=preserve, tmpdir=cache.tmp_dir) as tar_entries:
+            blob = build_layer(tar_entries, cache, **options)
     if key is not None:
         layerrecords.remember(cache, key, blob)
     return blob, False
 
 
+def _inspected_depth(prefix: str) -> int:
+    """How deep a layer's directories are recorded: environment inference looks two levels
+    below the prefix at most."""
+    return len([p for p in prefix.split("/") if p not in ("", ".")]) + 2
+
+
 def _rebuild_origin(
     blob: LayerBlob, content: Path, prefix: str, cache: BlobCache, media_types: mt.MediaTypes, *,
-    compression: mt.Compression, level: int | None, preserve: bool,
+    compression: mt.Compression, level: int | None, preserve: bool, relocation: Relocation | None = None,
 ) -> layerrecords.RebuildOrigin:  # fmt: skip
     """How to make ``blob`` again from its input: :func:`content_layer`, without reuse."""
 
     def rebuild() -> LayerBlob:
         return content_layer(content, prefix, cache, media_types, compression=compression, level=level,
-                             preserve=preserve, reuse=False)[0]  # fmt: skip
+                             preserve=preserve, reuse=False, relocation=relocation)[0]  # fmt: skip
 
     return layerrecords.RebuildOrigin(blob, cache, f"the layer of {content}", rebuild)
+
+
+def adopted_layer(
+    tarball: Path,
+    prefix: str,
+    cache: BlobCache,
+    media_types: mt.MediaTypes,
+    *,
+    checksum: Digest | None = None,
+    progress: Callable[[int], None] | None = None,
+    uploads: EarlyUploads | None = None,
+) -> tuple[LayerBlob, bool]:
+    """A Spack build-cache tarball as its own layer (:func:`~imagesmith.layers.adopt_tarball`):
+    not copied, its bytes stay in the file (``FileOrigin``). An unchanged file is not read
+    again: its record (kept like a built layer's, though its blob is the file) gives the layer.
+    Returns the layer and whether it was reused.
+    """
+    key = layerrecords.input_key(
+        tarball, prefix, preserve=False, compression="none", level=None, media_types=media_types,
+        extra={"adopted": str(checksum) if checksum is not None else True},
+    )  # fmt: skip
+    found = layerrecords.recorded(cache, key)
+    if found is not None:
+        return found, True
+    blob = adopt_tarball(
+        tarball, prefix, media_types, expected=checksum, required=(BUILDINFO_PATH, ".spack/spec.json"),
+        follower=uploads.follower() if uploads is not None else None, progress=progress,
+        directory_depth=_inspected_depth(prefix),
+    )  # fmt: skip
+    layerrecords.remember(cache, key, blob)
+    return blob, False
 
 
 def build_package_layers(
@@ -318,8 +392,11 @@ def build_package_layers(
     if not packages:
         raise UsageError("no packages given: name at least one package file")
 
-    def one(package: Package) -> LayerBlob:
+    def one(package: Package) -> tuple[LayerBlob, BlobOrigin | None, str | None]:
         subject = f"{package.name}@{package.version}"
+        spack_content = package.spack_content
+        if isinstance(spack_content, SpackRegistryLayer):
+            return _registry_layer(spack_content, media_types), _registry_origin(spack_content), None
         if package.content is None:
             raise PackageError(
                 f"package {package.label} ({package.source}) has per-platform content only: "
@@ -327,35 +404,48 @@ def build_package_layers(
             )
         key = (package.content, package.prefix)
         found = shared.get(key) if shared is not None else None
+        origin: BlobOrigin | None = None
         if found is not None:
             progress(ProgressEvent("layer-reused", subject, found.size, str(found.digest)))
-            return found
-        blob, reused = content_layer(
-            package.content,
-            package.prefix.lstrip("/"),
-            cache,
-            media_types,
-            compression=options.compression,
-            level=options.level,
-            progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
-            uploads=uploads,
-        )
-        if shared is not None:
+            blob, reused = found, True
+        elif isinstance(spack_content, SpackTarball):
+            blob, reused = adopted_layer(
+                package.content, package.prefix.lstrip("/"), cache, media_types,
+                checksum=spack_content.checksum, uploads=uploads,
+                progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+            )  # fmt: skip
+        else:
+            relocation = spack_content.relocation if isinstance(spack_content, SpackPrefix) else None
+            blob, reused = content_layer(
+                package.content,
+                package.prefix.lstrip("/"),
+                cache,
+                media_types,
+                compression=options.compression,
+                level=options.level,
+                progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+                uploads=uploads,
+                relocation=relocation,
+            )
+        if isinstance(spack_content, SpackTarball):
+            origin = FileOrigin(package.content)
+        if shared is not None and found is None:
             shared[key] = blob  # distinct packages have distinct prefixes: no two threads share a key
-        kind: EventKind = "layer-reused" if reused else "layer-built"
-        progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
-        return blob
+        if found is None:
+            kind: EventKind = "layer-reused" if reused else "layer-built"
+            progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
+        return blob, origin, _layer_problem(package, blob)
 
     jobs = max(1, min(options.jobs, len(packages)))
     if jobs == 1:
-        blobs = [one(p) for p in packages]
+        results = [one(p) for p in packages]
     else:
         with ThreadPoolExecutor(max_workers=jobs) as executor:
-            blobs = list(executor.map(one, packages))
+            results = list(executor.map(one, packages))
 
     hashes: dict[str, str] = {}
     built: list[BuiltPackage] = []
-    for package, blob in zip(packages, blobs, strict=True):
+    for package, (blob, origin, problem) in zip(packages, results, strict=True):
         dep_hashes = [hashes[key] for key in package.depends]
         digest_hash = package_hash(package, dep_hashes, blob.diff_id)
         hashes[package.key] = digest_hash
@@ -368,13 +458,72 @@ def build_package_layers(
                 return f"{_prefix}/{rel}".strip("/") in _dirs
 
             env = infer_env(package.prefix, has_dir, ld_library_path=package.ld_library_path)
-        assert package.content is not None  # one() made sure
-        origin = _rebuild_origin(
-            blob, package.content, package.prefix.lstrip("/"), cache, media_types,
-            compression=options.compression, level=options.level, preserve=False,
-        )  # fmt: skip
-        built.append(BuiltPackage(package, blob, digest_hash, tuple(env), origin))
+        if origin is None:
+            assert package.content is not None  # one() made sure
+            spack_content = package.spack_content
+            origin = _rebuild_origin(
+                blob, package.content, package.prefix.lstrip("/"), cache, media_types,
+                compression=options.compression, level=options.level, preserve=False,
+                relocation=spack_content.relocation if isinstance(spack_content, SpackPrefix) else None,
+            )  # fmt: skip
+        built.append(BuiltPackage(package, blob, digest_hash, tuple(env), origin, problem))
     return built
+
+
+def _registry_layer(content: SpackRegistryLayer, media_types: mt.MediaTypes) -> LayerBlob:
+    """The layer of a Spack image in a registry, typed for the image's media-type family."""
+    layer = content.layer
+    return LayerBlob(
+        digest=layer.digest,
+        diff_id=content.diff_id,
+        size=layer.size,
+        media_type=media_types.layer(mt.compression_of(layer.media_type)),
+        directories=content.directories,
+    )
+
+
+def _registry_origin(content: SpackRegistryLayer) -> BlobOrigin:
+    return RemoteOrigin(content.registry, content.repository)
+
+
+def _layer_problem(package: Package, blob: LayerBlob) -> str | None:
+    """Why Spack could not install ``package`` from ``blob``, or None (also for a package
+    that is not Spack's: there is nothing to say)."""
+    if package.spack is None:
+        return None
+    content = package.spack_content
+    if isinstance(content, SpackPrefix) and content.problem is not None:
+        return content.problem
+    if content is None:
+        return "its content comes from a package file, without Spack's relocation record"
+    if mt.compression_of(blob.media_type) == "zstd":
+        return "its layer is zstd-compressed, and Spack extracts gzip or uncompressed tarballs only"
+    return None
+
+
+_PROFILE_PROBLEM = "--profile-script puts a layer above the package, and Spack installs the last layer"
+
+
+def _spack_entry(built: Sequence[BuiltPackage], options: BuildOptions) -> tuple[bool, str | None]:
+    """Whether the image of the stack ``built`` is a Spack build-cache entry (Spack's tag and
+    config keys), and otherwise, for a Spack package, why not."""
+    top = built[-1]
+    if top.package.spack is None:
+        return False, None
+    if top.spack_problem is not None:
+        return False, top.spack_problem
+    if options.profile_script:
+        return False, _PROFILE_PROBLEM
+    return True, None
+
+
+def _notes(built: Sequence[BuiltPackage], spack: bool) -> tuple[str, ...]:
+    if spack or not built or built[-1].package.spack is None:
+        return ()
+    top = built[-1]
+    reason = top.spack_problem or _PROFILE_PROBLEM
+    return (f"{top.package.label} is not a Spack build-cache entry (no .spack tag, no Spack config keys): "
+            f"{reason}",)  # fmt: skip
 
 
 def assemble(
@@ -434,8 +583,10 @@ def assemble(
             }
         )
         # Spack reads its spec and the package layer's checksum from top-level config keys;
-        # for other packages they are removed, so a Spack base image leaves no stale ones.
-        fields = spack_config_fields(top.package, top.layer.digest)
+        # for other packages (and Spack packages Spack could not install from this image) they
+        # are removed, so a Spack base image leaves no stale ones.
+        spack, _problem = _spack_entry(built, options)
+        fields = spack_config_fields(top.package, top.layer.digest) if spack else {}
         config = config.with_top_level(**(fields or dict.fromkeys(SPACK_CONFIG_KEYS)))
     if options.labels:
         config = config.with_labels(options.labels)
@@ -475,13 +626,14 @@ def _profile_layer(
         )
 
 
-def _rendered_tag(built: Sequence[BuiltPackage], template: str | None, platform: Platform) -> str:
+def _rendered_tag(built: Sequence[BuiltPackage], options: BuildOptions, platform: Platform) -> str:
     top = built[-1]
     return render_tag(
-        template,
+        options.tag_template,
         name=top.package.name,
         version=top.package.version,
         hash=top.hash,
+        spack=_spack_entry(built, options)[0],
         os=platform.os,
         arch=platform.architecture,
     )
@@ -492,7 +644,7 @@ def target_reference(
     *,
     repo: str | Reference | None,
     tag: str | Reference | None,
-    template: str | None,
+    options: BuildOptions,
     platform: Platform,
 ) -> Reference:
     """Where the image goes: ``tag`` as given, or ``repo`` + the rendered tag template."""
@@ -502,7 +654,7 @@ def target_reference(
         return _tag_reference(tag)
     assert repo is not None
     repository = repo if isinstance(repo, Reference) else parse_repository(repo)
-    return repository.with_tag(_rendered_tag(built, template, platform))
+    return repository.with_tag(_rendered_tag(built, options, platform))
 
 
 def _tag_reference(tag: str | Reference) -> Reference:
@@ -664,13 +816,13 @@ def build(
         with _early_uploads(pool, push_to, progress) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads)
         name = (
-            target_reference(built, repo=repo, tag=tag, template=options.tag_template, platform=platform)
+            target_reference(built, repo=repo, tag=tag, options=options, platform=platform)
             if repo is not None or tag is not None
             else None
         )
         default_tag = None
         if isinstance(out, LayoutLocation) and out.tag is None and name is None:
-            default_tag = _rendered_tag(built, options.tag_template, platform)  # as --repo would
+            default_tag = _rendered_tag(built, options, platform)  # as --repo would
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
         image = assemble(resolved, built, cache, options, _created())
         digest, loaded = write_destinations(
@@ -699,12 +851,24 @@ class MultiBuildResult(_Written):
     platforms: tuple[Platform, ...]
     destinations: tuple[Location, ...] = ()
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user should know: a Spack package's index is no Spack build-cache entry."""
+        top = self.images[0].packages[-1].package if self.images and self.images[0].packages else None
+        if top is None or top.spack is None:
+            return ()
+        return (
+            f"{top.label} is not a Spack build-cache entry (no .spack tag): Spack reads one image "
+            "per tag, never a multi-platform index; push each platform's image to its own repository",
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "reference": str(self.reference) if self.reference is not None else None,
             "tag": self.tag,
             "digest": self.digest,
             "mediaType": self.media_type,
+            "notes": list(self.notes),
             "destinations": [str(d) for d in self.destinations],
             "platforms": [
                 {"platform": str(platform), **image.to_json()}
@@ -1052,7 +1216,7 @@ def build_each(
         for item in built:
             stack = _stack_of(item.package, by_key)
             image = assemble(resolved, stack, cache, options, created)
-            tag = _rendered_tag(stack, options.tag_template, platform)
+            tag = _rendered_tag(stack, options, platform)
             name, location = _each_location(repository, out, tag)
             plans.append((image, location, name, stack))
         digests = write_images(

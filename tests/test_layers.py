@@ -25,13 +25,16 @@ from conftest import need, requires
 
 from imagesmith.cache import BlobCache
 from imagesmith.compression import open_decompressor
-from imagesmith.errors import LayerError, UsageError
+from imagesmith.digests import Digest
+from imagesmith.errors import IntegrityError, LayerError, UsageError
 from imagesmith.layers import (
     LayerBlob,
+    adopt_tarball,
     build_layer,
     directory_entries,
     normalise_prefix,
     tarball_entries,
+    with_file,
 )
 from imagesmith.mediatypes import DOCKER, OCI
 from imagesmith.tarwriter import TarEntry
@@ -622,6 +625,140 @@ def test_tarball_limits(tmp_path: Path, cache: BlobCache) -> None:
     many = make_tarball(tmp_path / "many.tar", [(_info(f"f{i}"), b"") for i in range(20)])
     with pytest.raises(LayerError, match="more than 10 members"):
         _build(tarball_entries(many, max_members=10), cache)
+
+
+# --- a tarball as its own layer (a Spack build-cache tarball) ---------------------------
+
+
+SPACK_PREFIX = "opt/spack/linux-x86_64/tool-1.0-abc"
+
+
+def spack_members(*extra: tuple[tarfile.TarInfo, bytes]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """A tarball laid out as ``spack buildcache push`` writes it: parents first, the prefix, its
+    files, the relocation record last."""
+    parts = SPACK_PREFIX.split("/")
+    members = [(_info("/".join(parts[: i + 1]), tarfile.DIRTYPE, mode=0o755), b"") for i in range(len(parts))]
+    members += [
+        (_info(f"{SPACK_PREFIX}/.spack", tarfile.DIRTYPE, mode=0o755), b""),
+        (_info(f"{SPACK_PREFIX}/.spack/spec.json"), b'{"spec": {}}'),
+        (_info(f"{SPACK_PREFIX}/bin", tarfile.DIRTYPE, mode=0o755), b""),
+        (_info(f"{SPACK_PREFIX}/bin/tool", mode=0o755), b"#!/bin/sh\necho hi\n" * 1000),
+        (_info(f"{SPACK_PREFIX}/bin/alias", tarfile.LNKTYPE, linkname=f"{SPACK_PREFIX}/bin/tool"), b""),
+        *extra,
+        (_info(f"{SPACK_PREFIX}/.spack/binary_distribution"), b"{}"),
+    ]
+    return members
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none", "zstd"])
+def test_a_tarball_is_adopted_byte_for_byte(tmp_path: Path, compression: str) -> None:
+    path = make_tarball(tmp_path / "pkg", spack_members(), compression)
+    data = path.read_bytes()
+    grown: list[int] = []
+
+    class Follower:
+        def grow(self, where: Path, size: int) -> None:
+            assert where == path
+            grown.append(size)
+
+        def finish(self, digest: object, size: int) -> None:
+            grown.append(-size)
+
+        def abort(self) -> None:  # pragma: no cover - not reached on success
+            raise AssertionError("aborted")
+
+    blob = adopt_tarball(path, SPACK_PREFIX, OCI, required=(".spack/binary_distribution",),
+                         follower=Follower())  # fmt: skip
+    assert blob.digest == Digest.of(data) and blob.size == len(data)
+    raw = _decompress_all(data)
+    assert blob.diff_id == Digest.of(raw) and blob.uncompressed_size == len(raw)
+    assert blob.media_type == OCI.layer(compression)  # type: ignore[arg-type]
+    assert f"{SPACK_PREFIX}/bin" in blob.directories and "opt" in blob.directories
+    assert grown[-1] == -len(data)
+    if compression == "zstd":
+        with pytest.raises(UsageError, match=r"zstd layers need an OCI base image"):
+            adopt_tarball(path, SPACK_PREFIX, DOCKER)
+    else:
+        docker = adopt_tarball(path, "/" + SPACK_PREFIX, DOCKER, expected=blob.digest)
+        assert (docker.digest, docker.media_type) == (blob.digest, DOCKER.layer(compression))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ((_info("etc/passwd"), b"x"), "'etc/passwd' lies outside the install prefix"),
+        ((_info("opt/other", tarfile.DIRTYPE), b""), "'opt/other/' lies outside"),
+        ((_info("../evil"), b"x"), r"'\.\./evil' contains '\.\.'"),
+        ((_info(f"{SPACK_PREFIX}/.wh.x"), b""), "whiteout"),
+        ((_info(f"{SPACK_PREFIX}/dev", tarfile.CHRTYPE), b""), "device node"),
+        ((_info(f"{SPACK_PREFIX}/bin/su", mode=0o4755), b"x"), "setuid"),
+        ((_info(f"{SPACK_PREFIX}/h", tarfile.LNKTYPE, linkname="nowhere"), b""), "not an earlier file"),
+        ((_info(f"{SPACK_PREFIX}/h", tarfile.LNKTYPE, linkname="/etc/shadow"), b""), "points outside"),
+        ((_info(f"{SPACK_PREFIX}/bin/tool/x"), b""), "lies below .*bin/tool.*, which is a file"),
+    ],
+)
+def test_an_adopted_tarball_is_checked_like_any_package_tarball(
+    tmp_path: Path, extra: tuple[tarfile.TarInfo, bytes], match: str
+) -> None:
+    path = make_tarball(tmp_path / "evil.tar.gz", spack_members(extra), "gzip")
+    aborted: list[bool] = []
+
+    class Follower:
+        def grow(self, where: Path, size: int) -> None:
+            pass
+
+        def finish(self, digest: object, size: int) -> None:  # pragma: no cover - never reached
+            raise AssertionError("finished")
+
+        def abort(self) -> None:
+            aborted.append(True)
+
+    with pytest.raises(LayerError, match=match):
+        adopt_tarball(path, SPACK_PREFIX, OCI, follower=Follower())
+    assert aborted == [True]
+
+
+def test_an_adopted_tarball_must_match_its_checksum_and_hold_what_is_required(tmp_path: Path) -> None:
+    path = make_tarball(tmp_path / "pkg.tar.gz", spack_members(), "gzip")
+    with pytest.raises(IntegrityError, match=r"hashes to .* but its build cache records"):
+        adopt_tarball(path, SPACK_PREFIX, OCI, expected=Digest.of(b"something else"))
+    with pytest.raises(LayerError, match=r"has no opt/.*/\.spack/missing, so it is not a Spack build-cache"):
+        adopt_tarball(path, SPACK_PREFIX, OCI, required=(".spack/missing",))
+    with pytest.raises(LayerError, match="decompresses to more than"):
+        adopt_tarball(path, SPACK_PREFIX, OCI, max_bytes=4096)
+    with pytest.raises(LayerError, match="more than 3 members"):
+        adopt_tarball(path, SPACK_PREFIX, OCI, max_members=3)
+    data = path.read_bytes()
+    for name, broken, match in (
+        ("cut.tar.gz", data[: len(data) // 2], "truncated"),
+        ("garbage.tar.gz", data + b"GARBAGE", "trailing garbage"),
+    ):
+        (tmp_path / name).write_bytes(broken)
+        with pytest.raises(LayerError, match=match):
+            adopt_tarball(tmp_path / name, SPACK_PREFIX, OCI)
+    with pytest.raises(LayerError, match="cannot read"):
+        adopt_tarball(tmp_path / "gone.tar.gz", SPACK_PREFIX, OCI)
+
+
+def test_with_file_puts_a_generated_file_in_its_sorted_place(tmp_path: Path, cache: BlobCache) -> None:
+    tree = tmp_path / "p"
+    (tree / ".spack").mkdir(parents=True)
+    (tree / ".spack" / "binary_distribution").write_text("stale")
+    (tree / ".spack" / "spec.json").write_text("{}")
+    (tree / "bin").mkdir()
+    (tree / "bin" / "x").write_text("x")
+    entries = list(with_file(directory_entries(tree, "opt/p"), "opt/p/.spack/binary_distribution", b"new"))
+    assert [e.name for e in entries] == [
+        "opt", "opt/p", "opt/p/.spack", "opt/p/.spack/binary_distribution", "opt/p/.spack/spec.json",
+        "opt/p/bin", "opt/p/bin/x",
+    ]  # fmt: skip
+    blob = _build(iter(entries), cache)
+    with tarfile.open(fileobj=io.BytesIO(_tar_bytes(cache, blob))) as tar:
+        assert tar.extractfile("opt/p/.spack/binary_distribution").read() == b"new"  # type: ignore[union-attr]
+    last = list(with_file(directory_entries(tree, "opt/p"), "opt/p/zz", b""))
+    assert last[-1].name == "opt/p/zz"
+    with pytest.raises(LayerError, match="is a directory"):
+        list(with_file(directory_entries(tree, "opt/p"), "opt/p/bin", b""))
 
 
 # --- memory ------------------------------------------------------------------------------
