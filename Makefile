@@ -11,9 +11,10 @@ BUSYBOX_ARM64 := tests/.data/busybox-arm64/busybox
 
 # Real components the tests and the demo use (see docs/testing.md).
 SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apache2-utils openssl \
-	rsync git
+	rsync git gcc g++
 SYSTEM_FILES := /usr/bin/docker-registry /usr/bin/podman /usr/sbin/runc /usr/bin/skopeo \
-	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl /usr/bin/rsync /usr/bin/git
+	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl /usr/bin/rsync /usr/bin/git \
+	/usr/bin/gcc /usr/bin/g++
 # Node tools the tests run, pinned by tests/npm/package-lock.json: gitlab-ci-local runs generated
 # GitLab pipelines for real (4.60.0 is the last release for Node 20). npm ci compiles its re2
 # module when no prebuilt binary can be downloaded: minutes, once; node's headers come from
