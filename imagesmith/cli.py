@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal, TextIO
 from ._version import __version__
 from .cache import BlobCache
 from .ci import DEFAULT_INSTALL, ENGINES, check_runners, pin_base, relative_base, render_pipeline
+from .closure import CHECK_MODES, ClosureError, ClosureReport
 from .errors import (
     DaemonError,
     ImagesmithError,
@@ -191,6 +192,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "-j", "--jobs", type=int, default=4, metavar="N", help="parallel layer builds and uploads (default 4)"
+    )
+    p.add_argument(
+        "--check",
+        nargs="?",
+        const="warn",
+        default="warn",
+        choices=CHECK_MODES,
+        help="runtime-closure check of the packages' ELF files: warn (default), error (fail before "
+        "anything is written) or off",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
@@ -677,6 +687,20 @@ def _emit(obj: dict[str, Any], stdout: TextIO) -> None:
     print(json.dumps(obj, indent=2), file=stdout)
 
 
+def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr: TextIO) -> None:
+    """One warning line per finding of the runtime-closure check (each once per run)."""
+    seen: set[str] = set()
+    for result in results:
+        images = result.images if isinstance(result, MultiBuildResult) else (result,)
+        for image in images:
+            report: ClosureReport | None = image.closure
+            for finding in report.findings if report is not None else ():
+                line = finding.line()
+                if line not in seen:
+                    seen.add(line)
+                    _say(f"imagesmith: warning: {line}", stderr)
+
+
 def _report_written(
     result: BuildResult | ImportResult | MultiBuildResult, stdout: TextIO, suffix: str = ""
 ) -> None:
@@ -732,6 +756,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         profile_script=args.profile_script,
         tag_template=args.tag_template,
         jobs=max(1, args.jobs),
+        check=args.check,
     )
     common: dict[str, Any] = {
         "options": options, "registry": _registry_options(args), "cache": _cache(args), "progress": progress,
@@ -751,6 +776,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             if multi
             else build_each(args.base_image, packages, **where, **common)
         )
+        _closure_warnings(results, progress.stream)
         if args.json:
             print(json.dumps([r.to_json() for r in results], indent=2), file=stdout)
         else:
@@ -770,6 +796,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             args.base_image, packages, repo=args.repo, tag=args.tag, output=args.output, load=args.load,
             docker_host=args.docker_host, **common,
         )  # fmt: skip
+    _closure_warnings([result], progress.stream)
     if args.digestfile:
         _write_output(result.digest + "\n", Path(args.digestfile), stdout)
     if args.json:
@@ -1206,6 +1233,10 @@ def main(
     try:
         return _run(args, stdout, stderr)
     except ImagesmithError as error:
+        if isinstance(error, ClosureError):
+            # The message names the first finding; the others get a line each.
+            for finding in error.report.findings[1:]:
+                _say(f"imagesmith: {finding.line()}", stderr)
         _say(f"imagesmith: error: {error}", stderr)
         return _exit_code(error)
     except KeyboardInterrupt:

@@ -28,6 +28,7 @@ from typing import Any
 from . import layerrecords
 from . import mediatypes as mt
 from .cache import BlobCache
+from .closure import CheckMode, ClosureReport, check_closure, closure_gate
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
 from .errors import PackageError, UsageError
@@ -106,6 +107,8 @@ class BuildOptions:
     jobs: int = 4
     # Upload each new layer to the target repository while it is compressed (see overlap.py).
     overlap_upload: bool = True
+    # The runtime-closure check (closure.py): "warn" reports, "error" fails before any write.
+    check: CheckMode = "warn"
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ class BuildResult(_Written):
     packages: tuple[BuiltPackage, ...]
     destinations: tuple[Location, ...] = ()
     loaded: tuple[str, ...] = ()
+    closure: ClosureReport | None = None
 
     @property
     def spack(self) -> bool:
@@ -187,6 +191,7 @@ class BuildResult(_Written):
             "loaded": list(self.loaded),
             "spack": self.spack,
             "notes": list(self.notes),
+            **({"closure": self.closure.to_json()} if self.closure is not None else {}),
             "base": self.base.pinned,
             "layers": [
                 {
@@ -770,6 +775,25 @@ def write_destinations(
     return digest, loaded
 
 
+def check_runtime_closure(
+    image: Image,
+    built: Sequence[BuiltPackage],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
+) -> ClosureReport | None:
+    """The runtime-closure check of ``image`` as ``options.check`` asks (None when off);
+    with ``error`` a finding raises :class:`~imagesmith.closure.ClosureError`."""
+    if options.check == "off":
+        return None
+    packages = {b.layer.digest: b.package.label for b in built}
+    report = check_closure(image, packages, pool=pool, cache=cache, jobs=options.jobs, progress=progress)
+    closure_gate(report, options.check)
+    return report
+
+
 def build(
     base: str | Reference | Location,
     packages: Sequence[Package],
@@ -812,7 +836,9 @@ def build(
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, base_location, platform, options, progress)
         media_types = resolved.image.media_types
-        push_to = _push_target(out, tag or repo, load=load, enabled=options.overlap_upload)
+        # With --check=error nothing may reach the registry before the check passes.
+        early = options.overlap_upload and options.check != "error"
+        push_to = _push_target(out, tag or repo, load=load, enabled=early)
         with _early_uploads(pool, push_to, progress) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads)
         name = (
@@ -825,12 +851,14 @@ def build(
             default_tag = _rendered_tag(built, options, platform)  # as --repo would
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
         image = assemble(resolved, built, cache, options, _created())
+        closure = check_runtime_closure(image, built, options, pool=pool, cache=cache, progress=progress)
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
             docker_host=docker_host, progress=progress,
         )  # fmt: skip
         return BuildResult(
-            _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded
+            _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded,
+            closure,
         )
 
 
