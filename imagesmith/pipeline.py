@@ -58,8 +58,11 @@ from .overlap import EarlyUploads
 from .packages import Package, package_hash
 from .progress import EventKind, ProgressCallback, ProgressEvent, null_progress
 from .references import Reference, parse_repository
+from .referrers import Attached, attach
 from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
+from .sbom import SBOM_FILENAMES, SBOM_MEDIA_TYPES, SbomFormat, SbomImage, render_sbom, sbom_packages
+from .signing import Signed, SigningKey, sign_image
 from .spack import SPACK_CONFIG_KEYS, SpackPrefix, SpackRegistryLayer, SpackTarball, spack_config_fields
 from .spackrelocation import BUILDINFO_PATH, Relocation, buildinfo
 from .tarwriter import TarEntry
@@ -109,6 +112,10 @@ class BuildOptions:
     overlap_upload: bool = True
     # The runtime-closure check (closure.py): "warn" reports, "error" fails before any write.
     check: CheckMode = "warn"
+    # SBOMs attached to the image as OCI referrers (sbom.py, referrers.py), and the key that
+    # signs it in its registry (signing.py).
+    sbom: tuple[SbomFormat, ...] = ()
+    signing_key: SigningKey | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,9 @@ class BuildResult(_Written):
     destinations: tuple[Location, ...] = ()
     loaded: tuple[str, ...] = ()
     closure: ClosureReport | None = None
+    sboms: tuple[tuple[SbomFormat, bytes], ...] = field(default=(), repr=False)
+    attached: tuple[Attached, ...] = ()
+    signed: tuple[Signed, ...] = ()
 
     @property
     def spack(self) -> bool:
@@ -192,6 +202,8 @@ class BuildResult(_Written):
             "spack": self.spack,
             "notes": list(self.notes),
             **({"closure": self.closure.to_json()} if self.closure is not None else {}),
+            **({"attached": [a.to_json() for a in self.attached]} if self.attached else {}),
+            **({"signed": [s.to_json() for s in self.signed]} if self.signed else {}),
             "base": self.base.pinned,
             "layers": [
                 {
@@ -794,6 +806,56 @@ def check_runtime_closure(
     return report
 
 
+def check_trust_destinations(options: BuildOptions, destinations: Sequence[Location]) -> None:
+    """Refuse, before anything is written, an SBOM or signature with nowhere to go."""
+    if options.signing_key is not None and not any(isinstance(d, RegistryLocation) for d in destinations):
+        raise UsageError("--sign signs an image in a registry: push it (--repo or --tag), not only --output")
+    if options.sbom and not any(isinstance(d, RegistryLocation | LayoutLocation) for d in destinations):
+        raise UsageError("--sbom attaches the SBOM to the image: push it, or write an oci: layout")
+
+
+def attach_and_sign(
+    name: Reference | None,
+    image: Image,
+    digest: str,
+    stack: Sequence[BuiltPackage],
+    base: BaseImage,
+    destinations: Sequence[Location],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
+) -> tuple[tuple[tuple[SbomFormat, bytes], ...], tuple[Attached, ...], tuple[Signed, ...]]:
+    """After the image is written: its SBOMs attached to each registry or layout destination,
+    then its signature pushed to each registry (see :mod:`imagesmith.referrers`,
+    :mod:`imagesmith.signing`). Returns the SBOM documents, what was attached and signed."""
+    if not options.sbom and options.signing_key is None:
+        return (), (), ()
+    created = image.config.raw.get("created") or _created()
+    manifest = image.manifest_bytes()
+    subject = Descriptor(image.media_types.manifest, Digest.parse(digest), len(manifest))
+    packages = sbom_packages([(b.package, b.hash, str(b.layer.digest)) for b in stack])
+    shown = str(name) if name is not None else None
+    described = SbomImage(shown, digest, str(image.config.platform), created, base.pinned, packages)
+    sboms = tuple((fmt, render_sbom(described, fmt)) for fmt in dict.fromkeys(options.sbom))
+    attached = tuple(
+        attach(destination, subject, SBOM_MEDIA_TYPES[fmt], document, filename=SBOM_FILENAMES[fmt], pool=pool,
+               cache=cache, created=created, progress=progress)
+        for destination in destinations
+        if isinstance(destination, RegistryLocation | LayoutLocation)
+        for fmt, document in sboms
+    )  # fmt: skip
+    key = options.signing_key
+    signed = tuple(
+        sign_image(destination.reference, key, pool=pool, cache=cache, digest=subject.digest,
+                   progress=progress)
+        for destination in destinations
+        if key is not None and isinstance(destination, RegistryLocation)
+    )
+    return sboms, attached, signed
+
+
 def build(
     base: str | Reference | Location,
     packages: Sequence[Package],
@@ -850,16 +912,18 @@ def build(
         if isinstance(out, LayoutLocation) and out.tag is None and name is None:
             default_tag = _rendered_tag(built, options, platform)  # as --repo would
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
+        check_trust_destinations(options, destinations)
         image = assemble(resolved, built, cache, options, _created())
         closure = check_runtime_closure(image, built, options, pool=pool, cache=cache, progress=progress)
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
             docker_host=docker_host, progress=progress,
         )  # fmt: skip
-        return BuildResult(
-            _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded,
-            closure,
-        )
+        named = _name_of(destinations, name)
+        trust = attach_and_sign(named, image, digest, built, resolved, destinations, options, pool=pool,
+                                cache=cache, progress=progress)  # fmt: skip
+        return BuildResult(named, digest, resolved, image, tuple(built), tuple(destinations), loaded, closure,
+                           *trust)  # fmt: skip
 
 
 @dataclass(frozen=True)
