@@ -87,7 +87,8 @@ def artifact_manifest(
     """The artifact manifest attaching ``payload`` (of media type ``artifact_type``) to
     ``subject``, and the payload's descriptor (named ``filename`` for ORAS-like tools)."""
     layer = Descriptor(artifact_type, Digest.of(payload), len(payload), annotations={_TITLE: filename})
-    annotations = {_CREATED: created} if created else None
+    # On the manifest too: a referrers listing shows the manifest's annotations, not its layers'.
+    annotations = {_TITLE: filename, **({_CREATED: created} if created else {})}
     manifest = Manifest(mt.OCI_MANIFEST, EMPTY_CONFIG, (layer,), annotations=annotations,
                         subject=Descriptor(subject.media_type, subject.digest, subject.size),
                         artifact_type=artifact_type)  # fmt: skip
@@ -156,7 +157,7 @@ def attach(
     """
     target = as_location(location)
     raw, layer = artifact_manifest(subject, artifact_type, payload, filename=filename, created=created)
-    annotations = {_CREATED: created} if created else None
+    annotations = {_TITLE: filename, **({_CREATED: created} if created else {})}
     blobs = [(EMPTY_CONFIG, EMPTY_JSON), (layer, payload)]
     if isinstance(target, LayoutLocation):
         layout = OCILayout(target.path)

@@ -97,7 +97,7 @@ def compile_stack(root: Path) -> dict[str, Path]:
     greet = root / "libgreet"
     (greet / "lib").mkdir(parents=True)
     (src / "greet.c").write_text(
-        '#include <math.h>\n#include <stdio.h>\n'
+        "#include <math.h>\n#include <stdio.h>\n"
         'void greet(const char *who) { printf("hello %s from libgreet (%.0f)\\n", who, sqrt(1764.0)); }\n'
     )
     _cc("gcc", "-shared", "-fPIC", "-Wl,-soname,libgreet.so.1", "-o", str(greet / "lib/libgreet.so.1.0"),
@@ -109,10 +109,10 @@ def compile_stack(root: Path) -> dict[str, Path]:
     (hello / "bin").mkdir(parents=True)
     (hello / "lib").mkdir(parents=True)
     (src / "hello.c").write_text(
-        '#include <zlib.h>\n#include <stdio.h>\nvoid greet(const char *);\n'
+        "#include <zlib.h>\n#include <stdio.h>\nvoid greet(const char *);\n"
         'int main(void) { greet("hello"); printf("zlib %s\\n", zlibVersion()); return 0; }\n'
     )
-    (src / "zlib.h").write_text('const char *zlibVersion(void);\n')
+    (src / "zlib.h").write_text("const char *zlibVersion(void);\n")
     (src / "libz.so").symlink_to(HOST_LIBS / "libz.so.1")
     _cc("gcc", "-o", str(hello / "bin/hello"), "hello.c", f"-L{greet / 'lib'}", "-lgreet", f"-L{src}", "-lz",
         "-Wl,--enable-new-dtags,-rpath,/opt/stack/libgreet-1.0/lib", "-I.", cwd=src)  # fmt: skip
@@ -120,7 +120,7 @@ def compile_stack(root: Path) -> dict[str, Path]:
     _cc("g++", "-shared", "-fPIC", "-Wl,-soname,libhelper.so", "-o", str(hello / "lib/libhelper.so"),
         "helper.cc", cwd=src)  # fmt: skip
     (src / "hellocc.cc").write_text(
-        '#include <iostream>\n#include <string>\nstd::string helper();\n'
+        "#include <iostream>\n#include <string>\nstd::string helper();\n"
         'int main() { std::cout << "hellocc with " << helper() << std::endl; return 0; }\n'
     )
     # DT_RPATH (old dtags) with $ORIGIN: the helper is found next to the program's lib dir.
