@@ -675,6 +675,7 @@ def check_closure(
     cache: BlobCache,
     jobs: int = 4,
     progress: ProgressCallback = null_progress,
+    memo: dict[tuple[Digest, bool], LayerSummary] | None = None,
 ) -> ClosureReport:
     """Check that every ELF file of the layers named in ``packages`` (layer digest -> the
     package's label) runs in ``image``: its interpreter and every DT_NEEDED library found as
@@ -683,6 +684,8 @@ def check_closure(
     Every other layer (the base's, a profile-script layer) only provides files. Layers are
     summarised once each (``jobs`` at a time) and the summaries kept as cache records by
     digest, so a base is read from its registry once per machine and never stored whole.
+    ``memo`` keeps the summaries in memory across the calls of one run (several images of a
+    stack share their base and lower layers).
     """
     platform = image.config.platform
     layers: list[Layer] = []
@@ -694,11 +697,17 @@ def check_closure(
 
     def summarise(layer: Layer) -> LayerSummary:
         label = packages.get(layer.digest)
+        key = (layer.digest, label is not None)
+        known = memo.get(key) if memo is not None else None
+        if known is not None:
+            return known
         what = f"layer {layer.digest} ({'package ' + label if label else 'base'})"
         summary, read = layer_summary(layer, inspect_elves=label is not None, pool=pool, cache=cache,
                                       what=what)  # fmt: skip
         progress(ProgressEvent("layer-checked", label or str(layer.digest), layer.descriptor.size,
                                "read" if read else "from its record"))  # fmt: skip
+        if memo is not None:
+            memo[key] = summary
         return summary
 
     workers = max(1, min(jobs, len(layers)))

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -787,23 +787,33 @@ def write_destinations(
     return digest, loaded
 
 
+def _early_uploads_allowed(options: BuildOptions) -> bool:
+    # With --check=error nothing may reach the registry before the check has passed.
+    return options.overlap_upload and options.check != "error"
+
+
 def check_runtime_closure(
-    image: Image,
-    built: Sequence[BuiltPackage],
+    images: Sequence[tuple[Image, Sequence[BuiltPackage]]],
     options: BuildOptions,
     *,
     pool: RegistryPool,
     cache: BlobCache,
     progress: ProgressCallback,
-) -> ClosureReport | None:
-    """The runtime-closure check of ``image`` as ``options.check`` asks (None when off);
-    with ``error`` a finding raises :class:`~imagesmith.closure.ClosureError`."""
+) -> list[ClosureReport | None]:
+    """The runtime-closure check of each image (with the packages it holds) as
+    ``options.check`` asks (None when off); with ``error`` a finding raises
+    :class:`~imagesmith.closure.ClosureError` before anything is written."""
     if options.check == "off":
-        return None
-    packages = {b.layer.digest: b.package.label for b in built}
-    report = check_closure(image, packages, pool=pool, cache=cache, jobs=options.jobs, progress=progress)
-    closure_gate(report, options.check)
-    return report
+        return [None] * len(images)
+    memo: dict[tuple[Digest, bool], Any] = {}
+    reports: list[ClosureReport | None] = []
+    for image, built in images:
+        packages = {b.layer.digest: b.package.label for b in built}
+        report = check_closure(image, packages, pool=pool, cache=cache, jobs=options.jobs, progress=progress,
+                               memo=memo)  # fmt: skip
+        closure_gate(report, options.check)
+        reports.append(report)
+    return reports
 
 
 def check_trust_destinations(options: BuildOptions, destinations: Sequence[Location]) -> None:
@@ -898,9 +908,7 @@ def build(
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, base_location, platform, options, progress)
         media_types = resolved.image.media_types
-        # With --check=error nothing may reach the registry before the check passes.
-        early = options.overlap_upload and options.check != "error"
-        push_to = _push_target(out, tag or repo, load=load, enabled=early)
+        push_to = _push_target(out, tag or repo, load=load, enabled=_early_uploads_allowed(options))
         with _early_uploads(pool, push_to, progress) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads)
         name = (
@@ -914,7 +922,8 @@ def build(
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
         check_trust_destinations(options, destinations)
         image = assemble(resolved, built, cache, options, _created())
-        closure = check_runtime_closure(image, built, options, pool=pool, cache=cache, progress=progress)
+        [closure] = check_runtime_closure([(image, built)], options, pool=pool, cache=cache,
+                                          progress=progress)  # fmt: skip
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
             docker_host=docker_host, progress=progress,
@@ -942,6 +951,7 @@ class MultiBuildResult(_Written):
     images: tuple[BuildResult, ...]
     platforms: tuple[Platform, ...]
     destinations: tuple[Location, ...] = ()
+    signed: tuple[Signed, ...] = ()
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -966,6 +976,7 @@ class MultiBuildResult(_Written):
                 {"platform": str(platform), **image.to_json()}
                 for platform, image in zip(self.platforms, self.images, strict=True)
             ],
+            **({"signed": [s.to_json() for s in self.signed]} if self.signed else {}),
         }
 
 
@@ -1041,7 +1052,7 @@ def build_platforms(
     with _registry_pool(pool, registry) as pool:
         bases, index_platforms = _platform_bases(pool, base_location, platforms, options, progress)
         media_types = bases[0].image.media_types
-        push_to = _push_target(out, tag or repo, load=False, enabled=options.overlap_upload)
+        push_to = _push_target(out, tag or repo, load=False, enabled=_early_uploads_allowed(options))
         with _early_uploads(pool, push_to, progress) as uploads:
             shared: dict[tuple[Path, str], LayerBlob] = {}
             built_by = [
@@ -1056,12 +1067,16 @@ def build_platforms(
         if isinstance(out, LayoutLocation) and out.tag is None and name is None:
             default_tag = _multi_tag(built_by, platforms, options.tag_template)
         destinations = plan_destinations(name, out, load=False, default_tag=default_tag)
+        check_trust_destinations(options, destinations)
+        closures = check_runtime_closure(list(zip(images, built_by, strict=True)), options, pool=pool,
+                                         cache=cache, progress=progress)  # fmt: skip
         for destination in destinations:
             with open_sink(destination, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
         return _multi_result(_name_of(destinations, name), index, bases, images, built_by, platforms,
-                             tuple(destinations))  # fmt: skip
+                             tuple(destinations), closures, options, pool=pool, cache=cache,
+                             progress=progress)  # fmt: skip
 
 
 def _platform_bases(
@@ -1130,13 +1145,32 @@ def _multi_result(
     stacks: Sequence[Sequence[BuiltPackage]],
     platforms: Sequence[Platform],
     destinations: tuple[Location, ...],
+    closures: Sequence[ClosureReport | None],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
 ) -> MultiBuildResult:
-    results = tuple(
-        BuildResult(None, str(image.digest), b, image, tuple(stack))
-        for b, image, stack in zip(bases, images, stacks, strict=True)
-    )
+    """The result of a written index: each platform's image with its closure report and the
+    SBOMs attached to it; the index and each image signed (a pull of one platform verifies
+    the image's signature, a copy of the whole index the index's)."""
+    unsigned = replace(options, signing_key=None)
+    results = []
+    for b, image, stack, closure in zip(bases, images, stacks, closures, strict=True):
+        trust = attach_and_sign(None, image, str(image.digest), stack, b, destinations, unsigned, pool=pool,
+                                cache=cache, progress=progress)  # fmt: skip
+        results.append(BuildResult(None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust))
     digest = str(index.digest)
-    return MultiBuildResult(name, digest, index.media_type, results, tuple(platforms), destinations)
+    key = options.signing_key
+    signed = tuple(
+        sign_image(d.reference, key, pool=pool, cache=cache, digest=signed_digest, progress=progress)
+        for d in destinations
+        if key is not None and isinstance(d, RegistryLocation)
+        for signed_digest in (index.digest, *(image.digest for image in images))
+    )
+    return MultiBuildResult(name, digest, index.media_type, tuple(results), tuple(platforms), destinations,
+                            signed)  # fmt: skip
 
 
 def _multi_tag(
@@ -1246,7 +1280,7 @@ def build_each_platforms(
     with _registry_pool(pool, registry) as pool:
         bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
         media_types = bases[0].image.media_types
-        push_to = repository if options.overlap_upload else None
+        push_to = repository if _early_uploads_allowed(options) else None
         with _early_uploads(pool, push_to, progress) as uploads:
             shared: dict[tuple[Path, str], LayerBlob] = {}
             built_by = [
@@ -1255,7 +1289,7 @@ def build_each_platforms(
             ]
         by_key_by = [{b.package.key: b for b in built} for built in built_by]
         created = _created()
-        results: list[MultiBuildResult] = []
+        plans = []
         for position in range(len(packages)):
             stacks = [
                 _stack_of(pkgs[position], by_key)
@@ -1264,10 +1298,17 @@ def build_each_platforms(
             images, index = _platform_index(bases, stacks, index_platforms, cache, options, created)
             tag = _multi_tag(stacks, platforms, options.tag_template)
             name, location = _each_location(repository, out, tag)
+            check_trust_destinations(options, (location,))
+            closures = check_runtime_closure(list(zip(images, stacks, strict=True)), options, pool=pool,
+                                             cache=cache, progress=progress)  # fmt: skip
+            plans.append((stacks, images, index, name, location, closures))
+        results: list[MultiBuildResult] = []
+        for stacks, images, index, name, location, closures in plans:
             with open_sink(location, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
-            results.append(_multi_result(name, index, bases, images, stacks, platforms, (location,)))
+            results.append(_multi_result(name, index, bases, images, stacks, platforms, (location,), closures,
+                                         options, pool=pool, cache=cache, progress=progress))  # fmt: skip
         return results
 
 
@@ -1299,7 +1340,7 @@ def build_each(
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, as_location(base), platform, options, progress)
         media_types = resolved.image.media_types
-        push_to = repository if options.overlap_upload else None
+        push_to = repository if _early_uploads_allowed(options) else None
         with _early_uploads(pool, push_to, progress) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads)
         by_key = {b.package.key: b for b in built}
@@ -1311,14 +1352,20 @@ def build_each(
             tag = _rendered_tag(stack, options, platform)
             name, location = _each_location(repository, out, tag)
             plans.append((image, location, name, stack))
+        check_trust_destinations(options, [location for _, location, _, _ in plans])
+        closures = check_runtime_closure([(image, stack) for image, _, _, stack in plans], options, pool=pool,
+                                         cache=cache, progress=progress)  # fmt: skip
         digests = write_images(
             [(image, location) for image, location, _, _ in plans],
             pool=pool, cache=cache, jobs=options.jobs, progress=progress,
         )  # fmt: skip
-        return [
-            BuildResult(name, str(digest), resolved, image, stack, (location,), ())
-            for (image, location, name, stack), digest in zip(plans, digests, strict=True)
-        ]
+        results = []
+        for (image, where, name, stack), digest, closure in zip(plans, digests, closures, strict=True):
+            trust = attach_and_sign(name, image, str(digest), stack, resolved, (where,), options, pool=pool,
+                                    cache=cache, progress=progress)  # fmt: skip
+            results.append(BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure,
+                                       *trust))  # fmt: skip
+        return results
 
 
 @dataclass(frozen=True)

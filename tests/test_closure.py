@@ -288,3 +288,13 @@ def test_the_loader_agrees_the_broken_program_cannot_run(kit: dict[str, Path]) -
     finally:
         shutil.rmtree(target.parent)
     assert proc.returncode != 0 and "libnothere.so.1" in proc.stderr
+
+
+def test_each_checks_every_image_before_writing_any(kit: dict[str, Path], tmp_path: Path) -> None:
+    common = ("--cache-dir", str(tmp_path / "cache"), "build", "--base-image", _base(kit), "--each")
+    layout = ("--output", f"oci:{tmp_path / 'out'}")
+    code, _, err = cli(*common, *layout, "--check=error", str(kit["broken"]))
+    assert code == 2 and "broken-1.0" in err and "libnothere.so.1" in err
+    assert not (tmp_path / "out").exists()
+    out = ok(*common, *layout, "--json", str(kit["hello"]))
+    assert [r["closure"]["ok"] for r in json.loads(out)] == [True, True]

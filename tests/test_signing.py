@@ -220,3 +220,29 @@ def test_signing_bad_input_is_one_line_with_the_right_exit_code(signed_setup: di
     code, _, err = cli(*flags, "build", "--base-image", images["unsigned"], "--output", f"oci:{layout}:1",
                        "--sign", str(root / "b.key"), HELLO)  # fmt: skip
     assert code == 2 and "--sign signs an image in a registry" in err and not layout.exists()
+
+
+@pytest.mark.integration
+def test_a_multi_platform_build_signs_its_index(
+    signed_setup: dict[str, object], multiarch_base: str, tmp_path: Path
+) -> None:
+    need(sigstorekit.available(), f"sigstore-capable podman/skopeo missing: make {sigstorekit.TOOLS_TARGET}")
+    from cli_support import HELLO
+
+    root: Path = signed_setup["root"]  # type: ignore[assignment]
+    flags: tuple[str, ...] = signed_setup["flags"]  # type: ignore[assignment]
+    registry: DistributionRegistry = signed_setup["registry"]  # type: ignore[assignment]
+    target = f"{registry.host}/signing/multi:1"
+    platforms = ("--platform", "linux/amd64,linux/arm64")
+    result = json.loads(
+        ok(*flags, "build", "--base-image", multiarch_base, *platforms, "--tag", target, "--sign",
+           str(root / "b.key"), "--json", HELLO)
+    )  # fmt: skip
+    # The index (what a copy of every platform verifies) and each platform's image (what a pull
+    # of one platform verifies), all under the one tag's identity.
+    platforms = [p["digest"] for p in result["platforms"]]
+    assert [s["digest"] for s in result["signed"]] == [result["digest"], *platforms]
+    assert {s["identity"] for s in result["signed"]} == {target}
+    verifier = sigstorekit.Verifier(tmp_path / "verify", registry.host, root / "b.key.pub")
+    copied = verifier.skopeo_copy(target, "multi")
+    assert copied.returncode == 0, copied.stderr
