@@ -81,7 +81,7 @@ from .signing import (
     generate_key,
     key_is_encrypted,
     load_signing_key,
-    sign_image,
+    sign_reference,
 )
 from .transfer import copy_image
 
@@ -1092,12 +1092,13 @@ def _write_sboms(result: BuildResult, directory: str | None) -> None:
 def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     key = _signing_key(args.key)
     with RegistryPool(_registry_options(args)) as pool:
-        signed = sign_image(args.reference, key, pool=pool, cache=_cache(args), progress=progress)
+        signed = sign_reference(args.reference, key, pool=pool, cache=_cache(args), progress=progress)
     if args.json:
-        _emit(signed.to_json(), stdout)
-    else:
-        note = "" if signed.added else " (already signed with this key: unchanged)"
-        print(f"Signed {signed.identity} ({signed.digest}) in {signed.tag}{note}", file=stdout)
+        _emit(signed[0].to_json() | {"instances": [s.to_json() for s in signed[1:]]}, stdout)
+        return 0
+    for item in signed:
+        note = "" if item.added else " (already signed with this key: unchanged)"
+        print(f"Signed {item.identity} ({item.digest}) in {item.tag}{note}", file=stdout)
     return 0
 
 

@@ -45,7 +45,7 @@ from .cache import BlobCache
 from .digests import Digest
 from .errors import ManifestError, NotFoundError, UsageError
 from .images import RawManifest
-from .model import MAX_CONFIG_SIZE, Descriptor, Manifest, canonical_json, parse_manifest_document
+from .model import MAX_CONFIG_SIZE, Descriptor, Index, Manifest, canonical_json, parse_manifest_document
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .references import Reference
 from .registry.client import RegistryPool
@@ -62,6 +62,7 @@ __all__ = [
     "key_is_encrypted",
     "load_signing_key",
     "sign_image",
+    "sign_reference",
     "signature_identity",
     "signature_payload",
 ]
@@ -304,3 +305,31 @@ def sign_image(
     sink.put_manifest(raw, top=True, platform=None, progress=progress)
     progress(ProgressEvent("signed", str(ref), len(payload), tag))
     return Signed(ref, digest, identity, tag, raw.digest, added)
+
+
+def sign_reference(
+    reference: str | Reference,
+    key: SigningKey,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback = null_progress,
+) -> list[Signed]:
+    """Sign what ``reference`` names; for an index, also each manifest it lists, under the same
+    identity: containers/image verifies the signature of the platform's image when it pulls
+    one platform of an index, and the index's when it copies them all."""
+    ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
+    client = pool.client(ref.registry)
+    try:
+        top = client.get_manifest(ref.repository, ref.identifier)
+    except NotFoundError:
+        raise NotFoundError(f"image {ref} does not exist: nothing to sign (push it first)") from None
+    signed = [sign_image(ref, key, pool=pool, cache=cache, digest=top.digest, progress=progress)]
+    document = parse_manifest_document(top.data, top.media_type, f"manifest of {ref}")
+    if isinstance(document, Index):
+        for entry in document.manifests:
+            if entry.platform is not None and entry.platform.os == "unknown":
+                continue  # an attestation, not a platform's image
+            signed.append(sign_image(ref, key, pool=pool, cache=cache, digest=entry.digest,
+                                     progress=progress))  # fmt: skip
+    return signed

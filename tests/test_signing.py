@@ -246,3 +246,10 @@ def test_a_multi_platform_build_signs_its_index(
     verifier = sigstorekit.Verifier(tmp_path / "verify", registry.host, root / "b.key.pub")
     copied = verifier.skopeo_copy(target, "multi")
     assert copied.returncode == 0, copied.stderr
+    # `imagesmith sign` of an index signs its platforms' images too.
+    copy = f"{registry.host}/signing/multi-base:1"
+    ok(*flags, "copy", multiarch_base, copy)
+    signed = json.loads(ok(*flags, "sign", "--key", str(root / "b.key"), copy, "--json"))
+    assert len(signed["instances"]) == 2
+    copied = verifier.skopeo_copy(copy, "multi-base")
+    assert copied.returncode == 0, copied.stderr
