@@ -147,6 +147,7 @@ bench-deps:
 
 bench: system-deps bench-deps venv
 	$(BIN)/python tests/bench_stack.py .bench/stack.json
+	$(BIN)/python tests/bench_closure.py .bench/closure.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_stages.py .bench/stages.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_layers.py .bench/layers.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_spack.py .bench/spack.json
