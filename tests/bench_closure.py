@@ -84,8 +84,8 @@ def main() -> None:
         layers = [layer["digest"] for layer in json.loads(built.stdout)["layers"]]
         runs = []
         for _ in ("cold", "warm"):
-            proc = subprocess.run([python, "-c", _CHECK, str(cache), f"oci:{root / 'out'}:1", json.dumps(layers)],
-                                  check=True, capture_output=True, text=True)  # fmt: skip
+            command = [python, "-c", _CHECK, str(cache), f"oci:{root / 'out'}:1", json.dumps(layers)]
+            proc = subprocess.run(command, check=True, capture_output=True, text=True)
             runs.append(json.loads(proc.stdout))
         records = sorted((cache / "records").glob("*.json"), key=lambda p: p.stat().st_size)
         files = sum(1 for p in (root / "rootfs").rglob("*"))
