@@ -35,15 +35,17 @@ from .locations import LayoutLocation, Location, RegistryLocation
 from .model import EMPTY_CONFIG, EMPTY_JSON, Descriptor, Index, Manifest, parse_manifest_document
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .references import Reference
-from .registry.client import RegistryPool
+from .registry.client import ManifestResponse, RegistryClient, RegistryPool
 from .transfer import RegistrySink, as_location, open_source
 
 __all__ = [
+    "SIGNATURE_MEDIA_TYPE",
     "Attached",
     "Attachment",
     "artifact_manifest",
     "attach",
     "list_attachments",
+    "manifest_if_exists",
     "referrers_tag",
     "signature_tag",
 ]
@@ -63,6 +65,14 @@ def referrers_tag(subject: Digest) -> str:
 def signature_tag(subject: Digest) -> str:
     """The sigstore attachment tag containers/image and cosign read: ``sha256-<hex>.sig``."""
     return f"{referrers_tag(subject)}.sig"
+
+
+def manifest_if_exists(client: RegistryClient, repository: str, tag: str) -> ManifestResponse | None:
+    """The manifest under ``tag``, or None when the registry has none there."""
+    try:
+        return client.get_manifest(repository, tag)
+    except NotFoundError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -114,12 +124,10 @@ def _attach_registry(
     if client.referrers(reference.repository, subject.digest) is not None:
         return Attached(raw.digest, artifact_type, subject.digest, "referrers API")
     tag = referrers_tag(subject.digest)
-    try:
-        existing = client.get_manifest(reference.repository, tag)
-    except NotFoundError:
-        entries: list[Descriptor] = []
-        index_annotations = None
-    else:
+    existing = manifest_if_exists(client, reference.repository, tag)
+    entries: list[Descriptor] = []
+    index_annotations = None
+    if existing is not None:
         document = parse_manifest_document(existing.data, existing.media_type,
                                            f"referrers tag {reference.name}:{tag}")  # fmt: skip
         if not isinstance(document, Index):
@@ -245,19 +253,13 @@ def list_attachments(
                                    artifact_type)  # fmt: skip
     else:
         tag = referrers_tag(subject)
-        try:
-            found = client.get_manifest(reference.repository, tag)
-        except NotFoundError:
-            pass
-        else:
+        found = manifest_if_exists(client, reference.repository, tag)
+        if found is not None:
             attachments += _from_index(found.data, f"{reference.name}:{tag}", f"tag {tag}", artifact_type)
     if artifact_type in (None, SIGNATURE_MEDIA_TYPE):
         tag = signature_tag(subject)
-        try:
-            signatures = client.get_manifest(reference.repository, tag)
-        except NotFoundError:
-            pass
-        else:
+        signatures = manifest_if_exists(client, reference.repository, tag)
+        if signatures is not None:
             try:
                 layers = json.loads(signatures.data).get("layers") or []
             except (ValueError, AttributeError):

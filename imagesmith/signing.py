@@ -48,7 +48,8 @@ from .images import RawManifest
 from .model import MAX_CONFIG_SIZE, Descriptor, Index, Manifest, canonical_json, parse_manifest_document
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .references import Reference
-from .registry.client import RegistryPool
+from .referrers import SIGNATURE_MEDIA_TYPE, manifest_if_exists, signature_tag
+from .registry.client import RegistryClient, RegistryPool
 from .transfer import RegistrySink
 
 __all__ = [
@@ -68,7 +69,6 @@ __all__ = [
 ]
 
 KEY_PASSWORD_ENV = "IMAGESMITH_KEY_PASSWORD"  # noqa: S105 - the name of a variable
-SIGNATURE_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 SIGNATURE_TYPE = "cosign container image signature"
 _ENCRYPTED_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
@@ -237,11 +237,12 @@ def _signature_config(diff_ids: list[str]) -> bytes:
                            "rootfs": {"type": "layers", "diff_ids": diff_ids}})  # fmt: skip
 
 
-def _existing(client: Any, repository: str, tag: str, shown: str) -> tuple[list[Descriptor], list[str]]:
+def _existing(
+    client: RegistryClient, repository: str, tag: str, shown: str
+) -> tuple[list[Descriptor], list[str]]:
     """The signature layers (and their diff_ids) already under ``tag``, if any."""
-    try:
-        found = client.get_manifest(repository, tag)
-    except NotFoundError:
+    found = manifest_if_exists(client, repository, tag)
+    if found is None:
         return [], []
     document = parse_manifest_document(found.data, found.media_type, f"signatures {shown}")
     if not isinstance(document, Manifest) or document.media_type != mt.OCI_MANIFEST:
@@ -289,7 +290,7 @@ def sign_image(
     signature = base64.b64encode(key.sign(payload)).decode("ascii")
     annotations = {SIGNATURE_ANNOTATION: signature}
     layer = Descriptor(SIGNATURE_MEDIA_TYPE, Digest.of(payload), len(payload), annotations=annotations)
-    tag = f"{digest.algorithm}-{digest.hex}.sig"
+    tag = signature_tag(digest)
     layers, diff_ids = _existing(client, ref.repository, tag, f"{ref.name}:{tag}")
     added = not any(_same(existing, layer, annotations) for existing in layers)
     sink = RegistrySink(ref.with_tag(tag), pool=pool, cache=cache)
