@@ -51,6 +51,7 @@ from .model import Platform
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .registry.client import RegistryPool
 from .tarformat import TarReader
+from .transfer import fetch_blob
 from .unpack import MAX_SYMLINK_HOPS, UnpackPolicy
 
 __all__ = [
@@ -324,8 +325,14 @@ def _record_key(digest: Digest, inspect_elves: bool) -> str:
     return f"closure/v{RECORD_VERSION}/{'elves' if inspect_elves else 'names'}/{digest}"
 
 
-def _open_layer(layer: Layer, pool: RegistryPool, cache: BlobCache) -> AbstractContextManager[Readable]:
+def _open_layer(
+    layer: Layer, pool: RegistryPool, cache: BlobCache, keep: bool
+) -> AbstractContextManager[Readable]:
     descriptor = layer.descriptor
+    if keep and layer.origin is not None and not layer.origin.local:
+        # The destination needs these bytes anyway (a layout, an archive, another registry):
+        # fetched once, into the cache, for both.
+        fetch_blob(pool, cache, descriptor, layer.origin)
     if cache.has(descriptor.digest, descriptor.size):
         return cache.open(descriptor.digest, descriptor.size)
     if layer.origin is None:
@@ -335,10 +342,11 @@ def _open_layer(layer: Layer, pool: RegistryPool, cache: BlobCache) -> AbstractC
 
 
 def layer_summary(
-    layer: Layer, *, inspect_elves: bool, pool: RegistryPool, cache: BlobCache, what: str
+    layer: Layer, *, inspect_elves: bool, pool: RegistryPool, cache: BlobCache, what: str, keep: bool = False
 ) -> tuple[LayerSummary, bool]:
     """The summary of ``layer`` from its cache record, else read (and recorded); returns it
-    and whether the layer was read."""
+    and whether the layer was read. With ``keep`` a remote layer read is also kept in the
+    cache."""
     key = _record_key(layer.digest, inspect_elves)
     record = cache.get_record(key)
     if record is not None:
@@ -346,7 +354,7 @@ def layer_summary(
             return LayerSummary.from_json(record), False
         except (ValueError, KeyError, TypeError, IndexError):
             pass  # a damaged or older record: read the layer again
-    with _open_layer(layer, pool, cache) as stream:
+    with _open_layer(layer, pool, cache, keep) as stream:
         summary = summarize_layer(stream, what, inspect_elves=inspect_elves)
     cache.put_record(key, summary.to_json())
     return summary, True
@@ -676,6 +684,7 @@ def check_closure(
     jobs: int = 4,
     progress: ProgressCallback = null_progress,
     memo: dict[tuple[Digest, bool], LayerSummary] | None = None,
+    keep_in_cache: bool = False,
 ) -> ClosureReport:
     """Check that every ELF file of the layers named in ``packages`` (layer digest -> the
     package's label) runs in ``image``: its interpreter and every DT_NEEDED library found as
@@ -685,7 +694,8 @@ def check_closure(
     summarised once each (``jobs`` at a time) and the summaries kept as cache records by
     digest, so a base is read from its registry once per machine and never stored whole.
     ``memo`` keeps the summaries in memory across the calls of one run (several images of a
-    stack share their base and lower layers).
+    stack share their base and lower layers); ``keep_in_cache`` stores the remote layers it
+    reads in the cache, for a destination that needs their bytes too.
     """
     platform = image.config.platform
     layers: list[Layer] = []
@@ -703,7 +713,7 @@ def check_closure(
             return known
         what = f"layer {layer.digest} ({'package ' + label if label else 'base'})"
         summary, read = layer_summary(layer, inspect_elves=label is not None, pool=pool, cache=cache,
-                                      what=what)  # fmt: skip
+                                      what=what, keep=keep_in_cache)  # fmt: skip
         progress(ProgressEvent("layer-checked", label or str(layer.digest), layer.descriptor.size,
                                "read" if read else "from its record"))  # fmt: skip
         if memo is not None:

@@ -799,18 +799,25 @@ def check_runtime_closure(
     pool: RegistryPool,
     cache: BlobCache,
     progress: ProgressCallback,
+    destinations: Sequence[Location] = (),
 ) -> list[ClosureReport | None]:
     """The runtime-closure check of each image (with the packages it holds) as
     ``options.check`` asks (None when off); with ``error`` a finding raises
-    :class:`~imagesmith.closure.ClosureError` before anything is written."""
+    :class:`~imagesmith.closure.ClosureError` before anything is written. Remote base layers
+    it reads are kept in the cache when a destination will need their bytes (anything but a
+    registry pushed to by mount or HEAD, see :func:`write_destinations`)."""
     if options.check == "off":
         return [None] * len(images)
     memo: dict[tuple[Digest, bool], Any] = {}
     reports: list[ClosureReport | None] = []
     for image, built in images:
         packages = {b.layer.digest: b.package.label for b in built}
+        origins = [layer.origin for layer in image.layers]
+        registries = {origin.registry for origin in origins if isinstance(origin, RemoteOrigin)}
+        keep = any(not (isinstance(d, RegistryLocation) and d.reference.registry in registries)
+                   for d in destinations)  # fmt: skip
         report = check_closure(image, packages, pool=pool, cache=cache, jobs=options.jobs, progress=progress,
-                               memo=memo)  # fmt: skip
+                               memo=memo, keep_in_cache=keep)  # fmt: skip
         closure_gate(report, options.check)
         reports.append(report)
     return reports
@@ -923,7 +930,7 @@ def build(
         check_trust_destinations(options, destinations)
         image = assemble(resolved, built, cache, options, _created())
         [closure] = check_runtime_closure([(image, built)], options, pool=pool, cache=cache,
-                                          progress=progress)  # fmt: skip
+                                          progress=progress, destinations=destinations)  # fmt: skip
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
             docker_host=docker_host, progress=progress,
@@ -1069,7 +1076,8 @@ def build_platforms(
         destinations = plan_destinations(name, out, load=False, default_tag=default_tag)
         check_trust_destinations(options, destinations)
         closures = check_runtime_closure(list(zip(images, built_by, strict=True)), options, pool=pool,
-                                         cache=cache, progress=progress)  # fmt: skip
+                                         cache=cache, progress=progress,
+                                         destinations=destinations)  # fmt: skip
         for destination in destinations:
             with open_sink(destination, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
@@ -1300,7 +1308,8 @@ def build_each_platforms(
             name, location = _each_location(repository, out, tag)
             check_trust_destinations(options, (location,))
             closures = check_runtime_closure(list(zip(images, stacks, strict=True)), options, pool=pool,
-                                             cache=cache, progress=progress)  # fmt: skip
+                                             cache=cache, progress=progress,
+                                             destinations=(location,))  # fmt: skip
             plans.append((stacks, images, index, name, location, closures))
         results: list[MultiBuildResult] = []
         for stacks, images, index, name, location, closures in plans:
@@ -1354,7 +1363,8 @@ def build_each(
             plans.append((image, location, name, stack))
         check_trust_destinations(options, [location for _, location, _, _ in plans])
         closures = check_runtime_closure([(image, stack) for image, _, _, stack in plans], options, pool=pool,
-                                         cache=cache, progress=progress)  # fmt: skip
+                                         cache=cache, progress=progress,
+                                         destinations=[location for _, location, _, _ in plans])  # fmt: skip
         digests = write_images(
             [(image, location) for image, location, _, _ in plans],
             pool=pool, cache=cache, jobs=options.jobs, progress=progress,

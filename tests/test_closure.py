@@ -256,6 +256,9 @@ def test_cli_check_error_pushes_nothing_and_the_passing_stack_runs(
              str(kit["hello"]))  # fmt: skip
     closure = json.loads(out)["closure"]
     assert closure["ok"] and closure["checked"] == 4
+    # Pushed to the base's own registry, the base layer was streamed for the check, not stored.
+    base_layer = json.loads(ok(*flags, "inspect", "--json", base))["layers"][0]["digest"]
+    assert not (tmp_path / "cache/blobs/sha256" / base_layer.split(":")[1]).exists()
     ran = podman.podman("run", "--rm", f"{registry.host}/closure/hello:1", "/opt/stack/hello-1.0/bin/hello")
     assert ran.returncode == 0 and "hello hello from libgreet (42)" in ran.stdout, ran.stderr
     ran = podman.podman("run", "--rm", f"{registry.host}/closure/hello:1", "/opt/stack/hello-1.0/bin/hellocc")
