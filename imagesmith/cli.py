@@ -864,9 +864,9 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         _report_written(result, stdout)
         if isinstance(result, BuildResult):
             for attached in result.attached:
-                print(f"Attached {attached.artifact_type} {attached.digest} ({attached.via})", file=stdout)
+                _say(f"Attached {attached.artifact_type} {attached.digest} ({attached.via})", stdout)
             for signed in result.signed:
-                print(f"Signed {signed.identity} ({signed.digest}) in {signed.tag}", file=stdout)
+                _say(f"Signed {signed.identity} ({signed.digest}) in {signed.tag}", stdout)
     _print_notes([result], progress.stream)
     return 0
 
@@ -1043,17 +1043,18 @@ def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
     if args.json:
         _emit({"subject": str(subject), "attached": [a.to_json() for a in attachments]}, stdout)
         return 0
-    print(f"Subject:    {args.reference} ({subject})", file=stdout)
+    _say(f"Subject:    {args.reference} ({subject})", stdout)
     if not attachments:
         print("Nothing is attached.", file=stdout)
     for item in attachments:
         if item.kind == "signature":
             count = f"{item.count} signature{'s' if item.count != 1 else ''}"
-            print(f"  signature  {item.artifact_type}  {item.digest}  {count}, {item.via}", file=stdout)
+            _say(f"  signature  {item.artifact_type}  {item.digest}  {count}, {item.via}", stdout)
         else:
             title = item.annotations.get("org.opencontainers.image.title", "")
-            print(f"  referrer   {item.artifact_type}  {item.digest}  {_human(item.size)}, {item.via}"
-                  + (f"  {title}" if title else ""), file=stdout)  # fmt: skip
+            # An artifact type and a title are whatever the registry says: shown escaped.
+            _say(f"  referrer   {item.artifact_type}  {item.digest}  {_human(item.size)}, {item.via}"
+                 + (f"  {title}" if title else ""), stdout)  # fmt: skip
     return 0
 
 
@@ -1098,7 +1099,7 @@ def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
         return 0
     for item in signed:
         note = "" if item.added else " (already signed with this key: unchanged)"
-        print(f"Signed {item.identity} ({item.digest}) in {item.tag}{note}", file=stdout)
+        _say(f"Signed {item.identity} ({item.digest}) in {item.tag}{note}", stdout)
     return 0
 
 
