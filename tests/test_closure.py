@@ -301,3 +301,36 @@ def test_each_checks_every_image_before_writing_any(kit: dict[str, Path], tmp_pa
     assert not (tmp_path / "out").exists()
     out = ok(*common, *layout, "--json", str(kit["hello"]))
     assert [r["closure"]["ok"] for r in json.loads(out)] == [True, True]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_real_spack_stack_on_the_debian_base(
+    kit: dict[str, Path], spack12: Any, registry: DistributionRegistry, podman: Podman, tmp_path: Path
+) -> None:
+    """Spack's kit-hello (RUNPATH to kit-lib and gcc-runtime) built for real: on the plain base
+    the check finds what a Fortran program would hit (gcc-runtime's libgfortran.so.5 has no
+    RUNPATH to the libquadmath.so.0 beside it); with Debian's libquadmath0 in the base it passes,
+    and the image runs."""
+    spack12.run("install", "kit-hello")
+    prefixes = [Path(spack12.run("location", "-i", name).stdout.strip())
+                for name in ("gcc-runtime", "kit-lib", "kit-data", "kit-hello")]  # fmt: skip
+    report = _build(kit, tmp_path / "plain", *prefixes)[0].closure
+    assert [(Path(f.binary).name, f.package.split("-")[0], f.name) for f in report.findings] == [
+        ("libgfortran.so.5", "gcc", "libquadmath.so.0")
+    ], [f.line() for f in report.findings]
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(kit["rootfs"], rootfs, symlinks=True)
+    quadmath = Path("/usr/lib/x86_64-linux-gnu/libquadmath.so.0")
+    need(quadmath.exists(), f"{quadmath} missing: apt-get install libquadmath0")
+    shutil.copyfile(quadmath.resolve(), rootfs / "usr/lib/x86_64-linux-gnu/libquadmath.so.0")
+    flags = ("--insecure-registry", registry.host, "--cache-dir", str(tmp_path / "cache"))
+    base = f"{registry.host}/closure/debian-quadmath:12"
+    ok(*flags, "import", str(rootfs), "--tag", base)
+    target = f"{registry.host}/closure/kit-hello:1"
+    out = ok(*flags, "build", "--base-image", base, "--tag", target, "--check=error", "--json",
+             *map(str, prefixes))  # fmt: skip
+    closure = json.loads(out)["closure"]
+    assert closure["ok"] and closure["packages"] == 4, closure
+    ran = podman.podman("run", "--rm", target, str(prefixes[-1] / "bin/kit-hello"))
+    assert ran.returncode == 0 and "hello from libkit 1.0 (answer 42)" in ran.stdout, ran.stderr
