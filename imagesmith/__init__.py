@@ -15,6 +15,7 @@ from __future__ import annotations
 from ._version import __version__
 from .cache import BlobCache
 from .ci import pin_base, render_pipeline
+from .closure import ClosureError, ClosureReport, Finding, check_closure
 from .daemon import load_into_daemon
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env
@@ -72,6 +73,7 @@ from .platformmerge import merge_builds
 from .progress import ProgressEvent
 from .pull import PullResult, pull
 from .references import Reference
+from .referrers import Attached, attach, list_attachments
 from .registry.client import RegistryClient, RegistryPool
 from .registry.credentials import Credentials, CredentialStore
 from .registry.transport import RegistryOptions
@@ -84,12 +86,15 @@ from .repoindex import (
     read_spack_index,
     update_index,
 )
+from .sbom import render_sbom
 from .server import RegistryServer
+from .signing import Signed, SigningKey, generate_key, load_signing_key, sign_image, sign_reference
 from .transfer import CopyResult, copy_image
 from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
 
 __all__ = [
     "ArchiveLocation",
+    "Attached",
     "AuthenticationError",
     "BaseImage",
     "BlobCache",
@@ -97,6 +102,8 @@ __all__ = [
     "BuildResult",
     "BuiltPackage",
     "CacheError",
+    "ClosureError",
+    "ClosureReport",
     "CopyResult",
     "CredentialStore",
     "Credentials",
@@ -106,6 +113,7 @@ __all__ = [
     "Digest",
     "DigestFormatError",
     "EnvModification",
+    "Finding",
     "Image",
     "ImageConfig",
     "ImagesmithError",
@@ -143,6 +151,8 @@ __all__ = [
     "RegistryServer",
     "RegistryUnreachableError",
     "RepositoryIndex",
+    "Signed",
+    "SigningKey",
     "TemplateError",
     "UnpackError",
     "UnpackPolicy",
@@ -150,19 +160,24 @@ __all__ = [
     "UsageError",
     "__version__",
     "apply_env",
+    "attach",
     "build",
     "build_each",
     "build_each_platforms",
     "build_platforms",
+    "check_closure",
     "copy_image",
+    "generate_key",
     "import_rootfs",
     "index_document",
     "infer_env",
     "inspect",
+    "list_attachments",
     "list_index",
     "load_into_daemon",
     "load_package",
     "load_packages",
+    "load_signing_key",
     "login",
     "logout",
     "merge_builds",
@@ -174,7 +189,10 @@ __all__ = [
     "read_spack_index",
     "render_makefile",
     "render_pipeline",
+    "render_sbom",
     "resolve_base",
+    "sign_image",
+    "sign_reference",
     "unpack_layer",
     "unpack_layers",
     "update_index",

@@ -19,6 +19,7 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -33,6 +34,7 @@ from typing import Any, ClassVar, Literal, TextIO
 from ._version import __version__
 from .cache import BlobCache
 from .ci import DEFAULT_INSTALL, ENGINES, check_runners, pin_base, relative_base, render_pipeline
+from .closure import CHECK_MODES, ClosureError, ClosureReport
 from .errors import (
     DaemonError,
     ImagesmithError,
@@ -66,11 +68,21 @@ from .platformmerge import merge_builds
 from .progress import ProgressEvent
 from .pull import pull
 from .references import parse_repository
+from .referrers import list_attachments
 from .registry.client import RegistryPool
 from .registry.credentials import registry_host
 from .registry.transport import RegistryOptions
 from .repoindex import INDEX_TAG, SPACK_INDEX_TAG, list_index, update_index
+from .sbom import SBOM_FILENAMES, SBOM_FORMATS
 from .server import DEFAULT_IDLE_TIMEOUT, RegistryServer
+from .signing import (
+    KEY_PASSWORD_ENV,
+    SigningKey,
+    generate_key,
+    key_is_encrypted,
+    load_signing_key,
+    sign_reference,
+)
 from .transfer import copy_image
 
 __all__ = ["main"]
@@ -192,6 +204,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-j", "--jobs", type=int, default=4, metavar="N", help="parallel layer builds and uploads (default 4)"
     )
+    p.add_argument(
+        "--check",
+        nargs="?",
+        const="warn",
+        default="warn",
+        choices=CHECK_MODES,
+        help="runtime-closure check of the packages' ELF files: warn (default), error (fail before "
+        "anything is written) or off",
+    )
+    p.add_argument(
+        "--sbom",
+        action="append",
+        default=[],
+        choices=SBOM_FORMATS,
+        help="attach an SBOM of the packages to the image as an OCI referrer (repeatable: spdx, cyclonedx)",
+    )
+    p.add_argument("--sbom-output", metavar="DIR", help="also write each --sbom document into DIR")
+    p.add_argument(
+        "--sign",
+        metavar="KEY",
+        help=f"sign the pushed image with this ECDSA P-256 private key ({KEY_PASSWORD_ENV} or a prompt)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--digestfile",
@@ -215,7 +249,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--raw", action="store_true", help="print the manifest bytes as stored")
+    p.add_argument(
+        "--referrers",
+        action="store_true",
+        help="list what is attached to the image: referrers (SBOMs...) and sigstore signatures",
+    )
+    p.add_argument("--artifact-type", metavar="TYPE", help="with --referrers: only artifacts of this type")
     _registry_args(p, "")
+
+    p = commands.add_parser(
+        "sign",
+        help="sign an image in its registry (sigstore signature that podman and skopeo verify)",
+        description="Sign the manifest digest of REF with an ECDSA P-256 private key, as a sigstore "
+        "simple-signing signature in the sha256-<hex>.sig tag (containers/image's "
+        "use-sigstore-attachments). See docs/trust.md.",
+    )
+    p.add_argument("reference", metavar="REF", help="the image (or index) to sign: repo:tag or repo@digest")
+    p.add_argument(
+        "--key", required=True, metavar="KEY", help=f"the private key ({KEY_PASSWORD_ENV} or a prompt)"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _registry_args(p, "")
+
+    p = commands.add_parser(
+        "keygen",
+        help="create an ECDSA P-256 key pair for signing",
+        description=f"Write a private key (PKCS#8 PEM, mode 0600; encrypted when {KEY_PASSWORD_ENV} is set "
+        "or --encrypt prompts for a password) and its public key (KEY.pub unless --public), which "
+        "policy.json's sigstoreSigned keyPath names. Existing files are never replaced.",
+    )
+    p.add_argument("key", metavar="KEY", help="where to write the private key")
+    p.add_argument("--public", metavar="PATH", help="where to write the public key (default KEY.pub)")
+    p.add_argument("--encrypt", action="store_true", help=f"ask for a password (or set {KEY_PASSWORD_ENV})")
 
     p = commands.add_parser(
         "import",
@@ -677,6 +742,20 @@ def _emit(obj: dict[str, Any], stdout: TextIO) -> None:
     print(json.dumps(obj, indent=2), file=stdout)
 
 
+def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr: TextIO) -> None:
+    """One warning line per finding of the runtime-closure check (each once per run)."""
+    seen: set[str] = set()
+    for result in results:
+        images = result.images if isinstance(result, MultiBuildResult) else (result,)
+        for image in images:
+            report: ClosureReport | None = image.closure
+            for finding in report.findings if report is not None else ():
+                line = finding.line()
+                if line not in seen:
+                    seen.add(line)
+                    _say(f"imagesmith: warning: {line}", stderr)
+
+
 def _report_written(
     result: BuildResult | ImportResult | MultiBuildResult, stdout: TextIO, suffix: str = ""
 ) -> None:
@@ -732,6 +811,9 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         profile_script=args.profile_script,
         tag_template=args.tag_template,
         jobs=max(1, args.jobs),
+        check=args.check,
+        sbom=tuple(args.sbom),
+        signing_key=_signing_key(args.sign) if args.sign else None,
     )
     common: dict[str, Any] = {
         "options": options, "registry": _registry_options(args), "cache": _cache(args), "progress": progress,
@@ -751,6 +833,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             if multi
             else build_each(args.base_image, packages, **where, **common)
         )
+        _closure_warnings(results, progress.stream)
         if args.json:
             print(json.dumps([r.to_json() for r in results], indent=2), file=stdout)
         else:
@@ -770,12 +853,20 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             args.base_image, packages, repo=args.repo, tag=args.tag, output=args.output, load=args.load,
             docker_host=args.docker_host, **common,
         )  # fmt: skip
+    _closure_warnings([result], progress.stream)
+    if isinstance(result, BuildResult):
+        _write_sboms(result, args.sbom_output)
     if args.digestfile:
         _write_output(result.digest + "\n", Path(args.digestfile), stdout)
     if args.json:
         _emit(result.to_json(), stdout)
     else:
         _report_written(result, stdout)
+        if isinstance(result, BuildResult):
+            for attached in result.attached:
+                _say(f"Attached {attached.artifact_type} {attached.digest} ({attached.via})", stdout)
+            for signed in result.signed:
+                _say(f"Signed {signed.identity} ({signed.digest}) in {signed.tag}", stdout)
     _print_notes([result], progress.stream)
     return 0
 
@@ -804,6 +895,10 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
 
 
 def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
+    if args.referrers:
+        return _run_referrers(args, stdout)
+    if args.artifact_type:
+        raise UsageError("--artifact-type filters --referrers: add --referrers")
     with RegistryPool(_registry_options(args)) as pool:
         info = inspect(args.reference, platform=_platform(args.platform), pool=pool)
     if args.raw:
@@ -933,9 +1028,96 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return _run_cache(args, stdout)
     if args.command == "login":
         return _run_login(args, stdout, stderr)
+    if args.command == "sign":
+        return _run_sign(args, stdout, progress)
+    if args.command == "keygen":
+        return _run_keygen(args, stdout)
     if args.command == "logout":
         return _run_logout(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
+    with RegistryPool(_registry_options(args)) as pool:
+        subject, attachments = list_attachments(args.reference, pool=pool, artifact_type=args.artifact_type)
+    if args.json:
+        _emit({"subject": str(subject), "attached": [a.to_json() for a in attachments]}, stdout)
+        return 0
+    _say(f"Subject:    {args.reference} ({subject})", stdout)
+    if not attachments:
+        print("Nothing is attached.", file=stdout)
+    for item in attachments:
+        if item.kind == "signature":
+            count = f"{item.count} signature{'s' if item.count != 1 else ''}"
+            _say(f"  signature  {item.artifact_type}  {item.digest}  {count}, {item.via}", stdout)
+        else:
+            title = item.annotations.get("org.opencontainers.image.title", "")
+            # An artifact type and a title are whatever the registry says: shown escaped.
+            _say(f"  referrer   {item.artifact_type}  {item.digest}  {_human(item.size)}, {item.via}"
+                 + (f"  {title}" if title else ""), stdout)  # fmt: skip
+    return 0
+
+
+def _key_password(path: str) -> str | None:
+    """The password of an encrypted key: the environment, else a prompt on a terminal."""
+    if not key_is_encrypted(path):
+        return None
+    password = os.environ.get(KEY_PASSWORD_ENV)
+    if password:
+        return password
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"Password for {path}: ")
+    return None  # load_signing_key then says where the password goes
+
+
+def _signing_key(path: str) -> SigningKey:
+    return load_signing_key(path, _key_password(path))
+
+
+def _write_sboms(result: BuildResult, directory: str | None) -> None:
+    if directory is None:
+        return
+    if not result.sboms:
+        raise UsageError("--sbom-output writes the --sbom documents: add --sbom spdx or --sbom cyclonedx")
+    target = Path(directory)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for fmt, document in result.sboms:
+            tmp = target / (SBOM_FILENAMES[fmt] + ".tmp")
+            tmp.write_bytes(document)
+            tmp.replace(target / SBOM_FILENAMES[fmt])
+    except OSError as exc:
+        raise UsageError(f"cannot write the SBOM into {target}: {exc.strerror or exc}") from None
+
+
+def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    key = _signing_key(args.key)
+    with RegistryPool(_registry_options(args)) as pool:
+        signed = sign_reference(args.reference, key, pool=pool, cache=_cache(args), progress=progress)
+    if args.json:
+        _emit(signed[0].to_json() | {"instances": [s.to_json() for s in signed[1:]]}, stdout)
+        return 0
+    for item in signed:
+        note = "" if item.added else " (already signed with this key: unchanged)"
+        _say(f"Signed {item.identity} ({item.digest}) in {item.tag}{note}", stdout)
+    return 0
+
+
+def _run_keygen(args: argparse.Namespace, stdout: TextIO) -> int:
+    public = args.public or f"{args.key}.pub"
+    password = os.environ.get(KEY_PASSWORD_ENV) or None
+    if args.encrypt and password is None:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise UsageError(f"--encrypt asks for a password on a terminal: set {KEY_PASSWORD_ENV} instead")
+        password = getpass.getpass("Password for the new key: ")
+        if password != getpass.getpass("Repeat it: "):
+            raise UsageError("the passwords differ: nothing was written")
+        if not password:
+            raise UsageError("an empty password encrypts nothing: leave out --encrypt for an unencrypted key")
+    generate_key(args.key, public, password)
+    state = "encrypted" if password else "not encrypted"
+    print(f"Wrote private key {args.key} ({state}) and public key {public}", file=stdout)
+    return 0
 
 
 def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
@@ -1206,6 +1388,10 @@ def main(
     try:
         return _run(args, stdout, stderr)
     except ImagesmithError as error:
+        if isinstance(error, ClosureError):
+            # The message names the first finding; the others get a line each.
+            for finding in error.report.findings[1:]:
+                _say(f"imagesmith: {finding.line()}", stderr)
         _say(f"imagesmith: error: {error}", stderr)
         return _exit_code(error)
     except KeyboardInterrupt:

@@ -22,6 +22,8 @@ from .digests import Digest
 from .errors import DigestFormatError, ManifestError, PlatformError
 
 __all__ = [
+    "EMPTY_CONFIG",
+    "EMPTY_JSON",
     "MAX_MANIFEST_SIZE",
     "Descriptor",
     "ImageConfig",
@@ -249,6 +251,11 @@ class Descriptor:
         if self.artifact_type:
             out["artifactType"] = self.artifact_type
         return out
+
+
+# The OCI empty descriptor: the config of an artifact that has none (image-spec 1.1).
+EMPTY_JSON = b"{}"
+EMPTY_CONFIG = Descriptor(mt.OCI_EMPTY, Digest.of(EMPTY_JSON), len(EMPTY_JSON))
 
 
 @dataclass(frozen=True)

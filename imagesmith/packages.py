@@ -67,6 +67,7 @@ _KNOWN_KEYS = (
     "env",
     "ld_library_path",
     "description",
+    "license",
     "spack_spec",
 )
 # Bumped whenever the hashed document changes shape, so old and new hashes never collide.
@@ -452,6 +453,9 @@ def load_package(
     description = doc.get("description")
     if description is not None and not isinstance(description, str):
         raise PackageError(f"package file {source}: 'description' must be a string")
+    licence = doc.get("license")
+    if licence is not None and (not isinstance(licence, str) or not licence.strip()):
+        raise PackageError(f"package file {source}: 'license' must be an SPDX expression such as \"MIT\"")
     spack_content = (
         _wrapped_content(spack_spec, prefix, content, kind, doc) if spack_spec is not None else None
     )

@@ -21,13 +21,14 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import layerrecords
 from . import mediatypes as mt
 from .cache import BlobCache
+from .closure import CheckMode, ClosureReport, check_closure, closure_gate
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
 from .errors import PackageError, UsageError
@@ -57,8 +58,11 @@ from .overlap import EarlyUploads
 from .packages import Package, package_hash
 from .progress import EventKind, ProgressCallback, ProgressEvent, null_progress
 from .references import Reference, parse_repository
+from .referrers import Attached, attach
 from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
+from .sbom import SBOM_FILENAMES, SBOM_MEDIA_TYPES, SbomFormat, SbomImage, render_sbom, sbom_packages
+from .signing import Signed, SigningKey, sign_image
 from .spack import SPACK_CONFIG_KEYS, SpackPrefix, SpackRegistryLayer, SpackTarball, spack_config_fields
 from .spackrelocation import BUILDINFO_PATH, Relocation, buildinfo
 from .tarwriter import TarEntry
@@ -106,6 +110,12 @@ class BuildOptions:
     jobs: int = 4
     # Upload each new layer to the target repository while it is compressed (see overlap.py).
     overlap_upload: bool = True
+    # The runtime-closure check (closure.py): "warn" reports, "error" fails before any write.
+    check: CheckMode = "warn"
+    # SBOMs attached to the image as OCI referrers (sbom.py, referrers.py), and the key that
+    # signs it in its registry (signing.py).
+    sbom: tuple[SbomFormat, ...] = ()
+    signing_key: SigningKey | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,10 @@ class BuildResult(_Written):
     packages: tuple[BuiltPackage, ...]
     destinations: tuple[Location, ...] = ()
     loaded: tuple[str, ...] = ()
+    closure: ClosureReport | None = None
+    sboms: tuple[tuple[SbomFormat, bytes], ...] = field(default=(), repr=False)
+    attached: tuple[Attached, ...] = ()
+    signed: tuple[Signed, ...] = ()
 
     @property
     def spack(self) -> bool:
@@ -187,6 +201,9 @@ class BuildResult(_Written):
             "loaded": list(self.loaded),
             "spack": self.spack,
             "notes": list(self.notes),
+            **({"closure": self.closure.to_json()} if self.closure is not None else {}),
+            **({"attached": [a.to_json() for a in self.attached]} if self.attached else {}),
+            **({"signed": [s.to_json() for s in self.signed]} if self.signed else {}),
             "base": self.base.pinned,
             "layers": [
                 {
@@ -770,6 +787,92 @@ def write_destinations(
     return digest, loaded
 
 
+def _early_uploads_allowed(options: BuildOptions) -> bool:
+    # With --check=error nothing may reach the registry before the check has passed.
+    return options.overlap_upload and options.check != "error"
+
+
+def check_runtime_closure(
+    images: Sequence[tuple[Image, Sequence[BuiltPackage]]],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
+    destinations: Sequence[Location] = (),
+) -> list[ClosureReport | None]:
+    """The runtime-closure check of each image (with the packages it holds) as
+    ``options.check`` asks (None when off); with ``error`` a finding raises
+    :class:`~imagesmith.closure.ClosureError` before anything is written. Remote base layers
+    it reads are kept in the cache when a destination will need their bytes (anything but a
+    registry pushed to by mount or HEAD, see :func:`write_destinations`)."""
+    if options.check == "off":
+        return [None] * len(images)
+    memo: dict[tuple[Digest, bool], Any] = {}
+    reports: list[ClosureReport | None] = []
+    for image, built in images:
+        packages = {b.layer.digest: b.package.label for b in built}
+        origins = [layer.origin for layer in image.layers]
+        registries = {origin.registry for origin in origins if isinstance(origin, RemoteOrigin)}
+        keep = any(not (isinstance(d, RegistryLocation) and d.reference.registry in registries)
+                   for d in destinations)  # fmt: skip
+        report = check_closure(image, packages, pool=pool, cache=cache, jobs=options.jobs, progress=progress,
+                               memo=memo, keep_in_cache=keep)  # fmt: skip
+        closure_gate(report, options.check)
+        reports.append(report)
+    return reports
+
+
+def check_trust_destinations(options: BuildOptions, destinations: Sequence[Location]) -> None:
+    """Refuse, before anything is written, an SBOM or signature with nowhere to go."""
+    if options.signing_key is not None and not any(isinstance(d, RegistryLocation) for d in destinations):
+        raise UsageError("--sign signs an image in a registry: push it (--repo or --tag), not only --output")
+    if options.sbom and not any(isinstance(d, RegistryLocation | LayoutLocation) for d in destinations):
+        raise UsageError("--sbom attaches the SBOM to the image: push it, or write an oci: layout")
+
+
+def attach_and_sign(
+    name: Reference | None,
+    image: Image,
+    digest: str,
+    stack: Sequence[BuiltPackage],
+    base: BaseImage,
+    destinations: Sequence[Location],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
+) -> tuple[tuple[tuple[SbomFormat, bytes], ...], tuple[Attached, ...], tuple[Signed, ...]]:
+    """After the image is written: its SBOMs attached to each registry or layout destination,
+    then its signature pushed to each registry (see :mod:`imagesmith.referrers`,
+    :mod:`imagesmith.signing`). Returns the SBOM documents, what was attached and signed."""
+    if not options.sbom and options.signing_key is None:
+        return (), (), ()
+    created = image.config.raw.get("created") or _created()
+    manifest = image.manifest_bytes()
+    subject = Descriptor(image.media_types.manifest, Digest.parse(digest), len(manifest))
+    packages = sbom_packages([(b.package, b.hash, str(b.layer.digest)) for b in stack])
+    shown = str(name) if name is not None else None
+    described = SbomImage(shown, digest, str(image.config.platform), created, base.pinned, packages)
+    sboms = tuple((fmt, render_sbom(described, fmt)) for fmt in dict.fromkeys(options.sbom))
+    attached = tuple(
+        attach(destination, subject, SBOM_MEDIA_TYPES[fmt], document, filename=SBOM_FILENAMES[fmt], pool=pool,
+               cache=cache, created=created, progress=progress)
+        for destination in destinations
+        if isinstance(destination, RegistryLocation | LayoutLocation)
+        for fmt, document in sboms
+    )  # fmt: skip
+    key = options.signing_key
+    signed = tuple(
+        sign_image(destination.reference, key, pool=pool, cache=cache, digest=subject.digest,
+                   progress=progress)
+        for destination in destinations
+        if key is not None and isinstance(destination, RegistryLocation)
+    )
+    return sboms, attached, signed
+
+
 def build(
     base: str | Reference | Location,
     packages: Sequence[Package],
@@ -812,7 +915,7 @@ def build(
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, base_location, platform, options, progress)
         media_types = resolved.image.media_types
-        push_to = _push_target(out, tag or repo, load=load, enabled=options.overlap_upload)
+        push_to = _push_target(out, tag or repo, load=load, enabled=_early_uploads_allowed(options))
         with _early_uploads(pool, push_to, progress) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads)
         name = (
@@ -824,14 +927,19 @@ def build(
         if isinstance(out, LayoutLocation) and out.tag is None and name is None:
             default_tag = _rendered_tag(built, options, platform)  # as --repo would
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
+        check_trust_destinations(options, destinations)
         image = assemble(resolved, built, cache, options, _created())
+        [closure] = check_runtime_closure([(image, built)], options, pool=pool, cache=cache,
+                                          progress=progress, destinations=destinations)  # fmt: skip
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
             docker_host=docker_host, progress=progress,
         )  # fmt: skip
-        return BuildResult(
-            _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded
-        )
+        named = _name_of(destinations, name)
+        trust = attach_and_sign(named, image, digest, built, resolved, destinations, options, pool=pool,
+                                cache=cache, progress=progress)  # fmt: skip
+        return BuildResult(named, digest, resolved, image, tuple(built), tuple(destinations), loaded, closure,
+                           *trust)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -850,6 +958,7 @@ class MultiBuildResult(_Written):
     images: tuple[BuildResult, ...]
     platforms: tuple[Platform, ...]
     destinations: tuple[Location, ...] = ()
+    signed: tuple[Signed, ...] = ()
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -874,6 +983,7 @@ class MultiBuildResult(_Written):
                 {"platform": str(platform), **image.to_json()}
                 for platform, image in zip(self.platforms, self.images, strict=True)
             ],
+            **({"signed": [s.to_json() for s in self.signed]} if self.signed else {}),
         }
 
 
@@ -949,7 +1059,7 @@ def build_platforms(
     with _registry_pool(pool, registry) as pool:
         bases, index_platforms = _platform_bases(pool, base_location, platforms, options, progress)
         media_types = bases[0].image.media_types
-        push_to = _push_target(out, tag or repo, load=False, enabled=options.overlap_upload)
+        push_to = _push_target(out, tag or repo, load=False, enabled=_early_uploads_allowed(options))
         with _early_uploads(pool, push_to, progress) as uploads:
             shared: dict[tuple[Path, str], LayerBlob] = {}
             built_by = [
@@ -964,12 +1074,17 @@ def build_platforms(
         if isinstance(out, LayoutLocation) and out.tag is None and name is None:
             default_tag = _multi_tag(built_by, platforms, options.tag_template)
         destinations = plan_destinations(name, out, load=False, default_tag=default_tag)
+        check_trust_destinations(options, destinations)
+        closures = check_runtime_closure(list(zip(images, built_by, strict=True)), options, pool=pool,
+                                         cache=cache, progress=progress,
+                                         destinations=destinations)  # fmt: skip
         for destination in destinations:
             with open_sink(destination, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
         return _multi_result(_name_of(destinations, name), index, bases, images, built_by, platforms,
-                             tuple(destinations))  # fmt: skip
+                             tuple(destinations), closures, options, pool=pool, cache=cache,
+                             progress=progress)  # fmt: skip
 
 
 def _platform_bases(
@@ -1038,13 +1153,32 @@ def _multi_result(
     stacks: Sequence[Sequence[BuiltPackage]],
     platforms: Sequence[Platform],
     destinations: tuple[Location, ...],
+    closures: Sequence[ClosureReport | None],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
 ) -> MultiBuildResult:
-    results = tuple(
-        BuildResult(None, str(image.digest), b, image, tuple(stack))
-        for b, image, stack in zip(bases, images, stacks, strict=True)
-    )
+    """The result of a written index: each platform's image with its closure report and the
+    SBOMs attached to it; the index and each image signed (a pull of one platform verifies
+    the image's signature, a copy of the whole index the index's)."""
+    unsigned = replace(options, signing_key=None)
+    results = []
+    for b, image, stack, closure in zip(bases, images, stacks, closures, strict=True):
+        trust = attach_and_sign(None, image, str(image.digest), stack, b, destinations, unsigned, pool=pool,
+                                cache=cache, progress=progress)  # fmt: skip
+        results.append(BuildResult(None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust))
     digest = str(index.digest)
-    return MultiBuildResult(name, digest, index.media_type, results, tuple(platforms), destinations)
+    key = options.signing_key
+    signed = tuple(
+        sign_image(d.reference, key, pool=pool, cache=cache, digest=signed_digest, progress=progress)
+        for d in destinations
+        if key is not None and isinstance(d, RegistryLocation)
+        for signed_digest in (index.digest, *(image.digest for image in images))
+    )
+    return MultiBuildResult(name, digest, index.media_type, tuple(results), tuple(platforms), destinations,
+                            signed)  # fmt: skip
 
 
 def _multi_tag(
@@ -1154,7 +1288,7 @@ def build_each_platforms(
     with _registry_pool(pool, registry) as pool:
         bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
         media_types = bases[0].image.media_types
-        push_to = repository if options.overlap_upload else None
+        push_to = repository if _early_uploads_allowed(options) else None
         with _early_uploads(pool, push_to, progress) as uploads:
             shared: dict[tuple[Path, str], LayerBlob] = {}
             built_by = [
@@ -1163,7 +1297,7 @@ def build_each_platforms(
             ]
         by_key_by = [{b.package.key: b for b in built} for built in built_by]
         created = _created()
-        results: list[MultiBuildResult] = []
+        plans = []
         for position in range(len(packages)):
             stacks = [
                 _stack_of(pkgs[position], by_key)
@@ -1172,10 +1306,18 @@ def build_each_platforms(
             images, index = _platform_index(bases, stacks, index_platforms, cache, options, created)
             tag = _multi_tag(stacks, platforms, options.tag_template)
             name, location = _each_location(repository, out, tag)
+            check_trust_destinations(options, (location,))
+            closures = check_runtime_closure(list(zip(images, stacks, strict=True)), options, pool=pool,
+                                             cache=cache, progress=progress,
+                                             destinations=(location,))  # fmt: skip
+            plans.append((stacks, images, index, name, location, closures))
+        results: list[MultiBuildResult] = []
+        for stacks, images, index, name, location, closures in plans:
             with open_sink(location, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
-            results.append(_multi_result(name, index, bases, images, stacks, platforms, (location,)))
+            results.append(_multi_result(name, index, bases, images, stacks, platforms, (location,), closures,
+                                         options, pool=pool, cache=cache, progress=progress))  # fmt: skip
         return results
 
 
@@ -1207,7 +1349,7 @@ def build_each(
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, as_location(base), platform, options, progress)
         media_types = resolved.image.media_types
-        push_to = repository if options.overlap_upload else None
+        push_to = repository if _early_uploads_allowed(options) else None
         with _early_uploads(pool, push_to, progress) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads)
         by_key = {b.package.key: b for b in built}
@@ -1219,14 +1361,21 @@ def build_each(
             tag = _rendered_tag(stack, options, platform)
             name, location = _each_location(repository, out, tag)
             plans.append((image, location, name, stack))
+        check_trust_destinations(options, [location for _, location, _, _ in plans])
+        closures = check_runtime_closure([(image, stack) for image, _, _, stack in plans], options, pool=pool,
+                                         cache=cache, progress=progress,
+                                         destinations=[location for _, location, _, _ in plans])  # fmt: skip
         digests = write_images(
             [(image, location) for image, location, _, _ in plans],
             pool=pool, cache=cache, jobs=options.jobs, progress=progress,
         )  # fmt: skip
-        return [
-            BuildResult(name, str(digest), resolved, image, stack, (location,), ())
-            for (image, location, name, stack), digest in zip(plans, digests, strict=True)
-        ]
+        results = []
+        for (image, where, name, stack), digest, closure in zip(plans, digests, closures, strict=True):
+            trust = attach_and_sign(name, image, str(digest), stack, resolved, (where,), options, pool=pool,
+                                    cache=cache, progress=progress)  # fmt: skip
+            results.append(BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure,
+                                       *trust))  # fmt: skip
+        return results
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from . import mediatypes as mt
 from .digests import Digest
 from .errors import ImagesmithError, ManifestError, NotFoundError, UsageError
 from .model import (
+    EMPTY_CONFIG,
+    EMPTY_JSON,
     MAX_CONFIG_SIZE,
     Descriptor,
     ImageConfig,
@@ -82,8 +84,6 @@ INDEX_MEDIA_TYPE = "application/vnd.imagesmith.index.v1+json"
 INDEX_SCHEMA_VERSION = 1
 MAX_INDEX_SIZE = 64 * 1024 * 1024
 
-_EMPTY_JSON = b"{}"
-_EMPTY_CONFIG = Descriptor(mt.OCI_EMPTY, Digest.of(_EMPTY_JSON), len(_EMPTY_JSON))
 # ORAS and similar tools name the file they pull after this annotation.
 _TITLE_ANNOTATION = "org.opencontainers.image.title"
 _PAYLOAD_FILE = "index.json"
@@ -717,7 +717,7 @@ def _push_blob(client: RegistryClient, repository: Reference, descriptor: Descri
 
 def _artifact(media_type: str, payload: bytes, title: str) -> Manifest:
     layer = Descriptor(media_type, Digest.of(payload), len(payload), annotations={_TITLE_ANNOTATION: title})
-    return Manifest(mt.OCI_MANIFEST, _EMPTY_CONFIG, (layer,), artifact_type=media_type)
+    return Manifest(mt.OCI_MANIFEST, EMPTY_CONFIG, (layer,), artifact_type=media_type)
 
 
 def index_manifest(index: RepositoryIndex) -> tuple[Manifest, bytes]:
@@ -742,7 +742,7 @@ def spack_index_manifest(database: SpackDatabase) -> tuple[Manifest, bytes]:
 
 def _push_artifact(client: RegistryClient, repository: Reference, tag: str, manifest: Manifest,
                    payload: bytes, progress: ProgressCallback) -> str:  # fmt: skip
-    _push_blob(client, repository, _EMPTY_CONFIG, _EMPTY_JSON, progress)
+    _push_blob(client, repository, EMPTY_CONFIG, EMPTY_JSON, progress)
     _push_blob(client, repository, manifest.layers[0], payload, progress)
     data = manifest.to_bytes()
     digest = client.put_manifest(repository.repository, tag, data, mt.OCI_MANIFEST)
