@@ -8,12 +8,18 @@ PYTEST_ARGS ?=
 # busybox for linux/arm64 (Debian's busybox-static:arm64), the second platform of the tests'
 # multi-platform base image; fetched with apt, never run on this machine.
 BUSYBOX_ARM64 := tests/.data/busybox-arm64/busybox
+# Debian 13's podman and skopeo, which verify sigstore signatures (Debian 12's are built with that
+# disabled), run here against Debian 13's own glibc: see docs/trust.md and docs/testing.md.
+SIGSTORE_TOOLS := tests/.data/trixie/bin/podman
+TRIXIE_DEBS := podman skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsqlite3-0 libsubid5 \
+	libseccomp2 libaudit1 libbsd0 libselinux1 libpcre2-8-0 libcap-ng0 libmd0
 
 # Real components the tests and the demo use (see docs/testing.md).
 SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apache2-utils openssl \
-	rsync git
+	rsync git gcc g++ patchelf
 SYSTEM_FILES := /usr/bin/docker-registry /usr/bin/podman /usr/sbin/runc /usr/bin/skopeo \
-	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl /usr/bin/rsync /usr/bin/git
+	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl /usr/bin/rsync /usr/bin/git \
+	/usr/bin/gcc /usr/bin/g++ /usr/bin/patchelf
 # Node tools the tests run, pinned by tests/npm/package-lock.json: gitlab-ci-local runs generated
 # GitLab pipelines for real (4.60.0 is the last release for Node 20). npm ci compiles its re2
 # module when no prebuilt binary can be downloaded: minutes, once; node's headers come from
@@ -71,6 +77,30 @@ $(BUSYBOX_ARM64): | system-deps
 			"'make $@' (dpkg --add-architecture arm64; apt-get download busybox-static:arm64)"; \
 	fi
 
+# apt with a private configuration under the target directory (the machine's sources, lists and
+# cache are untouched): download the .debs, extract them, point the two programs at the extracted
+# loader and libraries (DT_RPATH, not RUNPATH: libgpgme's own dependencies must be found too).
+$(SIGSTORE_TOOLS): | system-deps
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && command -v patchelf >/dev/null; then \
+		echo "fetching Debian 13's podman and skopeo into $(@D)/.."; \
+		mkdir -p $(@D) && d=$$(cd $(@D)/.. && pwd) && rm -rf "$$d/apt" "$$d/root" "$$d/bin"; \
+		mkdir -p "$$d/apt/lists/partial" "$$d/apt/cache/archives/partial" "$$d/root" "$$d/bin" && \
+		echo "deb http://deb.debian.org/debian trixie main" > "$$d/apt/sources.list" && \
+		apt="-o Dir::Etc::SourceList=$$d/apt/sources.list -o Dir::Etc::SourceParts=/dev/null \
+			-o Dir::State::Lists=$$d/apt/lists -o Dir::Cache=$$d/apt/cache -o APT::Sandbox::User=root" && \
+		apt-get $$apt update -qq && (cd "$$d/apt" && apt-get $$apt download -qq $(TRIXIE_DEBS)) && \
+		for deb in "$$d"/apt/*.deb; do dpkg-deb -x "$$deb" "$$d/root"; done && \
+		lib="$$(cd "$$d/root/usr/lib/x86_64-linux-gnu" && pwd)" && \
+		for tool in podman skopeo; do \
+			cp "$$d/root/usr/bin/$$tool" "$$d/bin/$$tool.tmp" && \
+			patchelf --set-interpreter "$$lib/ld-linux-x86-64.so.2" --force-rpath --set-rpath "$$lib" \
+				"$$d/bin/$$tool.tmp" && "$$d/bin/$$tool.tmp" --version >/dev/null && \
+			mv "$$d/bin/$$tool.tmp" "$$d/bin/$$tool" || exit 1; \
+		done; rm -rf "$$d/apt"; \
+	else \
+		echo "$@ missing: the signature tests need it; as root on Debian with patchelf run 'make $@'"; \
+	fi
+
 # Node and npm themselves: the machine's, else Debian's (as root); never both, since a Node from
 # another source ships its own npm, which Debian's npm package would conflict with.
 $(GITLAB_CI_LOCAL): tests/npm/package.json tests/npm/package-lock.json | system-deps $(BUSYBOX_ARM64)
@@ -89,7 +119,7 @@ node-deps: $(GITLAB_CI_LOCAL)
 demo: system-deps venv
 	$(BIN)/python examples/demo.py
 
-test: system-deps venv $(BUSYBOX_ARM64) $(GITLAB_CI_LOCAL)
+test: system-deps venv $(BUSYBOX_ARM64) $(GITLAB_CI_LOCAL) $(SIGSTORE_TOOLS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 fuzz: venv
@@ -103,8 +133,9 @@ type: venv
 
 check: lint type test
 
-# BENCH_SCALE shrinks bench_layers' workloads (1.0 = 1 GiB / 200 MiB + 50k files / 5 MiB),
-# BENCH_RUNS sets its repetitions (median reported), e.g. make bench BENCH_SCALE=0.1 BENCH_RUNS=1
+# BENCH_SCALE shrinks bench_layers' workloads (1.0 = 1 GiB / 200 MiB + 50k files / 5 MiB) and
+# bench_spack's package (1.0 = 1 GiB of content, pushed by imagesmith and by the kit's real Spack),
+# BENCH_RUNS sets their repetitions (median reported), e.g. make bench BENCH_SCALE=0.1 BENCH_RUNS=1
 BENCH_SCALE ?= 1.0
 BENCH_RUNS ?= 3
 
@@ -116,8 +147,10 @@ bench-deps:
 
 bench: system-deps bench-deps venv
 	BENCH_SCALE=$(BENCH_SCALE) $(BIN)/python tests/bench_stack.py .bench/stack.json
+	$(BIN)/python tests/bench_closure.py .bench/closure.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_stages.py .bench/stages.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_layers.py .bench/layers.json
+	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_spack.py .bench/spack.json
 
 docs:
 	@missing=0; for f in $$(grep -o 'docs/[a-z_-]*\.md' README.md docs/*.md | cut -d: -f2 | sort -u); do \

@@ -16,6 +16,7 @@ from ._version import __version__
 from .budget import LayerPlan, plan_layers
 from .cache import BlobCache
 from .ci import pin_base, render_pipeline
+from .closure import ClosureError, ClosureReport, Finding, check_closure
 from .daemon import load_into_daemon
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env
@@ -74,17 +75,29 @@ from .platformmerge import merge_builds
 from .progress import ProgressEvent
 from .pull import PullResult, pull
 from .references import Reference
+from .referrers import Attached, attach, list_attachments
 from .registry.client import RegistryClient, RegistryPool
 from .registry.credentials import Credentials, CredentialStore
 from .registry.transport import RegistryOptions
-from .repoindex import IndexEntry, RepositoryIndex, list_index, read_index, update_index
+from .repoindex import (
+    IndexEntry,
+    IndexUpdate,
+    RepositoryIndex,
+    list_index,
+    read_index,
+    read_spack_index,
+    update_index,
+)
+from .sbom import render_sbom
 from .server import RegistryServer
+from .signing import Signed, SigningKey, generate_key, load_signing_key, sign_image, sign_reference
 from .spackenv import load_environment
 from .transfer import CopyResult, copy_image
 from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
 
 __all__ = [
     "ArchiveLocation",
+    "Attached",
     "AuthenticationError",
     "BaseImage",
     "BlobCache",
@@ -92,6 +105,8 @@ __all__ = [
     "BuildResult",
     "BuiltPackage",
     "CacheError",
+    "ClosureError",
+    "ClosureReport",
     "CopyResult",
     "CredentialStore",
     "Credentials",
@@ -101,12 +116,14 @@ __all__ = [
     "Digest",
     "DigestFormatError",
     "EnvModification",
+    "Finding",
     "Image",
     "ImageConfig",
     "ImagesmithError",
     "ImportResult",
     "Index",
     "IndexEntry",
+    "IndexUpdate",
     "InspectResult",
     "IntegrityError",
     "Layer",
@@ -138,6 +155,8 @@ __all__ = [
     "RegistryServer",
     "RegistryUnreachableError",
     "RepositoryIndex",
+    "Signed",
+    "SigningKey",
     "StackLayer",
     "TemplateError",
     "UnpackError",
@@ -146,20 +165,25 @@ __all__ = [
     "UsageError",
     "__version__",
     "apply_env",
+    "attach",
     "build",
     "build_each",
     "build_each_platforms",
     "build_platforms",
+    "check_closure",
     "copy_image",
+    "generate_key",
     "import_rootfs",
     "index_document",
     "infer_env",
     "inspect",
+    "list_attachments",
     "list_index",
     "load_environment",
     "load_into_daemon",
     "load_package",
     "load_packages",
+    "load_signing_key",
     "login",
     "logout",
     "merge_builds",
@@ -169,9 +193,13 @@ __all__ = [
     "plan_layers",
     "pull",
     "read_index",
+    "read_spack_index",
     "render_makefile",
     "render_pipeline",
+    "render_sbom",
     "resolve_base",
+    "sign_image",
+    "sign_reference",
     "unpack_layer",
     "unpack_layers",
     "update_index",

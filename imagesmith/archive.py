@@ -20,6 +20,8 @@ streamed into it (never held in memory) and verified while written.
 Reading accepts that format and the older one (``manifest.json`` only, ``<id>/layer.tar``
 uncompressed layers, as ``docker save`` before 25 and ``podman save`` write): its manifest is
 synthesised (Docker v2, canonical JSON, so always the same digest) from the config and layers.
+The archive (plain, or compressed whole) is read in one pass by :mod:`imagesmith.tarformat`,
+the reader of every tar in imagesmith, with the same limits; blobs are then read by offset.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import posixpath
 import tarfile
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -40,9 +43,10 @@ from types import TracebackType
 from typing import IO, Any
 
 from . import mediatypes as mt
-from .compression import detect_compression
+from .cache import BlobCache
+from .compression import Decompressor, detect_compression, open_decompressor
 from .digests import CHUNK, Digest, Hasher, VerifyingReader
-from .errors import ImagesmithError, IntegrityError, LayoutError, ManifestError
+from .errors import ImagesmithError, IntegrityError, LayerError, LayoutError, ManifestError
 from .images import BlobOrigin, RawManifest, Readable
 from .model import (
     MAX_CONFIG_SIZE,
@@ -56,6 +60,7 @@ from .model import (
 )
 from .references import Reference
 from .registry.client import RegistryPool
+from .tarformat import TarMember, TarReader, read_members
 
 __all__ = ["ArchiveOrigin", "ArchiveSource", "ArchiveWriter"]
 
@@ -63,6 +68,8 @@ NAME_ANNOTATION = "io.containerd.image.name"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 MAX_METADATA_SIZE = MAX_MANIFEST_SIZE
 MAX_LINKS = 8
+# A compressed archive is decompressed once, into a temp file: at most this much of it.
+MAX_ARCHIVE_BYTES = 64 << 30
 
 
 def blob_member(digest: Digest) -> str:
@@ -77,47 +84,96 @@ def _member_name(name: str) -> str:
     return name
 
 
-def _open_tar(path: Path) -> tarfile.TarFile:
-    try:
-        # "r:*": a whole-archive gzip (docker save | gzip) is read too, if slowly.
-        return tarfile.open(path, "r:*")
-    except FileNotFoundError:
-        raise LayoutError(f"archive {path} not found") from None
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise LayoutError(f"{path} is not a readable tar archive: {exc}") from None
+class _ArchiveBytes:
+    """The tar bytes of an archive, open for reads by offset from any thread.
 
+    The archive file itself when it is a plain tar, or its decompressed copy (an unlinked temp
+    file, made in the one pass that indexes it) when the whole archive was compressed
+    (``docker save | gzip``). Reads use ``pread``, so parallel blob reads never share a file
+    position. The file is closed when the last source or origin holding it is gone: a layer's
+    origin stays readable after its source was closed.
+    """
 
-@contextmanager
-def _open_member(path: Path, member: str, descriptor: Descriptor) -> Iterator[Readable]:
-    what = f"blob {descriptor.digest} in archive {path}"
-    tar = _open_tar(path)
-    try:
+    def __init__(self, f: IO[bytes], label: str) -> None:
+        self.label = label
+        self._fd = f.fileno()
+        weakref.finalize(self, f.close)
+
+    def pread(self, n: int, offset: int) -> bytes:
         try:
-            info = tar.getmember(member)
-        except KeyError:
-            raise LayoutError(f"{what}: the archive has no member {member!r}") from None
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise LayoutError(f"reading archive {path}: {exc}") from None
-        f = tar.extractfile(info)
-        if f is None:
-            raise LayoutError(f"{what}: member {member!r} is not a regular file")
-        yield _TarReader(VerifyingReader(f, descriptor.digest, descriptor.size, what), path)
-    finally:
-        tar.close()
+            return os.pread(self._fd, n, offset)
+        except OSError as exc:
+            raise LayoutError(f"reading {self.label}: {exc.strerror or exc}") from None
 
 
-class _TarReader:
-    """Translate read errors of a (possibly truncated) archive into :class:`LayoutError`."""
+class _MemberReader:
+    """The ``size`` data bytes of one member, from ``offset`` in the archive's tar bytes."""
 
-    def __init__(self, reader: VerifyingReader, path: Path) -> None:
-        self._reader = reader
-        self._path = path
+    def __init__(self, data: _ArchiveBytes, offset: int, size: int) -> None:
+        self._data = data
+        self._pos = offset
+        self._left = size
 
     def read(self, n: int = -1, /) -> bytes:
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        if not want:
+            return b""
+        chunk = self._data.pread(want, self._pos)
+        if not chunk:
+            raise LayoutError(f"{self._data.label} is truncated inside a member")
+        self._pos += len(chunk)
+        self._left -= len(chunk)
+        return chunk
+
+
+def _temp_file(tmpdir: Path | None, label: str) -> IO[bytes]:
+    # Default to the blob cache's disk: /tmp is often a RAM-backed tmpfs, and an archive's
+    # tar bytes can be many GiB.
+    chosen = tmpdir if tmpdir is not None else BlobCache().tmp_dir
+    directory: Path | None = chosen
+    try:
+        chosen.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        directory = None  # the system's temp directory, then
+    try:
+        # Unlinked at once: gone even if this process is killed.
+        return tempfile.TemporaryFile(dir=directory)  # held by _ArchiveBytes
+    except OSError as exc:
+        raise LayoutError(f"cannot create a temp file for {label}: {exc.strerror or exc}") from None
+
+
+class _Spool:
+    """A decompressed archive, copied into ``out`` as it is read: offsets in the stream are
+    offsets in ``out``."""
+
+    def __init__(self, source: Decompressor, out: IO[bytes], label: str) -> None:
+        self._source = source
+        self._out = out
+        self._label = label
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._source.read(n)
         try:
-            return self._reader.read(n)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise LayoutError(f"reading archive {self._path}: {exc}") from None
+            self._out.write(data)
+        except OSError as exc:
+            raise LayoutError(f"cannot decompress {self._label}: {exc.strerror or exc}") from None
+        return data
+
+    def finish(self) -> None:
+        """Make what was written readable by offset (the rest, after the end marker, is not
+        needed)."""
+        try:
+            self._out.flush()
+        except OSError as exc:
+            raise LayoutError(f"cannot decompress {self._label}: {exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    kind: str  # "file", "symlink" or "hardlink"
+    offset: int
+    size: int
+    linkname: str
 
 
 @dataclass(frozen=True)
@@ -126,14 +182,23 @@ class ArchiveOrigin:
 
     path: Path
     member: str
+    data: _ArchiveBytes = field(compare=False, repr=False)
+    offset: int = field(compare=False, repr=False)
+    size: int = field(compare=False, repr=False)
 
     @property
     def local(self) -> bool:
         return True
 
+    @contextmanager
+    def _open(self, descriptor: Descriptor) -> Iterator[Readable]:
+        what = f"blob {descriptor.digest} in archive {self.path}"
+        yield VerifyingReader(_MemberReader(self.data, self.offset, self.size), descriptor.digest,
+                              descriptor.size, what)  # fmt: skip
+
     def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
         """Stream the member, verified against ``descriptor``; ``pool`` is not used."""
-        return _open_member(self.path, self.member, descriptor)
+        return self._open(descriptor)
 
     def blob_file(self, descriptor: Descriptor) -> Path | None:
         return None
@@ -154,30 +219,58 @@ class ArchiveSource:
     """Read an image from a docker archive (see the module docstring for the two formats).
 
     ``reference`` picks the image by name when the archive holds several; without it the
-    archive must hold exactly one. Use as a context manager (the tar stays open while read).
+    archive must hold exactly one. The archive is read once, by the reader every tar in
+    imagesmith goes through (:mod:`imagesmith.tarformat`, with its limits): its members are
+    indexed by offset, a compressed archive decompressed in that same pass into a temp file
+    (in the blob cache's ``tmp``, or ``tmpdir``), and every blob is then read by offset.
     """
 
-    def __init__(self, path: Path, reference: Reference | None = None) -> None:
+    def __init__(self, path: Path, reference: Reference | None = None, *, tmpdir: Path | None = None) -> None:
         self._path = Path(path)
         self._wanted = reference
-        self._tar = _open_tar(self._path)
+        if not self._path.is_file():
+            raise LayoutError(f"archive {self._path} not found" if not self._path.exists()
+                              else f"archive {self._path} is not a regular file")  # fmt: skip
+        self._members: dict[str, _Member] = {}
         try:
-            members = self._tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            self._tar.close()
+            self._data = self._index(tmpdir)
+        except LayoutError as exc:
             raise LayoutError(f"{self._path} is not a readable tar archive: {exc}") from None
-        self._members = {_member_name(m.name): m for m in members if m.isreg() or m.issym() or m.islnk()}
         self._blobs: dict[Digest, str] = {}
         self._synthesised: RawManifest | None = None
+        self._top = self._find()
+
+    def _index(self, tmpdir: Path | None) -> _ArchiveBytes:
+        """Index the members in one pass; a compressed archive is decompressed in that pass."""
+        label = f"archive {self._path}"
         try:
-            self._top = self._find()
-        except BaseException:
-            self._tar.close()
-            raise
+            with open_decompressor(self._path, label) as source:
+                if source.compression == "none":
+                    f: IO[bytes] = open(self._path, "rb")  # noqa: SIM115 - held by _ArchiveBytes
+                    data = _ArchiveBytes(f, label)
+                    members: Iterator[TarMember] = read_members(f, label, error=LayoutError)
+                else:
+                    # The tar bytes go to a temp file as they are read: blobs are then read by
+                    # offset, and a hostile header is refused before the rest is inflated.
+                    f = _temp_file(tmpdir, label)
+                    data = _ArchiveBytes(f, label)
+                    spool = _Spool(source, f, label)
+                    reader = TarReader(spool, label, max_bytes=MAX_ARCHIVE_BYTES, error=LayoutError)
+                    members = reader.members()
+                for m in members:
+                    if m.kind in ("file", "symlink", "hardlink"):
+                        self._members[_member_name(m.name)] = _Member(m.kind, m.offset, m.size, m.linkname)
+                if source.compression != "none":
+                    spool.finish()
+        except LayerError as exc:  # the decompressor's verdict
+            raise LayoutError(str(exc)) from None
+        except OSError as exc:
+            raise LayoutError(f"cannot read {label}: {exc.strerror or exc}") from None
+        return data
 
     def close(self) -> None:
-        """Close the archive."""
-        self._tar.close()
+        """Let go of the archive (origins handed out keep it open while they live)."""
+        self._members = {}
 
     def __enter__(self) -> ArchiveSource:
         return self
@@ -197,39 +290,30 @@ class ArchiveSource:
         return None
 
     # -- reading members
-    def _resolve(self, member: str) -> tarfile.TarInfo:
+    def _resolve(self, member: str) -> tuple[str, _Member]:
         """The regular file ``member`` is or links to (podman save links layer.tar files)."""
         name = member
         for _ in range(MAX_LINKS):
             info = self._members.get(name)
             if info is None:
                 raise LayoutError(f"archive {self._path} has no member {name!r}")
-            if info.isreg():
-                return info
-            if info.issym():
+            if info.kind == "file":
+                return name, info
+            if info.kind == "symlink":
                 name = posixpath.normpath(posixpath.join(posixpath.dirname(name), info.linkname))
             else:
                 name = _member_name(info.linkname)
         raise LayoutError(f"archive {self._path}: member {member!r} is a chain of too many links")
 
-    def _file(self, member: str) -> IO[bytes]:
-        info = self._resolve(member)
-        try:
-            f = self._tar.extractfile(info)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise LayoutError(f"reading {member} of archive {self._path}: {exc}") from None
-        if f is None:  # pragma: no cover - only regular files are kept
-            raise LayoutError(f"{member} of archive {self._path} is not a regular file")
-        return f
+    def _file(self, member: str) -> _MemberReader:
+        _, info = self._resolve(member)
+        return _MemberReader(self._data, info.offset, info.size)
 
     def _read_member(self, member: str, limit: int) -> bytes:
-        info = self._resolve(member)
+        _, info = self._resolve(member)
         if info.size > limit:
             raise LayoutError(f"{member} of archive {self._path} is larger than {limit} bytes: refused")
-        try:
-            return self._file(member).read(limit + 1)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise LayoutError(f"reading {member} of archive {self._path}: {exc}") from None
+        return self._file(member).read()
 
     def _json(self, member: str) -> Any:
         data = self._read_member(member, MAX_METADATA_SIZE)
@@ -251,10 +335,7 @@ class ArchiveSource:
         what = f"blob {descriptor.digest} in archive {self._path}"
         reader = VerifyingReader(self._file(self._member_of(descriptor.digest)), descriptor.digest,
                                  descriptor.size, what)  # fmt: skip
-        try:
-            return reader.read_all_chunks()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise LayoutError(f"reading {what}: {exc}") from None
+        return reader.read_all_chunks()
 
     # -- the image source protocol
     def top(self) -> RawManifest:
@@ -268,7 +349,8 @@ class ArchiveSource:
         return RawManifest(data, descriptor.media_type, descriptor.digest)
 
     def origin(self, descriptor: Descriptor) -> BlobOrigin:
-        return ArchiveOrigin(self._path, self._member_of(descriptor.digest))
+        name, info = self._resolve(self._member_of(descriptor.digest))
+        return ArchiveOrigin(self._path, name, self._data, info.offset, info.size)
 
     # -- finding the image
     def _find(self) -> RawManifest:
@@ -343,7 +425,7 @@ class ArchiveSource:
             isinstance(m, str) for m in layer_members
         ):
             raise LayoutError(f"manifest.json of {self._path}: an entry lacks Config or Layers")
-        config_member = _member_name(self._resolve(_member_name(config_member)).name)
+        config_member, _ = self._resolve(_member_name(config_member))
         config_data = self._read_member(config_member, MAX_CONFIG_SIZE)
         config = ImageConfig.parse(config_data, f"config of {self._path}")
         config.check_layers(len(layer_members), f"config of {self._path}")
@@ -351,7 +433,7 @@ class ArchiveSource:
         self._blobs[config_digest] = config_member
         found: list[tuple[Digest, int, mt.Compression]] = []
         for member, diff_id in zip(layer_members, config.diff_ids, strict=True):
-            member = _member_name(self._resolve(_member_name(member)).name)
+            member, _ = self._resolve(_member_name(member))
             digest, size, compression = self._layer_digest(member, diff_id)
             self._blobs[digest] = member
             found.append((digest, size, compression))
@@ -367,20 +449,17 @@ class ArchiveSource:
         return self._synthesised
 
     def _layer_digest(self, member: str, diff_id: Digest) -> tuple[Digest, int, mt.Compression]:
-        info = self._resolve(member)
+        _, info = self._resolve(member)
         f = self._file(member)
-        try:
-            head = f.read(8)
-            compression = detect_compression(head)
-            if compression == "none":
-                # An uncompressed layer's digest is its diff_id; verified when it is read.
-                return diff_id, info.size, compression
-            hasher = Hasher()
-            hasher.update(head)
-            while chunk := f.read(CHUNK):
-                hasher.update(chunk)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise LayoutError(f"reading {member} of archive {self._path}: {exc}") from None
+        head = f.read(8)
+        compression = detect_compression(head)
+        if compression == "none":
+            # An uncompressed layer's digest is its diff_id; verified when it is read.
+            return diff_id, info.size, compression
+        hasher = Hasher()
+        hasher.update(head)
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
         return hasher.digest, hasher.size, compression
 
 

@@ -19,6 +19,8 @@ import argparse
 import getpass
 import json
 import logging
+import os
+import re
 import shlex
 import shutil
 import signal
@@ -34,6 +36,7 @@ from ._version import __version__
 from .budget import DEFAULT_MAX_LAYERS
 from .cache import BlobCache
 from .ci import DEFAULT_INSTALL, ENGINES, check_runners, pin_base, relative_base, render_pipeline
+from .closure import CHECK_MODES, ClosureError, ClosureReport
 from .errors import (
     DaemonError,
     ImagesmithError,
@@ -67,11 +70,21 @@ from .platformmerge import merge_builds
 from .progress import ProgressEvent
 from .pull import pull
 from .references import parse_repository
+from .referrers import list_attachments
 from .registry.client import RegistryPool
 from .registry.credentials import registry_host
 from .registry.transport import RegistryOptions
-from .repoindex import list_index, update_index
+from .repoindex import INDEX_TAG, SPACK_INDEX_TAG, list_index, update_index
+from .sbom import SBOM_FILENAMES, SBOM_FORMATS
 from .server import DEFAULT_IDLE_TIMEOUT, RegistryServer
+from .signing import (
+    KEY_PASSWORD_ENV,
+    SigningKey,
+    generate_key,
+    key_is_encrypted,
+    load_signing_key,
+    sign_reference,
+)
 from .spackenv import load_environment
 from .transfer import copy_image
 
@@ -137,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
         "packages",
         nargs="*",
         metavar="PACKAGE",
-        help="package files (JSON or TOML), Spack install prefixes or build-cache tarballs; "
+        help="package files (JSON or TOML), Spack install prefixes, build-cache tarballs or Spack "
+        "build caches (DIR, DIR:NAME, DIR:/HASH, a .spec.manifest.json, oci://REGISTRY/REPO[:TAG]); "
         "dependencies are added",
     )
     p.add_argument(
@@ -219,6 +233,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-j", "--jobs", type=int, default=4, metavar="N", help="parallel layer builds and uploads (default 4)"
     )
+    p.add_argument(
+        "--check",
+        nargs="?",
+        const="warn",
+        default="warn",
+        choices=CHECK_MODES,
+        help="runtime-closure check of the packages' ELF files: warn (default), error (fail before "
+        "anything is written) or off",
+    )
+    p.add_argument(
+        "--sbom",
+        action="append",
+        default=[],
+        choices=SBOM_FORMATS,
+        help="attach an SBOM of the packages to the image as an OCI referrer (repeatable: spdx, cyclonedx)",
+    )
+    p.add_argument("--sbom-output", metavar="DIR", help="also write each --sbom document into DIR")
+    p.add_argument(
+        "--sign",
+        metavar="KEY",
+        help=f"sign the pushed image with this ECDSA P-256 private key ({KEY_PASSWORD_ENV} or a prompt)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--digestfile",
@@ -242,7 +278,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--raw", action="store_true", help="print the manifest bytes as stored")
+    p.add_argument(
+        "--referrers",
+        action="store_true",
+        help="list what is attached to the image: referrers (SBOMs...) and sigstore signatures",
+    )
+    p.add_argument("--artifact-type", metavar="TYPE", help="with --referrers: only artifacts of this type")
     _registry_args(p, "")
+
+    p = commands.add_parser(
+        "sign",
+        help="sign an image in its registry (sigstore signature that podman and skopeo verify)",
+        description="Sign the manifest digest of REF with an ECDSA P-256 private key, as a sigstore "
+        "simple-signing signature in the sha256-<hex>.sig tag (containers/image's "
+        "use-sigstore-attachments). See docs/trust.md.",
+    )
+    p.add_argument("reference", metavar="REF", help="the image (or index) to sign: repo:tag or repo@digest")
+    p.add_argument(
+        "--key", required=True, metavar="KEY", help=f"the private key ({KEY_PASSWORD_ENV} or a prompt)"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _registry_args(p, "")
+
+    p = commands.add_parser(
+        "keygen",
+        help="create an ECDSA P-256 key pair for signing",
+        description=f"Write a private key (PKCS#8 PEM, mode 0600; encrypted when {KEY_PASSWORD_ENV} is set "
+        "or --encrypt prompts for a password) and its public key (KEY.pub unless --public), which "
+        "policy.json's sigstoreSigned keyPath names. Existing files are never replaced.",
+    )
+    p.add_argument("key", metavar="KEY", help="where to write the private key")
+    p.add_argument("--public", metavar="PATH", help="where to write the public key (default KEY.pub)")
+    p.add_argument("--encrypt", action="store_true", help=f"ask for a password (or set {KEY_PASSWORD_ENV})")
 
     p = commands.add_parser(
         "import",
@@ -378,8 +445,10 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "index",
         help="the repository index: what a repository holds",
-        description="An index artifact (tag index.spack by default) listing every image of a repository "
-        "with its package name, version, hash, platforms and digest, rebuilt from the registry's tag list.",
+        description="An index artifact (tag index.imagesmith by default) listing every image of a "
+        "repository with its package name, version, hash, platforms and digest, rebuilt from the "
+        "registry's tag list; where the repository holds Spack packages, Spack's own build-cache "
+        "database too, under index.spack.",
     )
     index_commands = p.add_subparsers(dest="index_command", metavar="ACTION")
     index_commands.required = True
@@ -388,7 +457,10 @@ def _parser() -> argparse.ArgumentParser:
         q = index_commands.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         q.add_argument("repo", metavar="REPO", help="repository, e.g. ghcr.io/acme/stack")
         q.add_argument(
-            "--index-tag", default="index.spack", metavar="TAG", help="the index tag (default index.spack)"
+            "--index-tag",
+            default=INDEX_TAG,
+            metavar="TAG",
+            help=f"imagesmith's index tag (default {INDEX_TAG}; list: {SPACK_INDEX_TAG} shows Spack's)",
         )
         q.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="parallel requests (default 8)")
         q.add_argument("--json", action="store_true", help="print JSON")
@@ -396,7 +468,8 @@ def _parser() -> argparse.ArgumentParser:
             q.add_argument(
                 "--force",
                 action="store_true",
-                help="replace an index tag that imagesmith did not write (Spack's)",
+                help="replace what imagesmith would not (an index tag it did not write, an "
+                "index.spack that is not Spack's database)",
             )
         else:
             q.add_argument(
@@ -414,7 +487,7 @@ def _parser() -> argparse.ArgumentParser:
         "packages",
         nargs="+",
         metavar="PACKAGE",
-        help="package files, Spack prefixes or tarballs; dependencies are added",
+        help="package files, Spack prefixes, tarballs or build caches; dependencies are added",
     )
     p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
     p.add_argument("--repo", required=True, metavar="REPO", help="target repository")
@@ -424,7 +497,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write package paths relative to DIR (default: FILE's directory, or the current one)",
     )
-    p.add_argument("--index-tag", default="index.spack", metavar="TAG", help="tag of the `make index` target")
+    p.add_argument(
+        "--index-tag",
+        default=INDEX_TAG,
+        metavar="TAG",
+        help=f"tag of the `make index` target (default {INDEX_TAG})",
+    )
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="default parallel make jobs (JOBS)")
     _registry_args(p, "")
 
@@ -656,6 +734,30 @@ class _Progress:
         self.stream.write("\r\x1b[K")
 
 
+# C0 controls, DEL, C1 controls, and lone surrogates: those from U+DC80 stand for bytes that
+# were not UTF-8 (names from an old image, decoded with surrogateescape); any other comes from
+# a JSON "\\udXXX" escape in a config. None of them can be printed as they are.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _shown(text: str) -> str:
+    """``text`` safe to print: every control character and undecodable byte as a ``\\xNN``
+    escape, so what an image says (names, Env, labels, history) can neither drive the terminal
+    (escape sequences) nor break the encoder. Human output only: ``--json`` stays exact JSON."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _say(text: str, out: TextIO) -> None:
+    print(_shown(text), file=out)
+
+
 def _human(size: int) -> str:
     value = float(size)
     for unit in ("B", "kB", "MB", "GB"):
@@ -679,6 +781,20 @@ def _emit_list(objects: Iterable[dict[str, Any]], stdout: TextIO) -> None:
         stdout.write(textwrap.indent(json.dumps(obj, indent=2), "  "))
         first = False
     print("[]" if first else "\n]", file=stdout)
+
+
+def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr: TextIO) -> None:
+    """One warning line per finding of the runtime-closure check (each once per run)."""
+    seen: set[str] = set()
+    for result in results:
+        images = result.images if isinstance(result, MultiBuildResult) else (result,)
+        for image in images:
+            report: ClosureReport | None = image.closure
+            for finding in report.findings if report is not None else ():
+                line = finding.line()
+                if line not in seen:
+                    seen.add(line)
+                    _say(f"imagesmith: warning: {line}", stderr)
 
 
 def _report_written(
@@ -708,7 +824,7 @@ def _platforms(text: str | None) -> list[Platform]:
 
 def _build_inputs(args: argparse.Namespace) -> tuple[list[Package], list[Package]]:
     """The packages of a build, dependencies first, and its roots (the packages named, or the
-    environment's roots)."""
+    environment's roots; only looked up for --each-root)."""
     if args.spack_env is not None:
         if args.packages:
             raise UsageError("give PACKAGEs or --spack-env DIR, not both")
@@ -717,7 +833,18 @@ def _build_inputs(args: argparse.Namespace) -> tuple[list[Package], list[Package
         raise UsageError("--spack-install-tree goes with --spack-env DIR")
     if not args.packages:
         raise UsageError("name at least one PACKAGE, or a Spack environment with --spack-env DIR")
-    return load_packages(args.packages), [load_package(path) for path in args.packages]
+    registry = _registry_options(args)
+    packages = load_packages(args.packages, registry=registry)
+    roots = [load_package(path, registry=registry) for path in args.packages] if args.each_root else []
+    return packages, roots
+
+
+def _print_notes(results: Sequence[BuildResult | MultiBuildResult], stream: TextIO) -> None:
+    """One line per note (why a Spack package's image is no Spack build-cache entry), on
+    standard error whatever the output format, so that a script sees it and JSON stays clean."""
+    for result in results:
+        for note in result.notes:
+            print(f"imagesmith: note: {note}", file=stream)
 
 
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
@@ -743,6 +870,9 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         tag_template=args.tag_template,
         jobs=max(1, args.jobs),
         max_layers=args.max_layers,
+        check=args.check,
+        sbom=tuple(args.sbom),
+        signing_key=_signing_key(args.sign) if args.sign else None,
     )
     common: dict[str, Any] = {
         "options": options, "registry": _registry_options(args), "cache": _cache(args), "progress": progress,
@@ -763,11 +893,13 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             if multi
             else build_each(args.base_image, packages, **where, **common)
         )
+        _closure_warnings(results, progress.stream)
         if args.json:
             _emit_list((r.to_json() for r in results), stdout)
         else:
             for written in results:
                 _report_written(written, stdout)
+        _print_notes(results, progress.stream)
         return 0
     result: BuildResult | MultiBuildResult
     if multi:
@@ -781,12 +913,21 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             args.base_image, packages, repo=args.repo, tag=args.tag, output=args.output, load=args.load,
             docker_host=args.docker_host, **common,
         )  # fmt: skip
+    _closure_warnings([result], progress.stream)
+    if isinstance(result, BuildResult):
+        _write_sboms(result, args.sbom_output)
     if args.digestfile:
         _write_output(result.digest + "\n", Path(args.digestfile), stdout)
     if args.json:
         _emit(result.to_json(), stdout)
     else:
         _report_written(result, stdout)
+        if isinstance(result, BuildResult):
+            for attached in result.attached:
+                _say(f"Attached {attached.artifact_type} {attached.digest} ({attached.via})", stdout)
+            for signed in result.signed:
+                _say(f"Signed {signed.identity} ({signed.digest}) in {signed.tag}", stdout)
+    _print_notes([result], progress.stream)
     return 0
 
 
@@ -814,6 +955,10 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
 
 
 def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
+    if args.referrers:
+        return _run_referrers(args, stdout)
+    if args.artifact_type:
+        raise UsageError("--artifact-type filters --referrers: add --referrers")
     with RegistryPool(_registry_options(args)) as pool:
         info = inspect(args.reference, platform=_platform(args.platform), pool=pool)
     if args.raw:
@@ -882,13 +1027,13 @@ def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
         _emit(result.to_json(), stdout)
     else:
         stats = result.stats
-        print(
+        _say(
             f"Unpacked {result.layers} layers of {result.source} ({result.digest}) into {result.rootfs}: "
             f"{stats.files} files, {stats.dirs} directories, {stats.symlinks} symlinks",
-            file=stdout,
+            stdout,
         )
         for skipped in stats.skipped:
-            print(f"  skipped {skipped}", file=stdout)
+            _say(f"  skipped {skipped}", stdout)
     return 0
 
 
@@ -943,9 +1088,96 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return _run_cache(args, stdout)
     if args.command == "login":
         return _run_login(args, stdout, stderr)
+    if args.command == "sign":
+        return _run_sign(args, stdout, progress)
+    if args.command == "keygen":
+        return _run_keygen(args, stdout)
     if args.command == "logout":
         return _run_logout(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
+    with RegistryPool(_registry_options(args)) as pool:
+        subject, attachments = list_attachments(args.reference, pool=pool, artifact_type=args.artifact_type)
+    if args.json:
+        _emit({"subject": str(subject), "attached": [a.to_json() for a in attachments]}, stdout)
+        return 0
+    _say(f"Subject:    {args.reference} ({subject})", stdout)
+    if not attachments:
+        print("Nothing is attached.", file=stdout)
+    for item in attachments:
+        if item.kind == "signature":
+            count = f"{item.count} signature{'s' if item.count != 1 else ''}"
+            _say(f"  signature  {item.artifact_type}  {item.digest}  {count}, {item.via}", stdout)
+        else:
+            title = item.annotations.get("org.opencontainers.image.title", "")
+            # An artifact type and a title are whatever the registry says: shown escaped.
+            _say(f"  referrer   {item.artifact_type}  {item.digest}  {_human(item.size)}, {item.via}"
+                 + (f"  {title}" if title else ""), stdout)  # fmt: skip
+    return 0
+
+
+def _key_password(path: str) -> str | None:
+    """The password of an encrypted key: the environment, else a prompt on a terminal."""
+    if not key_is_encrypted(path):
+        return None
+    password = os.environ.get(KEY_PASSWORD_ENV)
+    if password:
+        return password
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"Password for {path}: ")
+    return None  # load_signing_key then says where the password goes
+
+
+def _signing_key(path: str) -> SigningKey:
+    return load_signing_key(path, _key_password(path))
+
+
+def _write_sboms(result: BuildResult, directory: str | None) -> None:
+    if directory is None:
+        return
+    if not result.sboms:
+        raise UsageError("--sbom-output writes the --sbom documents: add --sbom spdx or --sbom cyclonedx")
+    target = Path(directory)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for fmt, document in result.sboms:
+            tmp = target / (SBOM_FILENAMES[fmt] + ".tmp")
+            tmp.write_bytes(document)
+            tmp.replace(target / SBOM_FILENAMES[fmt])
+    except OSError as exc:
+        raise UsageError(f"cannot write the SBOM into {target}: {exc.strerror or exc}") from None
+
+
+def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    key = _signing_key(args.key)
+    with RegistryPool(_registry_options(args)) as pool:
+        signed = sign_reference(args.reference, key, pool=pool, cache=_cache(args), progress=progress)
+    if args.json:
+        _emit(signed[0].to_json() | {"instances": [s.to_json() for s in signed[1:]]}, stdout)
+        return 0
+    for item in signed:
+        note = "" if item.added else " (already signed with this key: unchanged)"
+        _say(f"Signed {item.identity} ({item.digest}) in {item.tag}{note}", stdout)
+    return 0
+
+
+def _run_keygen(args: argparse.Namespace, stdout: TextIO) -> int:
+    public = args.public or f"{args.key}.pub"
+    password = os.environ.get(KEY_PASSWORD_ENV) or None
+    if args.encrypt and password is None:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise UsageError(f"--encrypt asks for a password on a terminal: set {KEY_PASSWORD_ENV} instead")
+        password = getpass.getpass("Password for the new key: ")
+        if password != getpass.getpass("Repeat it: "):
+            raise UsageError("the passwords differ: nothing was written")
+        if not password:
+            raise UsageError("an empty password encrypts nothing: leave out --encrypt for an unencrypted key")
+    generate_key(args.key, public, password)
+    state = "encrypted" if password else "not encrypted"
+    print(f"Wrote private key {args.key} ({state}) and public key {public}", file=stdout)
+    return 0
 
 
 def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
@@ -999,16 +1231,24 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
     jobs = max(1, args.jobs)
     with RegistryPool(_registry_options(args)) as pool:
         if args.index_command == "update":
-            index, digest = update_index(
+            done = update_index(
                 pool, repository, tag=args.index_tag, jobs=jobs, progress=progress, force=args.force
             )
+            index = done.index
             where = f"{repository.name}:{args.index_tag}"
+            spack_where = f"{repository.name}:{SPACK_INDEX_TAG}"
+            packages = len(done.spack_database.packages) if done.spack_database is not None else 0
             if args.json:
-                _emit({"reference": where, "digest": digest, "images": len(index.entries),
-                       "skipped": len(index.skipped)}, stdout)  # fmt: skip
+                spack = {"reference": spack_where, "digest": done.spack_digest, "packages": packages}
+                _emit({"reference": where, "digest": done.digest, "images": len(index.entries),
+                       "skipped": len(index.skipped),
+                       "spack": spack if done.spack_digest is not None else None}, stdout)  # fmt: skip
             else:
                 counts = f"{len(index.entries)} images ({len(index.skipped)} other tags)"
-                print(f"Indexed {counts} in {where} ({digest})", file=stdout)
+                print(f"Indexed {counts} in {where} ({done.digest})", file=stdout)
+                if done.spack_digest is not None:
+                    print(f"Indexed {packages} Spack packages in {spack_where} ({done.spack_digest})",
+                          file=stdout)  # fmt: skip
             return 0
         index = list_index(pool, repository, tag=args.index_tag, live=args.live, jobs=jobs, progress=progress)
     if args.json:
@@ -1026,7 +1266,7 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_makefile(args: argparse.Namespace, stdout: TextIO) -> int:
-    packages = load_packages(args.packages)
+    packages = load_packages(args.packages, registry=_registry_options(args))
     options = _registry_options(args)
     flags: list[str] = []
     for host in sorted(options.insecure):
@@ -1083,8 +1323,8 @@ def _run_pipeline(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> i
     platforms = _platforms(args.platform)
     if platforms:
         check_runners(platforms, runners)  # before anything is read or looked up
-    packages = load_packages(args.packages)
     options = _registry_options(args)
+    packages = load_packages(args.packages, registry=options)
     target = Path(args.output) if args.output else None
     directory = Path(args.relative_to).resolve() if args.relative_to else relative_base(target)
     with RegistryPool(options) as pool:
@@ -1140,11 +1380,11 @@ def _run_cache(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _print_inspect(data: dict[str, Any], out: TextIO) -> None:
-    print(f"Reference:  {data['reference']}", file=out)
-    print(f"Digest:     {data['digest']}", file=out)
-    print(f"Media type: {data['mediaType']}", file=out)
+    _say(f"Reference:  {data['reference']}", out)
+    _say(f"Digest:     {data['digest']}", out)
+    _say(f"Media type: {data['mediaType']}", out)
     if "manifests" in data:
-        print("Platforms:", file=out)
+        _say("Platforms:", out)
         for entry in data["manifests"]:
             platform = entry.get("platform") or {}
             name = (
@@ -1155,27 +1395,27 @@ def _print_inspect(data: dict[str, Any], out: TextIO) -> None:
                 )
                 or "-"
             )
-            print(f"  {name:<20} {entry['digest']} ({_human(entry['size'])})", file=out)
+            _say(f"  {name:<20} {entry['digest']} ({_human(entry['size'])})", out)
         return
     if "platform" in data:
-        print(f"Platform:   {data['platform']}", file=out)
-        print(f"Created:    {data.get('created')}", file=out)
+        _say(f"Platform:   {data['platform']}", out)
+        _say(f"Created:    {data.get('created')}", out)
         config = data["config"]
         for key in ("Entrypoint", "Cmd", "WorkingDir"):
             if config.get(key):
-                print(f"{key + ':':<11} {config[key]}", file=out)
-        print("Env:", file=out)
+                _say(f"{key + ':':<11} {config[key]}", out)
+        _say("Env:", out)
         for entry in config["Env"]:
-            print(f"  {entry}", file=out)
+            _say(f"  {entry}", out)
         for key, value in sorted(config.get("Labels", {}).items()):
-            print(f"Label:      {key}={value}", file=out)
+            _say(f"Label:      {key}={value}", out)
     for key, value in sorted(data.get("annotations", {}).items()):
-        print(f"Annotation: {key}={value}", file=out)
-    print(f"Layers ({len(data['layers'])}):", file=out)
+        _say(f"Annotation: {key}={value}", out)
+    _say(f"Layers ({len(data['layers'])}):", out)
     history = [h for h in data.get("history", []) if not h.get("empty_layer")]
     for i, layer in enumerate(data["layers"]):
         note = history[i].get("created_by", "") if i < len(history) else ""
-        print(f"  {layer['digest']} {_human(layer['size']):>9}  {note[:60]}", file=out)
+        _say(f"  {layer['digest']} {_human(layer['size']):>9}  {note[:60]}", out)
 
 
 def _exit_code(error: ImagesmithError) -> int:
@@ -1208,7 +1448,11 @@ def main(
     try:
         return _run(args, stdout, stderr)
     except ImagesmithError as error:
-        print(f"imagesmith: error: {error}", file=stderr)
+        if isinstance(error, ClosureError):
+            # The message names the first finding; the others get a line each.
+            for finding in error.report.findings[1:]:
+                _say(f"imagesmith: {finding.line()}", stderr)
+        _say(f"imagesmith: error: {error}", stderr)
         return _exit_code(error)
     except KeyboardInterrupt:
         print("imagesmith: interrupted", file=stderr)

@@ -29,6 +29,8 @@ mistaken for another's output.
 
 :func:`open_decompressor` detects gzip, zstd or plain data by magic bytes and translates every
 codec failure (truncated stream, trailing garbage, corrupt data) into :class:`LayerError`.
+It inflates gzip with ISA-L when ``isal`` imports (the same bytes, ~1.5x zlib's speed), else
+with zlib.
 Output is produced in bounded pieces, so a decompression bomb costs disk or time but never
 unbounded memory.
 """
@@ -56,9 +58,14 @@ try:
     from isal import isal_zlib as _isal_zlib
 
     _ISAL_VERSION = str(_isal.__version__)
+    # What inflating raises: zlib's error, and ISA-L's own.
+    _INFLATE_ERRORS: tuple[type[Exception], ...] = (
+        zlib.error, cast("type[Exception]", _isal.isal_zlib.error)
+    )
 except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
     _isal_zlib = None
     _ISAL_VERSION = ""
+    _INFLATE_ERRORS = (zlib.error,)
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -442,6 +449,16 @@ class _TrackedSource:
         return data
 
 
+class _Inflater(Protocol):
+    """What zlib's and ISA-L's ``decompressobj`` share."""
+
+    unconsumed_tail: bytes
+    unused_data: bytes
+    eof: bool
+
+    def decompress(self, data: bytes, max_length: int = 0, /) -> bytes: ...
+
+
 class Decompressor:
     """A readable stream of decompressed bytes; see :func:`open_decompressor`.
 
@@ -459,7 +476,7 @@ class Decompressor:
         self._pending = head
         self._out = bytearray()
         self._eof = False
-        self._zlib: zlib._Decompress | None = None
+        self._zlib: _Inflater | None = None
         self._members = 0
         self.compressed_bytes = 0
         self._zstd_frames = _ZstdFrames(what)
@@ -487,7 +504,12 @@ class Decompressor:
         limit = _OUT_CHUNK if n is None or n < 0 else n
         while len(self._out) < limit and not self._eof:
             self._fill(limit - len(self._out))
-        data = bytes(self._out[:limit])
+        if len(self._out) <= limit:
+            data = bytes(self._out)  # the common case: everything buffered, one copy
+            self._out.clear()
+            return data
+        with memoryview(self._out) as view:
+            data = bytes(view[:limit])
         del self._out[:limit]
         return data
 
@@ -518,14 +540,15 @@ class Decompressor:
                     return
                 if not data.startswith(_GZIP_MAGIC[: len(data)]):
                     raise LayerError(f"{self.what} has trailing garbage after the gzip data")
-            # wbits 31: a gzip wrapper, header and crc32/isize trailer checked by zlib.
-            z = self._zlib = zlib.decompressobj(31)
+            # wbits 31: a gzip wrapper, header and crc32/isize trailer checked by the codec.
+            inflate = _isal_zlib if _isal_zlib is not None else zlib
+            z = self._zlib = cast(_Inflater, inflate.decompressobj(31))
             self._pending = data
             return
         data = z.unconsumed_tail or self._next_input(_IN_CHUNK)
         try:
             out = z.decompress(data, max(want, 1 << 16))
-        except zlib.error as exc:
+        except _INFLATE_ERRORS as exc:
             raise LayerError(f"{self.what} is not valid gzip data: {exc}") from None
         self._out += out
         if z.eof:

@@ -15,15 +15,16 @@ and config of one platform.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 from . import mediatypes as mt
-from .digests import Digest
-from .errors import ManifestError, PlatformError
+from .digests import Digest, VerifyingReader
+from .errors import IntegrityError, LayerError, ManifestError, PlatformError
 from .layout import OCILayout
 from .model import (
     MAX_CONFIG_SIZE,
@@ -43,6 +44,7 @@ from .registry.client import RegistryPool
 __all__ = [
     "BaseImage",
     "BlobOrigin",
+    "FileOrigin",
     "Image",
     "ImageSource",
     "Layer",
@@ -125,6 +127,43 @@ class LayoutOrigin:
 
     def __str__(self) -> str:
         return f"oci:{self.path}"
+
+
+@dataclass(frozen=True)
+class FileOrigin:
+    """A blob that is exactly the bytes of the local file ``path``: a Spack build-cache tarball
+    used as a layer as is, which is neither copied into the cache nor read twice."""
+
+    path: Path
+
+    @property
+    def local(self) -> bool:
+        return True
+
+    @contextmanager
+    def _open(self, descriptor: Descriptor) -> Iterator[Readable]:
+        what = f"blob {descriptor.digest} ({self.path})"
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed by the with block below
+        except OSError as exc:
+            raise LayerError(f"cannot read {what}: {exc.strerror or exc}") from None
+        with f:
+            if os.fstat(f.fileno()).st_size != descriptor.size:
+                raise IntegrityError(f"{what} changed size since the layer was built: build again")
+            yield VerifyingReader(f, descriptor.digest, descriptor.size, what)
+
+    def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
+        """Read the file, verified while read; ``pool`` is not used."""
+        return self._open(descriptor)
+
+    def blob_file(self, descriptor: Descriptor) -> Path | None:
+        try:
+            return self.path if self.path.stat().st_size == descriptor.size else None
+        except OSError:
+            return None
+
+    def __str__(self) -> str:
+        return str(self.path)
 
 
 @dataclass(frozen=True)
@@ -330,25 +369,10 @@ def resolve_base(
     else:
         source = reference
     name = source.name
-    raw = source.top()
-    document = raw.parse(f"manifest of {name}")
-    index_digest: Digest | None = None
+    top = source.top()
+    raw, manifest, entry = choose_platform(source, top, platform)
+    index_digest = top.digest if entry is not None else None
     digest = raw.digest
-    depth = 0
-    seen: set[Digest] = {digest}
-    while isinstance(document, Index):
-        depth += 1
-        if depth > MAX_INDEX_DEPTH:
-            raise ManifestError(f"index of {name} nests more than {MAX_INDEX_DEPTH} levels deep")
-        entry = select_platform(document, platform)
-        if entry.digest in seen:
-            raise ManifestError(f"index of {name} refers to itself (cycle at {entry.digest})")
-        seen.add(entry.digest)
-        index_digest = index_digest or digest
-        raw = source.manifest(entry)
-        document = raw.parse(f"manifest {entry.digest} of {name}")
-        digest = raw.digest
-    manifest = document
     config_data = source.read_blob(manifest.config, MAX_CONFIG_SIZE)
     config = ImageConfig.parse(config_data, f"config of {name}")
     config.check_layers(len(manifest.layers), f"config of {name}")
@@ -363,6 +387,45 @@ def resolve_base(
     family = mt.family_of(manifest.media_type)
     image = Image(family, config, layers)
     return BaseImage(source.reference, digest, index_digest, image, manifest, name)
+
+
+def choose_platform(
+    source: ImageSource, raw: RawManifest, platform: Platform
+) -> tuple[RawManifest, Manifest, Descriptor | None]:
+    """The image manifest for ``platform`` that ``raw`` leads to (raw and parsed), and the entry
+    chosen in ``raw``.
+
+    ``raw`` that is an image manifest is returned as it is (with no entry). In an index, the
+    entry for ``platform`` is chosen (:func:`~imagesmith.model.select_platform`) and, when
+    that entry is an index itself, followed in turn: at most :data:`MAX_INDEX_DEPTH` levels,
+    never through the same digest twice (:class:`ManifestError` otherwise). A nested index
+    without the platform raises :class:`PlatformError` saying which index that was.
+    """
+    name = source.name
+    document = raw.parse(f"manifest of {name}")
+    chosen: Descriptor | None = None
+    seen: set[Digest] = {raw.digest}
+    depth = 0
+    while isinstance(document, Index):
+        depth += 1
+        if depth > MAX_INDEX_DEPTH:
+            raise ManifestError(f"index of {name} nests more than {MAX_INDEX_DEPTH} levels deep")
+        try:
+            entry = select_platform(document, platform)
+        except PlatformError as exc:
+            if chosen is None:
+                raise
+            raise PlatformError(
+                f"the index of {name} lists {raw.digest} for {chosen.platform}, but that is an "
+                f"index too, and {exc}", exc.available,
+            ) from None  # fmt: skip
+        if entry.digest in seen:
+            raise ManifestError(f"index of {name} refers to itself (cycle at {entry.digest})")
+        seen.add(entry.digest)
+        chosen = chosen or entry
+        raw = source.manifest(entry)
+        document = raw.parse(f"manifest {entry.digest} of {name}")
+    return raw, document, chosen
 
 
 def raise_platform_mismatch(name: str, actual: Platform, wanted: Platform) -> None:

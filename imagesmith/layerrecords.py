@@ -28,7 +28,7 @@ import operator
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,10 +96,12 @@ def input_key(
     compression: Compression,
     level: int | None,
     media_types: MediaTypes,
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
-    """The identity of a layer input: its content's metadata plus every setting that shapes it."""
+    """The identity of a layer input: its content's metadata plus every setting that shapes it
+    (``extra``: anything else that does, such as a generated file's inputs)."""
     digest = hashlib.sha256()
-    settings = {
+    settings: dict[str, Any] = {
         "version": RECORD_VERSION,
         "content": os.path.realpath(content),
         "prefix": prefix,
@@ -108,6 +110,8 @@ def input_key(
         "family": media_types.family,
         "mtime": source_date_epoch(),
     }
+    if extra is not None:
+        settings["extra"] = dict(extra)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     try:
         st = content.stat()

@@ -25,15 +25,19 @@ numeric owners come from the filesystem or the tarball, device nodes and FIFOs a
 sockets are still skipped; the mtime is still the fixed one.
 
 Tarball members are checked before anything is written: absolute names, ``..`` components,
-NUL bytes, whiteouts (unless ``allow_whiteouts``), hardlinks to a member not seen before, a
-member below a symlink or file, and member types tar cannot express portably raise
-:class:`LayerError` naming the member.
+NUL bytes, whiteouts (any ``.wh.`` component, unless ``allow_whiteouts``), hardlinks to a member
+not seen before, a member below a symlink or file, and member types tar cannot express portably
+raise :class:`LayerError` naming the member. Tarballs are read by :mod:`imagesmith.tarformat`,
+the reader the unpacker uses too. In a directory, a file or directory named ``.wh.*`` raises
+:class:`LayerError` naming it: a layer reader would take it for a whiteout and delete files of
+the layers below.
 """
 
 from __future__ import annotations
 
 import codecs
 import errno
+import io
 import operator
 import os
 import stat
@@ -42,16 +46,17 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NoReturn, cast
 
 from .blobstore import BlobWriter
 from .cache import BlobCache
 from .compression import Compressor, open_compressor, open_decompressor
 from .digests import Digest, Hasher
-from .errors import LayerError, UsageError
+from .errors import IntegrityError, LayerError, UsageError
 from .mediatypes import Compression, MediaTypes
 from .model import Descriptor
-from .tarwriter import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarEntry, TarMember, TarWriter, read_members
+from .tarformat import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarMember, TarReader, read_members
+from .tarwriter import TarEntry, TarWriter
 
 if TYPE_CHECKING:
     from .overlap import BlobFollower
@@ -60,6 +65,7 @@ __all__ = [
     "MAX_TARBALL_BYTES",
     "LayerBlob",
     "TarballEntries",
+    "adopt_tarball",
     "archive_sort_key",
     "build_layer",
     "directory_entries",
@@ -67,6 +73,7 @@ __all__ = [
     "normalise_prefix",
     "source_date_epoch",
     "tarball_entries",
+    "with_file",
 ]
 
 MAX_TARBALL_BYTES = 64 << 30
@@ -75,6 +82,7 @@ _CHUNK = 1 << 20
 _ANNOUNCE = 4 << 20
 _DIR_MODE = 0o755
 _WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,9 @@ class LayerBlob:
 
     ``digest`` and ``size`` describe the compressed blob (what a manifest lists); ``diff_id``
     is the sha256 of the uncompressed tar (what the config's ``rootfs.diff_ids`` lists) and
-    ``uncompressed_size`` its length. ``directories`` holds every directory of the layer as a
-    relative path without leading or trailing slash (``"opt/pkg/bin"``).
+    ``uncompressed_size`` its length. ``directories`` holds every directory of the layer (or,
+    when the layer was built with a ``directory_depth``, every one at most that many components
+    deep) as a relative path without leading or trailing slash (``"opt/pkg/bin"``).
     """
 
     digest: Digest
@@ -135,6 +144,8 @@ def normalise_prefix(prefix: str) -> str:
     parts = [p for p in prefix.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise LayerError(f"prefix {prefix!r} must not contain '..'")
+    if any(p.startswith(_WHITEOUT) for p in parts):
+        raise LayerError(f"prefix {prefix!r} has a component named like a whiteout ({_WHITEOUT}*)")
     return "/".join(parts)
 
 
@@ -204,6 +215,17 @@ def input_error(path: str | os.PathLike[str], exc: OSError, *, walking: bool = T
     return LayerError(f"cannot read {shown}: {exc.strerror or exc}")
 
 
+def _utf8_member(text: str, what: str, member: str) -> None:
+    """Refuse a tarball member's name or link target whose stored bytes are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # tarformat keeps undecodable bytes as lone surrogates
+        raise LayerError(
+            f"{what}: member {member!r} has a name or link target that is not valid UTF-8: layer "
+            "names must be UTF-8 (re-create the tarball with UTF-8 names)"
+        ) from None
+
+
 def _utf8_name(raw: bytes, path: str) -> str:
     try:
         return raw.decode("utf-8")
@@ -227,6 +249,18 @@ def _kind_of(mode: int) -> EntryKind | None:
     return None  # sockets (and anything exotic): skipped by policy
 
 
+def _refuse_whiteout_name(path: str, name: str) -> NoReturn:
+    """Refuse a file whose name a layer reader takes for a whiteout (OCI image-spec)."""
+    meaning = (
+        "everything the layers below put in its directory" if name == _OPAQUE
+        else f"{name[len(_WHITEOUT):]!r} from the layers below"
+    )
+    raise LayerError(
+        f"{path!r} is named like a whiteout ({_WHITEOUT}*): in a layer it would not be a file but "
+        f"would delete {meaning}; rename or remove it"
+    )
+
+
 def _sorted_children(directory: str, archive_dir: str, stat_dirs: bool) -> list[_Child]:
     """The entries of ``directory`` as ``(sort key, archive name, path, lstat or None)``, sorted.
 
@@ -244,6 +278,8 @@ def _sorted_children(directory: str, archive_dir: str, stat_dirs: bool) -> list[
                 name = dirent.name
                 if not _FS_ENCODING_IS_UTF8:
                     name = _utf8_name(os.fsencode(name), dirent.path)
+                if name.startswith(_WHITEOUT):
+                    _refuse_whiteout_name(dirent.path, name)
                 archive_name = base + name
                 try:
                     # With a UTF-8 file system encoding, the bytes of a name that is not UTF-8
@@ -355,6 +391,8 @@ def _fs_entry(
 
 
 def _clean_member_name(raw: str, what: str) -> str:
+    if not raw.isascii():
+        _utf8_member(raw, what, raw)
     if raw.startswith("/"):
         raise LayerError(
             f"{what}: member {raw!r} has an absolute name; create the tarball with relative paths"
@@ -371,6 +409,22 @@ class _Item:
 
     member: TarMember
     target: TarMember | None
+
+
+@dataclass(slots=True)
+class _Node:
+    """One path of the layer, below its parent's node: the member there (None for a
+    directory only implied by the paths below it) and its children by name.
+
+    A tree, not one string per path: the implied parents of a deep member cost one node per
+    component instead of a full path each (the square of the depth in bytes).
+    """
+
+    item: _Item | None = None
+    children: dict[str, _Node] | None = None
+
+    def is_dir(self) -> bool:
+        return self.item is None or self.item.member.kind == "dir"
 
 
 class TarballEntries:
@@ -404,8 +458,9 @@ class TarballEntries:
         self.max_header_bytes = max_header_bytes
         self.root_relative: bool | None = None
         self._file: IO[bytes] | None = None
-        self._sorted: list[tuple[bytes, str, _Item | None]] = []
-        self._first_of: dict[int, str] = {}
+        self._root = _Node()
+        self._nodes = 0
+        self._linked: set[int] = set()  # ids of the members hardlinks point to
 
     def __enter__(self) -> TarballEntries:
         self.open()
@@ -429,8 +484,9 @@ class TarballEntries:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._sorted = []
-        self._first_of = {}
+        self._root = _Node()
+        self._nodes = 0
+        self._linked = set()
 
     def open(self) -> None:
         """Decompress (when needed) and index the tarball; idempotent while open."""
@@ -485,9 +541,27 @@ class TarballEntries:
             return None if self.tmpdir is None else chosen
         return chosen
 
+    def _child(self, node: _Node, name: str, what: str) -> _Node:
+        """The child ``name`` of ``node``, created (and counted) if it is new."""
+        if node.children is None:
+            node.children = {}
+        child = node.children.get(name)
+        if child is None:
+            self._nodes += 1
+            if self._nodes > self.max_members:
+                # Implied parents are entries of the layer too: one deep member must not make
+                # thousands of entries beyond the limit.
+                raise LayerError(
+                    f"{what}: the layer would have more than {self.max_members} entries with "
+                    "the parent directories its members imply; raise max_members if the "
+                    "tarball is trusted"
+                )
+            child = node.children[name] = _Node()
+        return child
+
     def _index(self, f: IO[bytes]) -> None:
         what = str(self.path)
-        final: dict[str, _Item | None] = {}
+        root = _Node()
         for member in read_members(
             f, what, max_members=self.max_members, max_header_bytes=self.max_header_bytes
         ):
@@ -495,51 +569,36 @@ class TarballEntries:
             if not name:
                 continue  # "./" itself: the root, or the prefix, which is emitted anyway
             self._check_member(name, member, what)
+            if not member.linkname.isascii():
+                _utf8_member(member.linkname, what, member.name)
             target = None
             if member.kind == "hardlink":
-                target = self._link_target(member, final, what)
-            final[name] = _Item(member, target)
-        prefix = self.prefix
-        self.root_relative = not prefix or all(
-            name == prefix
-            or name.startswith(prefix + "/")
-            or (prefix.startswith(name + "/") and item is not None and item.member.kind == "dir")
-            for name, item in final.items()
-        )
+                target = self._link_target(member, root, what)
+                self._linked.add(id(target))
+            node = root
+            for part in name.split("/"):
+                node = self._child(node, part, what)
+            node.item = _Item(member, target)  # of duplicate names the last wins
+        prefix_parts = self.prefix.split("/") if self.prefix else []
+        self.root_relative = _is_root_relative(root, prefix_parts)
         if not self.root_relative:
-            final = {f"{prefix}/{name}": item for name, item in final.items()}
-        for prefix_dir in _parents(prefix, include_self=True):
-            final.setdefault(prefix_dir.name, None)
-        for name, child in list(final.items()):
-            parent = name.rpartition("/")[0]
-            while parent:
-                item = final.get(parent)
-                if item is not None and item.member.kind != "dir":
-                    raise LayerError(
-                        f"{what}: member {child.member.name if child else name!r} lies below "
-                        f"{item.member.name!r}, which is a {item.member.kind}, not a directory"
-                    )
-                if parent in final:
-                    break
-                final[parent] = None
-                parent = parent.rpartition("/")[0]
-        self._sorted = sorted(
-            (_sort_key(name, "dir" if item is None else item.member.kind), name, item)
-            for name, item in final.items()
-        )
-        # A hardlinked set is written as the data under its first name in sorted order and
-        # hardlinks to that name for the rest, so the target always precedes its links.
-        first_of: dict[int, str] = {}
-        for _, name, item in self._sorted:
-            if item is None:
-                continue
-            data_member = item.target if item.target is not None else item.member
-            first_of.setdefault(id(data_member), name)
-        self._first_of = first_of
+            # Re-rooted: the whole tree goes below the prefix.
+            rerooted = _Node()
+            node = rerooted
+            for part in prefix_parts:
+                node = self._child(node, part, what)
+            node.children = root.children
+            root = rerooted
+        else:
+            node = root
+            for part in prefix_parts:  # the prefix and its parents are always there
+                node = self._child(node, part, what)
+        _check_parents(root, what)
+        self._root = root
 
     def _check_member(self, name: str, member: TarMember, what: str) -> None:
-        base = name.rpartition("/")[2]
-        if base.startswith(_WHITEOUT) and not self.allow_whiteouts:
+        # Any component: "a/.wh.b/c" would make the implied directory "a/.wh.b" a whiteout.
+        if not self.allow_whiteouts and "/" + _WHITEOUT in "/" + name:
             raise LayerError(
                 f"{what}: member {member.name!r} is a whiteout: package tarballs may not delete "
                 "files of lower layers"
@@ -551,13 +610,15 @@ class TarballEntries:
             )
 
     @staticmethod
-    def _link_target(member: TarMember, final: dict[str, _Item | None], what: str) -> TarMember:
+    def _link_target(member: TarMember, root: _Node, what: str) -> TarMember:
         if member.linkname.startswith("/") or ".." in member.linkname.split("/"):
             raise LayerError(
                 f"{what}: hardlink {member.name!r} points outside the archive ({member.linkname!r})"
             )
-        target_name = _clean_member_name(member.linkname, what)
-        item = final.get(target_name)
+        node: _Node | None = root
+        for part in _clean_member_name(member.linkname, what).split("/"):
+            node = node.children.get(part) if node is not None and node.children else None
+        item = node.item if node is not None else None
         if item is None:
             raise LayerError(
                 f"{what}: hardlink {member.name!r} points to {member.linkname!r}, which is not an "
@@ -570,32 +631,89 @@ class TarballEntries:
         return item.member
 
     def _entries(self) -> Iterator[TarEntry]:
+        # Depth first, each directory's children sorted by the bytes of their archive names
+        # (directories compared as "name/"), which is the byte order of the full archive paths.
         f = self._file
         assert f is not None
-        preserve = self.preserve
-        for _, name, item in self._sorted:
-            if item is None:
-                yield TarEntry(name, "dir", _DIR_MODE)
-                continue
-            m = item.target if item.target is not None else item.member
-            first = self._first_of.get(id(m), name)
-            kind = m.kind
-            if preserve:
-                mode, uid, gid, uname, gname = m.mode, m.uid, m.gid, m.uname, m.gname
+        # A hardlinked set is written as the data under its first name in sorted order and
+        # hardlinks to that name for the rest, so the target always precedes its links.
+        first_of: dict[int, str] = {}
+        stack = [("", iter(_sorted_nodes(self._root)))]
+        while stack:
+            base, children = stack[-1]
+            for part, node in children:
+                name = base + part
+                yield self._entry(name, node, first_of, f)
+                if node.children:
+                    stack.append((name + "/", iter(_sorted_nodes(node))))
+                    break
             else:
-                mode, uid, gid, uname, gname = _package_mode(kind, m.mode), 0, 0, "", ""
-            if first != name:
-                kind, linkname, size, source = "hardlink", first, 0, None
-            else:
-                linkname = m.linkname if kind == "symlink" else ""
-                size = m.size if kind == "file" else 0
-                source = (f, m.offset) if kind == "file" else None
-            device = kind in ("chardev", "blockdev")
-            yield TarEntry(
-                name, kind, mode, size=size, linkname=linkname, uid=uid, gid=gid, uname=uname,
-                gname=gname, devmajor=m.devmajor if device else 0,
-                devminor=m.devminor if device else 0, source=source,
+                stack.pop()
+
+    def _entry(self, name: str, node: _Node, first_of: dict[int, str], f: IO[bytes]) -> TarEntry:
+        item = node.item
+        if item is None:
+            return TarEntry(name, "dir", _DIR_MODE)
+        m = item.target if item.target is not None else item.member
+        kind = m.kind
+        first = first_of.setdefault(id(m), name) if id(m) in self._linked else name
+        if self.preserve:
+            mode, uid, gid, uname, gname = m.mode, m.uid, m.gid, m.uname, m.gname
+        else:
+            mode, uid, gid, uname, gname = _package_mode(kind, m.mode), 0, 0, "", ""
+        if first != name:
+            kind, linkname, size, source = "hardlink", first, 0, None
+        else:
+            linkname = m.linkname if kind == "symlink" else ""
+            size = m.size if kind == "file" else 0
+            source = (f, m.offset) if kind == "file" else None
+        device = kind in ("chardev", "blockdev")
+        return TarEntry(
+            name, kind, mode, size=size, linkname=linkname, uid=uid, gid=gid, uname=uname,
+            gname=gname, devmajor=m.devmajor if device else 0,
+            devminor=m.devminor if device else 0, source=source,
+        )
+
+
+def _sorted_nodes(node: _Node) -> list[tuple[str, _Node]]:
+    children = node.children or {}
+    return sorted(children.items(), key=lambda kv: _sort_key(kv[0], "dir" if kv[1].is_dir() else "file"))
+
+
+def _is_root_relative(root: _Node, prefix_parts: list[str]) -> bool:
+    """Whether every member lies at or under the prefix, or is a directory above it."""
+    node = root
+    for depth, part in enumerate(prefix_parts):
+        children = node.children or {}
+        if any(name != part for name in children):
+            return False
+        child = children.get(part)
+        if child is None:
+            return True
+        if depth < len(prefix_parts) - 1 and not child.is_dir():
+            return False
+        node = child
+    return True
+
+
+def _check_parents(root: _Node, what: str) -> None:
+    """Refuse a member below a member that is not a directory (a file, a link...)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if not node.children:
+            continue
+        if not node.is_dir():
+            assert node.item is not None
+            below = next(iter(node.children.values()))
+            while below.item is None and below.children:  # an implied parent: its members
+                below = next(iter(below.children.values()))
+            below_name = below.item.member.name if below.item is not None else "?"
+            raise LayerError(
+                f"{what}: member {below_name!r} lies below {node.item.member.name!r}, which is "
+                f"a {node.item.member.kind}, not a directory"
             )
+        stack.extend(node.children.values())
 
 
 def tarball_entries(
@@ -691,6 +809,22 @@ class _Announcing:
         return n
 
 
+def _record_directories(directories: set[str], name: str, is_dir: bool, depth: int | None) -> None:
+    """Add the directories ``name`` shows to ``directories``: itself when it is one, and its
+    parents (for entries that omit them), none more than ``depth`` components deep."""
+    if depth is not None and name.count("/") >= depth:
+        # Too deep to record: start from its ancestor at the deepest recorded level.
+        name = "/".join(name.split("/", depth)[:depth])
+        if name not in directories:
+            directories.add(name)
+    elif is_dir:
+        directories.add(name)
+    parent = name.rpartition("/")[0]
+    while parent and parent not in directories:
+        directories.add(parent)
+        parent = parent.rpartition("/")[0]
+
+
 def build_layer(
     entries: Iterable[TarEntry],
     cache: BlobCache,
@@ -701,6 +835,7 @@ def build_layer(
     mtime: int | None = None,
     progress: Callable[[int], None] | None = None,
     follower: BlobFollower | None = None,
+    directory_depth: int | None = None,
 ) -> LayerBlob:
     """Write ``entries`` as a layer blob into ``cache`` and describe it.
 
@@ -716,6 +851,11 @@ def build_layer(
     ``follower`` (see :mod:`imagesmith.overlap`) is told how much of the compressed blob is
     in the cache's temp file as it grows (flushed there every few MiB), then the digest, or
     that the build failed; an upload can so run alongside the build.
+
+    ``directory_depth`` bounds the directories :attr:`LayerBlob.directories` records to those
+    at most that many components deep (what environment inference looks at lies two below a
+    prefix): every directory of a deep tree, each a full path, would cost memory (and a layer
+    record) in the square of its depth.
     """
     media_type = media_types.layer(compression)
     if mtime is None:
@@ -728,13 +868,7 @@ def build_layer(
             sink = _TarSink(compressor, progress)
             writer = TarWriter(sink, mtime=mtime)
             for entry in entries:
-                if entry.kind == "dir":
-                    directories.add(entry.name)
-                # Record implied parents too, for callers whose entries omit them.
-                parent = entry.name.rpartition("/")[0]
-                while parent and parent not in directories:
-                    directories.add(parent)
-                    parent = parent.rpartition("/")[0]
+                _record_directories(directories, entry.name, entry.kind == "dir", directory_depth)
                 writer.add(entry)
             writer.close()
             diff_id = sink.finish()
@@ -755,3 +889,201 @@ def build_layer(
         directories=frozenset(directories),
         uncompressed_size=sink.size,
     )
+
+
+def with_file(entries: Iterable[TarEntry], name: str, data: bytes, mode: int = 0o644) -> Iterator[TarEntry]:
+    """``entries`` (sorted as :func:`directory_entries` yields them) with the regular file
+    ``name`` holding ``data`` in its sorted place, instead of any entry of that name.
+
+    This is how a generated file (Spack's relocation record) joins a prefix's layer without
+    touching the prefix. ``name`` must lie in a directory the entries hold; a directory of
+    that name, or a hardlink to the replaced file, raises :class:`LayerError`.
+    """
+    key = name.encode("utf-8")
+    extra = TarEntry(name, "file", mode, size=len(data), source=(io.BytesIO(data), 0))
+    pending = True
+    for entry in entries:
+        if entry.name == name:
+            if entry.kind == "dir":
+                raise LayerError(f"{name} is a directory: it cannot hold the generated file of that name")
+            continue
+        if entry.kind == "hardlink" and entry.linkname == name:
+            raise LayerError(f"{entry.name} is a hardlink to {name}, which is replaced by a generated file")
+        if pending and _sort_key(entry.name, entry.kind) > key:
+            pending = False
+            yield extra
+        yield entry
+    if pending:
+        yield extra
+
+
+class _HashingReader:
+    """A file read once, start to end: its bytes are hashed (the blob's digest) and, with a
+    follower, announced every few MiB so that an upload can run while the rest is read."""
+
+    def __init__(self, f: IO[bytes], path: Path, follower: BlobFollower | None) -> None:
+        self._f = f
+        self._path = path
+        self._follower = follower
+        self._announced = 0
+        self.hasher = Hasher()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.hasher.update(data)
+        if self._follower is not None and self.hasher.size - self._announced >= _ANNOUNCE:
+            self._announced = self.hasher.size
+            self._follower.grow(self._path, self._announced)
+        return data
+
+
+class _HashedStream:
+    """A decompressed stream whose every byte read is hashed (a layer's diff_id is the sha256
+    of its whole uncompressed tar, end-of-archive blocks and padding included), read through to
+    its end at most ``limit`` bytes long."""
+
+    def __init__(self, source: IO[bytes], what: str, limit: int) -> None:
+        self._source = source
+        self._what = what
+        self._limit = limit
+        self.hasher = Hasher()
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._source.read(n if n >= 0 else _CHUNK)
+        self.hasher.update(data)
+        if self.hasher.size > self._limit:
+            raise LayerError(
+                f"{self._what} decompresses to more than {self._limit} bytes: refusing it "
+                "(a decompression bomb, or raise the limit for a genuinely huge package)"
+            )
+        return data
+
+    def drain(self) -> None:
+        """Read (and hash) the rest of the stream, after the tar's end-of-archive marker."""
+        while self.read(_CHUNK):
+            pass
+
+
+def adopt_tarball(
+    path: Path,
+    prefix: str,
+    media_types: MediaTypes,
+    *,
+    expected: Digest | None = None,
+    required: tuple[str, ...] = (),
+    follower: BlobFollower | None = None,
+    progress: Callable[[int], None] | None = None,
+    max_members: int = MAX_MEMBERS,
+    max_bytes: int = MAX_TARBALL_BYTES,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    directory_depth: int | None = None,
+) -> LayerBlob:
+    """The tarball ``path`` as a layer, byte for byte: its digest is the file's sha256.
+
+    One pass reads the file once: it is hashed (and, with ``follower``, uploaded meanwhile),
+    decompressed (gzip, zstd or none, by magic) and the tar stream hashed (the diff_id) while
+    every member is checked as :func:`tarball_entries` checks them: no absolute or ``..``
+    names, no whiteouts, no devices or FIFOs, no setuid, setgid or sticky bits (they would
+    reach the image as they are), hardlinks only to earlier members, nothing below a
+    non-directory, and every member in ``prefix`` (an archive path) or one of its parent
+    directories; every name in ``required`` (relative to ``prefix``) must be a regular file;
+    and the limits on members, header and decompressed sizes hold. ``expected``, when given,
+    is the digest the file must have (the checksum a build cache records: a mismatch is an
+    :class:`IntegrityError`). The file is not copied: the caller keeps it as the blob's origin.
+    ``directory_depth`` bounds the directories recorded as for :func:`build_layer`.
+    """
+    what = str(path)
+    prefix = normalise_prefix(prefix)
+    directories: set[str] = set()
+    kinds: dict[str, str] = {}
+    has_children: set[str] = set()
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise LayerError(f"cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        with f:
+            raw = _HashingReader(f, path, follower)
+            with open_decompressor(cast("IO[bytes]", raw), what) as decompressed:
+                # Before any work: Docker v2 images have no zstd layer type.
+                media_type = media_types.layer(decompressed.compression)
+                stream = _HashedStream(cast("IO[bytes]", decompressed), what, max_bytes)
+                reader = TarReader(stream, what, max_members=max_members, max_header_bytes=max_header_bytes)
+                for member in reader.members():
+                    name = _clean_member_name(member.name, what)
+                    if not name:
+                        continue
+                    _check_adopted(name, member, prefix, what, kinds, has_children)
+                    _record_directories(directories, name, member.kind == "dir", directory_depth)
+                    if progress is not None:
+                        progress(stream.hasher.size)
+                stream.drain()
+            while raw.read(_CHUNK):
+                pass  # bytes the decompressor accepted after the stream (zero padding)
+        for rel in required:
+            if kinds.get(f"{prefix}/{rel}") != "file":
+                raise LayerError(f"{what} has no {prefix}/{rel}, so it is not a Spack build-cache tarball")
+        digest = raw.hasher.digest
+        if expected is not None and digest != expected:
+            raise IntegrityError(
+                f"{what} hashes to {digest}, but its build cache records {expected}: the file is "
+                "damaged or was replaced; push it to the build cache again"
+            )
+        if follower is not None:
+            follower.finish(digest, raw.hasher.size)
+    except OSError as exc:
+        if follower is not None:
+            follower.abort()
+        raise LayerError(f"cannot read {what}: {exc.strerror or exc}") from None
+    except BaseException:
+        if follower is not None:
+            follower.abort()
+        raise
+    return LayerBlob(
+        digest=digest,
+        diff_id=stream.hasher.digest,
+        size=raw.hasher.size,
+        media_type=media_type,
+        directories=frozenset(directories),
+        uncompressed_size=stream.hasher.size,
+    )
+
+
+def _check_adopted(
+    name: str, member: TarMember, prefix: str, what: str, kinds: dict[str, str], has_children: set[str]
+) -> None:
+    """One member of a tarball used as a layer as is (see :func:`adopt_tarball`)."""
+    shown = f"{what}: member {member.name!r}"
+    inside = name == prefix or name.startswith(prefix + "/")
+    if not (inside or (member.kind == "dir" and prefix.startswith(name + "/"))):
+        raise LayerError(
+            f"{shown} lies outside the install prefix /{prefix}; a build-cache tarball holds that "
+            "prefix and its parent directories only"
+        )
+    if name.rpartition("/")[2].startswith(_WHITEOUT):
+        raise LayerError(f"{shown} is a whiteout: package tarballs may not delete files of lower layers")
+    if member.kind in ("chardev", "blockdev", "fifo"):
+        raise LayerError(f"{shown} is a {'FIFO' if member.kind == 'fifo' else 'device node'}: "
+                         "packages may not contain special files")  # fmt: skip
+    if member.mode & 0o7000:
+        raise LayerError(f"{shown} has mode {member.mode:o} (setuid, setgid or sticky): refused in a "
+                         "package layer used as is")  # fmt: skip
+    if member.kind == "hardlink":
+        target = member.linkname
+        if target.startswith("/") or ".." in target.split("/"):
+            raise LayerError(f"{shown}: hardlink points outside the archive ({target!r})")
+        found = kinds.get(_clean_member_name(target, what))
+        if found is None or found == "dir":
+            raise LayerError(f"{shown}: hardlink to {target!r}, which is not an earlier file of the tarball")
+    parent = name.rpartition("/")[0]
+    while parent:
+        kind = kinds.get(parent)
+        if kind is not None and kind != "dir":
+            raise LayerError(f"{shown} lies below {parent!r}, which is a {kind}, not a directory")
+        if parent in has_children:
+            break
+        has_children.add(parent)
+        parent = parent.rpartition("/")[0]
+    if member.kind != "dir" and name in has_children:
+        raise LayerError(f"{shown} is a {member.kind}, but earlier members lie below it")
+    kinds[name] = member.kind

@@ -169,7 +169,7 @@ def render_makefile(
     imagesmith: str = "imagesmith",
     jobs: int = 4,
     flags: Sequence[str] = (),
-    index_tag: str = "index.spack",
+    index_tag: str = "index.imagesmith",
     directory: Path | None = None,
 ) -> str:
     """Render a GNU Makefile (GNU make 4.3 or later) that builds one image per package.
@@ -193,6 +193,11 @@ def render_makefile(
     check_stack(packages)
     if not base_image or not repo or not index_tag:
         raise UsageError("the base image, the repository and the index tag must not be empty")
+    if index_tag == "index.spack":
+        raise UsageError(
+            "index.spack is Spack's build-cache index, which `imagesmith index update` writes "
+            "itself beside imagesmith's: give imagesmith's index another tag (default index.imagesmith)"
+        )
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"jobs must be a positive integer, not {jobs!r}")
     if directory is not None:

@@ -22,6 +22,8 @@ from .digests import Digest
 from .errors import DigestFormatError, ManifestError, PlatformError
 
 __all__ = [
+    "EMPTY_CONFIG",
+    "EMPTY_JSON",
     "MAX_MANIFEST_SIZE",
     "Descriptor",
     "ImageConfig",
@@ -249,6 +251,11 @@ class Descriptor:
         if self.artifact_type:
             out["artifactType"] = self.artifact_type
         return out
+
+
+# The OCI empty descriptor: the config of an artifact that has none (image-spec 1.1).
+EMPTY_JSON = b"{}"
+EMPTY_CONFIG = Descriptor(mt.OCI_EMPTY, Digest.of(EMPTY_JSON), len(EMPTY_JSON))
 
 
 @dataclass(frozen=True)
@@ -569,15 +576,18 @@ def select_platform(index: Index, wanted: Platform) -> Descriptor:
     """The index entry for ``wanted``; attestation entries (``unknown/unknown``) never match.
 
     When several entries match, the first one whose variant equals the wanted (or default)
-    variant wins. No match raises :class:`PlatformError` listing what the index offers.
+    variant wins; an image manifest wins over a nested index, which is chosen only when no
+    image matches (the caller follows it: :func:`imagesmith.images.choose_platform`). No match
+    raises :class:`PlatformError` listing what the index offers.
     """
-    candidates = [
+    matching = [
         d for d in index.manifests
         if d.platform is not None
         and not (d.platform.os == "unknown" and d.platform.architecture == "unknown")
-        and mt.is_manifest(d.media_type)
+        and (mt.is_manifest(d.media_type) or mt.is_index(d.media_type))
         and d.platform.matches(wanted)
     ]
+    candidates = [d for d in matching if mt.is_manifest(d.media_type)] or matching
     if not candidates:
         offered = platforms_of(index)
         raise PlatformError(

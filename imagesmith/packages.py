@@ -30,7 +30,10 @@ from .errors import ManifestError, PackageError, UsageError
 from .model import Platform
 
 if TYPE_CHECKING:
-    from .spack import SpackSpec
+    from .registry.client import RegistryPool
+    from .registry.transport import RegistryOptions
+    from .spack import SpackContent, SpackSpec
+    from .spackcache import SpackSources
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,6 +68,7 @@ _KNOWN_KEYS = (
     "env",
     "ld_library_path",
     "description",
+    "license",
     "spack_spec",
 )
 # Bumped whenever the hashed document changes shape, so old and new hashes never collide.
@@ -90,6 +94,12 @@ class Package:
     which is then the platform-independent content (scripts, data) every other platform gets.
     ``content`` is None when the package has per-platform content only. See
     :meth:`for_platform`.
+
+    ``spack_content`` says how a Spack package becomes a layer Spack can install from (a
+    build-cache tarball used as is, a layer already in a registry, or an install prefix with
+    its relocation record: see :mod:`imagesmith.spack`); ``spack_cache`` names the build cache
+    it came from (a directory, or ``oci://registry/repository``), where its runtime
+    dependencies are looked up. A package whose layer is in a registry has no ``content``.
     """
 
     name: str
@@ -106,6 +116,8 @@ class Package:
     metadata: Mapping[str, Any] = field(default_factory=dict, kw_only=True, hash=False)
     spack: SpackSpec | None = field(default=None, kw_only=True)
     platforms: tuple[tuple[Platform, Path, ContentKind], ...] = field(default=(), kw_only=True)
+    spack_content: SpackContent | None = field(default=None, kw_only=True)
+    spack_cache: str | None = field(default=None, kw_only=True)
 
     def content_for(self, platform: Platform) -> tuple[Path, ContentKind]:
         """The content ``platform``'s image gets: the ``platforms`` entry matching it (an
@@ -130,10 +142,11 @@ class Package:
         for a platform of another architecture than its spec's target: a binary for aarch64
         in an amd64 image only fails when it runs.
         """
-        content, kind = self.content_for(platform)
-        if self.spack is not None and not any(platform.matches(p) for p, _, _ in self.platforms):
-            from .spack import spec_architecture  # imagesmith.spack builds on this module
+        from .spack import SpackRegistryLayer, spec_architecture  # imagesmith.spack builds on this module
 
+        remote = isinstance(self.spack_content, SpackRegistryLayer)
+        content, kind = (self.content, self.content_kind) if remote else self.content_for(platform)
+        if self.spack is not None and not any(platform.matches(p) for p, _, _ in self.platforms):
             built_for = spec_architecture(self.spack)
             if built_for is not None and built_for[0] != platform.normalized().architecture:
                 raise PackageError(
@@ -151,10 +164,27 @@ class Package:
 
     @functools.cached_property
     def key(self) -> str:
-        """The identity of the package within one load: its package file's resolved path."""
+        """The identity of the package within one load: its package file's resolved path (for
+        a package in a registry, the reference it was read from)."""
         # Cached: a stack of hundreds of packages asks for keys hundreds of thousands of times,
         # and each resolve() is a realpath walk of system calls.
+        if self.is_remote:
+            return self.origin
         return str(self.source.resolve())
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the package's layer is in a registry (it has no local content; its
+        ``source`` is then ``oci:/REGISTRY/REPOSITORY:TAG``)."""
+        from .spack import SpackRegistryLayer  # imagesmith.spack builds on this module
+
+        return isinstance(self.spack_content, SpackRegistryLayer)
+
+    @property
+    def origin(self) -> str:
+        """Where the package was read, as a user writes it (``oci://...`` for a registry)."""
+        text = str(self.source)
+        return "oci://" + text.removeprefix("oci:/") if self.is_remote else text
 
     @property
     def label(self) -> str:
@@ -336,7 +366,9 @@ def _wrapped_spec(path: Path, doc: Mapping[str, Any]) -> SpackSpec:
     return spec
 
 
-def load_package(path: str | Path) -> Package:
+def load_package(
+    path: str | Path, *, pool: RegistryPool | None = None, registry: RegistryOptions | None = None
+) -> Package:
     """Load and validate one package, without its dependencies.
 
     ``path`` is a package file (``.json`` or ``.toml``), or a Spack install prefix, its
@@ -349,19 +381,34 @@ def load_package(path: str | Path) -> Package:
     (see :func:`~imagesmith.envmods.env_from_json`; ``{prefix}`` is expanded here),
     ``ld_library_path`` (a boolean, only with an inferred env), ``description``, ``spack_spec``
     (a Spack spec.json relative to this file, which then gives name, version and hash) and any
-    key starting with ``x-``. Every problem raises :class:`PackageError` naming the file and
+    key starting with ``x-``. A Spack build cache, or an entry of one (see
+    :mod:`imagesmith.spackcache`), must name exactly one package; ``pool`` or ``registry``
+    serve one in a registry. Every problem raises :class:`PackageError` naming the file and
     the field.
     """
-    from . import spack  # imported here: imagesmith.spack builds on this module
+    from . import spack, spackcache  # imported here: imagesmith.spack builds on this module
 
-    source = Path(path).resolve()
-    suffix = source.suffix.lower()
+    if spackcache.is_cache_argument(str(path)):
+        with spackcache.SpackSources(pool=pool, registry=registry) as sources:
+            found = sources.load(str(path))
+        if len(found) != 1:
+            raise PackageError(
+                f"{path} holds {len(found)} Spack packages: name one (DIR:NAME, DIR:/HASH), or "
+                "load them all with load_packages"
+            )
+        return found[0]
+    given = Path(path)
+    source = given.resolve()
+    suffix = given.suffix.lower()
     # Anything that cannot be a package file goes to the Spack loader, which names what it
-    # expected; a directory called x.json still gets the package-file error below.
+    # expected; a directory called x.json still gets the package-file error below. The name
+    # as given decides: a symlink x.tar.gz to a build-cache blob is a tarball.
     if source.is_dir() and suffix not in (".json", ".toml"):
         return spack.load_spack_package(path)
-    if source.name.lower().endswith(spack.BUILDCACHE_SUFFIXES):
+    if given.name.lower().endswith(spack.BUILDCACHE_SUFFIXES):
         return spack.load_spack_package(path)
+    if suffix not in (".json", ".toml") and source.is_file() and _looks_like_tarball(source):
+        return spack.tarball_package(given)
     doc = _read_document(source)
     if suffix == ".json" and spack.is_spack_spec(doc):
         return spack.load_spack_package(path)
@@ -409,6 +456,12 @@ def load_package(path: str | Path) -> Package:
     description = doc.get("description")
     if description is not None and not isinstance(description, str):
         raise PackageError(f"package file {source}: 'description' must be a string")
+    licence = doc.get("license")
+    if licence is not None and (not isinstance(licence, str) or not licence.strip()):
+        raise PackageError(f"package file {source}: 'license' must be an SPDX expression such as \"MIT\"")
+    spack_content = (
+        _wrapped_content(spack_spec, prefix, content, kind, doc) if spack_spec is not None else None
+    )
     return Package(
         name=name,
         version=version,
@@ -423,18 +476,66 @@ def load_package(path: str | Path) -> Package:
         metadata=doc,
         spack=spack_spec,
         platforms=platforms,
+        spack_content=spack_content,
     )
 
 
-def load_packages(paths: Sequence[str | Path]) -> list[Package]:
+def _wrapped_content(
+    spec: SpackSpec, prefix: str, content: Path | None, kind: ContentKind | None, doc: Mapping[str, Any]
+) -> SpackContent:
+    """How the content a package file gives a Spack spec becomes a layer Spack installs from:
+    an install prefix of that spec (its relocation record is written), or the spec's own
+    build-cache tarball at the same prefix (used as is); anything else makes a runnable image
+    that Spack cannot install."""
+    from .spack import SpackPrefix, SpackTarball, prefix_content, read_tarball_spec
+
+    if content is None or kind is None:
+        return SpackPrefix(None, "its content is per platform, and a Spack build is for one target")
+    if kind == "directory":
+        if not (content / ".spack" / "spec.json").is_file():
+            return SpackPrefix(
+                None, f"its content {content} is not a Spack install prefix (no .spack/spec.json)"
+            )
+        return prefix_content(content, spec)
+    try:
+        with open(content, "rb") as f:
+            prefix_rel, data = read_tarball_spec(f, f"content {doc.get('content')!r}")
+        same = json.loads(data)["spec"]["nodes"][0]["hash"] == spec.hash
+    except (PackageError, OSError, ValueError, KeyError, IndexError, TypeError):
+        same, prefix_rel = False, ""
+    if same and "/" + prefix_rel == prefix:
+        return SpackTarball()
+    return SpackPrefix(
+        None, "its content tarball is not the spec's build-cache tarball at the same prefix, so it is "
+        "re-archived, without Spack's relocation record"
+    )
+
+
+def _looks_like_tarball(path: Path) -> bool:
+    """Whether a file without a tarball suffix (a build-cache blob) starts like one: gzip or
+    zstd magic, or a ustar header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(265)
+    except OSError:
+        return False
+    return head[:2] == b"\x1f\x8b" or head[:4] == b"\x28\xb5\x2f\xfd" or head[257:262] == b"ustar"
+
+
+def load_packages(
+    paths: Sequence[str | Path], *, pool: RegistryPool | None = None, registry: RegistryOptions | None = None
+) -> list[Package]:
     """Load packages and all their dependencies, each once, dependencies first.
 
-    ``paths`` are package files, Spack install prefixes, spec.json files inside them or Spack
-    build-cache tarballs. A package file's ``depends`` are loaded too; a Spack package's runtime
-    dependencies (transitive ``link``/``run``) are matched by hash against every package loaded
-    here (a Spack package's DAG hash or a package file's explicit ``hash``) and must all be
-    there. Two packages with the same hash, one of them from Spack, are one package: the first
-    loaded wins.
+    ``paths`` are package files, Spack install prefixes, spec.json files inside them, Spack
+    build-cache tarballs, or Spack build caches and entries of them (directories of layout 2
+    or 3, manifests, blobs, ``oci://REGISTRY/REPOSITORY[:TAG]``; see
+    :mod:`imagesmith.spackcache`: ``pool`` or ``registry`` serve the registries). A package
+    file's ``depends`` are loaded too; a Spack package's runtime dependencies (transitive
+    ``link``/``run``) are matched by hash against every package loaded here (a Spack package's
+    DAG hash or a package file's explicit ``hash``), and those missing are taken from the build
+    cache the package came from; all must be there. Two packages with the same hash, one of
+    them from Spack, are one package: the first loaded wins.
     The order is a depth-first walk: each package comes right after its dependencies, which are
     visited in the order they are listed (a Spack package's in dependency order), and the given
     paths are visited in the order given, so the result is deterministic. A dependency cycle
@@ -442,10 +543,18 @@ def load_packages(paths: Sequence[str | Path]) -> list[Package]:
     the package that depends on it, a missing Spack dependency one naming it and how to give
     it; two different packages installing to the same prefix raise one naming both.
     """
-    from .spack import resolve_spack_dependencies  # imported here: it builds on this module
+    from .spackcache import SpackSources  # imported here: it builds on this module
 
     if isinstance(paths, (str, Path)):
         raise UsageError("load_packages takes a list of package files, not a single path")
+    with SpackSources(pool=pool, registry=registry) as sources:
+        return _load_all(paths, sources)
+
+
+def _load_all(paths: Sequence[str | Path], sources: SpackSources) -> list[Package]:
+    from .spack import resolve_spack_dependencies  # imported here: it builds on this module
+    from .spackcache import is_cache_argument
+
     # The same package can be reached under several paths (a prefix and its spec.json, two
     # spellings of a file) and, for Spack, from several sources with one DAG hash; ``by_path``
     # maps each path to the one package that stands for it, keyed by its own ``key``.
@@ -454,7 +563,23 @@ def load_packages(paths: Sequence[str | Path]) -> list[Package]:
     by_hash: dict[str, Package] = {}
     loaded: list[Package] = []
 
-    def load(path: str | Path, dependent: Package | None) -> Package:
+    def add(package: Package) -> Package:
+        package = by_key.get(package.key, package)
+        if package.hash is not None:
+            same = by_hash.setdefault(package.hash, package)
+            # A Spack hash names one build of one package, whoever provides it; two plain
+            # package files that happen to share a hash stay two packages, as they always were.
+            if same.spack is not None or package.spack is not None:
+                package = same
+        if package.key not in by_key:
+            by_key[package.key] = package
+            loaded.append(package)
+        return package
+
+    def load(path: str | Path, dependent: Package | None) -> list[Package]:
+        if dependent is None and is_cache_argument(str(path)):
+            # A build cache may name several packages at once (a whole cache).
+            return [add(p) for p in sources.load(str(path))]
         path_key = str(Path(path).resolve())
         package = by_path.get(path_key)
         if package is None:
@@ -464,28 +589,25 @@ def load_packages(paths: Sequence[str | Path]) -> list[Package]:
                     "which does not exist"
                 )
             # The path as given, not resolved: a Spack prefix keeps its spelling in the image.
-            package = load_package(path)
-            package = by_key.get(package.key, package)
-            if package.hash is not None:
-                same = by_hash.setdefault(package.hash, package)
-                # A Spack hash names one build of one package, whoever provides it; two plain
-                # package files that happen to share a hash stay two packages, as they always were.
-                if same.spack is not None or package.spack is not None:
-                    package = same
-            if package.key not in by_key:
-                by_key[package.key] = package
-                loaded.append(package)
+            package = add(load_package(path))
             by_path[path_key] = package
-        return package
+        return [package]
 
-    roots = [load(root, None) for root in paths]
-    # Every package file dependency, transitively, iteratively (long chains must not recurse).
+    roots = [package for root in paths for package in load(root, None)]
+    # Every package file dependency, and every runtime dependency a build cache holds,
+    # transitively, iteratively (long chains must not recurse).
     index = 0
     while index < len(loaded):
         package = loaded[index]
         index += 1
         for dep_path in package.depends:
             load(dep_path, package)
+        if package.spack is not None and package.spack_cache is not None:
+            for needed in package.spack.runtime:
+                if needed.hash not in by_hash:
+                    found = sources.dependency(package, needed)
+                    if found is not None:
+                        add(found)
 
     final: dict[str, Package] = {}
     for package in loaded:

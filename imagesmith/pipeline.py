@@ -18,10 +18,10 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,23 @@ from . import layerrecords
 from . import mediatypes as mt
 from .budget import DEFAULT_MAX_LAYERS, LayerPlan, package_slots, plan_layers
 from .cache import BlobCache
+from .closure import CheckMode, ClosureReport, check_closure, closure_gate
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
 from .errors import PackageError, UsageError
 from .grouplayer import GroupMember, group_entries, group_record_key
-from .images import BaseImage, BlobOrigin, Image, Layer, RawManifest, resolve_base
-from .layers import LayerBlob, build_layer, directory_entries, tarball_entries
+from .images import (
+    BaseImage,
+    BlobOrigin,
+    FileOrigin,
+    Image,
+    Layer,
+    RawManifest,
+    RemoteOrigin,
+    choose_platform,
+    resolve_base,
+)
+from .layers import LayerBlob, adopt_tarball, build_layer, directory_entries, tarball_entries, with_file
 from .locations import (
     ArchiveLocation,
     DaemonLocation,
@@ -49,9 +60,14 @@ from .overlap import EarlyUploads
 from .packages import Package, package_hash
 from .progress import EventKind, ProgressCallback, ProgressEvent, null_progress
 from .references import Reference, parse_repository
+from .referrers import Attached, attach
 from .registry.client import RegistryPool
 from .registry.transport import RegistryOptions
-from .spack import SPACK_CONFIG_KEYS, spack_config_fields
+from .sbom import SBOM_FILENAMES, SBOM_MEDIA_TYPES, SbomFormat, SbomImage, render_sbom, sbom_packages
+from .signing import Signed, SigningKey, sign_image
+from .spack import SPACK_CONFIG_KEYS, SpackPrefix, SpackRegistryLayer, SpackTarball, spack_config_fields
+from .spackrelocation import BUILDINFO_PATH, Relocation, buildinfo
+from .tarwriter import TarEntry
 from .templating import render_profile_script, render_tag
 from .transfer import DaemonSink, as_location, open_sink, open_source, write_image, write_images, write_index
 
@@ -97,6 +113,12 @@ class BuildOptions:
     jobs: int = 4
     # Upload each new layer to the target repository while it is compressed (see overlap.py).
     overlap_upload: bool = True
+    # The runtime-closure check (closure.py): "warn" reports, "error" fails before any write.
+    check: CheckMode = "warn"
+    # SBOMs attached to the image as OCI referrers (sbom.py, referrers.py), and the key that
+    # signs it in its registry (signing.py).
+    sbom: tuple[SbomFormat, ...] = ()
+    signing_key: SigningKey | None = None
     # The most layers an image may have, base layers included (see budget.py).
     max_layers: int = DEFAULT_MAX_LAYERS
 
@@ -105,8 +127,11 @@ class BuildOptions:
 class BuiltPackage:
     """A package turned into a layer, with its effective hash and environment changes.
 
-    ``origin`` builds the layer again should its cached copy be lost or damaged by the time
-    a destination reads it (see :class:`~imagesmith.layerrecords.RebuildOrigin`).
+    ``origin`` is where the layer's bytes come from: for a layer built into the blob cache, its
+    input built again should the cached copy be lost or damaged by the time a destination reads
+    it (see :class:`~imagesmith.layerrecords.RebuildOrigin`); a Spack build-cache tarball used
+    as is; a layer in a registry. ``spack_problem`` says why the layer of a Spack package is
+    not one Spack can install from (then its image is no Spack build-cache entry).
     """
 
     package: Package
@@ -114,6 +139,7 @@ class BuiltPackage:
     hash: str
     env: tuple[EnvModification, ...]
     origin: BlobOrigin | None = field(default=None, compare=False, repr=False)
+    spack_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +151,11 @@ class StackLayer:
     packages: tuple[BuiltPackage, ...]
     # Builds the layer again should its cached copy be lost before a destination reads it.
     origin: BlobOrigin | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        """``name-version`` of the package, or of every package of a group, for messages."""
+        return ", ".join(p.package.label for p in self.packages)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -189,7 +220,22 @@ class BuildResult(_Written):
     packages: tuple[BuiltPackage, ...]
     destinations: tuple[Location, ...] = ()
     loaded: tuple[str, ...] = ()
+    closure: ClosureReport | None = None
+    sboms: tuple[tuple[SbomFormat, bytes], ...] = field(default=(), repr=False)
+    attached: tuple[Attached, ...] = ()
+    signed: tuple[Signed, ...] = ()
     layers: tuple[StackLayer, ...] = ()
+
+    @property
+    def spack(self) -> bool:
+        """Whether the image is a Spack build-cache entry (Spack's config keys are in it)."""
+        return "spec" in self.image.config.raw
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user should know about the image: why a Spack package's image is not a
+        Spack build-cache entry."""
+        return _notes(self.packages, self.spack)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -198,6 +244,11 @@ class BuildResult(_Written):
             "digest": self.digest,
             "destinations": [str(d) for d in self.destinations],
             "loaded": list(self.loaded),
+            "spack": self.spack,
+            "notes": list(self.notes),
+            **({"closure": self.closure.to_json()} if self.closure is not None else {}),
+            **({"attached": [a.to_json() for a in self.attached]} if self.attached else {}),
+            **({"signed": [s.to_json() for s in self.signed]} if self.signed else {}),
             "base": self.base.pinned,
             "layers": [layer.to_json() for layer in self.layers or _single_layers(self.packages)],
         }
@@ -275,6 +326,7 @@ def content_layer(
     progress: Callable[[int], None] | None = None,
     reuse: bool = True,
     uploads: EarlyUploads | None = None,
+    relocation: Relocation | None = None,
 ) -> tuple[LayerBlob, bool]:
     """One layer from a directory or a tarball placed at ``prefix`` (relative to ``/``).
 
@@ -284,11 +336,15 @@ def content_layer(
     of uncompressed bytes archived so far. With ``uploads``, a layer that is built is also
     uploaded while it is compressed (a reused one is left to the push: it may be there), and
     a layer whose blob left the cache but whose record names a digest the target repository
-    already has is neither built nor sent.
+    already has is neither built nor sent. ``relocation`` (a Spack install prefix directory)
+    adds Spack's relocation record, ``<prefix>/.spack/binary_distribution``, written for the
+    directory's files.
     """
+    extra = {"spack-relocation": relocation.to_json()} if relocation is not None else None
     key = (
         layerrecords.input_key(
-            content, prefix, preserve=preserve, compression=compression, level=level, media_types=media_types
+            content, prefix, preserve=preserve, compression=compression, level=level,
+            media_types=media_types, extra=extra,
         )
         if reuse
         else None
@@ -308,28 +364,70 @@ def content_layer(
     options: dict[str, Any] = {
         "media_types": media_types, "compression": compression, "level": level, "progress": progress,
         "follower": uploads.follower() if uploads is not None else None,
+        "directory_depth": _inspected_depth(prefix),
     }  # fmt: skip
     if content.is_dir():
-        blob = build_layer(directory_entries(content, prefix, preserve=preserve), cache, **options)
+        entries: Iterable[TarEntry] = directory_entries(content, prefix, preserve=preserve)
+        if relocation is not None:
+            record = buildinfo(relocation, directory_entries(content, prefix, preserve=preserve), prefix)
+            entries = with_file(entries, f"{prefix}/{BUILDINFO_PATH}", record)
+        blob = build_layer(entries, cache, **options)
     else:
-        with tarball_entries(content, prefix, preserve=preserve, tmpdir=cache.tmp_dir) as entries:
-            blob = build_layer(entries, cache, **options)
+        with tarball_entries(content, prefix, preserve=preserve, tmpdir=cache.tmp_dir) as tar_entries:
+            blob = build_layer(tar_entries, cache, **options)
     if key is not None:
         layerrecords.remember(cache, key, blob)
     return blob, False
 
 
+def _inspected_depth(prefix: str) -> int:
+    """How deep a layer's directories are recorded: environment inference looks two levels
+    below the prefix at most."""
+    return len([p for p in prefix.split("/") if p not in ("", ".")]) + 2
+
+
 def _rebuild_origin(
     blob: LayerBlob, content: Path, prefix: str, cache: BlobCache, media_types: mt.MediaTypes, *,
-    compression: mt.Compression, level: int | None, preserve: bool,
+    compression: mt.Compression, level: int | None, preserve: bool, relocation: Relocation | None = None,
 ) -> layerrecords.RebuildOrigin:  # fmt: skip
     """How to make ``blob`` again from its input: :func:`content_layer`, without reuse."""
 
     def rebuild() -> LayerBlob:
         return content_layer(content, prefix, cache, media_types, compression=compression, level=level,
-                             preserve=preserve, reuse=False)[0]  # fmt: skip
+                             preserve=preserve, reuse=False, relocation=relocation)[0]  # fmt: skip
 
     return layerrecords.RebuildOrigin(blob, cache, f"the layer of {content}", rebuild)
+
+
+def adopted_layer(
+    tarball: Path,
+    prefix: str,
+    cache: BlobCache,
+    media_types: mt.MediaTypes,
+    *,
+    checksum: Digest | None = None,
+    progress: Callable[[int], None] | None = None,
+    uploads: EarlyUploads | None = None,
+) -> tuple[LayerBlob, bool]:
+    """A Spack build-cache tarball as its own layer (:func:`~imagesmith.layers.adopt_tarball`):
+    not copied, its bytes stay in the file (``FileOrigin``). An unchanged file is not read
+    again: its record (kept like a built layer's, though its blob is the file) gives the layer.
+    Returns the layer and whether it was reused.
+    """
+    key = layerrecords.input_key(
+        tarball, prefix, preserve=False, compression="none", level=None, media_types=media_types,
+        extra={"adopted": str(checksum) if checksum is not None else True},
+    )  # fmt: skip
+    found = layerrecords.recorded(cache, key)
+    if found is not None:
+        return found, True
+    blob = adopt_tarball(
+        tarball, prefix, media_types, expected=checksum, required=(BUILDINFO_PATH, ".spack/spec.json"),
+        follower=uploads.follower() if uploads is not None else None, progress=progress,
+        directory_depth=_inspected_depth(prefix),
+    )  # fmt: skip
+    layerrecords.remember(cache, key, blob)
+    return blob, False
 
 
 def build_package_layers(
@@ -354,8 +452,11 @@ def build_package_layers(
     if not packages:
         raise UsageError("no packages given: name at least one package file")
 
-    def one(package: Package) -> LayerBlob:
+    def one(package: Package) -> tuple[LayerBlob, BlobOrigin | None, str | None]:
         subject = f"{package.name}@{package.version}"
+        spack_content = package.spack_content
+        if isinstance(spack_content, SpackRegistryLayer):
+            return _registry_layer(spack_content, media_types), _registry_origin(spack_content), None
         if package.content is None:
             raise PackageError(
                 f"package {package.label} ({package.source}) has per-platform content only: "
@@ -363,35 +464,49 @@ def build_package_layers(
             )
         key = (package.content, package.prefix)
         found = shared.get(key) if shared is not None else None
+        origin: BlobOrigin | None = None
+        upload = uploads if upload_only is None or package.key in upload_only else None
         if found is not None:
             progress(ProgressEvent("layer-reused", subject, found.size, str(found.digest)))
-            return found
-        blob, reused = content_layer(
-            package.content,
-            package.prefix.lstrip("/"),
-            cache,
-            media_types,
-            compression=options.compression,
-            level=options.level,
-            progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
-            uploads=uploads if upload_only is None or package.key in upload_only else None,
-        )
-        if shared is not None:
+            blob, reused = found, True
+        elif isinstance(spack_content, SpackTarball):
+            blob, reused = adopted_layer(
+                package.content, package.prefix.lstrip("/"), cache, media_types,
+                checksum=spack_content.checksum, uploads=upload,
+                progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+            )  # fmt: skip
+        else:
+            relocation = spack_content.relocation if isinstance(spack_content, SpackPrefix) else None
+            blob, reused = content_layer(
+                package.content,
+                package.prefix.lstrip("/"),
+                cache,
+                media_types,
+                compression=options.compression,
+                level=options.level,
+                progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+                uploads=upload,
+                relocation=relocation,
+            )
+        if isinstance(spack_content, SpackTarball):
+            origin = FileOrigin(package.content)
+        if shared is not None and found is None:
             shared[key] = blob  # distinct packages have distinct prefixes: no two threads share a key
-        kind: EventKind = "layer-reused" if reused else "layer-built"
-        progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
-        return blob
+        if found is None:
+            kind: EventKind = "layer-reused" if reused else "layer-built"
+            progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
+        return blob, origin, _layer_problem(package, blob)
 
     jobs = max(1, min(options.jobs, len(packages)))
     if jobs == 1:
-        blobs = [one(p) for p in packages]
+        results = [one(p) for p in packages]
     else:
         with ThreadPoolExecutor(max_workers=jobs) as executor:
-            blobs = list(executor.map(one, packages))
+            results = list(executor.map(one, packages))
 
     hashes: dict[str, str] = {}
     built: list[BuiltPackage] = []
-    for package, blob in zip(packages, blobs, strict=True):
+    for package, (blob, origin, problem) in zip(packages, results, strict=True):
         dep_hashes = [hashes[key] for key in package.depends]
         digest_hash = package_hash(package, dep_hashes, blob.diff_id)
         hashes[package.key] = digest_hash
@@ -404,13 +519,72 @@ def build_package_layers(
                 return f"{_prefix}/{rel}".strip("/") in _dirs
 
             env = infer_env(package.prefix, has_dir, ld_library_path=package.ld_library_path)
-        assert package.content is not None  # one() made sure
-        origin = _rebuild_origin(
-            blob, package.content, package.prefix.lstrip("/"), cache, media_types,
-            compression=options.compression, level=options.level, preserve=False,
-        )  # fmt: skip
-        built.append(BuiltPackage(package, blob, digest_hash, tuple(env), origin))
+        if origin is None:
+            assert package.content is not None  # one() made sure
+            spack_content = package.spack_content
+            origin = _rebuild_origin(
+                blob, package.content, package.prefix.lstrip("/"), cache, media_types,
+                compression=options.compression, level=options.level, preserve=False,
+                relocation=spack_content.relocation if isinstance(spack_content, SpackPrefix) else None,
+            )  # fmt: skip
+        built.append(BuiltPackage(package, blob, digest_hash, tuple(env), origin, problem))
     return built
+
+
+def _registry_layer(content: SpackRegistryLayer, media_types: mt.MediaTypes) -> LayerBlob:
+    """The layer of a Spack image in a registry, typed for the image's media-type family."""
+    layer = content.layer
+    return LayerBlob(
+        digest=layer.digest,
+        diff_id=content.diff_id,
+        size=layer.size,
+        media_type=media_types.layer(mt.compression_of(layer.media_type)),
+        directories=content.directories,
+    )
+
+
+def _registry_origin(content: SpackRegistryLayer) -> BlobOrigin:
+    return RemoteOrigin(content.registry, content.repository)
+
+
+def _layer_problem(package: Package, blob: LayerBlob) -> str | None:
+    """Why Spack could not install ``package`` from ``blob``, or None (also for a package
+    that is not Spack's: there is nothing to say)."""
+    if package.spack is None:
+        return None
+    content = package.spack_content
+    if isinstance(content, SpackPrefix) and content.problem is not None:
+        return content.problem
+    if content is None:
+        return "its content comes from a package file, without Spack's relocation record"
+    if mt.compression_of(blob.media_type) == "zstd":
+        return "its layer is zstd-compressed, and Spack extracts gzip or uncompressed tarballs only"
+    return None
+
+
+_PROFILE_PROBLEM = "--profile-script puts a layer above the package, and Spack installs the last layer"
+
+
+def _spack_entry(built: Sequence[BuiltPackage], options: BuildOptions) -> tuple[bool, str | None]:
+    """Whether the image of the stack ``built`` is a Spack build-cache entry (Spack's tag and
+    config keys), and otherwise, for a Spack package, why not."""
+    top = built[-1]
+    if top.package.spack is None:
+        return False, None
+    if top.spack_problem is not None:
+        return False, top.spack_problem
+    if options.profile_script:
+        return False, _PROFILE_PROBLEM
+    return True, None
+
+
+def _notes(built: Sequence[BuiltPackage], spack: bool) -> tuple[str, ...]:
+    if spack or not built or built[-1].package.spack is None:
+        return ()
+    top = built[-1]
+    reason = top.spack_problem or _PROFILE_PROBLEM
+    return (f"{top.package.label} is not a Spack build-cache entry (no .spack tag, no Spack config keys): "
+            f"{reason}",)  # fmt: skip
 
 
 def plan_stacks(
@@ -620,10 +794,12 @@ def assemble(
     top_level: dict[str, Any] = {}
     if built:
         # Spack reads its spec and the package layer's checksum from top-level config keys;
-        # for other packages they are removed, so a Spack base image leaves no stale ones.
-        # Set last, with ``created``: every config update copies the config, and a Spack
-        # spec can be megabytes (a stack of hundreds of images copied it seconds long).
-        fields = spack_config_fields(built[-1].package, built[-1].layer.digest)
+        # for other packages (and Spack packages Spack could not install from this image) they
+        # are removed, so a Spack base image leaves no stale ones. Set last, with ``created``:
+        # every config update copies the config, and a Spack spec can be megabytes (a stack of
+        # hundreds of images copied it for seconds).
+        spack, _problem = _spack_entry(built, options)
+        fields = spack_config_fields(built[-1].package, built[-1].layer.digest) if spack else {}
         top_level = fields or dict.fromkeys(SPACK_CONFIG_KEYS)
     config = config.with_top_level(**top_level, created=created)
     image = image.with_config(config)
@@ -661,13 +837,14 @@ def _profile_layer(
         )
 
 
-def _rendered_tag(built: Sequence[BuiltPackage], template: str | None, platform: Platform) -> str:
+def _rendered_tag(built: Sequence[BuiltPackage], options: BuildOptions, platform: Platform) -> str:
     top = built[-1]
     return render_tag(
-        template,
+        options.tag_template,
         name=top.package.name,
         version=top.package.version,
         hash=top.hash,
+        spack=_spack_entry(built, options)[0],
         os=platform.os,
         arch=platform.architecture,
     )
@@ -678,7 +855,7 @@ def target_reference(
     *,
     repo: str | Reference | None,
     tag: str | Reference | None,
-    template: str | None,
+    options: BuildOptions,
     platform: Platform,
 ) -> Reference:
     """Where the image goes: ``tag`` as given, or ``repo`` + the rendered tag template."""
@@ -688,7 +865,7 @@ def target_reference(
         return _tag_reference(tag)
     assert repo is not None
     repository = repo if isinstance(repo, Reference) else parse_repository(repo)
-    return repository.with_tag(_rendered_tag(built, template, platform))
+    return repository.with_tag(_rendered_tag(built, options, platform))
 
 
 def _tag_reference(tag: str | Reference) -> Reference:
@@ -814,6 +991,95 @@ def write_destinations(
     return digest, loaded
 
 
+def _early_uploads_allowed(options: BuildOptions) -> bool:
+    # With --check=error nothing may reach the registry before the check has passed.
+    return options.overlap_upload and options.check != "error"
+
+
+def check_runtime_closure(
+    images: Sequence[tuple[Image, Sequence[StackLayer]]],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
+    destinations: Sequence[Location] = (),
+) -> list[ClosureReport | None]:
+    """The runtime-closure check of each image (with its package layers) as
+    ``options.check`` asks (None when off); with ``error`` a finding raises
+    :class:`~imagesmith.closure.ClosureError` before anything is written. Remote base layers
+    it reads are kept in the cache when a destination will need their bytes (anything but a
+    registry pushed to by mount or HEAD, see :func:`write_destinations`)."""
+    if options.check == "off":
+        return [None] * len(images)
+    memo: dict[tuple[Digest, bool], Any] = {}
+    reports: list[ClosureReport | None] = []
+    for image, layers in images:
+        packages = {layer.layer.digest: layer.label for layer in layers}
+        origins = [layer.origin for layer in image.layers]
+        registries = {origin.registry for origin in origins if isinstance(origin, RemoteOrigin)}
+        keep = any(not (isinstance(d, RegistryLocation) and d.reference.registry in registries)
+                   for d in destinations)  # fmt: skip
+        report = check_closure(image, packages, pool=pool, cache=cache, jobs=options.jobs, progress=progress,
+                               memo=memo, keep_in_cache=keep)  # fmt: skip
+        closure_gate(report, options.check)
+        reports.append(report)
+    return reports
+
+
+def check_trust_destinations(options: BuildOptions, destinations: Sequence[Location]) -> None:
+    """Refuse, before anything is written, an SBOM or signature with nowhere to go."""
+    if options.signing_key is not None and not any(isinstance(d, RegistryLocation) for d in destinations):
+        raise UsageError("--sign signs an image in a registry: push it (--repo or --tag), not only --output")
+    if options.sbom and not any(isinstance(d, RegistryLocation | LayoutLocation) for d in destinations):
+        raise UsageError("--sbom attaches the SBOM to the image: push it, or write an oci: layout")
+
+
+def attach_and_sign(
+    name: Reference | None,
+    image: Image,
+    digest: str,
+    layers: Sequence[StackLayer],
+    base: BaseImage,
+    destinations: Sequence[Location],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
+) -> tuple[tuple[tuple[SbomFormat, bytes], ...], tuple[Attached, ...], tuple[Signed, ...]]:
+    """After the image is written: its SBOMs attached to each registry or layout destination,
+    then its signature pushed to each registry (see :mod:`imagesmith.referrers`,
+    :mod:`imagesmith.signing`). Returns the SBOM documents, what was attached and signed."""
+    if not options.sbom and options.signing_key is None:
+        return (), (), ()
+    created = image.config.raw.get("created") or _created()
+    manifest = image.manifest_bytes()
+    subject = Descriptor(image.media_types.manifest, Digest.parse(digest), len(manifest))
+    # Each package with the digest of the layer it is in (a group's, when the budget grouped it).
+    packages = sbom_packages(
+        [(b.package, b.hash, str(layer.layer.digest)) for layer in layers for b in layer.packages]
+    )
+    shown = str(name) if name is not None else None
+    described = SbomImage(shown, digest, str(image.config.platform), created, base.pinned, packages)
+    sboms = tuple((fmt, render_sbom(described, fmt)) for fmt in dict.fromkeys(options.sbom))
+    attached = tuple(
+        attach(destination, subject, SBOM_MEDIA_TYPES[fmt], document, filename=SBOM_FILENAMES[fmt], pool=pool,
+               cache=cache, created=created, progress=progress)
+        for destination in destinations
+        if isinstance(destination, RegistryLocation | LayoutLocation)
+        for fmt, document in sboms
+    )  # fmt: skip
+    key = options.signing_key
+    signed = tuple(
+        sign_image(destination.reference, key, pool=pool, cache=cache, digest=subject.digest,
+                   progress=progress)
+        for destination in destinations
+        if key is not None and isinstance(destination, RegistryLocation)
+    )
+    return sboms, attached, signed
+
+
 def build(
     base: str | Reference | Location,
     packages: Sequence[Package],
@@ -860,7 +1126,7 @@ def build(
         resolved = _single_base(pool, base_location, platform, options, progress)
         media_types = resolved.image.media_types
         plan = plan_stacks({top: packages}, len(resolved.image.layers), options)
-        push_to = _push_target(out, tag or repo, load=load, enabled=options.overlap_upload)
+        push_to = _push_target(out, tag or repo, load=load, enabled=_early_uploads_allowed(options))
         uploaded: set[Digest] = set()
         with _early_uploads(pool, push_to, progress, uploaded) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads,
@@ -869,23 +1135,27 @@ def build(
             groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads)
         layers = stack_layers(plan, top, by_key, groups)
         name = (
-            target_reference(built, repo=repo, tag=tag, template=options.tag_template, platform=platform)
+            target_reference(built, repo=repo, tag=tag, options=options, platform=platform)
             if repo is not None or tag is not None
             else None
         )
         default_tag = None
         if isinstance(out, LayoutLocation) and out.tag is None and name is None:
-            default_tag = _rendered_tag(built, options.tag_template, platform)  # as --repo would
+            default_tag = _rendered_tag(built, options, platform)  # as --repo would
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
+        check_trust_destinations(options, destinations)
         image = assemble(resolved, built, cache, options, _created(), layers)
+        [closure] = check_runtime_closure([(image, layers)], options, pool=pool, cache=cache,
+                                          progress=progress, destinations=destinations)  # fmt: skip
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
             docker_host=docker_host, progress=progress, uploaded=(push_to, uploaded),
         )  # fmt: skip
-        return BuildResult(
-            _name_of(destinations, name), digest, resolved, image, tuple(built), tuple(destinations), loaded,
-            layers,
-        )  # fmt: skip
+        named = _name_of(destinations, name)
+        trust = attach_and_sign(named, image, digest, layers, resolved, destinations, options, pool=pool,
+                                cache=cache, progress=progress)  # fmt: skip
+        return BuildResult(named, digest, resolved, image, tuple(built), tuple(destinations), loaded, closure,
+                           *trust, layers)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -904,6 +1174,18 @@ class MultiBuildResult(_Written):
     images: tuple[BuildResult, ...]
     platforms: tuple[Platform, ...]
     destinations: tuple[Location, ...] = ()
+    signed: tuple[Signed, ...] = ()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user should know: a Spack package's index is no Spack build-cache entry."""
+        top = self.images[0].packages[-1].package if self.images and self.images[0].packages else None
+        if top is None or top.spack is None:
+            return ()
+        return (
+            f"{top.label} is not a Spack build-cache entry (no .spack tag): Spack reads one image "
+            "per tag, never a multi-platform index; push each platform's image to its own repository",
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -911,11 +1193,13 @@ class MultiBuildResult(_Written):
             "tag": self.tag,
             "digest": self.digest,
             "mediaType": self.media_type,
+            "notes": list(self.notes),
             "destinations": [str(d) for d in self.destinations],
             "platforms": [
                 {"platform": str(platform), **image.to_json()}
                 for platform, image in zip(self.platforms, self.images, strict=True)
             ],
+            **({"signed": [s.to_json() for s in self.signed]} if self.signed else {}),
         }
 
 
@@ -995,7 +1279,7 @@ def build_platforms(
         # One plan for every platform (the deepest base decides), so a group is the same set
         # of packages, and for platform-independent content the same blob, on each.
         plan = plan_stacks({top: packages}, max(len(b.image.layers) for b in bases), options)
-        push_to = _push_target(out, tag or repo, load=False, enabled=options.overlap_upload)
+        push_to = _push_target(out, tag or repo, load=False, enabled=_early_uploads_allowed(options))
         with _early_uploads(pool, push_to, progress) as uploads:
             built_by, groups_by = _platform_layers(
                 per_platform, plan, cache, media_types, options, progress, uploads
@@ -1014,12 +1298,17 @@ def build_platforms(
         if isinstance(out, LayoutLocation) and out.tag is None and name is None:
             default_tag = _multi_tag(built_by, platforms, options.tag_template)
         destinations = plan_destinations(name, out, load=False, default_tag=default_tag)
+        check_trust_destinations(options, destinations)
+        closures = check_runtime_closure(list(zip(images, layers_by, strict=True)), options, pool=pool,
+                                         cache=cache, progress=progress,
+                                         destinations=destinations)  # fmt: skip
         for destination in destinations:
             with open_sink(destination, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
-        return _multi_result(_name_of(destinations, name), index, bases, images, built_by, platforms,
-                             tuple(destinations), layers_by)  # fmt: skip
+        return _multi_result(_name_of(destinations, name), index, bases, images, built_by, layers_by,
+                             platforms, tuple(destinations), closures, options, pool=pool, cache=cache,
+                             progress=progress)  # fmt: skip
 
 
 def _platform_bases(
@@ -1091,16 +1380,36 @@ def _multi_result(
     bases: Sequence[BaseImage],
     images: Sequence[Image],
     stacks: Sequence[Sequence[BuiltPackage]],
+    layers_by: Sequence[Sequence[StackLayer]],
     platforms: Sequence[Platform],
     destinations: tuple[Location, ...],
-    layers_by: Sequence[Sequence[StackLayer]],
+    closures: Sequence[ClosureReport | None],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
 ) -> MultiBuildResult:
-    results = tuple(
-        BuildResult(None, str(image.digest), b, image, tuple(stack), layers=tuple(layers))
-        for b, image, stack, layers in zip(bases, images, stacks, layers_by, strict=True)
-    )
+    """The result of a written index: each platform's image with its closure report and the
+    SBOMs attached to it; the index and each image signed (a pull of one platform verifies
+    the image's signature, a copy of the whole index the index's)."""
+    unsigned = replace(options, signing_key=None)
+    results = []
+    for b, image, stack, layers, closure in zip(bases, images, stacks, layers_by, closures, strict=True):
+        trust = attach_and_sign(None, image, str(image.digest), layers, b, destinations, unsigned, pool=pool,
+                                cache=cache, progress=progress)  # fmt: skip
+        results.append(BuildResult(None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust,
+                                   tuple(layers)))  # fmt: skip
     digest = str(index.digest)
-    return MultiBuildResult(name, digest, index.media_type, results, tuple(platforms), destinations)
+    key = options.signing_key
+    signed = tuple(
+        sign_image(d.reference, key, pool=pool, cache=cache, digest=signed_digest, progress=progress)
+        for d in destinations
+        if key is not None and isinstance(d, RegistryLocation)
+        for signed_digest in (index.digest, *(image.digest for image in images))
+    )
+    return MultiBuildResult(name, digest, index.media_type, tuple(results), tuple(platforms), destinations,
+                            signed)  # fmt: skip
 
 
 def _multi_tag(
@@ -1272,14 +1581,14 @@ def build_each_platforms(
         bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
         media_types = bases[0].image.media_types
         plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
-        push_to = repository if options.overlap_upload else None
+        push_to = repository if _early_uploads_allowed(options) else None
         with _early_uploads(pool, push_to, progress) as uploads:
             built_by, groups_by = _platform_layers(
                 per_platform, plan, cache, media_types, options, progress, uploads, [t.key for t in tops]
             )
         by_key_by = [{b.package.key: b for b in built} for built in built_by]
         created = _created()
-        results: list[MultiBuildResult] = []
+        plans = []
         for top in tops:
             image_stacks = [tuple(by_key[p.key] for p in stacks[top.key]) for by_key in by_key_by]
             layers_by = [
@@ -1290,11 +1599,19 @@ def build_each_platforms(
                                             layers_by)  # fmt: skip
             tag = _multi_tag(image_stacks, platforms, options.tag_template)
             name, location = _each_location(repository, out, tag)
+            check_trust_destinations(options, (location,))
+            closures = check_runtime_closure(list(zip(images, layers_by, strict=True)), options, pool=pool,
+                                             cache=cache, progress=progress,
+                                             destinations=(location,))  # fmt: skip
+            plans.append((image_stacks, layers_by, images, index, name, location, closures))
+        results: list[MultiBuildResult] = []
+        for image_stacks, layers_by, images, index, name, location, closures in plans:
             with open_sink(location, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
-            results.append(_multi_result(name, index, bases, images, image_stacks, platforms, (location,),
-                                         layers_by))  # fmt: skip
+            results.append(_multi_result(name, index, bases, images, image_stacks, layers_by, platforms,
+                                         (location,), closures, options, pool=pool, cache=cache,
+                                         progress=progress))  # fmt: skip
         return results
 
 
@@ -1335,7 +1652,7 @@ def build_each(
         resolved = _single_base(pool, as_location(base), platform, options, progress)
         media_types = resolved.image.media_types
         plan = plan_stacks(stacks, len(resolved.image.layers), options)
-        push_to = repository if options.overlap_upload else None
+        push_to = repository if _early_uploads_allowed(options) else None
         uploaded: set[Digest] = set()
         with _early_uploads(pool, push_to, progress, uploaded) as uploads:
             built = build_package_layers(packages, cache, media_types, options, progress, uploads,
@@ -1344,23 +1661,31 @@ def build_each(
             groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads,
                                         images=images)  # fmt: skip
         created = _created()
-        plans: list[_EachPlan]
-        plans = []
+        plans: list[_EachPlan] = []
         for top in tops:
             stack = tuple(by_key[p.key] for p in stacks[top.key])
             layers = stack_layers(plan, top.key, by_key, groups)
             image = assemble(resolved, stack, cache, options, created, layers)
-            tag = _rendered_tag(stack, options.tag_template, platform)
+            tag = _rendered_tag(stack, options, platform)
             name, location = _each_location(repository, out, tag)
             plans.append((image, location, name, stack, layers))
+        wheres = [location for _, location, _, _, _ in plans]
+        check_trust_destinations(options, wheres)
+        closures = check_runtime_closure([(image, layers) for image, _, _, _, layers in plans], options,
+                                         pool=pool, cache=cache, progress=progress,
+                                         destinations=wheres)  # fmt: skip
         digests = write_images(
             [(image, location) for image, location, _, _, _ in plans],
             pool=pool, cache=cache, jobs=options.jobs, progress=progress, present=uploaded,
         )  # fmt: skip
-        return [
-            BuildResult(name, str(digest), resolved, image, stack, (location,), (), layers)
-            for (image, location, name, stack, layers), digest in zip(plans, digests, strict=True)
-        ]
+        results = []
+        for plan_of, digest, closure in zip(plans, digests, closures, strict=True):
+            image, where, name, stack, layers = plan_of
+            trust = attach_and_sign(name, image, str(digest), layers, resolved, (where,), options, pool=pool,
+                                    cache=cache, progress=progress)  # fmt: skip
+            results.append(BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure,
+                                       *trust, layers))  # fmt: skip
+        return results
 
 
 @dataclass(frozen=True)
@@ -1513,7 +1838,7 @@ def inspect(
     ``docker-archive:PATH``). An index is shown as it is unless ``platform`` is given, in
     which case the matching image is inspected.
     """
-    from .model import MAX_CONFIG_SIZE, select_platform
+    from .model import MAX_CONFIG_SIZE
 
     location = as_location(reference)
     with _registry_pool(pool, registry) as pool, open_source(location, pool) as source:
@@ -1521,9 +1846,7 @@ def inspect(
         raw = source.top()
         document = raw.parse(f"manifest of {name}")
         if isinstance(document, Index) and platform is not None:
-            entry = select_platform(document, platform)
-            raw = source.manifest(entry)
-            document = raw.parse(f"manifest {entry.digest} of {name}")
+            raw, document, _ = choose_platform(source, raw, platform)  # nested indexes followed
         ref, shown, digest = source.reference, str(location), str(raw.digest)
         if isinstance(document, Index):
             entries = tuple(

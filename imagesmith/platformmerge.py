@@ -74,11 +74,12 @@ def merge_builds(
 
     Each source (a registry reference on ``repo``'s registry, by tag or digest) must be an
     image whose config carries imagesmith's package labels; all must name one package and
-    version. The index's tag is ``tag_template`` (default ``{name}-{version}-{hash}.spack``)
-    rendered with the hash combining the platforms' hashes (their shared hash when they agree),
-    ``os`` and ``arch`` joined as :func:`~imagesmith.pipeline.build_platforms` joins them, and an
-    OCI index carries the same annotations (created from ``SOURCE_DATE_EPOCH``, title, version,
-    hash). Entries keep the sources' order. Anything else is as for
+    version. The index's tag is ``tag_template`` (default ``{name}-{version}-{hash}``: an index
+    is never a Spack build-cache entry, so never Spack's ``.spack``) rendered with the hash
+    combining the platforms' hashes (their shared hash when they agree), ``os`` and ``arch``
+    joined as :func:`~imagesmith.pipeline.build_platforms` joins them, and an OCI index carries
+    the same annotations (created from ``SOURCE_DATE_EPOCH``, title, version, hash). Entries
+    keep the sources' order. Anything else is as for
     :func:`~imagesmith.merge.merge_images`; a source that is not such an image, or images of
     different packages, raise :class:`~imagesmith.errors.UsageError`.
     """

@@ -23,6 +23,9 @@ EventKind = Literal[
     "blob-uploaded",  # a blob was uploaded
     "blob-fetched",  # a blob was downloaded into the cache
     "manifest-pushed",
+    "layer-checked",  # a layer was summarised for the runtime-closure check (detail: read or record)
+    "referrer-pushed",  # an artifact (an SBOM) was attached to an image (detail: its digest)
+    "signed",  # a signature was pushed for an image (detail: the signature tag)
 ]
 
 

@@ -1,5 +1,7 @@
 """A repository's index: every image tag with its digest, package name, version, hash and
-platforms, stored in the registry itself as an OCI artifact (tag ``index.spack`` by default).
+platforms, stored in the registry itself as an OCI artifact (tag ``index.imagesmith`` by
+default), and beside it, for a repository holding Spack packages, Spack's own build-cache
+database under ``index.spack``, the tag every Spack reads.
 
 The index is always rebuilt from the registry's own tag list, never patched: a writer lists
 the tags, HEADs each one (in parallel) and reuses the previous index's entry when the digest
@@ -13,9 +15,13 @@ timestamp, so an unchanged repository always gives the same index digest. Tags t
 images (signatures, other artifacts) are remembered with their digest, so they too cost one
 HEAD when unchanged.
 
-Spack keeps its own build-cache index under the same tag name, ``index.spack``; imagesmith
-never replaces a manifest it did not write there unless told to. The format is documented in
-``docs/index.md``.
+``index.spack`` holds only what Spack reads there: the database of every Spack package image
+of the repository (an image at Spack's tag ``name-version-hash.spack`` whose config carries
+Spack's ``spec``), built by :mod:`imagesmith.spackdb` from the same scan. The nodes of
+unchanged images come from the previous database, so this too costs nothing per unchanged tag.
+A repository without Spack images never gets one; an ``index.spack`` holding anything but a
+Spack database (or an index an older imagesmith wrote there) is never replaced unless forced.
+The formats are documented in ``docs/index.md``.
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from . import mediatypes as mt
 from .digests import Digest
 from .errors import ImagesmithError, ManifestError, NotFoundError, UsageError
 from .model import (
+    EMPTY_CONFIG,
+    EMPTY_JSON,
     MAX_CONFIG_SIZE,
     Descriptor,
     ImageConfig,
@@ -46,30 +54,36 @@ from .pipeline import ANNOTATION, LABEL_HASH, LABEL_NAME, LABEL_VERSION
 from .progress import ProgressCallback, ProgressEvent, null_progress
 from .references import Reference, validate_tag
 from .registry.client import RegistryClient, RegistryPool
+from .spack import node_platform, spack_tag
+from .spackdb import MAX_DATABASE_SIZE, SpackDatabase, build_database, parse_database
 
 __all__ = [
     "INDEX_MEDIA_TYPE",
     "INDEX_SCHEMA_VERSION",
     "INDEX_TAG",
     "MAX_INDEX_SIZE",
+    "SPACK_INDEX_TAG",
     "IndexEntry",
+    "IndexUpdate",
     "RepositoryIndex",
     "index_manifest",
     "list_index",
     "read_index",
+    "read_spack_index",
     "scan_repository",
+    "spack_index_manifest",
     "update_index",
 ]
 
 log = logging.getLogger("imagesmith.repoindex")
 
-INDEX_TAG = "index.spack"
+INDEX_TAG = "index.imagesmith"
+#: The tag Spack reads its build-cache database from (``spack.binary_distribution``).
+SPACK_INDEX_TAG = "index.spack"
 INDEX_MEDIA_TYPE = "application/vnd.imagesmith.index.v1+json"
 INDEX_SCHEMA_VERSION = 1
 MAX_INDEX_SIZE = 64 * 1024 * 1024
 
-_EMPTY_JSON = b"{}"
-_EMPTY_CONFIG = Descriptor(mt.OCI_EMPTY, Digest.of(_EMPTY_JSON), len(_EMPTY_JSON))
 # ORAS and similar tools name the file they pull after this annotation.
 _TITLE_ANNOTATION = "org.opencontainers.image.title"
 _PAYLOAD_FILE = "index.json"
@@ -91,7 +105,10 @@ def _str_field(obj: Mapping[str, Any], key: str, what: str) -> str:
 class IndexEntry:
     """One tag of the repository: the manifest (or image index) it points at, as a descriptor
     (``media_type``, ``digest``, ``size`` of the manifest document itself), and the package it
-    holds (``name``, ``version``, ``hash``; empty strings when unknown) for each platform."""
+    holds (``name``, ``version``, ``hash``; empty strings when unknown) for each platform.
+    ``spack`` says that the tag is a Spack build-cache entry: an image at Spack's own tag for
+    its package whose config carries Spack's spec, so ``index.spack`` lists it (None: not
+    known, in an index an older imagesmith wrote)."""
 
     tag: str
     digest: str
@@ -101,10 +118,11 @@ class IndexEntry:
     hash: str
     platforms: tuple[str, ...]
     size: int
+    spack: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The entry as it appears in the payload (see ``docs/index.md``)."""
-        return {
+        out: dict[str, Any] = {
             "tag": self.tag,
             "digest": self.digest,
             "mediaType": self.media_type,
@@ -114,6 +132,9 @@ class IndexEntry:
             "hash": self.hash,
             "platforms": list(self.platforms),
         }
+        if self.spack is not None:
+            out["spack"] = self.spack  # absent in payloads of older imagesmith versions
+        return out
 
     @classmethod
     def from_json(cls, obj: Any, what: str = "index entry") -> IndexEntry:
@@ -143,6 +164,7 @@ class IndexEntry:
             hash=_str_field(obj, "hash", what),
             platforms=tuple(platforms),
             size=size,
+            spack=obj["spack"] if isinstance(obj.get("spack"), bool) else None,
         )
 
 
@@ -241,15 +263,22 @@ class RepositoryIndex:
 # ------------------------------------------------------------------------------- scanning
 
 
+# A Spack spec as the database needs it: (specfile format version, nodes, root first).
+_SpecNodes = tuple[int, tuple[Mapping[str, Any], ...]]
+
+
 @dataclass(frozen=True)
 class _Document:
-    """What one manifest digest tells about the package it holds (shared by all its tags)."""
+    """What one manifest digest tells about the package it holds (shared by all its tags).
+    ``spack`` is the Spack spec of an image Spack can install from (its config has ``spec``
+    and ``binary_cache_checksum``); an image index never has one."""
 
     media_type: str
     size: int
     labels: Mapping[str, str]
     spec: tuple[str, str, str] | None
     platforms: tuple[str, ...]
+    spack: _SpecNodes | None = field(default=None, compare=False)
 
 
 def _valid_tag(tag: str, shown: str) -> bool:
@@ -289,6 +318,23 @@ def _spack_identity(raw: Mapping[str, Any]) -> tuple[str, str, str] | None:
     if not all(isinstance(v, str) and v for v in values):
         return None
     return (str(values[0]), str(values[1]), str(values[2]))
+
+
+def _spack_nodes(raw: Mapping[str, Any]) -> _SpecNodes | None:
+    """The spec Spack stores in an image config, when the image is a Spack build-cache entry:
+    ``spec`` with ``_meta.version`` and nodes, and the ``binary_cache_checksum`` Spack checks
+    its tarball against."""
+    spec = raw.get("spec")
+    if not isinstance(spec, dict) or not isinstance(raw.get("binary_cache_checksum"), dict):
+        return None
+    meta = spec.get("_meta")
+    version = meta.get("version") if isinstance(meta, dict) else None
+    nodes = spec.get("nodes")
+    if isinstance(version, bool) or not isinstance(version, int) or not isinstance(nodes, list) or not nodes:
+        return None
+    if not all(isinstance(n, dict) for n in nodes):
+        return None
+    return version, tuple(nodes)
 
 
 def _identity(document: _Document, tag: str) -> tuple[str, str, str]:
@@ -364,7 +410,8 @@ def _describe(
             return "not-image"
         config = _image_config(client, repository, document, what)
         return _Document(document.media_type, len(got.data), config.labels,
-                         _spack_identity(config.raw), _platform_of(config))  # fmt: skip
+                         _spack_identity(config.raw), _platform_of(config),
+                         _spack_nodes(config.raw))  # fmt: skip
     except NotFoundError as exc:
         log.info("%s vanished while indexing (%s): left out", what, exc)
         return "gone"
@@ -439,12 +486,26 @@ def scan_repository(
     out; tags that are not images are recorded in ``skipped``. ``progress`` is called from the
     worker threads.
     """
+    return _scan(pool, repository, previous=previous, jobs=jobs, progress=progress, index_tag=index_tag)[0]
+
+
+def _scan(
+    pool: RegistryPool,
+    repository: Reference,
+    *,
+    previous: RepositoryIndex | None,
+    jobs: int,
+    progress: ProgressCallback,
+    index_tag: str,
+) -> tuple[RepositoryIndex, dict[str, _SpecNodes]]:
+    """:func:`scan_repository`, and the Spack specs it read, by root hash (only those of the
+    digests it fetched: the others are unchanged, their specs in the previous database)."""
     if jobs < 1:
         raise UsageError(f"invalid jobs {jobs!r}: must be 1 or more")
     client = pool.client(repository.registry)
     repo = repository.repository
     shown = repository.name
-    skip = {INDEX_TAG, index_tag}
+    skip = {SPACK_INDEX_TAG, index_tag}
     tags = sorted({t for t in client.list_tags(repo) if t not in skip and _valid_tag(t, shown)})
     heads = _parallel(lambda t: client.head_manifest(repo, t), tags, jobs)
 
@@ -457,8 +518,10 @@ def scan_repository(
         if head is None:
             continue  # deleted since the tag list was read
         old = known.get(tag)
-        if old is not None and old.digest == str(head.digest):
-            entries.append(old)
+        # An entry of an older index does not say whether it is Spack's: a Spack tag is read again.
+        known_kind = old is not None and (old.spack is not None or not tag.endswith(".spack"))
+        if old is not None and known_kind and old.digest == str(head.digest):
+            entries.append(old if old.spack is not None else replace(old, spack=False))
         elif known_skipped.get(tag) == str(head.digest) or not (
             mt.is_manifest(head.media_type) or mt.is_index(head.media_type)
             or head.media_type in ("", "application/json")
@@ -476,15 +539,23 @@ def scan_repository(
             progress(ProgressEvent("resolve", f"{shown}:{pending[digest][0]}", document.size, str(digest)))
         return document
 
+    specs: dict[str, _SpecNodes] = {}
     for digest, document in zip(digests, _parallel(describe, digests, jobs), strict=True):
         for tag in pending[digest]:
             if document == "not-image":
                 skipped.append((tag, str(digest)))
             elif isinstance(document, _Document):
                 name, version, package_hash = _identity(document, tag)
+                # Spack finds a package only under its own tag: an alias is just an image.
+                spack = document.spack is not None and document.spec is not None and (
+                    tag == spack_tag(*document.spec)
+                )
+                if spack and document.spack is not None and document.spec is not None:
+                    specs[document.spec[2]] = document.spack
                 entries.append(IndexEntry(tag, str(digest), document.media_type, name, version,
-                                          package_hash, document.platforms, document.size))  # fmt: skip
-    return RepositoryIndex(shown, tuple(entries), tuple(skipped))
+                                          package_hash, document.platforms, document.size,
+                                          spack))  # fmt: skip
+    return RepositoryIndex(shown, tuple(entries), tuple(skipped)), specs
 
 
 # ------------------------------------------------------------------------------- storage
@@ -558,15 +629,80 @@ def _previous_index(
     except _ForeignIndexError as exc:
         if not force:
             raise UsageError(
-                f"{exc}; refusing to replace it, since Spack reads its build-cache index from "
-                f"{INDEX_TAG}: keep the imagesmith index under another tag (--index-tag), or replace "
-                "it with --force"
+                f"{exc}; refusing to replace it: keep the imagesmith index under another tag "
+                "(--index-tag), or replace it with --force"
             ) from None
         log.info("replacing %s (%s)", shown, exc)
     except ManifestError as exc:
         # An imagesmith index we cannot read (older schema, damaged): rebuild it from scratch.
         log.info("not reusing %s: %s", shown, exc)
     return None
+
+
+@dataclass(frozen=True)
+class _SpackIndexState:
+    """What ``index.spack`` holds before an update: ``present`` (anything at all), the
+    database (Spack's or ours) and an index an older imagesmith wrote there (``legacy``)."""
+
+    present: bool
+    database: SpackDatabase | None = None
+    legacy: RepositoryIndex | None = None
+
+
+def _spack_index_state(client: RegistryClient, repository: Reference, force: bool) -> _SpackIndexState:
+    """Read ``index.spack``; refuse (unless ``force``) when it holds neither a Spack database,
+    nor an imagesmith index, nor nothing at all: replacing it could break a mirror in use."""
+    shown = f"{repository.name}:{SPACK_INDEX_TAG}"
+    try:
+        got = client.get_manifest(repository.repository, SPACK_INDEX_TAG)
+    except NotFoundError:
+        return _SpackIndexState(present=False)
+    problem = ""
+    try:
+        document = parse_manifest_document(got.data, got.media_type, shown)
+        if isinstance(document, Index):
+            problem = "an image index"
+        elif not document.layers:
+            return _SpackIndexState(present=True)  # empty: nothing to lose
+        elif document.artifact_type == INDEX_MEDIA_TYPE:
+            try:
+                data = client.get_blob_bytes(repository.repository, document.layers[0], MAX_INDEX_SIZE)
+                return _SpackIndexState(True, legacy=RepositoryIndex.from_bytes(data, shown))
+            except (ManifestError, NotFoundError) as exc:
+                log.info("not reusing %s: %s", shown, exc)
+                return _SpackIndexState(present=True)
+        else:
+            database = _json_blob(client, repository, document.layers[0], shown)
+            if database is None:
+                problem = f"a manifest whose first layer ({document.layers[0].media_type}) is not JSON"
+            else:
+                return _SpackIndexState(True, database=parse_database(database, f"Spack database {shown}"))
+    except (ManifestError, NotFoundError) as exc:
+        problem = str(exc)
+    if not force:
+        raise UsageError(
+            f"{shown} holds something that is neither Spack's build-cache database nor an "
+            f"imagesmith index ({problem}); Spack reads its index from that tag, so imagesmith "
+            "refuses to replace it: remove the tag, or replace it with --force"
+        )
+    log.info("replacing %s (%s)", shown, problem)
+    return _SpackIndexState(present=True)
+
+
+def _json_blob(client: RegistryClient, repository: Reference, layer: Descriptor, shown: str) -> bytes | None:
+    """The bytes of ``layer`` when they are a JSON document (no larger than a database may
+    be), None otherwise; the first bytes decide, so a foreign image's layer is never fetched."""
+    if layer.size > MAX_DATABASE_SIZE:
+        return None
+    with client.open_blob(repository.repository, layer) as reader:
+        head = reader.read(64)
+        if not head.lstrip().startswith(b"{"):
+            return None
+        chunks = [head]
+        while chunk := reader.read(1 << 20):
+            chunks.append(chunk)
+    log.debug("read %s from %s (%d bytes)", layer.digest, shown, layer.size)
+    return b"".join(chunks)
 
 
 def _push_blob(client: RegistryClient, repository: Reference, descriptor: Descriptor, data: bytes,
@@ -579,12 +715,94 @@ def _push_blob(client: RegistryClient, repository: Reference, descriptor: Descri
     progress(ProgressEvent("blob-uploaded", str(descriptor.digest), descriptor.size))
 
 
+def _artifact(media_type: str, payload: bytes, title: str) -> Manifest:
+    layer = Descriptor(media_type, Digest.of(payload), len(payload), annotations={_TITLE_ANNOTATION: title})
+    return Manifest(mt.OCI_MANIFEST, EMPTY_CONFIG, (layer,), artifact_type=media_type)
+
+
 def index_manifest(index: RepositoryIndex) -> tuple[Manifest, bytes]:
     """The artifact manifest that stores ``index``, and the payload bytes its layer names."""
     payload = index.to_bytes()
-    layer = Descriptor(INDEX_MEDIA_TYPE, Digest.of(payload), len(payload),
-                       annotations={_TITLE_ANNOTATION: _PAYLOAD_FILE})  # fmt: skip
-    return Manifest(mt.OCI_MANIFEST, _EMPTY_CONFIG, (layer,), artifact_type=INDEX_MEDIA_TYPE), payload
+    return _artifact(INDEX_MEDIA_TYPE, payload, _PAYLOAD_FILE), payload
+
+
+def spack_index_manifest(database: SpackDatabase) -> tuple[Manifest, bytes]:
+    """The artifact manifest that stores Spack's build-cache database under ``index.spack``,
+    and the database bytes its only layer names.
+
+    Spack reads the first layer's digest and nothing else of this manifest (every version
+    since OCI build caches exist), so it is an honest OCI 1.1 artifact: the empty config, and
+    the database typed as Spack 1.x types it in a file-system build cache
+    (``application/vnd.spack.db.v8+json``), rather than the config and gzip layer types Spack
+    itself pretends there.
+    """
+    payload = database.to_bytes()
+    return _artifact(database.media_type, payload, _PAYLOAD_FILE), payload
+
+
+def _push_artifact(client: RegistryClient, repository: Reference, tag: str, manifest: Manifest,
+                   payload: bytes, progress: ProgressCallback) -> str:  # fmt: skip
+    _push_blob(client, repository, EMPTY_CONFIG, EMPTY_JSON, progress)
+    _push_blob(client, repository, manifest.layers[0], payload, progress)
+    data = manifest.to_bytes()
+    digest = client.put_manifest(repository.repository, tag, data, mt.OCI_MANIFEST)
+    progress(ProgressEvent("manifest-pushed", f"{repository.name}:{tag}", len(data), str(digest)))
+    return str(digest)
+
+
+def _spack_database(
+    client: RegistryClient,
+    repository: Reference,
+    index: RepositoryIndex,
+    fetched: Mapping[str, _SpecNodes],
+    previous: SpackDatabase | None,
+    jobs: int,
+) -> SpackDatabase:
+    """The database of every Spack entry of ``index``: specs read by the scan, else the
+    previous database's nodes of that package, else its config fetched again."""
+
+    def reused(package_hash: str) -> _SpecNodes | None:
+        if previous is None:
+            return None
+        nodes = previous.spec_nodes(package_hash)
+        if nodes is None:
+            return None
+        if previous.version == "7":
+            return 4, tuple(nodes)
+        # A version-8 database holds nodes converted from older formats: reuse only those
+        # that are format 5 as written, so a database can go back to version 7.
+        native = all(
+            isinstance(n.get("annotations"), Mapping)
+            and n["annotations"].get("original_specfile_version") == 5
+            for n in nodes
+        )
+        return (5, tuple(nodes)) if previous.version == "8" and native else None
+
+    entries = [e for e in index.entries if e.spack]
+    specs: dict[str, _SpecNodes | None] = {e.hash: fetched.get(e.hash) or reused(e.hash) for e in entries}
+    missing = [e for e in entries if specs[e.hash] is None]
+
+    def fetch(entry: IndexEntry) -> _SpecNodes | None:
+        descriptor = Descriptor(entry.media_type, Digest.parse(entry.digest), entry.size)
+        described = _describe_manifest(client, repository.repository, descriptor,
+                                       f"manifest {repository.name}:{entry.tag}")  # fmt: skip
+        return None if described is None else _spack_nodes(described[1].raw)
+
+    for entry, nodes in zip(missing, _parallel(fetch, missing, jobs), strict=True):
+        specs[entry.hash] = nodes
+    return build_database(spec for e in entries if (spec := specs[e.hash]) is not None)
+
+
+@dataclass(frozen=True)
+class IndexUpdate:
+    """What :func:`update_index` wrote: the imagesmith index and its manifest digest, and
+    Spack's database under ``index.spack`` with its digest (both None when the repository
+    holds no Spack image and never had an ``index.spack``)."""
+
+    index: RepositoryIndex
+    digest: str
+    spack_database: SpackDatabase | None = None
+    spack_digest: str | None = None
 
 
 def update_index(
@@ -595,27 +813,64 @@ def update_index(
     jobs: int = 8,
     progress: ProgressCallback = null_progress,
     force: bool = False,
-) -> tuple[RepositoryIndex, str]:
-    """Rebuild the index of ``repository`` and push it under ``tag``; return it and its digest.
+) -> IndexUpdate:
+    """Rebuild the indexes of ``repository``: imagesmith's under ``tag``, Spack's under
+    ``index.spack`` when the repository holds Spack images (or already had one).
 
-    The stored index (if any) only lends its entries to :func:`scan_repository`; the result
-    comes from the registry's tag list. The empty config and the payload are pushed first
-    (HEAD, else upload), the manifest last. A ``tag`` holding something imagesmith did not
-    write, such as Spack's own build-cache index, is not replaced unless ``force`` is set
-    (:class:`UsageError`).
+    The stored indexes only lend what they know to :func:`scan_repository` (entries of
+    unchanged tags, nodes of unchanged Spack packages); the result comes from the registry's
+    tag list. An index an older imagesmith wrote under ``index.spack`` is reused and replaced.
+    Blobs are pushed first (HEAD, else upload), each manifest last. ``tag`` may not be
+    ``index.spack``; a ``tag`` or an ``index.spack`` holding something imagesmith cannot
+    replace safely (see :func:`_spack_index_state`) raises :class:`UsageError` before anything
+    is written, unless ``force`` is set.
     """
     validate_tag(tag)
+    if tag == SPACK_INDEX_TAG:
+        raise UsageError(
+            f"{SPACK_INDEX_TAG} is where Spack reads its build-cache database, which imagesmith "
+            "writes there itself: keep imagesmith's index under another tag (default "
+            f"{INDEX_TAG})"
+        )
     client = pool.client(repository.registry)
     previous = _previous_index(pool, repository, tag, force)
-    index = scan_repository(pool, repository, previous=previous, jobs=jobs, progress=progress,
-                            index_tag=tag)  # fmt: skip
+    spack_state = _spack_index_state(client, repository, force)
+    if previous is None:
+        previous = spack_state.legacy  # an older imagesmith kept its index there
+    index, specs = _scan(pool, repository, previous=previous, jobs=jobs, progress=progress, index_tag=tag)
+    database = _spack_database(client, repository, index, specs, spack_state.database, jobs)
     manifest, payload = index_manifest(index)
-    _push_blob(client, repository, _EMPTY_CONFIG, _EMPTY_JSON, progress)
-    _push_blob(client, repository, manifest.layers[0], payload, progress)
-    data = manifest.to_bytes()
-    digest = client.put_manifest(repository.repository, tag, data, mt.OCI_MANIFEST)
-    progress(ProgressEvent("manifest-pushed", f"{repository.name}:{tag}", len(data), str(digest)))
-    return index, str(digest)
+    digest = _push_artifact(client, repository, tag, manifest, payload, progress)
+    if not database.packages and not spack_state.present:
+        return IndexUpdate(index, digest)
+    spack_manifest, spack_payload = spack_index_manifest(database)
+    spack_digest = _push_artifact(client, repository, SPACK_INDEX_TAG, spack_manifest, spack_payload,
+                                  progress)  # fmt: skip
+    return IndexUpdate(index, digest, database, spack_digest)
+
+
+def read_spack_index(pool: RegistryPool, repository: Reference) -> SpackDatabase | None:
+    """Spack's build-cache database stored under ``index.spack``, or None when there is none
+    (or the tag holds something else: an index an older imagesmith wrote, an image)."""
+    state = _spack_index_state(pool.client(repository.registry), repository, force=True)
+    return state.database
+
+
+def _database_entries(
+    client: RegistryClient, repository: Reference, database: SpackDatabase, jobs: int
+) -> RepositoryIndex:
+    """The packages of a Spack database as index entries: each at Spack's tag, HEADed for its
+    digest (a package whose tag is gone is left out: the database is older than the tags)."""
+    records = [database.records[h] for h in database.packages]
+    tags = [spack_tag(r.name, r.version, h) for r, h in zip(records, database.packages, strict=True)]
+    heads = _parallel(lambda t: client.head_manifest(repository.repository, t), tags, jobs)
+    entries = [
+        IndexEntry(tag, str(head.digest), head.media_type, record.name, record.version, package_hash,
+                   node_platform(record.node), head.size, spack=True)
+        for tag, head, record, package_hash in zip(tags, heads, records, database.packages, strict=True)
+        if head is not None
+    ]  # fmt: skip
+    return RepositoryIndex(repository.name, tuple({e.tag: e for e in entries}.values()))
 
 
 def list_index(
@@ -627,12 +882,22 @@ def list_index(
     jobs: int = 8,
     progress: ProgressCallback = null_progress,
 ) -> RepositoryIndex:
-    """The stored index of ``repository``, or a live scan (nothing written) when ``live`` is set
-    or ``tag`` holds no imagesmith index (absent, or Spack's own). A damaged imagesmith index
-    raises :class:`ManifestError` rather than being silently bypassed."""
-    if not live:
+    """What ``repository`` holds: the imagesmith index under ``tag``; else, when ``tag`` is
+    ``index.spack`` or holds no index, the packages of Spack's database there (each tag HEADed
+    for its digest); else a live scan (nothing written), which ``live`` asks for directly.
+    A damaged imagesmith index raises :class:`ManifestError` rather than being bypassed."""
+    if live:
+        return scan_repository(pool, repository, jobs=jobs, progress=progress, index_tag=tag)
+    if tag != SPACK_INDEX_TAG:
         try:
             return read_index(pool, repository, tag=tag)
         except (NotFoundError, _ForeignIndexError) as exc:
-            log.info("no imagesmith index to read (%s): scanning %s", exc, repository.name)
+            log.info("no imagesmith index to read (%s)", exc)
+    client = pool.client(repository.registry)
+    state = _spack_index_state(client, repository, force=True)
+    if state.legacy is not None:
+        return state.legacy
+    if state.database is not None:
+        return _database_entries(client, repository, state.database, jobs)
+    log.info("no index to read: scanning %s", repository.name)
     return scan_repository(pool, repository, jobs=jobs, progress=progress, index_tag=tag)

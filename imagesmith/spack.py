@@ -3,14 +3,19 @@
 Spack records what it installed in ``<prefix>/.spack/spec.json``: the package's DAG (the root
 node first, then every dependency, each with its 32-character DAG hash) in specfile format 2 to
 5. This module reads that file from an install prefix directory, from a build-cache tarball
-(members relative to ``/``, as ``spack buildcache push`` writes them) or through a package file
-that names it with ``spack_spec``, and turns it into a :class:`~imagesmith.packages.Package`
-whose name, version and hash are the root node's, so the image tag is exactly Spack's
-``name-version-hash.spack``. The package's runtime dependencies (``link`` or ``run`` edges,
-transitively; build-only dependencies and externals are not layers) are matched by hash against
-the other packages of the same :func:`~imagesmith.packages.load_packages` call. Finally
-:func:`spack_config_fields` gives the extra image config keys Spack's OCI build cache reads.
-The formats are documented in ``docs/spack.md``.
+(members relative to ``/``, as ``spack buildcache push`` writes them: only its first few KiB)
+or through a package file that names it with ``spack_spec``, and turns it into a
+:class:`~imagesmith.packages.Package` whose name, version and hash are the root node's, so the
+image tag is exactly Spack's ``name-version-hash.spack`` (:func:`spack_tag`). Each package says
+how it becomes a layer Spack installs from (``Package.spack_content``): a tarball used as is
+(:class:`SpackTarball`), a layer already in a registry (:class:`SpackRegistryLayer`, from
+:mod:`imagesmith.spackcache`), or an install prefix with Spack's relocation record
+(:class:`SpackPrefix`, :mod:`imagesmith.spackrelocation`). The package's runtime dependencies
+(``link`` or ``run`` edges, transitively; build-only dependencies and externals are not layers)
+are matched by hash against the other packages of the same
+:func:`~imagesmith.packages.load_packages` call. Finally :func:`spack_config_fields` gives the
+extra image config keys Spack's OCI build cache reads. The formats are documented in
+``docs/spack.md``.
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tarfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from .compression import open_decompressor
 from .digests import Digest
 from .errors import LayerError, PackageError
+from .layers import MAX_TARBALL_BYTES
+from .model import Descriptor
 from .packages import (
     _NAME,
     HASH_LENGTH,
@@ -36,20 +42,32 @@ from .packages import (
     _check_version,
     is_valid_hash,
 )
+from .references import sanitize_tag
+from .spackrelocation import Relocation, find_relocation
+from .tarformat import TarReader
 
 __all__ = [
     "BUILDCACHE_LAYOUT_VERSION",
     "BUILDCACHE_SUFFIXES",
     "SPACK_CONFIG_KEYS",
     "SPEC_FORMAT_VERSIONS",
+    "SpackContent",
     "SpackDependency",
+    "SpackPrefix",
+    "SpackRegistryLayer",
     "SpackSpec",
+    "SpackTarball",
     "is_spack_spec",
     "load_spack_package",
+    "node_platform",
     "parse_spack_spec",
+    "prefix_content",
     "read_spack_spec",
+    "read_tarball_spec",
     "resolve_spack_dependencies",
     "spack_config_fields",
+    "spack_tag",
+    "tarball_package",
 ]
 
 #: Spack's build-cache layout 2: package tarballs hold the prefix relative to ``/`` with its
@@ -143,10 +161,9 @@ _ARCH_FAMILIES: dict[str, frozenset[str]] = {
 _FAMILY_OF = {name: arch for arch, names in _ARCH_FAMILIES.items() for name in names}
 
 
-def spec_architecture(spec: SpackSpec) -> tuple[str, str] | None:
-    """The root's ``(OCI architecture, Spack target)`` (``("arm64", "neoverse_n1")``), or None
-    when the spec names no target, or one this table does not know."""
-    arch = spec.nodes[0].get("arch") if spec.nodes else None
+def _node_architecture(node: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A node's ``(OCI architecture, Spack target)``, or None (see :func:`spec_architecture`)."""
+    arch = node.get("arch")
     target = arch.get("target") if isinstance(arch, Mapping) else None
     names: list[str] = []
     if isinstance(target, str):
@@ -161,6 +178,28 @@ def spec_architecture(spec: SpackSpec) -> tuple[str, str] | None:
         if family is not None:
             return family, names[0]
     return None
+
+
+def spec_architecture(spec: SpackSpec) -> tuple[str, str] | None:
+    """The root's ``(OCI architecture, Spack target)`` (``("arm64", "neoverse_n1")``), or None
+    when the spec names no target, or one this table does not know."""
+    return _node_architecture(spec.nodes[0]) if spec.nodes else None
+
+
+def node_platform(node: Mapping[str, Any]) -> tuple[str, ...]:
+    """``("linux/amd64",)`` for a spec node built for a Linux target this module knows, else
+    ``()``: the platform an image of that package is for."""
+    arch = node.get("arch")
+    found = _node_architecture(node)
+    if not isinstance(arch, Mapping) or arch.get("platform") != "linux" or found is None:
+        return ()
+    return (f"linux/{found[0]}",)
+
+
+def spack_tag(name: str, version: str, dag_hash: str) -> str:
+    """The tag Spack gives a package in an OCI build cache (``_oci_default_tag``):
+    ``{name}-{version}-{hash}.spack``, made a valid tag as Spack makes it."""
+    return sanitize_tag(f"{name}-{version}-{dag_hash}.spack")
 
 
 def is_spack_spec(obj: object) -> bool:
@@ -357,6 +396,54 @@ def _spec_in_prefix(path: Path) -> bool:
     return path.name == "spec.json" and path.parent.name == ".spack"
 
 
+# ------------------------------------------------------------------ where a package's layer comes from
+
+
+@dataclass(frozen=True)
+class SpackTarball:
+    """The package's content is a Spack build-cache tarball: it becomes the layer byte for
+    byte (:func:`~imagesmith.layers.adopt_tarball`), so the layer's digest is Spack's checksum.
+    ``checksum`` is the one its build cache records, when it came from one."""
+
+    checksum: Digest | None = None
+
+
+@dataclass(frozen=True)
+class SpackRegistryLayer:
+    """The package's layer is already in a registry, in a Spack OCI build cache: the image
+    refers to it (mounted, never downloaded). ``directories`` are those of the layer that the
+    environment inference needs, read off the image's config."""
+
+    registry: str
+    repository: str
+    layer: Descriptor
+    diff_id: Digest
+    directories: frozenset[str] = field(default=frozenset(), hash=False)
+
+
+@dataclass(frozen=True)
+class SpackPrefix:
+    """The package's content is a Spack install prefix: its layer gets the relocation record
+    ``spack buildcache push`` would write (``relocation``), or, when that cannot be made right,
+    ``problem`` says why and the image is not a Spack build-cache entry."""
+
+    relocation: Relocation | None
+    problem: str | None = None
+
+
+#: Where a Spack package's layer comes from (``Package.spack_content``).
+SpackContent = SpackTarball | SpackRegistryLayer | SpackPrefix
+
+
+def prefix_content(directory: Path, spec: SpackSpec) -> SpackPrefix:
+    """What a Spack install prefix ``directory`` (absolute, as given) needs to become a layer
+    Spack installs from (see :mod:`imagesmith.spackrelocation`)."""
+    found = find_relocation(directory, spec.nodes)
+    if isinstance(found, str):
+        return SpackPrefix(None, found)
+    return SpackPrefix(found)
+
+
 def _from_prefix(directory: Path) -> Package:
     # The prefix keeps the path as given (made absolute, not resolved): Spack bakes the install
     # path into rpaths and scripts, and an install tree reached through a symlink must land at
@@ -366,8 +453,8 @@ def _from_prefix(directory: Path) -> Package:
     if not spec_file.is_file():
         raise PackageError(
             f"{prefix_dir} is a directory without {_SPEC_PATH}, so not a Spack install prefix: "
-            "give a package file (.json or .toml), a Spack install prefix or a Spack build-cache "
-            "tarball"
+            "give a package file (.json or .toml), a Spack install prefix, a Spack build-cache "
+            "tarball or a Spack build cache"
         )
     spec = read_spack_spec(spec_file)
     prefix = _check_prefix(prefix_dir, str(prefix_dir), what="Spack install prefix")
@@ -383,6 +470,7 @@ def _from_prefix(directory: Path) -> Package:
         source=prefix_dir,
         metadata={"spec": spec.document()},
         spack=spec,
+        spack_content=prefix_content(prefix_dir, spec),
     )
 
 
@@ -395,50 +483,48 @@ def _clean_member(name: str, where: str) -> str:
     return "/".join(parts)
 
 
-def _scan_tarball(path: Path) -> tuple[str, bytes]:
-    """The prefix (relative to ``/``) and spec.json bytes of a build-cache tarball.
+def read_tarball_spec(stream: IO[bytes], where: str) -> tuple[str, bytes]:
+    """The install prefix (relative to ``/``) and ``spec.json`` bytes of a build-cache tarball,
+    read from the start of its (compressed) ``stream``.
 
-    The prefix is the directory holding the shallowest ``.spack/spec.json``; every member must
-    lie in it or be one of its parent directories, so the tarball is used as is.
+    Reading stops at the first ``<prefix>/.spack/spec.json`` (near the start of every tarball
+    Spack writes), so a tarball of any size, or a layer in a registry, costs a few KiB here;
+    every member before it must be the prefix or one of its parents. That every other member
+    lies in the prefix is checked when the tarball becomes a layer
+    (:func:`~imagesmith.layers.adopt_tarball`).
     """
-    where = f"build-cache tarball {path}"
-    members: list[tuple[str, bool]] = []
-    specs: dict[str, bytes] = {}
+    seen: list[tuple[str, bool]] = []
     try:
-        with (
-            open_decompressor(path) as stream,
-            tarfile.open(fileobj=cast("IO[bytes]", stream), mode="r|") as tar,
-        ):
-            for member in tar:
+        with open_decompressor(stream, where) as decompressed:
+            reader = TarReader(decompressed, where, max_bytes=MAX_TARBALL_BYTES)
+            for member in reader.members():
                 name = _clean_member(member.name, where)
                 if not name:
                     continue
-                members.append((name, member.isdir()))
-                if member.isfile() and (name == _SPEC_PATH or name.endswith("/" + _SPEC_PATH)):
+                if member.kind == "file" and (name == _SPEC_PATH or name.endswith("/" + _SPEC_PATH)):
                     if member.size > _MAX_SPEC_BYTES:
                         raise PackageError(f"{where}: {name} is too large ({member.size} bytes) for a spec")
-                    reader = tar.extractfile(member)
-                    assert reader is not None  # a regular file always has a reader
-                    specs[name] = reader.read()
-    except (LayerError, tarfile.TarError) as exc:
+                    return _tarball_prefix(name, seen, where), b"".join(reader.data())
+                seen.append((name, member.kind == "dir"))
+    except LayerError as exc:
         raise PackageError(f"{where} cannot be read: {exc}") from None
     except OSError as exc:
         raise PackageError(f"{where} cannot be read: {exc.strerror or exc}") from None
-    if not specs:
-        if any(
-            "/" not in name and name.endswith((".spec.json", ".spec.json.sig", ".spec.yaml"))
-            for name, _ in members
-        ):
-            raise PackageError(
-                f"{where} is an old-style Spack .spack archive (a tarball and its spec side by "
-                "side); imagesmith reads build-cache layout 2 tarballs, whose members are the "
-                "install prefix relative to / (push it again with Spack 0.22 or later)"
-            )
+    if any(
+        "/" not in name and name.endswith((".spec.json", ".spec.json.sig", ".spec.yaml")) for name, _ in seen
+    ):
         raise PackageError(
-            f"{where} holds no <prefix>/{_SPEC_PATH}, so it is not a Spack build-cache tarball: "
-            "write a package file naming its prefix and content instead (see docs/packages.md)"
+            f"{where} is an old-style Spack .spack archive (a tarball and its spec side by "
+            "side); imagesmith reads build-cache tarballs of layouts 2 and 3, whose members are "
+            "the install prefix relative to / (push it again with Spack 0.22 or later)"
         )
-    spec_name = min(specs, key=lambda n: (n.count("/"), n))
+    raise PackageError(
+        f"{where} holds no <prefix>/{_SPEC_PATH}, so it is not a Spack build-cache tarball: "
+        "write a package file naming its prefix and content instead (see docs/packages.md)"
+    )
+
+
+def _tarball_prefix(spec_name: str, seen: list[tuple[str, bool]], where: str) -> str:
     if spec_name == _SPEC_PATH:
         raise PackageError(
             f"{where} holds {_SPEC_PATH} at its top: its members are relative to the prefix, not "
@@ -446,36 +532,65 @@ def _scan_tarball(path: Path) -> tuple[str, bytes]:
             "file with spack_spec (the spec), prefix and content (this tarball), see docs/spack.md"
         )
     prefix = spec_name[: -len("/" + _SPEC_PATH)]
-    for name, is_dir in members:
+    for name, is_dir in seen:
         if name == prefix or name.startswith(prefix + "/") or (is_dir and prefix.startswith(name + "/")):
             continue
         raise PackageError(
             f"{where}: member {name!r} lies outside the install prefix /{prefix} (found from "
             f"{spec_name}); a build-cache tarball holds that prefix and its parent directories only"
         )
-    return prefix, specs[spec_name]
+    return prefix
 
 
-def _from_tarball(path: Path) -> Package:
-    source = path.resolve()
-    if not source.is_file():
-        raise PackageError(f"build-cache tarball {path} not found")
-    prefix_rel, data = _scan_tarball(source)
-    where = f"{source} ({prefix_rel}/{_SPEC_PATH})"
-    spec = parse_spack_spec(_parse_json(data, where), where)
-    prefix = _check_prefix(source, "/" + prefix_rel, what="build-cache tarball")
+def tarball_package(
+    tarball: Path,
+    *,
+    source: Path | None = None,
+    spec: SpackSpec | None = None,
+    checksum: Digest | None = None,
+    cache: str | None = None,
+) -> Package:
+    """A Spack build-cache tarball as a package whose layer is the tarball itself.
+
+    ``tarball`` is read through (a symlink is fine: the file it names is read); its prefix and
+    spec come from its first members (:func:`read_tarball_spec`). A build cache passes the
+    ``spec`` it lists for the tarball (which must be the tarball's own), the ``checksum`` it
+    records and the cache's ``cache`` locator, where runtime dependencies are looked up;
+    ``source`` is the file that named the package (default: the tarball).
+    """
+    where = f"build-cache tarball {tarball}"
+    try:
+        f = open(tarball, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise PackageError(f"{where} not found") from None
+    except OSError as exc:
+        raise PackageError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    with f:
+        prefix_rel, data = read_tarball_spec(f, where)
+    inner_where = f"{tarball} ({prefix_rel}/{_SPEC_PATH})"
+    own = parse_spack_spec(_parse_json(data, inner_where), inner_where)
+    if spec is not None and own.hash != spec.hash:
+        raise PackageError(
+            f"{where} holds the spec of {own.name}/{own.hash}, but {spec.source} lists it for "
+            f"{spec.name}/{spec.hash}: the build cache is inconsistent"
+        )
+    spec = spec or own
+    named = source or Path(tarball).absolute()
+    prefix = _check_prefix(named, "/" + prefix_rel, what="build-cache tarball")
     return Package(
         name=spec.name,
         version=spec.version,
         prefix=prefix,
-        content=source,
+        content=Path(tarball).resolve(),
         content_kind="tarball",
         hash=spec.hash,
         depends=(),
         env=None,
-        source=source,
+        source=named,
         metadata={"spec": spec.document()},
         spack=spec,
+        spack_content=SpackTarball(checksum),
+        spack_cache=cache,
     )
 
 
@@ -483,14 +598,18 @@ def load_spack_package(path: str | Path) -> Package:
     """Load a Spack install prefix, its ``.spack/spec.json`` or a build-cache tarball.
 
     A directory must hold ``.spack/spec.json``: its absolute path (as given, symlinks kept) is
-    the prefix in the image and its contents the layer. A ``spec.json`` counts only inside an
-    install prefix (``<prefix>/.spack/spec.json``) and stands for that prefix; anywhere else a
-    package file with ``spack_spec`` must say where the content is. A ``.tar``, ``.tar.gz``,
-    ``.tgz``, ``.tar.zst`` or ``.spack`` file must hold one install prefix relative to ``/``
-    (its parents allowed) with ``.spack/spec.json`` in it, and is used as is. Name, version and
+    the prefix in the image and its contents the layer, with the relocation record Spack's
+    push would add. A ``spec.json`` counts only inside an install prefix
+    (``<prefix>/.spack/spec.json``) and stands for that prefix; anywhere else a package file
+    with ``spack_spec`` must say where the content is. A ``.tar``, ``.tar.gz``, ``.tgz``,
+    ``.tar.zst`` or ``.spack`` file must hold one install prefix relative to ``/`` (its parents
+    allowed) with ``.spack/spec.json`` in it, and becomes the layer byte for byte; the name as
+    given decides (a symlink ``x.tar.gz`` to a build-cache blob is a tarball). Name, version and
     hash come from the root node; ``depends`` stays empty until
     :func:`~imagesmith.packages.load_packages` matches the runtime dependencies by hash; the
-    environment is inferred from the prefix layout. Problems raise :class:`PackageError`.
+    environment is inferred from the prefix layout. Build caches (directories, manifests,
+    blobs, registries) are read by :mod:`imagesmith.spackcache`. Problems raise
+    :class:`PackageError`.
     """
     given = Path(path)
     if given.is_dir():
@@ -500,17 +619,17 @@ def load_spack_package(path: str | Path) -> Package:
         if _spec_in_prefix(given.absolute()):
             return _from_prefix(given.absolute().parent.parent)
         if not given.is_file():
-            raise PackageError(f"Spack spec {given.resolve()} not found")
+            raise PackageError(f"Spack spec {given.absolute()} not found")
         raise PackageError(
-            f"package file {given.resolve()} is a Spack spec.json outside an install prefix "
+            f"package file {given.absolute()} is a Spack spec.json outside an install prefix "
             f"(<prefix>/{_SPEC_PATH}), so its content is unknown: give the install prefix "
             "directory, a build-cache tarball, or a package file with spack_spec, prefix and "
             "content (see docs/spack.md)"
         )
     if lower.endswith(BUILDCACHE_SUFFIXES):
-        return _from_tarball(given)
+        return tarball_package(given)
     raise PackageError(
-        f"{given.resolve()} is not a Spack install prefix, spec.json or build-cache tarball "
+        f"{given.absolute()} is not a Spack install prefix, spec.json or build-cache tarball "
         f"({', '.join(BUILDCACHE_SUFFIXES)})"
     )
 

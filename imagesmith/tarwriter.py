@@ -1,4 +1,4 @@
-"""A small, fast, deterministic tar writer, and a header-only tar reader.
+"""A small, fast, deterministic tar writer.
 
 The writer emits POSIX ustar headers, adding a PAX extended header (typeflag ``x``) only when a
 value does not fit: ``path`` / ``linkpath`` for names longer than 100 bytes or not ASCII,
@@ -16,10 +16,8 @@ File data is streamed from a path (opened without following symlinks), from a
 :class:`LayerError` naming it, so a file modified while a layer is built never yields a
 silently wrong archive.
 
-:func:`read_members` walks the headers of an uncompressed, seekable tar without reading member
-data into memory. It understands ustar, PAX (``x`` and ``g``), GNU long names (``L`` / ``K``)
-and base-256 numbers, refuses sparse and multi-volume members, and bounds the size of
-extended headers and the number of members.
+Reading tar archives is :mod:`imagesmith.tarformat`'s job; the writer shares its block size,
+kinds and typeflags.
 """
 
 from __future__ import annotations
@@ -28,57 +26,21 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, Protocol
+from typing import IO, Protocol
 
 from .errors import LayerError
+from .tarformat import BLOCK, TYPEFLAGS, EntryKind
 
-__all__ = [
-    "BLOCK",
-    "MAX_HEADER_BYTES",
-    "MAX_MEMBERS",
-    "EntryKind",
-    "Source",
-    "TarEntry",
-    "TarMember",
-    "TarWriter",
-    "read_members",
-]
+__all__ = ["EntryKind", "Source", "TarEntry", "TarWriter"]
 
-BLOCK = 512
-MAX_HEADER_BYTES = 1 << 20
-MAX_MEMBERS = 1_000_000
 _CHUNK = 1 << 20
 _ZERO_BLOCK = bytes(BLOCK)
 _MAX_OCTAL_7 = 0o7777777
 _MAX_OCTAL_11 = 0o77777777777
 
-EntryKind = Literal["file", "dir", "symlink", "hardlink", "chardev", "blockdev", "fifo"]
 Source = str | Path | tuple[IO[bytes], int] | None
-
-_TYPEFLAGS: dict[str, bytes] = {
-    "file": b"0",
-    "hardlink": b"1",
-    "symlink": b"2",
-    "chardev": b"3",
-    "blockdev": b"4",
-    "dir": b"5",
-    "fifo": b"6",
-}
-_KINDS_BY_FLAG: dict[bytes, EntryKind] = {
-    b"0": "file",
-    b"\0": "file",
-    b"7": "file",  # contiguous file: an ordinary file everywhere that matters
-    b"1": "hardlink",
-    b"2": "symlink",
-    b"3": "chardev",
-    b"4": "blockdev",
-    b"5": "dir",
-    b"D": "dir",  # GNU dumpdir: a directory whose data lists its contents
-    b"6": "fifo",
-}
 
 # A header block is packed as two halves around its checksum field: name, mode, uid, gid, size
 # and mtime (148 bytes), then typeflag, linkname, magic, version, uname, gname, devmajor,
@@ -139,7 +101,7 @@ class TarEntry:
         wrapped = f"/{name}/"
         if not name or "\0" in name or "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
             raise LayerError(f"invalid archive member name {name!r}: must be a clean relative path")
-        if self.kind not in _TYPEFLAGS:
+        if self.kind not in TYPEFLAGS:
             raise LayerError(f"{name}: unknown entry kind {self.kind!r}")
         if not 0 <= self.mode <= 0o7777:
             raise LayerError(f"{name}: mode {self.mode:o} is out of range")
@@ -216,7 +178,7 @@ class TarWriter:
         # The second half of the header of a link-less entry without owner names or device
         # numbers depends on nothing but its type: build each once, with its byte sum.
         self._plain_tails: dict[str, tuple[bytes, int]] = {}
-        for kind, flag in _TYPEFLAGS.items():
+        for kind, flag in TYPEFLAGS.items():
             tail = _TAIL.pack(flag, b"", b"ustar\0", b"00", b"", b"", _ZERO_DEVICE, _ZERO_DEVICE)
             self._plain_tails[kind] = (tail, _byte_sum(tail))
         self._closed = False
@@ -340,7 +302,7 @@ class TarWriter:
             )
             if linkname:
                 tail = _TAIL.pack(
-                    _TYPEFLAGS[kind], linkname.encode("ascii"), b"ustar\0", b"00", b"", b"",
+                    TYPEFLAGS[kind], linkname.encode("ascii"), b"ustar\0", b"00", b"", b"",
                     _ZERO_DEVICE, _ZERO_DEVICE,
                 )
                 tail_sum = _byte_sum(tail)
@@ -382,7 +344,7 @@ class TarWriter:
             ids[0],
             ids[1],
             size_field,
-            _TYPEFLAGS[entry.kind],
+            TYPEFLAGS[entry.kind],
             _ascii_fallback(linkname, 100),
             unames[0],
             unames[1],
@@ -442,249 +404,3 @@ def _read_fd(fd: int, size: int, label: str | Path) -> bytes:
             "build again once it is no longer being written"
         )
     return data
-
-
-@dataclass(slots=True)
-class TarMember:
-    """A member header read by :func:`read_members`; ``offset`` is where its data starts.
-
-    ``name`` and ``linkname`` are decoded exactly as stored (not yet normalised or checked for
-    safety); ``index`` is the member's position in the archive, counting from 0.
-    """
-
-    name: str
-    kind: EntryKind
-    mode: int
-    size: int
-    linkname: str
-    uid: int
-    gid: int
-    uname: str
-    gname: str
-    devmajor: int
-    devminor: int
-    offset: int
-    index: int
-
-
-def _number(field_bytes: bytes, what: str) -> int:
-    if field_bytes and field_bytes[0] & 0x80:
-        # GNU base-256: the first byte's high bit marks it; 0xff would be a negative number.
-        if field_bytes[0] == 0xFF:
-            raise LayerError(f"{what}: negative number in a tar header")
-        return int.from_bytes(bytes([field_bytes[0] & 0x7F]) + field_bytes[1:], "big")
-    text = field_bytes.split(b"\0", 1)[0].strip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise LayerError(f"{what}: corrupt number {text[:20]!r} in a tar header") from None
-
-
-def _text(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise LayerError(f"{what}: name {raw!r} is not valid UTF-8") from None
-
-
-def parse_pax(payload: bytes) -> dict[bytes, bytes]:
-    """The records of a PAX extended header (``"LEN key=value\\n"``...), keys as raw bytes.
-
-    The one parser of the format, shared by the layer builder and the unpacker so both read
-    a tarball the same way. Raises :class:`ValueError` on a corrupt header; callers turn that
-    into their own error.
-    """
-    records: dict[bytes, bytes] = {}
-    pos = 0
-    while pos < len(payload):
-        if payload[pos] == 0:
-            break  # some writers pad the record area with NULs
-        space = payload.find(b" ", pos)
-        length = int(payload[pos:space]) if space > pos else 0  # ValueError when not a number
-        record = payload[pos : pos + length]
-        key, eq, value = record[space - pos + 1 : -1].partition(b"=")
-        if length <= 0 or len(record) != length or not record.endswith(b"\n") or not eq:
-            raise ValueError("corrupt PAX extended header record")
-        records[key] = value
-        pos += length
-    return records
-
-
-def member_paths(
-    block: bytes, records: Mapping[str, bytes], long_name: bytes | None, long_link: bytes | None
-) -> tuple[bytes, bytes]:
-    """A member's raw name and link target, by precedence: its PAX ``path``/``linkpath``
-    records, then GNU long-name/long-link headers, then the header's own fields (a ustar name
-    joined to its ``prefix`` field). Shared by the layer builder and the unpacker, so both
-    read a member under the same name."""
-    if "path" in records:
-        raw_name = records["path"]
-    elif long_name is not None:
-        raw_name = long_name
-    else:
-        raw_name = block[0:100].split(b"\0", 1)[0]
-        prefix = block[345:500].split(b"\0", 1)[0]
-        if block[257:263] == b"ustar\0" and prefix:
-            raw_name = prefix + b"/" + raw_name
-    if "linkpath" in records:
-        raw_link = records["linkpath"]
-    elif long_link is not None:
-        raw_link = long_link
-    else:
-        raw_link = block[157:257].split(b"\0", 1)[0]
-    return raw_name, raw_link
-
-
-def _parse_pax(payload: bytes, what: str) -> dict[str, bytes]:
-    try:
-        records = parse_pax(payload)
-    except ValueError:
-        raise LayerError(f"{what}: corrupt PAX extended header") from None
-    return {_text(key, what): value for key, value in records.items()}
-
-
-def _read_exact(f: IO[bytes], n: int) -> bytes:
-    data = f.read(n)
-    while len(data) < n:
-        more = f.read(n - len(data))
-        if not more:
-            break
-        data += more
-    return data
-
-
-def read_members(
-    f: IO[bytes], what: str, *, max_members: int = MAX_MEMBERS, max_header_bytes: int = MAX_HEADER_BYTES
-) -> Iterator[TarMember]:
-    """Yield the member headers of the uncompressed, seekable tar ``f``, in archive order.
-
-    Member data is skipped by seeking, never read; a member whose data extends past the end of
-    the file, a corrupt header, a sparse or multi-volume member, an extended header larger than
-    ``max_header_bytes`` or more than ``max_members`` members raise :class:`LayerError` naming
-    ``what`` and the member. Reading ends at the first zero block; anything after it is ignored,
-    as tar itself does. Names are returned exactly as stored: safety checks are the caller's.
-    """
-    try:
-        total = f.seek(0, os.SEEK_END)
-        f.seek(0)
-    except OSError as exc:
-        raise LayerError(f"cannot read {what}: {exc.strerror or exc}") from None
-    offset = 0
-    index = 0
-    global_pax: dict[str, bytes] = {}
-    pax: dict[str, bytes] = {}
-    long_name: bytes | None = None
-    long_link: bytes | None = None
-    while True:
-        block = _read_exact(f, BLOCK)
-        if not block:
-            if pax or long_name is not None or long_link is not None:
-                raise LayerError(f"{what} is truncated: an extended header has no member")
-            return
-        if len(block) < BLOCK:
-            if offset == 0:
-                raise LayerError(f"{what} is not a tar archive (shorter than one 512-byte header)")
-            raise LayerError(f"{what} is truncated at byte {offset}")
-        if block == _ZERO_BLOCK:
-            return
-        where = f"{what}: member #{index} at byte {offset}"
-        try:
-            stored = _number(block[148:156], where)
-        except LayerError:
-            stored = -1
-        if stored != sum(block[:148]) + 256 + sum(block[156:]) and stored != (
-            # Some old writers summed signed chars; accept that form too, as tar does.
-            sum(struct.unpack("148b", block[:148])) + 256 + sum(struct.unpack("356b", block[156:]))
-        ):
-            raise LayerError(f"{where}: not a tar header (bad checksum); the file is not a tar or is corrupt")
-        typeflag = block[156:157]
-        size = _number(block[124:136], where)
-        data_offset = offset + BLOCK
-        end = data_offset + size + (-size % BLOCK)
-        if typeflag in (b"x", b"g", b"L", b"K"):
-            if size > max_header_bytes:
-                raise LayerError(
-                    f"{where}: extended header of {size} bytes exceeds the limit of {max_header_bytes}"
-                )
-            payload = _read_exact(f, size)
-            if len(payload) < size:
-                raise LayerError(f"{what} is truncated inside an extended header at byte {offset}")
-            if typeflag == b"x":
-                pax.update(_parse_pax(payload, where))
-            elif typeflag == b"g":
-                global_pax.update(_parse_pax(payload, where))
-            elif typeflag == b"L":
-                long_name = payload.rstrip(b"\0")
-            else:
-                long_link = payload.rstrip(b"\0")
-            offset = end
-            f.seek(offset)
-            continue
-        records = {**global_pax, **pax} if global_pax else pax
-        if any(key.startswith("GNU.sparse") for key in records) or typeflag == b"S":
-            raise LayerError(
-                f"{where}: sparse members are not supported; re-create the tarball without --sparse"
-            )
-        raw_name, raw_link = member_paths(block, records, long_name, long_link)
-        name = _text(raw_name, where)
-        where = f"{what}: member {name!r}"
-        if "\0" in name:
-            raise LayerError(f"{where}: NUL byte in the member name")
-        linkname = _text(raw_link, where)
-        if "\0" in linkname:
-            raise LayerError(f"{where}: NUL byte in the link target")
-        if "size" in records:
-            size = _pax_int(records["size"], where)
-            end = data_offset + size + (-size % BLOCK)
-        kind = _KINDS_BY_FLAG.get(typeflag)
-        if typeflag == b"V":
-            kind = None  # a volume label describes the archive, not a file
-        elif kind is None:
-            raise LayerError(
-                f"{where}: unsupported member type {typeflag!r} (multi-volume or vendor extension)"
-            )
-        elif kind == "file" and typeflag in (b"\0", b"0") and name.endswith("/"):
-            kind = "dir"  # pre-POSIX tars mark directories only by the trailing slash
-        if kind not in ("file", None) or typeflag == b"V":
-            # Only regular files carry data; for links, directories, devices and FIFOs the
-            # size field is ignored, as Go, tarfile and our unpacker do. Skipping `size` bytes
-            # here would let a crafted tarball read differently at build and at unpack time.
-            size = 0
-            end = data_offset
-        if data_offset + size > total:
-            raise LayerError(f"{where} is truncated: its data extends past the end of the archive")
-        if kind is not None:
-            if index >= max_members:
-                raise LayerError(f"{what} has more than {max_members} members: refusing to index it")
-            yield TarMember(
-                name=name,
-                kind=kind,
-                mode=_number(block[100:108], where) & 0o7777,
-                size=size if kind == "file" else 0,
-                linkname=linkname,
-                uid=_pax_int(records["uid"], where) if "uid" in records else _number(block[108:116], where),
-                gid=_pax_int(records["gid"], where) if "gid" in records else _number(block[116:124], where),
-                uname=_text(records.get("uname", block[265:297].split(b"\0", 1)[0]), where),
-                gname=_text(records.get("gname", block[297:329].split(b"\0", 1)[0]), where),
-                devmajor=_number(block[329:337], where) if kind in ("chardev", "blockdev") else 0,
-                devminor=_number(block[337:345], where) if kind in ("chardev", "blockdev") else 0,
-                offset=data_offset,
-                index=index,
-            )
-            index += 1
-        pax = {}
-        long_name = long_link = None
-        offset = end
-        f.seek(offset)
-
-
-def _pax_int(value: bytes, what: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise LayerError(f"{what}: corrupt number {value[:20]!r} in a PAX header") from None
-    if number < 0:
-        raise LayerError(f"{what}: negative number in a PAX header")
-    return number

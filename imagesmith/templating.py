@@ -30,7 +30,10 @@ __all__ = [
     "templates_dir",
 ]
 
-DEFAULT_TAG_TEMPLATE = "{{ name }}-{{ version }}-{{ hash }}.spack"
+# Spack finds a package in an OCI build cache under ``name-version-hash.spack``, and reads the
+# config of every tag ending in ``.spack`` when it rebuilds its index: only an image Spack can
+# install from may carry that suffix (``spack`` is true for exactly those).
+DEFAULT_TAG_TEMPLATE = "{{ name }}-{{ version }}-{{ hash }}{% if spack %}.spack{% endif %}"
 PROFILE_SCRIPT_PATH = "/etc/profile.d/imagesmith.sh"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -81,17 +84,19 @@ def _describe(template: str | None) -> str:
 
 
 def render_tag(
-    template: str | None, *, name: str, version: str, hash: str, **extra: str
+    template: str | None, *, name: str, version: str, hash: str, spack: bool = False, **extra: str
 ) -> str:
     """Render an image tag from ``template`` (None: the default, ``templates/tag.j2``).
 
-    The template sees ``name``, ``version``, ``hash`` and every keyword in ``extra``. The result
+    The template sees ``name``, ``version``, ``hash``, ``spack`` (whether the image is a Spack
+    build-cache entry, which the default template marks with Spack's ``.spack`` suffix) and
+    every keyword in ``extra``. The result
     is stripped of surrounding whitespace and made a valid tag the way Spack does (characters
     outside ``[A-Za-z0-9_.-]`` become ``_``; over 128 characters keep the first 64 and the last
     64). A syntax error, an undefined variable, a failing expression or an empty result raises
     :class:`TemplateError` naming the template and the problem.
     """
-    variables = {"name": name, "version": version, "hash": hash, **extra}
+    variables: dict[str, object] = {"name": name, "version": version, "hash": hash, "spack": spack, **extra}
     env = environment()
     what = _describe(template)
     try:

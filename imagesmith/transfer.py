@@ -47,6 +47,7 @@ from .images import (
     RawManifest,
     RegistrySource,
     RemoteOrigin,
+    choose_platform,
 )
 from .layout import OCILayout
 from .locations import (
@@ -56,7 +57,7 @@ from .locations import (
     RegistryLocation,
     parse_location,
 )
-from .model import Descriptor, Index, Manifest, Platform, platforms_of, select_platform
+from .model import Descriptor, Index, Manifest, Platform, platforms_of
 from .progress import EventKind, ProgressCallback, ProgressEvent, null_progress
 from .references import Reference
 from .registry.client import RegistryPool
@@ -755,9 +756,8 @@ def copy_image(
                 )
             if isinstance(platform, Platform) or (platform is None and not holds_index):
                 wanted = platform if isinstance(platform, Platform) else Platform.host()
-                entry = select_platform(document, wanted)
-                chosen = entry.platform
-                top = reader.manifest(entry)
+                top, _, entry = choose_platform(reader, top, wanted)  # nested indexes followed
+                chosen = entry.platform if entry is not None else None
         plan = _Plan([], {})
         _collect(reader, top, chosen, plan, 0)
         with open_sink(dst, pool=pool, cache=cache, docker_host=docker_host, keep_in_cache=False) as sink:

@@ -17,11 +17,16 @@ runtime stacks them. The full policy is in ``docs/unpacking.md``; in short:
   the same layer wrote, whatever the member order; they are never written themselves.
 - Hardlinks must name a regular file already inside the root; devices are skipped unless the
   policy allows them and the process is root; setuid/setgid bits and owners follow the policy.
-- Member count, uncompressed size and extended header size are bounded; memory does not grow
-  with member sizes (only with the member count, for the whiteout bookkeeping).
+- Member count, uncompressed size, extended header size and path length (``PATH_MAX``, so
+  depth too) are bounded; memory does not grow with member sizes, and grows with the member
+  count only linearly (the whiteout bookkeeping keeps written paths as a tree of components,
+  never one string per ancestor).
+- With the layer's diff_id given, the uncompressed stream is hashed while it is unpacked, to
+  its very end, and a mismatch is an :class:`~imagesmith.errors.IntegrityError`.
 
 Python's ``tarfile`` is deliberately not used for reading: its extraction filters have had
-bypasses, so the tar stream is parsed here and every path is resolved by this module.
+bypasses. The tar stream is read by :mod:`imagesmith.tarformat` (the layer builder's reader
+too) and every path is resolved by this module.
 """
 
 from __future__ import annotations
@@ -29,22 +34,23 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, NoReturn
 
 from .compression import Decompressor, open_decompressor
-from .errors import LayerError, UnpackError, UsageError
-from .tarwriter import member_paths, parse_pax
+from .digests import Digest, Hasher
+from .errors import IntegrityError, LayerError, UnpackError, UsageError
+from .tarformat import MAX_NAME_BYTES, TarMember, TarReader
 
-__all__ = ["MAX_SYMLINK_HOPS", "UnpackPolicy", "UnpackStats", "unpack_layer", "unpack_layers"]
+__all__ = ["MAX_SYMLINK_HOPS", "UnpackPolicy", "UnpackStats", "discard_tree", "unpack_layer", "unpack_layers"]
 
 MAX_SYMLINK_HOPS = 255
 
-_BLOCK = 512
-_ZERO_BLOCK = bytes(_BLOCK)
 _CHUNK = 1 << 20
+# The deepest path a file system call can name (PATH_MAX bytes, one byte and a slash per level).
+_MAX_DEPTH = MAX_NAME_BYTES // 2
 _WHITEOUT = ".wh."
 _WHITEOUT_META = ".wh..wh."
 _OPAQUE = ".wh..wh..opq"
@@ -52,23 +58,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _ESCAPE_ADVICE = "the layer is corrupt or malicious: do not use this image"
 _TRUNCATED_ADVICE = "the layer is truncated or corrupt: fetch it again"
-
-_KINDS: dict[bytes, str] = {
-    b"0": "file",
-    b"\0": "file",
-    b"7": "file",  # contiguous file: an ordinary file on every system that matters
-    b"1": "hardlink",
-    b"2": "symlink",
-    b"3": "chardev",
-    b"4": "blockdev",
-    b"5": "dir",
-    b"D": "dir",  # GNU dumpdir: a directory whose data lists its contents (skipped)
-    b"6": "fifo",
-    b"V": "label",  # a volume label names the archive, not a file
-}
-# Like Go's archive/tar and Python's tarfile, these types carry no data whatever their size
-# field says; reading them any other way would let one archive mean two different trees.
-_HEADER_ONLY = frozenset({"hardlink", "symlink", "chardev", "blockdev", "dir", "fifo"})
 
 
 def _running_as_root() -> bool:
@@ -125,20 +114,6 @@ class UnpackStats:
 
 
 @dataclass(slots=True)
-class _Member:
-    name: str
-    kind: str
-    mode: int
-    size: int
-    linkname: str
-    uid: int
-    gid: int
-    mtime_ns: int
-    devmajor: int
-    devminor: int
-
-
-@dataclass(slots=True)
 class _Dir:
     """An open directory inside the root and its path from the root (``""`` is the root)."""
 
@@ -154,6 +129,63 @@ class _DirMeta:
     gid: int
     mtime_ns: int
     identity: tuple[int, int]
+
+
+# A node of a _PathTree: its children by name; the key "" (never a component) marks a path
+# that was written. A written leaf is the shared, never-mutated _LEAF.
+_Node = dict[str, "_Node"]
+_LEAF: _Node = {}
+_WRITTEN_MARK: _Node = {}
+
+
+class _PathTree:
+    """The paths one layer wrote, as a tree of their components.
+
+    Whiteouts need two questions answered about a path: was it written by this layer, and
+    was anything written below it. One string per ancestor of every written path answers
+    them too, but costs the square of the depth per member (a 40,000-component name cost
+    gigabytes); here each component of a path is stored once, under its parent.
+    """
+
+    __slots__ = ("_root",)
+
+    def __init__(self) -> None:
+        self._root: _Node = {}
+
+    def add(self, path: str) -> None:
+        """Record ``path`` (``a/b/c``, from the root) as written."""
+        node = self._root
+        *parents, last = path.split("/")
+        for name in parents:
+            child = node.get(name)
+            if child is None:
+                child = node[name] = {}
+            elif child is _LEAF:
+                child = node[name] = {"": _WRITTEN_MARK}  # written, and now a parent too
+            node = child
+        child = node.get(last)
+        if child is None:
+            node[last] = _LEAF
+        elif child is not _LEAF:
+            child[""] = _WRITTEN_MARK
+
+    def _find(self, path: str) -> _Node | None:
+        node = self._root
+        for name in path.split("/"):
+            child = node.get(name)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def written(self, path: str) -> bool:
+        """Whether ``path`` itself was written."""
+        node = self._find(path)
+        return node is not None and (node is _LEAF or "" in node)
+
+    def kept(self, path: str) -> bool:
+        """Whether ``path`` was written or lies above something that was."""
+        return self._find(path) is not None
 
 
 def _join(parent: str, name: str) -> str:
@@ -173,6 +205,77 @@ def _push(stack: list[tuple[int, str, list[str]]], fd: int, label: str) -> None:
     children.extend(os.listdir(fd))
 
 
+def _open_dir(name: str, dir_fd: int, *, writable: bool) -> int:
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        if not writable:
+            raise
+        # An unreadable directory (mode 0 in the image, unpacked as non-root): make it ours
+        # first. It was seen to be a directory, inside a tree only this process writes.
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    if writable:
+        try:
+            os.fchmod(fd, 0o700)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _remove(dir_fd: int, name: str, *, writable: bool = False) -> None:
+    """Remove ``name`` in ``dir_fd`` and everything below it, never following a symlink.
+
+    With ``writable``, each directory is made readable and writable before it is emptied (an
+    unpacked tree can hold read-only directories).
+    """
+    st = _lstat(name, dir_fd)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    # Iterative, one descriptor per level: a hostile layer can nest very deep. A descriptor
+    # goes on the stack before its listing is read, so a failing listdir cannot leak it.
+    stack: list[tuple[int, str, list[str]]] = []
+    try:
+        _push(stack, _open_dir(name, dir_fd, writable=writable), name)
+        while stack:
+            fd, dname, children = stack[-1]
+            if not children:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(dname, dir_fd=stack[-1][0] if stack else dir_fd)
+                continue
+            child = children.pop()
+            cst = _lstat(child, fd)
+            if cst is None:
+                continue
+            if stat.S_ISDIR(cst.st_mode):
+                _push(stack, _open_dir(child, fd, writable=writable), child)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def discard_tree(path: Path) -> None:
+    """Remove the directory ``path`` and everything in it, as deep as it goes, never following
+    a symlink, read-only directories included: what is left of a refused unpack.
+
+    ``shutil.rmtree`` recurses once per level and cannot remove a tree as deep as a layer may
+    legitimately make one. A failure raises :class:`OSError`.
+    """
+    path = Path(path)
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _remove(parent, path.name, writable=True)
+    finally:
+        os.close(parent)
+
+
 def _kind_name(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "directory"
@@ -181,245 +284,6 @@ def _kind_name(mode: int) -> str:
     if stat.S_ISREG(mode):
         return "regular file"
     return "special file"
-
-
-# --- the tar stream ---------------------------------------------------------------------------
-
-
-def _number(raw: bytes, where: str, *, signed: bool = False) -> int:
-    if raw and raw[0] & 0x80:
-        # GNU base-256: the high bit of the first byte marks it; 0xff starts a negative number.
-        value = int.from_bytes(bytes([raw[0] & 0x7F]) + raw[1:], "big")
-        if raw[0] == 0xFF:
-            if not signed:
-                raise UnpackError(f"{where}: negative number in a tar header; {_TRUNCATED_ADVICE}")
-            value -= 1 << (8 * len(raw) - 1)
-        return value
-    text = raw.split(b"\0", 1)[0].strip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise UnpackError(
-            f"{where}: corrupt number {text[:20]!r} in a tar header; {_TRUNCATED_ADVICE}"
-        ) from None
-
-
-def _pax_int(value: bytes, where: str, key: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise UnpackError(f"{where}: corrupt {key} {value[:20]!r} in a PAX header; {_TRUNCATED_ADVICE}")
-    return number
-
-
-def _pax_time_ns(value: bytes, where: str) -> int:
-    text = value.decode("ascii", "replace")
-    negative = text.startswith("-")
-    seconds, _, fraction = text.lstrip("-").partition(".")
-    if not seconds.isdigit() or (fraction and not fraction.isdigit()):
-        raise UnpackError(f"{where}: corrupt mtime {text[:30]!r} in a PAX header; {_TRUNCATED_ADVICE}")
-    ns = int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
-    return -ns if negative else ns
-
-
-def _parse_pax(payload: bytes, where: str) -> dict[str, bytes]:
-    try:
-        records = parse_pax(payload)
-    except ValueError:
-        raise UnpackError(f"{where}: corrupt PAX extended header; {_TRUNCATED_ADVICE}") from None
-    return {key.decode("utf-8", "surrogateescape"): value for key, value in records.items()}
-
-
-def _decode(raw: bytes) -> str:
-    # surrogateescape round-trips any byte string through the os functions unchanged, so a
-    # non-UTF-8 name in an old image is kept as the exact bytes it was stored with.
-    return raw.decode("utf-8", "surrogateescape")
-
-
-class _TarStream:
-    """Reads tar members from a decompressed stream, strictly in order, never seeking.
-
-    Every byte read is counted against ``max_bytes``; a member's data must be consumed (or is
-    skipped) before the next header is read.
-    """
-
-    def __init__(self, source: Decompressor, what: str, policy: UnpackPolicy) -> None:
-        self._src = source
-        self._what = what
-        self._policy = policy
-        self.consumed = 0
-        self._left = 0
-        self._pad = 0
-        self._current = "the first member"
-
-    def _read(self, n: int, during: str) -> bytes:
-        pieces: list[bytes] = []
-        got = 0
-        while got < n:
-            try:
-                chunk = self._src.read(min(n - got, _CHUNK))
-            except LayerError as exc:
-                raise UnpackError(f"{exc} (while reading {during}); {_TRUNCATED_ADVICE}") from None
-            if not chunk:
-                break
-            pieces.append(chunk)
-            got += len(chunk)
-        self.consumed += got
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    def _budget(self, n: int, where: str) -> None:
-        limit = self._policy.max_bytes
-        if self.consumed + n > limit:
-            raise UnpackError(
-                f"{where}: the layer is larger than {limit} bytes uncompressed (a decompression "
-                "bomb?); raise UnpackPolicy.max_bytes if the layer is trusted"
-            )
-
-    def data(self) -> Iterator[bytes]:
-        """Yield the current member's data in pieces of at most 1 MiB."""
-        while self._left:
-            want = min(_CHUNK, self._left)
-            chunk = self._read(want, f"the data of {self._current}")
-            if len(chunk) < want:
-                self._truncated(f"inside the data of {self._current}")
-            self._left -= want
-            yield chunk
-
-    def _skip_rest(self) -> None:
-        remaining = self._left + self._pad
-        self._left = self._pad = 0
-        while remaining:
-            want = min(_CHUNK, remaining)
-            if len(self._read(want, f"the data of {self._current}")) < want:
-                self._truncated(f"inside the data of {self._current}")
-            remaining -= want
-
-    def _truncated(self, where: str) -> NoReturn:
-        raise UnpackError(f"{self._what}: truncated {where}; {_TRUNCATED_ADVICE}")
-
-    def members(self) -> Iterator[_Member]:
-        """Yield the members in archive order; the archive ends at its first zero block."""
-        what = self._what
-        global_pax: dict[str, bytes] = {}
-        global_bytes = 0
-        pax: dict[str, bytes] = {}
-        long_name: bytes | None = None
-        long_link: bytes | None = None
-        extended_bytes = 0
-        count = 0
-        while True:
-            self._skip_rest()
-            offset = self.consumed
-            where = f"{what}: header at byte {offset}"
-            self._budget(_BLOCK, where)
-            block = self._read(_BLOCK, f"the header after {self._current}")
-            if not block:
-                if offset == 0:
-                    return  # an empty stream is an empty layer: nothing was cut off
-                raise UnpackError(
-                    f"{what}: truncated after {self._current}: the end-of-archive marker is "
-                    f"missing; {_TRUNCATED_ADVICE}"
-                )
-            if len(block) < _BLOCK:
-                self._truncated(f"inside the header after {self._current}")
-            if block == _ZERO_BLOCK:
-                if pax or long_name is not None or long_link is not None:
-                    self._truncated("after an extended header that has no member")
-                return
-            try:
-                stored = _number(block[148:156], where)
-            except UnpackError:
-                stored = -1
-            unsigned = sum(block[:148]) + 256 + sum(block[156:])
-            # Some old writers summed signed chars; tar accepts that form too.
-            signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b >= 128)
-            if stored not in (unsigned, signed):
-                raise UnpackError(
-                    f"{where}: bad header checksum (not a tar archive, or corrupt); {_TRUNCATED_ADVICE}"
-                )
-            typeflag = block[156:157]
-            size = _number(block[124:136], where)
-            pad = -size % _BLOCK
-            if typeflag in (b"x", b"g", b"L", b"K"):
-                extended_bytes += size
-                limit = self._policy.max_header_bytes
-                if extended_bytes > limit or (typeflag == b"g" and global_bytes + size > limit):
-                    raise UnpackError(
-                        f"{where}: extended headers of more than {limit} bytes before one member; "
-                        "raise UnpackPolicy.max_header_bytes if the layer is trusted"
-                    )
-                self._budget(size + pad, where)
-                payload = self._read(size, "an extended header")
-                if len(payload) < size or len(self._read(pad, "an extended header")) < pad:
-                    raise UnpackError(f"{where}: truncated inside an extended header; {_TRUNCATED_ADVICE}")
-                if typeflag == b"x":
-                    pax.update(_parse_pax(payload, where))
-                elif typeflag == b"g":
-                    global_bytes += size
-                    global_pax.update(_parse_pax(payload, where))
-                elif typeflag == b"L":
-                    long_name = payload.rstrip(b"\0")
-                else:
-                    long_link = payload.rstrip(b"\0")
-                continue
-            records = {**global_pax, **pax}
-            # A record with an empty value deletes the field (POSIX pax).
-            records = {key: value for key, value in records.items() if value}
-            raw_name, raw_link = member_paths(block, records, long_name, long_link)
-            name = _decode(raw_name)
-            self._current = f"member {name!r}"
-            where = f"{what}: member {name!r}"
-            pax, long_name, long_link, extended_bytes = {}, None, None, 0
-            count += 1
-            if count > self._policy.max_members:
-                raise UnpackError(
-                    f"{where}: the layer has more than {self._policy.max_members} members; raise "
-                    "UnpackPolicy.max_members if the layer is trusted"
-                )
-            if typeflag == b"S" or any(key.startswith("GNU.sparse") for key in records):
-                raise UnpackError(
-                    f"{where}: sparse members are not supported; rebuild the layer without --sparse"
-                )
-            kind = _KINDS.get(typeflag)
-            if kind is None:
-                raise UnpackError(
-                    f"{where}: unsupported member type {typeflag!r} (multi-volume or a vendor "
-                    "extension); rebuild the layer with a POSIX tar"
-                )
-            if kind == "file" and typeflag == b"\0" and raw_name.endswith(b"/"):
-                kind = "dir"  # pre-POSIX tars mark directories only by the trailing slash
-            if "size" in records:
-                size = _pax_int(records["size"], where, "size")
-                pad = -size % _BLOCK
-            if kind in _HEADER_ONLY and typeflag != b"D":  # a dumpdir's listing is data to skip
-                size = pad = 0
-            self._budget(size + pad, where)
-            self._left, self._pad = size, pad
-            ids = [
-                _pax_int(records[key], where, key) if key in records
-                else _number(block[start : start + 8], where)
-                for key, start in (("uid", 108), ("gid", 116))
-            ]
-            device = kind in ("chardev", "blockdev")
-            yield _Member(
-                name=name,
-                kind=kind,
-                mode=_number(block[100:108], where) & 0o7777,
-                size=size,
-                linkname=_decode(raw_link),
-                uid=ids[0],
-                gid=ids[1],
-                mtime_ns=(
-                    _pax_time_ns(records["mtime"], where) if "mtime" in records
-                    else _number(block[136:148], where, signed=True) * 1_000_000_000
-                ),
-                devmajor=_number(block[329:337], where) if device else 0,
-                devminor=_number(block[337:345], where) if device else 0,
-            )
 
 
 # --- applying members -------------------------------------------------------------------------
@@ -434,10 +298,9 @@ class _Unpacker:
         self._what = what
         self._devices_ok = policy.allow_devices and os.geteuid() == 0
         self._name = ""  # the member being applied, for messages
-        # Paths (from the root, symlinks resolved) this layer wrote, and every directory above
-        # them: whiteouts and opaque markers hide lower layers only, never this layer's entries.
-        self._written: set[str] = set()
-        self._ancestors: set[str] = set()
+        # Paths (from the root, symlinks resolved) this layer wrote, and so every directory
+        # above them: whiteouts and opaque markers hide lower layers only, never this layer's.
+        self._written = _PathTree()
         # Directory metadata is applied once the layer is done: later members would change the
         # mtime, and a read-only mode would stop an unprivileged unpack from filling it.
         self._deferred: dict[str, _DirMeta] = {}
@@ -555,6 +418,13 @@ class _Unpacker:
                 names.append(comp)
                 os.close(fd)
                 fd = nxt
+                if len(names) > _MAX_DEPTH:
+                    # Symlinks can lengthen a path past what its name says: bound the depth
+                    # (and so the bookkeeping of what was written) as PATH_MAX does.
+                    self._fail(
+                        f"resolves to a path more than {_MAX_DEPTH} directories deep, beyond what "
+                        f"a {MAX_NAME_BYTES}-byte path can name"
+                    )
             result = _Dir(fd, "/".join(names))
             fd = -1
             return result
@@ -597,48 +467,14 @@ class _Unpacker:
 
     def _wrote(self, path: str) -> None:
         self._written.add(path)
-        parent = path
-        while parent:
-            parent = parent.rpartition("/")[0]
-            if parent in self._ancestors:
-                break
-            self._ancestors.add(parent)
 
     def _kept(self, path: str) -> bool:
-        return path in self._written or path in self._ancestors
+        return self._written.kept(path)
 
     def _rmtree(self, dir_fd: int, name: str) -> None:
         """Remove ``name`` in ``dir_fd`` and everything below it, never following a symlink."""
         self._forget()
-        st = _lstat(name, dir_fd)
-        if st is None:
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(name, dir_fd=dir_fd)
-            return
-        # Iterative, one descriptor per level: a hostile layer can nest very deep. A descriptor
-        # goes on the stack before its listing is read, so a failing listdir cannot leak it.
-        stack: list[tuple[int, str, list[str]]] = []
-        try:
-            _push(stack, os.open(name, _DIR_FLAGS, dir_fd=dir_fd), name)
-            while stack:
-                fd, dname, children = stack[-1]
-                if not children:
-                    stack.pop()
-                    os.close(fd)
-                    os.rmdir(dname, dir_fd=stack[-1][0] if stack else dir_fd)
-                    continue
-                child = children.pop()
-                cst = _lstat(child, fd)
-                if cst is None:
-                    continue
-                if stat.S_ISDIR(cst.st_mode):
-                    _push(stack, os.open(child, _DIR_FLAGS, dir_fd=fd), child)
-                else:
-                    os.unlink(child, dir_fd=fd)
-        finally:
-            for fd, _, _ in stack:
-                os.close(fd)
+        _remove(dir_fd, name)
 
     def _hide_lower(self, dir_fd: int, name: str, path: str) -> None:
         """Apply a whiteout of ``name`` (at ``path``): remove what lower layers put there."""
@@ -646,7 +482,7 @@ class _Unpacker:
         if st is None:
             return
         if not stat.S_ISDIR(st.st_mode) or not self._kept(path):
-            if path not in self._written:
+            if not self._written.written(path):
                 self._rmtree(dir_fd, name)
             return
         # A directory this layer wrote or wrote into stays; lower content inside it goes.
@@ -666,7 +502,7 @@ class _Unpacker:
                     continue
                 if stat.S_ISDIR(cst.st_mode) and self._kept(cpath):
                     _push(stack, os.open(child, _DIR_FLAGS, dir_fd=fd), cpath)
-                elif cpath not in self._written:
+                elif not self._written.written(cpath):
                     self._rmtree(fd, child)
         finally:
             for fd, _, _ in stack:
@@ -684,7 +520,7 @@ class _Unpacker:
 
     # -- metadata -----------------------------------------------------------------------------
 
-    def _mode(self, m: _Member) -> int:
+    def _mode(self, m: TarMember) -> int:
         mode = m.mode & 0o7777
         return mode if self._policy.allow_setuid else mode & ~(stat.S_ISUID | stat.S_ISGID)
 
@@ -694,7 +530,7 @@ class _Unpacker:
             "owners can only be preserved as root: use UnpackPolicy(preserve_owners=False)",
         )
 
-    def _finish_fd(self, fd: int, m: _Member) -> None:
+    def _finish_fd(self, fd: int, m: TarMember) -> None:
         if self._policy.preserve_owners:
             try:
                 os.fchown(fd, m.uid, m.gid)  # before chmod: chown clears setuid/setgid
@@ -714,16 +550,13 @@ class _Unpacker:
 
     # -- members ------------------------------------------------------------------------------
 
-    def run(self, stream: _TarStream) -> None:
+    def run(self, stream: TarReader) -> None:
         for member in stream.members():
             self._name = member.name
             try:
                 self._apply(member, stream)
             except OSError as exc:
-                self._fail(
-                    f"could not be unpacked: {exc.strerror or exc}",
-                    "check the root directory: free space, permissions, and that nothing else writes to it",
-                )
+                self._os_failure(member, exc)
             except (ValueError, OverflowError) as exc:
                 # Values the OS cannot take: a device number or id too large, and the like.
                 self._fail(f"could not be unpacked: {exc}", "the layer is corrupt")
@@ -733,9 +566,36 @@ class _Unpacker:
             self._fail(f"could not get its directory metadata: {exc.strerror or exc}",
                        "check the permissions of the root directory")
 
-    def _apply(self, m: _Member, stream: _TarStream) -> None:
-        if m.kind == "label":
-            return
+    def _os_failure(self, m: TarMember, exc: OSError) -> NoReturn:
+        """Fail for an error the OS gave while ``m`` was applied, with advice that fits it."""
+        problem = f"could not be unpacked: {exc.strerror or exc}"
+        if exc.errno == errno.ENAMETOOLONG:
+            try:
+                name_max = os.fpathconf(self._root_fd, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                name_max = 255
+            longest = max(m.name.split("/"), key=lambda part: len(os.fsencode(part)))
+            size = len(os.fsencode(longest))
+            if size > name_max:
+                shown = longest if size <= 80 else f"{longest[:60]}..."
+                self._fail(
+                    f"has a name component of {size} bytes ({shown!r}), longer than the "
+                    f"{name_max} bytes a name may have on the target file system",
+                    "the image cannot be unpacked on this file system",
+                )
+            if m.kind == "symlink":
+                self._fail(f"is a symlink whose target ({len(os.fsencode(m.linkname))} bytes) is "
+                           "longer than the target file system takes", "the layer is corrupt")
+            self._fail(f"{problem}: its name is too long for the target file system",
+                       "the image cannot be unpacked on this file system")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._fail(problem, "free space (or raise the quota) on the target file system and pull again")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            self._fail(problem, "check the permissions of the root directory and its file system")
+        self._fail(problem, "check the root directory: free space, permissions, and that nothing "
+                            "else writes to it")
+
+    def _apply(self, m: TarMember, stream: TarReader) -> None:
         parts = self._clean(m.name)
         if not parts:
             if m.kind == "dir":
@@ -770,7 +630,7 @@ class _Unpacker:
         finally:
             os.close(parent.fd)
 
-    def _file(self, m: _Member, parent: _Dir, base: str, stream: _TarStream) -> None:
+    def _file(self, m: TarMember, parent: _Dir, base: str, stream: TarReader) -> None:
         # O_EXCL|O_NOFOLLOW: the old entry is gone, so whatever appears meanwhile is refused.
         fd = os.open(base, _NEW_FILE_FLAGS, 0o600, dir_fd=parent.fd)
         done = False
@@ -791,7 +651,7 @@ class _Unpacker:
                     pass
         self.files += 1
 
-    def _dir(self, m: _Member, parent: _Dir, base: str, path: str, *, existed: bool) -> None:
+    def _dir(self, m: TarMember, parent: _Dir, base: str, path: str, *, existed: bool) -> None:
         if not existed:
             os.mkdir(base, 0o700, dir_fd=parent.fd)
         fd = os.open(base, _DIR_FLAGS, dir_fd=parent.fd)
@@ -806,7 +666,7 @@ class _Unpacker:
         )
         self.dirs += 1
 
-    def _symlink(self, m: _Member, parent: _Dir, base: str) -> None:
+    def _symlink(self, m: TarMember, parent: _Dir, base: str) -> None:
         if not m.linkname or "\0" in m.linkname:
             self._fail("is a symlink with an empty target or a NUL byte in it", "the layer is corrupt")
         # The target is stored verbatim: it is only ever followed by _resolve, inside the root.
@@ -819,7 +679,7 @@ class _Unpacker:
         self._utime(base, m.mtime_ns, parent.fd)
         self.symlinks += 1
 
-    def _fifo(self, m: _Member, parent: _Dir, base: str) -> None:
+    def _fifo(self, m: TarMember, parent: _Dir, base: str) -> None:
         os.mkfifo(base, 0o600, dir_fd=parent.fd)
         # Opening a FIFO for reading without O_NONBLOCK would wait for a writer.
         fd = os.open(base, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
@@ -832,7 +692,7 @@ class _Unpacker:
             os.close(fd)
         self.specials += 1
 
-    def _device(self, m: _Member, parent: _Dir, base: str) -> None:
+    def _device(self, m: TarMember, parent: _Dir, base: str) -> None:
         kind = stat.S_IFCHR if m.kind == "chardev" else stat.S_IFBLK
         os.mknod(base, 0o600 | kind, os.makedev(m.devmajor, m.devminor), dir_fd=parent.fd)
         # Never opened: opening a device node can have side effects (a tape rewinds).
@@ -846,7 +706,7 @@ class _Unpacker:
         self._utime(base, m.mtime_ns, parent.fd)
         self.specials += 1
 
-    def _hardlink(self, m: _Member, parts: list[str]) -> None:
+    def _hardlink(self, m: TarMember, parts: list[str]) -> None:
         target_parts = self._clean(m.linkname, "link target")
         if not target_parts:
             self._fail("is a hardlink to the root directory")
@@ -888,7 +748,7 @@ class _Unpacker:
                 os.close(source.fd)
         self.hardlinks += 1
 
-    def _whiteout(self, m: _Member, parts: list[str]) -> None:
+    def _whiteout(self, m: TarMember, parts: list[str]) -> None:
         if not self._policy.allow_whiteouts:
             self._fail("is a whiteout, which this policy refuses",
                        "package tarballs may not delete files of other layers")
@@ -965,12 +825,50 @@ def _label(layer: Path | str | IO[bytes]) -> str:
     return str(name) if isinstance(name, str) else "layer stream"
 
 
+class _Hashing:
+    """The decompressed layer, hashed as it is read: a diff_id covers every byte of the tar."""
+
+    def __init__(self, source: Decompressor, algorithm: str) -> None:
+        self._source = source
+        self.hasher = Hasher(algorithm)
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._source.read(n)
+        self.hasher.update(data)
+        return data
+
+
+def _check_diff_id(
+    hashing: _Hashing, reader: TarReader, diff_id: Digest, policy: UnpackPolicy, label: str
+) -> None:
+    """Hash what follows the end-of-archive marker too, then compare with ``diff_id``."""
+    left = policy.max_bytes - reader.consumed
+    try:
+        while chunk := hashing.read(_CHUNK):
+            left -= len(chunk)
+            if left < 0:
+                raise UnpackError(
+                    f"{label}: more than {policy.max_bytes} bytes uncompressed, counting what "
+                    "follows its end-of-archive marker (a decompression bomb?); raise "
+                    "UnpackPolicy.max_bytes if the layer is trusted"
+                )
+    except LayerError as exc:
+        raise UnpackError(f"{exc} (after the end of the archive); {_TRUNCATED_ADVICE}") from None
+    actual = hashing.hasher.digest
+    if actual != diff_id:
+        raise IntegrityError(
+            f"{label}: its uncompressed content has digest {actual}, but the image config lists "
+            f"diff_id {diff_id}: the image is corrupt or was tampered with; do not use it"
+        )
+
+
 def unpack_layer(
     layer: Path | str | IO[bytes],
     root: Path,
     *,
     policy: UnpackPolicy | None = None,
     what: str | None = None,
+    diff_id: Digest | None = None,
 ) -> UnpackStats:
     """Unpack one layer (a path or a binary stream: gzip, zstd or plain tar) into ``root``.
 
@@ -980,6 +878,8 @@ def unpack_layer(
     names the layer in messages (default: its path). Anything unsafe or against the policy
     (an escape from the root, a hardlink to a missing or non-regular file, a limit exceeded, a
     truncated or corrupt stream) raises :class:`UnpackError` naming the layer and the member;
+    with ``diff_id`` (the config's ``rootfs.diff_ids`` entry), uncompressed bytes that hash to
+    anything else raise :class:`IntegrityError` once the layer is read to its end. Either way
     the root is then partly unpacked and should be discarded. A stream passed in is not closed.
     """
     policy = policy if policy is not None else UnpackPolicy()
@@ -991,11 +891,19 @@ def unpack_layer(
         except LayerError as exc:
             raise UnpackError(f"{exc}; cannot unpack it") from None
         with source:
+            hashing = _Hashing(source, diff_id.algorithm) if diff_id is not None else None
+            reader = TarReader(
+                hashing or source, label, max_members=policy.max_members,
+                max_header_bytes=policy.max_header_bytes, max_bytes=policy.max_bytes,
+                error=UnpackError, advice=_TRUNCATED_ADVICE, limits="UnpackPolicy",
+            )  # fmt: skip
             unpacker = _Unpacker(root_fd, policy, label)
             try:
-                unpacker.run(_TarStream(source, label, policy))
+                unpacker.run(reader)
             finally:
                 unpacker.close()
+            if hashing is not None and diff_id is not None:
+                _check_diff_id(hashing, reader, diff_id, policy, label)
             return unpacker.stats()
     finally:
         os.close(root_fd)
@@ -1006,18 +914,29 @@ def unpack_layers(
     root: Path,
     *,
     policy: UnpackPolicy | None = None,
+    diff_ids: Sequence[Digest] | None = None,
+    names: Sequence[str] | None = None,
 ) -> UnpackStats:
     """Unpack ``layers`` into ``root`` in order, base first, and return the summed statistics.
 
-    Each layer is applied with :func:`unpack_layer` and named ``layer N (path)`` in errors; the
-    limits of ``policy`` apply to each layer separately. ``root`` is created if missing and may
-    already hold content (that is how layers stack). The first error stops the unpack and
-    leaves the root partly unpacked: discard it.
+    Each layer is applied with :func:`unpack_layer`, checked against its entry of ``diff_ids``
+    when given, and named ``layer N (NAME)`` in errors, NAME from ``names`` (the layer digests,
+    say) or else its path; the limits of ``policy`` apply to each layer separately. ``root`` is
+    created if missing and may already hold content (that is how layers stack). The first
+    error stops the unpack and leaves the root partly unpacked: discard it.
     """
+    layers = list(layers)
+    for given, label in ((diff_ids, "diff_ids"), (names, "names")):
+        if given is not None and len(given) != len(layers):
+            raise UsageError(f"unpack_layers: {len(given)} {label} for {len(layers)} layers")
     totals = [0] * 7
     skipped: list[str] = []
     for number, layer in enumerate(layers, 1):
-        stats = unpack_layer(layer, root, policy=policy, what=f"layer {number} ({_label(layer)})")
+        name = names[number - 1] if names is not None else _label(layer)
+        stats = unpack_layer(
+            layer, root, policy=policy, what=f"layer {number} ({name})",
+            diff_id=diff_ids[number - 1] if diff_ids is not None else None,
+        )  # fmt: skip
         for i, value in enumerate((stats.files, stats.dirs, stats.symlinks, stats.hardlinks,
                                    stats.whiteouts, stats.bytes, stats.specials)):
             totals[i] += value

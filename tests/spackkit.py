@@ -111,5 +111,6 @@ def kit_directory(version: str, scratch: Path) -> Path:
 
 
 if __name__ == "__main__":  # pragma: no cover - a manual check: python tests/spackkit.py 1.2
-    kit = SpackKit(kit_directory(sys.argv[1] if len(sys.argv) > 1 else "1.2", Path("/tmp")))
+    version = sys.argv[1] if len(sys.argv) > 1 else "1.2"
+    kit = SpackKit(kit_directory(version, Path("/tmp")), version)
     print(kit.run("--version").stdout.strip())

@@ -11,13 +11,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from imagesmith import mediatypes as mt
 from imagesmith.archive import ArchiveSource, ArchiveWriter
 from imagesmith.cache import BlobCache
 from imagesmith.digests import Digest
 from imagesmith.errors import IntegrityError, LayoutError
-from imagesmith.images import RawManifest
+from imagesmith.images import RawManifest, resolve_base
 from imagesmith.layout import OCILayout
 from imagesmith.model import Descriptor, Index, Platform
 from imagesmith.pipeline import import_rootfs
@@ -285,3 +286,51 @@ def test_not_an_archive(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(LayoutError, match="not a docker archive"):
         ArchiveSource(empty)
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "zstd"])
+def test_an_archive_is_read_in_one_pass_and_blobs_by_offset(
+    layout_image: tuple[Path, str], tmp_path: Path, pool: RegistryPool, cache: BlobCache, codec: str
+) -> None:
+    """Issue 14, item 2: every blob read re-opened the archive, rescanned it from the start and,
+    for ``docker save | gzip``, decompressed it again. Now it is indexed (and decompressed) once:
+    once open, the archive file is not needed any more, even by origins that outlive their source."""
+    layout, digest = layout_image
+    plain = tmp_path / "img.tar"
+    copy_image(f"oci:{layout}:1", f"docker-archive:{plain}:x:1", pool=pool, cache=cache)
+    archive = plain
+    if codec == "gzip":
+        archive = tmp_path / "img.tar.gz"
+        archive.write_bytes(gzip.compress(plain.read_bytes()))
+    elif codec == "zstd":
+        archive = tmp_path / "img.tar.zst"
+        archive.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    with ArchiveSource(archive, tmpdir=tmp_path / "scratch") as source:
+        resolved = resolve_base(None, source, Platform("linux", "amd64"))
+        assert str(resolved.digest) == digest
+    archive.unlink()  # an archive read again would fail from here on
+    for layer in resolved.image.layers:
+        with layer.origin.open_blob(layer.descriptor, pool) as reader:
+            assert Digest.of(reader.read()) == layer.digest  # verified again at the end, too
+    scratch = tmp_path / "scratch"
+    assert not scratch.exists() or not list(scratch.iterdir())  # a decompressed copy is unlinked
+
+
+def test_an_archive_holding_a_huge_pax_record_is_refused_early(tmp_path: Path) -> None:
+    """Issue 14, item 2: a 64 MiB pax record in a 64 KiB .tar.gz was read whole into memory (a
+    GiB one cost 3 GB); the archive reader has the limits of every tar reader, so it is refused
+    after its first MiB, before the rest is even decompressed."""
+    record = b" comment=" + b"y" * (64 << 20) + b"\n"
+    payload = b"%d" % (len(record) + 8) + record  # the length counts its own 8 digits
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, len(payload)
+    manifest = tarfile.TarInfo("manifest.json")
+    manifest.size = 2
+    raw = (
+        header.tobuf(format=tarfile.USTAR_FORMAT) + payload + bytes(-len(payload) % 512)
+        + manifest.tobuf(format=tarfile.USTAR_FORMAT) + b"[]" + bytes(510) + bytes(1024)
+    )  # fmt: skip
+    archive = tmp_path / "bomb.tar.gz"
+    archive.write_bytes(gzip.compress(raw, compresslevel=1))
+    with pytest.raises(LayoutError, match="extended headers of more than 1048576 bytes"):
+        ArchiveSource(archive, tmpdir=tmp_path / "scratch")

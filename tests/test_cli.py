@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_support import cli
 
 from imagesmith.cli import _command, _emit_list, _parser, _Progress, _registry_options, main
 from imagesmith.errors import UsageError
@@ -205,3 +206,26 @@ def test_a_json_list_is_printed_one_element_at_a_time_as_json_dumps_would() -> N
         out = io.StringIO()
         _emit_list(iter(data), out)
         assert out.getvalue() == json.dumps(data, indent=2) + "\n"
+def test_inspect_escapes_what_the_image_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14, item 8: Env, labels, annotations and history went to the terminal raw, so an
+    image could clear the screen, retitle the window or hide text; --json stays exact JSON."""
+    from test_pull import file_member, image, layer_tar
+
+    from imagesmith.layout import OCILayout
+
+    monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(tmp_path / "cache"))
+    evil = "\x1b]0;pwned\x07\x1b[2J\u009b31m"
+    layout = OCILayout(tmp_path / "layout", create=True)
+    image(
+        layout, [layer_tar(file_member("f"))],
+        config={"Env": [f"A={evil}"], "Labels": {"l": evil}, "WorkingDir": f"/w{evil}"},
+        history=[{"created_by": f"run {evil}"}], annotations={"a": evil},
+    )  # fmt: skip
+    code, out, err = cli("inspect", f"oci:{layout.root}:1")
+    assert code == 0, err
+    for line in ("A=\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m", "Label:      l=\\x1b]0;pwned", "Annotation: a=\\x1b",
+                 "WorkingDir: /w\\x1b", "run \\x1b]0;pwned"):
+        assert line in out, out
+    assert not any(ch in out for ch in "\x1b\x07\u009b")
+    code, out, _ = cli("inspect", f"oci:{layout.root}:1", "--json")
+    assert json.loads(out)["config"]["Env"] == [f"A={evil}"]

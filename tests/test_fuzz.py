@@ -38,7 +38,7 @@ from imagesmith.errors import (
 )
 from imagesmith.model import ImageConfig, Index, Manifest, parse_manifest_document
 from imagesmith.references import Reference
-from imagesmith.tarwriter import read_members
+from imagesmith.tarformat import read_members
 from imagesmith.unpack import UnpackPolicy, unpack_layer
 
 settings.register_profile(

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import shutil
 import socket
 import stat
@@ -24,13 +25,16 @@ from conftest import need, requires
 
 from imagesmith.cache import BlobCache
 from imagesmith.compression import open_decompressor
-from imagesmith.errors import LayerError, UsageError
+from imagesmith.digests import Digest
+from imagesmith.errors import IntegrityError, LayerError, UsageError
 from imagesmith.layers import (
     LayerBlob,
+    adopt_tarball,
     build_layer,
     directory_entries,
     normalise_prefix,
     tarball_entries,
+    with_file,
 )
 from imagesmith.mediatypes import DOCKER, OCI
 from imagesmith.tarwriter import TarEntry
@@ -570,6 +574,27 @@ def test_whiteouts_allowed_when_asked(tmp_path: Path) -> None:
     assert [e.name for e in tarball_entries(path, allow_whiteouts=True)] == ["etc", "etc/.wh.motd"]
 
 
+@pytest.mark.parametrize("name", [".wh..wh..opq", ".wh.sh", ".wh.dir/inside"])
+def test_whiteout_names_in_a_package_directory_are_refused(tmp_path: Path, name: str) -> None:
+    """Issue 14, item 7: a file ``.wh..wh..opq`` in a package whose prefix is /bin wiped the
+    base's /bin, and ``.wh.sh`` deleted /bin/sh: a directory input is refused like a tarball,
+    naming the file; so is a tarball member below a ``.wh.`` directory (which would make the
+    implied directory a whiteout)."""
+    prefix = tmp_path / "prefix"
+    (prefix / name).parent.mkdir(parents=True, exist_ok=True)
+    (prefix / name).write_text("x")
+    (prefix / "tool").write_text("y")
+    shown = str(prefix / name.split("/")[0])
+    for preserve in (False, True):
+        with pytest.raises(LayerError, match=re.escape(repr(shown)) + ".*whiteout.*delete"):
+            list(directory_entries(prefix, "bin", preserve=preserve))
+    tarball = make_tarball(tmp_path / "t.tar", [(_info(f"opt/{name}"), b"x")])
+    with pytest.raises(LayerError, match="whiteout"):
+        list(tarball_entries(tarball))
+    with pytest.raises(LayerError, match="whiteout"):
+        normalise_prefix("/opt/.wh.x/pkg")
+
+
 def test_broken_tarballs(tmp_path: Path, cache: BlobCache) -> None:
     good = io.BytesIO()
     with tarfile.open(fileobj=good, mode="w") as tar:
@@ -602,7 +627,158 @@ def test_tarball_limits(tmp_path: Path, cache: BlobCache) -> None:
         _build(tarball_entries(many, max_members=10), cache)
 
 
+# --- a tarball as its own layer (a Spack build-cache tarball) ---------------------------
+
+
+SPACK_PREFIX = "opt/spack/linux-x86_64/tool-1.0-abc"
+
+
+def spack_members(*extra: tuple[tarfile.TarInfo, bytes]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """A tarball laid out as ``spack buildcache push`` writes it: parents first, the prefix, its
+    files, the relocation record last."""
+    parts = SPACK_PREFIX.split("/")
+    members = [(_info("/".join(parts[: i + 1]), tarfile.DIRTYPE, mode=0o755), b"") for i in range(len(parts))]
+    members += [
+        (_info(f"{SPACK_PREFIX}/.spack", tarfile.DIRTYPE, mode=0o755), b""),
+        (_info(f"{SPACK_PREFIX}/.spack/spec.json"), b'{"spec": {}}'),
+        (_info(f"{SPACK_PREFIX}/bin", tarfile.DIRTYPE, mode=0o755), b""),
+        (_info(f"{SPACK_PREFIX}/bin/tool", mode=0o755), b"#!/bin/sh\necho hi\n" * 1000),
+        (_info(f"{SPACK_PREFIX}/bin/alias", tarfile.LNKTYPE, linkname=f"{SPACK_PREFIX}/bin/tool"), b""),
+        *extra,
+        (_info(f"{SPACK_PREFIX}/.spack/binary_distribution"), b"{}"),
+    ]
+    return members
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none", "zstd"])
+def test_a_tarball_is_adopted_byte_for_byte(tmp_path: Path, compression: str) -> None:
+    path = make_tarball(tmp_path / "pkg", spack_members(), compression)
+    data = path.read_bytes()
+    grown: list[int] = []
+
+    class Follower:
+        def grow(self, where: Path, size: int) -> None:
+            assert where == path
+            grown.append(size)
+
+        def finish(self, digest: object, size: int) -> None:
+            grown.append(-size)
+
+        def abort(self) -> None:  # pragma: no cover - not reached on success
+            raise AssertionError("aborted")
+
+    blob = adopt_tarball(path, SPACK_PREFIX, OCI, required=(".spack/binary_distribution",),
+                         follower=Follower())  # fmt: skip
+    assert blob.digest == Digest.of(data) and blob.size == len(data)
+    raw = _decompress_all(data)
+    assert blob.diff_id == Digest.of(raw) and blob.uncompressed_size == len(raw)
+    assert blob.media_type == OCI.layer(compression)  # type: ignore[arg-type]
+    assert f"{SPACK_PREFIX}/bin" in blob.directories and "opt" in blob.directories
+    assert grown[-1] == -len(data)
+    if compression == "zstd":
+        with pytest.raises(UsageError, match=r"zstd layers need an OCI base image"):
+            adopt_tarball(path, SPACK_PREFIX, DOCKER)
+    else:
+        docker = adopt_tarball(path, "/" + SPACK_PREFIX, DOCKER, expected=blob.digest)
+        assert (docker.digest, docker.media_type) == (blob.digest, DOCKER.layer(compression))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ((_info("etc/passwd"), b"x"), "'etc/passwd' lies outside the install prefix"),
+        ((_info("opt/other", tarfile.DIRTYPE), b""), "'opt/other/' lies outside"),
+        ((_info("../evil"), b"x"), r"'\.\./evil' contains '\.\.'"),
+        ((_info(f"{SPACK_PREFIX}/.wh.x"), b""), "whiteout"),
+        ((_info(f"{SPACK_PREFIX}/dev", tarfile.CHRTYPE), b""), "device node"),
+        ((_info(f"{SPACK_PREFIX}/bin/su", mode=0o4755), b"x"), "setuid"),
+        ((_info(f"{SPACK_PREFIX}/h", tarfile.LNKTYPE, linkname="nowhere"), b""), "not an earlier file"),
+        ((_info(f"{SPACK_PREFIX}/h", tarfile.LNKTYPE, linkname="/etc/shadow"), b""), "points outside"),
+        ((_info(f"{SPACK_PREFIX}/bin/tool/x"), b""), "lies below .*bin/tool.*, which is a file"),
+    ],
+)
+def test_an_adopted_tarball_is_checked_like_any_package_tarball(
+    tmp_path: Path, extra: tuple[tarfile.TarInfo, bytes], match: str
+) -> None:
+    path = make_tarball(tmp_path / "evil.tar.gz", spack_members(extra), "gzip")
+    aborted: list[bool] = []
+
+    class Follower:
+        def grow(self, where: Path, size: int) -> None:
+            pass
+
+        def finish(self, digest: object, size: int) -> None:  # pragma: no cover - never reached
+            raise AssertionError("finished")
+
+        def abort(self) -> None:
+            aborted.append(True)
+
+    with pytest.raises(LayerError, match=match):
+        adopt_tarball(path, SPACK_PREFIX, OCI, follower=Follower())
+    assert aborted == [True]
+
+
+def test_an_adopted_tarball_must_match_its_checksum_and_hold_what_is_required(tmp_path: Path) -> None:
+    path = make_tarball(tmp_path / "pkg.tar.gz", spack_members(), "gzip")
+    with pytest.raises(IntegrityError, match=r"hashes to .* but its build cache records"):
+        adopt_tarball(path, SPACK_PREFIX, OCI, expected=Digest.of(b"something else"))
+    with pytest.raises(LayerError, match=r"has no opt/.*/\.spack/missing, so it is not a Spack build-cache"):
+        adopt_tarball(path, SPACK_PREFIX, OCI, required=(".spack/missing",))
+    with pytest.raises(LayerError, match="decompresses to more than"):
+        adopt_tarball(path, SPACK_PREFIX, OCI, max_bytes=4096)
+    with pytest.raises(LayerError, match="more than 3 members"):
+        adopt_tarball(path, SPACK_PREFIX, OCI, max_members=3)
+    data = path.read_bytes()
+    for name, broken, match in (
+        ("cut.tar.gz", data[: len(data) // 2], "truncated"),
+        ("garbage.tar.gz", data + b"GARBAGE", "trailing garbage"),
+    ):
+        (tmp_path / name).write_bytes(broken)
+        with pytest.raises(LayerError, match=match):
+            adopt_tarball(tmp_path / name, SPACK_PREFIX, OCI)
+    with pytest.raises(LayerError, match="cannot read"):
+        adopt_tarball(tmp_path / "gone.tar.gz", SPACK_PREFIX, OCI)
+
+
+def test_with_file_puts_a_generated_file_in_its_sorted_place(tmp_path: Path, cache: BlobCache) -> None:
+    tree = tmp_path / "p"
+    (tree / ".spack").mkdir(parents=True)
+    (tree / ".spack" / "binary_distribution").write_text("stale")
+    (tree / ".spack" / "spec.json").write_text("{}")
+    (tree / "bin").mkdir()
+    (tree / "bin" / "x").write_text("x")
+    entries = list(with_file(directory_entries(tree, "opt/p"), "opt/p/.spack/binary_distribution", b"new"))
+    assert [e.name for e in entries] == [
+        "opt", "opt/p", "opt/p/.spack", "opt/p/.spack/binary_distribution", "opt/p/.spack/spec.json",
+        "opt/p/bin", "opt/p/bin/x",
+    ]  # fmt: skip
+    blob = _build(iter(entries), cache)
+    with tarfile.open(fileobj=io.BytesIO(_tar_bytes(cache, blob))) as tar:
+        assert tar.extractfile("opt/p/.spack/binary_distribution").read() == b"new"  # type: ignore[union-attr]
+    last = list(with_file(directory_entries(tree, "opt/p"), "opt/p/zz", b""))
+    assert last[-1].name == "opt/p/zz"
+    with pytest.raises(LayerError, match="is a directory"):
+        list(with_file(directory_entries(tree, "opt/p"), "opt/p/bin", b""))
+
+
 # --- memory ------------------------------------------------------------------------------
+
+
+def _peak_rss_growth(warm_up: str, work: str, *args: str) -> int:
+    """How much the peak RSS of a fresh interpreter grows while it runs ``work`` after
+    ``warm_up`` (Python source both, ``sys.argv[1:]`` being ``args``): imports and caches
+    are paid in the warm-up, so only what the work itself holds counts."""
+    script = "\n".join((
+        "import resource, sys",
+        "from pathlib import Path",
+        textwrap.dedent(warm_up),
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
+        textwrap.dedent(work),
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)",
+    ))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip())
 
 
 def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
@@ -612,36 +788,55 @@ def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
         f.truncate(200 << 20)  # sparse: 200 MB of zeros without writing them
         f.seek(100 << 20)
         f.write(os.urandom(1 << 20))
-    script = textwrap.dedent(
-        """
-        import resource, sys
-        from pathlib import Path
+    warm_up = """
         from imagesmith.cache import BlobCache
         from imagesmith.layers import build_layer, directory_entries, tarball_entries
         from imagesmith.mediatypes import OCI
         cache = BlobCache(Path(sys.argv[2]))
-        def rss():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         small = Path(sys.argv[1]).parent / "small"
         small.mkdir()
         (small / "f").write_bytes(b"x")
         build_layer(directory_entries(small), cache, media_types=OCI)  # warm up imports
-        base = rss()
+        """
+    work = """
         blob = build_layer(directory_entries(Path(sys.argv[1])), cache, media_types=OCI)
         zst = build_layer(directory_entries(Path(sys.argv[1])), cache, media_types=OCI, compression="zstd")
         again = build_layer(
             tarball_entries(cache.path(zst.digest)), cache, media_types=OCI, compression="zstd"
         )
         assert again.diff_id == zst.diff_id == blob.diff_id
-        print(rss() - base)
         """
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(src), str(tmp_path / "cache")],
-        capture_output=True, text=True, check=True,
-    )
-    growth = int(proc.stdout.strip())
+    growth = _peak_rss_growth(warm_up, work, str(src), str(tmp_path / "cache"))
     assert growth < 100 << 20, f"peak RSS grew by {growth >> 20} MiB while streaming 200 MB"
+
+
+def test_memory_stays_bounded_for_members_at_the_deepest_path(tmp_path: Path) -> None:
+    """Issue 14, item 1: ten members each 2,046 components deep (the most a PATH_MAX name
+    allows) imply 20,000 parent directories of up to 4 KB each. Kept as full strings (index,
+    sort keys, the layer's directory list and its record) that cost hundreds of MB; the tree
+    index and the depth-bounded directory list keep it to a few."""
+    tarball = tmp_path / "deep.tar"
+    with tarfile.open(tarball, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(10):
+            info = tarfile.TarInfo(f"{i}/" + "/".join(["a"] * 2045) + "/f")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    warm_up = """
+        from imagesmith.cache import BlobCache
+        from imagesmith.mediatypes import OCI
+        from imagesmith.pipeline import content_layer
+        cache = BlobCache(Path(sys.argv[2]))
+        small = Path(sys.argv[1]).parent / "small"
+        small.mkdir()
+        (small / "f").write_bytes(b"x")
+        content_layer(small, "/opt/small", cache, OCI)  # warm up imports
+        """
+    work = """
+        blob, _ = content_layer(Path(sys.argv[1]), "/opt/pkg", cache, OCI)
+        assert "opt/pkg/0/a" in blob.directories
+        """
+    growth = _peak_rss_growth(warm_up, work, str(tarball), str(tmp_path / "cache"))
+    assert growth < 30 << 20, f"peak RSS grew by {growth >> 20} MiB for 10 deep members"
 
 
 # --- pinned bytes ------------------------------------------------------------------------

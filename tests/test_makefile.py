@@ -438,7 +438,7 @@ def test_index_runs_after_every_image_or_alone_with_o_all(tmp_path: Path) -> Non
     clean = Project(tmp_path / "fresh")
     run = clean.make("-o", "all", "index")
     assert run.returncode == 0 and clean.builds() == [REPO]
-    assert f"index update --index-tag 'index.spack' '{REPO}'" in run.stdout
+    assert f"index update --index-tag 'index.imagesmith' '{REPO}'" in run.stdout
 
 
 def test_running_make_elsewhere_says_where_to_run_it(tmp_path: Path) -> None:

@@ -145,22 +145,25 @@ def test_descriptor_platform_json() -> None:
     assert Descriptor.from_json(d.to_json()) == d
 
 
-def test_index_that_refers_to_itself_or_nests_is_an_error(tmp_path: object) -> None:
-    """RELIABILITY 13: index cycles and nesting end in a clear error, never a loop."""
+def test_nested_indexes_are_followed_but_only_so_deep(tmp_path: object) -> None:
+    """RELIABILITY 13: an index entry for the platform that is an index itself is followed
+    (test_pull.py::test_a_nested_index_is_followed_to_the_platform), but nesting deeper than
+    MAX_INDEX_DEPTH ends in a clear error, never a long walk."""
     from pathlib import Path
 
-    from imagesmith.images import LayoutSource, resolve_base
+    from imagesmith.images import MAX_INDEX_DEPTH, LayoutSource, resolve_base
     from imagesmith.layout import OCILayout
 
     assert isinstance(tmp_path, Path)
     layout = OCILayout(tmp_path / "layout", create=True)
-    # A child index, then a top index pointing at it; and one pointing at a digest that is its own.
-    child = Index(mt.OCI_INDEX, (Descriptor(mt.OCI_MANIFEST, D1, 1, platform=Platform("linux", "amd64")),))
-    child_digest = layout.put_bytes(child.to_bytes())
-    nested = Index(
-        mt.OCI_INDEX,
-        (Descriptor(mt.OCI_INDEX, child_digest, len(child.to_bytes()), platform=Platform("linux", "amd64")),),
-    )
-    layout.add_manifest(nested.to_bytes(), mt.OCI_INDEX, tag="nested")
-    with pytest.raises((PlatformError, ManifestError)):
-        resolve_base(None, LayoutSource(layout.root, "nested"), Platform("linux", "amd64"))
+    amd64 = Platform("linux", "amd64")
+    entry = Descriptor(mt.OCI_MANIFEST, D1, 1, platform=amd64)
+    for _ in range(MAX_INDEX_DEPTH + 1):
+        data = Index(mt.OCI_INDEX, (entry,)).to_bytes()
+        entry = Descriptor(mt.OCI_INDEX, layout.put_bytes(data), len(data), platform=amd64)
+    layout.add_manifest(layout.blob_path(entry.digest).read_bytes(), mt.OCI_INDEX, tag="deep")
+    with pytest.raises(ManifestError, match=f"nests more than {MAX_INDEX_DEPTH} levels"):
+        resolve_base(None, LayoutSource(layout.root, "deep"), amd64)
+    # An index entry is chosen only when no image manifest matches.
+    both = Index(mt.OCI_INDEX, (entry, Descriptor(mt.OCI_MANIFEST, D2, 1, platform=amd64)))
+    assert select_platform(both, amd64).digest == D2

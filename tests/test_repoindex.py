@@ -7,6 +7,7 @@ with the registry client, which is cheap since their blobs are already in the re
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -29,11 +30,13 @@ from imagesmith.registry.transport import RegistryOptions
 from imagesmith.repoindex import (
     INDEX_MEDIA_TYPE,
     INDEX_TAG,
+    SPACK_INDEX_TAG,
     IndexEntry,
     RepositoryIndex,
     index_manifest,
     list_index,
     read_index,
+    read_spack_index,
     scan_repository,
     update_index,
 )
@@ -130,10 +133,11 @@ def test_documented_schema_matches_the_payload() -> None:
     docs = (EXAMPLES.parent.parent / "docs" / "index.md").read_text()
     blocks = [json.loads(b.split("```", 1)[0]) for b in docs.split("```json\n")[1:]]
     schema = next(b for b in blocks if "$schema" in b)
-    payload = RepositoryIndex("r/x", (_entry("a"),), (("s", str(Digest.of(b"s"))),)).to_json()
+    payload = RepositoryIndex("r/x", (_entry("a", spack=False),), (("s", str(Digest.of(b"s"))),)).to_json()
     assert set(schema["properties"]) == set(payload)
     items = schema["properties"]["entries"]["items"]
-    assert set(items["required"]) == set(items["properties"]) == set(payload["entries"][0])
+    # "spack" is optional: indexes written before it existed lack it.
+    assert set(items["required"]) | {"spack"} == set(items["properties"]) == set(payload["entries"][0])
     assert set(schema["properties"]["skipped"]["items"]["required"]) == set(payload["skipped"][0])
     artifact = next(b for b in blocks if b.get("artifactType"))
     manifest = index_manifest(RepositoryIndex("ghcr.io/acme/stack"))[0].to_json()
@@ -266,7 +270,13 @@ def stack(
 
 
 def _hash_of(tag: str, prefix: str) -> str:
-    return tag[len(prefix) : -len(".spack")]
+    return tag[len(prefix) :].removesuffix(".spack")
+
+
+def _update(pool: RegistryPool, repository: Reference, **options: Any) -> tuple[RepositoryIndex, str]:
+    """``update_index``, as (imagesmith's index, its digest)."""
+    done = update_index(pool, repository, **options)
+    return done.index, done.digest
 
 
 class _Counter:
@@ -301,7 +311,7 @@ def test_update_then_read_lists_every_image(
     stack: dict[str, Any], pool: RegistryPool, registry: DistributionRegistry
 ) -> None:
     repository = parse_repository(stack["repo"])
-    index, digest = update_index(pool, repository, jobs=4)
+    index, digest = _update(pool, repository, jobs=4)
     assert digest.startswith("sha256:")
     assert read_index(pool, repository) == index
     assert index.repository == stack["repo"]
@@ -367,14 +377,15 @@ def test_unchanged_update_costs_one_head_per_tag(
     stack: dict[str, Any], pool: RegistryPool, registry: DistributionRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repository = parse_repository(stack["repo"])
-    first, first_digest = update_index(pool, repository)
+    first, first_digest = _update(pool, repository)
     counter = _Counter(monkeypatch)
-    second, second_digest = update_index(pool, repository)
+    second, second_digest = _update(pool, repository)
     assert (second, second_digest) == (first, first_digest)
     tags = [t for t in registry.tags("indexed") if t != INDEX_TAG]
     assert sorted(counter.of("head_manifest")) == sorted(tags)
     # Only the stored index itself is read: its manifest and its payload.
-    assert counter.of("get_manifest") == [INDEX_TAG]
+    # The stored indexes themselves are read: imagesmith's (manifest and payload), Spack's (absent).
+    assert counter.of("get_manifest") == [INDEX_TAG, SPACK_INDEX_TAG]
     manifest = json.loads(registry.get(f"/v2/indexed/manifests/{INDEX_TAG}",
                                        headers={"Accept": mt.OCI_MANIFEST}).content)  # fmt: skip
     assert counter.of("get_blob_bytes") == [manifest["layers"][0]["digest"]]
@@ -384,16 +395,16 @@ def test_unchanged_update_costs_one_head_per_tag(
     moved = client.get_manifest("indexed", stack["libgreet"]["tag"])
     client.put_manifest("indexed", "custom", moved.data, moved.media_type)
     counter.reset()
-    third, third_digest = update_index(pool, repository)
+    third, third_digest = _update(pool, repository)
     assert third_digest != first_digest
-    assert counter.of("get_manifest") == [INDEX_TAG, str(moved.digest)]
+    assert counter.of("get_manifest") == [INDEX_TAG, SPACK_INDEX_TAG, str(moved.digest)]
     entry = third.entry("custom")
     assert entry is not None and entry.digest == str(moved.digest)
     custom = stack["custom"]
     client.put_manifest(
         "indexed", "custom", client.get_manifest("indexed", custom["digest"]).data, mt.OCI_MANIFEST
     )
-    assert update_index(pool, repository)[1] == first_digest
+    assert _update(pool, repository)[1] == first_digest
 
 
 @pytest.mark.integration
@@ -435,7 +446,7 @@ def test_concurrent_updates_and_pushes_stay_consistent(registry: DistributionReg
     with RegistryPool(options) as pool:
         stored = read_index(pool, repository)
         assert {e.tag for e in stored.entries} <= existing
-        final, _digest = update_index(pool, repository)
+        final, _digest = _update(pool, repository)
     assert {e.tag for e in final.entries} == existing - {INDEX_TAG}
     assert {e.digest for e in final.entries} == {hello["digest"]}
 
@@ -455,10 +466,10 @@ def test_many_tags_are_listed_with_one_fetch_per_digest(
     with ThreadPoolExecutor(max_workers=16) as executor:
         list(executor.map(lambda t: client.put_manifest("many", t, got.data, got.media_type), tags))
     counter = _Counter(monkeypatch)
-    index, _digest = update_index(pool, repository, jobs=16)
+    index, _digest = _update(pool, repository, jobs=16)
     assert [e.tag for e in index.entries] == sorted([*tags, hello["tag"]])
     assert all((e.name, e.version, e.digest) == ("hello", "2.12", hello["digest"]) for e in index.entries)
-    assert counter.of("get_manifest") == [INDEX_TAG, hello["digest"]]  # 301 tags, one image
+    assert counter.of("get_manifest") == [INDEX_TAG, SPACK_INDEX_TAG, hello["digest"]]  # 301 tags, one image
     assert len(counter.of("head_manifest")) == 301
     assert read_index(pool, repository) == index
     # The client follows pagination when the registry honours a page size.
@@ -489,50 +500,77 @@ def test_invalid_tags_from_the_registry_are_left_out(
     assert scan_repository(pool, repository, jobs=2) == expected
 
 
-def _spack_index(client: RegistryClient, repo: str) -> str:
+def _spack_index(client: RegistryClient, repo: str, database: bytes) -> str:
     """Push an index.spack the way Spack writes one: an "image" whose layer is its database."""
     config = _put_blob(client, repo, b"{}")
-    database = _put_blob(client, repo, b'{"database": {"version": "7", "installs": {}}}')
+    layer = _put_blob(client, repo, database)
     manifest = Manifest(
         mt.OCI_MANIFEST,
         Descriptor(mt.OCI_CONFIG, config.digest, config.size),
-        (Descriptor(mt.OCI_LAYER_GZIP, database.digest, database.size),),
+        (Descriptor(mt.OCI_LAYER_GZIP, layer.digest, layer.size),),
     )
-    return str(client.put_manifest(repo, INDEX_TAG, manifest.to_bytes(), mt.OCI_MANIFEST))
+    return str(client.put_manifest(repo, SPACK_INDEX_TAG, manifest.to_bytes(), mt.OCI_MANIFEST))
+
+
+def _mirror(client: RegistryClient, stack: dict[str, Any], repo: str) -> None:
+    """``repo`` holding the stack's hello image (blobs mounted from the stack's repository)."""
+    got = client.get_manifest("indexed", stack["hello"]["tag"])
+    manifest = Manifest.from_json(json.loads(got.data), got.media_type)
+    for blob in (manifest.config, *manifest.layers):
+        assert client.mount_blob(repo, blob.digest, "indexed")
+    client.put_manifest(repo, stack["hello"]["tag"], got.data, got.media_type)
 
 
 @pytest.mark.integration
-def test_spack_index_is_never_replaced_silently(
+def test_index_spack_holds_only_what_spack_reads(
     stack: dict[str, Any], registry: DistributionRegistry, pool: RegistryPool
 ) -> None:
     client = _client(pool, registry)
-    got = client.get_manifest("indexed", stack["hello"]["tag"])
-    repo = f"{registry.host}/spackmirror"
-    # Blobs are mounted from the stack's repository, so the manifest can be PUT here.
-    manifest = Manifest.from_json(json.loads(got.data), got.media_type)
-    for blob in (manifest.config, *manifest.layers):
-        assert client.mount_blob("spackmirror", blob.digest, "indexed")
-    client.put_manifest("spackmirror", stack["hello"]["tag"], got.data, got.media_type)
-    spack_digest = _spack_index(client, "spackmirror")
-    repository = parse_repository(repo)
+    _mirror(client, stack, "nospack")
+    repository = parse_repository(f"{registry.host}/nospack")
+    # No Spack image: no index.spack, ever.
+    done = update_index(pool, repository)
+    assert (done.spack_database, done.spack_digest) == (None, None)
+    assert SPACK_INDEX_TAG not in registry.tags("nospack")
+    assert [e.tag for e in read_index(pool, repository).entries] == [stack["hello"]["tag"]]
+    with pytest.raises(UsageError, match=r"index\.spack is where Spack reads"):
+        update_index(pool, repository, tag=SPACK_INDEX_TAG)
 
-    with pytest.raises(UsageError, match="Spack"):
+
+@pytest.mark.integration
+def test_spack_database_is_replaced_anything_else_only_by_force(
+    stack: dict[str, Any], registry: DistributionRegistry, pool: RegistryPool
+) -> None:
+    client = _client(pool, registry)
+    _mirror(client, stack, "spackmirror")
+    repository = parse_repository(f"{registry.host}/spackmirror")
+    # Spack's own (empty) database is Spack's: replaced, and kept (the repository had one).
+    _spack_index(client, "spackmirror", b'{"database":{"version":"7","installs":{}}}')
+    done = update_index(pool, repository)
+    assert done.spack_database is not None and done.spack_database.packages == ()
+    stored = read_spack_index(pool, repository)
+    assert stored is not None and stored.version == "7"
+    raw = json.loads(client.get_manifest("spackmirror", SPACK_INDEX_TAG).data)
+    assert raw["artifactType"] == "application/vnd.spack.db.v7+json"
+
+    # An index.spack that is neither Spack's nor imagesmith's (here an image) is refused.
+    got = client.get_manifest("spackmirror", stack["hello"]["tag"])
+    client.put_manifest("spackmirror", SPACK_INDEX_TAG, got.data, got.media_type)
+    with pytest.raises(UsageError, match=r"neither Spack's build-cache database nor an imagesmith index"):
         update_index(pool, repository)
-    assert client.head_manifest("spackmirror", INDEX_TAG).digest == Digest.parse(spack_digest)  # type: ignore[union-attr]
-    with pytest.raises(ManifestError, match="not an imagesmith index"):
-        read_index(pool, repository)
+    assert client.head_manifest("spackmirror", SPACK_INDEX_TAG).digest == got.digest  # type: ignore[union-attr]
+    forced = update_index(pool, repository, force=True)
+    assert forced.spack_digest is not None
+    assert read_spack_index(pool, repository) is not None
 
-    # Under another tag both indexes live side by side; Spack's is not an image, so not listed.
-    index, _digest = update_index(pool, repository, tag="imagesmith-index")
-    assert [e.tag for e in index.entries] == [stack["hello"]["tag"]]
-    assert read_index(pool, repository, tag="imagesmith-index") == index
-    # With Spack's index.spack in the way, listing scans live (where imagesmith-index is an artifact).
-    assert list_index(pool, repository).entries == index.entries
-
-    replaced, digest = update_index(pool, repository, force=True)
-    assert [e.tag for e in replaced.entries] == [stack["hello"]["tag"]]  # imagesmith-index is an artifact
-    assert read_index(pool, repository).entries == replaced.entries
-    assert digest != spack_digest
+    # An index an older imagesmith kept under index.spack is taken over, and replaced.
+    legacy, payload = index_manifest(RepositoryIndex(repository.name, read_index(pool, repository).entries))
+    _put_blob(client, "spackmirror", payload)
+    client.put_manifest("spackmirror", SPACK_INDEX_TAG, legacy.to_bytes(), mt.OCI_MANIFEST)
+    listed = list_index(pool, repository, tag=SPACK_INDEX_TAG)
+    assert [e.tag for e in listed.entries] == [stack["hello"]["tag"]]
+    migrated = update_index(pool, repository)
+    assert migrated.spack_database is not None and read_spack_index(pool, repository) is not None
 
 
 @pytest.mark.integration
@@ -565,7 +603,7 @@ def test_read_index_verifies_what_it_reads(
     with pytest.raises(ManifestError, match="exactly one layer"):
         read_index(pool, repository, tag="broken-index")
     # A damaged imagesmith index is rebuilt, not refused.
-    index, _digest = update_index(pool, repository, tag="broken-index")
+    index, _digest = _update(pool, repository, tag="broken-index")
     assert read_index(pool, repository, tag="broken-index") == index
     assert index.entry("broken-index") is None and index.entry(INDEX_TAG) is None
     client_ref = Reference(registry.host, "indexed")
@@ -579,10 +617,8 @@ def test_index_cli_update_and_list(registry: DistributionRegistry, base: str) ->
     host = registry.host
     repo = f"{host}/cli-index"
     ok("--insecure-registry", host, "build", "--base-image", base, "--repo", repo, HELLO)
-    out = json.loads(
-        ok("--insecure-registry", host, "index", "update", "--index-tag", "index.spack", repo, "--json")
-    )
-    assert out["images"] == 1 and out["reference"] == f"{repo}:index.spack"
+    out = json.loads(ok("--insecure-registry", host, "index", "update", repo, "--json"))
+    assert out["images"] == 1 and out["reference"] == f"{repo}:{INDEX_TAG}" and out["spack"] is None
     listed = json.loads(ok("--insecure-registry", host, "index", "list", repo, "--json"))
     assert [e["name"] for e in listed["entries"]] == ["hello"]
     text = ok("--insecure-registry", host, "index", "list", repo)
@@ -590,6 +626,8 @@ def test_index_cli_update_and_list(registry: DistributionRegistry, base: str) ->
     assert "hello-2.12-" in text
     code, _, err = cli("--insecure-registry", host, "index", "list", f"{host}/never-indexed")
     assert code == 3 and "never-indexed" in err and err.count("\n") == 1
+    code, _, err = cli("--insecure-registry", host, "index", "update", "--index-tag", SPACK_INDEX_TAG, repo)
+    assert code == 2 and "index.spack is where Spack reads" in err and err.count("\n") == 1
 
 
 def test_inspect_shows_the_index_artifact_type(registry: DistributionRegistry, base: str) -> None:
@@ -597,5 +635,30 @@ def test_inspect_shows_the_index_artifact_type(registry: DistributionRegistry, b
     repo = f"{host}/artifact-type"
     ok("--insecure-registry", host, "build", "--base-image", base, "--repo", repo, HELLO)
     ok("--insecure-registry", host, "index", "update", repo)
-    shown = json.loads(ok("--insecure-registry", host, "inspect", f"{repo}:index.spack", "--json"))
+    shown = json.loads(ok("--insecure-registry", host, "inspect", f"{repo}:{INDEX_TAG}", "--json"))
     assert shown["artifactType"] == repoindex.INDEX_MEDIA_TYPE
+
+
+@pytest.mark.integration
+def test_spack_images_are_indexed_for_spack_even_from_an_older_index(
+    registry: DistributionRegistry, base: str, pool: RegistryPool
+) -> None:
+    from test_spack import PYTHON_HASH, PYTHON_TGZ, SQLITE, ZLIB
+
+    repo = f"{registry.host}/spack-entries"
+    built = _build(registry, base, "--repo", repo, str(PYTHON_TGZ), str(SQLITE), str(ZLIB))
+    assert built["tag"] == f"python-3.11.7-{PYTHON_HASH}.spack" and built["spack"]
+    repository = parse_repository(repo)
+    done = update_index(pool, repository)
+    (entry,) = done.index.entries
+    assert entry.spack is True and entry.to_json()["spack"] is True
+    assert done.spack_database is not None and done.spack_database.packages == (PYTHON_HASH,)
+    assert done.spack_database.version == "7"  # the python spec is format 4
+    # An index written before entries said whether they are Spack's: the tag is read again.
+    legacy = RepositoryIndex(repository.name, (dataclasses.replace(entry, spack=None),))
+    manifest, payload = index_manifest(legacy)
+    client = _client(pool, registry)
+    _put_blob(client, "spack-entries", payload)
+    client.put_manifest("spack-entries", INDEX_TAG, manifest.to_bytes(), mt.OCI_MANIFEST)
+    again = update_index(pool, repository)
+    assert again.index == done.index and again.spack_digest == done.spack_digest

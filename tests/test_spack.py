@@ -106,6 +106,23 @@ def names(pkgs: list[Package]) -> list[str]:
     return [p.name for p in pkgs]
 
 
+def installed_store(root: Path) -> Path:
+    """A copy of the fixture store as Spack leaves an install tree: its database
+    (``.spack-db/index.json``) records where each package is installed, which relocation needs.
+    Returns the directory of the prefixes (the layout's ``linux-.../gcc-...``)."""
+    shutil.copytree(FIXTURES / "store", root)
+    installs = {}
+    for spec_file in sorted(root.glob("*/*/*/.spack/spec.json")):
+        for node_ in json.loads(spec_file.read_text())["spec"]["nodes"]:
+            installs.setdefault(node_["hash"], {"spec": node_, "path": None, "installed": False})
+        top = json.loads(spec_file.read_text())["spec"]["nodes"][0]
+        installs[top["hash"]].update(path=str(spec_file.parent.parent), installed=True)
+    (root / ".spack-db").mkdir()
+    database = {"database": {"version": "8", "installs": installs}}
+    (root / ".spack-db" / "index.json").write_text(json.dumps(database))
+    return root / STORE.relative_to(FIXTURES / "store")
+
+
 # --- loading one package -----------------------------------------------------------------------
 
 
@@ -404,19 +421,15 @@ def test_a_prefix_with_a_colon_is_refused(tmp_path: Path) -> None:
             r"holds \.spack/spec\.json at its top",
         ),
         (
-            {**buildcache_members("opt/t-1", spec_doc(node("t"))), "etc/passwd": b"x"},
+            {"opt/": None, "etc/passwd": b"x", **buildcache_members("opt/t-1", spec_doc(node("t")))},
             r"member 'etc/passwd' lies outside the install prefix /opt/t-1",
-        ),
-        (
-            {**buildcache_members("opt/t-1", spec_doc(node("t"))), "opt/other/": None},
-            r"member 'opt/other' lies outside the install prefix /opt/t-1",
         ),
         (
             {"linux-x86_64-gcc-12-t-1-abc.tar.gz": b"x", "linux-x86_64-gcc-12-t-1-abc.spec.json": b"{}"},
             r"old-style Spack \.spack archive",
         ),
         (
-            {**buildcache_members("opt/t-1", spec_doc(node("t"))), "../evil": b""},
+            {"../evil": b"", **buildcache_members("opt/t-1", spec_doc(node("t")))},
             r"member '\.\./evil' contains '\.\.'",
         ),
     ],
@@ -523,6 +536,10 @@ def test_push_a_spack_prefix_to_a_registry(
     registry: Any, base: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(tmp_path / "cache"))
+    store = installed_store(tmp_path / "store")
+    sqlite, zlib = store / SQLITE.name, store / ZLIB.name
+    # A text file naming an install prefix is what Spack relocates as text.
+    (sqlite / "lib" / "pkgconfig" / "sqlite3.pc").write_text(f"prefix={sqlite}\nRequires: zlib\n")
     out = json.loads(
         ok(
             "--insecure-registry",
@@ -533,11 +550,11 @@ def test_push_a_spack_prefix_to_a_registry(
             "--repo",
             f"{registry.host}/spack",
             "--json",
-            str(SQLITE),
-            str(ZLIB),
+            str(sqlite),
+            str(zlib),
         )
     )
-    assert out["tag"] == f"sqlite-3.43.2-{SQLITE_HASH}.spack"
+    assert out["tag"] == f"sqlite-3.43.2-{SQLITE_HASH}.spack" and out["spack"] and out["notes"] == []
     assert out["reference"] == f"{registry.host}/spack:sqlite-3.43.2-{SQLITE_HASH}.spack"
     assert out["tag"] in registry.tags("spack")
     assert [layer["package"] for layer in out["layers"]] == ["zlib", "sqlite"]
@@ -558,6 +575,54 @@ def test_push_a_spack_prefix_to_a_registry(
     top_layer = out["layers"][-1]["digest"]
     assert config["binary_cache_checksum"] == {"hash_algorithm": "sha256", "hash": top_layer.split(":")[1]}
     assert len(config["rootfs"]["diff_ids"]) == 3  # base, zlib, sqlite
+    # The package layer holds the relocation record `spack buildcache push` would write.
+    blob = registry.get(f"/v2/spack/blobs/{top_layer}").content
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        record = tar.extractfile(f"{str(sqlite).lstrip('/')}/.spack/binary_distribution")
+        assert record is not None
+        buildinfo = json.load(record)
+    assert buildinfo["buildpath"] == str(tmp_path / "store")
+    assert buildinfo["relative_prefix"] == str(sqlite.relative_to(tmp_path / "store"))
+    assert buildinfo["hash_to_prefix"] == {SQLITE_HASH: str(sqlite), ZLIB_HASH: str(zlib)}
+    assert buildinfo["relocate_textfiles"] == ["lib/pkgconfig/sqlite3.pc"]
+
+
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        ("--profile-script", "--profile-script puts a layer above the package"),
+        ("--compression=zstd", "zstd-compressed, and Spack extracts gzip or uncompressed tarballs only"),
+    ],
+)
+def test_options_that_break_spack_installs_drop_the_spack_tag(
+    tiny_base: str, tmp_path: Path, option: str, reason: str
+) -> None:
+    from cli_support import cli
+
+    store = installed_store(tmp_path / "store")
+    zlib = store / ZLIB.name
+    ok("build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'ok'}", str(zlib))
+    assert (tmp_path / "ok" / "index.json").read_text().count(f"zlib-1.3-{ZLIB_HASH}.spack") == 1
+    code, out, err = cli("build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'out'}", "--json",
+                         option, str(zlib))  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["tag"] == f"zlib-1.3-{ZLIB_HASH}" and reason in err and err.count("\n") == 1
+
+
+def test_a_prefix_spack_cannot_install_from_gets_no_spack_tag(tiny_base: str, tmp_path: Path) -> None:
+    from cli_support import cli
+
+    # The fixture store has no Spack database: where the packages were installed is unknown.
+    code, out, err = cli("build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'out'}", "--json",
+                         str(ZLIB))  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["tag"] == f"zlib-1.3-{ZLIB_HASH}" and not result["spack"]
+    (note,) = err.splitlines()
+    assert note.startswith("imagesmith: note: zlib-1.3 is not a Spack build-cache entry (no .spack tag")
+    assert "is not inside a Spack install tree" in note
+    config = json.loads(ok("inspect", "--json", f"oci:{tmp_path / 'out'}:{result['tag']}"))
+    assert "spec" not in json.dumps(config["config"])
 
 
 @pytest.mark.parametrize(

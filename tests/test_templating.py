@@ -50,9 +50,11 @@ def test_tag_template_file_matches_the_constant() -> None:
 
 
 def test_default_tag() -> None:
-    tag = render_tag(None, name="python", version="3.11.2", hash=HASH)
+    tag = render_tag(None, name="python", version="3.11.2", hash=HASH, spack=True)
     assert tag == f"python-3.11.2-{HASH}.spack"
-    assert render_tag(DEFAULT_TAG_TEMPLATE, name="python", version="3.11.2", hash=HASH) == tag
+    assert render_tag(DEFAULT_TAG_TEMPLATE, name="python", version="3.11.2", hash=HASH, spack=True) == tag
+    # Spack's suffix only for a Spack build-cache entry: Spack reads every *.spack tag's config.
+    assert render_tag(None, name="python", version="3.11.2", hash=HASH) == f"python-3.11.2-{HASH}"
 
 
 def test_custom_tag_with_extra_variables() -> None:
@@ -67,7 +69,7 @@ def test_custom_tag_with_extra_variables() -> None:
 
 
 def test_tag_is_sanitised_like_spack() -> None:
-    tag = render_tag(None, name="py-numpy", version="1.26.0+cuda@12", hash=HASH)
+    tag = render_tag(None, name="py-numpy", version="1.26.0+cuda@12", hash=HASH, spack=True)
     assert tag == f"py-numpy-1.26.0_cuda_12-{HASH}.spack"
     assert render_tag("{{ name }}", name="-x y/z", version="1", hash=HASH) == "_x_y_z"
 
@@ -79,7 +81,7 @@ def test_surrounding_whitespace_is_stripped() -> None:
 def test_long_tag_keeps_first_64_and_last_64() -> None:
     name = "n" * 100
     version = "v" * 100
-    tag = render_tag(None, name=name, version=version, hash=HASH)
+    tag = render_tag(None, name=name, version=version, hash=HASH, spack=True)
     full = f"{name}-{version}-{HASH}.spack"
     assert len(tag) == 128
     assert tag == full[:64] + full[-64:]
@@ -89,7 +91,7 @@ def test_long_tag_keeps_first_64_and_last_64() -> None:
 
 def test_tag_of_exactly_128_is_kept() -> None:
     name = "n" * (128 - len(f"-1-{HASH}.spack"))
-    tag = render_tag(None, name=name, version="1", hash=HASH)
+    tag = render_tag(None, name=name, version="1", hash=HASH, spack=True)
     assert tag == f"{name}-1-{HASH}.spack"
     assert len(tag) == 128
 
@@ -100,7 +102,7 @@ def test_undefined_variable_is_an_error_naming_it() -> None:
     message = str(info.value)
     assert "'{{ name }}-{{ flavour }}'" in message
     assert "'flavour' is undefined" in message
-    assert "available variables: hash, name, version" in message
+    assert "available variables: hash, name, spack, version" in message
 
 
 @pytest.mark.parametrize(

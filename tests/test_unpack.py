@@ -788,3 +788,45 @@ def test_memory_stays_bounded_for_a_huge_member(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     growth = int(proc.stdout.strip())
     assert growth < 100 << 20, f"peak RSS grew by {growth >> 20} MiB while unpacking 200 MB"
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_for_members_at_the_deepest_path(tmp_path: Path) -> None:
+    """Issue 14, item 1: twenty members each 2,046 components deep. The whiteout bookkeeping kept
+    every ancestor of every written path as a full string (the square of the depth: ~4 MB a
+    member, gigabytes for one 40,000-component name); as a tree of components it is linear."""
+    script = textwrap.dedent(
+        """
+        import io, resource, sys, tarfile
+        from pathlib import Path
+        from imagesmith.unpack import unpack_layer
+
+        def layer(count):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for i in range(count):
+                    info = tarfile.TarInfo(f"{i}/" + "/".join(["a"] * 2045) + "/f")
+                    info.size = 1
+                    tar.addfile(info, io.BytesIO(b"x"))
+            return buf.getvalue()
+
+        def rss():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+        deep = layer(20)
+        unpack_layer(io.BytesIO(layer(1)), Path(sys.argv[1]) / "warm")
+        base = rss()
+        stats = unpack_layer(io.BytesIO(deep), Path(sys.argv[1]) / "root")
+        assert stats.files == 20, stats
+        print(rss() - base)
+        """
+    )
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    finally:
+        # shutil.rmtree recurses once per level and fails at this depth (so would pytest's
+        # own clean-up of old temp dirs): remove the trees with rm, which does not.
+        subprocess.run(["rm", "-rf", str(tmp_path / "warm"), str(tmp_path / "root")], check=True)
+    assert proc.returncode == 0, proc.stderr
+    growth = int(proc.stdout.strip())
+    assert growth < 25 << 20, f"peak RSS grew by {growth >> 20} MiB for 20 deep members"

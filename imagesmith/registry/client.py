@@ -561,6 +561,26 @@ class RegistryClient:
                         self.registry, announced[:80], shown, digest)  # fmt: skip
         return digest
 
+    def referrers(self, repository: str, digest: Digest, artifact_type: str | None = None) -> bytes | None:
+        """``GET /v2/<name>/referrers/<digest>``: the OCI index of the manifests whose
+        ``subject`` is ``digest`` (bytes as served, at most ``MAX_MANIFEST_SIZE``), or None when
+        the registry has no referrers API (a 404, as distribution 2.8 answers; a registry with
+        the API answers an empty index for an unknown subject). ``artifact_type`` asks the
+        registry to filter; callers filter again, since a registry may ignore the parameter.
+        """
+        validate_repository(repository)
+        query = f"?artifactType={quote(artifact_type, safe='')}" if artifact_type else ""
+        url = self._url(f"/v2/{repository}/referrers/{digest}{query}")
+        shown = f"{self.registry}/{repository}@{digest}"
+
+        def too_large(length: int | None) -> ImagesmithError:
+            return ManifestError(f"the referrers of {shown} take more than {MAX_MANIFEST_SIZE} bytes")
+
+        fetched = self._fetch("GET", url, _pull(repository), limit=MAX_MANIFEST_SIZE, too_large=too_large,
+                              headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+                              expect=(200, 404), prefix=f"listing the referrers of {shown}")  # fmt: skip
+        return fetched.body if fetched.status == 200 else None
+
     def blob_exists(self, repository: str, digest: Digest) -> bool:
         """Whether the repository has the blob (``HEAD``; a 405 falls back to a GET that is
         closed as soon as its status is known)."""
