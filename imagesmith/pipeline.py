@@ -657,6 +657,7 @@ def build_group_layers(
                     level=options.level,
                     progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
                     follower=uploads.follower() if uploads is not None and follower else None,
+                    directory_depth=1,  # nothing reads a group's directories: keep its record small
                 )  # fmt: skip
 
         key = group_record_key(

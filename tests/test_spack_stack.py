@@ -41,24 +41,34 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
 
 
 def environment(kit: SpackKit, name: str, roots: tuple[str, ...]) -> Path:
-    """A concretized, fake-installed environment of ``roots`` in the kit's instance."""
+    """A concretized, fake-installed environment of ``roots`` in the kit's instance.
+
+    Its specs go to an install tree of its own (``install_tree(env)``): fake installs must never
+    stand in for the real builds other tests make in the kit's tree (a fake gcc-runtime has no
+    libraries)."""
     env = kit.directory / "envs" / name
     if not (env / "spack.yaml").is_file():
-        kit.run("env", "create", "-d", str(env))
-        kit.run("-e", str(env), "add", *roots)
+        env.mkdir(parents=True, exist_ok=True)
+        (env / "spack.yaml").write_text(
+            "spack:\n"
+            f"  specs: [{', '.join(roots)}]\n"
+            "  view: false\n"
+            f"  config:\n    install_tree:\n      root: {install_tree(env)}\n"
+        )
     if not (env / "spack.lock").is_file():
         kit.run("-e", str(env), "concretize", timeout=1800)
     kit.run("-e", str(env), "install", "--fake", timeout=1800)  # quick when all are installed
     return env
 
 
-def install_tree(kit: SpackKit) -> Path:
-    return kit.root / "opt" / "spack"
+def install_tree(env: Path) -> Path:
+    """The install tree of the environment ``env`` (beside it)."""
+    return env.parent / f"{env.name}-tree"
 
 
-def prefixes(kit: SpackKit) -> dict[str, Path]:
-    """Install prefix by DAG hash, from the install tree's database."""
-    doc = json.loads((install_tree(kit) / ".spack-db" / "index.json").read_text())
+def prefixes(env: Path) -> dict[str, Path]:
+    """Install prefix by DAG hash, from the environment's install tree's database."""
+    doc = json.loads((install_tree(env) / ".spack-db" / "index.json").read_text())
     return {h: Path(r["path"]) for h, r in doc["database"]["installs"].items() if r.get("path")}
 
 
@@ -104,14 +114,14 @@ class Tidy:
 def tidy(spack12: SpackKit) -> Tidy:
     """The 1.2 environment, with programs in its roots and r-tidyverse's deepest dependency."""
     env = environment(spack12, "tidyverse", ROOTS)
-    where = prefixes(spack12)
+    where = prefixes(env)
     lock = json.loads((env / "spack.lock").read_text())
     for root in lock["roots"]:
         program(where[root["hash"]], lock["concrete_specs"][root["hash"]]["name"])
     tidyverse = where[lock["roots"][0]["hash"]]
     name, leaf = deepest_dependency(tidyverse / ".spack" / "spec.json")
     program(where[leaf], name)
-    return Tidy(env, install_tree(spack12), name)
+    return Tidy(env, install_tree(env), name)
 
 
 @pytest.mark.timeout(3600)
@@ -205,11 +215,11 @@ def test_a_spack_023_environment(
     env = environment(spack023, "-".join(roots), roots)
     lock = json.loads((env / "spack.lock").read_text())
     assert lock["_meta"]["lockfile-version"] == 5
-    where = prefixes(spack023)
+    where = prefixes(env)
     for root in lock["roots"]:
         program(where[root["hash"]], lock["concrete_specs"][root["hash"]]["name"])
     ref = f"{registry.host}/spack023-env:1"
     ok("--insecure-registry", registry.host, "build", "--spack-env", str(env), "--spack-install-tree",
-       str(install_tree(spack023)), "--base-image", base, "--tag", ref)  # fmt: skip
+       str(install_tree(env)), "--base-image", base, "--tag", ref)  # fmt: skip
     ran = podman_overlay.podman("run", "--rm", ref, "sh", "-c", " && ".join(roots))
     assert ran.returncode == 0 and ran.stdout.splitlines() == [f"{root} runs" for root in roots], ran.stderr
