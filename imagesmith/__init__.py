@@ -13,6 +13,7 @@ Everything raised on purpose derives from :class:`ImagesmithError`.
 from __future__ import annotations
 
 from ._version import __version__
+from .budget import LayerPlan, plan_layers
 from .cache import BlobCache
 from .ci import pin_base, render_pipeline
 from .closure import ClosureError, ClosureReport, Finding, check_closure
@@ -62,6 +63,7 @@ from .pipeline import (
     ImportResult,
     InspectResult,
     MultiBuildResult,
+    StackLayer,
     build,
     build_each,
     build_each_platforms,
@@ -89,6 +91,7 @@ from .repoindex import (
 from .sbom import render_sbom
 from .server import RegistryServer
 from .signing import Signed, SigningKey, generate_key, load_signing_key, sign_image, sign_reference
+from .spackenv import load_environment
 from .transfer import CopyResult, copy_image
 from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
 
@@ -125,6 +128,7 @@ __all__ = [
     "IntegrityError",
     "Layer",
     "LayerError",
+    "LayerPlan",
     "LayoutError",
     "LayoutLocation",
     "Location",
@@ -153,6 +157,7 @@ __all__ = [
     "RepositoryIndex",
     "Signed",
     "SigningKey",
+    "StackLayer",
     "TemplateError",
     "UnpackError",
     "UnpackPolicy",
@@ -174,6 +179,7 @@ __all__ = [
     "inspect",
     "list_attachments",
     "list_index",
+    "load_environment",
     "load_into_daemon",
     "load_package",
     "load_packages",
@@ -184,6 +190,7 @@ __all__ = [
     "merge_images",
     "parse_location",
     "pin_base",
+    "plan_layers",
     "pull",
     "read_index",
     "read_spack_index",

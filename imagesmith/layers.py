@@ -66,6 +66,7 @@ __all__ = [
     "LayerBlob",
     "TarballEntries",
     "adopt_tarball",
+    "archive_sort_key",
     "build_layer",
     "directory_entries",
     "input_error",
@@ -153,6 +154,12 @@ def _sort_key(name: str, kind: EntryKind) -> bytes:
     # order of archive paths: everything under "a/" sorts together, right after "a/".
     raw = name.encode("utf-8")
     return raw + b"/" if kind == "dir" else raw
+
+
+def archive_sort_key(entry: TarEntry) -> bytes:
+    """The key layers sort their entries by: the bytes of the archive path, a directory's
+    with ``/`` appended (so everything under ``a/`` follows ``a/`` directly)."""
+    return _sort_key(entry.name, entry.kind)
 
 
 def _package_mode(kind: EntryKind, mode: int) -> int:

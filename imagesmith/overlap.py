@@ -17,7 +17,8 @@ a dropped connection, a digest the registry disputes) cancels the session and is
 and the ordinary push that follows (HEAD, then a resumable upload from the cache, with
 retries) uploads the blob. Nothing is retried here, so a fault never costs twice.
 :class:`EarlyUploads` keeps the uploads of one build toward one repository and waits for
-them all before the push writes the manifest, so the tag never points at a missing blob.
+them all before the push writes the manifest, so the tag never points at a missing blob; a
+blob the registry accepted here is not even checked again by the push.
 """
 
 from __future__ import annotations

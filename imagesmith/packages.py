@@ -13,6 +13,7 @@ which is the order layers are stacked in. :func:`package_hash` derives a Spack-s
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import posixpath
@@ -161,10 +162,12 @@ class Package:
         common = (self.content,) if self.content is not None else ()
         return common + tuple(path for _, path, _ in self.platforms)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """The identity of the package within one load: its package file's resolved path (for
         a package in a registry, the reference it was read from)."""
+        # Cached: a stack of hundreds of packages asks for keys hundreds of thousands of times,
+        # and each resolve() is a realpath walk of system calls.
         if self.is_remote:
             return self.origin
         return str(self.source.resolve())

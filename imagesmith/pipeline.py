@@ -18,20 +18,22 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import layerrecords
 from . import mediatypes as mt
+from .budget import DEFAULT_MAX_LAYERS, LayerPlan, package_slots, plan_layers
 from .cache import BlobCache
 from .closure import CheckMode, ClosureReport, check_closure, closure_gate
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
 from .errors import PackageError, UsageError
+from .grouplayer import GroupMember, group_entries, group_record_key
 from .images import (
     BaseImage,
     BlobOrigin,
@@ -76,6 +78,7 @@ __all__ = [
     "ImportResult",
     "InspectResult",
     "MultiBuildResult",
+    "StackLayer",
     "build",
     "build_each",
     "build_each_platforms",
@@ -116,6 +119,8 @@ class BuildOptions:
     # signs it in its registry (signing.py).
     sbom: tuple[SbomFormat, ...] = ()
     signing_key: SigningKey | None = None
+    # The most layers an image may have, base layers included (see budget.py).
+    max_layers: int = DEFAULT_MAX_LAYERS
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,43 @@ class BuiltPackage:
     env: tuple[EnvModification, ...]
     origin: BlobOrigin | None = field(default=None, compare=False, repr=False)
     spack_problem: str | None = None
+
+
+@dataclass(frozen=True)
+class StackLayer:
+    """One layer of an image: a package's own layer, or a group of several packages that the
+    layer budget put into one layer (see :mod:`imagesmith.budget`)."""
+
+    layer: LayerBlob
+    packages: tuple[BuiltPackage, ...]
+    # Builds the layer again should its cached copy be lost before a destination reads it.
+    origin: BlobOrigin | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        """``name-version`` of the package, or of every package of a group, for messages."""
+        return ", ".join(p.package.label for p in self.packages)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if len(self.packages) == 1:
+            only = self.packages[0]
+            out = {"package": only.package.name, "version": only.package.version, "hash": only.hash}
+        out["packages"] = [
+            {"package": p.package.name, "version": p.package.version, "hash": p.hash} for p in self.packages
+        ]
+        out.update(
+            {"digest": str(self.layer.digest), "diff_id": str(self.layer.diff_id), "size": self.layer.size}
+        )
+        return out
+
+
+# A group's layer as built, and how to build it again (see layerrecords.RebuildOrigin).
+GroupLayer = tuple[LayerBlob, BlobOrigin]
+
+
+def _single_layers(built: Sequence[BuiltPackage]) -> tuple[StackLayer, ...]:
+    return tuple(StackLayer(p.layer, (p,), p.origin) for p in built)
 
 
 class _Written:
@@ -166,7 +208,9 @@ class BuildResult(_Written):
     ``destination`` is where the image was written (``docker://REF``, ``oci:DIR:TAG``,
     ``docker-archive:PATH:NAME``, ``docker-daemon:NAME``), ``destinations`` all of them when
     the image went to several (an output and the daemon), and ``loaded`` what the daemon
-    reported loading.
+    reported loading. ``packages`` are every package of the image, dependencies first;
+    ``layers`` the image's package layers (one per package, unless the layer budget grouped
+    some), bottom to top.
     """
 
     reference: Reference | None
@@ -180,6 +224,7 @@ class BuildResult(_Written):
     sboms: tuple[tuple[SbomFormat, bytes], ...] = field(default=(), repr=False)
     attached: tuple[Attached, ...] = ()
     signed: tuple[Signed, ...] = ()
+    layers: tuple[StackLayer, ...] = ()
 
     @property
     def spack(self) -> bool:
@@ -205,17 +250,7 @@ class BuildResult(_Written):
             **({"attached": [a.to_json() for a in self.attached]} if self.attached else {}),
             **({"signed": [s.to_json() for s in self.signed]} if self.signed else {}),
             "base": self.base.pinned,
-            "layers": [
-                {
-                    "package": p.package.name,
-                    "version": p.package.version,
-                    "hash": p.hash,
-                    "digest": str(p.layer.digest),
-                    "diff_id": str(p.layer.diff_id),
-                    "size": p.layer.size,
-                }
-                for p in self.packages
-            ],
+            "layers": [layer.to_json() for layer in self.layers or _single_layers(self.packages)],
         }
 
 
@@ -260,10 +295,14 @@ def _push_target(
 
 @contextmanager
 def _early_uploads(
-    pool: RegistryPool, target: Reference | None, progress: ProgressCallback
+    pool: RegistryPool,
+    target: Reference | None,
+    progress: ProgressCallback,
+    accepted: set[Digest] | None = None,
 ) -> Iterator[EarlyUploads | None]:
     """Uploads of new layers to ``target`` while they are built; all waited for (or, on
-    an error, cancelled) on leaving, so the push that follows finds them with a HEAD."""
+    an error, cancelled) on leaving. The digests the registry accepted go into ``accepted``:
+    the push that follows need not even check them."""
     if target is None:
         yield None
         return
@@ -271,6 +310,8 @@ def _early_uploads(
         yield uploads
     for digest, size in uploads.wait():
         progress(ProgressEvent("blob-uploaded", str(digest), size, "while building"))
+        if accepted is not None:
+            accepted.add(digest)
 
 
 def content_layer(
@@ -397,14 +438,16 @@ def build_package_layers(
     progress: ProgressCallback = null_progress,
     uploads: EarlyUploads | None = None,
     shared: dict[tuple[Path, str], LayerBlob] | None = None,
+    upload_only: Collection[str] | None = None,
 ) -> list[BuiltPackage]:
     """Turn each package into a layer (in parallel), then derive hashes in dependency order.
 
     With ``uploads`` each new layer is also uploaded while it is built (see
     :mod:`imagesmith.overlap`); the caller waits for them before writing a manifest.
-    ``shared`` carries the layers of one run's earlier calls by (content, prefix): a
-    multi-platform build calls once per platform, and platform-independent content is then
-    neither built nor even stat-walked again.
+    ``upload_only`` limits that to the packages with these keys (the others' own layers go
+    into no image: the layer budget grouped them). ``shared`` carries the layers of one run's
+    earlier calls by (content, prefix): a multi-platform build calls once per platform, and
+    platform-independent content is then neither built nor even stat-walked again.
     """
     if not packages:
         raise UsageError("no packages given: name at least one package file")
@@ -422,13 +465,14 @@ def build_package_layers(
         key = (package.content, package.prefix)
         found = shared.get(key) if shared is not None else None
         origin: BlobOrigin | None = None
+        upload = uploads if upload_only is None or package.key in upload_only else None
         if found is not None:
             progress(ProgressEvent("layer-reused", subject, found.size, str(found.digest)))
             blob, reused = found, True
         elif isinstance(spack_content, SpackTarball):
             blob, reused = adopted_layer(
                 package.content, package.prefix.lstrip("/"), cache, media_types,
-                checksum=spack_content.checksum, uploads=uploads,
+                checksum=spack_content.checksum, uploads=upload,
                 progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
             )  # fmt: skip
         else:
@@ -441,7 +485,7 @@ def build_package_layers(
                 compression=options.compression,
                 level=options.level,
                 progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
-                uploads=uploads,
+                uploads=upload,
                 relocation=relocation,
             )
         if isinstance(spack_content, SpackTarball):
@@ -543,26 +587,173 @@ def _notes(built: Sequence[BuiltPackage], spack: bool) -> tuple[str, ...]:
             f"{reason}",)  # fmt: skip
 
 
+def plan_stacks(
+    stacks: Mapping[str, Sequence[Package]], base_layers: int, options: BuildOptions
+) -> LayerPlan:
+    """The layers of every image of a run under ``options.max_layers`` (see
+    :mod:`imagesmith.budget`): ``stacks`` maps an image to its packages, dependencies first
+    and its own package last; ``base_layers`` is the base's layer count (the largest, for
+    several platforms). A budget that leaves no room raises :class:`UsageError`."""
+    slots = package_slots(
+        options.max_layers,
+        base_layers,
+        extra_layers=1 if options.profile_script else 0,
+        dependencies=any(len(stack) > 1 for stack in stacks.values()),
+    )
+    keys = {image: [p.key for p in stack] for image, stack in stacks.items()}
+    canonical = {p.key: p.prefix for stack in stacks.values() for p in stack}
+    # A package without local content (its layer is only in a registry) cannot be regrouped.
+    fixed = {p.key for stack in stacks.values() for p in stack if p.content is None}
+    return plan_layers(keys, slots, canonical, fixed)
+
+
+def single_layer_keys(plan: LayerPlan, images: Collection[str] | None = None) -> frozenset[str]:
+    """The packages whose own layer goes into some image of ``plan`` (of ``images`` only, when
+    given); the others are only in groups."""
+    chosen = plan.layers if images is None else {i: plan.layers[i] for i in images}
+    return frozenset(layer[0] for layers in chosen.values() for layer in layers if len(layer) == 1)
+
+
+def build_group_layers(
+    plan: LayerPlan,
+    built: Mapping[str, BuiltPackage],
+    cache: BlobCache,
+    media_types: mt.MediaTypes,
+    options: BuildOptions,
+    progress: ProgressCallback = null_progress,
+    uploads: EarlyUploads | None = None,
+    shared: dict[tuple[tuple[Path, str], ...], GroupLayer] | None = None,
+    images: Collection[str] | None = None,
+) -> dict[tuple[str, ...], GroupLayer]:
+    """Build the layer of every group of ``plan`` (of ``images`` only, when given) in
+    parallel, keyed by its package keys.
+
+    ``built`` holds each package's own layer by key (their diff_ids identify a group's input,
+    so an unchanged group is found in the cache's records without reading anything, and one
+    whose blob left the cache is not even built when the push target has it). A group's bytes
+    depend only on its packages' contents (:mod:`imagesmith.grouplayer`): the same group is
+    the same blob in every image. ``shared`` works as for :func:`build_package_layers`, keyed
+    by the members' (content, prefix).
+    """
+
+    def one(group: tuple[str, ...]) -> GroupLayer:
+        members = [built[key] for key in group]
+        subject = f"{len(members)} packages ({members[0].package.name}, ...)"
+        parts = []
+        for m in members:
+            if m.package.content is None:  # the plan never groups a package without content
+                raise PackageError(f"package {m.package.label} has no local content for a group layer")
+            parts.append(GroupMember(m.package.label, m.package.content, m.package.prefix))
+        sources = tuple((part.content, part.prefix) for part in parts)
+        found = shared.get(sources) if shared is not None else None
+        if found is not None:
+            progress(ProgressEvent("layer-reused", subject, found[0].size, str(found[0].digest)))
+            return found
+
+        def build_group(follower: bool) -> LayerBlob:
+            with closing(group_entries(parts, tmpdir=cache.tmp_dir)) as entries:
+                return build_layer(
+                    entries, cache, media_types=media_types, compression=options.compression,
+                    level=options.level,
+                    progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+                    follower=uploads.follower() if uploads is not None and follower else None,
+                    directory_depth=1,  # nothing reads a group's directories: keep its record small
+                )  # fmt: skip
+
+        key = group_record_key(
+            [(m.package.prefix, m.layer.diff_id) for m in members],
+            compression=options.compression,
+            level=options.level,
+            media_types=media_types,
+        )
+        wanted = media_types.layer(options.compression)
+        blob = layerrecords.lookup(cache, key)
+        if blob is None and uploads is not None:
+            # As for a package's layer: a record whose blob left the cache, and a push target
+            # that already has the blob, need nothing built or sent.
+            known = layerrecords.recorded(cache, key)
+            if known is not None and known.media_type == wanted and uploads.present(known.digest):
+                blob = known
+        kind: EventKind = "layer-reused"
+        if blob is None or blob.media_type != wanted:
+            blob = build_group(follower=True)
+            layerrecords.remember(cache, key, blob)
+            kind = "layer-built"
+        names = ", ".join(m.package.name for m in members[:3]) + (", ..." if len(members) > 3 else "")
+        what = f"the layer of {len(members)} packages ({names})"
+        origin = layerrecords.RebuildOrigin(blob, cache, what, lambda: build_group(follower=False))
+        result = (blob, origin)
+        if shared is not None:
+            shared[sources] = result
+        progress(ProgressEvent(kind, subject, blob.size, str(blob.digest)))
+        return result
+
+    groups = list(plan.groups)
+    if images is not None:
+        used = {layer for image in images for layer in plan.layers[image] if len(layer) > 1}
+        groups = [g for g in groups if g in used]
+    jobs = max(1, min(options.jobs, len(groups)))
+    if jobs <= 1:
+        layers = [one(g) for g in groups]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as executor:
+            layers = list(executor.map(one, groups))
+    return dict(zip(groups, layers, strict=True))
+
+
+def stack_layers(
+    plan: LayerPlan,
+    image: str,
+    built: Mapping[str, BuiltPackage],
+    groups: Mapping[tuple[str, ...], GroupLayer],
+) -> tuple[StackLayer, ...]:
+    """The package layers ``plan`` gives ``image``, as built."""
+    out = []
+    for keys in plan.layers[image]:
+        members = tuple(built[key] for key in keys)
+        if len(keys) == 1:
+            out.append(StackLayer(members[0].layer, members, members[0].origin))
+        else:
+            blob, origin = groups[keys]
+            out.append(StackLayer(blob, members, origin))
+    return tuple(out)
+
+
+def _history_of(layer: StackLayer, created: str) -> HistoryEntry:
+    """The history entry of a package layer: ``imagesmith: add NAME@VERSION at PREFIX`` for a
+    package, every package of a group for a group (one entry per layer, as tools expect)."""
+    if len(layer.packages) == 1:
+        p = layer.packages[0]
+        return HistoryEntry(
+            created_by=f"imagesmith: add {p.package.name}@{p.package.version} at {p.package.prefix}",
+            comment=f"{p.package.name}-{p.package.version}-{p.hash}",
+            created=created,
+        )
+    return HistoryEntry(
+        created_by=f"imagesmith: add {len(layer.packages)} packages in one layer: "
+        + ", ".join(f"{p.package.name}@{p.package.version} at {p.package.prefix}" for p in layer.packages),
+        comment=" ".join(f"{p.package.name}-{p.package.version}-{p.hash}" for p in layer.packages),
+        created=created,
+    )
+
+
 def assemble(
     base: BaseImage,
     built: Sequence[BuiltPackage],
     cache: BlobCache,
     options: BuildOptions,
     created: str,
+    layers: Sequence[StackLayer] | None = None,
 ) -> Image:
-    """Base image + one layer per package (+ the optional profile layer) + merged config."""
+    """Base image + the package layers (one per package of ``built``, or ``layers`` as the
+    layer budget planned them) + the optional profile layer + the merged config."""
     media_types = base.image.media_types
     image = base.image
-    layers = [Layer(p.layer.descriptor(), p.layer.diff_id, p.origin) for p in built]
-    history = [
-        HistoryEntry(
-            created_by=f"imagesmith: add {p.package.name}@{p.package.version} at {p.package.prefix}",
-            comment=f"{p.package.name}-{p.package.version}-{p.hash}",
-            created=created,
-        )
-        for p in built
-    ]
-    image = image.append(layers, history)
+    stack = tuple(layers) if layers is not None else _single_layers(built)
+    image = image.append(
+        [Layer(s.layer.descriptor(), s.layer.diff_id, s.origin) for s in stack],
+        [_history_of(s, created) for s in stack],
+    )
 
     modifications: list[EnvModification] = [m for p in built for m in p.env]
     for assignment in options.env:
@@ -599,15 +790,19 @@ def assemble(
                 LABEL_HASH: top.hash,
             }
         )
-        # Spack reads its spec and the package layer's checksum from top-level config keys;
-        # for other packages (and Spack packages Spack could not install from this image) they
-        # are removed, so a Spack base image leaves no stale ones.
-        spack, _problem = _spack_entry(built, options)
-        fields = spack_config_fields(top.package, top.layer.digest) if spack else {}
-        config = config.with_top_level(**(fields or dict.fromkeys(SPACK_CONFIG_KEYS)))
     if options.labels:
         config = config.with_labels(options.labels)
-    config = config.with_top_level(created=created)
+    top_level: dict[str, Any] = {}
+    if built:
+        # Spack reads its spec and the package layer's checksum from top-level config keys;
+        # for other packages (and Spack packages Spack could not install from this image) they
+        # are removed, so a Spack base image leaves no stale ones. Set last, with ``created``:
+        # every config update copies the config, and a Spack spec can be megabytes (a stack of
+        # hundreds of images copied it for seconds).
+        spack, _problem = _spack_entry(built, options)
+        fields = spack_config_fields(built[-1].package, built[-1].layer.digest) if spack else {}
+        top_level = fields or dict.fromkeys(SPACK_CONFIG_KEYS)
+    config = config.with_top_level(**top_level, created=created)
     image = image.with_config(config)
 
     annotations: dict[str, str] = {}
@@ -772,16 +967,26 @@ def write_destinations(
     jobs: int,
     docker_host: str | None,
     progress: ProgressCallback,
+    uploaded: tuple[Reference | None, Collection[Digest]] = (None, ()),
 ) -> tuple[str, tuple[str, ...]]:
     """Write ``image`` to each destination in turn; return its digest and what a daemon loaded.
 
     Remote base layers pass through the cache, so a second destination reads them locally.
+    ``uploaded`` is (a repository, the blobs this run uploaded there): not checked again.
     """
     digest = str(image.digest)
     loaded: tuple[str, ...] = ()
+    into, blobs = uploaded
     for destination in destinations:
+        same = (
+            into is not None
+            and isinstance(destination, RegistryLocation)
+            and (destination.reference.registry, destination.reference.repository)
+            == (into.registry, into.repository)
+        )
         with open_sink(destination, pool=pool, cache=cache, docker_host=docker_host) as sink:
-            digest = str(write_image(image, sink, jobs=jobs, progress=progress))
+            present = blobs if same else ()
+            digest = str(write_image(image, sink, jobs=jobs, progress=progress, present=present))
         if isinstance(sink, DaemonSink):
             loaded += sink.loaded  # known once the sink has committed (loaded the archive)
     return digest, loaded
@@ -793,7 +998,7 @@ def _early_uploads_allowed(options: BuildOptions) -> bool:
 
 
 def check_runtime_closure(
-    images: Sequence[tuple[Image, Sequence[BuiltPackage]]],
+    images: Sequence[tuple[Image, Sequence[StackLayer]]],
     options: BuildOptions,
     *,
     pool: RegistryPool,
@@ -801,7 +1006,7 @@ def check_runtime_closure(
     progress: ProgressCallback,
     destinations: Sequence[Location] = (),
 ) -> list[ClosureReport | None]:
-    """The runtime-closure check of each image (with the packages it holds) as
+    """The runtime-closure check of each image (with its package layers) as
     ``options.check`` asks (None when off); with ``error`` a finding raises
     :class:`~imagesmith.closure.ClosureError` before anything is written. Remote base layers
     it reads are kept in the cache when a destination will need their bytes (anything but a
@@ -810,8 +1015,8 @@ def check_runtime_closure(
         return [None] * len(images)
     memo: dict[tuple[Digest, bool], Any] = {}
     reports: list[ClosureReport | None] = []
-    for image, built in images:
-        packages = {b.layer.digest: b.package.label for b in built}
+    for image, layers in images:
+        packages = {layer.layer.digest: layer.label for layer in layers}
         origins = [layer.origin for layer in image.layers]
         registries = {origin.registry for origin in origins if isinstance(origin, RemoteOrigin)}
         keep = any(not (isinstance(d, RegistryLocation) and d.reference.registry in registries)
@@ -835,7 +1040,7 @@ def attach_and_sign(
     name: Reference | None,
     image: Image,
     digest: str,
-    stack: Sequence[BuiltPackage],
+    layers: Sequence[StackLayer],
     base: BaseImage,
     destinations: Sequence[Location],
     options: BuildOptions,
@@ -852,7 +1057,10 @@ def attach_and_sign(
     created = image.config.raw.get("created") or _created()
     manifest = image.manifest_bytes()
     subject = Descriptor(image.media_types.manifest, Digest.parse(digest), len(manifest))
-    packages = sbom_packages([(b.package, b.hash, str(b.layer.digest)) for b in stack])
+    # Each package with the digest of the layer it is in (a group's, when the budget grouped it).
+    packages = sbom_packages(
+        [(b.package, b.hash, str(layer.layer.digest)) for layer in layers for b in layer.packages]
+    )
     shown = str(name) if name is not None else None
     described = SbomImage(shown, digest, str(image.config.platform), created, base.pinned, packages)
     sboms = tuple((fmt, render_sbom(described, fmt)) for fmt in dict.fromkeys(options.sbom))
@@ -911,13 +1119,22 @@ def build(
     if tag is not None:
         tag = _tag_reference(tag)
     platform = options.platform or Platform.host()
+    if not packages:
+        raise UsageError("no packages given: name at least one package file")
     packages = [p.for_platform(platform) for p in packages]  # a missing content fails here
+    top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, base_location, platform, options, progress)
         media_types = resolved.image.media_types
+        plan = plan_stacks({top: packages}, len(resolved.image.layers), options)
         push_to = _push_target(out, tag or repo, load=load, enabled=_early_uploads_allowed(options))
-        with _early_uploads(pool, push_to, progress) as uploads:
-            built = build_package_layers(packages, cache, media_types, options, progress, uploads)
+        uploaded: set[Digest] = set()
+        with _early_uploads(pool, push_to, progress, uploaded) as uploads:
+            built = build_package_layers(packages, cache, media_types, options, progress, uploads,
+                                         upload_only=single_layer_keys(plan))  # fmt: skip
+            by_key = {b.package.key: b for b in built}
+            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads)
+        layers = stack_layers(plan, top, by_key, groups)
         name = (
             target_reference(built, repo=repo, tag=tag, options=options, platform=platform)
             if repo is not None or tag is not None
@@ -928,18 +1145,18 @@ def build(
             default_tag = _rendered_tag(built, options, platform)  # as --repo would
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
         check_trust_destinations(options, destinations)
-        image = assemble(resolved, built, cache, options, _created())
-        [closure] = check_runtime_closure([(image, built)], options, pool=pool, cache=cache,
+        image = assemble(resolved, built, cache, options, _created(), layers)
+        [closure] = check_runtime_closure([(image, layers)], options, pool=pool, cache=cache,
                                           progress=progress, destinations=destinations)  # fmt: skip
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
-            docker_host=docker_host, progress=progress,
+            docker_host=docker_host, progress=progress, uploaded=(push_to, uploaded),
         )  # fmt: skip
         named = _name_of(destinations, name)
-        trust = attach_and_sign(named, image, digest, built, resolved, destinations, options, pool=pool,
+        trust = attach_and_sign(named, image, digest, layers, resolved, destinations, options, pool=pool,
                                 cache=cache, progress=progress)  # fmt: skip
         return BuildResult(named, digest, resolved, image, tuple(built), tuple(destinations), loaded, closure,
-                           *trust)  # fmt: skip
+                           *trust, layers)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -1056,17 +1273,25 @@ def build_platforms(
     if tag is not None:
         tag = _tag_reference(tag)
     per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
+    top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
         bases, index_platforms = _platform_bases(pool, base_location, platforms, options, progress)
         media_types = bases[0].image.media_types
+        # One plan for every platform (the deepest base decides), so a group is the same set
+        # of packages, and for platform-independent content the same blob, on each.
+        plan = plan_stacks({top: packages}, max(len(b.image.layers) for b in bases), options)
         push_to = _push_target(out, tag or repo, load=False, enabled=_early_uploads_allowed(options))
         with _early_uploads(pool, push_to, progress) as uploads:
-            shared: dict[tuple[Path, str], LayerBlob] = {}
-            built_by = [
-                build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared)
-                for pkgs in per_platform
-            ]
-        images, index = _platform_index(bases, built_by, index_platforms, cache, options, _created())
+            built_by, groups_by = _platform_layers(
+                per_platform, plan, cache, media_types, options, progress, uploads
+            )
+        layers_by = [
+            stack_layers(plan, top, {b.package.key: b for b in built}, groups)
+            for built, groups in zip(built_by, groups_by, strict=True)
+        ]
+        images, index = _platform_index(
+            bases, built_by, index_platforms, cache, options, _created(), layers_by
+        )
         name: Reference | None = tag
         if name is None and repo is not None:
             name = repo.with_tag(_multi_tag(built_by, platforms, options.tag_template))
@@ -1075,15 +1300,15 @@ def build_platforms(
             default_tag = _multi_tag(built_by, platforms, options.tag_template)
         destinations = plan_destinations(name, out, load=False, default_tag=default_tag)
         check_trust_destinations(options, destinations)
-        closures = check_runtime_closure(list(zip(images, built_by, strict=True)), options, pool=pool,
+        closures = check_runtime_closure(list(zip(images, layers_by, strict=True)), options, pool=pool,
                                          cache=cache, progress=progress,
                                          destinations=destinations)  # fmt: skip
         for destination in destinations:
             with open_sink(destination, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
-        return _multi_result(_name_of(destinations, name), index, bases, images, built_by, platforms,
-                             tuple(destinations), closures, options, pool=pool, cache=cache,
+        return _multi_result(_name_of(destinations, name), index, bases, images, built_by, layers_by,
+                             platforms, tuple(destinations), closures, options, pool=pool, cache=cache,
                              progress=progress)  # fmt: skip
 
 
@@ -1122,10 +1347,15 @@ def _platform_index(
     cache: BlobCache,
     options: BuildOptions,
     created: str,
+    layers_by: Sequence[Sequence[StackLayer]],
 ) -> tuple[list[Image], RawManifest]:
-    """One image per platform (``stacks[i]`` on ``bases[i]``) and the index naming them."""
+    """One image per platform (``stacks[i]`` in ``layers_by[i]`` on ``bases[i]``) and the
+    index naming them."""
     media_types = bases[0].image.media_types
-    images = [assemble(b, stack, cache, options, created) for b, stack in zip(bases, stacks, strict=True)]
+    images = [
+        assemble(b, stack, cache, options, created, layers)
+        for b, stack, layers in zip(bases, stacks, layers_by, strict=True)
+    ]
     children = []
     for image, platform in zip(images, index_platforms, strict=True):
         data = image.manifest_bytes()
@@ -1151,6 +1381,7 @@ def _multi_result(
     bases: Sequence[BaseImage],
     images: Sequence[Image],
     stacks: Sequence[Sequence[BuiltPackage]],
+    layers_by: Sequence[Sequence[StackLayer]],
     platforms: Sequence[Platform],
     destinations: tuple[Location, ...],
     closures: Sequence[ClosureReport | None],
@@ -1165,10 +1396,11 @@ def _multi_result(
     the image's signature, a copy of the whole index the index's)."""
     unsigned = replace(options, signing_key=None)
     results = []
-    for b, image, stack, closure in zip(bases, images, stacks, closures, strict=True):
-        trust = attach_and_sign(None, image, str(image.digest), stack, b, destinations, unsigned, pool=pool,
+    for b, image, stack, layers, closure in zip(bases, images, stacks, layers_by, closures, strict=True):
+        trust = attach_and_sign(None, image, str(image.digest), layers, b, destinations, unsigned, pool=pool,
                                 cache=cache, progress=progress)  # fmt: skip
-        results.append(BuildResult(None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust))
+        results.append(BuildResult(None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust,
+                                   tuple(layers)))  # fmt: skip
     digest = str(index.digest)
     key = options.signing_key
     signed = tuple(
@@ -1196,18 +1428,18 @@ def _multi_tag(
     )
 
 
-def _stack_of(package: Package, by_key: Mapping[str, BuiltPackage]) -> tuple[BuiltPackage, ...]:
-    """The layers of ``package``'s own image: its dependencies depth first in the order each
+def _stack_of(package: Package, by_key: Mapping[str, Package]) -> tuple[Package, ...]:
+    """The packages of ``package``'s own image: its dependencies depth first in the order each
     lists them, then itself -- the order :func:`load_packages` gives for it alone, so an image
     is the same whatever else a batch holds."""
-    order: list[BuiltPackage] = []
+    order: list[Package] = []
     seen: set[str] = set()
     # Iterative post-order walk: (key, next dependency index).
     stack: list[tuple[str, int]] = [(package.key, 0)]
     seen.add(package.key)
     while stack:
         key, index = stack.pop()
-        depends = by_key[key].package.depends
+        depends = by_key[key].depends
         if index < len(depends):
             stack.append((key, index + 1))
             dep = depends[index]
@@ -1236,6 +1468,61 @@ def _each_targets(
         if missing:
             raise UsageError(f"package {package.name} depends on {missing[0]}, which is not in the list")
     return (parse_repository(repo) if isinstance(repo, str) else repo), out
+
+
+# One image of an --each run before it is written: (image, location, name, packages, layers).
+_EachPlan = tuple[Image, Location, Reference | None, tuple[BuiltPackage, ...], tuple[StackLayer, ...]]
+
+
+def _each_tops(packages: Sequence[Package], roots: Sequence[Package] | None) -> list[Package]:
+    """The packages ``--each`` makes an image of: every one, or only ``roots`` (each in the
+    list, given once), in the order of ``packages``."""
+    if roots is None:
+        return list(packages)
+    # A Spack package is one package whatever path named it (load_packages merges by hash).
+    by_key = {p.key: p for p in packages}
+    by_hash = {p.spack.hash: p for p in packages if p.spack is not None}
+    wanted: set[str] = set()
+    for root in roots:
+        found = by_key.get(root.key) or (by_hash.get(root.spack.hash) if root.spack is not None else None)
+        if found is None:
+            raise UsageError(f"root {root.label} ({root.source}) is not among the packages")
+        wanted.add(found.key)
+    return [p for p in packages if p.key in wanted]
+
+
+def _each_stacks(
+    packages: Sequence[Package], tops: Sequence[Package]
+) -> dict[str, tuple[Package, ...]]:
+    """Each image's packages, dependencies first and its own package last (see :func:`_stack_of`)."""
+    by_key = {p.key: p for p in packages}
+    return {top.key: _stack_of(by_key[top.key], by_key) for top in tops}
+
+
+def _platform_layers(
+    per_platform: Sequence[Sequence[Package]],
+    plan: LayerPlan,
+    cache: BlobCache,
+    media_types: mt.MediaTypes,
+    options: BuildOptions,
+    progress: ProgressCallback,
+    uploads: EarlyUploads | None,
+    images: Collection[str] | None = None,
+) -> tuple[list[list[BuiltPackage]], list[dict[tuple[str, ...], GroupLayer]]]:
+    """Every platform's package and group layers (those of ``images``, when given); content
+    shared by platforms built once."""
+    shared: dict[tuple[Path, str], LayerBlob] = {}
+    shared_groups: dict[tuple[tuple[Path, str], ...], GroupLayer] = {}
+    singles = single_layer_keys(plan, images)
+    built_by: list[list[BuiltPackage]] = []
+    groups_by: list[dict[tuple[str, ...], GroupLayer]] = []
+    for pkgs in per_platform:
+        built = build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared, singles)
+        by_key = {b.package.key: b for b in built}
+        built_by.append(built)
+        groups_by.append(build_group_layers(plan, by_key, cache, media_types, options, progress, uploads,
+                                            shared_groups, images))  # fmt: skip
+    return built_by, groups_by
 
 
 def _each_location(
@@ -1267,6 +1554,7 @@ def build_each_platforms(
     *,
     repo: str | Reference | None = None,
     output: str | Location | None = None,
+    roots: Sequence[Package] | None = None,
     options: BuildOptions | None = None,
     registry: RegistryOptions | None = None,
     cache: BlobCache | None = None,
@@ -1279,45 +1567,52 @@ def build_each_platforms(
     Every layer is built once per distinct content (platform-independent packages once for
     all platforms), the base index is resolved once, and each package's index (its images
     first) is written under the tag rendered from the template, in ``repo`` or the layout.
+    ``roots`` limits the indexes to those packages'. One layer plan serves every platform.
     """
     options = options or BuildOptions()
     cache = cache or BlobCache()
     platforms = _distinct_platforms(platforms)
     repository, out = _each_targets(packages, repo, output)
+    tops = _each_tops(packages, roots)
     per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
+    # The plan covers every package's image, whichever are written: a group is then the same
+    # set (the same blob) whether a run writes all the images or some of them.
+    stacks = _each_stacks(packages, packages)
     with _registry_pool(pool, registry) as pool:
         bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
         media_types = bases[0].image.media_types
+        plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
         push_to = repository if _early_uploads_allowed(options) else None
         with _early_uploads(pool, push_to, progress) as uploads:
-            shared: dict[tuple[Path, str], LayerBlob] = {}
-            built_by = [
-                build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared)
-                for pkgs in per_platform
-            ]
+            built_by, groups_by = _platform_layers(
+                per_platform, plan, cache, media_types, options, progress, uploads, [t.key for t in tops]
+            )
         by_key_by = [{b.package.key: b for b in built} for built in built_by]
         created = _created()
         plans = []
-        for position in range(len(packages)):
-            stacks = [
-                _stack_of(pkgs[position], by_key)
-                for pkgs, by_key in zip(per_platform, by_key_by, strict=True)
+        for top in tops:
+            image_stacks = [tuple(by_key[p.key] for p in stacks[top.key]) for by_key in by_key_by]
+            layers_by = [
+                stack_layers(plan, top.key, by_key, groups)
+                for by_key, groups in zip(by_key_by, groups_by, strict=True)
             ]
-            images, index = _platform_index(bases, stacks, index_platforms, cache, options, created)
-            tag = _multi_tag(stacks, platforms, options.tag_template)
+            images, index = _platform_index(bases, image_stacks, index_platforms, cache, options, created,
+                                            layers_by)  # fmt: skip
+            tag = _multi_tag(image_stacks, platforms, options.tag_template)
             name, location = _each_location(repository, out, tag)
             check_trust_destinations(options, (location,))
-            closures = check_runtime_closure(list(zip(images, stacks, strict=True)), options, pool=pool,
+            closures = check_runtime_closure(list(zip(images, layers_by, strict=True)), options, pool=pool,
                                              cache=cache, progress=progress,
                                              destinations=(location,))  # fmt: skip
-            plans.append((stacks, images, index, name, location, closures))
+            plans.append((image_stacks, layers_by, images, index, name, location, closures))
         results: list[MultiBuildResult] = []
-        for stacks, images, index, name, location, closures in plans:
+        for image_stacks, layers_by, images, index, name, location, closures in plans:
             with open_sink(location, pool=pool, cache=cache) as sink:
                 write_index(list(zip(images, index_platforms, strict=True)), index, sink,
                             jobs=options.jobs, progress=progress)  # fmt: skip
-            results.append(_multi_result(name, index, bases, images, stacks, platforms, (location,), closures,
-                                         options, pool=pool, cache=cache, progress=progress))  # fmt: skip
+            results.append(_multi_result(name, index, bases, images, image_stacks, layers_by, platforms,
+                                         (location,), closures, options, pool=pool, cache=cache,
+                                         progress=progress))  # fmt: skip
         return results
 
 
@@ -1327,6 +1622,7 @@ def build_each(
     *,
     repo: str | Reference | None = None,
     output: str | Location | None = None,
+    roots: Sequence[Package] | None = None,
     options: BuildOptions | None = None,
     registry: RegistryOptions | None = None,
     cache: BlobCache | None = None,
@@ -1336,45 +1632,60 @@ def build_each(
     """Build one image per package (its dependencies as layers below it) in one run.
 
     ``packages`` is a dependency-ordered list such as :func:`load_packages` returns; every
-    package in it gets an image, tagged from the tag template in ``repo`` (pushed), or in the
-    OCI layout ``output`` (``oci:DIR``). Work is shared across the images: the base is
-    resolved once, each layer is built and compressed once, and each blob is HEAD-checked,
-    mounted or uploaded once; what remains per image is its config and manifest.
+    package in it gets an image (only the ``roots``, when given), tagged from the tag template
+    in ``repo`` (pushed), or in the OCI layout ``output`` (``oci:DIR``). Work is shared across
+    the images: the base is resolved once, each layer is built and compressed once, and each
+    blob is HEAD-checked, mounted or uploaded once; what remains per image is its config and
+    manifest. The layer budget (``options.max_layers``) is planned once for all the images,
+    so a group of dependencies is one blob wherever it is used (:mod:`imagesmith.budget`).
     """
     options = options or BuildOptions()
     cache = cache or BlobCache()
     repository, out = _each_targets(packages, repo, output)
+    tops = _each_tops(packages, roots)
     platform = options.platform or Platform.host()
     packages = [p.for_platform(platform) for p in packages]
+    # The plan covers every package's image, whichever are written: a group is then the same
+    # set (the same blob) whether a run writes all the images or some of them.
+    stacks = _each_stacks(packages, packages)
+    images = [t.key for t in tops]
     with _registry_pool(pool, registry) as pool:
         resolved = _single_base(pool, as_location(base), platform, options, progress)
         media_types = resolved.image.media_types
+        plan = plan_stacks(stacks, len(resolved.image.layers), options)
         push_to = repository if _early_uploads_allowed(options) else None
-        with _early_uploads(pool, push_to, progress) as uploads:
-            built = build_package_layers(packages, cache, media_types, options, progress, uploads)
-        by_key = {b.package.key: b for b in built}
+        uploaded: set[Digest] = set()
+        with _early_uploads(pool, push_to, progress, uploaded) as uploads:
+            built = build_package_layers(packages, cache, media_types, options, progress, uploads,
+                                         upload_only=single_layer_keys(plan, images))  # fmt: skip
+            by_key = {b.package.key: b for b in built}
+            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads,
+                                        images=images)  # fmt: skip
         created = _created()
-        plans: list[tuple[Image, Location, Reference | None, tuple[BuiltPackage, ...]]] = []
-        for item in built:
-            stack = _stack_of(item.package, by_key)
-            image = assemble(resolved, stack, cache, options, created)
+        plans: list[_EachPlan] = []
+        for top in tops:
+            stack = tuple(by_key[p.key] for p in stacks[top.key])
+            layers = stack_layers(plan, top.key, by_key, groups)
+            image = assemble(resolved, stack, cache, options, created, layers)
             tag = _rendered_tag(stack, options, platform)
             name, location = _each_location(repository, out, tag)
-            plans.append((image, location, name, stack))
-        check_trust_destinations(options, [location for _, location, _, _ in plans])
-        closures = check_runtime_closure([(image, stack) for image, _, _, stack in plans], options, pool=pool,
-                                         cache=cache, progress=progress,
-                                         destinations=[location for _, location, _, _ in plans])  # fmt: skip
+            plans.append((image, location, name, stack, layers))
+        wheres = [location for _, location, _, _, _ in plans]
+        check_trust_destinations(options, wheres)
+        closures = check_runtime_closure([(image, layers) for image, _, _, _, layers in plans], options,
+                                         pool=pool, cache=cache, progress=progress,
+                                         destinations=wheres)  # fmt: skip
         digests = write_images(
-            [(image, location) for image, location, _, _ in plans],
-            pool=pool, cache=cache, jobs=options.jobs, progress=progress,
+            [(image, location) for image, location, _, _, _ in plans],
+            pool=pool, cache=cache, jobs=options.jobs, progress=progress, present=uploaded,
         )  # fmt: skip
         results = []
-        for (image, where, name, stack), digest, closure in zip(plans, digests, closures, strict=True):
-            trust = attach_and_sign(name, image, str(digest), stack, resolved, (where,), options, pool=pool,
+        for plan_of, digest, closure in zip(plans, digests, closures, strict=True):
+            image, where, name, stack, layers = plan_of
+            trust = attach_and_sign(name, image, str(digest), layers, resolved, (where,), options, pool=pool,
                                     cache=cache, progress=progress)  # fmt: skip
             results.append(BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure,
-                                       *trust))  # fmt: skip
+                                       *trust, layers))  # fmt: skip
         return results
 
 

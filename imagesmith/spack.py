@@ -124,6 +124,11 @@ class SpackSpec:
     # Where it was read says nothing about what it is: the same spec read twice is equal.
     source: str = field(compare=False)
 
+    def document(self) -> Mapping[str, Any]:
+        """The spec as read, not copied (read-only: :meth:`to_json` gives a copy to edit). A
+        stack loads hundreds of specs of hundreds of nodes each: copying them all costs seconds."""
+        return {"_meta": {"version": self.format_version}, "nodes": self.nodes}
+
     def to_json(self) -> dict[str, Any]:
         """The spec as Spack writes it under the ``spec`` key: ``{"_meta": …, "nodes": […]}``."""
         return {
@@ -463,7 +468,7 @@ def _from_prefix(directory: Path) -> Package:
         depends=(),
         env=None,
         source=prefix_dir,
-        metadata={"spec": spec.to_json()},
+        metadata={"spec": spec.document()},
         spack=spec,
         spack_content=prefix_content(prefix_dir, spec),
     )
@@ -582,7 +587,7 @@ def tarball_package(
         depends=(),
         env=None,
         source=named,
-        metadata={"spec": spec.to_json()},
+        metadata={"spec": spec.document()},
         spack=spec,
         spack_content=SpackTarball(checksum),
         spack_cache=cache,

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -532,20 +532,27 @@ def run_parallel(call: Callable[[T], None], items: Sequence[T], jobs: int) -> No
 
 
 def write_image(
-    image: Image, sink: ImageSink, *, jobs: int = 4, progress: ProgressCallback = null_progress
+    image: Image,
+    sink: ImageSink,
+    *,
+    jobs: int = 4,
+    progress: ProgressCallback = null_progress,
+    present: Collection[Digest] = (),
 ) -> Digest:
     """Write ``image`` into ``sink`` and return its manifest digest.
 
     Layers go first (``jobs`` in parallel, each blob once), then the config, then the
     manifest under the sink's name. The caller commits the sink (see :func:`open_sink`).
+    ``present`` are blobs the caller knows the sink holds (it uploaded them in this run):
+    they are not even checked.
     """
-    _put_layers(sink, _distinct_layers([image]), jobs, progress)
+    _put_layers(sink, _distinct_layers([image], present), jobs, progress)
     return _put_documents(sink, image, top=True, progress=progress)
 
 
-def _distinct_layers(images: Sequence[Image]) -> list[Layer]:
-    """The layers of ``images`` in order, each blob once."""
-    seen: set[Digest] = set()
+def _distinct_layers(images: Sequence[Image], present: Collection[Digest] = ()) -> list[Layer]:
+    """The layers of ``images`` in order, each blob once, leaving out those ``present``."""
+    seen: set[Digest] = set(present)
     layers: list[Layer] = []
     for image in images:
         for layer in image.layers:
@@ -618,19 +625,21 @@ def write_images(
     cache: BlobCache,
     jobs: int = 4,
     progress: ProgressCallback = null_progress,
+    present: Collection[Digest] = (),
 ) -> list[Digest]:
     """Write several images that share blobs, doing each blob's work once per store.
 
     Every distinct layer blob going to the same registry repository or layout is HEAD-checked,
     mounted or uploaded once, all in parallel; then each image's config and manifest are
     written, images in parallel. Returns the manifest digests in the order of ``targets``.
-    Only registry and OCI-layout locations can be written this way.
+    Only registry and OCI-layout locations can be written this way. ``present`` are blobs the
+    caller knows every target holds (it uploaded them in this run): not even checked.
     """
     stores: dict[tuple[str, ...], list[int]] = {}
     for index, (_, location) in enumerate(targets):
         stores.setdefault(_store_key(location), []).append(index)
     for members in stores.values():
-        layers = _distinct_layers([targets[index][0] for index in members])
+        layers = _distinct_layers([targets[index][0] for index in members], present)
         with open_sink(targets[members[0]][1], pool=pool, cache=cache) as sink:
             _put_layers(sink, layers, jobs, progress)
 

@@ -16,6 +16,7 @@ from servers import (
     TokenIssuer,
     busybox_rootfs,
     install_hint,
+    overlay_available,
     tool_available,
 )
 from spackkit import SpackKit, kit_available, kit_directory, kit_hint
@@ -107,6 +108,19 @@ def podman(registry: DistributionRegistry) -> Iterator[Podman]:
     with Podman() as p:
         p.add_insecure_registry(registry.host)
         p.start_service()
+        yield p
+
+
+@pytest.fixture(scope="session")
+def podman_overlay(registry: DistributionRegistry) -> Iterator[Podman]:
+    """Like ``podman`` (without the API service), with the overlay storage driver: layers are
+    stacked by the kernel's overlayfs as production runtimes stack them, instead of vfs's full
+    copy of every layer (which makes deep images slow to run)."""
+    need_tool("podman")
+    need_tool("runc")
+    need(overlay_available(), "overlayfs cannot be mounted here (podman's overlay driver needs it, as root)")
+    with Podman(storage_driver="overlay") as p:
+        p.add_insecure_registry(registry.host)
         yield p
 
 

@@ -608,8 +608,13 @@ class Podman:
     ``--network host``.
     """
 
-    def __init__(self, workdir: Path | str | None = None, *, binary: str = PODMAN_BIN) -> None:
+    def __init__(
+        self, workdir: Path | str | None = None, *, binary: str = PODMAN_BIN, storage_driver: str = "vfs"
+    ) -> None:
         self.binary = binary
+        # vfs works everywhere but copies every layer whole; "overlay" stacks layers with the
+        # kernel's overlayfs, as production runtimes do (see overlay_available()).
+        self.storage_driver = storage_driver
         self._owns_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="imagesmith-podman-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -633,7 +638,8 @@ class Podman:
             f'network_config_dir = "{d / "networks"}"\n'
         )
         (d / "storage.conf").write_text(
-            f'[storage]\ndriver = "vfs"\ngraphroot = "{d / "root"}"\nrunroot = "{d / "runroot"}"\n'
+            f'[storage]\ndriver = "{storage_driver}"\n'
+            f'graphroot = "{d / "root"}"\nrunroot = "{d / "runroot"}"\n'
         )
         self._write_registries_conf()
 
@@ -686,7 +692,7 @@ class Podman:
             "--runroot",
             str(d / "runroot"),
             "--storage-driver",
-            "vfs",
+            self.storage_driver,
         ]
 
     def podman(
@@ -775,6 +781,24 @@ class Podman:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def overlay_available() -> bool:
+    """Whether this machine can mount overlayfs (as root, natively): podman's overlay driver
+    needs it. Tried once with a throwaway mount."""
+    with tempfile.TemporaryDirectory(prefix="imagesmith-overlay-") as tmp:
+        dirs = {name: Path(tmp, name) for name in ("lower", "upper", "work", "merged")}
+        for d in dirs.values():
+            d.mkdir()
+        options = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']}"
+        mounted = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", options, str(dirs["merged"])],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        if mounted.returncode != 0:
+            return False
+        subprocess.run(["umount", str(dirs["merged"])], capture_output=True, check=False)
+        return True
 
 
 # ----------------------------------------------------------------------- busybox

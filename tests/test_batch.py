@@ -125,12 +125,8 @@ def test_each_image_is_the_same_whatever_else_the_batch_holds(tmp_path: Path) ->
     second = package("y", ["b", "a"])  # lists its dependencies the other way round
     everything = load_packages([first, second])
 
-    class Built:
-        def __init__(self, p: object) -> None:
-            self.package = p
-
-    by_key = {p.key: Built(p) for p in everything}
+    by_key = {p.key: p for p in everything}
     for root in (first, second):
         alone = [p.name for p in load_packages([root])]
-        in_batch = [b.package.name for b in _stack_of(load_packages([root])[-1], by_key)]  # type: ignore[arg-type]
+        in_batch = [p.name for p in _stack_of(load_packages([root])[-1], by_key)]
         assert in_batch == alone

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cli_support import cli
 
-from imagesmith.cli import _command, _parser, _Progress, _registry_options, main
+from imagesmith.cli import _command, _emit_list, _parser, _Progress, _registry_options, main
 from imagesmith.errors import UsageError
 from imagesmith.progress import ProgressEvent
 
@@ -201,6 +201,11 @@ def test_makefile_command_writes_a_runnable_makefile(tmp_path: Path) -> None:
     assert listed.stdout.split() == ["libgreet-1.0", "hello-2.12"]
 
 
+def test_a_json_list_is_printed_one_element_at_a_time_as_json_dumps_would() -> None:
+    for data in ([], [{"a": 1, "b": [1, {"c": "x\ny"}]}], [{"a": 1}, {"b": {"c": [1, 2]}, "d": "  x\n"}]):
+        out = io.StringIO()
+        _emit_list(iter(data), out)
+        assert out.getvalue() == json.dumps(data, indent=2) + "\n"
 def test_inspect_escapes_what_the_image_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 14, item 8: Env, labels, annotations and history went to the terminal raw, so an
     image could clear the screen, retitle the window or hide text; --json stays exact JSON."""
