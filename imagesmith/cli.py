@@ -711,8 +711,9 @@ def _creds(args: argparse.Namespace) -> Credentials | None:
         password = getpass.getpass(f"Password for {username}: ")
     if not password:
         raise UsageError(f"--creds {username}: the password is empty")
-    args._creds_value = Credentials(username, password)
-    return args._creds_value
+    creds = Credentials(username, password)
+    args._creds_value = creds
+    return creds
 
 
 def _cache(args: argparse.Namespace) -> BlobCache:

@@ -292,12 +292,14 @@ class RegistrySource:
 
     def manifest(self, descriptor: Descriptor) -> RawManifest:
         ref = self._reference
-        response = self._pool.client(ref.registry).get_manifest(ref.repository, str(descriptor.digest), mirrors=True)
+        client = self._pool.client(ref.registry)
+        response = client.get_manifest(ref.repository, str(descriptor.digest), mirrors=True)
         return RawManifest(response.data, response.media_type or descriptor.media_type, response.digest)
 
     def read_blob(self, descriptor: Descriptor, max_size: int) -> bytes:
         ref = self._reference
-        return self._pool.client(ref.registry).get_blob_bytes(ref.repository, descriptor, max_size, mirrors=True)
+        client = self._pool.client(ref.registry)
+        return client.get_blob_bytes(ref.repository, descriptor, max_size, mirrors=True)
 
     def origin(self, descriptor: Descriptor) -> BlobOrigin:
         return RemoteOrigin(self._reference.registry, self._reference.repository)

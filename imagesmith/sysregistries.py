@@ -29,8 +29,8 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import sys
 import threading
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,11 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = [
     "CertsDir",
@@ -275,16 +280,20 @@ class RegistriesConf:
         entry = self.find(f"{registry}/{repository}" if repository else registry)
         return entry if entry is not None and entry.blocked else None
 
-    def pull_sources(self, registry: str, repository: str, *, by_digest: bool) -> list[PullSource]:
+    def pull_sources(self, registry: str, repository: str, *, by_digest: bool | None) -> list[PullSource]:
         """Where to pull ``registry/repository`` from, in order: the mirrors that may serve
         this pull (``pull-from-mirror``, ``mirror-by-digest-only``), then the location (the
-        prefix rewritten to it). ``[registry/repository]`` when no entry matches."""
+        prefix rewritten to it). ``[registry/repository]`` when no entry matches.
+        ``by_digest`` None is a blob, which every mirror may serve (it is content-addressed
+        and verified)."""
         name = f"{registry}/{repository}"
         entry = self.find(name)
         if entry is None:
             return [PullSource(registry, repository, False, False)]
         mirrors: list[Mirror] = []
-        if entry.mirror_by_digest_only:
+        if by_digest is None:
+            mirrors = list(entry.mirrors)
+        elif entry.mirror_by_digest_only:
             mirrors = list(entry.mirrors) if by_digest else []
         else:
             for mirror in entry.mirrors:
@@ -334,7 +343,9 @@ def _alias_value(name: str, value: Any, path: Path) -> str:
     text = value.strip()
     host, sep, repository = text.partition("/")
     if not sep or not repository or not ("." in host or ":" in host or host == "localhost"):
-        raise UsageError(f"{path}: alias {name!r} = {text!r} must name a registry host, e.g. docker.io/library/{name}")
+        raise UsageError(
+            f"{path}: alias {name!r} = {text!r} must name a registry host, e.g. docker.io/library/{name}"
+        )
     if "@" in repository or ":" in repository:
         raise UsageError(f"{path}: alias {name!r} = {text!r} must not carry a tag or digest")
     return text
@@ -343,9 +354,11 @@ def _alias_value(name: str, value: Any, path: Path) -> str:
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            doc: dict[str, Any] = tomllib.load(fh)
+            return doc
     except OSError as exc:
-        raise UsageError(f"cannot read registries configuration {path}: {exc.strerror or type(exc).__name__}") from None
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"cannot read registries configuration {path}: {reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"registries configuration {path} is not valid TOML: {exc}") from None
 
@@ -360,7 +373,9 @@ def _paths(env: Mapping[str, str]) -> tuple[Path, list[Path], bool]:
     override_dir = env.get("IMAGESMITH_REGISTRIES_CONF_DIR", "").strip()
     user_file = _home(env) / ".config" / "containers" / "registries.conf"
     user_dir = _home(env) / ".config" / "containers" / "registries.conf.d"
-    explicit = env.get("CONTAINERS_REGISTRIES_CONF", "").strip() or env.get("REGISTRIES_CONFIG_PATH", "").strip()
+    explicit = (
+        env.get("CONTAINERS_REGISTRIES_CONF", "").strip() or env.get("REGISTRIES_CONFIG_PATH", "").strip()
+    )
     if explicit:
         dirs = [Path(override_dir)] if override_dir else [SYSTEM_REGISTRIES_CONF_DIR, user_dir]
         return Path(explicit), dirs, True
@@ -478,6 +493,7 @@ def certs_dir_for(host: str, roots: Iterable[Path]) -> CertsDir | None:
                     )
                 pairs.append((directory / n, directory / key))
             elif n.endswith(".key") and n.removesuffix(".key") + ".cert" not in names:
-                raise UsageError(f"{directory / n}: key without its client certificate {n.removesuffix('.key')}.cert")
+                cert = n.removesuffix(".key") + ".cert"
+                raise UsageError(f"{directory / n}: key without its client certificate {cert}")
         return CertsDir(directory, cas, tuple(pairs))
     return None

@@ -117,14 +117,16 @@ def test_insecure_from_registries_conf(registry: DistributionRegistry, base: str
 
 
 def test_blocked_registry_is_refused(registry: DistributionRegistry, base: str, tmp_path: Path) -> None:
-    conf = f'[[registry]]\nprefix = "{registry.host}/base"\nlocation = "{registry.host}/base"\nblocked = true\n'
+    prefix = f"{registry.host}/base"
+    conf = f'[[registry]]\nprefix = "{prefix}"\nlocation = "{prefix}"\nblocked = true\n'
     env = _env(tmp_path, conf)
     code, out, err = cli("--insecure-registry", registry.host, "inspect", base, env=env)
     assert code != 0 and out == ""
     line = _one_error_line(err)
     assert "blocked by registries.conf" in line and str(tmp_path / "registries.conf") in line
     # Outside the blocked prefix the registry is used as usual.
-    code, _, err = cli("--insecure-registry", registry.host, "inspect", f"{registry.host}/other/none:1", env=env)
+    other = f"{registry.host}/other/none:1"
+    code, _, err = cli("--insecure-registry", registry.host, "inspect", other, env=env)
     assert code == 3 and "not found" in err
 
 
@@ -243,7 +245,7 @@ def test_drop_ins_and_user_file_precedence(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(UsageError, match="does not exist"):
         RegistriesConf.load({"CONTAINERS_REGISTRIES_CONF": str(tmp_path / "none.conf"), "HOME": str(home)})
     (tmp_path / "bad.conf").write_text("[[registry]\n")
-    with pytest.raises(UsageError, match="bad.conf is not valid TOML"):
+    with pytest.raises(UsageError, match=r"bad\.conf is not valid TOML"):
         RegistriesConf.from_files(tmp_path / "bad.conf")
 
 
@@ -261,12 +263,15 @@ def test_pull_sources_follow_the_spec(tmp_path: Path) -> None:
         '[[registry.mirror]]\nlocation = "m2.example.com/foo"\npull-from-mirror = "tag-only"\n'
     )
     conf = RegistriesConf.from_files(path)
-    by_tag = [(s.registry, s.repository) for s in conf.pull_sources("example.com", "foo/app", by_digest=False)]
+    sources = conf.pull_sources("example.com", "foo/app", by_digest=False)
+    by_tag = [(s.registry, s.repository) for s in sources]
     assert by_tag == [("m2.example.com", "foo/app"), ("internal.example.com", "bar/foo/app")]
     by_digest = [s.registry for s in conf.pull_sources("example.com", "foo/app", by_digest=True)]
     assert by_digest == ["m1.example.com", "internal.example.com"]
     assert [s.registry for s in conf.pull_sources("example.com", "other", by_digest=False)] == ["example.com"]
-    path.write_text('[[registry]]\nlocation = "x.io"\n[[registry.mirror]]\nlocation = "m.io"\npull-from-mirror = "some"\n')
+    path.write_text(
+        '[[registry]]\nlocation = "x.io"\n[[registry.mirror]]\nlocation = "m.io"\npull-from-mirror = "some"\n'
+    )
     with pytest.raises(UsageError, match="pull-from-mirror 'some'"):
         RegistriesConf.from_files(path)
 

@@ -508,7 +508,7 @@ class RegistryClient:
         """
         if mirrors:
             sources = self.pull_sources(repository, by_digest=":" in reference)
-            for client, repo, is_mirror in sources[:-1]:
+            for client, repo, _ in sources[:-1]:
                 try:
                     return client.get_manifest(repo, reference)
                 except ImagesmithError as exc:

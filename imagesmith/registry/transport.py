@@ -48,9 +48,9 @@ from imagesmith.errors import (
     RegistryUnreachableError,
     UsageError,
 )
+from imagesmith.sysregistries import RegistriesConf, certs_dir_for, certs_roots, default_registries_conf
 
 from .credentials import Credentials
-from imagesmith.sysregistries import RegistriesConf, certs_dir_for, certs_roots, default_registries_conf
 
 __all__ = [
     "RETRY_STATUSES",
