@@ -179,7 +179,7 @@ class RegistriesConf:
 
     registries: tuple[RegistryEntry, ...] = ()
     search: tuple[str, ...] | None = None
-    aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     sources: tuple[str, ...] = ()
 
     # -- loading

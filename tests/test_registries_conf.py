@@ -306,3 +306,17 @@ def test_certs_d_ca_makes_a_private_ca_registry_work(
     (host_dir / "client.cert").write_text("x")
     with pytest.raises(UsageError, match=r"client.cert: client certificate without its key client.key"):
         certs_dir_for(tls_registry.host, [tmp_path / "certs.d"])
+
+
+def test_insecure_https_registry_skips_certificate_checks(
+    tls_registry: DistributionRegistry, registry: DistributionRegistry, base: str, tmp_path: Path
+) -> None:
+    # registries.conf's insecure = true on an https registry: TLS without verification, as
+    # podman does (--insecure-registry would speak plain http to it and fail).
+    target = f"{tls_registry.host}/conf/unverified:1"
+    hosts = ("--insecure-registry", registry.host)
+    code, _, err = cli(*hosts, "copy", base, target, env=_env(tmp_path))
+    assert code == 3 and "certificate" in _one_error_line(err)
+    conf = f'[[registry]]\nlocation = "{tls_registry.host}"\ninsecure = true\n'
+    ok(*hosts, "copy", base, target, env=_env(tmp_path, conf))
+    assert target in ok("inspect", target, env=_env(tmp_path, conf))
