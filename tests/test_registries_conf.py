@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cli_support import HELLO, cli, ok
 from conftest import BASIC_USERS, need_tool
+from faultproxy import FaultProxy
 from servers import DistributionRegistry
 
 from imagesmith.errors import UsageError
@@ -138,29 +139,43 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionReg
         yield reg
 
 
+@pytest.fixture
+def proxy(mirror: DistributionRegistry) -> Iterator[FaultProxy]:
+    """A proxy in front of the mirror, counting the requests it sees."""
+    with FaultProxy(mirror.host) as p:
+        yield p
+
+
 def test_mirror_serves_the_base_image(
-    registry: DistributionRegistry, mirror: DistributionRegistry, base: str, tmp_path: Path
+    registry: DistributionRegistry, mirror: DistributionRegistry, proxy: FaultProxy, base: str, tmp_path: Path
 ) -> None:
     hosts = ("--insecure-registry", f"{registry.host},{mirror.host}")
     ok(*hosts, "copy", base, f"{mirror.host}/base/busybox:1", env=_env(tmp_path))
-    # The image is named on a registry nobody can reach; only its mirror has it.
+    # The image is named on a registry nobody can reach; only its mirror (behind a counting
+    # proxy) has it.
     conf = (
         '[[registry]]\nlocation = "unreachable.invalid"\n'
-        f'[[registry.mirror]]\nlocation = "{mirror.host}"\ninsecure = true\n'
+        f'[[registry.mirror]]\nlocation = "{proxy.host}"\ninsecure = true\n'
     )
     env = _env(tmp_path, conf)
     target = f"{registry.host}/conf/mirrored:1"
     out = ok(*hosts, "build", "--base-image", "unreachable.invalid/base/busybox:1", "--tag", target,
              "--json", HELLO, env=env)  # fmt: skip
     assert json.loads(out)["reference"].startswith(target)
+    assert proxy.count("GET", r"^/v2/base/busybox/manifests/1$") == 1
+    # The config at least (the layer may already be in the blob cache from the copy above).
+    assert proxy.count("GET", r"^/v2/base/busybox/blobs/sha256:") >= 1
     # Without registries.conf the same build cannot find its base.
     code, _, err = cli(*hosts, "build", "--base-image", "unreachable.invalid/base/busybox:1", "--tag", target,
                        HELLO, env=_env(tmp_path / "plain"))  # fmt: skip
     assert code == 3, err
-    # skopeo resolves the same mirror.
+    # skopeo reads the same file the same way (pointed at the mirror itself: the proxy keeps
+    # one of the several Accept headers skopeo sends).
     need_tool("skopeo")
+    direct = tmp_path / "direct.conf"
+    direct.write_text(conf.replace(proxy.host, mirror.host))
     run = subprocess.run(
-        ["skopeo", "--registries-conf", str(tmp_path / "registries.conf"), "inspect", "--no-tags",
+        ["skopeo", "--registries-conf", str(direct), "inspect", "--no-tags",
          "docker://unreachable.invalid/base/busybox:1"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
@@ -168,15 +183,18 @@ def test_mirror_serves_the_base_image(
 
 
 def test_mirror_down_falls_back_to_the_location(
-    registry: DistributionRegistry, base: str, tmp_path: Path
+    registry: DistributionRegistry, proxy: FaultProxy, base: str, tmp_path: Path
 ) -> None:
+    # The first mirror is down, the second does not have the image: the location serves it.
     conf = (
         f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n'
         '[[registry.mirror]]\nlocation = "127.0.0.1:1"\ninsecure = true\n'
+        f'[[registry.mirror]]\nlocation = "{proxy.host}/elsewhere"\ninsecure = true\n'
     )
     target = f"{registry.host}/conf/fallback:1"
     out = ok("build", "--base-image", base, "--tag", target, "--json", HELLO, env=_env(tmp_path, conf))
     assert json.loads(out)["reference"].startswith(target)
+    assert proxy.count("GET", r"^/v2/elsewhere/base/busybox/manifests/1$") == 1
 
 
 def test_mirror_is_not_used_for_pushes(
