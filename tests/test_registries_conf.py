@@ -122,7 +122,7 @@ def test_blocked_registry_is_refused(registry: DistributionRegistry, base: str, 
     conf = f'[[registry]]\nprefix = "{prefix}"\nlocation = "{prefix}"\nblocked = true\n'
     env = _env(tmp_path, conf)
     code, out, err = cli("--insecure-registry", registry.host, "inspect", base, env=env)
-    assert code != 0 and out == ""
+    assert code == 3 and out == ""
     line = _one_error_line(err)
     assert "blocked by registries.conf" in line and str(tmp_path / "registries.conf") in line
     # Outside the blocked prefix the registry is used as usual.
