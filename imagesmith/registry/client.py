@@ -445,15 +445,13 @@ class RegistryClient:
                                                    transport=self._transport)  # fmt: skip
         return self._own_peers[name]
 
-    def pull_sources(self, repository: str, by_digest: bool | None) -> list[tuple[RegistryClient, str, bool]]:
-        """``(client, repository, is_mirror)`` to try in order for a pull of ``repository``:
-        the ``registries.conf`` mirrors that may serve it, then the location. ``by_digest``
-        None is a blob (content-addressed: every mirror may serve it)."""
+    def pull_sources(self, repository: str, by_digest: bool | None) -> list[tuple[str, str]]:
+        """``(registry, repository)`` to try in order for a pull of ``repository``: the
+        ``registries.conf`` mirrors that may serve it, then the location. ``by_digest`` None
+        is a blob (content-addressed: every mirror may serve it)."""
         conf = self.options.registries_conf()
-        sources = conf.pull_sources(self.registry, repository, by_digest=by_digest)
-        if len(sources) == 1 and sources[0].registry == self.registry and sources[0].repository == repository:
-            return [(self, repository, False)]
-        return [(self._peer(s.registry), s.repository, s.mirror) for s in sources]
+        return [(s.registry, s.repository)
+                for s in conf.pull_sources(self.registry, repository, by_digest=by_digest)]  # fmt: skip
 
     def _request(
         self, method: str, url: str, scopes: frozenset[str], **kwargs: Any
@@ -508,14 +506,14 @@ class RegistryClient:
         """
         if mirrors:
             sources = self.pull_sources(repository, by_digest=":" in reference)
-            for client, repo, _ in sources[:-1]:
+            for registry, repo in sources[:-1]:
                 try:
-                    return client.get_manifest(repo, reference)
+                    return self._peer(registry).get_manifest(repo, reference)
                 except ImagesmithError as exc:
-                    log.info("mirror %s/%s failed (%s); trying the next source", client.registry, repo, exc)
-            client, repo, _ = sources[-1]
-            if client is not self or repo != repository:
-                return client.get_manifest(repo, reference)
+                    log.info("mirror %s/%s failed (%s); trying the next source", registry, repo, exc)
+            registry, repo = sources[-1]
+            if (normalise_registry(registry), repo) != (self.registry, repository):
+                return self._peer(registry).get_manifest(repo, reference)
         validate_repository(repository)
         ref, expected = self._manifest_ref(reference)
         shown = self._shown(repository, ref)
@@ -702,15 +700,15 @@ class RegistryClient:
     ) -> _ResumableStream:
         if mirrors:
             sources = self.pull_sources(repository, by_digest=None)
-            for client, repo, _ in sources[:-1]:
+            for registry, repo in sources[:-1]:
                 try:
-                    return client._open_stream(repo, descriptor, what, False)
+                    return self._peer(registry)._open_stream(repo, descriptor, what, False)
                 except ImagesmithError as exc:
                     log.info("mirror %s/%s failed for %s (%s); trying the next source",
-                             client.registry, repo, what, exc)  # fmt: skip
-            client, repo, _ = sources[-1]
-            if client is not self or repo != repository:
-                return client._open_stream(repo, descriptor, what, False)
+                             registry, repo, what, exc)  # fmt: skip
+            registry, repo = sources[-1]
+            if (normalise_registry(registry), repo) != (self.registry, repository):
+                return self._peer(registry)._open_stream(repo, descriptor, what, False)
         stream: _ResumableStream | None = None
         for foreign in descriptor.urls:
             try:
