@@ -174,8 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tag-template",
         metavar="TEMPLATE",
-        help="jinja2 template for the tag (default: '{{ name }}-{{ version }}-{{ hash }}.spack'; "
-        "variables: name, version, hash, os, arch)",
+        help="jinja2 template for the tag (default: NAME-VERSION-HASH.PLATFORM for one platform, e.g. "
+        "hello-2.12-HASH.linux-amd64; NAME-VERSION-HASH for an index; .spack for a Spack build-cache "
+        "entry; variables: name, version, hash, spack, platform, os, arch)",
     )
     p.add_argument(
         "--platform",
@@ -389,8 +390,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tag-template",
         metavar="TEMPLATE",
-        help="with --repo: jinja2 template for the tag (default: "
-        "'{{ name }}-{{ version }}-{{ hash }}.spack')",
+        help="with --repo: jinja2 template for the tag (default: NAME-VERSION-HASH, as an index of "
+        "`build --platform A,B` is tagged)",
     )
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob mounts (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -846,9 +846,16 @@ def _rendered_tag(built: Sequence[BuiltPackage], options: BuildOptions, platform
         version=top.package.version,
         hash=top.hash,
         spack=_spack_entry(built, options)[0],
+        platform=_platform_slug(platform),
         os=platform.os,
         arch=platform.architecture,
     )
+
+
+def _platform_slug(platform: Platform) -> str:
+    """``linux/arm64/v8`` -> ``linux-arm64-v8``: the platform a one-platform image's default tag
+    ends with, so that builds of one package on several machines never share a tag."""
+    return str(platform).lower().replace("/", "-")
 
 
 def target_reference(
@@ -1423,6 +1430,7 @@ def _multi_tag(
         name=top.package.name,
         version=top.package.version,
         hash=_index_hash([(p, b[-1].hash) for p, b in zip(platforms, built_by, strict=True)]),
+        platform="",  # an index: every platform under one tag
         os="-".join(oses),
         arch="-".join(p.architecture for p in platforms),
     )
