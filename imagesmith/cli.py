@@ -16,9 +16,7 @@ line (``imagesmith: error: ...``) and mapped to exit codes:
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import logging
 import os
 import re
 import shlex
@@ -30,13 +28,9 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
 from ._version import __version__
-from .budget import DEFAULT_MAX_LAYERS
-from .cache import BlobCache
-from .ci import DEFAULT_INSTALL, ENGINES, check_runners, pin_base, relative_base, render_pipeline
-from .closure import CHECK_MODES, ClosureError, ClosureReport
 from .errors import (
     DaemonError,
     ImagesmithError,
@@ -48,45 +42,30 @@ from .errors import (
     UnpackError,
     UsageError,
 )
-from .locations import RegistryLocation
-from .login import login, logout
-from .makefile import render_makefile
-from .merge import merge_images
-from .model import Platform
-from .packages import Package, load_package, load_packages
-from .pipeline import (
-    BuildOptions,
-    BuildResult,
-    ImportResult,
-    MultiBuildResult,
-    build,
-    build_each,
-    build_each_platforms,
-    build_platforms,
-    import_rootfs,
-    inspect,
-)
-from .platformmerge import merge_builds
-from .progress import ProgressEvent
-from .pull import pull
-from .references import parse_repository
-from .referrers import list_attachments
-from .registry.client import RegistryPool
-from .registry.credentials import registry_host
-from .registry.transport import RegistryOptions
-from .repoindex import INDEX_TAG, SPACK_INDEX_TAG, list_index, update_index
-from .sbom import SBOM_FILENAMES, SBOM_FORMATS
-from .server import DEFAULT_IDLE_TIMEOUT, RegistryServer
-from .signing import (
-    KEY_PASSWORD_ENV,
-    SigningKey,
-    generate_key,
-    key_is_encrypted,
-    load_signing_key,
-    sign_reference,
-)
-from .spackenv import load_environment
-from .transfer import copy_image
+
+if TYPE_CHECKING:
+    from .cache import BlobCache
+    from .closure import ClosureReport
+    from .model import Platform
+    from .packages import Package
+    from .pipeline import BuildResult, ImportResult, MultiBuildResult
+    from .progress import ProgressEvent
+    from .registry.transport import RegistryOptions
+    from .signing import SigningKey
+
+# `imagesmith --help`, `--version` and `completion` only build the parser: this module imports
+# the library (requests, cryptography, jinja2, the pipeline: 1 s) inside the commands that use
+# it, never at the top. The parser's defaults are copies of the library's constants, which
+# tests/test_cli_startup.py checks against the originals.
+DEFAULT_MAX_LAYERS = 125  # budget.DEFAULT_MAX_LAYERS
+CHECK_MODES = ("warn", "error", "off")  # closure.CHECK_MODES
+SBOM_FORMATS = ("spdx", "cyclonedx")  # sbom.SBOM_FORMATS
+KEY_PASSWORD_ENV = "IMAGESMITH_KEY_PASSWORD"  # noqa: S105 - signing.KEY_PASSWORD_ENV, a variable's name
+DEFAULT_IDLE_TIMEOUT = 60.0  # server.DEFAULT_IDLE_TIMEOUT
+INDEX_TAG = "index.imagesmith"  # repoindex.INDEX_TAG
+SPACK_INDEX_TAG = "index.spack"  # repoindex.SPACK_INDEX_TAG
+ENGINES = ("gitlab", "github")  # ci.ENGINES
+DEFAULT_INSTALL = f"pip install imagesmith=={__version__}"  # ci.DEFAULT_INSTALL
 
 __all__ = ["main"]
 
@@ -608,6 +587,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("registry", metavar="REGISTRY", help="HOST[:PORT]; docker.io for Docker Hub")
     _registry_args(p, "")
+
+    p = commands.add_parser(
+        "version",
+        help="show the version and the codecs in use (they decide layer digests)",
+        description="Print imagesmith's version, Python's, and the gzip and zstd codecs a build "
+        "would use now: the same tar compressed by another codec (isal or zlib, another version or "
+        "level) gives another layer digest. IMAGESMITH_GZIP=zlib|isal chooses the gzip codec.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh)",
+        description="Print the completion script of SHELL. bash: `source <(imagesmith completion "
+        "bash)` in ~/.bashrc; zsh: `source <(imagesmith completion zsh)` in ~/.zshrc.",
+    )
+    p.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
     return parser
 
 
@@ -652,10 +648,12 @@ def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
 
 
 def _platform(text: str | None) -> Platform | None:
+    from .model import Platform
     return Platform.parse(text) if text else None
 
 
 def _registry_options(args: argparse.Namespace) -> RegistryOptions:
+    from .registry.transport import RegistryOptions
     insecure = [*args.insecure_global, *getattr(args, "insecure", [])]
     hosts = [h.strip() for item in insecure for h in item.split(",") if h.strip()]
     ca = getattr(args, "ca_cert", None) or args.ca_cert_global
@@ -674,6 +672,7 @@ def _registry_options(args: argparse.Namespace) -> RegistryOptions:
 
 
 def _cache(args: argparse.Namespace) -> BlobCache:
+    from .cache import BlobCache
     path = getattr(args, "cache_dir", None) or args.cache_dir_global
     return BlobCache(Path(path) if path else None)
 
@@ -786,6 +785,7 @@ def _emit_list(objects: Iterable[dict[str, Any]], stdout: TextIO) -> None:
 
 def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr: TextIO) -> None:
     """One warning line per finding of the runtime-closure check (each once per run)."""
+    from .pipeline import MultiBuildResult
     seen: set[str] = set()
     for result in results:
         images = result.images if isinstance(result, MultiBuildResult) else (result,)
@@ -801,6 +801,7 @@ def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr:
 def _report_written(
     result: BuildResult | ImportResult | MultiBuildResult, stdout: TextIO, suffix: str = ""
 ) -> None:
+    from .pipeline import MultiBuildResult
     verb = "Pushed" if result.pushed else "Wrote"
     if isinstance(result, MultiBuildResult):
         print(f"{verb} {result.destination} ({result.digest}), an index of:", file=stdout)
@@ -815,6 +816,7 @@ def _report_written(
 
 def _platforms(text: str | None) -> list[Platform]:
     """``--platform`` of build: one platform, or a comma-separated list."""
+    from .model import Platform
     if text is None:
         return []
     parts = [part.strip() for part in text.split(",")]
@@ -826,6 +828,8 @@ def _platforms(text: str | None) -> list[Platform]:
 def _build_inputs(args: argparse.Namespace) -> tuple[list[Package], list[Package]]:
     """The packages of a build, dependencies first, and its roots (the packages named, or the
     environment's roots; only looked up for --each-root)."""
+    from .packages import load_package, load_packages
+    from .spackenv import load_environment
     if args.spack_env is not None:
         if args.packages:
             raise UsageError("give PACKAGEs or --spack-env DIR, not both")
@@ -849,6 +853,7 @@ def _print_notes(results: Sequence[BuildResult | MultiBuildResult], stream: Text
 
 
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .pipeline import BuildOptions, BuildResult, build, build_each, build_each_platforms, build_platforms
     platforms = _platforms(args.platform)
     if args.digestfile:
         # Its directory is made first, so a path that cannot be written fails before the build.
@@ -933,6 +938,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .pipeline import import_rootfs
     result = import_rootfs(
         args.rootfs,
         args.tag,
@@ -956,6 +962,8 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
 
 
 def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .pipeline import inspect
+    from .registry.client import RegistryPool
     if args.referrers:
         return _run_referrers(args, stdout)
     if args.artifact_type:
@@ -972,6 +980,9 @@ def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .model import Platform
+    from .registry.client import RegistryPool
+    from .transfer import copy_image
     platform: Platform | Literal["all"] | None = None
     if args.platform == "all":
         platform = "all"
@@ -996,6 +1007,10 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 
 def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .locations import RegistryLocation
+    from .merge import merge_images
+    from .platformmerge import merge_builds
+    from .registry.client import RegistryPool
     if args.tag_template is not None and args.repo is None:
         raise UsageError("--tag-template names the index with --repo: leave it out with --tag")
     jobs = max(1, args.jobs)
@@ -1014,6 +1029,7 @@ def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .pull import pull
     result = pull(
         args.reference,
         args.rootfs,
@@ -1039,6 +1055,7 @@ def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 
 def _run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from .server import RegistryServer
     host, sep, port_text = args.addr.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise UsageError(f"--addr {args.addr!r} must be HOST:PORT, e.g. 127.0.0.1:5000")
@@ -1095,10 +1112,41 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return _run_keygen(args, stdout)
     if args.command == "logout":
         return _run_logout(args, stdout)
+    if args.command == "version":
+        return _run_version(args, stdout)
+    if args.command == "completion":
+        return _run_completion(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
 
 
+def _run_version(args: argparse.Namespace, stdout: TextIO) -> int:
+    import platform
+
+    from .compression import codec_id, gzip_backend
+
+    gzip, zstd = codec_id("gzip"), codec_id("zstd")
+    backend = gzip_backend()
+    if args.json:
+        _emit({"version": __version__, "python": platform.python_version(),
+               "gzip": {"backend": backend, "codec": gzip}, "zstd": {"codec": zstd}}, stdout)  # fmt: skip
+        return 0
+    print(f"imagesmith {__version__} (Python {platform.python_version()})", file=stdout)
+    other = "zlib" if backend == "isal" else "isal"
+    print(f"gzip codec: {gzip} ({backend}; IMAGESMITH_GZIP={other} chooses {other})", file=stdout)
+    print(f"zstd codec: {zstd}", file=stdout)
+    return 0
+
+
+def _run_completion(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .completion import completion_script
+
+    stdout.write(completion_script(_parser(), args.shell))
+    return 0
+
+
 def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .referrers import list_attachments
+    from .registry.client import RegistryPool
     with RegistryPool(_registry_options(args)) as pool:
         subject, attachments = list_attachments(args.reference, pool=pool, artifact_type=args.artifact_type)
     if args.json:
@@ -1121,6 +1169,9 @@ def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
 
 def _key_password(path: str) -> str | None:
     """The password of an encrypted key: the environment, else a prompt on a terminal."""
+    import getpass
+
+    from .signing import key_is_encrypted
     if not key_is_encrypted(path):
         return None
     password = os.environ.get(KEY_PASSWORD_ENV)
@@ -1132,10 +1183,12 @@ def _key_password(path: str) -> str | None:
 
 
 def _signing_key(path: str) -> SigningKey:
+    from .signing import load_signing_key
     return load_signing_key(path, _key_password(path))
 
 
 def _write_sboms(result: BuildResult, directory: str | None) -> None:
+    from .sbom import SBOM_FILENAMES
     if directory is None:
         return
     if not result.sboms:
@@ -1152,6 +1205,8 @@ def _write_sboms(result: BuildResult, directory: str | None) -> None:
 
 
 def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .registry.client import RegistryPool
+    from .signing import sign_reference
     key = _signing_key(args.key)
     with RegistryPool(_registry_options(args)) as pool:
         signed = sign_reference(args.reference, key, pool=pool, cache=_cache(args), progress=progress)
@@ -1165,6 +1220,9 @@ def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 
 def _run_keygen(args: argparse.Namespace, stdout: TextIO) -> int:
+    import getpass
+
+    from .signing import generate_key
     public = args.public or f"{args.key}.pub"
     password = os.environ.get(KEY_PASSWORD_ENV) or None
     if args.encrypt and password is None:
@@ -1183,6 +1241,8 @@ def _run_keygen(args: argparse.Namespace, stdout: TextIO) -> int:
 
 def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
     """The username and password for ``login``: from the options, stdin or a prompt."""
+    import getpass
+
     interactive = sys.stdin is not None and sys.stdin.isatty()
     username: str = args.username or ""
     if not username:
@@ -1211,6 +1271,8 @@ def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
 
 
 def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from .login import login
+    from .registry.credentials import registry_host
     host = registry_host(args.registry)
     username, password = _login_secrets(args, stderr)
     where = login(host, username, password, options=_registry_options(args))
@@ -1219,6 +1281,8 @@ def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .login import logout
+    from .registry.credentials import registry_host
     host = registry_host(args.registry)
     if logout(host, options=_registry_options(args)):
         print(f"Removed credentials for {host}", file=stdout)
@@ -1228,6 +1292,9 @@ def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .references import parse_repository
+    from .registry.client import RegistryPool
+    from .repoindex import list_index, update_index
     repository = parse_repository(args.repo)
     jobs = max(1, args.jobs)
     with RegistryPool(_registry_options(args)) as pool:
@@ -1267,6 +1334,8 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_makefile(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .makefile import render_makefile
+    from .packages import load_packages
     packages = load_packages(args.packages, registry=_registry_options(args))
     options = _registry_options(args)
     flags: list[str] = []
@@ -1318,6 +1387,9 @@ def _runners(items: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _run_pipeline(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from .ci import check_runners, pin_base, relative_base, render_pipeline
+    from .packages import load_packages
+    from .registry.client import RegistryPool
     if args.engine not in ENGINES:
         raise UsageError(f"unknown CI engine {args.engine!r}: use {' or '.join(ENGINES)}")
     runners = _runners(args.runner)
@@ -1441,6 +1513,8 @@ def main(
     except SystemExit as exc:
         return int(exc.code or 0)
     if args.debug:
+        import logging
+
         handler = logging.StreamHandler(stderr)
         handler.setFormatter(logging.Formatter("imagesmith: %(name)s: %(message)s"))
         logger = logging.getLogger("imagesmith")
@@ -1449,6 +1523,8 @@ def main(
     try:
         return _run(args, stdout, stderr)
     except ImagesmithError as error:
+        from .closure import ClosureError
+
         if isinstance(error, ClosureError):
             # The message names the first finding; the others get a line each.
             for finding in error.report.findings[1:]:
@@ -1460,7 +1536,7 @@ def main(
         return 130
     finally:
         if args.debug:
-            logging.getLogger("imagesmith").handlers.clear()
+            logging.getLogger("imagesmith").handlers.clear()  # imported above, with --debug
 
 
 def entry_point() -> None:
