@@ -9,13 +9,19 @@ line (``imagesmith: error: ...``) and mapped to exit codes:
 2     bad usage or input: arguments, references, package files, templates
 3     registry: authentication, not found, unreachable, rate limited
 4     integrity: content that does not match its digest
+5     local file system: a path that cannot be read or written (permissions, a parent that
+      cannot be searched, standard output that cannot be written)
+6     no space left on the device (or quota exceeded) while writing
 130   interrupted
+141   standard output closed early (``imagesmith ... | head``): quiet, as for SIGPIPE
 ====  =========================================================================
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -28,11 +34,15 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO, cast
 
 from ._version import __version__
 from .errors import (
+    DISK_FULL_ERRNOS,
+    CacheError,
     DaemonError,
+    DiskFullError,
+    FileSystemError,
     ImagesmithError,
     IntegrityError,
     PackageError,
@@ -41,6 +51,7 @@ from .errors import (
     TemplateError,
     UnpackError,
     UsageError,
+    file_error,
 )
 
 if TYPE_CHECKING:
@@ -1492,24 +1503,109 @@ def _print_inspect(data: dict[str, Any], out: TextIO) -> None:
 
 
 def _exit_code(error: ImagesmithError) -> int:
+    """The exit code of ``error``'s category (the table at the top of this module)."""
+    if isinstance(error, DiskFullError) or _os_cause(error) in DISK_FULL_ERRNOS:
+        return 6  # before integrity: a layer cut short by a full disk is no corrupt layer
+    if isinstance(error, FileSystemError | CacheError):
+        return 5
     if isinstance(error, UsageError | ReferenceFormatError | PackageError | TemplateError):
         return 2
     if isinstance(error, RegistryError | DaemonError):
         return 3
     if isinstance(error, IntegrityError | UnpackError):
         return 4
+    if _os_cause(error) is not None:
+        return 5  # a layer or layout path that could not be read or written
     return 1
+
+
+def _os_cause(error: BaseException) -> int | None:
+    """The errno of the OSError ``error`` was raised while handling (``raise ... from None``
+    keeps it as the context), if any: the library's per-module errors name the path and the
+    cause in their message; this gives them the exit code of a local file-system failure."""
+    context = error.__context__
+    if isinstance(context, OSError) and not isinstance(context, ConnectionError):
+        return context.errno
+    return None
+
+
+class _OutputError(Exception):
+    """Writing standard output failed: a closed pipe (``| head``), a full disk (``> /dev/full``)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Output(io.TextIOBase):
+    """Standard output for the commands: a write or flush that fails raises :class:`_OutputError`,
+    told apart from the library's own OSErrors (which name their paths)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, s: str) -> int:
+        try:
+            return self.stream.write(s)
+        except OSError as exc:
+            raise _OutputError(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            raise _OutputError(exc) from None
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def close(self) -> None:
+        """Leave the stream open (and unflushed: main flushes it) when this wrapper goes away."""
+
+
+def _output_failed(error: OSError, stream: TextIO, stderr: TextIO) -> int:
+    """A closed pipe ends the command quietly with 141 (128 + SIGPIPE, what a shell reports for
+    `cmd | head` when cmd dies of SIGPIPE); any other failure is one line (5, or 6 for a full disk)."""
+    if stream is sys.stdout or stream is sys.__stdout__:
+        # What is left in the buffer would fail again when Python flushes it at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+    if isinstance(error, BrokenPipeError):
+        return 141
+    failure = file_error("write", None, error, "free space on the device it goes to" if error.errno in
+                         DISK_FULL_ERRNOS else "")  # fmt: skip
+    _say(f"imagesmith: error: {failure}", stderr)
+    return _exit_code(failure)
 
 
 def main(
     argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
     """Run the CLI with ``argv`` and return the exit code (callable from tests)."""
-    stdout = stdout or sys.stdout
+    stream = stdout or sys.stdout
     stderr = stderr or sys.stderr
+    out = _Output(stream)
+    try:
+        code = _main(argv, cast(TextIO, out), stderr)
+        out.flush()
+        return code
+    except _OutputError as failure:
+        return _output_failed(failure.error, stream, stderr)
+
+
+def _main(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        # --help and --version go to ``stdout`` too: argparse would swallow a failed write there.
+        with contextlib.redirect_stdout(stdout):
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     if args.debug:
@@ -1534,6 +1630,11 @@ def main(
     except KeyboardInterrupt:
         print("imagesmith: interrupted", file=stderr)
         return 130
+    except OSError as exc:
+        # The last resort for an OSError the library let through: one line, never a traceback.
+        failure = file_error("access", exc.filename, exc)
+        _say(f"imagesmith: error: {failure}", stderr)
+        return _exit_code(failure)
     finally:
         if args.debug:
             logging.getLogger("imagesmith").handlers.clear()  # imported above, with --debug

@@ -32,7 +32,7 @@ from .cache import BlobCache
 from .closure import CheckMode, ClosureReport, check_closure, closure_gate
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
-from .errors import PackageError, UsageError
+from .errors import PackageError, UsageError, file_error
 from .grouplayer import GroupMember, group_entries, group_record_key
 from .images import (
     BaseImage,
@@ -1747,7 +1747,11 @@ def import_rootfs(
     ``load`` work as for :func:`build` (an OCI layout output needs no network at all).
     """
     path = Path(rootfs)
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # a parent that cannot be searched
+        raise file_error("access", path, exc, "check the permissions of the directories above it") from None
+    if not found:
         raise UsageError(f"root filesystem {path} not found: give a directory or a tarball")
     out = check_output(repo=None, tag=tag, output=output, load=load)
     ref = _tag_reference(tag) if tag is not None else None
