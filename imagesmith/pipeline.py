@@ -293,6 +293,16 @@ def _push_target(
     return None
 
 
+def _probe_target(pool: RegistryPool, target: Reference | None) -> None:
+    """Fail fast when the registry pushed to cannot be reached: one ``GET /v2/``, not retried,
+    before any layer is built, so a dead registry (a wrong host or port, DNS, TLS) is reported
+    in a second or two rather than after minutes of archiving, with the error the push would
+    have raised. Credentials are checked where they are used (a new repository may refuse a
+    pull token before its first push)."""
+    if target is not None:
+        pool.client(target.registry).ping(retry=False)
+
+
 @contextmanager
 def _early_uploads(
     pool: RegistryPool,
@@ -1131,6 +1141,7 @@ def build(
     packages = [p.for_platform(platform) for p in packages]  # a missing content fails here
     top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, _push_target(out, tag or repo, load=load))
         resolved = _single_base(pool, base_location, platform, options, progress)
         media_types = resolved.image.media_types
         plan = plan_stacks({top: packages}, len(resolved.image.layers), options)
@@ -1282,6 +1293,7 @@ def build_platforms(
     per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
     top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, _push_target(out, tag or repo, load=False))
         bases, index_platforms = _platform_bases(pool, base_location, platforms, options, progress)
         media_types = bases[0].image.media_types
         # One plan for every platform (the deepest base decides), so a group is the same set
@@ -1587,6 +1599,7 @@ def build_each_platforms(
     # set (the same blob) whether a run writes all the images or some of them.
     stacks = _each_stacks(packages, packages)
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, repository)
         bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
         media_types = bases[0].image.media_types
         plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
@@ -1658,6 +1671,7 @@ def build_each(
     stacks = _each_stacks(packages, packages)
     images = [t.key for t in tops]
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, repository)
         resolved = _single_base(pool, as_location(base), platform, options, progress)
         media_types = resolved.image.media_types
         plan = plan_stacks(stacks, len(resolved.image.layers), options)
@@ -1760,6 +1774,7 @@ def import_rootfs(
     cache = cache or BlobCache()
     destinations = plan_destinations(ref, out, load=load, default_tag=None)
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, _push_target(out, ref, load=load))
         with _early_uploads(pool, _push_target(out, ref, load=load), progress) as uploads:
             blob, reused = content_layer(
                 path,
