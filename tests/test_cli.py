@@ -123,7 +123,8 @@ def test_import_of_a_non_tar_file(tmp_path: Path) -> None:
     not_tar = tmp_path / "hostname"
     not_tar.write_text("myhost\n")
     code, out, err = run(
-        "import", str(not_tar), "--tag", "127.0.0.1:1/x:1", "--cache-dir", str(tmp_path / "c")
+        # A layout, not a dead registry: that one is reported first, before any input is read.
+        "import", str(not_tar), "--output", f"oci:{tmp_path / 'out'}", "--cache-dir", str(tmp_path / "c")
     )
     assert code == 1 and out == ""
     assert f"{not_tar} is not a tar archive" in err
