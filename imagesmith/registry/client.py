@@ -484,11 +484,12 @@ class RegistryClient:
         return f"{self.registry}/{repository}{sep}{reference}"
 
     # -- API
-    def ping(self) -> None:
-        """``GET /v2/``: check the registry answers; a 401 only records its challenge."""
+    def ping(self, *, retry: bool = True) -> None:
+        """``GET /v2/``: check the registry answers; a 401 only records its challenge.
+        ``retry=False`` sends it once: a network failure is raised at once."""
         resp = self._transport.request(
             "GET", self._url("/v2/"), host=self.registry, expect=(200, 401),
-            prefix=f"checking {self.registry} is a registry",
+            prefix=f"checking {self.registry} is a registry", retry=retry,
         )  # fmt: skip
         challenge = resp.headers.get("WWW-Authenticate") if resp.status_code == 401 else None
         resp.close()
