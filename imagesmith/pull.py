@@ -189,7 +189,7 @@ def pull(
     _empty_target(target)
     cache = cache or BlobCache()
     owned = pool is None
-    pool = pool or RegistryPool(registry or RegistryOptions.from_env())
+    pool = pool or RegistryPool(registry)
     try:
         location = as_location(source)
         with open_source(location, pool) as src:
