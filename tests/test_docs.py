@@ -15,8 +15,8 @@ convention (docs/testing.md, "Docs that run"):
   same file are that value). Lines starting ``imagesmith:`` or ``Error:`` are standard error,
   the rest standard output, which must match whole (a command shown without output is not
   compared, only its exit status). A command exits 0 unless its expected
-  output shows an ``imagesmith: error:`` line, which must then be the whole of its standard
-  error: one line;
+  output shows an ``imagesmith: error:`` line (or ``$ echo $?``); that error is one line, the
+  last of its standard error;
 - HTML comments steer a block: ``<!-- docs-test: skip REASON -->`` (never run; the reason is
   listed by ``test_docs_skips_are_few_and_explained``), ``<!-- docs-test: setup`` ... ``-->``
   (hidden shell lines run before the next block), ``<!-- docs-test: python`` ... ``-->``
@@ -243,13 +243,19 @@ def console_commands(text: str) -> Iterator[tuple[str, list[str]]]:
         if line.startswith("$ "):
             if command is not None:
                 yield "\n".join(command), output
-            command, output = [line[2:]], []
+            command, output = [line[2:].rstrip()], []
         elif command is not None and command[-1].endswith("\\") and not output:
             command.append(line)
         elif command is not None:
             output.append(line)
     if command is not None:
         yield "\n".join(command), output
+
+
+def _trim(lines: list[str]) -> list[str]:
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
 
 
 def strip_comment(command: str) -> str:
@@ -266,7 +272,7 @@ def run_console(block: Block, session: Session) -> list[str]:
                 problems.append(f"exit code {last_code}, the doc says {output[0].strip()}")
             continue
         command = session.substitute(strip_comment(command))
-        expected = [session.substitute(line) for line in output]
+        expected = [session.substitute(line) for line in _trim(output)]
         ran = session.shell(command)
         last_code = ran.returncode
         err_expected = [line for line in expected if is_stderr_line(line)]
@@ -282,9 +288,11 @@ def run_console(block: Block, session: Session) -> list[str]:
             problems.append(f"succeeded, the doc shows it failing:\n{tell}")
             continue
         if fails and any(line.startswith("imagesmith: error:") for line in err_expected):
-            lines = ran.stderr.splitlines()
-            if len(lines) != 1:
-                problems.append(f"the error is {len(lines)} lines, not one:\n{tell}")
+            # One line, and the last: progress may come before it, nothing after it.
+            lines = [line for line in ran.stderr.splitlines() if line.strip()]
+            at = [i for i, line in enumerate(lines) if line.startswith("imagesmith: error:")]
+            if len(at) != 1 or at[0] != len(lines) - 1:
+                problems.append(f"the error is not one line, the last:\n{tell}")
                 continue
         if not expected:  # no output shown: the exit status is all there is to check
             continue
@@ -424,3 +432,21 @@ def test_expected_output_matching() -> None:
                        {}, whole=True) is not None  # fmt: skip
     assert match_lines(["a"], ["a", "b"], {}, whole=True) is not None
     assert match_lines(["a"], ["x", "a", "b"], {}, whole=False) is None
+
+
+def test_a_wrong_doc_fails(tmp_path: Path) -> None:
+    """The harness catches wrong output, a failing command, and an error of two lines."""
+    session = Session(tmp_path, {"PATH": os.environ["PATH"]}, [("reg.example/", "127.0.0.1:1/")])
+
+    def problems(text: str) -> list[str]:
+        return run_console(Block(tmp_path / "x.md", 1, "console", text), session)
+
+    assert problems("$ echo reg.example/a  # comment\n127.0.0.1:1/a\n") == []
+    assert problems("$ echo one\ntwo\n")
+    assert problems("$ false\n")
+    fail = "$ echo 'imagesmith: error: bad' >&2; exit 2\nimagesmith: error: bad\n$ echo $?\n"
+    assert problems(fail + "2\n") == []
+    assert problems(fail + "1\n")
+    two_lines = "$ printf 'imagesmith: error: bad\\nmore\\n' >&2; exit 2\nimagesmith: error: bad\n"
+    assert problems(two_lines)
+    assert problems("$ true\nimagesmith: error: bad\n")  # the doc shows a failure that does not happen
