@@ -50,21 +50,22 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
 
 # The doc's name -> the test's. Order matters: longer names first. {registry} is the test
-# registry's host:port, {base} the test base image (busybox for linux/amd64 and linux/arm64/v8,
-# an OCI index, pushed under the name below).
+# registry's host:port; everything the docs push goes under its docs/ namespace, apart from the
+# other tests' repositories. ubuntu:23.04 is the tests' busybox base (linux/amd64 and
+# linux/arm64/v8, an OCI index), pushed under BASE_NAME.
 SUBSTITUTIONS: list[tuple[str, str]] = [
-    ("ubuntu:23.04", "{registry}/library/ubuntu:23.04"),
-    ("https://registry.example/", "http://{registry}/"),
-    ("ghcr.io/acme/", "{registry}/acme/"),
-    ("registry.gitlab.com/acme/", "{registry}/acme/"),
-    ("registry.example.com/", "{registry}/"),
-    ("registry.example/", "{registry}/"),
-    ("reg.example/", "{registry}/"),
-    ("REG/", "{registry}/"),
+    ("ubuntu:23.04", "{registry}/docs/library/ubuntu:23.04"),
+    ("https://registry.example/v2/", "http://{registry}/v2/docs/"),
+    ("ghcr.io/acme/", "{registry}/docs/acme/"),
+    ("registry.gitlab.com/acme/", "{registry}/docs/acme/"),
+    ("registry.example.com/", "{registry}/docs/"),
+    ("registry.example/", "{registry}/docs/"),
+    ("reg.example/", "{registry}/docs/"),
+    ("REG/", "{registry}/docs/"),
     ("127.0.0.1:5000", "{registry}"),
     ("localhost:5000", "{registry}"),
 ]
-BASE_NAME = "{registry}/library/ubuntu:23.04"
+BASE_NAME = "{registry}/docs/library/ubuntu:23.04"
 DIRECTIVE = re.compile(r"^<!--\s*docs-test:\s*(\w[\w-]*)\s*(.*?)\s*(-->)?\s*$")
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 
