@@ -11,7 +11,7 @@ convention (docs/testing.md, "Docs that run"):
 - the names the docs use for registries and base images are mapped onto the test registry by
   ``SUBSTITUTIONS`` (applied to commands and expected output alike);
 - an expected output matches the real one modulo digests (``sha256:85a1…`` matches any
-  digest), ``…`` (anything) and ``<hash>`` (a package hash, captured: later ``<hash>`` of the
+  digest), a ``docker://`` before a reference, ``…`` (anything) and ``<hash>`` (a package hash, captured: later ``<hash>`` of the
   same file are that value). Lines starting ``imagesmith:`` or ``Error:`` are standard error,
   the rest standard output, which must match whole (a command shown without output is not
   compared, only its exit status). A command exits 0 unless its expected
@@ -181,6 +181,7 @@ def match_lines(
     lines in order among others); else what differs. A ``docker://`` before a printed
     reference is not compared: the docs show references without it."""
     actual = [a.rstrip().replace("docker://", "") for a in actual]
+    expected = [e.replace("docker://", "") for e in expected]
     if whole and len(expected) != len(actual):
         return f"expected {len(expected)} lines, got {len(actual)}"
     j = 0
