@@ -11,12 +11,12 @@ convention (docs/testing.md, "Docs that run"):
 - the names the docs use for registries and base images are mapped onto the test registry by
   ``SUBSTITUTIONS`` (applied to commands and expected output alike);
 - an expected output matches the real one modulo digests (``sha256:85a1…`` matches any
-  digest), a ``docker://`` before a reference, ``…`` (anything) and ``<hash>`` (a package hash, captured: later ``<hash>`` of the
-  same file are that value). Lines starting ``imagesmith:`` or ``Error:`` are standard error,
-  the rest standard output, which must match whole (a command shown without output is not
-  compared, only its exit status). A command exits 0 unless its expected
-  output shows an ``imagesmith: error:`` line (or ``$ echo $?``); that error is one line, the
-  last of its standard error;
+  digest), a ``docker://`` before a reference, ``…`` (anything) and ``<hash>`` (a package
+  hash, captured: later ``<hash>`` of the same file are that value). Lines starting
+  ``imagesmith:`` or ``Error:`` are standard error, the rest standard output, which must match
+  whole (a command shown without output is not compared, only its exit status). A command
+  exits 0 unless its expected output shows an ``imagesmith: error:`` line (or ``$ echo $?``);
+  that error is one line, the last of its standard error;
 - HTML comments steer a block: ``<!-- docs-test: skip REASON -->`` (never run; the reason is
   listed by ``test_docs_skips_are_few_and_explained``), ``<!-- docs-test: setup`` ... ``-->``
   (hidden shell lines run before the next block), ``<!-- docs-test: python`` ... ``-->``
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import ok
+from conftest import need_tool
 from servers import DistributionRegistry
 
 pytestmark = [pytest.mark.integration]
@@ -353,10 +354,13 @@ def docs_env(
     return env
 
 
-def _needs_podman(blocks: list[Block]) -> bool:
-    return any(
-        b.kind and not b.skip and re.search(r"^\$? ?(docker|podman) ", b.text, re.MULTILINE) for b in blocks
-    )
+# Programs the docs' examples call besides imagesmith (the Makefile installs them).
+TOOLS = ("docker", "podman", "make", "curl", "jq")
+
+
+def _tools(blocks: list[Block]) -> set[str]:
+    text = "\n".join(b.text for b in blocks if b.kind and not b.skip)
+    return {tool for tool in TOOLS if re.search(rf"(^(\$ )?|\|\s*|\$\(){tool}\s", text, re.MULTILINE)}
 
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -372,8 +376,11 @@ def test_doc_examples_run(
     runnable = [b for b in blocks if not b.skip]
     if not runnable:
         return
+    tools = _tools(runnable)
+    for tool in sorted(tools):
+        need_tool(tool)
     env = dict(docs_env)
-    if _needs_podman(runnable):
+    if tools & {"docker", "podman"}:
         podman = request.getfixturevalue("podman")
         env.update({k: v for k, v in podman.env().items() if k.startswith(("DOCKER_", "CONTAINERS_"))})
         env["REGISTRY_AUTH_FILE"] = podman.env()["REGISTRY_AUTH_FILE"]
