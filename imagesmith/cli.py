@@ -72,7 +72,7 @@ from .pull import pull
 from .references import parse_repository
 from .referrers import list_attachments
 from .registry.client import RegistryPool
-from .registry.credentials import registry_host
+from .registry.credentials import Credentials, registry_host
 from .registry.transport import RegistryOptions
 from .repoindex import INDEX_TAG, SPACK_INDEX_TAG, list_index, update_index
 from .sbom import SBOM_FILENAMES, SBOM_FORMATS
@@ -107,6 +107,21 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
         metavar="FILE",
         default=None,
         help="trust this CA bundle for TLS (also IMAGESMITH_CA_CERT)",
+    )
+    group.add_argument(
+        "--authfile",
+        dest=f"authfile{suffix}",
+        metavar="FILE",
+        default=None,
+        help="read credentials from this file only (docker config.json or podman auth.json; "
+        "login and logout write it)",
+    )
+    group.add_argument(
+        "--creds",
+        dest=f"creds{suffix}",
+        metavar="USER[:PASS]",
+        default=None,
+        help="use these credentials for every registry (PASS asked for on a terminal when missing)",
     )
     group.add_argument(
         "--credential-helper-timeout",
@@ -669,7 +684,36 @@ def _registry_options(args: argparse.Namespace) -> RegistryOptions:
     if helper_timeout is None:
         helper_timeout = args.helper_timeout_global
     overrides["credential_helper_timeout"] = helper_timeout
+    authfile = getattr(args, "authfile", None) or args.authfile_global
+    if authfile is not None:
+        overrides["auth_file"] = Path(authfile)
+    overrides["credentials"] = _creds(args)
     return RegistryOptions.from_env(**overrides)
+
+
+def _creds(args: argparse.Namespace) -> Credentials | None:
+    """``--creds USER[:PASS]``; the password is asked for (once) on a terminal when missing."""
+    text = getattr(args, "creds", None) or args.creds_global
+    if text is None:
+        return None
+    cached: Credentials | None = getattr(args, "_creds_value", None)
+    if cached is not None:
+        return cached
+    username, sep, password = text.partition(":")
+    if not username:
+        raise UsageError("--creds needs USER[:PASSWORD]: the user name is empty")
+    if not sep:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise UsageError(
+                f"--creds {username}: no password given and stdin is not a terminal: pass "
+                "--creds USER:PASSWORD, or --authfile FILE"
+            )
+        password = getpass.getpass(f"Password for {username}: ")
+    if not password:
+        raise UsageError(f"--creds {username}: the password is empty")
+    creds = Credentials(username, password)
+    args._creds_value = creds
+    return creds
 
 
 def _cache(args: argparse.Namespace) -> BlobCache:
@@ -1212,14 +1256,16 @@ def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
 def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     host = registry_host(args.registry)
     username, password = _login_secrets(args, stderr)
-    where = login(host, username, password, options=_registry_options(args))
+    options = _registry_options(args)
+    where = login(host, username, password, options=options, config_path=options.auth_file)
     print(f"Login succeeded for {host} (credentials in {where})", file=stdout)
     return 0
 
 
 def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
     host = registry_host(args.registry)
-    if logout(host, options=_registry_options(args)):
+    options = _registry_options(args)
+    if logout(host, options=options, config_path=options.auth_file):
         print(f"Removed credentials for {host}", file=stdout)
     else:
         print(f"No credentials stored for {host}", file=stdout)

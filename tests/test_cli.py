@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_support import cli
@@ -202,7 +203,12 @@ def test_makefile_command_writes_a_runnable_makefile(tmp_path: Path) -> None:
 
 
 def test_a_json_list_is_printed_one_element_at_a_time_as_json_dumps_would() -> None:
-    for data in ([], [{"a": 1, "b": [1, {"c": "x\ny"}]}], [{"a": 1}, {"b": {"c": [1, 2]}, "d": "  x\n"}]):
+    cases: list[list[dict[str, Any]]] = [
+        [],
+        [{"a": 1, "b": [1, {"c": "x\ny"}]}],
+        [{"a": 1}, {"b": {"c": [1, 2]}, "d": "  x\n"}],
+    ]
+    for data in cases:
         out = io.StringIO()
         _emit_list(iter(data), out)
         assert out.getvalue() == json.dumps(data, indent=2) + "\n"

@@ -155,7 +155,7 @@ def test_a_file_deleted_while_the_walk_runs_is_a_layer_error(
             victim.unlink()
         return contextlib.nullcontext(iter(entries))
 
-    monkeypatch.setattr(layerrecords.os, "scandir", vanishing)
+    monkeypatch.setattr(os, "scandir", vanishing)
     with pytest.raises(LayerError, match=r"bin/tool disappeared while the layer was built"):
         content_layer(prefix, "opt/x", BlobCache(tmp_path / "cache"), OCI)
 

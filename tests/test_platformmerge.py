@@ -59,7 +59,7 @@ def test_merged_builds_are_the_index_one_multi_platform_build_gives(
         merged = json.loads(
             ok(*flags(registry), "merge", "--json", "--repo", repo, *(f"{repo}@{d}" for d in digests))
         )
-        one_machine = ("--base-image", base, "--platform", ",".join(PLATFORMS))
+        one_machine: tuple[str, ...] = ("--base-image", base, "--platform", ",".join(PLATFORMS))
         one_machine += ("--repo", f"{registry.host}/all")
         whole = json.loads(ok(*flags(registry), "build", "--json", *one_machine, str(package)))
         assert merged["reference"] == f"{repo}:{whole['tag']}"

@@ -111,7 +111,7 @@ def installed_store(root: Path) -> Path:
     (``.spack-db/index.json``) records where each package is installed, which relocation needs.
     Returns the directory of the prefixes (the layout's ``linux-.../gcc-...``)."""
     shutil.copytree(FIXTURES / "store", root)
-    installs = {}
+    installs: dict[str, dict[str, Any]] = {}
     for spec_file in sorted(root.glob("*/*/*/.spack/spec.json")):
         for node_ in json.loads(spec_file.read_text())["spec"]["nodes"]:
             installs.setdefault(node_["hash"], {"spec": node_, "path": None, "installed": False})
@@ -655,10 +655,10 @@ def test_a_spack_build_goes_only_into_images_of_its_architecture(
     from imagesmith.model import Platform
     from imagesmith.spack import spec_architecture
 
-    extra = (
+    extra: dict[str, Any] = (
         {} if target is None else {"arch": {"platform": "linux", "platform_os": "debian12", "target": target}}
     )
-    prefix = make_prefix(tmp_path, spec_doc(node("tool", **extra)))
+    prefix = make_prefix(tmp_path, spec_doc(node("tool", (), **extra)))
     package = load_package(prefix)
     assert package.spack is not None
     found = spec_architecture(package.spack)
