@@ -16,10 +16,10 @@ TRIXIE_DEBS := podman skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsql
 
 # Real components the tests and the demo use (see docs/testing.md).
 SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apache2-utils openssl \
-	rsync git gcc g++ patchelf
+	rsync git gcc g++ patchelf make curl jq
 SYSTEM_FILES := /usr/bin/docker-registry /usr/bin/podman /usr/sbin/runc /usr/bin/skopeo \
 	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl /usr/bin/rsync /usr/bin/git \
-	/usr/bin/gcc /usr/bin/g++ /usr/bin/patchelf
+	/usr/bin/gcc /usr/bin/g++ /usr/bin/patchelf /usr/bin/make /usr/bin/curl /usr/bin/jq
 # Node tools the tests run, pinned by tests/npm/package-lock.json: gitlab-ci-local runs generated
 # GitLab pipelines for real (4.60.0 is the last release for Node 20). npm ci compiles its re2
 # module when no prebuilt binary can be downloaded: minutes, once; node's headers come from
@@ -28,11 +28,13 @@ NPM_DIR := tests/.data/npm
 GITLAB_CI_LOCAL := $(NPM_DIR)/node_modules/.bin/gitlab-ci-local
 NODE_HEADERS := $(if $(wildcard /usr/include/node/node_version.h),--nodedir=/usr)
 
-.PHONY: help demo test fuzz lint type check bench bench-deps docs clean system-deps venv node-deps
+.PHONY: help demo test test-slow test-all fuzz lint type check bench bench-deps docs clean system-deps venv node-deps
 
 help:
 	@echo "make demo    run the main job end to end on a throwaway local registry"
-	@echo "make test    run the test suite (installs what it needs)"
+	@echo "make test    run the test suite, the fast set (installs what it needs)"
+	@echo "make test-slow  the tests marked slow (fuzzing, memory bounds, Spack's kit, large stacks)"
+	@echo "make test-all   both (CI runs both)"
 	@echo "make fuzz    long property-based fuzzing run (IMAGESMITH_FUZZ=long)"
 	@echo "make lint    ruff;  make type  mypy --strict;  make check  all three"
 	@echo "make bench   benchmarks (results in .bench/; BENCH_SCALE=0.1 BENCH_RUNS=1 for a quick one)"
@@ -119,7 +121,18 @@ node-deps: $(GITLAB_CI_LOCAL)
 demo: system-deps venv
 	$(BIN)/python examples/demo.py
 
-test: system-deps venv $(BUSYBOX_ARM64) $(GITLAB_CI_LOCAL) $(SIGSTORE_TOOLS)
+# `make test` is the fast set: every real component, no test marked slow. `make test-slow` runs
+# the slow ones (fuzzing, memory bounds, Spack's kit, large stacks), `make test-all` everything;
+# .ci/run runs test and test-slow (docs/testing.md).
+TEST_DEPS := system-deps venv $(BUSYBOX_ARM64) $(GITLAB_CI_LOCAL) $(SIGSTORE_TOOLS)
+
+test: $(TEST_DEPS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(TEST_DEPS)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: $(TEST_DEPS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 fuzz: venv

@@ -272,7 +272,7 @@ def _registry_pool(pool: RegistryPool | None, registry: RegistryOptions | None) 
     if pool is not None:
         yield pool
         return
-    owned = RegistryPool(registry or RegistryOptions.from_env())
+    owned = RegistryPool(registry)
     try:
         yield owned
     finally:

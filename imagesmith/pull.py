@@ -195,7 +195,7 @@ def pull(
         raise file_error("access", target, exc, "check the permissions of the directories above it") from None
     cache = cache or BlobCache()
     owned = pool is None
-    pool = pool or RegistryPool(registry or RegistryOptions.from_env())
+    pool = pool or RegistryPool(registry)
     try:
         location = as_location(source)
         with open_source(location, pool) as src:

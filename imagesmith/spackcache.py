@@ -589,7 +589,7 @@ class SpackSources:
 
     def _registry_pool(self) -> RegistryPool:
         if self._pool is None:
-            self._owned = RegistryPool(self._registry or RegistryOptions.from_env())
+            self._owned = RegistryPool(self._registry)
             self._pool = self._owned
         return self._pool
 

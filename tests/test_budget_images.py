@@ -109,6 +109,7 @@ def test_history_and_manifest_agree(built: list[dict[str, object]], registry: Di
             assert f"{name}-1.0-" in entry["comment"]
 
 
+@pytest.mark.slow
 def test_grouped_images_run(built: list[dict[str, object]], stack: Stack, podman: Podman) -> None:
     for result in built:
         layers = layers_of(result)
@@ -141,6 +142,7 @@ def test_the_same_stack_gives_the_same_images(
     assert {(r["tag"], r["digest"]) for r in again} == {(r["tag"], r["digest"]) for r in built}
 
 
+@pytest.mark.slow
 def test_every_platform_gets_the_same_groups(
     registry: DistributionRegistry, multiarch_base: str, stack: Stack
 ) -> None:

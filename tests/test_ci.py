@@ -261,6 +261,7 @@ def wide(root: Path, count: int, *, prefix: str = "p") -> Path:
     return write_package(root, "top", leaves)
 
 
+@pytest.mark.slow
 def test_gitlab_job_needing_more_than_50_waits_for_the_stages_below(tmp_path: Path) -> None:
     fifty = load_packages([wide(tmp_path / "fifty", 50)])
     generated = render(fifty, "gitlab")
@@ -278,6 +279,7 @@ def test_gitlab_job_needing_more_than_50_waits_for_the_stages_below(tmp_path: Pa
     assert f"# Note: {generated.notes[0]}." in generated.text
 
 
+@pytest.mark.slow
 def test_github_groups_by_dependency_level_when_one_job_per_image_is_too_large(tmp_path: Path) -> None:
     """600 images at level 0 make a workflow over GitHub's 500 KB: matrix jobs of at most 256."""
     packages = load_packages([wide(tmp_path, 600)])

@@ -5,7 +5,8 @@ the one exception class documented for it, never a foreign one (``KeyError``,
 ``ValueError``, ``UnicodeDecodeError``, ``RecursionError``...), and that unpacking a
 mangled layer never writes outside its root.
 
-The normal suite runs a short profile (200 examples per property, about 10 s in all). Set
+Marked slow: ``make test-slow`` (and CI) runs a short profile (200 examples per property, about
+50 s in all on the shared 2-core machine); ``make test`` leaves it out. Set
 ``IMAGESMITH_FUZZ=long`` (``make fuzz``) for a long run.
 """
 
@@ -40,6 +41,8 @@ from imagesmith.model import ImageConfig, Index, Manifest, parse_manifest_docume
 from imagesmith.references import Reference
 from imagesmith.tarformat import read_members
 from imagesmith.unpack import UnpackPolicy, unpack_layer
+
+pytestmark = pytest.mark.slow
 
 settings.register_profile(
     "short",

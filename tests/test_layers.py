@@ -781,6 +781,7 @@ def _peak_rss_growth(warm_up: str, work: str, *args: str) -> int:
     return int(proc.stdout.strip())
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -810,6 +811,7 @@ def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
     assert growth < 100 << 20, f"peak RSS grew by {growth >> 20} MiB while streaming 200 MB"
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_for_members_at_the_deepest_path(tmp_path: Path) -> None:
     """Issue 14, item 1: ten members each 2,046 components deep (the most a PATH_MAX name
     allows) imply 20,000 parent directories of up to 4 KB each. Kept as full strings (index,

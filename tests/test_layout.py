@@ -364,6 +364,7 @@ def _add_tags(root: str, worker: int, count: int) -> None:
         layout.add_manifest(data, mt.OCI_MANIFEST, tag=f"w{worker}-{i}")
 
 
+@pytest.mark.slow
 def test_concurrent_writers_never_lose_a_tag(layout: OCILayout) -> None:
     workers, count = 4, 6
     ctx = multiprocessing.get_context("spawn")
@@ -420,6 +421,7 @@ def _write_and_wait(root: str, started: Any, finish: Any) -> None:
         finish.wait(60)
 
 
+@pytest.mark.slow
 def test_the_next_write_removes_a_killed_writers_temp_file_but_never_a_live_one(
     layout: OCILayout, tmp_path: Path
 ) -> None:

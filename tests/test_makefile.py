@@ -454,6 +454,7 @@ def test_running_make_elsewhere_says_where_to_run_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_make_builds_and_pushes_the_example_stack(
     registry: DistributionRegistry,
     base: str,

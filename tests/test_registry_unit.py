@@ -1368,3 +1368,16 @@ def test_chunked_upload_with_wrong_content_is_stopped_before_the_last_byte(fake:
         make_client(fake, chunk_size=3).upload_blob(
             "r", Digest.of(b"expected"), 8, lambda: io.BytesIO(b"tampered"))
     assert len(store) < 8 and fake.count("PUT") == 0
+
+
+def test_a_pool_without_options_reads_the_environment_as_build_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/index.md's `with RegistryPool() as pool:` against a plain-http registry: the
+    environment's IMAGESMITH_INSECURE_REGISTRY and IMAGESMITH_CA_CERT apply, as for build()."""
+    monkeypatch.setenv("IMAGESMITH_INSECURE_REGISTRY", "127.0.0.1:5000, other.example")
+    monkeypatch.setenv("IMAGESMITH_CA_CERT", "/etc/ssl/ca.pem")
+    with RegistryPool() as pool:
+        assert pool.options == RegistryOptions.from_env()
+        assert pool.options.scheme("127.0.0.1:5000") == "http"
+        assert pool.options.ca_cert == Path("/etc/ssl/ca.pem")
+    explicit = RegistryOptions(insecure=frozenset({"a.example"}))
+    assert RegistryPool(explicit).options is explicit  # given options win whole

@@ -741,6 +741,7 @@ def test_policy_validation() -> None:
         UnpackPolicy(max_bytes=-1)
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_for_a_huge_member(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

@@ -384,7 +384,9 @@ class RegistryClient:
         peers: Callable[[str], RegistryClient] | None = None,
     ) -> None:
         self.registry = normalise_registry(registry)
-        self.options = options or (transport.options if transport else RegistryOptions())
+        # No options: the environment's (IMAGESMITH_INSECURE_REGISTRY, IMAGESMITH_CA_CERT, ...),
+        # read in one place, RegistryOptions.from_env, as build() and the CLI read them.
+        self.options = options or (transport.options if transport else RegistryOptions.from_env())
         self.api_host = DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
         self._check_blocked("")
         self._owns_transport = transport is None
@@ -1036,7 +1038,8 @@ class RegistryClient:
 
 class RegistryPool:
     """One :class:`RegistryClient` per registry, sharing connections and the credential
-    store, so tokens are reused for the whole run."""
+    store, so tokens are reused for the whole run. Without ``options``, they come from the
+    environment (:meth:`RegistryOptions.from_env`), as for :func:`imagesmith.build`."""
 
     def __init__(
         self,
@@ -1045,7 +1048,9 @@ class RegistryPool:
         *,
         transport: Transport | None = None,
     ) -> None:
-        self.options = options or (transport.options if transport else RegistryOptions())
+        # No options: the environment's (IMAGESMITH_INSECURE_REGISTRY, IMAGESMITH_CA_CERT, ...),
+        # read in one place, RegistryOptions.from_env, as build() and the CLI read them.
+        self.options = options or (transport.options if transport else RegistryOptions.from_env())
         self.credentials = credentials or _credential_store(self.options)
         # A caller-supplied transport is the seam tests use to replay recorded exchanges;
         # auth, redirect and TLS policy stay above it and are exercised for real.
