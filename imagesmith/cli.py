@@ -16,22 +16,22 @@ line (``imagesmith: error: ...``) and mapped to exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
 import os
 import re
 import shlex
-import shutil
 import signal
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TextIO
+from typing import Any, Literal, TextIO
 
+from . import cancel
 from ._version import __version__
 from .budget import DEFAULT_MAX_LAYERS
 from .cache import BlobCache
@@ -67,7 +67,7 @@ from .pipeline import (
     inspect,
 )
 from .platformmerge import merge_builds
-from .progress import ProgressEvent
+from .progressview import ProgressView as _Progress
 from .pull import pull
 from .references import parse_repository
 from .referrers import list_attachments
@@ -124,6 +124,11 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
         default=None,
         help="blob cache directory (also IMAGESMITH_CACHE_DIR; default: the user cache dir)",
     )
+
+
+def _quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress on stderr; print only the digest of what was written")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -256,6 +261,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"sign the pushed image with this ECDSA P-256 private key ({KEY_PASSWORD_ENV} or a prompt)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     p.add_argument(
         "--digestfile",
         metavar="FILE",
@@ -346,6 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     _registry_args(p, "")
     p = commands.add_parser(
         "copy",
@@ -365,6 +372,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--docker-host", metavar="URL", help="daemon for docker-daemon: (default DOCKER_HOST)")
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob copies (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -394,6 +402,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob mounts (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -412,6 +421,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="for an index (default: this machine's)")
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel downloads (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -677,63 +687,6 @@ def _cache(args: argparse.Namespace) -> BlobCache:
     return BlobCache(Path(path) if path else None)
 
 
-class _Progress:
-    """A live status line on a terminal; silent otherwise so output stays parseable.
-
-    ``layer-progress`` events redraw one line in place (at most ten times a second); every
-    other event is printed as a finished line.
-    """
-
-    WORDS: ClassVar[dict[str, str]] = {
-        "resolve": "resolved",
-        "layer-built": "built layer",
-        "layer-reused": "reused layer",
-        "blob-exists": "already there",
-        "blob-mounted": "mounted",
-        "blob-uploaded": "uploaded",
-        "blob-fetched": "fetched",
-        "manifest-pushed": "pushed manifest",
-    }
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self._active: dict[str, int] = {}
-        self._last_draw = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            if event.kind == "layer-progress":
-                self._active[event.subject] = event.size
-                now = time.monotonic()
-                if now - self._last_draw >= 0.1:
-                    self._last_draw = now
-                    self._draw()
-                return
-            if event.kind in ("layer-built", "layer-reused"):
-                self._active.pop(event.subject, None)
-            subject = event.subject[:19] if event.subject.startswith("sha256:") else event.subject
-            size = f" ({_human(event.size)})" if event.size else ""
-            self._clear()
-            line = f"  {self.WORDS.get(event.kind, event.kind):<16} {subject}{size}"
-            print(line, file=self.stream, flush=True)
-            if self._active:
-                self._draw()
-
-    def _draw(self) -> None:
-        parts = [f"{name} {_human(done)}" for name, done in self._active.items()]
-        width = shutil.get_terminal_size((80, 20)).columns - 1
-        text = ("  archiving        " + ", ".join(parts))[:width]
-        self.stream.write("\r\x1b[K" + text)
-        self.stream.flush()
-
-    def _clear(self) -> None:
-        self.stream.write("\r\x1b[K")
-
-
 # C0 controls, DEL, C1 controls, and lone surrogates: those from U+DC80 stand for bytes that
 # were not UTF-8 (names from an old image, decoded with surrogateescape); any other comes from
 # a JSON "\\udXXX" escape in a config. None of them can be printed as they are.
@@ -896,6 +849,8 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         _closure_warnings(results, progress.stream)
         if args.json:
             _emit_list((r.to_json() for r in results), stdout)
+        elif args.quiet:
+            print("\n".join(r.digest for r in results), file=stdout)
         else:
             for written in results:
                 _report_written(written, stdout)
@@ -920,6 +875,8 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         _write_output(result.digest + "\n", Path(args.digestfile), stdout)
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         _report_written(result, stdout)
         if isinstance(result, BuildResult):
@@ -949,6 +906,8 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
     )
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         _report_written(result, stdout, f" for {result.platform}")
     return 0
@@ -989,6 +948,8 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
         )
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         print(f"Copied {result.source} -> {result.destination} ({result.digest})", file=stdout)
     return 0
@@ -1006,6 +967,8 @@ def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             result = merge_images(args.sources, args.tag, pool=pool, progress=progress, jobs=jobs)
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         print(f"Pushed {RegistryLocation(result.reference)} ({result.digest})", file=stdout)
         print(f"Platforms: {', '.join(result.platforms)}", file=stdout)
@@ -1025,6 +988,8 @@ def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
     )
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         stats = result.stats
         _say(
@@ -1062,8 +1027,7 @@ def _run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    progress = _Progress(stderr)
+def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, progress: _Progress) -> int:
     if args.command == "build":
         return _run_build(args, stdout, progress)
     if args.command == "import":
@@ -1428,6 +1392,26 @@ def _exit_code(error: ImagesmithError) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def _interrupts() -> Iterator[None]:
+    """Ctrl-C (SIGINT) stops the work at once: the handler tells every worker thread to stop
+    (:func:`imagesmith.cancel.interrupt`) and raises :class:`KeyboardInterrupt` in the main
+    thread, which only waits for them to clean up. Only the main thread can set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        cancel.interrupt()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(
     argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
@@ -1445,9 +1429,13 @@ def main(
         logger = logging.getLogger("imagesmith")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+    progress = _Progress(stderr, quiet=bool(getattr(args, "quiet", False)))
+    cancel.reset()
     try:
-        return _run(args, stdout, stderr)
+        with _interrupts():
+            return _run(args, stdout, stderr, progress)
     except ImagesmithError as error:
+        progress.close()
         if isinstance(error, ClosureError):
             # The message names the first finding; the others get a line each.
             for finding in error.report.findings[1:]:
@@ -1455,9 +1443,12 @@ def main(
         _say(f"imagesmith: error: {error}", stderr)
         return _exit_code(error)
     except KeyboardInterrupt:
+        # Every worker has stopped by now (cancel.interrupt), each cleaning up after itself.
+        progress.close()
         print("imagesmith: interrupted", file=stderr)
         return 130
     finally:
+        progress.close()
         if args.debug:
             logging.getLogger("imagesmith").handlers.clear()
 

@@ -25,6 +25,7 @@ import requests
 import requests.utils
 import urllib3.exceptions
 
+from imagesmith import cancel
 from imagesmith.digests import CHUNK, Digest, Hasher, VerifyingReader
 from imagesmith.errors import (
     ImagesmithError,
@@ -111,6 +112,7 @@ class _ResumableStream:
     def read(self, n: int = -1) -> bytes:
         want = CHUNK if n is None or n < 0 else n
         while True:
+            cancel.check()
             if self._resp is None:
                 return b""
             try:
@@ -164,7 +166,11 @@ class _ResumableStream:
 
 class RequestBody:
     """A streamed request body: ``read`` gives the bytes, ``__len__`` their count (so requests
-    sends ``Content-Length``), and iteration hands them to the connection in CHUNK pieces."""
+    sends ``Content-Length``), and iteration hands them to the connection in CHUNK pieces.
+
+    Subclasses call :func:`imagesmith.cancel.check` in ``read``: an interrupted upload stops
+    within one piece (the connection reads the body in small blocks) once the body's grace
+    (:data:`imagesmith.cancel.BODY_GRACE`) is over."""
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -174,6 +180,7 @@ class RequestBody:
 
     def __iter__(self) -> Iterator[bytes]:
         while data := self.read(CHUNK):
+            cancel.check(cancel.BODY_GRACE)
             yield data
 
 
@@ -201,6 +208,7 @@ class _UploadBody(RequestBody):
         return self._size
 
     def read(self, n: int = -1) -> bytes:
+        cancel.check(cancel.BODY_GRACE)
         remaining = self._size - self._hasher.size
         if remaining <= 0:
             return b""
@@ -340,6 +348,7 @@ class _UploadSlice(RequestBody):
         return self._length
 
     def read(self, n: int = -1) -> bytes:
+        cancel.check(cancel.BODY_GRACE)
         remaining = self._length - self._sent
         if remaining <= 0:
             return b""
@@ -723,6 +732,10 @@ class RegistryClient:
                         lambda: _UploadBody(open_body(), size, digest, what),
                     )  # fmt: skip
                 return
+            except KeyboardInterrupt:
+                # Ctrl-C (or cancel.interrupt) mid-upload: drop the session, not just the connection.
+                self.cancel_upload(session)
+                raise
             except _RestartUpload as restart:
                 error: RegistryError = restart.error
             except RegistryError as exc:

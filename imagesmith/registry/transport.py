@@ -36,6 +36,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from imagesmith import cancel
 from imagesmith._version import __version__
 from imagesmith.errors import (
     AuthenticationError,
@@ -521,11 +522,12 @@ class Transport:
     """One HTTP session with the registry rules applied (see the module docstring).
 
     Thread-safe for concurrent requests. ``sleep`` is the function used to wait between
-    retries (tests pass a recorder).
+    retries (tests pass a recorder; the default returns early, raising, on
+    :func:`imagesmith.cancel.interrupt`).
     """
 
     def __init__(
-        self, options: RegistryOptions | None = None, *, sleep: Callable[[float], None] = time.sleep
+        self, options: RegistryOptions | None = None, *, sleep: Callable[[float], None] = cancel.wait
     ) -> None:
         self.options = options or RegistryOptions()
         self.sleep = sleep
@@ -681,10 +683,15 @@ class Transport:
         ``plain_http_hint`` is the advice when ``url`` is https but the server speaks plain
         http, for a URL a server named (``--insecure-registry``, the default advice, only
         changes the URLs imagesmith builds itself).
+
+        Once :func:`imagesmith.cancel.interrupt` was called, every request but a ``DELETE``
+        (cancelling an upload session) raises :class:`~imagesmith.cancel.Interrupted` instead.
         """
         attempt = 0
         auth_retried = False
         while True:
+            if method != "DELETE":
+                cancel.check()
             try:
                 resp, fresh, sent = self._send_chain(
                     method, url, headers or {}, body, scopes, auth, auth_origin, follow_redirects,
