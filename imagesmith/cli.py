@@ -1429,7 +1429,7 @@ def main(
         logger = logging.getLogger("imagesmith")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
-    progress = _Progress(stderr, quiet=bool(getattr(args, "quiet", False)))
+    progress = _Progress.for_cli(stderr, quiet=bool(getattr(args, "quiet", False)))
     cancel.reset()
     try:
         with _interrupts():

@@ -4,13 +4,15 @@ On a terminal: finished steps scroll as lines, and below them a live block is re
 place (at most ten times a second): one line per layer being archived, uploaded, downloaded
 or unpacked (bytes done of the total, percentage, rate, time left), and an overall line.
 Without a terminal (CI logs): the same finished-step lines, and for a step that takes long
-one plain line every ``interval`` seconds; no escape sequences. ``quiet``: nothing.
+one plain line every ``interval`` seconds (``IMAGESMITH_PROGRESS_INTERVAL``, default 3; 0
+reports every MiB); no escape sequences. ``quiet``: nothing.
 
 Only the standard library, so ``imagesmith --version`` pays nothing for it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -21,7 +23,9 @@ from typing import ClassVar, TextIO
 
 from .progress import PROGRESS_KINDS, ProgressEvent
 
-__all__ = ["ProgressView", "human_bytes", "human_duration"]
+__all__ = ["INTERVAL_ENV", "ProgressView", "human_bytes", "human_duration"]
+
+INTERVAL_ENV = "IMAGESMITH_PROGRESS_INTERVAL"
 
 # How far back the rate looks: long enough to be steady, short enough to follow a change.
 _WINDOW = 3.0
@@ -148,6 +152,15 @@ class ProgressView:
         self._last_draw = 0.0
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_cli(cls, stream: TextIO, *, quiet: bool = False) -> ProgressView:
+        """The CLI's view: ``interval`` from :data:`INTERVAL_ENV` when it holds a number."""
+        try:
+            interval = max(0.0, float(os.environ.get(INTERVAL_ENV, "")))
+        except ValueError:
+            interval = 3.0
+        return cls(stream, quiet=quiet, interval=interval)
+
     @property
     def enabled(self) -> bool:
         """Whether anything is shown (not ``quiet``)."""
@@ -226,11 +239,19 @@ class ProgressView:
             return
         self._last_draw = now
         lines = self._block(now)
-        width = self._width or shutil.get_terminal_size((100, 20)).columns
+        width = self._width or self._columns()
         text = "".join(line[: width - 1] + "\n" for line in lines)
         self.stream.write((self._erase() if self._drawn else "") + text)
         self.stream.flush()
         self._drawn = len(lines)
+
+    def _columns(self) -> int:
+        """The stream's terminal width: a line that wrapped would break the redraw (the cursor
+        moves up by lines), so the terminal's own size wins over ``COLUMNS``."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            return shutil.get_terminal_size((100, 20)).columns
 
     def _block(self, now: float) -> list[str]:
         tasks = sorted(self._tasks.values(), key=lambda t: (t.started, t.kind))
