@@ -29,7 +29,7 @@ import textwrap
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from . import cancel
 from ._version import __version__
@@ -67,7 +67,6 @@ from .pipeline import (
     inspect,
 )
 from .platformmerge import merge_builds
-from .progressview import ProgressView as _Progress
 from .pull import pull
 from .references import parse_repository
 from .referrers import list_attachments
@@ -87,6 +86,9 @@ from .signing import (
 )
 from .spackenv import load_environment
 from .transfer import copy_image
+
+if TYPE_CHECKING:
+    from .progressview import ProgressView as _Progress
 
 __all__ = ["main"]
 
@@ -1429,7 +1431,9 @@ def main(
         logger = logging.getLogger("imagesmith")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
-    progress = _Progress.for_cli(stderr, quiet=bool(getattr(args, "quiet", False)))
+    from .progressview import ProgressView  # here: `imagesmith --version` does not import it
+
+    progress = ProgressView.for_cli(stderr, quiet=bool(getattr(args, "quiet", False)))
     cancel.reset()
     try:
         with _interrupts():

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from cli_support import cli
 
-from imagesmith.cli import _command, _emit_list, _parser, _Progress, _registry_options, main
+from imagesmith.cli import _command, _emit_list, _parser, _registry_options, main
 from imagesmith.errors import UsageError
 from imagesmith.progress import ProgressEvent
+from imagesmith.progressview import ProgressView as _Progress
 
 
 class Tty(io.StringIO):

@@ -57,7 +57,8 @@ class Pane:
             "trap : INT\nunset IMAGESMITH_PROGRESS_INTERVAL\n" + exports + f"cd {shlex.quote(str(workdir))}\n"
             + shlex.join(command) + '\necho "EXIT=$? AT=$(date +%s.%N)"\nsleep 600\n'
         )  # fmt: skip
-        self._tmux("new-session", "-d", "-s", "main", "-x", "120", "-y", "40", f"sh {shlex.quote(str(script))}")
+        size = ("-x", "120", "-y", "40")
+        self._tmux("new-session", "-d", "-s", "main", *size, f"sh {shlex.quote(str(script))}")
 
     def _tmux(self, *args: str) -> str:
         done = subprocess.run(["tmux", "-f", "/dev/null", "-L", self.socket, *args],
