@@ -5,7 +5,8 @@ place (at most ten times a second): one line per layer being archived, uploaded,
 or unpacked (bytes done of the total, percentage, rate, time left), and an overall line.
 Without a terminal (CI logs): the same finished-step lines, and for a step that takes long
 one plain line every ``interval`` seconds (``IMAGESMITH_PROGRESS_INTERVAL``, default 3; 0
-reports every MiB); no escape sequences. ``quiet``: nothing.
+reports every MiB); no escape sequences. ``quiet``: nothing. ``IMAGESMITH_PROGRESS`` chooses
+for the CLI: ``auto`` (the default: live on a terminal, plain otherwise), ``plain``, ``none``.
 
 Only the standard library, so ``imagesmith --version`` pays nothing for it.
 """
@@ -23,9 +24,10 @@ from typing import ClassVar, TextIO
 
 from .progress import PROGRESS_KINDS, ProgressEvent
 
-__all__ = ["INTERVAL_ENV", "ProgressView", "human_bytes", "human_duration"]
+__all__ = ["INTERVAL_ENV", "MODE_ENV", "ProgressView", "human_bytes", "human_duration"]
 
 INTERVAL_ENV = "IMAGESMITH_PROGRESS_INTERVAL"
+MODE_ENV = "IMAGESMITH_PROGRESS"
 
 # How far back the rate looks: long enough to be steady, short enough to follow a change.
 _WINDOW = 3.0
@@ -154,12 +156,15 @@ class ProgressView:
 
     @classmethod
     def for_cli(cls, stream: TextIO, *, quiet: bool = False) -> ProgressView:
-        """The CLI's view: ``interval`` from :data:`INTERVAL_ENV` when it holds a number."""
+        """The CLI's view: the mode from :data:`MODE_ENV` (``auto``, ``plain`` or ``none``; ``-q``
+        is ``none``), ``interval`` from :data:`INTERVAL_ENV` when it holds a number."""
         try:
             interval = max(0.0, float(os.environ.get(INTERVAL_ENV, "")))
         except ValueError:
             interval = 3.0
-        return cls(stream, quiet=quiet, interval=interval)
+        mode = os.environ.get(MODE_ENV, "auto").strip().lower()
+        live = False if mode == "plain" else None
+        return cls(stream, quiet=quiet or mode == "none", interval=interval, live=live)
 
     @property
     def enabled(self) -> bool:

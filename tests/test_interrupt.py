@@ -54,7 +54,8 @@ class Pane:
         # The shell survives the Ctrl-C sent to the pane's foreground processes (a trap, unlike an
         # ignored signal, is not inherited), to report the command's exit status.
         script.write_text(
-            "trap : INT\nunset IMAGESMITH_PROGRESS_INTERVAL\n" + exports + f"cd {shlex.quote(str(workdir))}\n"
+            "trap : INT\nunset IMAGESMITH_PROGRESS IMAGESMITH_PROGRESS_INTERVAL\n" + exports
+            + f"cd {shlex.quote(str(workdir))}\n"
             + shlex.join(command) + '\necho "EXIT=$? AT=$(date +%s.%N)"\nsleep 600\n'
         )  # fmt: skip
         size = ("-x", "120", "-y", "40")
@@ -111,46 +112,77 @@ def _uploads_left(registry: DistributionRegistry, repository: str) -> list[Path]
     return sorted(uploads.glob("*/data")) if uploads.is_dir() else []
 
 
-def test_ctrl_c_during_an_upload_stops_at_once(
-    registry: DistributionRegistry, base: str, tmp_path: Path, pane_factory: Callable[..., Pane]
-) -> None:
-    package = _package(tmp_path, BIG_MB)
-    cache = tmp_path / "cache"
-    target = f"{registry.host}/interrupt/big:1"
-    command = [sys.executable, "-m", "imagesmith", "--insecure-registry", registry.host, "build",
-               "--base-image", base, "--tag", target, str(package)]  # fmt: skip
-    pane = pane_factory(tmp_path, command, {"IMAGESMITH_CACHE_DIR": str(cache)})
-
-    # The live display: the layer being archived (done/total, %, rate, ETA), the same layer being
-    # uploaded meanwhile, and the overall line.
-    screen = pane.wait_for(lambda t: bool(ARCHIVING.search(t) and UPLOADING.search(t) and OVERALL.search(t)),
-                           "archiving and uploading under way")  # fmt: skip
-    print(f"\n--- the pane during the build ---\n{screen.rstrip()}")
+def _ctrl_c(pane: Pane, ready: Callable[[str], bool], what: str) -> str:
+    """Wait for ``ready``, type Ctrl-C, wait for the command's end; the pane's text after it."""
+    screen = pane.wait_for(ready, what)
+    print(f"\n--- the pane while {what} ---\n{screen.rstrip()}")
     sent = time.time()
     pane.ctrl_c()
     text = pane.wait_for(lambda t: "EXIT=" in t, "the build ending")
     stopped = float(re.search(r"AT=([\d.]+)", text).group(1))  # type: ignore[union-attr]
     print(f"--- the pane after one Ctrl-C ({stopped - sent:.2f} s to exit) ---\n{text.rstrip()}")
+    return text
 
+
+def _assert_stopped(text: str, registry: DistributionRegistry, repository: str, cache: Path) -> None:
+    """Exit 130 with one line, the live block erased; nothing tagged, the upload session
+    cancelled (a DELETE the registry accepted) and holding no bytes; no temp file left."""
     assert "EXIT=130" in text
-    # One line says so; the live block is gone, and there is no traceback.
-    lines = [line for line in text.splitlines() if line.strip()]
-    after = lines[[i for i, line in enumerate(lines) if line.startswith("  resolved")][-1] + 1 :]
-    assert after[0] == "imagesmith: interrupted" and after[1].startswith("EXIT=130"), text
+    # Finished steps are indented; the only other lines are the message and the shell's.
+    others = [line for line in text.splitlines() if line.strip() and not line.startswith("  ")]
+    assert others[0] == "imagesmith: interrupted" and others[1].startswith("EXIT=130"), text
+    assert len(others) == 2 and "Traceback" not in text, text
     assert not (ARCHIVING.search(text) or UPLOADING.search(text) or OVERALL.search(text))
-
-    # Nothing was tagged; the upload session was cancelled (DELETE, accepted); no bytes are
-    # left in an upload session.
-    tags = requests.get(f"{registry.url}/v2/interrupt/big/tags/list", timeout=10)
+    tags = requests.get(f"{registry.url}/v2/{repository}/tags/list", timeout=10)
     assert tags.status_code == 404 or "1" not in (tags.json().get("tags") or []), tags.text
     log = registry.log_path.read_text(errors="replace")
-    assert re.search(r'"DELETE /v2/interrupt/big/blobs/uploads/[^ ]+ HTTP/1\.1" 204', log)
-    assert _uploads_left(registry, "interrupt/big") == []
-
-    # The layer build stopped too: no temp file, and no blob of the layer in the cache (before
-    # the fix the build ran to its end while the first Ctrl-C waited).
+    assert re.search(rf'"DELETE /v2/{repository}/blobs/uploads/[^ ]+ HTTP/1\.1" 204', log)
+    assert _uploads_left(registry, repository) == []
     assert [p for p in (cache / "tmp").rglob("*") if p.is_file()] == []
+
+
+def _build(registry: DistributionRegistry, base: str, package: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "imagesmith", "--insecure-registry", registry.host, "build",
+            "--base-image", base, *args, str(package)]  # fmt: skip
+
+
+def test_ctrl_c_while_a_layer_is_built_and_uploaded(
+    registry: DistributionRegistry, base: str, tmp_path: Path, pane_factory: Callable[..., Pane]
+) -> None:
+    package = _package(tmp_path, BIG_MB)
+    cache = tmp_path / "cache"
+    command = _build(registry, base, package, "--tag", f"{registry.host}/interrupt/built:1")
+    pane = pane_factory(tmp_path, command, {"IMAGESMITH_CACHE_DIR": str(cache)})
+    # The live display: the layer being archived (done/total, %, rate, ETA), the same layer
+    # uploaded meanwhile (its total unknown until the build ends), and the overall line.
+    text = _ctrl_c(pane, lambda t: bool(ARCHIVING.search(t) and UPLOADING.search(t) and OVERALL.search(t)),
+                   "archiving and uploading")  # fmt: skip
+    _assert_stopped(text, registry, "interrupt/built", cache)
+    # The build stopped too: no layer blob reached the cache.
     assert [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 50_000_000] == []
+
+
+def test_ctrl_c_while_a_built_layer_is_pushed(
+    registry: DistributionRegistry, base: str, tmp_path: Path, pane_factory: Callable[..., Pane]
+) -> None:
+    """The case of the issue: the layer is in the cache, its upload runs in a worker thread,
+    and Ctrl-C used to wait for the whole upload to end."""
+    package = _package(tmp_path, BIG_MB)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "IMAGESMITH_CACHE_DIR": str(cache)}
+    subprocess.run(_build(registry, base, package, "--output", f"oci:{tmp_path / 'layout'}:1"),
+                   check=True, env=env, capture_output=True)  # fmt: skip
+    (blob,) = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 50_000_000]
+    digest = f"sha256:{blob.name}"
+    command = _build(registry, base, package, "--tag", f"{registry.host}/interrupt/pushed:1")
+    pane = pane_factory(tmp_path, command, {"IMAGESMITH_CACHE_DIR": str(cache)})
+    row = re.compile(rf"^  uploading   {digest[:19]} +[\d.]+ MB / 209\.\d MB +\d+% +[\d.]+ MB/s  ETA \d+s$",
+                     re.M)  # fmt: skip
+    text = _ctrl_c(pane, lambda t: bool(row.search(t) and OVERALL.search(t)), "uploading the layer")
+    _assert_stopped(text, registry, "interrupt/pushed", cache)
+    # The upload stopped: the registry never got the whole blob.
+    head = requests.head(f"{registry.url}/v2/interrupt/pushed/blobs/{digest}", timeout=10)
+    assert head.status_code == 404
 
 
 def test_plain_progress_lines_without_a_terminal(
@@ -159,6 +191,7 @@ def test_plain_progress_lines_without_a_terminal(
     package = _package(tmp_path, 24)
     target = f"{registry.host}/interrupt/plain:1"
     env = {**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp_path / "cache"), "IMAGESMITH_PROGRESS_INTERVAL": "0"}
+    env.pop("IMAGESMITH_PROGRESS", None)  # the default: plain lines without a terminal
     flags = [sys.executable, "-m", "imagesmith", "--insecure-registry", registry.host]
     built = subprocess.run([*flags, "build", "--base-image", base, "--tag", target, str(package)],
                            capture_output=True, text=True, env=env, check=False)  # fmt: skip
@@ -195,7 +228,7 @@ def test_quiet_prints_the_digest_and_json_is_unchanged(
     package = _package(tmp_path, 1)
     target = f"{registry.host}/interrupt/quiet:1"
     flags = ("--insecure-registry", registry.host, "build", "--base-image", base, "--tag", target)
-    env = {"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache"), "IMAGESMITH_PROGRESS": "auto"}
     code, out, err = cli(*flags, "-q", str(package), env=env)
     assert code == 0 and err == ""
     assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", out)

@@ -722,10 +722,11 @@ class RegistryClient:
             session = self._start(repository, what)
             upload_url, min_length = session.url, session.min_chunk
             chunked = size > self.options.chunk_size or min_length is not None
+            current = [upload_url]  # the session's latest location, for cancelling it
             try:
                 if chunked:
                     chunk = max(self.options.chunk_size, min_length or 1)
-                    self._upload_chunks(upload_url, scopes, digest, size, open_body, chunk, what)
+                    self._upload_chunks(upload_url, scopes, digest, size, open_body, chunk, what, current)
                 else:
                     self._put_upload(
                         upload_url, scopes, digest, what,
@@ -733,8 +734,9 @@ class RegistryClient:
                     )  # fmt: skip
                 return
             except KeyboardInterrupt:
-                # Ctrl-C (or cancel.interrupt) mid-upload: drop the session, not just the connection.
-                self.cancel_upload(session)
+                # Ctrl-C (or cancel.interrupt) mid-upload: drop the session, not just the
+                # connection, at its latest location (a registry's state token moves with it).
+                self.cancel_upload(UploadSession(repository, current[0], 0, min_length))
                 raise
             except _RestartUpload as restart:
                 error: RegistryError = restart.error
@@ -854,9 +856,11 @@ class RegistryClient:
         open_body: Callable[[], BinaryIO],
         chunk: int,
         what: str,
+        current: list[str] | None = None,
     ) -> None:
         """Send ``PATCH`` chunks, resuming from the upload's status after a failure, then
-        the final empty ``PUT``. Raises :class:`_RestartUpload` when resuming is impossible."""
+        the final empty ``PUT``. Raises :class:`_RestartUpload` when resuming is impossible.
+        ``current[0]`` follows the session's location as the registry moves it."""
         source = _ChunkSource(open_body, digest, size, what)
         url = upload_url
         offset = 0
@@ -881,6 +885,8 @@ class RegistryClient:
                 location = resp.headers.get("Location")
                 if location:
                     url = urljoin(resp.url or url, location)
+                    if current is not None:
+                        current[0] = url
                 if resp.status_code != 416 and source.commit(end):
                     committed = _range_end(resp.headers.get("Range"))
                     if committed is None or committed == end:
@@ -904,6 +910,8 @@ class RegistryClient:
                      offset, end - 1, what, failure, delay)  # fmt: skip
             self._transport.sleep(delay)
             url, offset = self._upload_status(url, scopes, what, failure)
+            if current is not None:
+                current[0] = url
             if offset > size:
                 raise _RestartUpload(failure)
         try:

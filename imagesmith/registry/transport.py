@@ -110,10 +110,11 @@ class RegistryOptions:
     ``backoff``, ``max_backoff``, ``max_retry_after`` and ``max_redirects`` tune the retry and
     redirect bounds.
 
-    ``chunk_size`` (default 64 MiB): blobs larger than this are uploaded in chunks of this
+    ``chunk_size`` (default 16 MiB): blobs larger than this are uploaded in chunks of this
     size (``PATCH`` with ``Content-Range``), which can resume after a dropped connection;
     smaller blobs go in one ``PUT``. A registry that announces ``OCI-Chunk-Min-Length``
-    gets a chunked upload with chunks at least that big.
+    gets a chunked upload with chunks at least that big. Ctrl-C waits for the chunk under way
+    (up to :data:`imagesmith.cancel.BODY_GRACE`), so the session can then be cancelled.
 
     ``credential_helper_timeout`` (default 60 s): a ``docker-credential-*`` helper that has not
     answered by then is killed, with every process it started.
@@ -129,7 +130,7 @@ class RegistryOptions:
     max_backoff: float = 20.0
     max_retry_after: float = 60.0
     max_redirects: int = 5
-    chunk_size: int = 64 * 1024 * 1024
+    chunk_size: int = 16 * 1024 * 1024
     credential_helper_timeout: float = 60.0
 
     def __post_init__(self) -> None:
