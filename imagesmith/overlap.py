@@ -204,6 +204,7 @@ class LayerUpload:
             pass  # aborted, or interrupted (cancel.interrupt): the session is cancelled below
         except (ImagesmithError, OSError) as exc:
             self.failure = str(exc)
+            self._meter.done()  # this upload is over: the push sends the blob, with its own progress
             log.info("uploading a layer while building it failed (%s); it will be uploaded after the build",
                      exc)  # fmt: skip
         finally:

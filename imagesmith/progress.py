@@ -96,6 +96,8 @@ class Meter:
 
     def done(self) -> None:
         """The whole step is done: report the final count (as the total too, if unknown)."""
+        if self._reported < 0 and self.done_bytes == 0 and self.total <= 0:
+            return  # nothing was reported, and there is nothing to report
         if self.total <= 0:
             self.total = self.done_bytes
         self.done_bytes = max(self.done_bytes, self.total)

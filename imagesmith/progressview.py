@@ -141,7 +141,7 @@ class ProgressView:
         clock: Callable[[], float] = time.monotonic,
         width: int | None = None,
     ) -> None:
-        self.stream = stream
+        self._stream = stream
         self.quiet = quiet
         self.live = (not quiet) and (stream.isatty() if live is None else live)
         self.interval = interval
@@ -167,6 +167,14 @@ class ProgressView:
         return cls(stream, quiet=quiet or mode == "none", interval=interval, live=live)
 
     @property
+    def stream(self) -> TextIO:
+        """The stream, for writing to it directly (warnings): the live block is erased first,
+        so such lines land where finished steps do."""
+        with self._lock:
+            self._erase_block()
+        return self._stream
+
+    @property
     def enabled(self) -> bool:
         """Whether anything is shown (not ``quiet``)."""
         return not self.quiet
@@ -185,10 +193,13 @@ class ProgressView:
         """Erase the live block (the work ended or was interrupted)."""
         with self._lock:
             self._tasks.clear()
-            if self.live and self._drawn:
-                self.stream.write(self._erase())
-                self.stream.flush()
-                self._drawn = 0
+            self._erase_block()
+
+    def _erase_block(self) -> None:
+        if self.live and self._drawn:
+            self._stream.write(self._erase())
+            self._stream.flush()
+            self._drawn = 0
 
     # -- events
     def _progress(self, event: ProgressEvent, now: float) -> None:
@@ -230,10 +241,10 @@ class ProgressView:
     def _print(self, line: str) -> None:
         """A finished line: above the live block on a terminal (then redrawn)."""
         if self.live and self._drawn:
-            self.stream.write(self._erase())
+            self._stream.write(self._erase())
             self._drawn = 0
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        self._stream.write(line + "\n")
+        self._stream.flush()
 
     def _erase(self) -> str:
         # To the start of the block's first line, then clear to the end of the screen.
@@ -246,15 +257,15 @@ class ProgressView:
         lines = self._block(now)
         width = self._width or self._columns()
         text = "".join(line[: width - 1] + "\n" for line in lines)
-        self.stream.write((self._erase() if self._drawn else "") + text)
-        self.stream.flush()
+        self._stream.write((self._erase() if self._drawn else "") + text)
+        self._stream.flush()
         self._drawn = len(lines)
 
     def _columns(self) -> int:
         """The stream's terminal width: a line that wrapped would break the redraw (the cursor
         moves up by lines), so the terminal's own size wins over ``COLUMNS``."""
         try:
-            return os.get_terminal_size(self.stream.fileno()).columns
+            return os.get_terminal_size(self._stream.fileno()).columns
         except (AttributeError, ValueError, OSError):
             return shutil.get_terminal_size((100, 20)).columns
 

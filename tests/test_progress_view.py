@@ -69,10 +69,13 @@ def test_live_block_per_layer_and_overall() -> None:
     assert re.fullmatch(r"  overall     2 steps under way +60\.0 MB / \? +[\d.]+ MB/s", rows[2])
     assert len(rows) == 3
     view(ProgressEvent("layer-built", "big@1.0", 100 * MB, "sha256:" + "d" * 64))
-    view.close()
-    # The finished line stays; the live block is erased (cursor up over it, clear below).
-    assert out.getvalue().endswith("\x1b[2F\x1b[J")
     assert "  built layer      big@1.0 (100.0 MB)\n" in out.getvalue()
+    # Writing to the view's stream directly (a warning) first erases the live block (the
+    # upload and overall lines: cursor up over them, clear below); close() then has nothing
+    # left to erase.
+    view.stream.write("warning\n")
+    view.close()
+    assert out.getvalue().endswith("\x1b[2F\x1b[Jwarning\n")
 
 
 def test_quiet_prints_nothing() -> None:
