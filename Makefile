@@ -146,6 +146,7 @@ bench-deps:
 		echo "buildah not installed: it will be reported as not measured"
 
 bench: system-deps bench-deps venv
+	BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_startup.py .bench/startup.json
 	BENCH_SCALE=$(BENCH_SCALE) $(BIN)/python tests/bench_stack.py .bench/stack.json
 	$(BIN)/python tests/bench_closure.py .bench/closure.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_stages.py .bench/stages.json

@@ -12,14 +12,10 @@ Everything raised on purpose derives from :class:`ImagesmithError`.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .budget import LayerPlan, plan_layers
-from .cache import BlobCache
-from .ci import pin_base, render_pipeline
-from .closure import ClosureError, ClosureReport, Finding, check_closure
-from .daemon import load_into_daemon
-from .digests import Digest
-from .envmods import EnvModification, apply_env, infer_env
 from .errors import (
     AuthenticationError,
     CacheError,
@@ -41,59 +37,174 @@ from .errors import (
     UnpackError,
     UsageError,
 )
-from .images import BaseImage, Image, Layer, resolve_base
-from .layout import OCILayout
-from .locations import (
-    ArchiveLocation,
-    DaemonLocation,
-    LayoutLocation,
-    Location,
-    RegistryLocation,
-    parse_location,
-)
-from .login import login, logout
-from .makefile import render_makefile
-from .merge import MergeResult, index_document, merge_images
-from .model import Descriptor, ImageConfig, Index, Manifest, Platform
-from .packages import Package, load_package, load_packages
-from .pipeline import (
-    BuildOptions,
-    BuildResult,
-    BuiltPackage,
-    ImportResult,
-    InspectResult,
-    MultiBuildResult,
-    StackLayer,
-    build,
-    build_each,
-    build_each_platforms,
-    build_platforms,
-    import_rootfs,
-    inspect,
-)
-from .platformmerge import merge_builds
-from .progress import ProgressEvent
-from .pull import PullResult, pull
-from .references import Reference
-from .referrers import Attached, attach, list_attachments
-from .registry.client import RegistryClient, RegistryPool
-from .registry.credentials import Credentials, CredentialStore
-from .registry.transport import RegistryOptions
-from .repoindex import (
-    IndexEntry,
-    IndexUpdate,
-    RepositoryIndex,
-    list_index,
-    read_index,
-    read_spack_index,
-    update_index,
-)
-from .sbom import render_sbom
-from .server import RegistryServer
-from .signing import Signed, SigningKey, generate_key, load_signing_key, sign_image, sign_reference
-from .spackenv import load_environment
-from .transfer import CopyResult, copy_image
-from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
+
+if TYPE_CHECKING:
+    from .budget import LayerPlan, plan_layers
+    from .cache import BlobCache
+    from .ci import pin_base, render_pipeline
+    from .closure import ClosureError, ClosureReport, Finding, check_closure
+    from .daemon import load_into_daemon
+    from .digests import Digest
+    from .envmods import EnvModification, apply_env, infer_env
+    from .images import BaseImage, Image, Layer, resolve_base
+    from .layout import OCILayout
+    from .locations import (
+        ArchiveLocation,
+        DaemonLocation,
+        LayoutLocation,
+        Location,
+        RegistryLocation,
+        parse_location,
+    )
+    from .login import login, logout
+    from .makefile import render_makefile
+    from .merge import MergeResult, index_document, merge_images
+    from .model import Descriptor, ImageConfig, Index, Manifest, Platform
+    from .packages import Package, load_package, load_packages
+    from .pipeline import (
+        BuildOptions,
+        BuildResult,
+        BuiltPackage,
+        ImportResult,
+        InspectResult,
+        MultiBuildResult,
+        StackLayer,
+        build,
+        build_each,
+        build_each_platforms,
+        build_platforms,
+        import_rootfs,
+        inspect,
+    )
+    from .platformmerge import merge_builds
+    from .progress import ProgressEvent
+    from .pull import PullResult, pull
+    from .references import Reference
+    from .referrers import Attached, attach, list_attachments
+    from .registry.client import RegistryClient, RegistryPool
+    from .registry.credentials import Credentials, CredentialStore
+    from .registry.transport import RegistryOptions
+    from .repoindex import (
+        IndexEntry,
+        IndexUpdate,
+        RepositoryIndex,
+        list_index,
+        read_index,
+        read_spack_index,
+        update_index,
+    )
+    from .sbom import render_sbom
+    from .server import RegistryServer
+    from .signing import Signed, SigningKey, generate_key, load_signing_key, sign_image, sign_reference
+    from .spackenv import load_environment
+    from .transfer import CopyResult, copy_image
+    from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
+
+# Every other name is imported on first use (PEP 562), so that `import imagesmith` -- and the
+# CLI's `--version`, `--help` and `completion` -- do not load the whole pipeline (requests,
+# cryptography, jinja2...): 0.05 s instead of 1 s.
+_LAZY: dict[str, str] = {
+    "ArchiveLocation": ".locations",
+    "Attached": ".referrers",
+    "BaseImage": ".images",
+    "BlobCache": ".cache",
+    "BuildOptions": ".pipeline",
+    "BuildResult": ".pipeline",
+    "BuiltPackage": ".pipeline",
+    "ClosureError": ".closure",
+    "ClosureReport": ".closure",
+    "CopyResult": ".transfer",
+    "CredentialStore": ".registry.credentials",
+    "Credentials": ".registry.credentials",
+    "DaemonLocation": ".locations",
+    "Descriptor": ".model",
+    "Digest": ".digests",
+    "EnvModification": ".envmods",
+    "Finding": ".closure",
+    "Image": ".images",
+    "ImageConfig": ".model",
+    "ImportResult": ".pipeline",
+    "Index": ".model",
+    "IndexEntry": ".repoindex",
+    "IndexUpdate": ".repoindex",
+    "InspectResult": ".pipeline",
+    "Layer": ".images",
+    "LayerPlan": ".budget",
+    "LayoutLocation": ".locations",
+    "Location": ".locations",
+    "Manifest": ".model",
+    "MergeResult": ".merge",
+    "MultiBuildResult": ".pipeline",
+    "OCILayout": ".layout",
+    "Package": ".packages",
+    "Platform": ".model",
+    "ProgressEvent": ".progress",
+    "PullResult": ".pull",
+    "Reference": ".references",
+    "RegistryClient": ".registry.client",
+    "RegistryLocation": ".locations",
+    "RegistryOptions": ".registry.transport",
+    "RegistryPool": ".registry.client",
+    "RegistryServer": ".server",
+    "RepositoryIndex": ".repoindex",
+    "Signed": ".signing",
+    "SigningKey": ".signing",
+    "StackLayer": ".pipeline",
+    "UnpackPolicy": ".unpack",
+    "UnpackStats": ".unpack",
+    "apply_env": ".envmods",
+    "attach": ".referrers",
+    "build": ".pipeline",
+    "build_each": ".pipeline",
+    "build_each_platforms": ".pipeline",
+    "build_platforms": ".pipeline",
+    "check_closure": ".closure",
+    "copy_image": ".transfer",
+    "generate_key": ".signing",
+    "import_rootfs": ".pipeline",
+    "index_document": ".merge",
+    "infer_env": ".envmods",
+    "inspect": ".pipeline",
+    "list_attachments": ".referrers",
+    "list_index": ".repoindex",
+    "load_environment": ".spackenv",
+    "load_into_daemon": ".daemon",
+    "load_package": ".packages",
+    "load_packages": ".packages",
+    "load_signing_key": ".signing",
+    "login": ".login",
+    "logout": ".login",
+    "merge_builds": ".platformmerge",
+    "merge_images": ".merge",
+    "parse_location": ".locations",
+    "pin_base": ".ci",
+    "plan_layers": ".budget",
+    "pull": ".pull",
+    "read_index": ".repoindex",
+    "read_spack_index": ".repoindex",
+    "render_makefile": ".makefile",
+    "render_pipeline": ".ci",
+    "render_sbom": ".sbom",
+    "resolve_base": ".images",
+    "sign_image": ".signing",
+    "sign_reference": ".signing",
+    "unpack_layer": ".unpack",
+    "unpack_layers": ".unpack",
+    "update_index": ".repoindex",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "ArchiveLocation",

@@ -9,7 +9,11 @@ line (``imagesmith: error: ...``) and mapped to exit codes:
 2     bad usage or input: arguments, references, package files, templates
 3     registry: authentication, not found, unreachable, rate limited
 4     integrity: content that does not match its digest
+5     local file system: a path that cannot be read or written (permissions, a parent that
+      cannot be searched, standard output that cannot be written)
+6     no space left on the device (or quota exceeded) while writing
 130   interrupted
+141   standard output closed early (``imagesmith ... | head``): quiet, as for SIGPIPE
 ====  =========================================================================
 """
 
@@ -18,8 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import io
 import json
-import logging
 import os
 import re
 import shlex
@@ -29,16 +33,15 @@ import textwrap
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
-from . import cancel
 from ._version import __version__
-from .budget import DEFAULT_MAX_LAYERS
-from .cache import BlobCache
-from .ci import DEFAULT_INSTALL, ENGINES, check_runners, pin_base, relative_base, render_pipeline
-from .closure import CHECK_MODES, ClosureError, ClosureReport
 from .errors import (
+    DISK_FULL_ERRNOS,
+    CacheError,
     DaemonError,
+    DiskFullError,
+    FileSystemError,
     ImagesmithError,
     IntegrityError,
     PackageError,
@@ -47,45 +50,32 @@ from .errors import (
     TemplateError,
     UnpackError,
     UsageError,
+    file_error,
 )
-from .locations import RegistryLocation
-from .login import login, logout
-from .makefile import render_makefile
-from .merge import merge_images
-from .model import Platform
-from .packages import Package, load_package, load_packages
-from .pipeline import (
-    BuildOptions,
-    BuildResult,
-    ImportResult,
-    MultiBuildResult,
-    build,
-    build_each,
-    build_each_platforms,
-    build_platforms,
-    import_rootfs,
-    inspect,
-)
-from .platformmerge import merge_builds
-from .pull import pull
-from .references import parse_repository
-from .referrers import list_attachments
-from .registry.client import RegistryPool
-from .registry.credentials import registry_host
-from .registry.transport import RegistryOptions
-from .repoindex import INDEX_TAG, SPACK_INDEX_TAG, list_index, update_index
-from .sbom import SBOM_FILENAMES, SBOM_FORMATS
-from .server import DEFAULT_IDLE_TIMEOUT, RegistryServer
-from .signing import (
-    KEY_PASSWORD_ENV,
-    SigningKey,
-    generate_key,
-    key_is_encrypted,
-    load_signing_key,
-    sign_reference,
-)
-from .spackenv import load_environment
-from .transfer import copy_image
+
+if TYPE_CHECKING:
+    from .cache import BlobCache
+    from .closure import ClosureReport
+    from .model import Platform
+    from .packages import Package
+    from .pipeline import BuildResult, ImportResult, MultiBuildResult
+    from .registry.credentials import Credentials
+    from .registry.transport import RegistryOptions
+    from .signing import SigningKey
+
+# `imagesmith --help`, `--version` and `completion` only build the parser: this module imports
+# the library (requests, cryptography, jinja2, the pipeline: 1 s) inside the commands that use
+# it, never at the top. The parser's defaults are copies of the library's constants, which
+# tests/test_cli_startup.py checks against the originals.
+DEFAULT_MAX_LAYERS = 125  # budget.DEFAULT_MAX_LAYERS
+CHECK_MODES = ("warn", "error", "off")  # closure.CHECK_MODES
+SBOM_FORMATS = ("spdx", "cyclonedx")  # sbom.SBOM_FORMATS
+KEY_PASSWORD_ENV = "IMAGESMITH_KEY_PASSWORD"  # noqa: S105 - signing.KEY_PASSWORD_ENV, a variable's name
+DEFAULT_IDLE_TIMEOUT = 60.0  # server.DEFAULT_IDLE_TIMEOUT
+INDEX_TAG = "index.imagesmith"  # repoindex.INDEX_TAG
+SPACK_INDEX_TAG = "index.spack"  # repoindex.SPACK_INDEX_TAG
+ENGINES = ("gitlab", "github")  # ci.ENGINES
+DEFAULT_INSTALL = f"pip install imagesmith=={__version__}"  # ci.DEFAULT_INSTALL
 
 if TYPE_CHECKING:
     from .progressview import ProgressView as _Progress
@@ -109,6 +99,21 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
         metavar="FILE",
         default=None,
         help="trust this CA bundle for TLS (also IMAGESMITH_CA_CERT)",
+    )
+    group.add_argument(
+        "--authfile",
+        dest=f"authfile{suffix}",
+        metavar="FILE",
+        default=None,
+        help="read credentials from this file only (docker config.json or podman auth.json; "
+        "login and logout write it)",
+    )
+    group.add_argument(
+        "--creds",
+        dest=f"creds{suffix}",
+        metavar="USER[:PASS]",
+        default=None,
+        help="use these credentials for every registry (PASS asked for on a terminal when missing)",
     )
     group.add_argument(
         "--credential-helper-timeout",
@@ -181,8 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tag-template",
         metavar="TEMPLATE",
-        help="jinja2 template for the tag (default: '{{ name }}-{{ version }}-{{ hash }}.spack'; "
-        "variables: name, version, hash, os, arch)",
+        help="jinja2 template for the tag (default: NAME-VERSION-HASH.PLATFORM for one platform, e.g. "
+        "hello-2.12-HASH.linux-amd64; NAME-VERSION-HASH for an index; .spack for a Spack build-cache "
+        "entry; variables: name, version, hash, spack, platform, os, arch)",
     )
     p.add_argument(
         "--platform",
@@ -399,8 +405,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tag-template",
         metavar="TEMPLATE",
-        help="with --repo: jinja2 template for the tag (default: "
-        "'{{ name }}-{{ version }}-{{ hash }}.spack')",
+        help="with --repo: jinja2 template for the tag (default: NAME-VERSION-HASH, as an index of "
+        "`build --platform A,B` is tagged)",
     )
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob mounts (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -619,6 +625,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("registry", metavar="REGISTRY", help="HOST[:PORT]; docker.io for Docker Hub")
     _registry_args(p, "")
+
+    p = commands.add_parser(
+        "version",
+        help="show the version and the codecs in use (they decide layer digests)",
+        description="Print imagesmith's version, Python's, and the gzip and zstd codecs a build "
+        "would use now: the same tar compressed by another codec (isal or zlib, another version or "
+        "level) gives another layer digest. IMAGESMITH_GZIP=zlib|isal chooses the gzip codec.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh)",
+        description="Print the completion script of SHELL. bash: `source <(imagesmith completion "
+        "bash)` in ~/.bashrc; zsh: `source <(imagesmith completion zsh)` in ~/.zshrc.",
+    )
+    p.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
     return parser
 
 
@@ -663,10 +686,12 @@ def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
 
 
 def _platform(text: str | None) -> Platform | None:
+    from .model import Platform
     return Platform.parse(text) if text else None
 
 
 def _registry_options(args: argparse.Namespace) -> RegistryOptions:
+    from .registry.transport import RegistryOptions
     insecure = [*args.insecure_global, *getattr(args, "insecure", [])]
     hosts = [h.strip() for item in insecure for h in item.split(",") if h.strip()]
     ca = getattr(args, "ca_cert", None) or args.ca_cert_global
@@ -681,10 +706,42 @@ def _registry_options(args: argparse.Namespace) -> RegistryOptions:
     if helper_timeout is None:
         helper_timeout = args.helper_timeout_global
     overrides["credential_helper_timeout"] = helper_timeout
+    authfile = getattr(args, "authfile", None) or args.authfile_global
+    if authfile is not None:
+        overrides["auth_file"] = Path(authfile)
+    overrides["credentials"] = _creds(args)
     return RegistryOptions.from_env(**overrides)
 
 
+def _creds(args: argparse.Namespace) -> Credentials | None:
+    """``--creds USER[:PASS]``; the password is asked for (once) on a terminal when missing."""
+    text = getattr(args, "creds", None) or args.creds_global
+    if text is None:
+        return None
+    cached: Credentials | None = getattr(args, "_creds_value", None)
+    if cached is not None:
+        return cached
+    username, sep, password = text.partition(":")
+    if not username:
+        raise UsageError("--creds needs USER[:PASSWORD]: the user name is empty")
+    if not sep:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise UsageError(
+                f"--creds {username}: no password given and stdin is not a terminal: pass "
+                "--creds USER:PASSWORD, or --authfile FILE"
+            )
+        password = getpass.getpass(f"Password for {username}: ")
+    if not password:
+        raise UsageError(f"--creds {username}: the password is empty")
+    from .registry.credentials import Credentials
+
+    creds = Credentials(username, password)
+    args._creds_value = creds
+    return creds
+
+
 def _cache(args: argparse.Namespace) -> BlobCache:
+    from .cache import BlobCache
     path = getattr(args, "cache_dir", None) or args.cache_dir_global
     return BlobCache(Path(path) if path else None)
 
@@ -740,6 +797,7 @@ def _emit_list(objects: Iterable[dict[str, Any]], stdout: TextIO) -> None:
 
 def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr: TextIO) -> None:
     """One warning line per finding of the runtime-closure check (each once per run)."""
+    from .pipeline import MultiBuildResult
     seen: set[str] = set()
     for result in results:
         images = result.images if isinstance(result, MultiBuildResult) else (result,)
@@ -755,6 +813,7 @@ def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr:
 def _report_written(
     result: BuildResult | ImportResult | MultiBuildResult, stdout: TextIO, suffix: str = ""
 ) -> None:
+    from .pipeline import MultiBuildResult
     verb = "Pushed" if result.pushed else "Wrote"
     if isinstance(result, MultiBuildResult):
         print(f"{verb} {result.destination} ({result.digest}), an index of:", file=stdout)
@@ -769,6 +828,7 @@ def _report_written(
 
 def _platforms(text: str | None) -> list[Platform]:
     """``--platform`` of build: one platform, or a comma-separated list."""
+    from .model import Platform
     if text is None:
         return []
     parts = [part.strip() for part in text.split(",")]
@@ -780,6 +840,8 @@ def _platforms(text: str | None) -> list[Platform]:
 def _build_inputs(args: argparse.Namespace) -> tuple[list[Package], list[Package]]:
     """The packages of a build, dependencies first, and its roots (the packages named, or the
     environment's roots; only looked up for --each-root)."""
+    from .packages import load_package, load_packages
+    from .spackenv import load_environment
     if args.spack_env is not None:
         if args.packages:
             raise UsageError("give PACKAGEs or --spack-env DIR, not both")
@@ -803,6 +865,7 @@ def _print_notes(results: Sequence[BuildResult | MultiBuildResult], stream: Text
 
 
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .pipeline import BuildOptions, BuildResult, build, build_each, build_each_platforms, build_platforms
     platforms = _platforms(args.platform)
     if args.digestfile:
         # Its directory is made first, so a path that cannot be written fails before the build.
@@ -891,6 +954,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .pipeline import import_rootfs
     result = import_rootfs(
         args.rootfs,
         args.tag,
@@ -916,6 +980,8 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
 
 
 def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .pipeline import inspect
+    from .registry.client import RegistryPool
     if args.referrers:
         return _run_referrers(args, stdout)
     if args.artifact_type:
@@ -932,6 +998,9 @@ def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .model import Platform
+    from .registry.client import RegistryPool
+    from .transfer import copy_image
     platform: Platform | Literal["all"] | None = None
     if args.platform == "all":
         platform = "all"
@@ -958,6 +1027,10 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 
 def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .locations import RegistryLocation
+    from .merge import merge_images
+    from .platformmerge import merge_builds
+    from .registry.client import RegistryPool
     if args.tag_template is not None and args.repo is None:
         raise UsageError("--tag-template names the index with --repo: leave it out with --tag")
     jobs = max(1, args.jobs)
@@ -978,6 +1051,7 @@ def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .pull import pull
     result = pull(
         args.reference,
         args.rootfs,
@@ -1005,6 +1079,7 @@ def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 
 def _run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from .server import RegistryServer
     host, sep, port_text = args.addr.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise UsageError(f"--addr {args.addr!r} must be HOST:PORT, e.g. 127.0.0.1:5000")
@@ -1060,10 +1135,41 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, progress: _Pr
         return _run_keygen(args, stdout)
     if args.command == "logout":
         return _run_logout(args, stdout)
+    if args.command == "version":
+        return _run_version(args, stdout)
+    if args.command == "completion":
+        return _run_completion(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
 
 
+def _run_version(args: argparse.Namespace, stdout: TextIO) -> int:
+    import platform
+
+    from .compression import codec_id, gzip_backend
+
+    gzip, zstd = codec_id("gzip"), codec_id("zstd")
+    backend = gzip_backend()
+    if args.json:
+        _emit({"version": __version__, "python": platform.python_version(),
+               "gzip": {"backend": backend, "codec": gzip}, "zstd": {"codec": zstd}}, stdout)  # fmt: skip
+        return 0
+    print(f"imagesmith {__version__} (Python {platform.python_version()})", file=stdout)
+    other = "zlib" if backend == "isal" else "isal"
+    print(f"gzip codec: {gzip} ({backend}; IMAGESMITH_GZIP={other} chooses {other})", file=stdout)
+    print(f"zstd codec: {zstd}", file=stdout)
+    return 0
+
+
+def _run_completion(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .completion import completion_script
+
+    stdout.write(completion_script(_parser(), args.shell))
+    return 0
+
+
 def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .referrers import list_attachments
+    from .registry.client import RegistryPool
     with RegistryPool(_registry_options(args)) as pool:
         subject, attachments = list_attachments(args.reference, pool=pool, artifact_type=args.artifact_type)
     if args.json:
@@ -1086,6 +1192,9 @@ def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
 
 def _key_password(path: str) -> str | None:
     """The password of an encrypted key: the environment, else a prompt on a terminal."""
+    import getpass
+
+    from .signing import key_is_encrypted
     if not key_is_encrypted(path):
         return None
     password = os.environ.get(KEY_PASSWORD_ENV)
@@ -1097,10 +1206,12 @@ def _key_password(path: str) -> str | None:
 
 
 def _signing_key(path: str) -> SigningKey:
+    from .signing import load_signing_key
     return load_signing_key(path, _key_password(path))
 
 
 def _write_sboms(result: BuildResult, directory: str | None) -> None:
+    from .sbom import SBOM_FILENAMES
     if directory is None:
         return
     if not result.sboms:
@@ -1117,6 +1228,8 @@ def _write_sboms(result: BuildResult, directory: str | None) -> None:
 
 
 def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .registry.client import RegistryPool
+    from .signing import sign_reference
     key = _signing_key(args.key)
     with RegistryPool(_registry_options(args)) as pool:
         signed = sign_reference(args.reference, key, pool=pool, cache=_cache(args), progress=progress)
@@ -1130,6 +1243,9 @@ def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 
 def _run_keygen(args: argparse.Namespace, stdout: TextIO) -> int:
+    import getpass
+
+    from .signing import generate_key
     public = args.public or f"{args.key}.pub"
     password = os.environ.get(KEY_PASSWORD_ENV) or None
     if args.encrypt and password is None:
@@ -1148,6 +1264,8 @@ def _run_keygen(args: argparse.Namespace, stdout: TextIO) -> int:
 
 def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
     """The username and password for ``login``: from the options, stdin or a prompt."""
+    import getpass
+
     interactive = sys.stdin is not None and sys.stdin.isatty()
     username: str = args.username or ""
     if not username:
@@ -1176,16 +1294,22 @@ def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
 
 
 def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from .login import login
+    from .registry.credentials import registry_host
     host = registry_host(args.registry)
     username, password = _login_secrets(args, stderr)
-    where = login(host, username, password, options=_registry_options(args))
+    options = _registry_options(args)
+    where = login(host, username, password, options=options, config_path=options.auth_file)
     print(f"Login succeeded for {host} (credentials in {where})", file=stdout)
     return 0
 
 
 def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .login import logout
+    from .registry.credentials import registry_host
     host = registry_host(args.registry)
-    if logout(host, options=_registry_options(args)):
+    options = _registry_options(args)
+    if logout(host, options=options, config_path=options.auth_file):
         print(f"Removed credentials for {host}", file=stdout)
     else:
         print(f"No credentials stored for {host}", file=stdout)
@@ -1193,6 +1317,9 @@ def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
+    from .references import parse_repository
+    from .registry.client import RegistryPool
+    from .repoindex import list_index, update_index
     repository = parse_repository(args.repo)
     jobs = max(1, args.jobs)
     with RegistryPool(_registry_options(args)) as pool:
@@ -1232,6 +1359,8 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_makefile(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .makefile import render_makefile
+    from .packages import load_packages
     packages = load_packages(args.packages, registry=_registry_options(args))
     options = _registry_options(args)
     flags: list[str] = []
@@ -1283,6 +1412,9 @@ def _runners(items: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _run_pipeline(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from .ci import check_runners, pin_base, relative_base, render_pipeline
+    from .packages import load_packages
+    from .registry.client import RegistryPool
     if args.engine not in ENGINES:
         raise UsageError(f"unknown CI engine {args.engine!r}: use {' or '.join(ENGINES)}")
     runners = _runners(args.runner)
@@ -1385,12 +1517,19 @@ def _print_inspect(data: dict[str, Any], out: TextIO) -> None:
 
 
 def _exit_code(error: ImagesmithError) -> int:
+    """The exit code of ``error``'s category (the table at the top of this module)."""
+    if isinstance(error, DiskFullError) or _os_cause(error) in DISK_FULL_ERRNOS:
+        return 6  # before integrity: a layer cut short by a full disk is no corrupt layer
+    if isinstance(error, FileSystemError | CacheError):
+        return 5
     if isinstance(error, UsageError | ReferenceFormatError | PackageError | TemplateError):
         return 2
     if isinstance(error, RegistryError | DaemonError):
         return 3
     if isinstance(error, IntegrityError | UnpackError):
         return 4
+    if _os_cause(error) is not None:
+        return 5  # a layer or layout path that could not be read or written
     return 1
 
 
@@ -1403,6 +1542,8 @@ def _interrupts() -> Iterator[None]:
         yield
         return
 
+    from . import cancel
+
     def handler(signum: int, frame: object) -> None:
         cancel.interrupt()
         raise KeyboardInterrupt
@@ -1414,23 +1555,104 @@ def _interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _os_cause(error: BaseException) -> int | None:
+    """The errno of the OSError ``error`` was raised while handling (``raise ... from None``
+    keeps it as the context), if any: the library's per-module errors name the path and the
+    cause in their message; this gives them the exit code of a local file-system failure."""
+    context = error.__context__
+    if isinstance(context, OSError) and not isinstance(context, ConnectionError):
+        return context.errno
+    return None
+
+
+class _OutputError(Exception):
+    """Writing standard output failed: a closed pipe (``| head``), a full disk (``> /dev/full``)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Output(io.TextIOBase):
+    """Standard output for the commands: a write or flush that fails raises :class:`_OutputError`,
+    told apart from the library's own OSErrors (which name their paths)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, s: str) -> int:
+        try:
+            return self.stream.write(s)
+        except OSError as exc:
+            raise _OutputError(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            raise _OutputError(exc) from None
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def close(self) -> None:
+        """Leave the stream open (and unflushed: main flushes it) when this wrapper goes away."""
+
+
+def _output_failed(error: OSError, stream: TextIO, stderr: TextIO) -> int:
+    """A closed pipe ends the command quietly with 141 (128 + SIGPIPE, what a shell reports for
+    `cmd | head` when cmd dies of SIGPIPE); any other failure is one line (5, or 6 for a full disk)."""
+    if stream is sys.stdout or stream is sys.__stdout__:
+        # What is left in the buffer would fail again when Python flushes it at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+    if isinstance(error, BrokenPipeError):
+        return 141
+    failure = file_error("write", None, error, "free space on the device it goes to" if error.errno in
+                         DISK_FULL_ERRNOS else "")  # fmt: skip
+    _say(f"imagesmith: error: {failure}", stderr)
+    return _exit_code(failure)
+
+
 def main(
     argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
     """Run the CLI with ``argv`` and return the exit code (callable from tests)."""
-    stdout = stdout or sys.stdout
+    stream = stdout or sys.stdout
     stderr = stderr or sys.stderr
+    out = _Output(stream)
+    try:
+        code = _main(argv, cast(TextIO, out), stderr)
+        out.flush()
+        return code
+    except _OutputError as failure:
+        return _output_failed(failure.error, stream, stderr)
+
+
+def _main(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        # --help and --version go to ``stdout`` too: argparse would swallow a failed write there.
+        with contextlib.redirect_stdout(stdout):
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     if args.debug:
+        import logging
+
         handler = logging.StreamHandler(stderr)
         handler.setFormatter(logging.Formatter("imagesmith: %(name)s: %(message)s"))
         logger = logging.getLogger("imagesmith")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+    from . import cancel
     from .progressview import ProgressView  # here: `imagesmith --version` does not import it
 
     progress = ProgressView.for_cli(stderr, quiet=bool(getattr(args, "quiet", False)))
@@ -1440,6 +1662,8 @@ def main(
             return _run(args, stdout, stderr, progress)
     except ImagesmithError as error:
         progress.close()
+        from .closure import ClosureError
+
         if isinstance(error, ClosureError):
             # The message names the first finding; the others get a line each.
             for finding in error.report.findings[1:]:
@@ -1451,10 +1675,15 @@ def main(
         progress.close()
         print("imagesmith: interrupted", file=stderr)
         return 130
+    except OSError as exc:
+        # The last resort for an OSError the library let through: one line, never a traceback.
+        failure = file_error("access", exc.filename, exc)
+        _say(f"imagesmith: error: {failure}", stderr)
+        return _exit_code(failure)
     finally:
         progress.close()
         if args.debug:
-            logging.getLogger("imagesmith").handlers.clear()
+            logging.getLogger("imagesmith").handlers.clear()  # imported above, with --debug
 
 
 def entry_point() -> None:

@@ -20,6 +20,9 @@ message a user can act on. The CLI maps the tree to exit codes and prints ``str(
     ├── LayoutError                an OCI layout or image archive is missing, malformed or unwritable
     ├── UnpackError                a layer would write outside the root or breaks the unpack policy
     ├── DaemonError                a docker-compatible daemon refused or could not be reached
+    ├── FileSystemError            a local path cannot be read or written (permissions, a parent
+    │   │                          that cannot be searched, standard output closed)
+    │   └── DiskFullError          no space left on the device (or quota exceeded) while writing
     └── RegistryError              a registry request failed (status, codes, method, URL)
         ├── AuthenticationError    401/403, bad or missing credentials, token endpoint refused
         ├── NotFoundError          the repository, manifest or blob does not exist
@@ -29,6 +32,8 @@ message a user can act on. The CLI maps the tree to exit codes and prints ``str(
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 
 __all__ = [
@@ -36,6 +41,8 @@ __all__ = [
     "CacheError",
     "DaemonError",
     "DigestFormatError",
+    "DiskFullError",
+    "FileSystemError",
     "ImagesmithError",
     "IntegrityError",
     "LayerError",
@@ -51,6 +58,7 @@ __all__ = [
     "TemplateError",
     "UnpackError",
     "UsageError",
+    "file_error",
 ]
 
 
@@ -112,6 +120,42 @@ class UnpackError(ImagesmithError):
 
 class DaemonError(ImagesmithError):
     """A Docker-compatible daemon (``DOCKER_HOST``) refused a request or could not be reached."""
+
+
+_Path = str | os.PathLike[str]
+
+
+class FileSystemError(ImagesmithError):
+    """A local file or directory cannot be read or written: permissions, a parent directory that
+    cannot be searched, a path that is not what it should be. ``path`` names it (None for
+    standard output), ``errno`` is the operating system's error number."""
+
+    def __init__(self, message: str, *, path: _Path | None = None, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+        self.errno = errno
+
+
+class DiskFullError(FileSystemError):
+    """No space left on the device (``ENOSPC``), or the disk quota is exceeded (``EDQUOT``)."""
+
+
+#: The errors of a full disk: no space left, or the quota exceeded.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def file_error(action: str, path: _Path | None, exc: OSError, hint: str = "") -> FileSystemError:
+    """The :class:`FileSystemError` for ``exc``, raised while trying to ``action`` (``"read"``,
+    ``"write"``, ``"create"``...) ``path``: one line naming the path and the cause, and
+    :class:`DiskFullError` for a full disk. ``hint`` says what to do, after a ``;``."""
+    where = "standard output" if path is None else os.fspath(path)
+    if exc.errno in DISK_FULL_ERRNOS:
+        cause = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return DiskFullError(
+            f"{cause} while writing {where}; {hint or 'free space and run again'}", path=path, errno=exc.errno
+        )
+    message = f"cannot {action} {where}: {exc.strerror or exc}"
+    return FileSystemError(f"{message}; {hint}" if hint else message, path=path, errno=exc.errno)
 
 
 class RegistryError(ImagesmithError):

@@ -95,8 +95,9 @@ class RemoteOrigin:
         return False
 
     def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
-        """Stream the blob from the registry, verified while read (resumed if dropped)."""
-        return pool.client(self.registry).open_blob(self.repository, descriptor)
+        """Stream the blob from the registry (its registries.conf mirrors first), verified while
+        read (resumed if dropped)."""
+        return pool.client(self.registry).open_blob(self.repository, descriptor, mirrors=True)
 
     def blob_file(self, descriptor: Descriptor) -> Path | None:
         return None
@@ -286,17 +287,19 @@ class RegistrySource:
 
     def top(self) -> RawManifest:
         ref = self._reference
-        response = self._pool.client(ref.registry).get_manifest(ref.repository, ref.identifier)
+        response = self._pool.client(ref.registry).get_manifest(ref.repository, ref.identifier, mirrors=True)
         return RawManifest(response.data, response.media_type, response.digest)
 
     def manifest(self, descriptor: Descriptor) -> RawManifest:
         ref = self._reference
-        response = self._pool.client(ref.registry).get_manifest(ref.repository, str(descriptor.digest))
+        client = self._pool.client(ref.registry)
+        response = client.get_manifest(ref.repository, str(descriptor.digest), mirrors=True)
         return RawManifest(response.data, response.media_type or descriptor.media_type, response.digest)
 
     def read_blob(self, descriptor: Descriptor, max_size: int) -> bytes:
         ref = self._reference
-        return self._pool.client(ref.registry).get_blob_bytes(ref.repository, descriptor, max_size)
+        client = self._pool.client(ref.registry)
+        return client.get_blob_bytes(ref.repository, descriptor, max_size, mirrors=True)
 
     def origin(self, descriptor: Descriptor) -> BlobOrigin:
         return RemoteOrigin(self._reference.registry, self._reference.repository)

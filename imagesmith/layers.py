@@ -563,12 +563,14 @@ class TarballEntries:
     def _index(self, f: IO[bytes]) -> None:
         what = str(self.path)
         root = _Node()
+        files = 0
         for member in read_members(
             f, what, max_members=self.max_members, max_header_bytes=self.max_header_bytes
         ):
             name = _clean_member_name(member.name, what)
             if not name:
                 continue  # "./" itself: the root, or the prefix, which is emitted anyway
+            files += 1
             self._check_member(name, member, what)
             if not member.linkname.isascii():
                 _utf8_member(member.linkname, what, member.name)
@@ -580,6 +582,8 @@ class TarballEntries:
             for part in name.split("/"):
                 node = self._child(node, part, what)
             node.item = _Item(member, target)  # of duplicate names the last wins
+        if not files:
+            raise self._empty(what)
         prefix_parts = self.prefix.split("/") if self.prefix else []
         self.root_relative = _is_root_relative(root, prefix_parts)
         if not self.root_relative:
@@ -596,6 +600,20 @@ class TarballEntries:
                 node = self._child(node, part, what)
         _check_parents(root, what)
         self._root = root
+
+    def _empty(self, what: str) -> LayerError:
+        """A tarball without a single file: a 0-byte file, an empty gzip stream, or a tar
+        archive of nothing but its end marker (or of ``./`` alone) -- most often one whose
+        writing failed or was cut short, which must not become an empty layer unnoticed."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            size = -1
+        if size == 0:
+            return LayerError(f"{what} is empty (0 bytes), not a tar archive: was it cut short or never "
+                              "written? Give the tarball with the files")  # fmt: skip
+        return LayerError(f"{what} is a tar archive holding no files: was it made from an empty "
+                          "directory, or cut short? Give the tarball with the files")  # fmt: skip
 
     def _check_member(self, name: str, member: TarMember, what: str) -> None:
         # Any component: "a/.wh.b/c" would make the implied directory "a/.wh.b" a whiteout.

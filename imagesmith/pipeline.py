@@ -32,7 +32,7 @@ from .cache import BlobCache
 from .closure import CheckMode, ClosureReport, check_closure, closure_gate
 from .digests import Digest
 from .envmods import EnvModification, apply_env, infer_env, parse_env_assignment
-from .errors import PackageError, UsageError
+from .errors import PackageError, UsageError, file_error
 from .grouplayer import GroupMember, group_entries, group_record_key
 from .images import (
     BaseImage,
@@ -291,6 +291,16 @@ def _push_target(
     if out is None and not load:
         return name
     return None
+
+
+def _probe_target(pool: RegistryPool, target: Reference | None) -> None:
+    """Fail fast when the registry pushed to cannot be reached: one ``GET /v2/``, not retried,
+    before any layer is built, so a dead registry (a wrong host or port, DNS, TLS) is reported
+    in a second or two rather than after minutes of archiving, with the error the push would
+    have raised. Credentials are checked where they are used (a new repository may refuse a
+    pull token before its first push)."""
+    if target is not None:
+        pool.client(target.registry).ping(retry=False)
 
 
 @contextmanager
@@ -857,9 +867,16 @@ def _rendered_tag(built: Sequence[BuiltPackage], options: BuildOptions, platform
         version=top.package.version,
         hash=top.hash,
         spack=_spack_entry(built, options)[0],
+        platform=_platform_slug(platform),
         os=platform.os,
         arch=platform.architecture,
     )
+
+
+def _platform_slug(platform: Platform) -> str:
+    """``linux/arm64/v8`` -> ``linux-arm64-v8``: the platform a one-platform image's default tag
+    ends with, so that builds of one package on several machines never share a tag."""
+    return str(platform).lower().replace("/", "-")
 
 
 def target_reference(
@@ -1135,6 +1152,7 @@ def build(
     packages = [p.for_platform(platform) for p in packages]  # a missing content fails here
     top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, _push_target(out, tag or repo, load=load))
         resolved = _single_base(pool, base_location, platform, options, progress)
         media_types = resolved.image.media_types
         plan = plan_stacks({top: packages}, len(resolved.image.layers), options)
@@ -1286,6 +1304,7 @@ def build_platforms(
     per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
     top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, _push_target(out, tag or repo, load=False))
         bases, index_platforms = _platform_bases(pool, base_location, platforms, options, progress)
         media_types = bases[0].image.media_types
         # One plan for every platform (the deepest base decides), so a group is the same set
@@ -1434,6 +1453,7 @@ def _multi_tag(
         name=top.package.name,
         version=top.package.version,
         hash=_index_hash([(p, b[-1].hash) for p, b in zip(platforms, built_by, strict=True)]),
+        platform="",  # an index: every platform under one tag
         os="-".join(oses),
         arch="-".join(p.architecture for p in platforms),
     )
@@ -1590,6 +1610,7 @@ def build_each_platforms(
     # set (the same blob) whether a run writes all the images or some of them.
     stacks = _each_stacks(packages, packages)
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, repository)
         bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
         media_types = bases[0].image.media_types
         plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
@@ -1661,6 +1682,7 @@ def build_each(
     stacks = _each_stacks(packages, packages)
     images = [t.key for t in tops]
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, repository)
         resolved = _single_base(pool, as_location(base), platform, options, progress)
         media_types = resolved.image.media_types
         plan = plan_stacks(stacks, len(resolved.image.layers), options)
@@ -1750,7 +1772,11 @@ def import_rootfs(
     ``load`` work as for :func:`build` (an OCI layout output needs no network at all).
     """
     path = Path(rootfs)
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # a parent that cannot be searched
+        raise file_error("access", path, exc, "check the permissions of the directories above it") from None
+    if not found:
         raise UsageError(f"root filesystem {path} not found: give a directory or a tarball")
     out = check_output(repo=None, tag=tag, output=output, load=load)
     ref = _tag_reference(tag) if tag is not None else None
@@ -1759,6 +1785,7 @@ def import_rootfs(
     cache = cache or BlobCache()
     destinations = plan_destinations(ref, out, load=load, default_tag=None)
     with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, _push_target(out, ref, load=load))
         with _early_uploads(pool, _push_target(out, ref, load=load), progress) as uploads:
             blob, reused = content_layer(
                 path,

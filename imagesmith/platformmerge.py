@@ -101,6 +101,7 @@ def merge_builds(
         name=name,
         version=version,
         hash=combined,
+        platform="",  # an index: every platform under one tag
         os="-".join(sorted({p.os for p in platforms})),
         arch="-".join(p.architecture for p in platforms),
     )

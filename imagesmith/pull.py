@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import BlobCache
-from .errors import IntegrityError, UnpackError, UsageError
+from .errors import DiskFullError, IntegrityError, UnpackError, UsageError, file_error
 from .images import Image, Layer, resolve_base
 from .locations import Location
 from .model import Platform
@@ -143,6 +143,9 @@ def _unpack_into(target: Path, unpack: Callable[[Path], UnpackStats]) -> UnpackS
     except (UnpackError, IntegrityError) as exc:
         left = _discard(root, target, keep=not created and staging is None)
         raise type(exc)(f"{exc}; {left}") from None
+    except DiskFullError as exc:
+        left = _discard(root, target, keep=not created and staging is None)
+        raise DiskFullError(f"{exc}; {left}", path=exc.path, errno=exc.errno) from None
     except BaseException:
         _discard(root, target, keep=not created and staging is None)
         raise
@@ -184,9 +187,12 @@ def pull(
     left as it was, and the error says so. Errors name layers by their digests.
     """
     target = Path(rootfs)
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))  # the directory it names is the one to fill
-    _empty_target(target)
+    try:
+        if target.is_symlink():
+            target = Path(os.path.realpath(target))  # the directory it names is the one to fill
+        _empty_target(target)
+    except OSError as exc:  # a parent that cannot be searched, an unreadable directory
+        raise file_error("access", target, exc, "check the permissions of the directories above it") from None
     cache = cache or BlobCache()
     owned = pool is None
     pool = pool or RegistryPool(registry or RegistryOptions.from_env())

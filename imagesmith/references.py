@@ -2,16 +2,22 @@
 
 ``ubuntu:23.04`` means ``docker.io/library/ubuntu:23.04``, served by the API host
 ``registry-1.docker.io``. A first path component is a registry when it contains ``.`` or ``:``
-or is ``localhost``; otherwise the reference lives on Docker Hub.
+or is ``localhost``; otherwise the name is short, and ``registries.conf`` decides where it
+lives (:meth:`imagesmith.sysregistries.RegistriesConf.resolve_short_name`: an alias, else the
+only search registry, else Docker Hub when none is configured).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from .digests import Digest
 from .errors import DigestFormatError, ReferenceFormatError
+
+if TYPE_CHECKING:
+    from .sysregistries import RegistriesConf
 
 __all__ = ["DOCKER_HUB", "Reference", "sanitize_tag", "validate_repository", "validate_tag"]
 
@@ -88,8 +94,14 @@ class Reference:
     digest: Digest | None = None
 
     @classmethod
-    def parse(cls, text: str, default_tag: str | None = "latest") -> Reference:
-        """Parse ``text``; a reference with neither tag nor digest gets ``default_tag``."""
+    def parse(
+        cls, text: str, default_tag: str | None = "latest", *, registries: RegistriesConf | None = None
+    ) -> Reference:
+        """Parse ``text``; a reference with neither tag nor digest gets ``default_tag``.
+
+        A short name (no registry) is resolved by ``registries`` (default: the
+        ``registries.conf`` files podman reads): its alias, else the only search registry,
+        else Docker Hub; several search registries and no alias is a :class:`UsageError`."""
         if not isinstance(text, str) or not text.strip():
             raise ReferenceFormatError("invalid reference '': an image name is required")
         original = text
@@ -115,6 +127,9 @@ class Reference:
             rest, tag = rest[:colon], rest[colon + 1 :]
             validate_tag(tag, original)
         validate_repository(rest, original)
+        if registry is None:
+            registry, rest = _resolve_short(rest, registries)
+            validate_repository(rest, original)
         if registry == DOCKER_HUB and "/" not in rest:
             rest = "library/" + rest
         if len(registry) + 1 + len(rest) > _MAX_NAME:
@@ -185,7 +200,20 @@ def parse_repository(text: str) -> Reference:
     return ref
 
 
-def _split_registry(text: str, original: str) -> tuple[str, str]:
+def _resolve_short(name: str, registries: RegistriesConf | None) -> tuple[str, str]:
+    """Where a short name lives: ``(registry, repository)``."""
+    from .sysregistries import default_registries_conf
+
+    conf = registries if registries is not None else default_registries_conf()
+    resolved = conf.resolve_short_name(name)
+    if resolved is None:
+        return DOCKER_HUB, name
+    host, _, repository = resolved.partition("/")
+    host = host.lower()
+    return (DOCKER_HUB if host in _HUB_ALIASES else host), repository
+
+
+def _split_registry(text: str, original: str) -> tuple[str | None, str]:
     first, sep, rest = text.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
         if not _HOST.fullmatch(first):
@@ -196,4 +224,4 @@ def _split_registry(text: str, original: str) -> tuple[str, str]:
         if not rest:
             raise ReferenceFormatError(f"invalid reference {original!r}: missing repository name")
         return host, rest
-    return DOCKER_HUB, text
+    return None, text

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 from .digests import Digest
-from .errors import ImagesmithError, NotFoundError, PackageError, UsageError
+from .errors import ImagesmithError, NotFoundError, PackageError, UsageError, file_error
 from .model import MAX_CONFIG_SIZE, ImageConfig, Manifest, parse_manifest_document
 from .packages import Package, _check_prefix
 from .references import Reference
@@ -539,6 +539,13 @@ def is_cache_argument(text: str) -> bool:
     package file, an install prefix or a bare tarball (see the module docstring)."""
     if text.startswith("oci://"):
         return True
+    try:
+        return _is_cache_path(text)
+    except OSError as exc:  # a parent that cannot be searched: the argument cannot be read at all
+        raise file_error("access", text, exc, "check the permissions of the directories above it") from None
+
+
+def _is_cache_path(text: str) -> bool:
     path = Path(text)
     if path.is_dir():
         # An install prefix is never a build cache, whatever folders it holds.

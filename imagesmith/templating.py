@@ -33,7 +33,12 @@ __all__ = [
 # Spack finds a package in an OCI build cache under ``name-version-hash.spack``, and reads the
 # config of every tag ending in ``.spack`` when it rebuilds its index: only an image Spack can
 # install from may carry that suffix (``spack`` is true for exactly those).
-DEFAULT_TAG_TEMPLATE = "{{ name }}-{{ version }}-{{ hash }}{% if spack %}.spack{% endif %}"
+# A one-platform image gets its platform as a suffix (``.linux-arm64``): a package whose content
+# is the same on every platform has the same hash on each, and per-platform builds on several
+# machines must not push to one tag. An index (``platform`` empty) names every platform at once.
+DEFAULT_TAG_TEMPLATE = (
+    "{{ name }}-{{ version }}-{{ hash }}{% if spack %}.spack{% elif platform %}.{{ platform }}{% endif %}"
+)
 PROFILE_SCRIPT_PATH = "/etc/profile.d/imagesmith.sh"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -84,19 +89,29 @@ def _describe(template: str | None) -> str:
 
 
 def render_tag(
-    template: str | None, *, name: str, version: str, hash: str, spack: bool = False, **extra: str
+    template: str | None,
+    *,
+    name: str,
+    version: str,
+    hash: str,
+    spack: bool = False,
+    platform: str = "",
+    **extra: str,
 ) -> str:
     """Render an image tag from ``template`` (None: the default, ``templates/tag.j2``).
 
     The template sees ``name``, ``version``, ``hash``, ``spack`` (whether the image is a Spack
-    build-cache entry, which the default template marks with Spack's ``.spack`` suffix) and
-    every keyword in ``extra``. The result
+    build-cache entry, which the default template marks with Spack's ``.spack`` suffix),
+    ``platform`` (``linux-arm64`` for a one-platform image, which the default template appends
+    as ``.linux-arm64``; empty for an index) and every keyword in ``extra``. The result
     is stripped of surrounding whitespace and made a valid tag the way Spack does (characters
     outside ``[A-Za-z0-9_.-]`` become ``_``; over 128 characters keep the first 64 and the last
     64). A syntax error, an undefined variable, a failing expression or an empty result raises
     :class:`TemplateError` naming the template and the problem.
     """
-    variables: dict[str, object] = {"name": name, "version": version, "hash": hash, "spack": spack, **extra}
+    variables: dict[str, object] = {
+        "name": name, "version": version, "hash": hash, "spack": spack, "platform": platform, **extra,
+    }  # fmt: skip
     env = environment()
     what = _describe(template)
     try:

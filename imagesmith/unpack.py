@@ -42,7 +42,7 @@ from typing import IO, NoReturn, cast
 from . import cancel
 from .compression import Decompressor, open_decompressor
 from .digests import Digest, Hasher
-from .errors import IntegrityError, LayerError, UnpackError, UsageError
+from .errors import DiskFullError, IntegrityError, LayerError, UnpackError, UsageError
 from .progress import Meter, ProgressCallback, ProgressEvent, null_progress
 from .tarformat import MAX_NAME_BYTES, TarMember, TarReader
 
@@ -591,7 +591,12 @@ class _Unpacker:
             self._fail(f"{problem}: its name is too long for the target file system",
                        "the image cannot be unpacked on this file system")
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            self._fail(problem, "free space (or raise the quota) on the target file system and pull again")
+            # A full disk, not a bad layer: its own error (and exit code), never an integrity one.
+            raise DiskFullError(
+                f"{self._what}: member {self._name!r} {problem}; free space (or raise the quota) on the "
+                "target file system and pull again",
+                errno=exc.errno,
+            )
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             self._fail(problem, "check the permissions of the root directory and its file system")
         self._fail(problem, "check the root directory: free space, permissions, and that nothing "

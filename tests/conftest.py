@@ -55,6 +55,24 @@ def need_tool(name: str) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs real servers/tools (registry, podman)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    _hermetic_host_settings()
+
+
+def _hermetic_host_settings() -> None:
+    """No registries.conf, drop-ins or certs.d of the machine (a Fedora host's search
+    registries would make short names ambiguous): tests that want some write their own."""
+    import atexit
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="imagesmith-hostconf-"))
+    atexit.register(shutil.rmtree, root, True)
+    (root / "registries.conf").write_text("")
+    (root / "registries.conf.d").mkdir()
+    (root / "certs.d").mkdir()
+    os.environ.setdefault("CONTAINERS_REGISTRIES_CONF", str(root / "registries.conf"))
+    os.environ.setdefault("IMAGESMITH_REGISTRIES_CONF_DIR", str(root / "registries.conf.d"))
+    os.environ.setdefault("IMAGESMITH_CERTS_DIR", str(root / "certs.d"))
 
 
 @pytest.fixture(scope="session")

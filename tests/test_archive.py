@@ -310,6 +310,7 @@ def test_an_archive_is_read_in_one_pass_and_blobs_by_offset(
         assert str(resolved.digest) == digest
     archive.unlink()  # an archive read again would fail from here on
     for layer in resolved.image.layers:
+        assert layer.origin is not None
         with layer.origin.open_blob(layer.descriptor, pool) as reader:
             assert Digest.of(reader.read()) == layer.digest  # verified again at the end, too
     scratch = tmp_path / "scratch"

@@ -493,7 +493,7 @@ def test_a_fifo_where_a_blob_should_be_is_an_error_not_a_hang(tmp_path: Path, wh
     for args in commands:
         if which == "config" or args[0] != "inspect":
             code, err = _cli_or_hang(args, {"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})
-            assert code == 1 and err.strip().splitlines() == expected, (args, err)
+            assert code == 5 and err.strip().splitlines() == expected, (args, err)
 
 
 def _cli_or_hang(args: list[str], env: dict[str, str]) -> tuple[int, str]:

@@ -412,7 +412,7 @@ def test_attestations_and_artifacts_are_dropped(registry: DistributionRegistry, 
             got = client.get_manifest(repository, entry["digest"])
             client.put_manifest(source_repo, entry["digest"], got.data, got.media_type)
         client.upload_blob(source_repo, empty.digest, empty.size, lambda: io.BytesIO(b"{}"))
-        client.put_manifest(source_repo, artifact_entry["digest"], artifact, mt.OCI_MANIFEST)
+        client.put_manifest(source_repo, str(artifact_entry["digest"]), artifact, mt.OCI_MANIFEST)
         client.put_manifest(source_repo, "1", data, mt.OCI_INDEX)
         target = f"{registry.host}/{unique('clean')}:1"
         result = merge_images([f"{registry.host}/{source_repo}:1"], target, pool=pool)

@@ -69,6 +69,7 @@ def test_fixture_zlib() -> None:
 def test_fixture_hello_is_runnable(tmp_path: Path) -> None:
     pkg = load_package(FIXTURES / "hello.toml")
     assert pkg.depends == (str((FIXTURES / "zlib.json").resolve()),)
+    assert pkg.content is not None
     script = pkg.content / "bin" / "hello"
     assert os.access(script, os.X_OK)
     assert script.read_bytes() == b'#!/bin/sh\necho "hello from hello"\n'
@@ -79,6 +80,7 @@ def test_fixture_hello_is_runnable(tmp_path: Path) -> None:
 def test_fixture_greet_tarball_with_explicit_env_and_hash() -> None:
     pkg = load_package(FIXTURES / "greet.json")
     assert pkg.content_kind == "tarball"
+    assert pkg.content is not None
     assert pkg.content.name == "greet-1.0.tar.gz"
     assert pkg.hash == "greetfixture2222222222222222222a"
     assert pkg.env == (

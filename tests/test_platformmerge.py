@@ -59,7 +59,7 @@ def test_merged_builds_are_the_index_one_multi_platform_build_gives(
         merged = json.loads(
             ok(*flags(registry), "merge", "--json", "--repo", repo, *(f"{repo}@{d}" for d in digests))
         )
-        one_machine = ("--base-image", base, "--platform", ",".join(PLATFORMS))
+        one_machine: tuple[str, ...] = ("--base-image", base, "--platform", ",".join(PLATFORMS))
         one_machine += ("--repo", f"{registry.host}/all")
         whole = json.loads(ok(*flags(registry), "build", "--json", *one_machine, str(package)))
         assert merged["reference"] == f"{repo}:{whole['tag']}"
@@ -71,6 +71,26 @@ def test_merged_builds_are_the_index_one_multi_platform_build_gives(
         hashes[package.stem] = {c["Labels"]["io.imagesmith.package.hash"] for c in configs}
     # tool's content differs per platform, so the tag carries a hash combining both platforms'
     assert len(hashes["tool"]) == 2 and len(hashes["hello"]) == 1
+
+
+@pytest.mark.integration
+def test_default_tags_of_per_platform_builds_differ(
+    registry: DistributionRegistry, multiarch_base: str, tmp_path: Path
+) -> None:
+    """hello's content is the same on both platforms (one hash): with the default template each
+    platform's image still gets its own tag, so `merge` of the two tags holds both platforms."""
+    repo = f"{registry.host}/apart-default"
+    tags = []
+    for platform in PLATFORMS:
+        out = ok(*flags(registry), "build", "--base-image", multiarch_base, "--platform", platform,
+                 "--repo", repo, "--json", str(EXAMPLES / "hello.json"))  # fmt: skip
+        tags.append(json.loads(out)["tag"])
+    slugs = [p.replace("/", "-") for p in PLATFORMS]
+    assert [t.rsplit(".", 1)[1] for t in tags] == slugs
+    assert tags[0].rsplit(".", 1)[0] == tags[1].rsplit(".", 1)[0]  # one hash, two tags
+    merged = json.loads(ok(*flags(registry), "merge", "--json", "--tag", f"{repo}:both",
+                           *(f"{repo}:{t}" for t in tags)))  # fmt: skip
+    assert merged["platforms"] == ["linux/amd64", "linux/arm64/v8"]
 
 
 def test_merge_repo_refuses_what_it_cannot_name(

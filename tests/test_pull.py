@@ -139,7 +139,7 @@ def test_skipped_names_are_printed_escaped_whatever_their_bytes(tmp_path: Path) 
                 stderr=err)  # fmt: skip
     assert code == 0, err.getvalue()
     out.flush()
-    text = out.buffer.getvalue().decode()  # type: ignore[attr-defined]
+    text = out.buffer.getvalue().decode()
     assert "skipped dev/\\xff\\x1b[2Jtty" in text
     assert "\x1b" not in text
     code, json_out, _ = cli("pull", f"oci:{layout.root}:1", "--rootfs", str(tmp_path / "again"), "--json")

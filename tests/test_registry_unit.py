@@ -1029,8 +1029,14 @@ def test_bearer_token_cached_per_scope_set(fake: FakeServer, tmp_path: Path) -> 
 def test_concurrent_first_requests_share_one_token(fake: FakeServer) -> None:
     tokens = TokenServer(fake)
     inner = fake.handler
-    fake.handler = lambda req: Resp(401, {"WWW-Authenticate": f'Bearer realm="{fake.url}/token"'}) \
-        if not req.header("Authorization") and req.path != "/token" else (time.sleep(0.01) or inner(req))
+
+    def handler(req: Req) -> Resp:
+        if not req.header("Authorization") and req.path != "/token":
+            return Resp(401, {"WWW-Authenticate": f'Bearer realm="{fake.url}/token"'})
+        time.sleep(0.01)
+        return inner(req)
+
+    fake.handler = handler
     client = make_client(fake)
     barrier = threading.Barrier(8)
     errors: list[BaseException] = []

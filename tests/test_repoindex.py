@@ -270,7 +270,7 @@ def stack(
 
 
 def _hash_of(tag: str, prefix: str) -> str:
-    return tag[len(prefix) :].removesuffix(".spack")
+    return tag[len(prefix) :].split(".")[0]  # less Spack's .spack or a one-platform image's .linux-amd64
 
 
 def _update(pool: RegistryPool, repository: Reference, **options: Any) -> tuple[RepositoryIndex, str]:

@@ -31,8 +31,9 @@ PASSWORD = "correct horse battery staple"
 
 def _pem(key: object, password: bytes | None = None) -> bytes:
     encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
-                             encryption)  # fmt: skip
+    pem: bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
+                                   encryption)  # fmt: skip
+    return pem
 
 
 def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(tmp_path: Path) -> None:
@@ -240,8 +241,8 @@ def test_a_multi_platform_build_signs_its_index(
     )  # fmt: skip
     # The index (what a copy of every platform verifies) and each platform's image (what a pull
     # of one platform verifies), all under the one tag's identity.
-    platforms = [p["digest"] for p in result["platforms"]]
-    assert [s["digest"] for s in result["signed"]] == [result["digest"], *platforms]
+    platform_digests = [p["digest"] for p in result["platforms"]]
+    assert [s["digest"] for s in result["signed"]] == [result["digest"], *platform_digests]
     assert {s["identity"] for s in result["signed"]} == {target}
     verifier = sigstorekit.Verifier(tmp_path / "verify", registry.host, root / "b.key.pub")
     copied = verifier.skopeo_copy(target, "multi")

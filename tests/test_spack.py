@@ -20,6 +20,7 @@ from cli_support import ok
 
 from imagesmith.digests import Digest
 from imagesmith.errors import PackageError
+from imagesmith.model import Platform
 from imagesmith.packages import Package, load_package, load_packages, package_hash
 from imagesmith.spack import (
     SpackDependency,
@@ -34,6 +35,7 @@ STORE = FIXTURES / "store" / "linux-ubuntu22.04-x86_64" / "gcc-12.3.0"
 ZLIB_HASH = "ukpivbkpwot7el2z6az77r4y4hoz3zeg"
 SQLITE_HASH = "xjgeg6lsj3pxmuhvlezicu46odq3dx3o"
 PYTHON_HASH = "yezkesqz247juissmuxzs2pzbozhnll3"
+HOST_SLUG = str(Platform.host()).replace("/", "-")  # a one-platform image's default tag suffix
 ZLIB = STORE / f"zlib-1.3-{ZLIB_HASH}"
 SQLITE = STORE / f"sqlite-3.43.2-{SQLITE_HASH}"
 PYTHON_TGZ = FIXTURES / f"python-3.11.7-{PYTHON_HASH}.tar.gz"
@@ -111,7 +113,7 @@ def installed_store(root: Path) -> Path:
     (``.spack-db/index.json``) records where each package is installed, which relocation needs.
     Returns the directory of the prefixes (the layout's ``linux-.../gcc-...``)."""
     shutil.copytree(FIXTURES / "store", root)
-    installs = {}
+    installs: dict[str, dict[str, Any]] = {}
     for spec_file in sorted(root.glob("*/*/*/.spack/spec.json")):
         for node_ in json.loads(spec_file.read_text())["spec"]["nodes"]:
             installs.setdefault(node_["hash"], {"spec": node_, "path": None, "installed": False})
@@ -606,7 +608,8 @@ def test_options_that_break_spack_installs_drop_the_spack_tag(
     code, out, err = cli("build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'out'}", "--json",
                          option, str(zlib))  # fmt: skip
     assert code == 0, err
-    assert json.loads(out)["tag"] == f"zlib-1.3-{ZLIB_HASH}" and reason in err and err.count("\n") == 1
+    tag = json.loads(out)["tag"]
+    assert tag == f"zlib-1.3-{ZLIB_HASH}.{HOST_SLUG}" and reason in err and err.count("\n") == 1
 
 
 def test_a_prefix_spack_cannot_install_from_gets_no_spack_tag(tiny_base: str, tmp_path: Path) -> None:
@@ -617,7 +620,7 @@ def test_a_prefix_spack_cannot_install_from_gets_no_spack_tag(tiny_base: str, tm
                          str(ZLIB))  # fmt: skip
     assert code == 0, err
     result = json.loads(out)
-    assert result["tag"] == f"zlib-1.3-{ZLIB_HASH}" and not result["spack"]
+    assert result["tag"] == f"zlib-1.3-{ZLIB_HASH}.{HOST_SLUG}" and not result["spack"]
     (note,) = err.splitlines()
     assert note.startswith("imagesmith: note: zlib-1.3 is not a Spack build-cache entry (no .spack tag")
     assert "is not inside a Spack install tree" in note
@@ -655,10 +658,10 @@ def test_a_spack_build_goes_only_into_images_of_its_architecture(
     from imagesmith.model import Platform
     from imagesmith.spack import spec_architecture
 
-    extra = (
+    extra: dict[str, Any] = (
         {} if target is None else {"arch": {"platform": "linux", "platform_os": "debian12", "target": target}}
     )
-    prefix = make_prefix(tmp_path, spec_doc(node("tool", **extra)))
+    prefix = make_prefix(tmp_path, spec_doc(node("tool", (), **extra)))
     package = load_package(prefix)
     assert package.spack is not None
     found = spec_architecture(package.spack)

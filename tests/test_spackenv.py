@@ -46,7 +46,8 @@ class Tree:
         return str(node["hash"])
 
     def closure(self, node_hash: str) -> list[dict[str, Any]]:
-        order, todo = [], [node_hash]
+        order: list[dict[str, Any]] = []
+        todo = [node_hash]
         while todo:
             h = todo.pop(0)
             if any(n["hash"] == h for n in order):

@@ -46,11 +46,11 @@ def make_store(root: Path, *, paths: dict[str, str] | None = None) -> dict[str, 
     """An install tree ``root/opt/spack`` with a database recording each node's prefix."""
     store = root / "opt" / "spack"
     prefixes = {n["hash"]: store / "linux-x86_64" / f"{n['name']}-1.0-{n['hash']}" for n in NODES}
-    installs = {}
+    installs: dict[str, object] = {}
     for n in NODES:
-        path = (paths or {}).get(n["hash"], str(prefixes[n["hash"]]))
-        path = path if not n.get("external") else "/usr"
-        installs[n["hash"]] = {"spec": n, "path": path, "installed": True}
+        recorded = (paths or {}).get(n["hash"], str(prefixes[n["hash"]]))
+        recorded = recorded if not n.get("external") else "/usr"
+        installs[n["hash"]] = {"spec": n, "path": recorded, "installed": True}
     (store / ".spack-db").mkdir(parents=True)
     database = {"database": {"version": "8", "installs": installs}}
     (store / ".spack-db" / "index.json").write_text(json.dumps(database))

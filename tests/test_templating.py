@@ -57,6 +57,17 @@ def test_default_tag() -> None:
     assert render_tag(None, name="python", version="3.11.2", hash=HASH) == f"python-3.11.2-{HASH}"
 
 
+def test_default_tag_names_the_platform_of_a_one_platform_image() -> None:
+    # Two machines building one platform-independent package (same hash) must not share a tag.
+    amd = render_tag(None, name="tool", version="1", hash=HASH, platform="linux-amd64")
+    arm = render_tag(None, name="tool", version="1", hash=HASH, platform="linux-arm64-v8")
+    assert (amd, arm) == (f"tool-1-{HASH}.linux-amd64", f"tool-1-{HASH}.linux-arm64-v8")
+    # Spack's tag stays Spack's (a Spack package is built for one target anyway).
+    assert render_tag(None, name="tool", version="1", hash=HASH, spack=True, platform="linux-amd64") == (
+        f"tool-1-{HASH}.spack"
+    )
+
+
 def test_custom_tag_with_extra_variables() -> None:
     tag = render_tag(
         "{{ name }}_{{ version }}_{{ arch }}_{{ hash[:7] }}",
@@ -102,7 +113,7 @@ def test_undefined_variable_is_an_error_naming_it() -> None:
     message = str(info.value)
     assert "'{{ name }}-{{ flavour }}'" in message
     assert "'flavour' is undefined" in message
-    assert "available variables: hash, name, spack, version" in message
+    assert "available variables: hash, name, platform, spack, version" in message
 
 
 @pytest.mark.parametrize(

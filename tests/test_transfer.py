@@ -375,9 +375,9 @@ def test_base_layers_are_fetched_once_for_two_outputs(
     fetched: list[Digest] = []
     original = RegistryClient.open_blob
 
-    def spy(self: RegistryClient, repository: str, descriptor: Descriptor) -> Any:
+    def spy(self: RegistryClient, repository: str, descriptor: Descriptor, **kwargs: Any) -> Any:
         fetched.append(descriptor.digest)
-        return original(self, repository, descriptor)
+        return original(self, repository, descriptor, **kwargs)
 
     monkeypatch.setattr(RegistryClient, "open_blob", spy)
     cache = BlobCache(tmp_path / "cache")

@@ -254,7 +254,8 @@ class Authenticator:
                 if creds is None or not (creds.username or creds.password):
                     raise AuthenticationError(
                         f"{self.registry} requires a username and password and none were "
-                        f"found: run `docker login {self.registry}`, or pass an auth file",
+                        f"found: run `docker login {self.registry}`, or pass --creds USER:PASSWORD or "
+                        "--authfile FILE",
                         status=401,
                     )
 

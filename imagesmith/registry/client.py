@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -185,8 +186,13 @@ class RequestBody:
 
 
 def _credential_store(options: RegistryOptions) -> CredentialStore:
-    """The credentials ``options`` point at: their auth file (else docker's and podman's)."""
-    return CredentialStore(options.auth_file, helper_timeout=options.credential_helper_timeout)
+    """The credentials ``options`` point at: ``--creds``, else their auth file (else docker's
+    and podman's)."""
+    return CredentialStore(options.auth_file, helper_timeout=options.credential_helper_timeout,
+                           explicit=options.credentials)  # fmt: skip
+
+
+_REPOSITORY_PATH = re.compile(r"/v2/(.+?)/(?:manifests|blobs|tags|referrers)/")
 
 
 class _UploadBody(RequestBody):
@@ -384,18 +390,23 @@ class RegistryClient:
         credentials: CredentialStore | None = None,
         *,
         transport: Transport | None = None,
+        peers: Callable[[str], RegistryClient] | None = None,
     ) -> None:
         self.registry = normalise_registry(registry)
         self.options = options or (transport.options if transport else RegistryOptions())
         self.api_host = DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
-        # The API host decides, as for every other URL the transport checks.
-        self.base_url = f"{self.options.scheme(self.api_host)}://{self.api_host}"
-        self._origin = origin_of(self.base_url)
+        self._check_blocked("")
         self._owns_transport = transport is None
         self._transport = transport or Transport(self.options)
+        # The API host decides, as for every other URL the transport checks.
+        self.base_url = f"{self._transport.scheme(self.api_host)}://{self.api_host}"
+        self._origin = origin_of(self.base_url)
         if credentials is None:
             credentials = _credential_store(self.options)
+        self._credentials = credentials
         self.auth = Authenticator(self.registry, self.base_url, self._transport, credentials)
+        self._peers = peers
+        self._own_peers: dict[str, RegistryClient] = {}
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.registry!r}, base_url={self.base_url!r})"
@@ -417,15 +428,51 @@ class RegistryClient:
     def _url(self, path: str) -> str:
         return self.base_url + path
 
+    def _check_blocked(self, repository: str) -> None:
+        entry = self.options.registries_conf().blocked(self.registry, repository)
+        if entry is not None:
+            shown = f"{self.registry}/{repository}" if repository else self.registry
+            raise RegistryError(
+                f"{shown} is blocked by registries.conf ([[registry]] prefix {entry.prefix!r} in "
+                f"{entry.source}): imagesmith neither pulls from it nor pushes to it"
+            )
+
+    def _check_url(self, url: str) -> None:
+        m = _REPOSITORY_PATH.search(urlsplit(url).path)
+        if m:
+            self._check_blocked(m.group(1))
+
+    def _peer(self, registry: str) -> RegistryClient:
+        """The client for another registry (a mirror), sharing transport and credentials."""
+        if self._peers is not None:
+            return self._peers(registry)
+        name = normalise_registry(registry)
+        if name == self.registry:
+            return self
+        if name not in self._own_peers:
+            self._own_peers[name] = RegistryClient(name, self.options, self._credentials,
+                                                   transport=self._transport)  # fmt: skip
+        return self._own_peers[name]
+
+    def pull_sources(self, repository: str, by_digest: bool | None) -> list[tuple[str, str]]:
+        """``(registry, repository)`` to try in order for a pull of ``repository``: the
+        ``registries.conf`` mirrors that may serve it, then the location. ``by_digest`` None
+        is a blob (content-addressed: every mirror may serve it)."""
+        conf = self.options.registries_conf()
+        return [(s.registry, s.repository)
+                for s in conf.pull_sources(self.registry, repository, by_digest=by_digest)]  # fmt: skip
+
     def _request(
         self, method: str, url: str, scopes: frozenset[str], **kwargs: Any
     ) -> requests.Response:
+        self._check_url(url)
         return self._transport.request(
             method, url, host=self.registry, scopes=scopes, auth=self.auth,
             auth_origin=self._origin, **kwargs,
         )  # fmt: skip
 
     def _fetch(self, method: str, url: str, scopes: frozenset[str], **kwargs: Any) -> Fetched:
+        self._check_url(url)
         return self._transport.fetch(
             method, url, host=self.registry, scopes=scopes, auth=self.auth,
             auth_origin=self._origin, **kwargs,
@@ -446,25 +493,37 @@ class RegistryClient:
         return f"{self.registry}/{repository}{sep}{reference}"
 
     # -- API
-    def ping(self) -> None:
-        """``GET /v2/``: check the registry answers; a 401 only records its challenge."""
+    def ping(self, *, retry: bool = True) -> None:
+        """``GET /v2/``: check the registry answers; a 401 only records its challenge.
+        ``retry=False`` sends it once: a network failure is raised at once."""
         resp = self._transport.request(
             "GET", self._url("/v2/"), host=self.registry, expect=(200, 401),
-            prefix=f"checking {self.registry} is a registry",
+            prefix=f"checking {self.registry} is a registry", retry=retry,
         )  # fmt: skip
         challenge = resp.headers.get("WWW-Authenticate") if resp.status_code == 401 else None
         resp.close()
         if challenge:
             self.auth.observe(challenge)
 
-    def get_manifest(self, repository: str, reference: str) -> ManifestResponse:
+    def get_manifest(self, repository: str, reference: str, *, mirrors: bool = False) -> ManifestResponse:
         """Fetch a manifest or index by tag or digest.
 
         Sends ``Accept`` with the four manifest types, refuses bodies over
         ``MAX_MANIFEST_SIZE`` without reading them whole, checks the bytes against
         ``reference`` when it is a digest (:class:`IntegrityError`), and raises
-        :class:`NotFoundError` (``manifest unknown: host/repo:ref``) on 404.
+        :class:`NotFoundError` (``manifest unknown: host/repo:ref``) on 404. With ``mirrors``
+        (a pull), the ``registries.conf`` mirrors are tried first, in order.
         """
+        if mirrors:
+            sources = self.pull_sources(repository, by_digest=":" in reference)
+            for registry, repo in sources[:-1]:
+                try:
+                    return self._peer(registry).get_manifest(repo, reference)
+                except ImagesmithError as exc:
+                    log.info("mirror %s/%s failed (%s); trying the next source", registry, repo, exc)
+            registry, repo = sources[-1]
+            if (normalise_registry(registry), repo) != (self.registry, repository):
+                return self._peer(registry).get_manifest(repo, reference)
         validate_repository(repository)
         ref, expected = self._manifest_ref(reference)
         shown = self._shown(repository, ref)
@@ -628,15 +687,38 @@ class RegistryClient:
         return opener
 
     @contextmanager
-    def open_blob(self, repository: str, descriptor: Descriptor) -> Iterator[VerifyingReader]:
+    def open_blob(
+        self, repository: str, descriptor: Descriptor, *, mirrors: bool = False
+    ) -> Iterator[VerifyingReader]:
         """Open a blob for streaming; the reader checks size and digest as it is read.
 
         Redirects are followed without credentials when they leave the registry's origin;
         a descriptor's ``urls`` (foreign layers) are tried first, never with credentials,
-        then the registry. A dropped connection resumes with ``Range``.
+        then the registry (with ``mirrors``, a pull: the ``registries.conf`` mirrors first).
+        A dropped connection resumes with ``Range``.
         """
         validate_repository(repository)
         what = f"blob {descriptor.digest} of {self.registry}/{repository}"
+        stream = self._open_stream(repository, descriptor, what, mirrors)
+        try:
+            yield VerifyingReader(stream, descriptor.digest, descriptor.size, what)
+        finally:
+            stream.close()
+
+    def _open_stream(
+        self, repository: str, descriptor: Descriptor, what: str, mirrors: bool
+    ) -> _ResumableStream:
+        if mirrors:
+            sources = self.pull_sources(repository, by_digest=None)
+            for registry, repo in sources[:-1]:
+                try:
+                    return self._peer(registry)._open_stream(repo, descriptor, what, False)
+                except ImagesmithError as exc:
+                    log.info("mirror %s/%s failed for %s (%s); trying the next source",
+                             registry, repo, what, exc)  # fmt: skip
+            registry, repo = sources[-1]
+            if (normalise_registry(registry), repo) != (self.registry, repository):
+                return self._peer(registry)._open_stream(repo, descriptor, what, False)
         stream: _ResumableStream | None = None
         for foreign in descriptor.urls:
             try:
@@ -655,19 +737,18 @@ class RegistryClient:
                 self._blob_opener(repository, descriptor, url, authenticated=True),
                 what, MAX_RESUMES,
             )  # fmt: skip
-        try:
-            yield VerifyingReader(stream, descriptor.digest, descriptor.size, what)
-        finally:
-            stream.close()
+        return stream
 
-    def get_blob_bytes(self, repository: str, descriptor: Descriptor, max_size: int) -> bytes:
+    def get_blob_bytes(
+        self, repository: str, descriptor: Descriptor, max_size: int, *, mirrors: bool = False
+    ) -> bytes:
         """A small blob (an image config) in memory, verified; refused over ``max_size``."""
         if descriptor.size > max_size:
             raise ManifestError(
                 f"blob {descriptor.digest} of {self.registry}/{repository} is "
                 f"{descriptor.size} bytes, more than the {max_size} allowed: refused"
             )
-        with self.open_blob(repository, descriptor) as reader:
+        with self.open_blob(repository, descriptor, mirrors=mirrors) as reader:
             return reader.read_all_chunks()
 
     def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
@@ -1002,9 +1083,12 @@ class RegistryPool:
             client = self._clients.get(name)
             if client is None:
                 client = RegistryClient(name, self.options, self.credentials,
-                                        transport=self._transport)  # fmt: skip
+                                        transport=self._transport, peers=self._peer)  # fmt: skip
                 self._clients[name] = client
             return client
+
+    def _peer(self, registry: str) -> RegistryClient:
+        return self.client(registry)
 
     def close(self) -> None:
         """Close every client and the shared connections."""

@@ -1,6 +1,7 @@
 """Registry credentials from docker and podman configuration files and credential helpers.
 
-Lookup order for a registry: the explicit ``auth_file`` only, when one is given; otherwise
+Lookup order for a registry: explicit credentials (``--creds``) when given, for every
+registry; else the explicit ``auth_file`` only, when one is given; otherwise
 ``$DOCKER_CONFIG/config.json`` (or ``~/.docker/config.json``), then podman's
 ``$REGISTRY_AUTH_FILE``, then ``$XDG_RUNTIME_DIR/containers/auth.json``; the first file that
 has credentials for the registry wins. Inside one file, ``credHelpers[host]`` is preferred
@@ -150,8 +151,10 @@ class CredentialStore:
         environ: Mapping[str, str] | None = None,
         *,
         helper_timeout: float = 60.0,
+        explicit: Credentials | None = None,
     ) -> None:
         self.auth_file = Path(auth_file) if auth_file is not None else None
+        self.explicit = explicit
         self._environ: Mapping[str, str] = os.environ if environ is None else dict(environ)
         self._inherit_env = environ is None
         self.helper_timeout = helper_timeout
@@ -159,11 +162,13 @@ class CredentialStore:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"CredentialStore(auth_file={self.auth_file!r})"
+        return f"CredentialStore(auth_file={self.auth_file!r}, explicit={self.explicit is not None})"
 
     def get(self, registry: str) -> Credentials | None:
         """Credentials for ``registry`` (``docker.io``, ``ghcr.io``, ``127.0.0.1:5000``), or
         None when no source has any (anonymous access)."""
+        if self.explicit is not None:
+            return self.explicit
         name = normalise_registry(registry)
         with self._lock:
             if name not in self._cache:

@@ -22,7 +22,9 @@ import os
 import random
 import re
 import ssl
+import threading
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -47,6 +49,9 @@ from imagesmith.errors import (
     RegistryUnreachableError,
     UsageError,
 )
+from imagesmith.sysregistries import RegistriesConf, certs_dir_for, certs_roots, default_registries_conf
+
+from .credentials import Credentials
 
 __all__ = [
     "RETRY_STATUSES",
@@ -63,6 +68,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("imagesmith.http")
+
+# verify=False is only ever used for hosts registries.conf calls insecure, on purpose: the
+# warning urllib3 prints for each such request would be noise (warnings.catch_warnings is not
+# thread-safe, so the filter is installed once).
+warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -118,6 +128,16 @@ class RegistryOptions:
 
     ``credential_helper_timeout`` (default 60 s): a ``docker-credential-*`` helper that has not
     answered by then is killed, with every process it started.
+
+    ``auth_file`` is the only credentials file read when set (``--authfile``);
+    ``credentials`` (``--creds``) are used for every registry and win over any file.
+
+    ``registries`` are the ``registries.conf`` settings (insecure, blocked, mirrors, aliases,
+    search registries); None reads the files podman reads (see
+    :mod:`imagesmith.sysregistries`), :meth:`RegistriesConf.empty` ignores them.
+    ``certs_dirs`` are the ``certs.d`` roots searched for ``HOST[:PORT]/*.crt`` and client
+    certificates; None searches podman's (``~/.config/containers/certs.d``,
+    ``/etc/containers/certs.d``, ``/etc/docker/certs.d``, or ``$IMAGESMITH_CERTS_DIR``).
     """
 
     insecure: frozenset[str] = frozenset()
@@ -132,6 +152,9 @@ class RegistryOptions:
     max_redirects: int = 5
     chunk_size: int = 16 * 1024 * 1024
     credential_helper_timeout: float = 60.0
+    credentials: Credentials | None = field(default=None, repr=False)
+    registries: RegistriesConf | None = None
+    certs_dirs: tuple[Path, ...] | None = None
 
     def __post_init__(self) -> None:
         # Accept any iterable of strings and normalise once, so lookups are exact matches.
@@ -145,6 +168,8 @@ class RegistryOptions:
             object.__setattr__(self, "ca_cert", Path(self.ca_cert))
         if self.auth_file is not None and not isinstance(self.auth_file, Path):
             object.__setattr__(self, "auth_file", Path(self.auth_file))
+        if self.certs_dirs is not None:
+            object.__setattr__(self, "certs_dirs", tuple(Path(p) for p in self.certs_dirs))
         if not self.timeout > 0:
             raise UsageError(f"invalid timeout {self.timeout!r}: must be a positive number of seconds")
         if self.retries < 0:
@@ -163,8 +188,9 @@ class RegistryOptions:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
     ) -> RegistryOptions:
-        """Options from ``IMAGESMITH_INSECURE_REGISTRY``, ``IMAGESMITH_CA_CERT`` and
-        ``IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT``, merged.
+        """Options from ``IMAGESMITH_INSECURE_REGISTRY``, ``IMAGESMITH_CA_CERT``,
+        ``IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT``, merged, with the
+        ``registries.conf`` and ``certs.d`` the environment's files name.
 
         ``IMAGESMITH_INSECURE_REGISTRY`` is a comma- or space-separated list of hosts added to
         any ``insecure`` override; an explicit ``ca_cert`` or ``credential_helper_timeout``
@@ -188,19 +214,41 @@ class RegistryOptions:
         if overrides.get("ca_cert") is None:
             ca = env.get("IMAGESMITH_CA_CERT", "").strip()
             overrides["ca_cert"] = Path(ca) if ca else None
+        if overrides.get("registries") is None:
+            overrides["registries"] = default_registries_conf(env)
+        if overrides.get("certs_dirs") is None:
+            overrides["certs_dirs"] = tuple(certs_roots(env))
         return cls(insecure=frozenset(h for h in insecure if h), **overrides)
 
-    def is_insecure(self, host: str) -> bool:
-        """Whether ``host`` (``name`` or ``name:port``) is to be spoken to over plain http."""
+    def registries_conf(self) -> RegistriesConf:
+        """:attr:`registries`, or the files podman reads when that is None."""
+        return self.registries if self.registries is not None else default_registries_conf()
+
+    def certs_roots(self) -> tuple[Path, ...]:
+        """:attr:`certs_dirs`, or podman's ``certs.d`` roots when that is None."""
+        return self.certs_dirs if self.certs_dirs is not None else tuple(certs_roots())
+
+    def listed_insecure(self, host: str) -> bool:
+        """Whether ``host`` is in :attr:`insecure` (``--insecure-registry``): plain http only."""
         text = host.strip().lower()
         if text in self.insecure:
             return True
         name, port = _split_host_port(text)
         return port is not None and name in self.insecure
 
+    def conf_insecure(self, host: str) -> bool:
+        """Whether ``registries.conf`` says ``insecure = true`` for ``host``: https without
+        certificate checks, or plain http when the host does not speak TLS."""
+        return self.registries_conf().is_insecure(host.strip().lower())
+
+    def is_insecure(self, host: str) -> bool:
+        """Whether ``host`` (``name`` or ``name:port``) may be spoken to over plain http."""
+        return self.listed_insecure(host) or self.conf_insecure(host)
+
     def scheme(self, host: str) -> str:
-        """``http`` for hosts listed insecure, ``https`` for every other host."""
-        return "http" if self.is_insecure(host) else "https"
+        """``http`` for hosts listed insecure, ``https`` for every other host (a host only
+        ``registries.conf`` calls insecure is probed by :meth:`Transport.scheme`)."""
+        return "http" if self.listed_insecure(host) else "https"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -444,7 +492,11 @@ def _network_error(
             elif "expired" in lower:
                 hint = "its certificate has expired"
             else:
-                hint = "its certificate is signed by an unknown CA: pass --ca-cert FILE"
+                hint = (
+                    "its certificate is signed by an unknown CA: put the CA in "
+                    f"/etc/containers/certs.d/{host}/ca.crt (or ~/.config/containers/certs.d/{host}/), "
+                    "or pass --ca-cert FILE"
+                )
         else:
             hint = "check the server's TLS setup, or pass --ca-cert FILE"
         return _NetworkFailure(
@@ -505,8 +557,10 @@ class _TLSAdapter(HTTPAdapter):
         return super().proxy_manager_for(proxy, **proxy_kwargs)
 
 
-def _tls_context(ca_cert: Path) -> ssl.SSLContext:
+def _tls_context(ca_cert: Path | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=certifi.where())
+    if ca_cert is None:
+        return context
     try:
         context.load_verify_locations(cafile=str(ca_cert))
     except FileNotFoundError:
@@ -542,6 +596,47 @@ class Transport:
         if self.options.ca_cert is not None:
             session.mount("https://", _TLSAdapter(_tls_context(self.options.ca_cert)))
         self.session = session
+        self._hosts_seen: set[str] = set()
+        self._schemes: dict[str, str] = {}
+        self._host_lock = threading.Lock()
+
+    def _prepare_host(self, netloc: str) -> None:
+        """Mount an adapter with the host's ``certs.d`` files (once per host)."""
+        with self._host_lock:
+            if netloc in self._hosts_seen:
+                return
+            self._hosts_seen.add(netloc)
+            found = certs_dir_for(netloc, self.options.certs_roots())
+            if found is None or not (found.ca_files or found.client_pairs):
+                return
+            context = _tls_context(self.options.ca_cert)
+            found.apply(context)
+            log.debug("using the TLS files of %s for %s", found.path, netloc)
+            self.session.mount(f"https://{netloc}/", _TLSAdapter(context))
+
+    def scheme(self, host: str) -> str:
+        """The scheme for ``host``: ``http`` when listed insecure; for a host only
+        ``registries.conf`` calls insecure, ``https`` (unverified) when it answers TLS, else
+        ``http``, as podman does; ``https`` otherwise."""
+        if self.options.listed_insecure(host):
+            return "http"
+        if not self.options.conf_insecure(host):
+            return "https"
+        with self._host_lock:
+            known = self._schemes.get(host)
+        if known is not None:
+            return known
+        scheme = "https"
+        try:
+            resp = self.send("GET", f"https://{host}/v2/", {}, None)
+            resp.close()
+        except _NetworkFailure as failure:
+            log.debug("%s does not answer https (%s); using plain http, registries.conf calls it insecure",
+                      host, failure.error)  # fmt: skip
+            scheme = "http"
+        with self._host_lock:
+            self._schemes[host] = scheme
+        return scheme
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -581,11 +676,18 @@ class Transport:
             proxies = requests.utils.get_environ_proxies(url)
         except Exception:
             proxies = {}
+        parts = urlsplit(url)
+        verify = True
+        if parts.scheme.lower() == "https":
+            netloc = parts.netloc.rpartition("@")[2].lower()
+            self._prepare_host(netloc)
+            # registries.conf's insecure = true: TLS without certificate checks, as podman.
+            verify = not self.options.conf_insecure(netloc)
         try:
             resp = self.session.request(
                 method, url, headers=dict(headers), data=data, stream=True,
                 timeout=(self.options.timeout, self.options.timeout),
-                allow_redirects=False, proxies=proxies,
+                allow_redirects=False, proxies=proxies, verify=verify,
             )  # fmt: skip
         except requests.RequestException as exc:
             log.debug("%s %s -> %s (%.3f s)", method, redact_url(url), type(exc).__name__,

@@ -1,0 +1,46 @@
+"""The typed API reaches users: a downstream project checked by ``mypy --strict`` sees
+imagesmith's own types (the ``py.typed`` marker), not ``Any``.
+
+The probe is checked from a directory outside the repository, so mypy finds imagesmith the way
+a user's project does: as an installed package (site-packages, or the editable install's path).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import imagesmith
+
+PROBE = """\
+import imagesmith
+
+
+def use(packages: list[imagesmith.Package]) -> None:
+    result = imagesmith.build("registry.example/base:1", packages, repo="registry.example/stack")
+    reveal_type(result)
+    wrong: int = result.reference
+"""
+
+
+def test_the_package_carries_the_py_typed_marker() -> None:
+    assert (Path(imagesmith.__file__).parent / "py.typed").is_file()
+
+
+def test_a_downstream_strict_mypy_sees_imagesmith_types(tmp_path: Path) -> None:
+    (tmp_path / "probe.py").write_text(PROBE)
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "probe.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    out = run.stdout + run.stderr
+    assert "missing library stubs or py.typed marker" not in out, out
+    assert 'Revealed type is "imagesmith.' in out and 'BuildResult"' in out, out
+    # A wrong use is an error mypy reports: the type is real, not Any.
+    assert "Incompatible types in assignment" in out, out
+    assert run.returncode == 1, out
