@@ -16,10 +16,11 @@ TRIXIE_DEBS := podman skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsql
 
 # Real components the tests and the demo use (see docs/testing.md).
 SYSTEM_PACKAGES := docker-registry podman runc skopeo umoci busybox-static apache2-utils openssl \
-	rsync git gcc g++ patchelf make curl jq
+	rsync git gcc g++ patchelf make curl jq tmux
 SYSTEM_FILES := /usr/bin/docker-registry /usr/bin/podman /usr/sbin/runc /usr/bin/skopeo \
 	/usr/bin/umoci /bin/busybox /usr/bin/htpasswd /usr/bin/openssl /usr/bin/rsync /usr/bin/git \
-	/usr/bin/gcc /usr/bin/g++ /usr/bin/patchelf /usr/bin/make /usr/bin/curl /usr/bin/jq
+	/usr/bin/gcc /usr/bin/g++ /usr/bin/patchelf /usr/bin/make /usr/bin/curl /usr/bin/jq \
+	/usr/bin/tmux
 # Node tools the tests run, pinned by tests/npm/package-lock.json: gitlab-ci-local runs generated
 # GitLab pipelines for real (4.60.0 is the last release for Node 20). npm ci compiles its re2
 # module when no prebuilt binary can be downloaded: minutes, once; node's headers come from

@@ -27,15 +27,13 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO, cast
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 from ._version import __version__
 from .errors import (
@@ -61,7 +59,6 @@ if TYPE_CHECKING:
     from .model import Platform
     from .packages import Package
     from .pipeline import BuildResult, ImportResult, MultiBuildResult
-    from .progress import ProgressEvent
     from .registry.credentials import Credentials
     from .registry.transport import RegistryOptions
     from .signing import SigningKey
@@ -79,6 +76,9 @@ INDEX_TAG = "index.imagesmith"  # repoindex.INDEX_TAG
 SPACK_INDEX_TAG = "index.spack"  # repoindex.SPACK_INDEX_TAG
 ENGINES = ("gitlab", "github")  # ci.ENGINES
 DEFAULT_INSTALL = f"pip install imagesmith=={__version__}"  # ci.DEFAULT_INSTALL
+
+if TYPE_CHECKING:
+    from .progressview import ProgressView as _Progress
 
 __all__ = ["main"]
 
@@ -131,6 +131,11 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
         default=None,
         help="blob cache directory (also IMAGESMITH_CACHE_DIR; default: the user cache dir)",
     )
+
+
+def _quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress on stderr; print only the digest of what was written")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -264,6 +269,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"sign the pushed image with this ECDSA P-256 private key ({KEY_PASSWORD_ENV} or a prompt)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     p.add_argument(
         "--digestfile",
         metavar="FILE",
@@ -354,6 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     _registry_args(p, "")
     p = commands.add_parser(
         "copy",
@@ -373,6 +380,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--docker-host", metavar="URL", help="daemon for docker-daemon: (default DOCKER_HOST)")
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob copies (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -402,6 +410,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob mounts (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -420,6 +429,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="for an index (default: this machine's)")
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel downloads (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _quiet_arg(p)
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -736,63 +746,6 @@ def _cache(args: argparse.Namespace) -> BlobCache:
     return BlobCache(Path(path) if path else None)
 
 
-class _Progress:
-    """A live status line on a terminal; silent otherwise so output stays parseable.
-
-    ``layer-progress`` events redraw one line in place (at most ten times a second); every
-    other event is printed as a finished line.
-    """
-
-    WORDS: ClassVar[dict[str, str]] = {
-        "resolve": "resolved",
-        "layer-built": "built layer",
-        "layer-reused": "reused layer",
-        "blob-exists": "already there",
-        "blob-mounted": "mounted",
-        "blob-uploaded": "uploaded",
-        "blob-fetched": "fetched",
-        "manifest-pushed": "pushed manifest",
-    }
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self._active: dict[str, int] = {}
-        self._last_draw = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            if event.kind == "layer-progress":
-                self._active[event.subject] = event.size
-                now = time.monotonic()
-                if now - self._last_draw >= 0.1:
-                    self._last_draw = now
-                    self._draw()
-                return
-            if event.kind in ("layer-built", "layer-reused"):
-                self._active.pop(event.subject, None)
-            subject = event.subject[:19] if event.subject.startswith("sha256:") else event.subject
-            size = f" ({_human(event.size)})" if event.size else ""
-            self._clear()
-            line = f"  {self.WORDS.get(event.kind, event.kind):<16} {subject}{size}"
-            print(line, file=self.stream, flush=True)
-            if self._active:
-                self._draw()
-
-    def _draw(self) -> None:
-        parts = [f"{name} {_human(done)}" for name, done in self._active.items()]
-        width = shutil.get_terminal_size((80, 20)).columns - 1
-        text = ("  archiving        " + ", ".join(parts))[:width]
-        self.stream.write("\r\x1b[K" + text)
-        self.stream.flush()
-
-    def _clear(self) -> None:
-        self.stream.write("\r\x1b[K")
-
-
 # C0 controls, DEL, C1 controls, and lone surrogates: those from U+DC80 stand for bytes that
 # were not UTF-8 (names from an old image, decoded with surrogateescape); any other comes from
 # a JSON "\\udXXX" escape in a config. None of them can be printed as they are.
@@ -961,6 +914,8 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         _closure_warnings(results, progress.stream)
         if args.json:
             _emit_list((r.to_json() for r in results), stdout)
+        elif args.quiet:
+            print("\n".join(r.digest for r in results), file=stdout)
         else:
             for written in results:
                 _report_written(written, stdout)
@@ -985,6 +940,8 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         _write_output(result.digest + "\n", Path(args.digestfile), stdout)
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         _report_written(result, stdout)
         if isinstance(result, BuildResult):
@@ -1015,6 +972,8 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
     )
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         _report_written(result, stdout, f" for {result.platform}")
     return 0
@@ -1060,6 +1019,8 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
         )
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         print(f"Copied {result.source} -> {result.destination} ({result.digest})", file=stdout)
     return 0
@@ -1081,6 +1042,8 @@ def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             result = merge_images(args.sources, args.tag, pool=pool, progress=progress, jobs=jobs)
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         print(f"Pushed {RegistryLocation(result.reference)} ({result.digest})", file=stdout)
         print(f"Platforms: {', '.join(result.platforms)}", file=stdout)
@@ -1101,6 +1064,8 @@ def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
     )
     if args.json:
         _emit(result.to_json(), stdout)
+    elif args.quiet:
+        print(result.digest, file=stdout)
     else:
         stats = result.stats
         _say(
@@ -1139,8 +1104,7 @@ def _run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    progress = _Progress(stderr)
+def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, progress: _Progress) -> int:
     if args.command == "build":
         return _run_build(args, stdout, progress)
     if args.command == "import":
@@ -1569,6 +1533,28 @@ def _exit_code(error: ImagesmithError) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def _interrupts() -> Iterator[None]:
+    """Ctrl-C (SIGINT) stops the work at once: the handler tells every worker thread to stop
+    (:func:`imagesmith.cancel.interrupt`) and raises :class:`KeyboardInterrupt` in the main
+    thread, which only waits for them to clean up. Only the main thread can set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    from . import cancel
+
+    def handler(signum: int, frame: object) -> None:
+        cancel.interrupt()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _os_cause(error: BaseException) -> int | None:
     """The errno of the OSError ``error`` was raised while handling (``raise ... from None``
     keeps it as the context), if any: the library's per-module errors name the path and the
@@ -1666,9 +1652,16 @@ def _main(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> int:
         logger = logging.getLogger("imagesmith")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+    from . import cancel
+    from .progressview import ProgressView  # here: `imagesmith --version` does not import it
+
+    progress = ProgressView.for_cli(stderr, quiet=bool(getattr(args, "quiet", False)))
+    cancel.reset()
     try:
-        return _run(args, stdout, stderr)
+        with _interrupts():
+            return _run(args, stdout, stderr, progress)
     except ImagesmithError as error:
+        progress.close()
         from .closure import ClosureError
 
         if isinstance(error, ClosureError):
@@ -1678,6 +1671,8 @@ def _main(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> int:
         _say(f"imagesmith: error: {error}", stderr)
         return _exit_code(error)
     except KeyboardInterrupt:
+        # Every worker has stopped by now (cancel.interrupt), each cleaning up after itself.
+        progress.close()
         print("imagesmith: interrupted", file=stderr)
         return 130
     except OSError as exc:
@@ -1686,6 +1681,7 @@ def _main(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> int:
         _say(f"imagesmith: error: {failure}", stderr)
         return _exit_code(failure)
     finally:
+        progress.close()
         if args.debug:
             logging.getLogger("imagesmith").handlers.clear()  # imported above, with --debug
 

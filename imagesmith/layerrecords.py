@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .images import Readable
     from .registry.client import RegistryPool
 
-__all__ = ["RECORD_VERSION", "RebuildOrigin", "input_key", "lookup", "recorded", "remember"]
+__all__ = ["RECORD_VERSION", "RebuildOrigin", "input_key", "input_key_size", "lookup", "recorded", "remember"]
 
 _NAME = operator.attrgetter("name")
 
@@ -53,14 +53,16 @@ _NAME = operator.attrgetter("name")
 RECORD_VERSION = 1
 
 
-def _walk_identity(root: Path, digest: Any) -> None:
+def _walk_identity(root: Path, digest: Any) -> int:
     # Sorted, depth-first, without following symlinks; every entry contributes its metadata as
     # one line naming its full relative path, so the order only has to be deterministic. This
     # runs on every build (it is how an unchanged input is recognised), so it is kept lean:
     # string paths, one hash update per directory, no per-entry objects beyond the stat.
     # A failing system call becomes one LayerError naming the path (the same words the layer
     # builder uses): an unreadable directory, a file removed meanwhile, a path over PATH_MAX.
+    # Returns the regular files' bytes: a progress display's total for archiving the tree.
     stack = [(os.fspath(root), "")]
+    total = 0
     while stack:
         directory, rel = stack.pop()
         try:
@@ -84,8 +86,11 @@ def _walk_identity(root: Path, digest: Any) -> None:
             )
             if stat.S_ISDIR(mode):
                 subdirs.append((entry.path, name + "/"))
+            elif stat.S_ISREG(mode):
+                total += st.st_size
         digest.update("".join(lines).encode("utf-8", "surrogateescape"))
         stack.extend(reversed(subdirs))
+    return total
 
 
 def input_key(
@@ -100,6 +105,22 @@ def input_key(
 ) -> str:
     """The identity of a layer input: its content's metadata plus every setting that shapes it
     (``extra``: anything else that does, such as a generated file's inputs)."""
+    return input_key_size(content, prefix, preserve=preserve, compression=compression, level=level,
+                          media_types=media_types, extra=extra)[0]  # fmt: skip
+
+
+def input_key_size(
+    content: Path,
+    prefix: str,
+    *,
+    preserve: bool,
+    compression: Compression,
+    level: int | None,
+    media_types: MediaTypes,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[str, int]:
+    """:func:`input_key` and the bytes of the input's regular files, from the same walk (a
+    tarball's size is not its content's: 0 for a file)."""
     digest = hashlib.sha256()
     settings: dict[str, Any] = {
         "version": RECORD_VERSION,
@@ -118,9 +139,8 @@ def input_key(
     except OSError as exc:
         raise input_error(content, exc, walking=False) from None
     digest.update(f"{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
-    if stat.S_ISDIR(st.st_mode):
-        _walk_identity(content, digest)
-    return "layer:" + digest.hexdigest()
+    total = _walk_identity(content, digest) if stat.S_ISDIR(st.st_mode) else 0
+    return "layer:" + digest.hexdigest(), total
 
 
 def recorded(cache: BlobCache, key: str) -> LayerBlob | None:

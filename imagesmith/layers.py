@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn, cast
 
+from . import cancel
 from .blobstore import BlobWriter
 from .cache import BlobCache
 from .compression import Compressor, open_compressor, open_decompressor
@@ -786,6 +787,7 @@ class _TarSink:
     def write(self, data: bytes) -> None:
         self._buf += data
         if len(self._buf) >= _CHUNK:
+            cancel.check()  # an interrupted build stops within a MiB
             self._drain(len(self._buf) - len(self._buf) % _CHUNK)
 
     def _drain(self, n: int) -> None:
@@ -947,6 +949,7 @@ class _HashingReader:
         self.hasher = Hasher()
 
     def read(self, n: int = -1) -> bytes:
+        cancel.check()
         data = self._f.read(n)
         self.hasher.update(data)
         if self._follower is not None and self.hasher.size - self._announced >= _ANNOUNCE:

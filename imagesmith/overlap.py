@@ -8,8 +8,9 @@ The push then costs about max(build, upload).
 
 :class:`LayerUpload` follows one layer's cache temp file as it grows (the bytes are read back
 from the file with ``pread``, never buffered in memory): the layer builder reports how many
-bytes it has flushed, a thread sends every whole chunk available, and the end of the build
-sends the rest and the digest. It starts only once a layer has produced a whole chunk, so
+bytes it has flushed, a thread sends each whole chunk as it becomes available (one ``PATCH``
+per chunk, so an interrupt stops it between two), and the end of the build sends the rest
+and the digest. It starts only once a layer has produced a whole chunk, so
 small layers never open a session.
 
 It is an optimisation, never the only way a blob gets there: any failure (a refused chunk,
@@ -31,17 +32,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from . import cancel
 from .digests import Digest
 from .errors import ImagesmithError
+from .progress import Meter, ProgressCallback, null_progress
 from .registry.client import RegistryClient, RequestBody, UploadSession
 
 __all__ = ["DEFAULT_CHUNK", "BlobFollower", "EarlyUploads", "LayerUpload"]
 
 log = logging.getLogger("imagesmith.overlap")
 
-# Each PATCH carries at least this much (more when the registry's minimum says so, or when
-# the compressor got ahead): large enough that request overhead is lost in the transfer,
-# small enough that little is left to send when the build ends.
+# Each PATCH carries this much (more when the registry's minimum says so; the last one up to
+# twice as much): large enough that request overhead is lost in the transfer, small enough
+# that little is left to send when the build ends and that an interrupt waits for one chunk.
 DEFAULT_CHUNK = 8 * 1024 * 1024
 
 
@@ -62,16 +65,20 @@ class _FileRange(RequestBody):
     """Bytes ``start`` to ``end`` of an open file as a request body (``pread``; the
     descriptor's offset is never moved, and it is not closed here)."""
 
-    def __init__(self, fd: int, start: int, end: int) -> None:
+    def __init__(self, fd: int, start: int, end: int, meter: Meter | None = None) -> None:
         self._fd = fd
         self._pos = start
         self._end = end
         self._length = end - start
+        self._meter = meter
 
     def __len__(self) -> int:
         return self._length
 
     def read(self, n: int = -1) -> bytes:
+        cancel.check(cancel.BODY_GRACE)
+        if self._meter is not None:
+            self._meter.reach(self._pos)
         left = self._end - self._pos
         if left <= 0:
             return b""
@@ -90,10 +97,23 @@ class _Aborted(Exception):
 
 
 class LayerUpload:
-    """One blob uploaded to ``repository`` while it is written (a :class:`BlobFollower`)."""
+    """One blob uploaded to ``repository`` while it is written (a :class:`BlobFollower`).
 
-    def __init__(self, client: RegistryClient, repository: str, *, chunk: int = DEFAULT_CHUNK) -> None:
+    ``progress`` gets ``upload-progress`` events naming ``label`` (the layer being built);
+    their total is 0 until the build ends and the blob's size is known.
+    """
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: str,
+        *,
+        chunk: int = DEFAULT_CHUNK,
+        progress: ProgressCallback = null_progress,
+        label: str = "",
+    ) -> None:
         self._client = client
+        self._meter = Meter(progress, "upload-progress", label or "a layer")
         self._repository = repository
         self._chunk = max(1, chunk)
         self._cond = threading.Condition()
@@ -129,6 +149,7 @@ class LayerUpload:
 
     def finish(self, digest: Digest, size: int) -> None:
         with self._cond:
+            self._meter.total = size
             self._final = (digest, size)
             self._available = size
             self._cond.notify_all()
@@ -154,9 +175,11 @@ class LayerUpload:
                 self._cond.wait()
             if self._aborted:
                 raise _Aborted
-            if self._final is not None:
+            if self._final is not None and self._final[1] - offset <= chunk:
                 return self._final[1], self._final
-            return offset + (self._available - offset) // chunk * chunk, None
+            # One chunk per PATCH: an interrupt is honoured between two of them, where the
+            # session can still be cancelled (see imagesmith.cancel).
+            return offset + chunk, None
 
     def _run(self) -> None:
         fd = self._fd
@@ -168,17 +191,20 @@ class LayerUpload:
             while True:
                 end, final = self._next(session.offset, chunk)
                 if end > session.offset:
-                    part = functools.partial(_FileRange, fd, session.offset, end)
+                    part = functools.partial(_FileRange, fd, session.offset, end, self._meter)
                     session = self._client.append_upload(session, end, part)
+                    self._meter.reach(end)
                 if final is not None:
                     self._client.finish_upload(session, final[0])
                     self.uploaded = final
                     session = None
+                    self._meter.done()
                     return
-        except _Aborted:
-            pass
+        except (_Aborted, KeyboardInterrupt):
+            pass  # aborted, or interrupted (cancel.interrupt): the session is cancelled below
         except (ImagesmithError, OSError) as exc:
             self.failure = str(exc)
+            self._meter.done()  # this upload is over: the push sends the blob, with its own progress
             log.info("uploading a layer while building it failed (%s); it will be uploaded after the build",
                      exc)  # fmt: skip
         finally:
@@ -195,10 +221,18 @@ class EarlyUploads:
     thread outlives the build.
     """
 
-    def __init__(self, client: RegistryClient, repository: str, *, chunk: int = DEFAULT_CHUNK) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: str,
+        *,
+        chunk: int = DEFAULT_CHUNK,
+        progress: ProgressCallback = null_progress,
+    ) -> None:
         self._client = client
         self._repository = repository
         self._chunk = chunk
+        self._progress = progress
         self._lock = threading.Lock()
         self._uploads: list[LayerUpload] = []
 
@@ -211,8 +245,10 @@ class EarlyUploads:
             log.info("could not check blob %s before building (%s)", digest, exc)
             return False
 
-    def follower(self) -> LayerUpload:
-        upload = LayerUpload(self._client, self._repository, chunk=self._chunk)
+    def follower(self, label: str = "") -> LayerUpload:
+        """A :class:`LayerUpload` for one layer build; ``label`` names it in progress events."""
+        upload = LayerUpload(self._client, self._repository, chunk=self._chunk, progress=self._progress,
+                             label=label)  # fmt: skip
         with self._lock:
             self._uploads.append(upload)
         return upload

@@ -316,7 +316,7 @@ def _early_uploads(
     if target is None:
         yield None
         return
-    with EarlyUploads(pool.client(target.registry), target.repository) as uploads:
+    with EarlyUploads(pool.client(target.registry), target.repository, progress=progress) as uploads:
         yield uploads
     for digest, size in uploads.wait():
         progress(ProgressEvent("blob-uploaded", str(digest), size, "while building"))
@@ -333,17 +333,20 @@ def content_layer(
     compression: mt.Compression = "gzip",
     level: int | None = None,
     preserve: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     reuse: bool = True,
     uploads: EarlyUploads | None = None,
     relocation: Relocation | None = None,
+    label: str = "",
 ) -> tuple[LayerBlob, bool]:
     """One layer from a directory or a tarball placed at ``prefix`` (relative to ``/``).
 
     With ``reuse``, an input whose identity (see :mod:`imagesmith.layerrecords`) matches an
     earlier build is not read again: the recorded layer is returned while its blob is in the
     cache. Returns the layer and whether it was reused. ``progress`` is called with the number
-    of uncompressed bytes archived so far. With ``uploads``, a layer that is built is also
+    of uncompressed bytes archived so far and the input's size (its files' bytes; 0 when not
+    known: a tarball, or without ``reuse``). ``label`` names the layer to ``uploads``.
+    With ``uploads``, a layer that is built is also
     uploaded while it is compressed (a reused one is left to the push: it may be there), and
     a layer whose blob left the cache but whose record names a digest the target repository
     already has is neither built nor sent. ``relocation`` (a Spack install prefix directory)
@@ -351,13 +354,13 @@ def content_layer(
     directory's files.
     """
     extra = {"spack-relocation": relocation.to_json()} if relocation is not None else None
-    key = (
-        layerrecords.input_key(
+    key, total = (
+        layerrecords.input_key_size(
             content, prefix, preserve=preserve, compression=compression, level=level,
             media_types=media_types, extra=extra,
         )
         if reuse
-        else None
+        else (None, 0)
     )
     if key is not None:
         found = layerrecords.lookup(cache, key)
@@ -372,8 +375,9 @@ def content_layer(
             if uploads.present(known.digest):
                 return known, True
     options: dict[str, Any] = {
-        "media_types": media_types, "compression": compression, "level": level, "progress": progress,
-        "follower": uploads.follower() if uploads is not None else None,
+        "media_types": media_types, "compression": compression, "level": level,
+        "progress": (lambda done: progress(done, total)) if progress is not None else None,
+        "follower": uploads.follower(label) if uploads is not None else None,
         "directory_depth": _inspected_depth(prefix),
     }  # fmt: skip
     if content.is_dir():
@@ -388,6 +392,11 @@ def content_layer(
     if key is not None:
         layerrecords.remember(cache, key, blob)
     return blob, False
+
+
+def _layer_meter(progress: ProgressCallback, subject: str) -> Callable[[int, int], None]:
+    """A :func:`content_layer` progress function sending ``layer-progress`` events."""
+    return lambda done, total: progress(ProgressEvent("layer-progress", subject, done, total=total))
 
 
 def _inspected_depth(prefix: str) -> int:
@@ -418,6 +427,7 @@ def adopted_layer(
     checksum: Digest | None = None,
     progress: Callable[[int], None] | None = None,
     uploads: EarlyUploads | None = None,
+    label: str = "",
 ) -> tuple[LayerBlob, bool]:
     """A Spack build-cache tarball as its own layer (:func:`~imagesmith.layers.adopt_tarball`):
     not copied, its bytes stay in the file (``FileOrigin``). An unchanged file is not read
@@ -433,7 +443,7 @@ def adopted_layer(
         return found, True
     blob = adopt_tarball(
         tarball, prefix, media_types, expected=checksum, required=(BUILDINFO_PATH, ".spack/spec.json"),
-        follower=uploads.follower() if uploads is not None else None, progress=progress,
+        follower=uploads.follower(label) if uploads is not None else None, progress=progress,
         directory_depth=_inspected_depth(prefix),
     )  # fmt: skip
     layerrecords.remember(cache, key, blob)
@@ -482,7 +492,7 @@ def build_package_layers(
         elif isinstance(spack_content, SpackTarball):
             blob, reused = adopted_layer(
                 package.content, package.prefix.lstrip("/"), cache, media_types,
-                checksum=spack_content.checksum, uploads=upload,
+                checksum=spack_content.checksum, uploads=upload, label=subject,
                 progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
             )  # fmt: skip
         else:
@@ -494,9 +504,10 @@ def build_package_layers(
                 media_types,
                 compression=options.compression,
                 level=options.level,
-                progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+                progress=_layer_meter(progress, subject),
                 uploads=upload,
                 relocation=relocation,
+                label=subject,
             )
         if isinstance(spack_content, SpackTarball):
             origin = FileOrigin(package.content)
@@ -666,7 +677,7 @@ def build_group_layers(
                     entries, cache, media_types=media_types, compression=options.compression,
                     level=options.level,
                     progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
-                    follower=uploads.follower() if uploads is not None and follower else None,
+                    follower=uploads.follower(subject) if uploads is not None and follower else None,
                     directory_depth=1,  # nothing reads a group's directories: keep its record small
                 )  # fmt: skip
 
@@ -1783,8 +1794,9 @@ def import_rootfs(
                 media_types,
                 compression=compression,
                 preserve=True,
-                progress=lambda done: progress(ProgressEvent("layer-progress", str(path), done)),
+                progress=_layer_meter(progress, str(path)),
                 uploads=uploads,
+                label=str(path),
             )
         kind: EventKind = "layer-reused" if reused else "layer-built"
         progress(ProgressEvent(kind, str(path), blob.size, str(blob.digest)))

@@ -206,7 +206,7 @@ def pull(
             )
 
             def fetch(layer: Layer) -> Path:
-                path = fetch_blob(pool, cache, layer.descriptor, layer.origin)
+                path = fetch_blob(pool, cache, layer.descriptor, layer.origin, progress)
                 progress(ProgressEvent("blob-fetched", str(layer.digest), layer.descriptor.size))
                 return path
 
@@ -217,7 +217,7 @@ def pull(
             target,
             lambda root: unpack_layers(
                 paths, root, policy=policy, diff_ids=[layer.diff_id for layer in layers],
-                names=[str(layer.digest) for layer in layers],
+                names=[str(layer.digest) for layer in layers], progress=progress,
             ),
         )  # fmt: skip
         return PullResult(str(location), str(resolved.digest), target, len(paths), stats)

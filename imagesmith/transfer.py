@@ -29,8 +29,10 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, BinaryIO, Literal, Protocol, TypeVar, cast
 
+from . import cancel
 from . import mediatypes as mt
 from .archive import ArchiveSource, ArchiveWriter
 from .cache import BlobCache
@@ -58,7 +60,7 @@ from .locations import (
     parse_location,
 )
 from .model import Descriptor, Index, Manifest, Platform, platforms_of
-from .progress import EventKind, ProgressCallback, ProgressEvent, null_progress
+from .progress import EventKind, Meter, ProgressCallback, ProgressEvent, null_progress
 from .references import Reference
 from .registry.client import RegistryPool
 
@@ -96,7 +98,11 @@ def as_location(value: str | Reference | Location) -> Location:
 
 
 def fetch_blob(
-    pool: RegistryPool, cache: BlobCache, descriptor: Descriptor, origin: BlobOrigin | None
+    pool: RegistryPool,
+    cache: BlobCache,
+    descriptor: Descriptor,
+    origin: BlobOrigin | None,
+    progress: ProgressCallback = null_progress,
 ) -> Path:
     """Make sure a blob is in the cache (reading it from ``origin``, verified, if needed).
 
@@ -104,7 +110,9 @@ def fetch_blob(
     first: one that was truncated or bit-flipped on disk is evicted and fetched again (a
     package layer's origin builds it again), so callers that read the file directly (the
     unpacker, archive writers) never see bad bytes. A blob with no origin that is missing
-    from the cache raises :class:`CacheError`.
+    from the cache raises :class:`CacheError`. ``progress`` gets ``download-progress`` events
+    while bytes are read; :func:`imagesmith.cancel.interrupt` stops the read (the partial
+    temp file is removed).
     """
     if cache.has(descriptor.digest, descriptor.size) and (origin is None or cache.verify(descriptor.digest)):
         return cache.path(descriptor.digest)
@@ -113,13 +121,49 @@ def fetch_blob(
             f"layer {descriptor.digest} is missing from the cache at {cache.root}; "
             "it was removed while imagesmith ran: build again"
         )
+    meter = Meter(progress, "download-progress", str(descriptor.digest), descriptor.size)
     with (
         origin.open_blob(descriptor, pool) as reader,
         cache.put_stream(descriptor.digest, descriptor.size) as writer,
     ):
         while chunk := reader.read(CHUNK):
+            cancel.check()
             writer.write(chunk)
+            meter.add(len(chunk))
+    meter.done()
     return cache.path(descriptor.digest)
+
+
+class _MeteredFile:
+    """A local file read for an upload: each read checks for an interrupt, and the furthest
+    position read is the bytes sent so far (a re-sent or resumed part is not counted twice)."""
+
+    def __init__(self, raw: BinaryIO, meter: Meter) -> None:
+        self._raw = raw
+        self._meter = meter
+
+    def read(self, n: int = -1, /) -> bytes:
+        cancel.check(cancel.BODY_GRACE)
+        data = self._raw.read(n)
+        self._meter.reach(self._raw.tell())
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> _MeteredFile:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def _evicted(cache: BlobCache, descriptor: Descriptor, origin: BlobOrigin) -> None:
@@ -200,21 +244,24 @@ class RegistrySink:
             # An upload may restart from the first byte: it needs a local file. A blob of
             # another registry or an archive passes through the cache once, verified; a built
             # layer that vanished from the cache gets a clear CacheError.
-            path = fetch_blob(self._pool, self._cache, descriptor, origin)
+            path = fetch_blob(self._pool, self._cache, descriptor, origin, progress)
             progress(_blob_event("blob-fetched", descriptor))
         try:
-            self._upload(descriptor, path)
+            self._upload(descriptor, path, progress)
         except IntegrityError as exc:
             # The upload hashes what it sends: a cache entry damaged on disk since it was
             # written fails here. Evicted, it is fetched or built again from its origin.
             if not self._damaged_in_cache(descriptor, path, exc, origin):
                 raise
-            self._upload(descriptor, fetch_blob(self._pool, self._cache, descriptor, origin))
+            path = fetch_blob(self._pool, self._cache, descriptor, origin, progress)
+            self._upload(descriptor, path, progress)
         progress(_blob_event("blob-uploaded", descriptor))
 
-    def _upload(self, descriptor: Descriptor, path: Path) -> None:
+    def _upload(self, descriptor: Descriptor, path: Path, progress: ProgressCallback) -> None:
+        meter = Meter(progress, "upload-progress", str(descriptor.digest), descriptor.size)
         self._client.upload_blob(self.reference.repository, descriptor.digest, descriptor.size,
-                                 lambda: path.open("rb"))  # fmt: skip
+                                 lambda: cast("BinaryIO", _MeteredFile(path.open("rb"), meter)))  # fmt: skip
+        meter.done()
 
     def _damaged_in_cache(
         self, descriptor: Descriptor, path: Path, error: IntegrityError, origin: BlobOrigin | None
@@ -285,7 +332,7 @@ class LayoutSink:
             return
         remote = origin is not None and not origin.local
         if remote and self._keep_in_cache and not self._cache.has(digest, size):
-            fetch_blob(self._pool, self._cache, descriptor, origin)
+            fetch_blob(self._pool, self._cache, descriptor, origin, progress)
             progress(_blob_event("blob-fetched", descriptor))
         if self._cache.has(digest, size):
             try:
@@ -314,6 +361,7 @@ class LayoutSink:
     def put_manifest(
         self, manifest: RawManifest, *, top: bool, platform: Platform | None, progress: ProgressCallback
     ) -> None:
+        cancel.check()  # never name an image after an interrupt
         if not top:
             # An index's children are plain blobs of the layout; only the top is listed.
             if not self.layout.has_blob(manifest.digest, len(manifest.data)):
@@ -357,7 +405,7 @@ class ArchiveSink:
     def put_blob(self, descriptor: Descriptor, origin: BlobOrigin | None, progress: ProgressCallback) -> None:
         digest, size = descriptor.digest, descriptor.size
         if not self._cache.has(digest, size) and (origin is None or not origin.local):
-            fetch_blob(self._pool, self._cache, descriptor, origin)
+            fetch_blob(self._pool, self._cache, descriptor, origin, progress)
             progress(_blob_event("blob-fetched", descriptor))
         with self._lock:
             self._pending.setdefault(digest, (descriptor, origin, None))
@@ -395,6 +443,7 @@ class ArchiveSink:
 
     def commit(self) -> None:
         """Write the blobs, the manifests, index.json and manifest.json; publish the archive."""
+        cancel.check()
         progress = self._progress
         for manifest in self._images:
             document = manifest.parse(f"manifest {manifest.digest}")
@@ -453,6 +502,7 @@ class DaemonSink:
 
     def commit(self) -> None:
         """Finish the archive, stream it into the daemon, and remove it."""
+        cancel.check()
         self._archive.commit()
         try:
             self.loaded = load_into_daemon(self._archive.path, docker_host=self.docker_host)

@@ -37,11 +37,13 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, NoReturn, cast
 
+from . import cancel
 from .compression import Decompressor, open_decompressor
 from .digests import Digest, Hasher
 from .errors import DiskFullError, IntegrityError, LayerError, UnpackError, UsageError
+from .progress import Meter, ProgressCallback, ProgressEvent, null_progress
 from .tarformat import MAX_NAME_BYTES, TarMember, TarReader
 
 __all__ = ["MAX_SYMLINK_HOPS", "UnpackPolicy", "UnpackStats", "discard_tree", "unpack_layer", "unpack_layers"]
@@ -830,6 +832,21 @@ def _label(layer: Path | str | IO[bytes]) -> str:
     return str(name) if isinstance(name, str) else "layer stream"
 
 
+class _Metered:
+    """A layer file read by the unpacker: progress by position, and a check for an interrupt."""
+
+    def __init__(self, raw: IO[bytes], meter: Meter) -> None:
+        self._raw = raw
+        self._meter = meter
+        self.name = raw.name
+
+    def read(self, n: int = -1, /) -> bytes:
+        cancel.check()
+        data = self._raw.read(n)
+        self._meter.add(len(data))
+        return data
+
+
 class _Hashing:
     """The decompressed layer, hashed as it is read: a diff_id covers every byte of the tar."""
 
@@ -921,6 +938,7 @@ def unpack_layers(
     policy: UnpackPolicy | None = None,
     diff_ids: Sequence[Digest] | None = None,
     names: Sequence[str] | None = None,
+    progress: ProgressCallback = null_progress,
 ) -> UnpackStats:
     """Unpack ``layers`` into ``root`` in order, base first, and return the summed statistics.
 
@@ -928,7 +946,9 @@ def unpack_layers(
     when given, and named ``layer N (NAME)`` in errors, NAME from ``names`` (the layer digests,
     say) or else its path; the limits of ``policy`` apply to each layer separately. ``root`` is
     created if missing and may already hold content (that is how layers stack). The first
-    error stops the unpack and leaves the root partly unpacked: discard it.
+    error stops the unpack and leaves the root partly unpacked: discard it. A layer given as a
+    path reports ``unpack-progress`` (its file's bytes read) to ``progress``, then
+    ``layer-unpacked``, and stops at :func:`imagesmith.cancel.interrupt`.
     """
     layers = list(layers)
     for given, label in ((diff_ids, "diff_ids"), (names, "names")):
@@ -938,10 +958,23 @@ def unpack_layers(
     skipped: list[str] = []
     for number, layer in enumerate(layers, 1):
         name = names[number - 1] if names is not None else _label(layer)
-        stats = unpack_layer(
-            layer, root, policy=policy, what=f"layer {number} ({name})",
-            diff_id=diff_ids[number - 1] if diff_ids is not None else None,
-        )  # fmt: skip
+        what = f"layer {number} ({name})"
+        diff_id = diff_ids[number - 1] if diff_ids is not None else None
+        raw = None
+        if isinstance(layer, str | Path):
+            try:
+                raw = open(layer, "rb")  # noqa: SIM115 - closed below
+            except OSError:
+                raw = None  # unpack_layer opens it again and says what is wrong
+        if raw is None:
+            stats = unpack_layer(layer, root, policy=policy, what=what, diff_id=diff_id)
+        else:
+            meter = Meter(progress, "unpack-progress", name, os.fstat(raw.fileno()).st_size)
+            with raw:
+                stats = unpack_layer(cast("IO[bytes]", _Metered(raw, meter)), root, policy=policy,
+                                     what=what, diff_id=diff_id)  # fmt: skip
+            meter.done()
+            progress(ProgressEvent("layer-unpacked", name, meter.total))
         for i, value in enumerate((stats.files, stats.dirs, stats.symlinks, stats.hardlinks,
                                    stats.whiteouts, stats.bytes, stats.specials)):
             totals[i] += value

@@ -73,6 +73,7 @@ INSTALL_HINTS = {
     "htpasswd": "apt-get install apache2-utils",
     "openssl": "apt-get install openssl",
     "docker": "install the Docker CLI (client only), e.g. the docker-ce-cli package",
+    "tmux": "apt-get install tmux",
 }
 
 

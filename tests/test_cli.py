@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from cli_support import cli
 
-from imagesmith.cli import _command, _emit_list, _parser, _Progress, _registry_options, main
+from imagesmith.cli import _command, _emit_list, _parser, _registry_options, main
 from imagesmith.errors import UsageError
 from imagesmith.progress import ProgressEvent
+from imagesmith.progressview import ProgressView as _Progress
 
 
 class Tty(io.StringIO):
@@ -92,12 +93,12 @@ def test_bad_command_forms(text: str) -> None:
         _command(text, "--cmd")
 
 
-def test_progress_is_silent_off_a_terminal() -> None:
+def test_progress_off_a_terminal_is_plain_lines() -> None:
     stream = io.StringIO()
     progress = _Progress(stream)
     progress(ProgressEvent("layer-progress", "hello@1", 10))
     progress(ProgressEvent("blob-uploaded", "sha256:" + "a" * 64, 1234))
-    assert stream.getvalue() == ""
+    assert stream.getvalue() == "  uploaded         sha256:aaaaaaaaaaaa (1.2 kB)\n"
 
 
 def test_progress_on_a_terminal() -> None:
@@ -107,7 +108,7 @@ def test_progress_on_a_terminal() -> None:
     progress(ProgressEvent("layer-built", "hello@1", 1_000, "sha256:" + "b" * 64))
     progress(ProgressEvent("blob-uploaded", "sha256:" + "a" * 64, 1234))
     text = stream.getvalue()
-    assert "archiving        hello@1 2.5 MB" in text
+    assert "archiving   hello@1" in text and "2.5 MB / ?" in text
     assert "built layer      hello@1 (1.0 kB)" in text
     assert "uploaded         sha256:aaaaaaaaaaaa (1.2 kB)" in text
 

@@ -318,13 +318,13 @@ def test_platform_independent_content_is_walked_once(
     from imagesmith.registry import RegistryOptions, RegistryPool
 
     walked: list[Path] = []
-    original = layerrecords.input_key
+    original = layerrecords.input_key_size
 
-    def counting(content: Path, *args: Any, **kwargs: Any) -> str:
+    def counting(content: Path, *args: Any, **kwargs: Any) -> tuple[str, int]:
         walked.append(content)
         return original(content, *args, **kwargs)
 
-    monkeypatch.setattr(layerrecords, "input_key", counting)
+    monkeypatch.setattr(layerrecords, "input_key_size", counting)
     with RegistryPool(RegistryOptions(insecure=frozenset({registry.host}))) as pool:
         result = build_platforms(
             multiarch_base, load_packages([packages["scripts"]]),

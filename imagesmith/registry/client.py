@@ -26,6 +26,7 @@ import requests
 import requests.utils
 import urllib3.exceptions
 
+from imagesmith import cancel
 from imagesmith.digests import CHUNK, Digest, Hasher, VerifyingReader
 from imagesmith.errors import (
     ImagesmithError,
@@ -112,6 +113,7 @@ class _ResumableStream:
     def read(self, n: int = -1) -> bytes:
         want = CHUNK if n is None or n < 0 else n
         while True:
+            cancel.check()
             if self._resp is None:
                 return b""
             try:
@@ -165,7 +167,11 @@ class _ResumableStream:
 
 class RequestBody:
     """A streamed request body: ``read`` gives the bytes, ``__len__`` their count (so requests
-    sends ``Content-Length``), and iteration hands them to the connection in CHUNK pieces."""
+    sends ``Content-Length``), and iteration hands them to the connection in CHUNK pieces.
+
+    Subclasses call :func:`imagesmith.cancel.check` in ``read``: an interrupted upload stops
+    within one piece (the connection reads the body in small blocks) once the body's grace
+    (:data:`imagesmith.cancel.BODY_GRACE`) is over."""
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -175,6 +181,7 @@ class RequestBody:
 
     def __iter__(self) -> Iterator[bytes]:
         while data := self.read(CHUNK):
+            cancel.check(cancel.BODY_GRACE)
             yield data
 
 
@@ -207,6 +214,7 @@ class _UploadBody(RequestBody):
         return self._size
 
     def read(self, n: int = -1) -> bytes:
+        cancel.check(cancel.BODY_GRACE)
         remaining = self._size - self._hasher.size
         if remaining <= 0:
             return b""
@@ -346,6 +354,7 @@ class _UploadSlice(RequestBody):
         return self._length
 
     def read(self, n: int = -1) -> bytes:
+        cancel.check(cancel.BODY_GRACE)
         remaining = self._length - self._sent
         if remaining <= 0:
             return b""
@@ -796,16 +805,22 @@ class RegistryClient:
             session = self._start(repository, what)
             upload_url, min_length = session.url, session.min_chunk
             chunked = size > self.options.chunk_size or min_length is not None
+            current = [upload_url]  # the session's latest location, for cancelling it
             try:
                 if chunked:
                     chunk = max(self.options.chunk_size, min_length or 1)
-                    self._upload_chunks(upload_url, scopes, digest, size, open_body, chunk, what)
+                    self._upload_chunks(upload_url, scopes, digest, size, open_body, chunk, what, current)
                 else:
                     self._put_upload(
                         upload_url, scopes, digest, what,
                         lambda: _UploadBody(open_body(), size, digest, what),
                     )  # fmt: skip
                 return
+            except KeyboardInterrupt:
+                # Ctrl-C (or cancel.interrupt) mid-upload: drop the session, not just the
+                # connection, at its latest location (a registry's state token moves with it).
+                self.cancel_upload(UploadSession(repository, current[0], 0, min_length))
+                raise
             except _RestartUpload as restart:
                 error: RegistryError = restart.error
             except RegistryError as exc:
@@ -924,9 +939,11 @@ class RegistryClient:
         open_body: Callable[[], BinaryIO],
         chunk: int,
         what: str,
+        current: list[str] | None = None,
     ) -> None:
         """Send ``PATCH`` chunks, resuming from the upload's status after a failure, then
-        the final empty ``PUT``. Raises :class:`_RestartUpload` when resuming is impossible."""
+        the final empty ``PUT``. Raises :class:`_RestartUpload` when resuming is impossible.
+        ``current[0]`` follows the session's location as the registry moves it."""
         source = _ChunkSource(open_body, digest, size, what)
         url = upload_url
         offset = 0
@@ -951,6 +968,8 @@ class RegistryClient:
                 location = resp.headers.get("Location")
                 if location:
                     url = urljoin(resp.url or url, location)
+                    if current is not None:
+                        current[0] = url
                 if resp.status_code != 416 and source.commit(end):
                     committed = _range_end(resp.headers.get("Range"))
                     if committed is None or committed == end:
@@ -974,6 +993,8 @@ class RegistryClient:
                      offset, end - 1, what, failure, delay)  # fmt: skip
             self._transport.sleep(delay)
             url, offset = self._upload_status(url, scopes, what, failure)
+            if current is not None:
+                current[0] = url
             if offset > size:
                 raise _RestartUpload(failure)
         try:

@@ -38,6 +38,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from imagesmith import cancel
 from imagesmith._version import __version__
 from imagesmith.errors import (
     AuthenticationError,
@@ -119,10 +120,11 @@ class RegistryOptions:
     ``backoff``, ``max_backoff``, ``max_retry_after`` and ``max_redirects`` tune the retry and
     redirect bounds.
 
-    ``chunk_size`` (default 64 MiB): blobs larger than this are uploaded in chunks of this
+    ``chunk_size`` (default 16 MiB): blobs larger than this are uploaded in chunks of this
     size (``PATCH`` with ``Content-Range``), which can resume after a dropped connection;
     smaller blobs go in one ``PUT``. A registry that announces ``OCI-Chunk-Min-Length``
-    gets a chunked upload with chunks at least that big.
+    gets a chunked upload with chunks at least that big. Ctrl-C waits for the chunk under way
+    (up to :data:`imagesmith.cancel.BODY_GRACE`), so the session can then be cancelled.
 
     ``credential_helper_timeout`` (default 60 s): a ``docker-credential-*`` helper that has not
     answered by then is killed, with every process it started.
@@ -148,7 +150,7 @@ class RegistryOptions:
     max_backoff: float = 20.0
     max_retry_after: float = 60.0
     max_redirects: int = 5
-    chunk_size: int = 64 * 1024 * 1024
+    chunk_size: int = 16 * 1024 * 1024
     credential_helper_timeout: float = 60.0
     credentials: Credentials | None = field(default=None, repr=False)
     registries: RegistriesConf | None = None
@@ -575,11 +577,12 @@ class Transport:
     """One HTTP session with the registry rules applied (see the module docstring).
 
     Thread-safe for concurrent requests. ``sleep`` is the function used to wait between
-    retries (tests pass a recorder).
+    retries (tests pass a recorder; the default returns early, raising, on
+    :func:`imagesmith.cancel.interrupt`).
     """
 
     def __init__(
-        self, options: RegistryOptions | None = None, *, sleep: Callable[[float], None] = time.sleep
+        self, options: RegistryOptions | None = None, *, sleep: Callable[[float], None] = cancel.wait
     ) -> None:
         self.options = options or RegistryOptions()
         self.sleep = sleep
@@ -783,10 +786,15 @@ class Transport:
         ``plain_http_hint`` is the advice when ``url`` is https but the server speaks plain
         http, for a URL a server named (``--insecure-registry``, the default advice, only
         changes the URLs imagesmith builds itself).
+
+        Once :func:`imagesmith.cancel.interrupt` was called, every request but a ``DELETE``
+        (cancelling an upload session) raises :class:`~imagesmith.cancel.Interrupted` instead.
         """
         attempt = 0
         auth_retried = False
         while True:
+            if method != "DELETE":
+                cancel.check()
             try:
                 resp, fresh, sent = self._send_chain(
                     method, url, headers or {}, body, scopes, auth, auth_origin, follow_redirects,
