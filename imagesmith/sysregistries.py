@@ -227,8 +227,14 @@ class RegistriesConf:
                 log.debug("cannot list %s: permission denied", directory)
                 continue
             files.extend(names)
-        if alias_file is not None and alias_file.is_file():
-            files.append(alias_file)
+        if alias_file is not None:
+            # A cache the tools write (podman records the short names a user chose there): one
+            # that this user cannot read, e.g. under another user's HOME, is as good as absent.
+            try:
+                if alias_file.is_file() and os.access(alias_file, os.R_OK):
+                    files.append(alias_file)
+            except PermissionError:
+                log.debug("cannot read %s: permission denied", alias_file)
         for path in files:
             doc = _read_toml(path)
             sources.append(str(path))

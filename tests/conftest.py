@@ -66,6 +66,7 @@ def _hermetic_host_settings() -> None:
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="imagesmith-hostconf-"))
+    root.chmod(0o755)  # as /etc/containers is: tests that drop to user nobody read it too
     atexit.register(shutil.rmtree, root, True)
     (root / "registries.conf").write_text("")
     (root / "registries.conf.d").mkdir()
