@@ -41,7 +41,7 @@ from .errors import (
     UnpackError,
     UsageError,
 )
-from .images import BaseImage, Image, Layer, resolve_base
+from .images import BaseImage, Image, Layer, RawManifest, resolve_base
 from .layout import OCILayout
 from .locations import (
     ArchiveLocation,
@@ -79,6 +79,16 @@ from .referrers import Attached, attach, list_attachments
 from .registry.client import RegistryClient, RegistryPool
 from .registry.credentials import Credentials, CredentialStore
 from .registry.transport import RegistryOptions
+from .registryops import (
+    Deleted,
+    Tagged,
+    delete_image,
+    image_digest,
+    list_tags,
+    read_config,
+    read_manifest,
+    tag_image,
+)
 from .repoindex import (
     IndexEntry,
     IndexUpdate,
@@ -112,6 +122,7 @@ __all__ = [
     "Credentials",
     "DaemonError",
     "DaemonLocation",
+    "Deleted",
     "Descriptor",
     "Digest",
     "DigestFormatError",
@@ -145,6 +156,7 @@ __all__ = [
     "ProgressEvent",
     "PullResult",
     "RateLimitError",
+    "RawManifest",
     "Reference",
     "ReferenceFormatError",
     "RegistryClient",
@@ -158,6 +170,7 @@ __all__ = [
     "Signed",
     "SigningKey",
     "StackLayer",
+    "Tagged",
     "TemplateError",
     "UnpackError",
     "UnpackPolicy",
@@ -172,13 +185,16 @@ __all__ = [
     "build_platforms",
     "check_closure",
     "copy_image",
+    "delete_image",
     "generate_key",
+    "image_digest",
     "import_rootfs",
     "index_document",
     "infer_env",
     "inspect",
     "list_attachments",
     "list_index",
+    "list_tags",
     "load_environment",
     "load_into_daemon",
     "load_package",
@@ -192,7 +208,9 @@ __all__ = [
     "pin_base",
     "plan_layers",
     "pull",
+    "read_config",
     "read_index",
+    "read_manifest",
     "read_spack_index",
     "render_makefile",
     "render_pipeline",
@@ -200,6 +218,7 @@ __all__ = [
     "resolve_base",
     "sign_image",
     "sign_reference",
+    "tag_image",
     "unpack_layer",
     "unpack_layers",
     "update_index",

@@ -36,9 +36,11 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("imagesmith 0.")
 
 
-def test_missing_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run("build", "pkg.json")[0] == 2  # no --base-image, no --repo/--tag
-    assert "--base-image" in capsys.readouterr().err
+def test_missing_arguments_exit_2() -> None:
+    code, _, err = run("build", "pkg.json")  # no --base-image, no --repo/--tag
+    assert code == 2 and "--base-image" in err
+    # One line, on the stream main() was given, naming where help is.
+    assert err.count("\n") == 1 and err.startswith("imagesmith: error: ") and "imagesmith build --help" in err
     assert run("build", "--base-image", "x", "--repo", "a/b", "--tag", "a/b:c", "p.json")[0] == 2
 
 
