@@ -1678,7 +1678,8 @@ def _merge_globals(args: argparse.Namespace) -> None:
             raise _ParseError(f"--json: `imagesmith {args.command}` has no JSON output")
         args.json = True
     if getattr(args, "raw", False) and args.json:
-        raise _ParseError("argument --raw: not allowed with argument --json (see `imagesmith inspect --help`)")
+        raise _ParseError("argument --raw: not allowed with argument --json "
+                          "(see `imagesmith inspect --help`)")  # fmt: skip
 
 
 def main(
