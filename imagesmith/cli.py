@@ -1101,6 +1101,10 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
 
 def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
     if args.referrers:
+        if args.raw or args.platform:
+            option = "--raw" if args.raw else "--platform"
+            raise UsageError(f"{option} does not go with --referrers, which lists what is attached to "
+                             "the reference itself: leave one out")  # fmt: skip
         return _run_referrers(args, stdout)
     if args.artifact_type:
         raise UsageError("--artifact-type filters --referrers: add --referrers")
