@@ -3,6 +3,7 @@ registry and `imagesmith serve`, checked with skopeo; printed references; exit c
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import signal
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 from cli_support import cli, ok
-from conftest import need_tool
-from servers import DistributionRegistry
+from conftest import TOKEN_USERS, need_tool
+from servers import DistributionRegistry, TokenIssuer
 
 from imagesmith import Reference, RegistryOptions, delete_image, list_tags, read_manifest, tag_image
 from imagesmith.errors import NotFoundError, RegistryError, UsageError
@@ -212,6 +213,30 @@ def test_a_registry_that_refuses_deletes_says_so(
         with pytest.raises(RegistryError) as caught:
             delete_image(ref, registry=RegistryOptions(insecure=frozenset({strict.host})))
         assert caught.value.status == 405 and "UNSUPPORTED" in caught.value.codes
+
+
+def test_tag_and_delete_with_bearer_tokens(
+    token_registry: DistributionRegistry, token_issuer: TokenIssuer, registry: DistributionRegistry,
+    base: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """distribution checks the token's actions: push for `tag`, delete for `delete`."""
+    user, password = next(iter(TOKEN_USERS.items()))
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {token_registry.host: {"auth": auth}}}))
+    env = {"DOCKER_CONFIG": str(config), "REGISTRY_AUTH_FILE": str(tmp_path / "none.json"),
+           "IMAGESMITH_INSECURE_REGISTRY": f"{registry.host},{token_registry.host}"}  # fmt: skip
+    ref = f"{token_registry.host}/verbs/token:1"
+    ok("copy", base, ref, env=env)
+    ok("tag", ref, "2", env=env)
+    token_issuer.reset()
+    out = ok("delete", f"{token_registry.host}/verbs/token:2", env=env)
+    assert out.startswith(f"Deleted {token_registry.host}/verbs/token@sha256:")
+    scopes = {scope for request in token_issuer.requests for scope in request.scopes}
+    assert "repository:verbs/token:delete" in scopes, scopes
+    code, _, err = cli("digest", ref, env=env)
+    assert code == 3 and "manifest unknown" in err
 
 
 # ---------------------------------------------------------------- imagesmith serve
