@@ -33,13 +33,14 @@ import textwrap
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TextIO, cast
 
 from ._version import __version__
 from .errors import (
     DISK_FULL_ERRNOS,
     CacheError,
     DaemonError,
+    DigestFormatError,
     DiskFullError,
     FileSystemError,
     ImagesmithError,
@@ -84,12 +85,19 @@ __all__ = ["main"]
 
 
 def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
+    """The registry settings, on the main parser (``suffix`` "_global") or a command's ("").
+
+    A command's copies default to unset (SUPPRESS), so that what a nested command (``cache
+    info``) parses never overwrites what its parent parsed; :func:`_registry_options` and
+    :func:`_cache` merge the two levels.
+    """
+    unset: Any = argparse.SUPPRESS if not suffix else None
     group = parser.add_argument_group("registry settings (also before the command)")
     group.add_argument(
         "--insecure-registry",
         dest=f"insecure{suffix}",
         action="append",
-        default=[],
+        default=argparse.SUPPRESS if not suffix else [],
         metavar="HOST[:PORT]",
         help="speak plain http to this registry (repeatable; also IMAGESMITH_INSECURE_REGISTRY)",
     )
@@ -97,7 +105,7 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
         "--ca-cert",
         dest=f"ca_cert{suffix}",
         metavar="FILE",
-        default=None,
+        default=unset,
         help="trust this CA bundle for TLS (also IMAGESMITH_CA_CERT)",
     )
     group.add_argument(
@@ -120,7 +128,7 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
         dest=f"helper_timeout{suffix}",
         type=float,
         metavar="SECONDS",
-        default=None,
+        default=unset,
         help="stop a docker-credential-* helper (and what it started) that has not answered by then "
         "(default 60; also IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT)",
     )
@@ -128,7 +136,7 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
         "--cache-dir",
         dest=f"cache_dir{suffix}",
         metavar="DIR",
-        default=None,
+        default=unset,
         help="blob cache directory (also IMAGESMITH_CACHE_DIR; default: the user cache dir)",
     )
 
@@ -138,17 +146,60 @@ def _quiet_arg(p: argparse.ArgumentParser) -> None:
                    help="no progress on stderr; print only the digest of what was written")  # fmt: skip
 
 
+class _ParseError(Exception):
+    """A command line argparse refuses; :func:`main` prints it as one line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one ``imagesmith: error:`` line (no usage block) on the
+    stream :func:`main` writes to."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParseError(f"{message} (see `{self.prog} --help`)")
+
+
+def _jobs(text: str) -> int:
+    """``-j N``: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1 job runs, give 1 or more")
+    return value
+
+
+def _global_args(parser: argparse.ArgumentParser, suffix: str) -> None:
+    """Options every command takes, before its name or after it (see :func:`_parser`)."""
+    group = parser.add_argument_group("global options (also before the command)")
+    group.add_argument("--debug", dest=f"debug{suffix}", action="store_true",
+                       default=argparse.SUPPRESS if not suffix else False,
+                       help="log every HTTP exchange (secrets redacted) to stderr")  # fmt: skip
+    if suffix:
+        group.add_argument("--json", dest=f"json{suffix}", action="store_true",
+                           help="print the result as JSON (commands that have --json)")  # fmt: skip
+    if "--insecure-registry" not in parser._option_string_actions:
+        _registry_args(parser, suffix)
+
+
+def _leaves(parser: argparse.ArgumentParser) -> Iterable[argparse.ArgumentParser]:
+    """The parsers that take a command's own options: those without subcommands of their own."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions:
+        yield parser
+    for action in actions:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaves(child)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imagesmith",
         description="Assemble runnable container images from install prefixes and tarballs, "
         "without a Docker daemon or a Dockerfile.",
     )
     parser.add_argument("--version", action="version", version=f"imagesmith {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="log every HTTP exchange (secrets redacted) to stderr"
-    )
-    _registry_args(parser, "_global")
+    _global_args(parser, "_global")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -244,7 +295,8 @@ def _parser() -> argparse.ArgumentParser:
         "Docker accepts); over it, dependencies share layers, chosen once for the whole stack",
     )
     p.add_argument(
-        "-j", "--jobs", type=int, default=4, metavar="N", help="parallel layer builds and uploads (default 4)"
+        "-j", "--jobs", type=_jobs, default=4, metavar="N",
+        help="parallel layer builds and uploads (default 4)"
     )
     p.add_argument(
         "--check",
@@ -270,11 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _quiet_arg(p)
-    p.add_argument(
-        "--digestfile",
-        metavar="FILE",
-        help="also write the digest of what was written (the image, or the index) to FILE",
-    )
+    _digestfile_arg(p, "what was written (the image, or the index)")
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -290,8 +338,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--platform", metavar="OS/ARCH[/VARIANT]", help="for an index: inspect the image of this platform"
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--raw", action="store_true", help="print the manifest bytes as stored")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print JSON")
+    shape.add_argument("--raw", action="store_true", help="print the manifest bytes as stored (= `manifest`)")
     p.add_argument(
         "--referrers",
         action="store_true",
@@ -361,6 +410,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _quiet_arg(p)
+    _digestfile_arg(p, "the image")
     _registry_args(p, "")
     p = commands.add_parser(
         "copy",
@@ -378,9 +428,12 @@ def _parser() -> argparse.ArgumentParser:
         "that holds a single image)",
     )
     p.add_argument("--docker-host", metavar="URL", help="daemon for docker-daemon: (default DOCKER_HOST)")
-    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob copies (default 4)")
+    p.add_argument(
+        "-j", "--jobs", type=_jobs, default=4, metavar="N", help="parallel blob copies (default 4)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _quiet_arg(p)
+    _digestfile_arg(p, "what was copied (the image, or the index)")
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -408,9 +461,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --repo: jinja2 template for the tag (default: NAME-VERSION-HASH, as an index of "
         "`build --platform A,B` is tagged)",
     )
-    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel blob mounts (default 4)")
+    p.add_argument(
+        "-j", "--jobs", type=_jobs, default=4, metavar="N", help="parallel blob mounts (default 4)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _quiet_arg(p)
+    _digestfile_arg(p, "the index")
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -427,7 +483,7 @@ def _parser() -> argparse.ArgumentParser:
         help="only the layers imagesmith added for packages, not the base",
     )
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="for an index (default: this machine's)")
-    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="parallel downloads (default 4)")
+    p.add_argument("-j", "--jobs", type=_jobs, default=4, metavar="N", help="parallel downloads (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _quiet_arg(p)
     _registry_args(p, "")
@@ -480,7 +536,9 @@ def _parser() -> argparse.ArgumentParser:
             metavar="TAG",
             help=f"imagesmith's index tag (default {INDEX_TAG}; list: {SPACK_INDEX_TAG} shows Spack's)",
         )
-        q.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="parallel requests (default 8)")
+        q.add_argument(
+            "-j", "--jobs", type=_jobs, default=8, metavar="N", help="parallel requests (default 8)"
+        )
         q.add_argument("--json", action="store_true", help="print JSON")
         if action == "update":
             q.add_argument(
@@ -521,7 +579,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TAG",
         help=f"tag of the `make index` target (default {INDEX_TAG})",
     )
-    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="default parallel make jobs (JOBS)")
+    p.add_argument(
+        "-j", "--jobs", type=_jobs, default=4, metavar="N", help="default parallel make jobs (JOBS)"
+    )
     _registry_args(p, "")
 
     p = commands.add_parser(
@@ -581,7 +641,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-dir",
         dest="cache_dir",
         metavar="DIR",
-        default=None,
+        default=argparse.SUPPRESS,
         help="blob cache directory (also IMAGESMITH_CACHE_DIR)",
     )
     cache_commands = p.add_subparsers(dest="cache_command", metavar="ACTION")
@@ -642,7 +702,92 @@ def _parser() -> argparse.ArgumentParser:
         "bash)` in ~/.bashrc; zsh: `source <(imagesmith completion zsh)` in ~/.zshrc.",
     )
     p.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
+
+    _registry_verbs(commands)
+    for leaf in _leaves(parser):
+        if leaf is not parser:
+            _global_args(leaf, "")
+            if "--json" not in leaf._option_string_actions:
+                leaf.set_defaults(json=None)  # `imagesmith --json COMMAND` is refused for it
     return parser
+
+
+def _registry_verbs(commands: Any) -> None:
+    """``tags``, ``digest``, ``delete``, ``tag``, ``manifest``, ``config``: one request or two
+    each (see :mod:`imagesmith.registryops`)."""
+    p = commands.add_parser(
+        "tags",
+        help="list the tags of a repository",
+        description="Print every tag of REPO, one a line, in the registry's order (GET "
+        "/v2/REPO/tags/list, following the registry's Link pages).",
+    )
+    p.add_argument("repo", metavar="REPO", help="repository, e.g. ghcr.io/acme/stack")
+    p.add_argument("--json", action="store_true", help='print {"repository": ..., "tags": [...]}')
+
+    p = commands.add_parser(
+        "digest",
+        help="print the digest of an image or index",
+        description="Print the manifest digest LOCATION names (one HEAD request to a registry), "
+        "as `docker pull REPO@DIGEST` takes it.",
+    )
+    p.add_argument("reference", metavar="LOCATION", help="REF, oci:DIR[:TAG] or docker-archive:PATH")
+    p.add_argument(
+        "--platform", metavar="OS/ARCH[/VARIANT]", help="for an index: the digest of this platform's image"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = commands.add_parser(
+        "delete",
+        help="delete an image (its manifest) from a registry",
+        description="Delete the manifest REF names. A tag is resolved to its digest and the "
+        "manifest is deleted by digest, as skopeo delete does: every other tag on that manifest "
+        "goes too. Blobs stay until the registry's garbage collection.",
+    )
+    p.add_argument("reference", metavar="REF", help="repo:tag or repo@digest")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = commands.add_parser(
+        "tag",
+        help="add tags to an image, in its repository",
+        description="Put the manifest SRC names under each NEWTAG of the same repository: the "
+        "same bytes, so the same digest; no blob is read or copied.",
+    )
+    p.add_argument("source", metavar="SRC", help="repo:tag or repo@digest")
+    p.add_argument("tags", nargs="+", metavar="NEWTAG", help="a tag (not a reference): 2.0, latest")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    for name, what in (("manifest", "manifest (or index)"), ("config", "image config")):
+        p = commands.add_parser(
+            name,
+            help=f"print the {what} exactly as stored",
+            description=f"Write the {what} bytes LOCATION names to stdout, exactly as stored: no "
+            "newline added, so they hash to the digest (on a terminal, control characters are "
+            "shown escaped).",
+        )
+        p.add_argument("reference", metavar="LOCATION", help="REF, oci:DIR[:TAG] or docker-archive:PATH")
+        p.add_argument(
+            "--platform",
+            metavar="OS/ARCH[/VARIANT]",
+            help="for an index: that platform's image"
+            + (" (default: this machine's)" if name == "config" else ""),
+        )
+
+
+def _digestfile_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--digestfile", metavar="FILE", help=f"also write the digest of {what} to FILE")
+
+
+def _prepare_digestfile(args: argparse.Namespace) -> Path | None:
+    """``--digestfile``'s path, its directory made first, so a path that cannot be written
+    fails before any work."""
+    if not args.digestfile:
+        return None
+    path = Path(args.digestfile)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--digestfile {args.digestfile}: {exc.strerror or exc}") from None
+    return path
 
 
 def _output_args(parser: argparse.ArgumentParser) -> None:
@@ -867,12 +1012,10 @@ def _print_notes(results: Sequence[BuildResult | MultiBuildResult], stream: Text
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     from .pipeline import BuildOptions, BuildResult, build, build_each, build_each_platforms, build_platforms
     platforms = _platforms(args.platform)
-    if args.digestfile:
-        # Its directory is made first, so a path that cannot be written fails before the build.
-        try:
-            Path(args.digestfile).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--digestfile {args.digestfile}: {exc.strerror or exc}") from None
+    if args.digestfile and (args.each or args.each_root):
+        flag = "--each" if args.each else "--each-root"
+        raise UsageError(f"--digestfile holds one digest: {flag} writes one image per package")
+    digestfile = _prepare_digestfile(args)
     packages, roots = _build_inputs(args)
     options = BuildOptions(
         platform=platforms[0] if len(platforms) == 1 else None,
@@ -898,8 +1041,6 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
     multi = len(platforms) > 1
     if args.each or args.each_root:
         flag = "--each" if args.each else "--each-root"
-        if args.digestfile:
-            raise UsageError(f"--digestfile holds one digest: {flag} writes one image per package")
         if args.tag or args.load:
             raise UsageError(
                 f"{flag} tags every {'index' if multi else 'image'} from the template: use --repo REPO "
@@ -936,8 +1077,8 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
     _closure_warnings([result], progress.stream)
     if isinstance(result, BuildResult):
         _write_sboms(result, args.sbom_output)
-    if args.digestfile:
-        _write_output(result.digest + "\n", Path(args.digestfile), stdout)
+    if digestfile is not None:
+        _write_output(f"{result.digest}\n", digestfile, stdout)
     if args.json:
         _emit(result.to_json(), stdout)
     elif args.quiet:
@@ -955,6 +1096,8 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     from .pipeline import import_rootfs
+
+    digestfile = _prepare_digestfile(args)
     result = import_rootfs(
         args.rootfs,
         args.tag,
@@ -970,6 +1113,8 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
         cache=_cache(args),
         progress=progress,
     )
+    if digestfile is not None:
+        _write_output(f"{result.digest}\n", digestfile, stdout)
     if args.json:
         _emit(result.to_json(), stdout)
     elif args.quiet:
@@ -983,14 +1128,18 @@ def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
     from .pipeline import inspect
     from .registry.client import RegistryPool
     if args.referrers:
+        if args.raw or args.platform:
+            option = "--raw" if args.raw else "--platform"
+            raise UsageError(f"{option} does not go with --referrers, which lists what is attached to "
+                             "the reference itself: leave one out")  # fmt: skip
         return _run_referrers(args, stdout)
     if args.artifact_type:
         raise UsageError("--artifact-type filters --referrers: add --referrers")
+    if args.raw:
+        return _run_manifest(args, stdout)
     with RegistryPool(_registry_options(args)) as pool:
         info = inspect(args.reference, platform=_platform(args.platform), pool=pool)
-    if args.raw:
-        stdout.write(info.raw.decode("utf-8", errors="replace") + "\n")
-    elif args.json:
+    if args.json:
         _emit(info.to_json(), stdout)
     else:
         _print_inspect(info.to_json(), stdout)
@@ -1006,6 +1155,7 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
         platform = "all"
     elif args.platform:
         platform = Platform.parse(args.platform)
+    digestfile = _prepare_digestfile(args)
     with RegistryPool(_registry_options(args)) as pool:
         result = copy_image(
             args.source,
@@ -1017,6 +1167,8 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
             docker_host=args.docker_host,
             progress=progress,
         )
+    if digestfile is not None:
+        _write_output(f"{result.digest}\n", digestfile, stdout)
     if args.json:
         _emit(result.to_json(), stdout)
     elif args.quiet:
@@ -1034,12 +1186,15 @@ def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
     if args.tag_template is not None and args.repo is None:
         raise UsageError("--tag-template names the index with --repo: leave it out with --tag")
     jobs = max(1, args.jobs)
+    digestfile = _prepare_digestfile(args)
     with RegistryPool(_registry_options(args)) as pool:
         if args.repo is not None:
             result = merge_builds(args.sources, args.repo, pool=pool, tag_template=args.tag_template,
                                   progress=progress, jobs=jobs)  # fmt: skip
         else:
             result = merge_images(args.sources, args.tag, pool=pool, progress=progress, jobs=jobs)
+    if digestfile is not None:
+        _write_output(f"{result.digest}\n", digestfile, stdout)
     if args.json:
         _emit(result.to_json(), stdout)
     elif args.quiet:
@@ -1139,7 +1294,114 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, progress: _Pr
         return _run_version(args, stdout)
     if args.command == "completion":
         return _run_completion(args, stdout)
+    if args.command == "tags":
+        return _run_tags(args, stdout)
+    if args.command == "digest":
+        return _run_digest(args, stdout)
+    if args.command == "delete":
+        return _run_delete(args, stdout)
+    if args.command == "tag":
+        return _run_tag(args, stdout)
+    if args.command == "manifest":
+        return _run_manifest(args, stdout)
+    if args.command == "config":
+        return _run_config(args, stdout)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _run_tags(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .references import parse_repository
+    from .registry.client import RegistryPool
+    from .registryops import list_tags
+
+    repository = parse_repository(args.repo)
+    with RegistryPool(_registry_options(args)) as pool:
+        tags = list_tags(repository, pool=pool)
+    if args.json:
+        _emit({"repository": repository.name, "tags": tags}, stdout)
+    else:
+        for tag in tags:
+            _say(tag, stdout)
+    return 0
+
+
+def _run_digest(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .locations import parse_location
+    from .registry.client import RegistryPool
+    from .registryops import image_digest
+
+    with RegistryPool(_registry_options(args)) as pool:
+        digest = image_digest(args.reference, platform=_platform(args.platform), pool=pool)
+    if args.json:
+        _emit({"reference": str(parse_location(args.reference)), "digest": str(digest)}, stdout)
+    else:
+        print(digest, file=stdout)
+    return 0
+
+
+def _run_delete(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .registry.client import RegistryPool
+    from .registryops import delete_image
+
+    with RegistryPool(_registry_options(args)) as pool:
+        deleted = delete_image(args.reference, pool=pool)
+    if args.json:
+        _emit(deleted.to_json(), stdout)
+    elif deleted.reference.digest is None:
+        print(f"Deleted {deleted.deleted} (was {deleted.reference}; every tag on it is gone)", file=stdout)
+    else:
+        print(f"Deleted {deleted.deleted}", file=stdout)
+    return 0
+
+
+def _run_tag(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .registry.client import RegistryPool
+    from .registryops import tag_image
+
+    with RegistryPool(_registry_options(args)) as pool:
+        tagged = tag_image(args.source, args.tags, pool=pool)
+    if args.json:
+        _emit(tagged.to_json(), stdout)
+    else:
+        for reference in tagged.references:
+            print(f"Tagged {reference} ({tagged.digest})", file=stdout)
+    return 0
+
+
+def _write_raw(data: bytes, stdout: TextIO) -> None:
+    """Document bytes exactly as stored; on a terminal, with control characters escaped (and a
+    final newline) so that a hostile document cannot drive the terminal."""
+    if stdout.isatty():
+        text = data.decode("utf-8", "surrogateescape")
+        print("\n".join(_shown(line).replace("\\x09", "\t") for line in text.split("\n")), file=stdout)
+        return
+    buffer = getattr(stdout, "buffer", None)
+    if buffer is None:  # a text-only stream (tests): the bytes decoded
+        stdout.write(data.decode("utf-8", "replace"))
+        return
+    stdout.flush()
+    buffer.write(data)
+    buffer.flush()
+
+
+def _run_manifest(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .registry.client import RegistryPool
+    from .registryops import read_manifest
+
+    with RegistryPool(_registry_options(args)) as pool:
+        raw = read_manifest(args.reference, platform=_platform(args.platform), pool=pool)
+    _write_raw(raw.data, stdout)
+    return 0
+
+
+def _run_config(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .registry.client import RegistryPool
+    from .registryops import read_config
+
+    with RegistryPool(_registry_options(args)) as pool:
+        data = read_config(args.reference, platform=_platform(args.platform), pool=pool)
+    _write_raw(data, stdout)
+    return 0
 
 
 def _run_version(args: argparse.Namespace, stdout: TextIO) -> int:
@@ -1516,13 +1778,17 @@ def _print_inspect(data: dict[str, Any], out: TextIO) -> None:
         _say(f"  {layer['digest']} {_human(layer['size']):>9}  {note[:60]}", out)
 
 
+# Exit code 2: what the user gave is wrong (docs/cli.md, "Exit codes").
+_USAGE = (UsageError, ReferenceFormatError, DigestFormatError, PackageError, TemplateError)
+
+
 def _exit_code(error: ImagesmithError) -> int:
     """The exit code of ``error``'s category (the table at the top of this module)."""
     if isinstance(error, DiskFullError) or _os_cause(error) in DISK_FULL_ERRNOS:
         return 6  # before integrity: a layer cut short by a full disk is no corrupt layer
     if isinstance(error, FileSystemError | CacheError):
         return 5
-    if isinstance(error, UsageError | ReferenceFormatError | PackageError | TemplateError):
+    if isinstance(error, _USAGE):
         return 2
     if isinstance(error, RegistryError | DaemonError):
         return 3
@@ -1621,6 +1887,18 @@ def _output_failed(error: OSError, stream: TextIO, stderr: TextIO) -> int:
     return _exit_code(failure)
 
 
+def _merge_globals(args: argparse.Namespace) -> None:
+    """Fold the global options given before the command into those given after it."""
+    args.debug = args.debug_global or getattr(args, "debug", False)
+    if args.json_global:
+        if args.json is None:
+            raise _ParseError(f"--json: `imagesmith {args.command}` has no JSON output")
+        args.json = True
+    if getattr(args, "raw", False) and args.json:
+        raise _ParseError("argument --raw: not allowed with argument --json "
+                          "(see `imagesmith inspect --help`)")  # fmt: skip
+
+
 def main(
     argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
@@ -1642,8 +1920,12 @@ def _main(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> int:
         # --help and --version go to ``stdout`` too: argparse would swallow a failed write there.
         with contextlib.redirect_stdout(stdout):
             args = parser.parse_args(argv)
+        _merge_globals(args)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except _ParseError as exc:
+        _say(f"imagesmith: error: {exc}", stderr)
+        return 2
     if args.debug:
         import logging
 

@@ -37,6 +37,7 @@ _REF_NAME = re.compile(rf"{_REF_COMPONENT}(?:/{_REF_COMPONENT})*")
 _SCHEME_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 # Transports skopeo knows that imagesmith does not: named so the error can say so.
 _UNSUPPORTED = ("oci-archive", "dir", "containers-storage", "docker-daemon-archive", "sif", "tarball")
+_TRANSPORT_PREFIXES = ("oci:", "docker-archive:", "docker-daemon:", *(f"{t}:" for t in _UNSUPPORTED))
 FORMS = "REF, docker://REF, oci:DIR[:TAG], docker-archive:PATH[:NAME:TAG] or docker-daemon:NAME:TAG"
 
 
@@ -53,12 +54,18 @@ def validate_layout_tag(tag: str, original: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class RegistryLocation:
-    """An image in a registry, named by a reference (tag or digest)."""
+    """An image in a registry, named by a reference (tag or digest).
+
+    ``str()`` is the reference itself, what ``docker pull`` and ``podman pull`` accept; only a
+    name that would read as another transport (a registry host called ``oci``...) keeps the
+    ``docker://`` prefix, so the string always parses back to the same location.
+    """
 
     reference: Reference
 
     def __str__(self) -> str:
-        return f"docker://{self.reference}"
+        text = str(self.reference)
+        return f"docker://{text}" if text.startswith(_TRANSPORT_PREFIXES) else text
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,7 @@ class BuildResult(_Written):
 
     ``reference`` is the image's name (the registry reference pushed to, or the name given
     to an archive or the daemon); None for an unnamed layout or archive output.
-    ``destination`` is where the image was written (``docker://REF``, ``oci:DIR:TAG``,
+    ``destination`` is where the image was written (``REF``, ``oci:DIR:TAG``,
     ``docker-archive:PATH:NAME``, ``docker-daemon:NAME``), ``destinations`` all of them when
     the image went to several (an output and the daemon), and ``loaded`` what the daemon
     reported loading. ``packages`` are every package of the image, dependencies first;

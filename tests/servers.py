@@ -436,9 +436,9 @@ class TokenIssuer:
 class DistributionRegistry:
     """``docker-registry serve`` (CNCF distribution 2.8) on 127.0.0.1:<free port>.
 
-    Modes: plain http (default), ``tls`` (throwaway CA, see ``ca_cert``),
-    ``htpasswd_users`` (Basic auth) or ``token_issuer`` (Bearer auth; the issuer must be
-    started first). Data and the log (``log_path``) live in ``workdir``.
+    Deletes are allowed unless ``delete=False``. Modes: plain http (default), ``tls``
+    (throwaway CA, see ``ca_cert``), ``htpasswd_users`` (Basic auth) or ``token_issuer``
+    (Bearer auth; the issuer must be started first). Data and the log (``log_path``) live in ``workdir``.
     """
 
     def __init__(
@@ -449,6 +449,7 @@ class DistributionRegistry:
         token_issuer: TokenIssuer | None = None,
         workdir: Path | str | None = None,
         binary: str = REGISTRY_BIN,
+        delete: bool = True,
     ) -> None:
         if htpasswd_users and token_issuer:
             raise ValueError("choose htpasswd_users or token_issuer, not both")
@@ -456,6 +457,7 @@ class DistributionRegistry:
         self.htpasswd_users = dict(htpasswd_users) if htpasswd_users else None
         self.token_issuer = token_issuer
         self.binary = binary
+        self.delete = delete
         self._owns_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="imagesmith-registry-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -494,7 +496,8 @@ class DistributionRegistry:
             "log": {"level": "info", "formatter": "text"},
             "storage": {
                 "filesystem": {"rootdirectory": str(self.data_dir)},
-                "delete": {"enabled": True},
+                # REGISTRY_STORAGE_DELETE_ENABLED: off, DELETE answers 405 UNSUPPORTED.
+                "delete": {"enabled": self.delete},
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
             "http": http,

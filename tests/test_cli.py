@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cli_support import cli
 
-from imagesmith.cli import _command, _emit_list, _parser, _registry_options, main
+from imagesmith.cli import _command, _emit_list, _merge_globals, _parser, _registry_options, main
 from imagesmith.errors import UsageError
 from imagesmith.progress import ProgressEvent
 from imagesmith.progressview import ProgressView as _Progress
@@ -38,9 +38,11 @@ def test_version() -> None:
     assert code == 0 and out.startswith("imagesmith 0.")
 
 
-def test_missing_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run("build", "pkg.json")[0] == 2  # no --base-image, no --repo/--tag
-    assert "--base-image" in capsys.readouterr().err
+def test_missing_arguments_exit_2() -> None:
+    code, _, err = run("build", "pkg.json")  # no --base-image, no --repo/--tag
+    assert code == 2 and "--base-image" in err
+    # One line, on the stream main() was given, naming where help is.
+    assert err.count("\n") == 1 and err.startswith("imagesmith: error: ") and "imagesmith build --help" in err
     assert run("build", "--base-image", "x", "--repo", "a/b", "--tag", "a/b:c", "p.json")[0] == 2
 
 
@@ -238,3 +240,67 @@ def test_inspect_escapes_what_the_image_says(tmp_path: Path, monkeypatch: pytest
     assert not any(ch in out for ch in "\x1b\x07\u009b")
     code, out, _ = cli("inspect", f"oci:{layout.root}:1", "--json")
     assert json.loads(out)["config"]["Env"] == [f"A={evil}"]
+
+
+def test_global_options_before_or_after_the_command(tmp_path: Path) -> None:
+    """Issue 15, item 10: --debug and `cache --cache-dir` were refused after the command."""
+    cache = str(tmp_path / "cache")
+    outputs = set()
+    for argv in (
+        ["--json", "--cache-dir", cache, "cache", "info"],
+        ["cache", "info", "--json", "--cache-dir", cache],
+        ["cache", "--cache-dir", cache, "info", "--json"],
+        ["--debug", "cache", "info", "--cache-dir", cache, "--json"],
+        ["cache", "info", "--debug", "--json", "--cache-dir", cache],
+    ):
+        code, out, err = run(*argv)
+        assert code == 0, (argv, err)
+        outputs.add(out)
+    assert len(outputs) == 1 and json.loads(outputs.pop())["root"] == cache
+    for argv in (["--debug", "inspect", "x"], ["inspect", "x", "--debug"], ["cache", "prune", "--debug"]):
+        args = _parser().parse_args(argv)
+        _merge_globals(args)
+        assert args.debug is True
+    args = _parser().parse_args(["inspect", "x"])
+    _merge_globals(args)
+    assert args.debug is False and args.json is False
+    # Given before and after, --insecure-registry adds up; the value after the command wins otherwise.
+    args = _parser().parse_args(
+        ["--cache-dir", "/a", "cache", "--cache-dir", "/b", "info", "--cache-dir", "/c"]
+    )
+    assert args.cache_dir == "/c" and args.cache_dir_global == "/a"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["build", "--base-image", "b", "--repo", "r", "p.json"],
+        ["copy", "a", "b"],
+        ["merge", "a", "--tag", "t"],
+        ["pull", "a", "--rootfs", "d"],
+        ["index", "list", "r"],
+        ["makefile", "--base-image", "b", "--repo", "r", "p"],
+    ],
+)
+def test_jobs_must_be_at_least_one(command: list[str]) -> None:
+    for jobs in ("0", "-3", "many"):
+        code, out, err = run(*command, "-j", jobs)
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("imagesmith: error: argument -j/--jobs: "), err
+
+
+def test_options_that_exclude_each_other_are_one_line() -> None:
+    """Issue 15, item 10: `inspect --json --raw` silently printed the raw manifest."""
+    for argv in (
+        ["inspect", "--json", "--raw", "x"],
+        ["--json", "inspect", "--raw", "x"],
+        ["inspect", "--referrers", "--raw", "x"],
+        ["inspect", "--referrers", "--platform", "linux/amd64", "x"],
+        ["--json", "manifest", "x"],
+        ["--json", "serve", "--root", "d"],
+        ["login", "r", "-p", "x", "--password-stdin"],
+        ["build", "--each", "--each-root"],
+    ):
+        code, out, err = run(*argv)
+        assert code == 2 and out == "" and err.count("\n") == 1, (argv, err)
+        assert err.startswith("imagesmith: error: "), err

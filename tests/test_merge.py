@@ -259,7 +259,7 @@ def test_text_output(multiarch_base: str, registry: DistributionRegistry) -> Non
     target = f"{registry.host}/{unique('text')}:1"
     out = ok(*flags(registry), "merge", f"{multiarch_base}-amd64", f"{multiarch_base}-arm64", "--tag", target)
     first, second = out.splitlines()
-    assert re.fullmatch(rf"Pushed docker://{re.escape(target)} \(sha256:[0-9a-f]{{64}}\)", first)
+    assert re.fullmatch(rf"Pushed {re.escape(target)} \(sha256:[0-9a-f]{{64}}\)", first)
     assert second == f"Platforms: {AMD64}, {ARM64}"
 
 

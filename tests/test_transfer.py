@@ -456,4 +456,7 @@ def test_an_unknown_location_type_is_named(text: str) -> None:
     with pytest.raises(UsageError, match="unknown location type"):
         parse_location(text)
     # Registry references with ports and plain tags still parse as references.
-    assert str(parse_location("localhost:5000/x:1")) == "docker://localhost:5000/x:1"
+    assert str(parse_location("localhost:5000/x:1")) == "localhost:5000/x:1"
+    # Printed as `docker pull` takes it; a name that would read as a transport keeps docker://.
+    assert str(parse_location("docker://oci:5000/x:1")) == "docker://oci:5000/x:1"
+    assert parse_location(str(parse_location("docker://oci:5000/x:1"))) == parse_location("docker://oci:5000/x:1")

@@ -66,6 +66,7 @@ log = logging.getLogger("imagesmith.http")
 MAX_TAGS_RESPONSE = 16 * 1024 * 1024
 MAX_TAG_PAGES = 10_000
 MAX_RESUMES = 5
+_MAX_ANSWER = 64 * 1024  # the body of an answer that carries no document (errors, DELETE)
 _ACCEPT = ", ".join(MANIFEST_ACCEPT)
 _GENERIC_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
 
@@ -85,6 +86,11 @@ def _pull(repository: str) -> frozenset[str]:
 
 def _push(repository: str) -> frozenset[str]:
     return frozenset({f"repository:{repository}:pull,push"})
+
+
+def _delete(repository: str) -> frozenset[str]:
+    # distribution's token auth asks for the "delete" action on DELETE (pull to resolve a tag first).
+    return frozenset({f"repository:{repository}:delete"})
 
 
 def _content_type(value: str | None) -> str:
@@ -630,6 +636,33 @@ class RegistryClient:
             log.warning("registry %s reports digest %s for manifest %s; the bytes sent hash to %s",
                         self.registry, announced[:80], shown, digest)  # fmt: skip
         return digest
+
+    def delete_manifest(self, repository: str, digest: Digest) -> None:
+        """``DELETE /v2/<name>/manifests/<digest>``: remove a manifest and every tag on it.
+
+        A 404 raises :class:`NotFoundError`. A registry that does not allow deletes answers
+        405 (distribution: ``UNSUPPORTED`` unless ``REGISTRY_STORAGE_DELETE_ENABLED=true``): the
+        :class:`RegistryError` says so, with the registry's own words.
+        """
+        validate_repository(repository)
+        shown = f"{self.registry}/{repository}@{digest}"
+        url = self._url(f"/v2/{repository}/manifests/{digest}")
+
+        def too_large(_length: int | None) -> ImagesmithError:
+            return RegistryError(f"deleting {shown}: the answer is larger than {_MAX_ANSWER} bytes")
+
+        fetched = self._fetch("DELETE", url, _delete(repository), limit=_MAX_ANSWER, too_large=too_large,
+                              expect=(*range(200, 300), 404, 405), prefix=f"deleting {shown}")  # fmt: skip
+        if fetched.status == 404:
+            raise error_from_fetched(fetched, self.registry, prefix=f"manifest unknown: {shown}")
+        if fetched.status == 405:
+            said = error_from_fetched(fetched, self.registry)
+            raise RegistryError(
+                f"deleting {shown}: {self.registry} does not allow deletes ({said}); a CNCF "
+                "distribution registry needs REGISTRY_STORAGE_DELETE_ENABLED=true (storage: delete: "
+                "enabled: true), hosted registries delete through their web UI or API",
+                method="DELETE", url=said.url, status=405, codes=said.codes,
+            )  # fmt: skip
 
     def referrers(self, repository: str, digest: Digest, artifact_type: str | None = None) -> bytes | None:
         """``GET /v2/<name>/referrers/<digest>``: the OCI index of the manifests whose
