@@ -13,6 +13,8 @@ Everything raised on purpose derives from :class:`ImagesmithError`.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -224,6 +226,21 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """This package, where a public function keeps its name when a submodule of the same name
+    is imported (``pull``, ``login``): the import system binds every submodule it loads as an
+    attribute of its package, which -- names being looked up lazily -- would hide the function.
+    Eager imports had the same outcome by rebinding the name after the submodule."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "ArchiveLocation",

@@ -1826,7 +1826,10 @@ def _os_cause(error: BaseException) -> int | None:
     keeps it as the context), if any: the library's per-module errors name the path and the
     cause in their message; this gives them the exit code of a local file-system failure."""
     context = error.__context__
-    if isinstance(context, OSError) and not isinstance(context, ConnectionError):
+    # Something that is not there (no such file, a file where a directory should be) is a wrong
+    # input the message names, not a file system that failed: it keeps its module's category.
+    absent = FileNotFoundError | NotADirectoryError | ConnectionError
+    if isinstance(context, OSError) and not isinstance(context, absent):
         return context.errno
     return None
 

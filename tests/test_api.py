@@ -1,5 +1,8 @@
 """The public API: what `import imagesmith` offers is a decision, so a test pins it."""
 
+import subprocess
+import sys
+
 import imagesmith
 
 EXPECTED = [
@@ -138,3 +141,17 @@ def test_errors_share_one_root() -> None:
         value = getattr(imagesmith, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, imagesmith.ImagesmithError), name
+
+
+def test_a_function_keeps_its_name_when_its_module_of_the_same_name_is_imported() -> None:
+    """``imagesmith.pull`` and ``imagesmith.login`` are functions, also after something imports
+    the submodules of the same names (found by the docs' examples: a module is not callable)."""
+    code = (
+        "import importlib, types, imagesmith\n"
+        "importlib.import_module('imagesmith.pull'); importlib.import_module('imagesmith.login')\n"
+        "import imagesmith.pull\n"
+        "assert not isinstance(imagesmith.pull, types.ModuleType), imagesmith.pull\n"
+        "assert not isinstance(imagesmith.login, types.ModuleType), imagesmith.login\n"
+        "assert imagesmith.pull.__name__ == 'pull' and callable(imagesmith.login)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -205,7 +205,7 @@ def test_plain_progress_lines_without_a_terminal(
     assert any(re.fullmatch(r"  archiving        big@1\.0: [\d.]+ MB of 25\.2 MB \(\d+%\), .*so far", line)
                for line in err)  # fmt: skip
     assert any(re.fullmatch(r"  uploading        big@1\.0: [\d.]+ MB.*so far", line) for line in err)
-    assert built.stdout.startswith(f"Pushed docker://{target} (sha256:")
+    assert built.stdout.startswith(f"Pushed {target} (sha256:")
 
     # Download and unpack report the same way (a fresh cache: every layer is fetched).
     env["IMAGESMITH_CACHE_DIR"] = str(tmp_path / "cache2")
