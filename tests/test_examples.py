@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import EXAMPLES, HELLO, ok
+from conftest import need_tool
 from servers import DistributionRegistry
 
 pytestmark = pytest.mark.integration
@@ -61,3 +62,23 @@ def test_generate_stack_reports_bad_input(registry: DistributionRegistry, base: 
     )
     assert done.returncode == 2
     assert "nope.json" in done.stderr
+
+
+@pytest.mark.integration
+def test_make_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """`make demo`, the README's first command: the embedded registry, the busybox base, the
+    example stack built twice (same digest), unpacked, and run with the docker CLI."""
+    need_tool("podman")
+    need_tool("docker")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "-> identical" in run.stdout, run.stdout[-3000:]
+    assert "Hello, world, from hello 2.12" in run.stdout, run.stdout[-3000:]
+    assert "\n== done: " in run.stdout
