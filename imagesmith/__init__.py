@@ -17,8 +17,8 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .errors import (
+from imagesmith._version import __version__
+from imagesmith.errors import (
     AuthenticationError,
     CacheError,
     DaemonError,
@@ -41,52 +41,41 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .budget import LayerPlan, plan_layers
-    from .cache import BlobCache
-    from .ci import pin_base, render_pipeline
-    from .closure import ClosureError, ClosureReport, Finding, check_closure
-    from .daemon import load_into_daemon
-    from .digests import Digest
-    from .envmods import EnvModification, apply_env, infer_env
-    from .images import BaseImage, Image, Layer, RawManifest, resolve_base
-    from .layout import OCILayout
-    from .locations import (
-        ArchiveLocation,
-        DaemonLocation,
-        LayoutLocation,
-        Location,
-        RegistryLocation,
-        parse_location,
+    from imagesmith.artifacts.referrers import Attached, attach, list_attachments
+    from imagesmith.artifacts.sbom import render_sbom
+    from imagesmith.artifacts.signing import (
+        Signed,
+        SigningKey,
+        generate_key,
+        load_signing_key,
+        sign_image,
+        sign_reference,
     )
-    from .login import login, logout
-    from .makefile import render_makefile
-    from .merge import MergeResult, index_document, merge_images
-    from .model import Descriptor, ImageConfig, Index, Manifest, Platform
-    from .packages import Package, load_package, load_packages
-    from .pipeline import (
-        BuildOptions,
-        BuildResult,
-        BuiltPackage,
-        ImportResult,
-        InspectResult,
-        MultiBuildResult,
-        StackLayer,
-        build,
-        build_each,
-        build_each_platforms,
-        build_platforms,
-        import_rootfs,
-        inspect,
+    from imagesmith.generate.ci import pin_base, render_pipeline
+    from imagesmith.generate.makefile import render_makefile
+    from imagesmith.inputs.envmods import EnvModification, apply_env, infer_env
+    from imagesmith.inputs.load import load_package, load_packages
+    from imagesmith.inputs.packages import Package
+    from imagesmith.inputs.spackenv import load_environment
+    from imagesmith.oci.digests import Digest
+    from imagesmith.oci.image import BaseImage, Image, Layer, RawManifest
+    from imagesmith.oci.index import index_document
+    from imagesmith.oci.model import Descriptor, ImageConfig, Index, Manifest, Platform
+    from imagesmith.oci.references import Reference
+    from imagesmith.ops.inspect import InspectResult, inspect
+    from imagesmith.ops.merge import MergeResult, merge_images
+    from imagesmith.ops.platformmerge import merge_builds
+    from imagesmith.ops.pull import PullResult, pull
+    from imagesmith.ops.repoindex import (
+        IndexEntry,
+        IndexUpdate,
+        RepositoryIndex,
+        list_index,
+        read_index,
+        read_spack_index,
+        update_index,
     )
-    from .platformmerge import merge_builds
-    from .progress import ProgressEvent
-    from .pull import PullResult, pull
-    from .references import Reference
-    from .referrers import Attached, attach, list_attachments
-    from .registry.client import RegistryClient, RegistryPool
-    from .registry.credentials import Credentials, CredentialStore
-    from .registry.transport import RegistryOptions
-    from .registryops import (
+    from imagesmith.ops.verbs import (
         Deleted,
         Tagged,
         delete_image,
@@ -96,122 +85,139 @@ if TYPE_CHECKING:
         read_manifest,
         tag_image,
     )
-    from .repoindex import (
-        IndexEntry,
-        IndexUpdate,
-        RepositoryIndex,
-        list_index,
-        read_index,
-        read_spack_index,
-        update_index,
+    from imagesmith.pipeline.budget import LayerPlan, plan_layers
+    from imagesmith.pipeline.closure import ClosureError, ClosureReport, Finding, check_closure
+    from imagesmith.pipeline.results import (
+        BuildOptions,
+        BuildResult,
+        BuiltPackage,
+        ImportResult,
+        MultiBuildResult,
+        StackLayer,
     )
-    from .sbom import render_sbom
-    from .server import RegistryServer
-    from .signing import Signed, SigningKey, generate_key, load_signing_key, sign_image, sign_reference
-    from .spackenv import load_environment
-    from .transfer import CopyResult, copy_image
-    from .unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
+    from imagesmith.pipeline.run import (
+        build,
+        build_each,
+        build_each_platforms,
+        build_platforms,
+        import_rootfs,
+    )
+    from imagesmith.progress import ProgressEvent
+    from imagesmith.registry.client import RegistryClient, RegistryPool
+    from imagesmith.registry.credentials import Credentials, CredentialStore
+    from imagesmith.registry.login import login, logout
+    from imagesmith.registry.server import RegistryServer
+    from imagesmith.registry.transport import RegistryOptions
+    from imagesmith.store.cache import BlobCache
+    from imagesmith.store.layout import OCILayout
+    from imagesmith.tar.unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
+    from imagesmith.transports.archive import ArchiveLocation
+    from imagesmith.transports.copy import CopyResult, copy_image
+    from imagesmith.transports.daemon import DaemonLocation, load_into_daemon
+    from imagesmith.transports.layout import LayoutLocation
+    from imagesmith.transports.locations import Location, parse_location, resolve_base
+    from imagesmith.transports.registry import RegistryLocation
 
 # Every other name is imported on first use (PEP 562), so that `import imagesmith` -- and the
 # CLI's `--version`, `--help` and `completion` -- do not load the whole pipeline (requests,
 # cryptography, jinja2...): 0.05 s instead of 1 s.
 _LAZY: dict[str, str] = {
-    "ArchiveLocation": ".locations",
-    "Attached": ".referrers",
-    "BaseImage": ".images",
-    "BlobCache": ".cache",
-    "BuildOptions": ".pipeline",
-    "BuildResult": ".pipeline",
-    "BuiltPackage": ".pipeline",
-    "ClosureError": ".closure",
-    "ClosureReport": ".closure",
-    "CopyResult": ".transfer",
+    "ArchiveLocation": ".transports.archive",
+    "Attached": ".artifacts.referrers",
+    "BaseImage": ".oci.image",
+    "BlobCache": ".store.cache",
+    "BuildOptions": ".pipeline.results",
+    "BuildResult": ".pipeline.results",
+    "BuiltPackage": ".pipeline.results",
+    "ClosureError": ".pipeline.closure",
+    "ClosureReport": ".pipeline.closure",
+    "CopyResult": ".transports.copy",
     "CredentialStore": ".registry.credentials",
     "Credentials": ".registry.credentials",
-    "DaemonLocation": ".locations",
-    "Deleted": ".registryops",
-    "Descriptor": ".model",
-    "Digest": ".digests",
-    "EnvModification": ".envmods",
-    "Finding": ".closure",
-    "Image": ".images",
-    "ImageConfig": ".model",
-    "ImportResult": ".pipeline",
-    "Index": ".model",
-    "IndexEntry": ".repoindex",
-    "IndexUpdate": ".repoindex",
-    "InspectResult": ".pipeline",
-    "Layer": ".images",
-    "LayerPlan": ".budget",
-    "LayoutLocation": ".locations",
-    "Location": ".locations",
-    "Manifest": ".model",
-    "MergeResult": ".merge",
-    "MultiBuildResult": ".pipeline",
-    "OCILayout": ".layout",
-    "Package": ".packages",
-    "Platform": ".model",
+    "DaemonLocation": ".transports.daemon",
+    "Deleted": ".ops.verbs",
+    "Descriptor": ".oci.model",
+    "Digest": ".oci.digests",
+    "EnvModification": ".inputs.envmods",
+    "Finding": ".pipeline.closure",
+    "Image": ".oci.image",
+    "ImageConfig": ".oci.model",
+    "ImportResult": ".pipeline.results",
+    "Index": ".oci.model",
+    "IndexEntry": ".ops.repoindex",
+    "IndexUpdate": ".ops.repoindex",
+    "InspectResult": ".ops.inspect",
+    "Layer": ".oci.image",
+    "LayerPlan": ".pipeline.budget",
+    "LayoutLocation": ".transports.layout",
+    "Location": ".transports.locations",
+    "Manifest": ".oci.model",
+    "MergeResult": ".ops.merge",
+    "MultiBuildResult": ".pipeline.results",
+    "OCILayout": ".store.layout",
+    "Package": ".inputs.packages",
+    "Platform": ".oci.model",
     "ProgressEvent": ".progress",
-    "PullResult": ".pull",
-    "RawManifest": ".images",
-    "Reference": ".references",
+    "PullResult": ".ops.pull",
+    "RawManifest": ".oci.image",
+    "Reference": ".oci.references",
     "RegistryClient": ".registry.client",
-    "RegistryLocation": ".locations",
+    "RegistryLocation": ".transports.registry",
     "RegistryOptions": ".registry.transport",
     "RegistryPool": ".registry.client",
-    "RegistryServer": ".server",
-    "RepositoryIndex": ".repoindex",
-    "Signed": ".signing",
-    "SigningKey": ".signing",
-    "StackLayer": ".pipeline",
-    "Tagged": ".registryops",
-    "UnpackPolicy": ".unpack",
-    "UnpackStats": ".unpack",
-    "apply_env": ".envmods",
-    "attach": ".referrers",
-    "build": ".pipeline",
-    "build_each": ".pipeline",
-    "build_each_platforms": ".pipeline",
-    "build_platforms": ".pipeline",
-    "check_closure": ".closure",
-    "copy_image": ".transfer",
-    "delete_image": ".registryops",
-    "generate_key": ".signing",
-    "image_digest": ".registryops",
-    "import_rootfs": ".pipeline",
-    "index_document": ".merge",
-    "infer_env": ".envmods",
-    "inspect": ".pipeline",
-    "list_attachments": ".referrers",
-    "list_index": ".repoindex",
-    "list_tags": ".registryops",
-    "load_environment": ".spackenv",
-    "load_into_daemon": ".daemon",
-    "load_package": ".packages",
-    "load_packages": ".packages",
-    "load_signing_key": ".signing",
-    "login": ".login",
-    "logout": ".login",
-    "merge_builds": ".platformmerge",
-    "merge_images": ".merge",
-    "parse_location": ".locations",
-    "pin_base": ".ci",
-    "plan_layers": ".budget",
-    "pull": ".pull",
-    "read_config": ".registryops",
-    "read_index": ".repoindex",
-    "read_manifest": ".registryops",
-    "read_spack_index": ".repoindex",
-    "render_makefile": ".makefile",
-    "render_pipeline": ".ci",
-    "render_sbom": ".sbom",
-    "resolve_base": ".images",
-    "sign_image": ".signing",
-    "sign_reference": ".signing",
-    "tag_image": ".registryops",
-    "unpack_layer": ".unpack",
-    "unpack_layers": ".unpack",
-    "update_index": ".repoindex",
+    "RegistryServer": ".registry.server",
+    "RepositoryIndex": ".ops.repoindex",
+    "Signed": ".artifacts.signing",
+    "SigningKey": ".artifacts.signing",
+    "StackLayer": ".pipeline.results",
+    "Tagged": ".ops.verbs",
+    "UnpackPolicy": ".tar.unpack",
+    "UnpackStats": ".tar.unpack",
+    "apply_env": ".inputs.envmods",
+    "attach": ".artifacts.referrers",
+    "build": ".pipeline.run",
+    "build_each": ".pipeline.run",
+    "build_each_platforms": ".pipeline.run",
+    "build_platforms": ".pipeline.run",
+    "check_closure": ".pipeline.closure",
+    "copy_image": ".transports.copy",
+    "delete_image": ".ops.verbs",
+    "generate_key": ".artifacts.signing",
+    "image_digest": ".ops.verbs",
+    "import_rootfs": ".pipeline.run",
+    "index_document": ".oci.index",
+    "infer_env": ".inputs.envmods",
+    "inspect": ".ops.inspect",
+    "list_attachments": ".artifacts.referrers",
+    "list_index": ".ops.repoindex",
+    "list_tags": ".ops.verbs",
+    "load_environment": ".inputs.spackenv",
+    "load_into_daemon": ".transports.daemon",
+    "load_package": ".inputs.load",
+    "load_packages": ".inputs.load",
+    "load_signing_key": ".artifacts.signing",
+    "login": ".registry.login",
+    "logout": ".registry.login",
+    "merge_builds": ".ops.platformmerge",
+    "merge_images": ".ops.merge",
+    "parse_location": ".transports.locations",
+    "pin_base": ".generate.ci",
+    "plan_layers": ".pipeline.budget",
+    "pull": ".ops.pull",
+    "read_config": ".ops.verbs",
+    "read_index": ".ops.repoindex",
+    "read_manifest": ".ops.verbs",
+    "read_spack_index": ".ops.repoindex",
+    "render_makefile": ".generate.makefile",
+    "render_pipeline": ".generate.ci",
+    "render_sbom": ".artifacts.sbom",
+    "resolve_base": ".transports.locations",
+    "sign_image": ".artifacts.signing",
+    "sign_reference": ".artifacts.signing",
+    "tag_image": ".ops.verbs",
+    "unpack_layer": ".tar.unpack",
+    "unpack_layers": ".tar.unpack",
+    "update_index": ".ops.repoindex",
 }
 
 

@@ -35,8 +35,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TextIO, cast
 
-from ._version import __version__
-from .errors import (
+from imagesmith._version import __version__
+from imagesmith.errors import (
     DISK_FULL_ERRNOS,
     CacheError,
     DaemonError,
@@ -55,14 +55,14 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .cache import BlobCache
-    from .closure import ClosureReport
-    from .model import Platform
-    from .packages import Package
-    from .pipeline import BuildResult, ImportResult, MultiBuildResult
-    from .registry.credentials import Credentials
-    from .registry.transport import RegistryOptions
-    from .signing import SigningKey
+    from imagesmith.artifacts.signing import SigningKey
+    from imagesmith.inputs.packages import Package
+    from imagesmith.oci.model import Platform
+    from imagesmith.pipeline.closure import ClosureReport
+    from imagesmith.pipeline.results import BuildResult, ImportResult, MultiBuildResult
+    from imagesmith.registry.credentials import Credentials
+    from imagesmith.registry.transport import RegistryOptions
+    from imagesmith.store.cache import BlobCache
 
 # `imagesmith --help`, `--version` and `completion` only build the parser: this module imports
 # the library (requests, cryptography, jinja2, the pipeline: 1 s) inside the commands that use
@@ -79,7 +79,7 @@ ENGINES = ("gitlab", "github")  # ci.ENGINES
 DEFAULT_INSTALL = f"pip install imagesmith=={__version__}"  # ci.DEFAULT_INSTALL
 
 if TYPE_CHECKING:
-    from .progressview import ProgressView as _Progress
+    from imagesmith.progressview import ProgressView as _Progress
 
 __all__ = ["main"]
 
@@ -714,7 +714,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _registry_verbs(commands: Any) -> None:
     """``tags``, ``digest``, ``delete``, ``tag``, ``manifest``, ``config``: one request or two
-    each (see :mod:`imagesmith.registryops`)."""
+    each (see :mod:`imagesmith.ops.verbs`)."""
     p = commands.add_parser(
         "tags",
         help="list the tags of a repository",
@@ -831,12 +831,12 @@ def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
 
 
 def _platform(text: str | None) -> Platform | None:
-    from .model import Platform
+    from imagesmith.oci.model import Platform
     return Platform.parse(text) if text else None
 
 
 def _registry_options(args: argparse.Namespace) -> RegistryOptions:
-    from .registry.transport import RegistryOptions
+    from imagesmith.registry.transport import RegistryOptions
     insecure = [*args.insecure_global, *getattr(args, "insecure", [])]
     hosts = [h.strip() for item in insecure for h in item.split(",") if h.strip()]
     ca = getattr(args, "ca_cert", None) or args.ca_cert_global
@@ -878,7 +878,7 @@ def _creds(args: argparse.Namespace) -> Credentials | None:
         password = getpass.getpass(f"Password for {username}: ")
     if not password:
         raise UsageError(f"--creds {username}: the password is empty")
-    from .registry.credentials import Credentials
+    from imagesmith.registry.credentials import Credentials
 
     creds = Credentials(username, password)
     args._creds_value = creds
@@ -886,7 +886,7 @@ def _creds(args: argparse.Namespace) -> Credentials | None:
 
 
 def _cache(args: argparse.Namespace) -> BlobCache:
-    from .cache import BlobCache
+    from imagesmith.store.cache import BlobCache
     path = getattr(args, "cache_dir", None) or args.cache_dir_global
     return BlobCache(Path(path) if path else None)
 
@@ -942,7 +942,7 @@ def _emit_list(objects: Iterable[dict[str, Any]], stdout: TextIO) -> None:
 
 def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr: TextIO) -> None:
     """One warning line per finding of the runtime-closure check (each once per run)."""
-    from .pipeline import MultiBuildResult
+    from imagesmith.pipeline.results import MultiBuildResult
     seen: set[str] = set()
     for result in results:
         images = result.images if isinstance(result, MultiBuildResult) else (result,)
@@ -958,7 +958,7 @@ def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr:
 def _report_written(
     result: BuildResult | ImportResult | MultiBuildResult, stdout: TextIO, suffix: str = ""
 ) -> None:
-    from .pipeline import MultiBuildResult
+    from imagesmith.pipeline.results import MultiBuildResult
     verb = "Pushed" if result.pushed else "Wrote"
     if isinstance(result, MultiBuildResult):
         print(f"{verb} {result.destination} ({result.digest}), an index of:", file=stdout)
@@ -973,7 +973,7 @@ def _report_written(
 
 def _platforms(text: str | None) -> list[Platform]:
     """``--platform`` of build: one platform, or a comma-separated list."""
-    from .model import Platform
+    from imagesmith.oci.model import Platform
     if text is None:
         return []
     parts = [part.strip() for part in text.split(",")]
@@ -985,8 +985,8 @@ def _platforms(text: str | None) -> list[Platform]:
 def _build_inputs(args: argparse.Namespace) -> tuple[list[Package], list[Package]]:
     """The packages of a build, dependencies first, and its roots (the packages named, or the
     environment's roots; only looked up for --each-root)."""
-    from .packages import load_package, load_packages
-    from .spackenv import load_environment
+    from imagesmith.inputs.load import load_package, load_packages
+    from imagesmith.inputs.spackenv import load_environment
     if args.spack_env is not None:
         if args.packages:
             raise UsageError("give PACKAGEs or --spack-env DIR, not both")
@@ -1010,7 +1010,8 @@ def _print_notes(results: Sequence[BuildResult | MultiBuildResult], stream: Text
 
 
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
-    from .pipeline import BuildOptions, BuildResult, build, build_each, build_each_platforms, build_platforms
+    from imagesmith.pipeline.results import BuildOptions, BuildResult
+    from imagesmith.pipeline.run import build, build_each, build_each_platforms, build_platforms
     platforms = _platforms(args.platform)
     if args.digestfile and (args.each or args.each_root):
         flag = "--each" if args.each else "--each-root"
@@ -1095,7 +1096,7 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
-    from .pipeline import import_rootfs
+    from imagesmith.pipeline.run import import_rootfs
 
     digestfile = _prepare_digestfile(args)
     result = import_rootfs(
@@ -1125,8 +1126,8 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
 
 
 def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .pipeline import inspect
-    from .registry.client import RegistryPool
+    from imagesmith.ops.inspect import inspect
+    from imagesmith.registry.client import RegistryPool
     if args.referrers:
         if args.raw or args.platform:
             option = "--raw" if args.raw else "--platform"
@@ -1147,9 +1148,9 @@ def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
-    from .model import Platform
-    from .registry.client import RegistryPool
-    from .transfer import copy_image
+    from imagesmith.oci.model import Platform
+    from imagesmith.registry.client import RegistryPool
+    from imagesmith.transports.copy import copy_image
     platform: Platform | Literal["all"] | None = None
     if args.platform == "all":
         platform = "all"
@@ -1179,10 +1180,10 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 
 def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
-    from .locations import RegistryLocation
-    from .merge import merge_images
-    from .platformmerge import merge_builds
-    from .registry.client import RegistryPool
+    from imagesmith.ops.merge import merge_images
+    from imagesmith.ops.platformmerge import merge_builds
+    from imagesmith.registry.client import RegistryPool
+    from imagesmith.transports.registry import RegistryLocation
     if args.tag_template is not None and args.repo is None:
         raise UsageError("--tag-template names the index with --repo: leave it out with --tag")
     jobs = max(1, args.jobs)
@@ -1206,7 +1207,7 @@ def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
-    from .pull import pull
+    from imagesmith.ops.pull import pull
     result = pull(
         args.reference,
         args.rootfs,
@@ -1234,7 +1235,7 @@ def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 
 def _run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from .server import RegistryServer
+    from imagesmith.registry.server import RegistryServer
     host, sep, port_text = args.addr.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise UsageError(f"--addr {args.addr!r} must be HOST:PORT, e.g. 127.0.0.1:5000")
@@ -1310,9 +1311,9 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, progress: _Pr
 
 
 def _run_tags(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .references import parse_repository
-    from .registry.client import RegistryPool
-    from .registryops import list_tags
+    from imagesmith.oci.references import parse_repository
+    from imagesmith.ops.verbs import list_tags
+    from imagesmith.registry.client import RegistryPool
 
     repository = parse_repository(args.repo)
     with RegistryPool(_registry_options(args)) as pool:
@@ -1326,9 +1327,9 @@ def _run_tags(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_digest(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .locations import parse_location
-    from .registry.client import RegistryPool
-    from .registryops import image_digest
+    from imagesmith.ops.verbs import image_digest
+    from imagesmith.registry.client import RegistryPool
+    from imagesmith.transports.locations import parse_location
 
     with RegistryPool(_registry_options(args)) as pool:
         digest = image_digest(args.reference, platform=_platform(args.platform), pool=pool)
@@ -1340,8 +1341,8 @@ def _run_digest(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_delete(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .registry.client import RegistryPool
-    from .registryops import delete_image
+    from imagesmith.ops.verbs import delete_image
+    from imagesmith.registry.client import RegistryPool
 
     with RegistryPool(_registry_options(args)) as pool:
         deleted = delete_image(args.reference, pool=pool)
@@ -1355,8 +1356,8 @@ def _run_delete(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_tag(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .registry.client import RegistryPool
-    from .registryops import tag_image
+    from imagesmith.ops.verbs import tag_image
+    from imagesmith.registry.client import RegistryPool
 
     with RegistryPool(_registry_options(args)) as pool:
         tagged = tag_image(args.source, args.tags, pool=pool)
@@ -1385,8 +1386,8 @@ def _write_raw(data: bytes, stdout: TextIO) -> None:
 
 
 def _run_manifest(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .registry.client import RegistryPool
-    from .registryops import read_manifest
+    from imagesmith.ops.verbs import read_manifest
+    from imagesmith.registry.client import RegistryPool
 
     with RegistryPool(_registry_options(args)) as pool:
         raw = read_manifest(args.reference, platform=_platform(args.platform), pool=pool)
@@ -1395,8 +1396,8 @@ def _run_manifest(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_config(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .registry.client import RegistryPool
-    from .registryops import read_config
+    from imagesmith.ops.verbs import read_config
+    from imagesmith.registry.client import RegistryPool
 
     with RegistryPool(_registry_options(args)) as pool:
         data = read_config(args.reference, platform=_platform(args.platform), pool=pool)
@@ -1407,7 +1408,7 @@ def _run_config(args: argparse.Namespace, stdout: TextIO) -> int:
 def _run_version(args: argparse.Namespace, stdout: TextIO) -> int:
     import platform
 
-    from .compression import codec_id, gzip_backend
+    from imagesmith.tar.compression import codec_id, gzip_backend
 
     gzip, zstd = codec_id("gzip"), codec_id("zstd")
     backend = gzip_backend()
@@ -1423,15 +1424,15 @@ def _run_version(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_completion(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .completion import completion_script
+    from imagesmith.completion import completion_script
 
     stdout.write(completion_script(_parser(), args.shell))
     return 0
 
 
 def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .referrers import list_attachments
-    from .registry.client import RegistryPool
+    from imagesmith.artifacts.referrers import list_attachments
+    from imagesmith.registry.client import RegistryPool
     with RegistryPool(_registry_options(args)) as pool:
         subject, attachments = list_attachments(args.reference, pool=pool, artifact_type=args.artifact_type)
     if args.json:
@@ -1456,7 +1457,7 @@ def _key_password(path: str) -> str | None:
     """The password of an encrypted key: the environment, else a prompt on a terminal."""
     import getpass
 
-    from .signing import key_is_encrypted
+    from imagesmith.artifacts.signing import key_is_encrypted
     if not key_is_encrypted(path):
         return None
     password = os.environ.get(KEY_PASSWORD_ENV)
@@ -1468,12 +1469,12 @@ def _key_password(path: str) -> str | None:
 
 
 def _signing_key(path: str) -> SigningKey:
-    from .signing import load_signing_key
+    from imagesmith.artifacts.signing import load_signing_key
     return load_signing_key(path, _key_password(path))
 
 
 def _write_sboms(result: BuildResult, directory: str | None) -> None:
-    from .sbom import SBOM_FILENAMES
+    from imagesmith.artifacts.sbom import SBOM_FILENAMES
     if directory is None:
         return
     if not result.sboms:
@@ -1490,8 +1491,8 @@ def _write_sboms(result: BuildResult, directory: str | None) -> None:
 
 
 def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
-    from .registry.client import RegistryPool
-    from .signing import sign_reference
+    from imagesmith.artifacts.signing import sign_reference
+    from imagesmith.registry.client import RegistryPool
     key = _signing_key(args.key)
     with RegistryPool(_registry_options(args)) as pool:
         signed = sign_reference(args.reference, key, pool=pool, cache=_cache(args), progress=progress)
@@ -1507,7 +1508,7 @@ def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 def _run_keygen(args: argparse.Namespace, stdout: TextIO) -> int:
     import getpass
 
-    from .signing import generate_key
+    from imagesmith.artifacts.signing import generate_key
     public = args.public or f"{args.key}.pub"
     password = os.environ.get(KEY_PASSWORD_ENV) or None
     if args.encrypt and password is None:
@@ -1556,8 +1557,8 @@ def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
 
 
 def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from .login import login
-    from .registry.credentials import registry_host
+    from imagesmith.registry.credentials import registry_host
+    from imagesmith.registry.login import login
     host = registry_host(args.registry)
     username, password = _login_secrets(args, stderr)
     options = _registry_options(args)
@@ -1567,8 +1568,8 @@ def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .login import logout
-    from .registry.credentials import registry_host
+    from imagesmith.registry.credentials import registry_host
+    from imagesmith.registry.login import logout
     host = registry_host(args.registry)
     options = _registry_options(args)
     if logout(host, options=options, config_path=options.auth_file):
@@ -1579,9 +1580,9 @@ def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
-    from .references import parse_repository
-    from .registry.client import RegistryPool
-    from .repoindex import list_index, update_index
+    from imagesmith.oci.references import parse_repository
+    from imagesmith.ops.repoindex import list_index, update_index
+    from imagesmith.registry.client import RegistryPool
     repository = parse_repository(args.repo)
     jobs = max(1, args.jobs)
     with RegistryPool(_registry_options(args)) as pool:
@@ -1621,8 +1622,8 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 
 def _run_makefile(args: argparse.Namespace, stdout: TextIO) -> int:
-    from .makefile import render_makefile
-    from .packages import load_packages
+    from imagesmith.generate.makefile import render_makefile
+    from imagesmith.inputs.load import load_packages
     packages = load_packages(args.packages, registry=_registry_options(args))
     options = _registry_options(args)
     flags: list[str] = []
@@ -1674,9 +1675,9 @@ def _runners(items: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _run_pipeline(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from .ci import check_runners, pin_base, relative_base, render_pipeline
-    from .packages import load_packages
-    from .registry.client import RegistryPool
+    from imagesmith.generate.ci import check_runners, pin_base, relative_base, render_pipeline
+    from imagesmith.inputs.load import load_packages
+    from imagesmith.registry.client import RegistryPool
     if args.engine not in ENGINES:
         raise UsageError(f"unknown CI engine {args.engine!r}: use {' or '.join(ENGINES)}")
     runners = _runners(args.runner)
@@ -1808,7 +1809,7 @@ def _interrupts() -> Iterator[None]:
         yield
         return
 
-    from . import cancel
+    from imagesmith import cancel
 
     def handler(signum: int, frame: object) -> None:
         cancel.interrupt()
@@ -1937,8 +1938,8 @@ def _main(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> int:
         logger = logging.getLogger("imagesmith")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
-    from . import cancel
-    from .progressview import ProgressView  # here: `imagesmith --version` does not import it
+    from imagesmith import cancel
+    from imagesmith.progressview import ProgressView  # here: `imagesmith --version` does not import it
 
     progress = ProgressView.for_cli(stderr, quiet=bool(getattr(args, "quiet", False)))
     cancel.reset()
@@ -1947,7 +1948,7 @@ def _main(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> int:
             return _run(args, stdout, stderr, progress)
     except ImagesmithError as error:
         progress.close()
-        from .closure import ClosureError
+        from imagesmith.pipeline.closure import ClosureError
 
         if isinstance(error, ClosureError):
             # The message names the first finding; the others get a line each.

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, TextIO
 
-from .progress import PROGRESS_KINDS, ProgressEvent
+from imagesmith.progress import PROGRESS_KINDS, ProgressEvent
 
 __all__ = ["INTERVAL_ENV", "MODE_ENV", "ProgressView", "human_bytes", "human_duration"]
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import UsageError
+from imagesmith.errors import UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -16,9 +16,9 @@ from pathlib import Path
 import jinja2
 import jinja2.sandbox
 
-from .envmods import is_valid_name, parse_env_list
-from .errors import TemplateError
-from .references import sanitize_tag, validate_tag
+from imagesmith.errors import TemplateError
+from imagesmith.inputs.envmods import is_valid_name, parse_env_list
+from imagesmith.oci.references import sanitize_tag, validate_tag
 
 __all__ = [
     "DEFAULT_TAG_TEMPLATE",

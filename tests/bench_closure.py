@@ -28,19 +28,19 @@ TRIPLET = "x86_64-linux-gnu"
 _CHECK = """
 import json, resource, sys, time
 from pathlib import Path
-from imagesmith.cache import BlobCache
-from imagesmith.closure import check_closure
+from imagesmith.store.cache import BlobCache
+from imagesmith.pipeline.closure import check_closure
 from imagesmith.registry.client import RegistryPool
 from imagesmith.registry.transport import RegistryOptions
-from imagesmith.images import resolve_base
-from imagesmith.transfer import open_source
-from imagesmith.model import Platform
+from imagesmith.transports.locations import resolve_base
+from imagesmith.transports.locations import open_source
+from imagesmith.oci.model import Platform
 cache = BlobCache(Path(sys.argv[1]))
 layers = json.loads(sys.argv[3])
 with RegistryPool(RegistryOptions.from_env()) as pool, open_source(sys.argv[2], pool) as source:
     image = resolve_base(pool, source, Platform.host()).image
     started = time.perf_counter()
-    from imagesmith.digests import Digest
+    from imagesmith.oci.digests import Digest
     report = check_closure(image, {Digest.parse(d): "bin" for d in layers}, pool=pool, cache=cache)
     seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -54,7 +54,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from servers import DistributionRegistry, Podman, busybox_rootfs  # noqa: E402
 
-from imagesmith.digests import Digest  # noqa: E402
+from imagesmith.oci.digests import Digest  # noqa: E402
 from imagesmith.registry.client import RegistryClient  # noqa: E402
 from imagesmith.registry.transport import RegistryOptions  # noqa: E402
 

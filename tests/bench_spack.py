@@ -46,7 +46,7 @@ from bench_layers import MiB, make_software  # noqa: E402
 from servers import DistributionRegistry, busybox_rootfs  # noqa: E402
 from spackkit import SpackKit, kit_available, kit_directory, kit_hint  # noqa: E402
 
-from imagesmith.digests import Digest  # noqa: E402
+from imagesmith.oci.digests import Digest  # noqa: E402
 from imagesmith.registry.client import RegistryClient  # noqa: E402
 from imagesmith.registry.transport import RegistryOptions  # noqa: E402
 
@@ -105,7 +105,7 @@ def registry_floor(host: str, ca: Path, tarball: Path, repo: str) -> float:
 
 
 def _digest_of(path: Path) -> Digest:
-    from imagesmith.digests import sha256_of_file
+    from imagesmith.oci.digests import sha256_of_file
 
     with path.open("rb") as f:
         return sha256_of_file(f)[0]

@@ -7,7 +7,7 @@ the performance work is judged by:
 * per byte, on ~256 MiB x ``BENCH_SCALE`` of software-like data (the ``software`` generator of
   tests/bench_layers.py, its files concatenated): sha256 on one core; gzip level 6 with zlib
   (one thread, ``IMAGESMITH_GZIP=zlib``); gzip with ISA-L as imagesmith runs it
-  (:func:`imagesmith.compression.open_compressor`, 1 and 2 threads; imagesmith's default is
+  (:func:`imagesmith.tar.compression.open_compressor`, 1 and 2 threads; imagesmith's default is
   every usable CPU); zstd level 3 as imagesmith runs it (single-threaded) and with two
   zstandard worker threads (a limit, not what imagesmith does). Input goes in 1 MiB pieces,
   as the layer builder feeds it; MB/s are 10^6 input bytes per second;
@@ -47,17 +47,18 @@ sys.path.insert(0, str(HERE.parent))
 import bench_layers  # noqa: E402
 from bench_layers import MiB, finish_tree, make_many, make_software  # noqa: E402
 
-from imagesmith.cache import BlobCache  # noqa: E402
-from imagesmith.compression import (  # noqa: E402
+from imagesmith.oci.mediatypes import OCI, Compression  # noqa: E402
+from imagesmith.store.cache import BlobCache  # noqa: E402
+from imagesmith.tar.compression import (  # noqa: E402
     GZIP_BACKEND_ENV,
     _default_threads,
     codec_id,
     gzip_backend,
     open_compressor,
 )
-from imagesmith.layers import build_layer, directory_entries  # noqa: E402
-from imagesmith.mediatypes import OCI, Compression  # noqa: E402
-from imagesmith.tarwriter import TarWriter  # noqa: E402
+from imagesmith.tar.entries import directory_entries  # noqa: E402
+from imagesmith.tar.layer import build_layer  # noqa: E402
+from imagesmith.tar.writer import TarWriter  # noqa: E402
 
 SCALE = bench_layers.SCALE
 RUNS = bench_layers.RUNS

@@ -13,18 +13,19 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from imagesmith import mediatypes as mt
-from imagesmith.archive import ArchiveSource, ArchiveWriter
-from imagesmith.cache import BlobCache
-from imagesmith.digests import Digest
 from imagesmith.errors import IntegrityError, LayoutError
-from imagesmith.images import RawManifest, resolve_base
-from imagesmith.layout import OCILayout
-from imagesmith.model import Descriptor, Index, Platform
-from imagesmith.pipeline import import_rootfs
-from imagesmith.references import Reference
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.image import RawManifest
+from imagesmith.oci.model import Descriptor, Index, Platform
+from imagesmith.oci.references import Reference
+from imagesmith.pipeline.run import import_rootfs
 from imagesmith.registry.client import RegistryPool
-from imagesmith.transfer import copy_image
+from imagesmith.store.cache import BlobCache
+from imagesmith.store.layout import OCILayout
+from imagesmith.transports.archive import ArchiveSource, ArchiveWriter
+from imagesmith.transports.copy import copy_image
+from imagesmith.transports.locations import resolve_base
 
 
 @pytest.fixture

@@ -108,8 +108,8 @@ def test_each_refuses_what_it_cannot_do(base: str, registry: DistributionRegistr
 
 def test_each_image_is_the_same_whatever_else_the_batch_holds(tmp_path: Path) -> None:
     """An image's layer order is its own dependency walk, not the batch's global order."""
-    from imagesmith.packages import load_packages
-    from imagesmith.pipeline import _stack_of  # the ordering rule itself
+    from imagesmith.inputs.load import load_packages
+    from imagesmith.pipeline.run import _stack_of  # the ordering rule itself
 
     def package(name: str, depends: list[str]) -> Path:
         (tmp_path / name).mkdir()

@@ -1,4 +1,4 @@
-"""The layer budget's plan (imagesmith.budget): every image within its slots, never a package
+"""The layer budget's plan (imagesmith.pipeline.budget): every image within its slots, never a package
 that is not its own, groups shared, the same plan whatever the input order."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagesmith.budget import DEFAULT_MAX_LAYERS, LayerPlan, package_slots, plan_layers
 from imagesmith.errors import UsageError
+from imagesmith.pipeline.budget import DEFAULT_MAX_LAYERS, LayerPlan, package_slots, plan_layers
 
 
 def closures(deps: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

@@ -210,7 +210,7 @@ def test_a_group_the_registry_has_is_not_built_again_and_a_layout_rebuilds_it(
     """A group whose blob left the cache (its record stays) is not built again for a push to
     a repository that has it; a layout, which needs the bytes, gets them built again, the same."""
     from imagesmith import BlobCache, BuildOptions, RegistryOptions, RegistryPool, build_each, load_packages
-    from imagesmith.digests import Digest
+    from imagesmith.oci.digests import Digest
 
     cache = BlobCache(tmp_path / "cache")
     options = BuildOptions(max_layers=BUDGET)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith.cache import BlobCache
-from imagesmith.digests import Digest
 from imagesmith.errors import CacheError, IntegrityError
+from imagesmith.oci.digests import Digest
+from imagesmith.store.cache import BlobCache
 
 PAYLOAD = os.urandom(3 << 20)  # several read chunks, so verification spans many reads
 PAYLOAD_DIGEST = Digest.of(PAYLOAD)
@@ -181,7 +181,7 @@ def test_concurrent_writers_processes(cache: BlobCache, tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from imagesmith.cache import BlobCache\n"
+        "from imagesmith.store.cache import BlobCache\n"
         "data = Path(sys.argv[2]).read_bytes()\n"
         "with BlobCache(Path(sys.argv[1])).put_stream(size=len(data)) as w:\n"
         "    for i in range(0, len(data), 262144):\n"
@@ -208,7 +208,7 @@ def test_killed_writer_leaves_only_temp_files(cache: BlobCache) -> None:
     script = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from imagesmith.cache import BlobCache\n"
+        "from imagesmith.store.cache import BlobCache\n"
         "c = BlobCache(Path(sys.argv[1]))\n"
         "with c.put_stream() as w:\n"
         "    w.write(b'x' * 100000)\n"

@@ -28,7 +28,8 @@ from ruamel.yaml import YAML
 from servers import DistributionRegistry, Podman
 from test_makefile import write_package
 
-from imagesmith.ci import (
+from imagesmith.errors import UsageError
+from imagesmith.generate.ci import (
     DEFAULT_INSTALL,
     BasePin,
     EngineLimits,
@@ -37,10 +38,10 @@ from imagesmith.ci import (
     render_pipeline,
     yaml_scalar,
 )
-from imagesmith.errors import UsageError
-from imagesmith.model import Platform
-from imagesmith.packages import Package, load_packages
-from imagesmith.references import Reference
+from imagesmith.inputs.load import load_packages
+from imagesmith.inputs.packages import Package
+from imagesmith.oci.model import Platform
+from imagesmith.oci.references import Reference
 
 REPO = "registry.example:5000/stack"
 DIGEST = "sha256:" + "ab" * 32

@@ -139,7 +139,7 @@ def test_cache_info_and_prune(tmp_path: Path) -> None:
     import os
     import time
 
-    from imagesmith.cache import BlobCache
+    from imagesmith.store.cache import BlobCache
 
     cache = BlobCache(tmp_path / "c")
     old = cache.put_bytes(b"old blob")
@@ -222,7 +222,7 @@ def test_inspect_escapes_what_the_image_says(tmp_path: Path, monkeypatch: pytest
     image could clear the screen, retitle the window or hide text; --json stays exact JSON."""
     from test_pull import file_member, image, layer_tar
 
-    from imagesmith.layout import OCILayout
+    from imagesmith.store.layout import OCILayout
 
     monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(tmp_path / "cache"))
     evil = "\x1b]0;pwned\x07\x1b[2J\u009b31m"

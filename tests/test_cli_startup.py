@@ -15,10 +15,14 @@ import sys
 import pytest
 from cli_support import cli, ok
 
-from imagesmith import budget, ci, closure, repoindex, sbom, server, signing
 from imagesmith import cli as cli_module
+from imagesmith.artifacts import sbom, signing
+from imagesmith.generate import ci
+from imagesmith.ops import repoindex
+from imagesmith.pipeline import budget, closure
+from imagesmith.registry import server
 
-HEAVY = ("imagesmith.pipeline", "imagesmith.registry.client", "requests", "cryptography", "jinja2")
+HEAVY = ("imagesmith.pipeline.run", "imagesmith.registry.client", "requests", "cryptography", "jinja2")
 
 
 def _modules_after(*argv: str) -> set[str]:
@@ -49,7 +53,7 @@ def test_help_version_and_completion_do_not_load_the_library(argv: tuple[str, ..
 
 def test_a_command_still_loads_what_it_needs() -> None:
     # The lazy imports are real imports: a command that runs gets the library.
-    assert "imagesmith.pipeline" in _modules_after("build", "--base-image", "x", "/nonexistent.json")
+    assert "imagesmith.pipeline.run" in _modules_after("build", "--base-image", "x", "/nonexistent.json")
 
 
 def test_the_parser_defaults_are_the_library_constants() -> None:
@@ -64,9 +68,9 @@ def test_the_parser_defaults_are_the_library_constants() -> None:
 
 
 def test_import_imagesmith_is_lazy_but_complete() -> None:
-    code = "import sys, imagesmith; print('imagesmith.pipeline' in sys.modules, imagesmith.build.__module__)"
+    code = "import sys, imagesmith; print('imagesmith.pipeline.run' in sys.modules, imagesmith.build.__module__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["False", "imagesmith.pipeline"]
+    assert done.stdout.split() == ["False", "imagesmith.pipeline.run"]
     import imagesmith
 
     assert all(hasattr(imagesmith, name) for name in imagesmith.__all__)

@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 from servers import DistributionRegistry, Podman
 
 from imagesmith import load_packages
-from imagesmith.cache import BlobCache
-from imagesmith.closure import ClosureError, FileIndex, LayerSummary, default_directories
-from imagesmith.elf import ElfFormatError, elf_identity, read_elf
-from imagesmith.model import Platform
-from imagesmith.pipeline import BuildOptions, build
+from imagesmith.oci.model import Platform
+from imagesmith.pipeline.closure import ClosureError, FileIndex, LayerSummary, default_directories
+from imagesmith.pipeline.elf import ElfFormatError, elf_identity, read_elf
+from imagesmith.pipeline.results import BuildOptions
+from imagesmith.pipeline.run import build
 from imagesmith.progress import ProgressEvent
+from imagesmith.store.cache import BlobCache
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith import compression
-from imagesmith.compression import codec_id, gzip_backend, open_compressor, open_decompressor
 from imagesmith.errors import LayerError
+from imagesmith.tar import compression
+from imagesmith.tar.compression import codec_id, gzip_backend, open_compressor, open_decompressor
 
 BLOCK = 1 << 20
 

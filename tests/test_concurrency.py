@@ -22,8 +22,8 @@ from cli_support import EXAMPLES, HELLO
 from servers import DistributionRegistry
 
 from imagesmith import RegistryClient, RegistryOptions
-from imagesmith.digests import Digest
-from imagesmith.model import Manifest, parse_manifest_document
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Manifest, parse_manifest_document
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -3,8 +3,8 @@ import io
 
 import pytest
 
-from imagesmith.digests import Digest, Hasher, VerifyingReader
 from imagesmith.errors import DigestFormatError, IntegrityError
+from imagesmith.oci.digests import Digest, Hasher, VerifyingReader
 
 
 def test_parse_roundtrip() -> None:

@@ -24,14 +24,14 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.response import HTTPResponse
 
-from imagesmith import mediatypes as mt
-from imagesmith.digests import Digest
-from imagesmith.images import resolve_base
-from imagesmith.model import Platform
-from imagesmith.references import Reference
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Platform
+from imagesmith.oci.references import Reference
 from imagesmith.registry.client import RegistryPool
 from imagesmith.registry.credentials import CredentialStore
 from imagesmith.registry.transport import RegistryOptions, Transport
+from imagesmith.transports.locations import resolve_base
 
 HUB = "https://registry-1.docker.io"
 CDN = "https://production.cloudflare.docker.com"

@@ -18,8 +18,8 @@ from cli_support import EXAMPLES, HELLO, cli, ok
 from conftest import BASIC_USERS, TOKEN_USERS, need_tool
 from servers import DEBIAN_PATH, DistributionRegistry, Podman, TokenIssuer, docker_sdk_run
 
-from imagesmith import mediatypes as mt
-from imagesmith.model import Platform
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.model import Platform
 
 pytestmark = pytest.mark.integration
 
@@ -493,7 +493,7 @@ def _push_index(
 ) -> None:
     """Assemble an index (OCI) or manifest list (Docker) from pushed single-platform images."""
     from imagesmith import RegistryClient, RegistryOptions
-    from imagesmith.model import Descriptor, Index
+    from imagesmith.oci.model import Descriptor, Index
 
     client = RegistryClient(registry.host, RegistryOptions(insecure=frozenset({registry.host})))
     entries = []
@@ -617,7 +617,7 @@ def test_tag_template(registry: DistributionRegistry, base: str) -> None:
             HELLO,
         )
     )
-    from imagesmith.model import Platform
+    from imagesmith.oci.model import Platform
 
     assert out["tag"] == f"hello_2.12_{Platform.host().architecture}"  # "+" made a valid tag character
     code, _, err = cli(
@@ -661,8 +661,8 @@ def test_a_corrupt_built_layer_in_the_cache_is_rebuilt_and_pushed(
     """One flipped byte in a built layer of the cache: the next push to a repository that
     lacks it detects it, evicts it, rebuilds it from the package and pushes the good bytes;
     a layout output recovers the same way."""
-    from imagesmith.cache import BlobCache
-    from imagesmith.digests import Digest
+    from imagesmith.oci.digests import Digest
+    from imagesmith.store.cache import BlobCache
 
     cache_dir = tmp_path / "cache"
     monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(cache_dir))

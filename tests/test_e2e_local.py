@@ -237,8 +237,8 @@ def test_serve_is_a_registry_podman_and_imagesmith_use(
 def test_a_corrupt_cache_entry_is_fetched_again(
     base_layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imagesmith.cache import BlobCache
-    from imagesmith.digests import Digest
+    from imagesmith.oci.digests import Digest
+    from imagesmith.store.cache import BlobCache
 
     cache_dir = tmp_path / "cache"
     monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(cache_dir))

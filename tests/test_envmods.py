@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from imagesmith.envmods import (
+from imagesmith.errors import PackageError, UsageError
+from imagesmith.inputs.envmods import (
     DEFAULT_PATH,
     EnvModification,
     apply_env,
@@ -14,7 +15,6 @@ from imagesmith.envmods import (
     parse_env_assignment,
     parse_env_list,
 )
-from imagesmith.errors import PackageError, UsageError
 
 
 def prepend(name: str, value: str, separator: str = ":") -> EnvModification:

@@ -19,14 +19,14 @@ import pytest
 from faultproxy import FaultProxy, Rule
 from servers import DistributionRegistry
 
-from imagesmith.cache import BlobCache
-from imagesmith.digests import Digest
 from imagesmith.errors import IntegrityError, RateLimitError
-from imagesmith.images import RemoteOrigin
-from imagesmith.model import Descriptor
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Descriptor
 from imagesmith.registry import RegistryClient, RegistryOptions, RegistryPool
 from imagesmith.registry.transport import Transport
-from imagesmith.transfer import fetch_blob
+from imagesmith.store.cache import BlobCache
+from imagesmith.transports.base import fetch_blob
+from imagesmith.transports.registry import RemoteOrigin
 
 pytestmark = pytest.mark.integration
 

@@ -27,20 +27,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from imagesmith import mediatypes as mt
-from imagesmith.digests import Digest
-from imagesmith.envmods import DEFAULT_PATH, EnvModification, EnvOp, apply_env, parse_env_list
-from imagesmith.errors import (
-    DigestFormatError,
-    LayerError,
-    ManifestError,
-    ReferenceFormatError,
-    UnpackError,
-)
-from imagesmith.model import ImageConfig, Index, Manifest, parse_manifest_document
-from imagesmith.references import Reference
-from imagesmith.tarformat import read_members
-from imagesmith.unpack import UnpackPolicy, unpack_layer
+from imagesmith.errors import DigestFormatError, LayerError, ManifestError, ReferenceFormatError, UnpackError
+from imagesmith.inputs.envmods import DEFAULT_PATH, EnvModification, EnvOp, apply_env, parse_env_list
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import ImageConfig, Index, Manifest, parse_manifest_document
+from imagesmith.oci.references import Reference
+from imagesmith.tar.format import read_members
+from imagesmith.tar.unpack import UnpackPolicy, unpack_layer
 
 pytestmark = pytest.mark.slow
 

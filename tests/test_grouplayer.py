@@ -1,4 +1,4 @@
-"""Group layers (imagesmith.grouplayer): several packages in one layer, byte for byte the layer
+"""Group layers (imagesmith.pipeline.group): several packages in one layer, byte for byte the layer
 of their merged tree; a path two packages hold differently is refused, naming both."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from imagesmith import mediatypes as mt
-from imagesmith.cache import BlobCache
 from imagesmith.errors import PackageError
-from imagesmith.grouplayer import GroupMember, group_entries, group_record_key
-from imagesmith.layers import build_layer, directory_entries
+from imagesmith.oci import mediatypes as mt
+from imagesmith.pipeline.group import GroupMember, group_entries, group_record_key
+from imagesmith.store.cache import BlobCache
+from imagesmith.tar.entries import directory_entries
+from imagesmith.tar.layer import build_layer
 
 
 def prefix_tree(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -89,7 +90,7 @@ def test_a_path_held_differently_names_both_packages(
 
 
 def test_record_key_names_the_members_not_their_order(tmp_path: Path) -> None:
-    from imagesmith.digests import Digest
+    from imagesmith.oci.digests import Digest
 
     a, b = ("/opt/a", Digest.of(b"a")), ("/opt/b", Digest.of(b"b"))
     key = group_record_key([a, b], compression="gzip", level=None, media_types=mt.OCI)

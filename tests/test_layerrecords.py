@@ -17,12 +17,13 @@ import pytest
 from cli_support import ok
 from conftest import requires
 
-from imagesmith import layerrecords, pipeline
-from imagesmith.cache import BlobCache
 from imagesmith.cli import main
 from imagesmith.errors import LayerError
-from imagesmith.mediatypes import DOCKER, OCI
-from imagesmith.pipeline import content_layer
+from imagesmith.oci.mediatypes import DOCKER, OCI
+from imagesmith.pipeline import records as layerrecords
+from imagesmith.pipeline import run as pipeline
+from imagesmith.pipeline.layers import content_layer
+from imagesmith.store.cache import BlobCache
 
 
 @pytest.fixture

@@ -23,21 +23,14 @@ import pytest
 import zstandard
 from conftest import need, requires
 
-from imagesmith.cache import BlobCache
-from imagesmith.compression import open_decompressor
-from imagesmith.digests import Digest
 from imagesmith.errors import IntegrityError, LayerError, UsageError
-from imagesmith.layers import (
-    LayerBlob,
-    adopt_tarball,
-    build_layer,
-    directory_entries,
-    normalise_prefix,
-    tarball_entries,
-    with_file,
-)
-from imagesmith.mediatypes import DOCKER, OCI
-from imagesmith.tarwriter import TarEntry
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.mediatypes import DOCKER, OCI
+from imagesmith.store.cache import BlobCache
+from imagesmith.tar.compression import open_decompressor
+from imagesmith.tar.entries import directory_entries, normalise_prefix, tarball_entries
+from imagesmith.tar.layer import LayerBlob, adopt_tarball, build_layer, with_file
+from imagesmith.tar.writer import TarEntry
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 HAVE_TAR = shutil.which("tar") is not None
@@ -790,9 +783,10 @@ def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
         f.seek(100 << 20)
         f.write(os.urandom(1 << 20))
     warm_up = """
-        from imagesmith.cache import BlobCache
-        from imagesmith.layers import build_layer, directory_entries, tarball_entries
-        from imagesmith.mediatypes import OCI
+        from imagesmith.store.cache import BlobCache
+        from imagesmith.tar.layer import build_layer
+        from imagesmith.tar.entries import directory_entries, tarball_entries
+        from imagesmith.oci.mediatypes import OCI
         cache = BlobCache(Path(sys.argv[2]))
         small = Path(sys.argv[1]).parent / "small"
         small.mkdir()
@@ -824,9 +818,9 @@ def test_memory_stays_bounded_for_members_at_the_deepest_path(tmp_path: Path) ->
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
     warm_up = """
-        from imagesmith.cache import BlobCache
-        from imagesmith.mediatypes import OCI
-        from imagesmith.pipeline import content_layer
+        from imagesmith.store.cache import BlobCache
+        from imagesmith.oci.mediatypes import OCI
+        from imagesmith.pipeline.layers import content_layer
         cache = BlobCache(Path(sys.argv[2]))
         small = Path(sys.argv[1]).parent / "small"
         small.mkdir()

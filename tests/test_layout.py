@@ -17,9 +17,6 @@ import pytest
 from cli_support import HELLO, cli, ok
 from conftest import need_tool
 
-from imagesmith import mediatypes as mt
-from imagesmith.cache import BlobCache
-from imagesmith.digests import Digest
 from imagesmith.errors import (
     DigestFormatError,
     IntegrityError,
@@ -27,16 +24,13 @@ from imagesmith.errors import (
     ManifestError,
     ReferenceFormatError,
 )
-from imagesmith.layers import build_layer, directory_entries
-from imagesmith.layout import REF_NAME, TEMP_DIR, OCILayout
-from imagesmith.model import (
-    Descriptor,
-    HistoryEntry,
-    ImageConfig,
-    Manifest,
-    Platform,
-    canonical_json,
-)
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Descriptor, HistoryEntry, ImageConfig, Manifest, Platform, canonical_json
+from imagesmith.store.cache import BlobCache
+from imagesmith.store.layout import REF_NAME, TEMP_DIR, OCILayout
+from imagesmith.tar.entries import directory_entries
+from imagesmith.tar.layer import build_layer
 
 EMPTY_CONFIG = b"{}"
 
@@ -326,7 +320,7 @@ def test_index_write_failure_leaves_index_intact(layout: OCILayout, monkeypatch:
             return
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("imagesmith.layout.os.fsync", full_disk)
+    monkeypatch.setattr("imagesmith.store.layout.os.fsync", full_disk)
     with pytest.raises(LayoutError, match="disk is full"):
         layout.add_manifest(data, mt.OCI_MANIFEST, tag="b")
     monkeypatch.undo()

@@ -19,7 +19,6 @@ from conftest import BASIC_USERS, TOKEN_USERS
 from servers import DistributionRegistry
 
 from imagesmith.errors import AuthenticationError, UsageError
-from imagesmith.login import login, logout
 from imagesmith.registry.credentials import (
     DOCKER_HUB_AUTH_KEY,
     Credentials,
@@ -27,6 +26,7 @@ from imagesmith.registry.credentials import (
     auth_key,
     registry_host,
 )
+from imagesmith.registry.login import login, logout
 from imagesmith.registry.transport import RegistryOptions
 
 SENTINEL = "S3NT1NEL-login-pa55w0rd-do-not-leak"

@@ -24,8 +24,9 @@ from servers import DistributionRegistry
 from test_e2e import EXAMPLES, ok
 
 from imagesmith.errors import UsageError
-from imagesmith.makefile import STAMP_DIR, render_makefile, target_names
-from imagesmith.packages import Package, load_packages
+from imagesmith.generate.makefile import STAMP_DIR, render_makefile, target_names
+from imagesmith.inputs.load import load_packages
+from imagesmith.inputs.packages import Package
 
 BASE = "registry.example:5000/base/busybox:1"
 REPO = "registry.example:5000/stack"

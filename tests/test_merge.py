@@ -27,11 +27,12 @@ from faultproxy import FaultProxy, Rule
 from servers import DistributionRegistry, Podman
 
 import imagesmith
-from imagesmith import mediatypes as mt
-from imagesmith.digests import Digest
 from imagesmith.errors import ManifestError, UsageError
-from imagesmith.merge import MergeResult, index_document, merge_images
-from imagesmith.model import Descriptor, Manifest, Platform
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.index import index_document
+from imagesmith.oci.model import Descriptor, Manifest, Platform
+from imagesmith.ops.merge import MergeResult, merge_images
 from imagesmith.progress import ProgressEvent
 from imagesmith.registry import RegistryOptions, RegistryPool
 

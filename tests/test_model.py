@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from imagesmith import mediatypes as mt
-from imagesmith.digests import Digest
 from imagesmith.errors import ManifestError, PlatformError
-from imagesmith.model import (
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import (
     Descriptor,
     HistoryEntry,
     ImageConfig,
@@ -151,8 +151,10 @@ def test_nested_indexes_are_followed_but_only_so_deep(tmp_path: object) -> None:
     MAX_INDEX_DEPTH ends in a clear error, never a long walk."""
     from pathlib import Path
 
-    from imagesmith.images import MAX_INDEX_DEPTH, LayoutSource, resolve_base
-    from imagesmith.layout import OCILayout
+    from imagesmith.oci.image import MAX_INDEX_DEPTH
+    from imagesmith.store.layout import OCILayout
+    from imagesmith.transports.layout import LayoutSource
+    from imagesmith.transports.locations import resolve_base
 
     assert isinstance(tmp_path, Path)
     layout = OCILayout(tmp_path / "layout", create=True)

@@ -18,10 +18,10 @@ import pytest
 from cli_support import cli, ok
 from servers import DistributionRegistry, Podman
 
-from imagesmith import mediatypes as mt
 from imagesmith.errors import PackageError
-from imagesmith.model import Platform
-from imagesmith.packages import load_package
+from imagesmith.inputs.load import load_package
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.model import Platform
 
 AMD64, ARM64 = "linux/amd64", "linux/arm64"
 
@@ -311,11 +311,11 @@ def test_platform_independent_content_is_walked_once(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from imagesmith import layerrecords
-    from imagesmith.cache import BlobCache
-    from imagesmith.packages import load_packages
-    from imagesmith.pipeline import build_platforms
+    from imagesmith.inputs.load import load_packages
+    from imagesmith.pipeline import records as layerrecords
+    from imagesmith.pipeline.run import build_platforms
     from imagesmith.registry import RegistryOptions, RegistryPool
+    from imagesmith.store.cache import BlobCache
 
     walked: list[Path] = []
     original = layerrecords.input_key_size

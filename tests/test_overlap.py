@@ -1,4 +1,4 @@
-"""Layers uploaded while they are built (imagesmith.overlap), against the real registry.
+"""Layers uploaded while they are built (imagesmith.registry.overlap), against the real registry.
 
 The overlap must never change what is pushed (same digests with and without it), must
 really send the layer before the build ends (PATCH requests during the build; the push then
@@ -18,17 +18,18 @@ import pytest
 from faultproxy import FaultProxy, Rule
 from servers import DistributionRegistry
 
-from imagesmith.cache import BlobCache
-from imagesmith.digests import Digest
 from imagesmith.errors import LayerError
-from imagesmith.layers import build_layer
-from imagesmith.mediatypes import OCI
-from imagesmith.overlap import EarlyUploads, LayerUpload
-from imagesmith.packages import load_packages
-from imagesmith.pipeline import BuildOptions, build
+from imagesmith.inputs.load import load_packages
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.mediatypes import OCI
+from imagesmith.pipeline.results import BuildOptions
+from imagesmith.pipeline.run import build
 from imagesmith.progress import ProgressEvent
 from imagesmith.registry import RegistryClient, RegistryOptions, RegistryPool
-from imagesmith.tarwriter import TarEntry
+from imagesmith.registry.overlap import EarlyUploads, LayerUpload
+from imagesmith.store.cache import BlobCache
+from imagesmith.tar.layer import build_layer
+from imagesmith.tar.writer import TarEntry
 
 MiB = 1024 * 1024
 
@@ -225,7 +226,7 @@ def test_a_layer_the_registry_has_is_not_sent_again_when_a_record_knows_it(
 
 
 def test_a_used_record_survives_pruning_by_age(tmp_path: Path) -> None:
-    from imagesmith.pipeline import content_layer
+    from imagesmith.pipeline.layers import content_layer
 
     content = _package(tmp_path, "aged", 1024).parent / "aged-prefix"
     cache = BlobCache(tmp_path / "c")

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from imagesmith.digests import Digest
-from imagesmith.envmods import EnvModification
 from imagesmith.errors import PackageError, UsageError
-from imagesmith.packages import Package, load_package, load_packages, package_hash
+from imagesmith.inputs.envmods import EnvModification
+from imagesmith.inputs.load import load_package, load_packages
+from imagesmith.inputs.packages import Package, package_hash
+from imagesmith.oci.digests import Digest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "packages"
 DIFF_ID = Digest.of(b"layer")

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from imagesmith import cancel
-from imagesmith.cache import BlobCache
-from imagesmith.layers import build_layer, directory_entries
-from imagesmith.mediatypes import OCI
+from imagesmith.oci.mediatypes import OCI
 from imagesmith.progress import Meter, ProgressEvent
 from imagesmith.progressview import ProgressView, human_bytes, human_duration
+from imagesmith.store.cache import BlobCache
+from imagesmith.tar.entries import directory_entries
+from imagesmith.tar.layer import build_layer
 
 MB = 1_000_000
 

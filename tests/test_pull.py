@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from cli_support import cli, ok
 
-from imagesmith import mediatypes as mt
 from imagesmith.cli import main
-from imagesmith.digests import Digest
-from imagesmith.layout import OCILayout
-from imagesmith.model import Descriptor, Index, Platform
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Descriptor, Index, Platform
+from imagesmith.store.layout import OCILayout
 
 AMD64 = Platform("linux", "amd64")
 

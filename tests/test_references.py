@@ -1,8 +1,8 @@
 import pytest
 
-from imagesmith.digests import Digest
 from imagesmith.errors import ReferenceFormatError
-from imagesmith.references import Reference, parse_repository, sanitize_tag
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.references import Reference, parse_repository, sanitize_tag
 
 HEX = "a" * 64
 

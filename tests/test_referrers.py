@@ -12,16 +12,16 @@ from cli_support import HELLO, cli, ok
 from faultproxy import FaultProxy, Rule
 from servers import DistributionRegistry
 
-from imagesmith import mediatypes as mt
-from imagesmith.cache import BlobCache
-from imagesmith.digests import Digest
+from imagesmith.artifacts.referrers import attach, list_attachments, referrers_tag
 from imagesmith.errors import ManifestError
-from imagesmith.model import Descriptor
-from imagesmith.references import Reference
-from imagesmith.referrers import attach, list_attachments, referrers_tag
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Descriptor
+from imagesmith.oci.references import Reference
 from imagesmith.registry.client import RegistryPool
+from imagesmith.registry.server import RegistryServer
 from imagesmith.registry.transport import RegistryOptions
-from imagesmith.server import RegistryServer
+from imagesmith.store.cache import BlobCache
 
 SPDX = "application/spdx+json"
 

@@ -19,7 +19,7 @@ from faultproxy import FaultProxy
 from servers import DistributionRegistry
 
 from imagesmith.errors import UsageError
-from imagesmith.references import Reference
+from imagesmith.oci.references import Reference
 from imagesmith.sysregistries import RegistriesConf, certs_dir_for
 
 

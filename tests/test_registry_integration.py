@@ -17,14 +17,9 @@ import pytest
 from conftest import BASIC_USERS, TOKEN_USERS
 from servers import DistributionRegistry, TokenIssuer
 
-from imagesmith.digests import Digest
-from imagesmith.errors import (
-    AuthenticationError,
-    IntegrityError,
-    NotFoundError,
-    RegistryUnreachableError,
-)
-from imagesmith.model import Descriptor
+from imagesmith.errors import AuthenticationError, IntegrityError, NotFoundError, RegistryUnreachableError
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Descriptor
 from imagesmith.registry import CredentialStore, RegistryClient, RegistryOptions, RegistryPool
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from imagesmith.digests import Digest
 from imagesmith.errors import (
     AuthenticationError,
     IntegrityError,
@@ -35,7 +34,8 @@ from imagesmith.errors import (
     RegistryUnreachableError,
     UsageError,
 )
-from imagesmith.model import MAX_MANIFEST_SIZE, Descriptor
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import MAX_MANIFEST_SIZE, Descriptor
 from imagesmith.registry import (
     Credentials,
     CredentialStore,

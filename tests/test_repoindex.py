@@ -19,15 +19,13 @@ import pytest
 from servers import DistributionRegistry
 from test_e2e import EXAMPLES, HELLO, ok
 
-from imagesmith import mediatypes as mt
-from imagesmith import repoindex
-from imagesmith.digests import Digest
 from imagesmith.errors import ManifestError, NotFoundError, UsageError
-from imagesmith.model import Descriptor, Index, Manifest, Platform, canonical_json
-from imagesmith.references import Reference, parse_repository
-from imagesmith.registry.client import RegistryClient, RegistryPool
-from imagesmith.registry.transport import RegistryOptions
-from imagesmith.repoindex import (
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Descriptor, Index, Manifest, Platform, canonical_json
+from imagesmith.oci.references import Reference, parse_repository
+from imagesmith.ops import repoindex
+from imagesmith.ops.repoindex import (
     INDEX_MEDIA_TYPE,
     INDEX_TAG,
     SPACK_INDEX_TAG,
@@ -40,6 +38,8 @@ from imagesmith.repoindex import (
     scan_repository,
     update_index,
 )
+from imagesmith.registry.client import RegistryClient, RegistryPool
+from imagesmith.registry.transport import RegistryOptions
 
 LIBGREET = str(EXAMPLES / "libgreet.toml")
 SPACK_HASH = "abcdefghijklmnopqrstuvwxyz234567"

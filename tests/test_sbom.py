@@ -16,12 +16,12 @@ from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from imagesmith import load_packages
-from imagesmith.digests import Digest
-from imagesmith.model import Descriptor
-from imagesmith.references import Reference
+from imagesmith.artifacts.sbom import SbomImage, package_license, render_sbom, sbom_packages
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Descriptor
+from imagesmith.oci.references import Reference
 from imagesmith.registry.client import RegistryPool
 from imagesmith.registry.transport import RegistryOptions
-from imagesmith.sbom import SbomImage, package_license, render_sbom, sbom_packages
 
 SPACK_HASH = "abcdefghijklmnopqrstuvwxyz234567"
 

@@ -28,15 +28,15 @@ from conftest import need_tool
 from servers import Podman
 from test_layout import write_busybox_image
 
-from imagesmith import mediatypes as mt
-from imagesmith.cache import BlobCache
-from imagesmith.digests import Digest
 from imagesmith.errors import NotFoundError
-from imagesmith.layout import OCILayout
-from imagesmith.model import Descriptor, Manifest, canonical_json
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Descriptor, Manifest, canonical_json
 from imagesmith.registry.client import RegistryClient
+from imagesmith.registry.server import UPLOADS_DIR, RegistryServer
 from imagesmith.registry.transport import RegistryOptions
-from imagesmith.server import UPLOADS_DIR, RegistryServer
+from imagesmith.store.cache import BlobCache
+from imagesmith.store.layout import OCILayout
 
 SBOM_TYPE = "application/vnd.example.sbom.v1"
 

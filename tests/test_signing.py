@@ -14,10 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from servers import DistributionRegistry
 
-from imagesmith.digests import Digest
-from imagesmith.errors import UsageError
-from imagesmith.references import Reference
-from imagesmith.signing import (
+from imagesmith.artifacts.signing import (
     KEY_PASSWORD_ENV,
     KeyPasswordNeeded,
     generate_key,
@@ -25,6 +22,9 @@ from imagesmith.signing import (
     signature_identity,
     signature_payload,
 )
+from imagesmith.errors import UsageError
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.references import Reference
 
 PASSWORD = "correct horse battery staple"
 

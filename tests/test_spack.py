@@ -18,17 +18,18 @@ import pytest
 import zstandard
 from cli_support import ok
 
-from imagesmith.digests import Digest
 from imagesmith.errors import PackageError
-from imagesmith.model import Platform
-from imagesmith.packages import Package, load_package, load_packages, package_hash
-from imagesmith.spack import (
+from imagesmith.inputs.load import load_package, load_packages
+from imagesmith.inputs.packages import Package, package_hash
+from imagesmith.inputs.spack import (
     SpackDependency,
     is_spack_spec,
     load_spack_package,
     parse_spack_spec,
     spack_config_fields,
 )
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Platform
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spack"
 STORE = FIXTURES / "store" / "linux-ubuntu22.04-x86_64" / "gcc-12.3.0"
@@ -655,8 +656,8 @@ def test_a_prefix_spack_cannot_install_from_gets_no_spack_tag(tiny_base: str, tm
 def test_a_spack_build_goes_only_into_images_of_its_architecture(
     tmp_path: Path, target: object, arch: str | None
 ) -> None:
-    from imagesmith.model import Platform
-    from imagesmith.spack import spec_architecture
+    from imagesmith.inputs.spack import spec_architecture
+    from imagesmith.oci.model import Platform
 
     extra: dict[str, Any] = (
         {} if target is None else {"arch": {"platform": "linux", "platform_os": "debian12", "target": target}}

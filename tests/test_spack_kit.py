@@ -275,8 +275,8 @@ def test_spack_12_oci_cache_onto_another_base_without_a_download(
     kit12: Installed, tls_registry: DistributionRegistry, glibc_base: str, spack12_pushed: dict[str, Any],
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    from imagesmith.packages import load_packages
-    from imagesmith.pipeline import build_each
+    from imagesmith.inputs.load import load_packages
+    from imagesmith.pipeline.run import build_each
     from imagesmith.progress import ProgressEvent
     from imagesmith.registry.client import RegistryPool
     from imagesmith.registry.transport import RegistryOptions
@@ -308,8 +308,8 @@ def test_spack_12_pushed_first_then_imagesmith_into_the_same_repository(
     """Spack's images are there first; imagesmith's images of the same packages (from the
     layout-3 cache) find every package layer already there, and the repository stays a build
     cache Spack installs from, with imagesmith's index.spack."""
-    from imagesmith.packages import load_packages
-    from imagesmith.pipeline import build_each
+    from imagesmith.inputs.load import load_packages
+    from imagesmith.pipeline.run import build_each
     from imagesmith.progress import ProgressEvent
     from imagesmith.registry.client import RegistryPool
     from imagesmith.registry.transport import RegistryOptions

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from cli_support import cli, ok
 
-from imagesmith.digests import Digest
 from imagesmith.errors import IntegrityError, PackageError
-from imagesmith.packages import load_package, load_packages
-from imagesmith.spack import SpackRegistryLayer, SpackTarball
+from imagesmith.inputs.load import load_package, load_packages
+from imagesmith.inputs.spack import SpackRegistryLayer, SpackTarball
+from imagesmith.oci.digests import Digest
 
 STORE = "opt/spack/linux-x86_64"
 ARCH = {"platform": "linux", "platform_os": "debian12", "target": "x86_64"}
@@ -239,9 +239,9 @@ def test_a_cache_tarball_becomes_its_layer_and_is_checked_then(tmp_path: Path) -
     assert code != 0 and "but its build cache records" in err and err.count("\n") == 1
     assert not (tmp_path / "out2" / "index.json").exists()
     with pytest.raises(IntegrityError):
-        from imagesmith.cache import BlobCache
-        from imagesmith.mediatypes import OCI
-        from imagesmith.pipeline import adopted_layer
+        from imagesmith.oci.mediatypes import OCI
+        from imagesmith.pipeline.layers import adopted_layer
+        from imagesmith.store.cache import BlobCache
 
         package = load_packages([f"{root}:leaf"])[0]
         assert package.content is not None and isinstance(package.spack_content, SpackTarball)
@@ -260,7 +260,7 @@ def _rootfs(tmp_path: Path) -> Path:
 def test_a_spack_oci_cache_is_a_source_whose_layers_are_mounted(
     registry: Any, base: str, tmp_path: Path
 ) -> None:
-    from imagesmith.pipeline import build
+    from imagesmith.pipeline.run import build
     from imagesmith.progress import ProgressEvent
     from imagesmith.registry.client import RegistryPool
     from imagesmith.registry.transport import RegistryOptions

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from imagesmith.errors import ManifestError
-from imagesmith.spackdb import build_database, database_media_type, parse_database
+from imagesmith.inputs.spackdb import build_database, database_media_type, parse_database
 
 H = {name: (name * 32)[:32] for name in ("aaaa", "bbbb", "cccc", "dddd", "eeee")}
 

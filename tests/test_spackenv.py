@@ -1,4 +1,4 @@
-"""Spack environments (imagesmith.spackenv): the lockfile, the install database, bad input.
+"""Spack environments (imagesmith.inputs.spackenv): the lockfile, the install database, bad input.
 
 Inputs here are written in Spack's own formats (lockfile v6 with specfile-5 nodes, database
 v8); tests/test_spack_stack.py reads environments made by the real Spack 1.2 and 0.23.
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from imagesmith.errors import PackageError, UsageError
-from imagesmith.spackenv import load_environment, read_environment
+from imagesmith.inputs.spackenv import load_environment, read_environment
 
 
 def _hash(name: str) -> str:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from imagesmith.layers import directory_entries
-from imagesmith.spackrelocation import Relocation, _unpadded, buildinfo, find_relocation
+from imagesmith.inputs.spackrelocation import Relocation, _unpadded, buildinfo, find_relocation
+from imagesmith.tar.entries import directory_entries
 
 ROOT_HASH = "a" * 32
 LIB_HASH = "b" * 32
@@ -132,7 +132,7 @@ def test_files_are_classified_as_spack_does(tmp_path: Path) -> None:
 
 
 def test_a_prefix_across_a_chunk_boundary_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import imagesmith.spackrelocation as module
+    import imagesmith.inputs.spackrelocation as module
 
     monkeypatch.setattr(module, "_CHUNK", 64)
     tree = make_store(tmp_path)

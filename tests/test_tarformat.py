@@ -1,7 +1,7 @@
 """The one tar reader: both uses (indexing by offset, streaming) and every consumer agree.
 
 The layer builder (package tarballs, ``import`` root filesystems) and the unpacker read tar
-through :mod:`imagesmith.tarformat`. Each case where tar readers in the wild differ is decided
+through :mod:`imagesmith.tar.format`. Each case where tar readers in the wild differ is decided
 there once; the tests below check the decision through the reader itself (both uses) and
 through both consumers, so a crafted archive cannot mean one tree at build time and another
 at unpack time.
@@ -20,9 +20,9 @@ from test_tarwriter import LONG_300, _sample, _write
 from test_unpack import END, pax_record, raw_header, raw_member, raw_pax
 
 from imagesmith.errors import LayerError, UnpackError
-from imagesmith.layers import tarball_entries
-from imagesmith.tarformat import MAX_NAME_BYTES, TarMember, TarReader, read_members
-from imagesmith.unpack import unpack_layer
+from imagesmith.tar.entries import tarball_entries
+from imagesmith.tar.format import MAX_NAME_BYTES, TarMember, TarReader, read_members
+from imagesmith.tar.unpack import unpack_layer
 
 # --- helpers ------------------------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ import pytest
 from conftest import requires
 
 from imagesmith.errors import LayerError
-from imagesmith.tarformat import read_members
-from imagesmith.tarwriter import EntryKind, TarEntry, TarWriter, _byte_sum, _read_fd
+from imagesmith.tar.format import read_members
+from imagesmith.tar.writer import EntryKind, TarEntry, TarWriter, _byte_sum, _read_fd
 
 LONG_150 = "d" * 60 + "/" + "f" * 89  # 150 bytes in two components
 LONG_300 = "/".join(["x" * 99, "y" * 99, "z" * 100])  # 300 bytes

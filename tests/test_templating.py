@@ -13,7 +13,7 @@ import pytest
 from conftest import need
 
 from imagesmith.errors import TemplateError, UsageError
-from imagesmith.references import validate_tag
+from imagesmith.oci.references import validate_tag
 from imagesmith.templating import (
     DEFAULT_TAG_TEMPLATE,
     environment,

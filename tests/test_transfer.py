@@ -21,26 +21,25 @@ import pytest
 from conftest import need_tool
 from servers import DistributionRegistry, Podman, docker_sdk_run
 
-from imagesmith import mediatypes as mt
-from imagesmith.cache import BlobCache
-from imagesmith.digests import Digest
 from imagesmith.errors import DaemonError, LayoutError, ReferenceFormatError, UsageError
-from imagesmith.layout import OCILayout
-from imagesmith.locations import (
-    ArchiveLocation,
-    DaemonLocation,
-    LayoutLocation,
-    RegistryLocation,
-    parse_location,
-)
-from imagesmith.model import Descriptor, Index, Platform
-from imagesmith.packages import load_packages
-from imagesmith.pipeline import build, import_rootfs, inspect
+from imagesmith.inputs.load import load_packages
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.model import Descriptor, Index, Platform
+from imagesmith.oci.references import Reference
+from imagesmith.ops.inspect import inspect
+from imagesmith.pipeline.run import build, import_rootfs
 from imagesmith.progress import ProgressEvent
-from imagesmith.references import Reference
 from imagesmith.registry.client import RegistryClient, RegistryPool
 from imagesmith.registry.transport import RegistryOptions, Transport
-from imagesmith.transfer import copy_image
+from imagesmith.store.cache import BlobCache
+from imagesmith.store.layout import OCILayout
+from imagesmith.transports.archive import ArchiveLocation
+from imagesmith.transports.copy import copy_image
+from imagesmith.transports.daemon import DaemonLocation
+from imagesmith.transports.layout import LayoutLocation
+from imagesmith.transports.locations import parse_location
+from imagesmith.transports.registry import RegistryLocation
 
 HELLO = str(Path(__file__).resolve().parent.parent / "examples" / "stack" / "hello.json")
 ACCEPT = ", ".join(mt.MANIFEST_ACCEPT)
@@ -451,7 +450,7 @@ def test_index_copy_keeps_the_index_digest(
 @pytest.mark.parametrize("text", ["ftp:/srv/img", "layout:/tmp/x", "s3:/bucket/key"])
 def test_an_unknown_location_type_is_named(text: str) -> None:
     from imagesmith.errors import UsageError
-    from imagesmith.locations import parse_location
+    from imagesmith.transports.locations import parse_location
 
     with pytest.raises(UsageError, match="unknown location type"):
         parse_location(text)

@@ -1,4 +1,4 @@
-"""Tests for imagesmith.unpack: safe unpacking of layers into a root directory.
+"""Tests for imagesmith.tar.unpack: safe unpacking of layers into a root directory.
 
 Every attack test works in an "arena": ``tmp_path`` holds a ``victim`` file and a ``sentinel``
 directory next to ``root``; the test asserts that nothing outside ``root`` changed. Attacks
@@ -27,12 +27,13 @@ import pytest
 import zstandard
 from conftest import need, requires
 
-from imagesmith import unpack as unpack_module
-from imagesmith.cache import BlobCache
 from imagesmith.errors import UnpackError, UsageError
-from imagesmith.layers import build_layer, directory_entries
-from imagesmith.mediatypes import OCI
-from imagesmith.unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
+from imagesmith.oci.mediatypes import OCI
+from imagesmith.store.cache import BlobCache
+from imagesmith.tar import unpack as unpack_module
+from imagesmith.tar.entries import directory_entries
+from imagesmith.tar.layer import build_layer
+from imagesmith.tar.unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
 
 IS_ROOT = os.geteuid() == 0
 MTIME = 1_600_000_000
@@ -747,7 +748,7 @@ def test_memory_stays_bounded_for_a_huge_member(tmp_path: Path) -> None:
         """
         import io, resource, sys, tarfile
         from pathlib import Path
-        from imagesmith.unpack import unpack_layer
+        from imagesmith.tar.unpack import unpack_layer
 
         SIZE = 200 << 20
 
@@ -800,7 +801,7 @@ def test_memory_stays_bounded_for_members_at_the_deepest_path(tmp_path: Path) ->
         """
         import io, resource, sys, tarfile
         from pathlib import Path
-        from imagesmith.unpack import unpack_layer
+        from imagesmith.tar.unpack import unpack_layer
 
         def layer(count):
             buf = io.BytesIO()

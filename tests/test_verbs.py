@@ -21,7 +21,7 @@ from servers import DistributionRegistry, TokenIssuer
 
 from imagesmith import Reference, RegistryOptions, delete_image, list_tags, read_manifest, tag_image
 from imagesmith.errors import NotFoundError, RegistryError, UsageError
-from imagesmith.server import RegistryServer
+from imagesmith.registry.server import RegistryServer
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ caches tokens, and ``client`` speaks the distribution API on top of them.
 
 from __future__ import annotations
 
-from .auth import Challenge, parse_challenges
-from .client import ManifestResponse, RegistryClient, RegistryPool
-from .credentials import Credentials, CredentialStore
-from .transport import RegistryOptions, parse_retry_after, redact_url
+from imagesmith.registry.auth import Challenge, parse_challenges
+from imagesmith.registry.client import ManifestResponse, RegistryClient, RegistryPool
+from imagesmith.registry.credentials import Credentials, CredentialStore
+from imagesmith.registry.transport import RegistryOptions, parse_retry_after, redact_url
 
 __all__ = [
     "Challenge",

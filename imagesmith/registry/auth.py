@@ -26,9 +26,8 @@ from types import MappingProxyType
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from imagesmith.errors import AuthenticationError, ImagesmithError
-
-from .credentials import Credentials, CredentialStore
-from .transport import Fetched, Transport, origin_of, redact_url
+from imagesmith.registry.credentials import Credentials, CredentialStore
+from imagesmith.registry.transport import Fetched, Transport, origin_of, redact_url
 
 __all__ = [
     "DEFAULT_TOKEN_LIFETIME",

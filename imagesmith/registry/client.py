@@ -27,7 +27,6 @@ import requests.utils
 import urllib3.exceptions
 
 from imagesmith import cancel
-from imagesmith.digests import CHUNK, Digest, Hasher, VerifyingReader
 from imagesmith.errors import (
     ImagesmithError,
     IntegrityError,
@@ -36,13 +35,13 @@ from imagesmith.errors import (
     RegistryError,
     RegistryUnreachableError,
 )
-from imagesmith.mediatypes import MANIFEST_ACCEPT
-from imagesmith.model import MAX_MANIFEST_SIZE, Descriptor
-from imagesmith.references import DOCKER_HUB, DOCKER_HUB_API, validate_repository, validate_tag
-
-from .auth import Authenticator
-from .credentials import CredentialStore, normalise_registry
-from .transport import (
+from imagesmith.oci.digests import CHUNK, Digest, Hasher, VerifyingReader
+from imagesmith.oci.mediatypes import MANIFEST_ACCEPT
+from imagesmith.oci.model import MAX_MANIFEST_SIZE, Descriptor
+from imagesmith.oci.references import DOCKER_HUB, DOCKER_HUB_API, validate_repository, validate_tag
+from imagesmith.registry.auth import Authenticator
+from imagesmith.registry.credentials import CredentialStore, normalise_registry
+from imagesmith.registry.transport import (
     REDIRECT_STATUSES,
     Fetched,
     RegistryOptions,
@@ -882,7 +881,7 @@ class RegistryClient:
             )  # fmt: skip
         return UploadSession(repository, urljoin(base, location), 0, min_length)
 
-    # -- an upload fed while its content is still being produced (see imagesmith.overlap)
+    # -- an upload fed while its content is still being produced (see imagesmith.registry.overlap)
     def start_upload(self, repository: str) -> UploadSession:
         """``POST`` a new upload session for a blob whose digest is not known yet.
 

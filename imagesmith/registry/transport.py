@@ -49,9 +49,8 @@ from imagesmith.errors import (
     RegistryUnreachableError,
     UsageError,
 )
+from imagesmith.registry.credentials import Credentials
 from imagesmith.sysregistries import RegistriesConf, certs_dir_for, certs_roots, default_registries_conf
-
-from .credentials import Credentials
 
 __all__ = [
     "RETRY_STATUSES",

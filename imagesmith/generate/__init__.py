@@ -1,0 +1,2 @@
+"""Generated files: Makefiles and CI pipelines for a stack.
+"""

@@ -1,0 +1,121 @@
+"""The checks around writing an image: the runtime-closure check before anything is written,
+the refusal of an SBOM or signature with nowhere to go, and, after the image is written, its
+SBOMs attached and its signatures pushed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from imagesmith.artifacts.referrers import Attached, attach
+from imagesmith.artifacts.sbom import (
+    SBOM_FILENAMES,
+    SBOM_MEDIA_TYPES,
+    SbomFormat,
+    SbomImage,
+    render_sbom,
+    sbom_packages,
+)
+from imagesmith.artifacts.signing import Signed, sign_image
+from imagesmith.errors import UsageError
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.image import BaseImage, Image
+from imagesmith.oci.model import (
+    Descriptor,
+)
+from imagesmith.oci.references import Reference
+from imagesmith.pipeline.assemble import _created
+from imagesmith.pipeline.closure import ClosureReport, check_closure, closure_gate
+from imagesmith.pipeline.results import BuildOptions, StackLayer
+from imagesmith.progress import ProgressCallback
+from imagesmith.registry.client import RegistryPool
+from imagesmith.store.cache import BlobCache
+from imagesmith.transports.layout import LayoutLocation
+from imagesmith.transports.locations import (
+    Location,
+)
+from imagesmith.transports.registry import RegistryLocation, RemoteOrigin
+
+
+def check_runtime_closure(
+    images: Sequence[tuple[Image, Sequence[StackLayer]]],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
+    destinations: Sequence[Location] = (),
+) -> list[ClosureReport | None]:
+    """The runtime-closure check of each image (with its package layers) as
+    ``options.check`` asks (None when off); with ``error`` a finding raises
+    :class:`~imagesmith.pipeline.closure.ClosureError` before anything is written. Remote base layers
+    it reads are kept in the cache when a destination will need their bytes (anything but a
+    registry pushed to by mount or HEAD, see :func:`write_destinations`)."""
+    if options.check == "off":
+        return [None] * len(images)
+    memo: dict[tuple[Digest, bool], Any] = {}
+    reports: list[ClosureReport | None] = []
+    for image, layers in images:
+        packages = {layer.layer.digest: layer.label for layer in layers}
+        origins = [layer.origin for layer in image.layers]
+        registries = {origin.registry for origin in origins if isinstance(origin, RemoteOrigin)}
+        keep = any(not (isinstance(d, RegistryLocation) and d.reference.registry in registries)
+                   for d in destinations)  # fmt: skip
+        report = check_closure(image, packages, pool=pool, cache=cache, jobs=options.jobs, progress=progress,
+                               memo=memo, keep_in_cache=keep)  # fmt: skip
+        closure_gate(report, options.check)
+        reports.append(report)
+    return reports
+
+
+def check_trust_destinations(options: BuildOptions, destinations: Sequence[Location]) -> None:
+    """Refuse, before anything is written, an SBOM or signature with nowhere to go."""
+    if options.signing_key is not None and not any(isinstance(d, RegistryLocation) for d in destinations):
+        raise UsageError("--sign signs an image in a registry: push it (--repo or --tag), not only --output")
+    if options.sbom and not any(isinstance(d, RegistryLocation | LayoutLocation) for d in destinations):
+        raise UsageError("--sbom attaches the SBOM to the image: push it, or write an oci: layout")
+
+
+def attach_and_sign(
+    name: Reference | None,
+    image: Image,
+    digest: str,
+    layers: Sequence[StackLayer],
+    base: BaseImage,
+    destinations: Sequence[Location],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
+) -> tuple[tuple[tuple[SbomFormat, bytes], ...], tuple[Attached, ...], tuple[Signed, ...]]:
+    """After the image is written: its SBOMs attached to each registry or layout destination,
+    then its signature pushed to each registry (see :mod:`imagesmith.artifacts.referrers`,
+    :mod:`imagesmith.artifacts.signing`). Returns the SBOM documents, what was attached and signed."""
+    if not options.sbom and options.signing_key is None:
+        return (), (), ()
+    created = image.config.raw.get("created") or _created()
+    manifest = image.manifest_bytes()
+    subject = Descriptor(image.media_types.manifest, Digest.parse(digest), len(manifest))
+    # Each package with the digest of the layer it is in (a group's, when the budget grouped it).
+    packages = sbom_packages(
+        [(b.package, b.hash, str(layer.layer.digest)) for layer in layers for b in layer.packages]
+    )
+    shown = str(name) if name is not None else None
+    described = SbomImage(shown, digest, str(image.config.platform), created, base.pinned, packages)
+    sboms = tuple((fmt, render_sbom(described, fmt)) for fmt in dict.fromkeys(options.sbom))
+    attached = tuple(
+        attach(destination, subject, SBOM_MEDIA_TYPES[fmt], document, filename=SBOM_FILENAMES[fmt], pool=pool,
+               cache=cache, created=created, progress=progress)
+        for destination in destinations
+        if isinstance(destination, RegistryLocation | LayoutLocation)
+        for fmt, document in sboms
+    )  # fmt: skip
+    key = options.signing_key
+    signed = tuple(
+        sign_image(destination.reference, key, pool=pool, cache=cache, digest=subject.digest,
+                   progress=progress)
+        for destination in destinations
+        if key is not None and isinstance(destination, RegistryLocation)
+    )
+    return sboms, attached, signed

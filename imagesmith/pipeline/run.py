@@ -1,0 +1,637 @@
+"""The build entry points: ``build``, ``build_each``, ``build_platforms``,
+``build_each_platforms`` and ``import_rootfs``. Orchestration only.
+
+Data flows one way::
+
+    inputs -> plan (base location, platform, packages in dependency order, options)
+           -> base (manifest + config only) -> layers (one streaming pass each, into the cache)
+           -> config + manifest -> sink (registry, OCI layout, docker archive, daemon)
+
+Each step lives in its own module of this package: :mod:`.results` (options and results),
+:mod:`.layers` (package and group layers), :mod:`.assemble` (config, manifest, index),
+:mod:`.destinations` (names and where the image goes), :mod:`.checks` (the closure check before
+writing; SBOMs and signatures after). This one wires them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from imagesmith.artifacts.signing import sign_image
+from imagesmith.errors import UsageError, file_error
+from imagesmith.inputs.envmods import EnvModification, apply_env, parse_env_assignment
+from imagesmith.inputs.packages import Package
+from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.image import BaseImage, Image, Layer, RawManifest
+from imagesmith.oci.model import (
+    HistoryEntry,
+    ImageConfig,
+    Index,
+    Platform,
+    select_platform,
+)
+from imagesmith.oci.references import Reference, parse_repository
+from imagesmith.oci.vocabulary import ANNOTATION
+from imagesmith.pipeline.assemble import _created, _platform_index, assemble
+from imagesmith.pipeline.checks import attach_and_sign, check_runtime_closure, check_trust_destinations
+from imagesmith.pipeline.closure import ClosureReport
+from imagesmith.pipeline.destinations import (
+    _each_location,
+    _each_targets,
+    _early_uploads_allowed,
+    _multi_tag,
+    _name_of,
+    _probe_target,
+    _push_target,
+    _rendered_tag,
+    _tag_reference,
+    check_output,
+    plan_destinations,
+    target_reference,
+    write_destinations,
+)
+from imagesmith.pipeline.layers import (
+    _early_uploads,
+    _layer_meter,
+    _platform_layers,
+    _rebuild_origin,
+    build_group_layers,
+    build_package_layers,
+    content_layer,
+    plan_stacks,
+    single_layer_keys,
+    stack_layers,
+)
+from imagesmith.pipeline.results import (
+    BuildOptions,
+    BuildResult,
+    BuiltPackage,
+    ImportResult,
+    MultiBuildResult,
+    StackLayer,
+)
+from imagesmith.progress import EventKind, ProgressCallback, ProgressEvent, null_progress
+from imagesmith.registry.client import RegistryPool
+from imagesmith.registry.transport import RegistryOptions
+from imagesmith.store.cache import BlobCache
+from imagesmith.transports.archive import ArchiveLocation
+from imagesmith.transports.base import write_index
+from imagesmith.transports.copy import write_images
+from imagesmith.transports.daemon import DaemonLocation
+from imagesmith.transports.layout import LayoutLocation
+from imagesmith.transports.locations import (
+    Location,
+    as_location,
+    open_sink,
+    open_source,
+    resolve_base,
+)
+from imagesmith.transports.registry import RegistryLocation
+
+__all__ = [
+    "build",
+    "build_each",
+    "build_each_platforms",
+    "build_platforms",
+    "import_rootfs",
+]
+
+
+@contextmanager
+def _registry_pool(pool: RegistryPool | None, registry: RegistryOptions | None) -> Iterator[RegistryPool]:
+    """Borrow the caller's pool, or own one for the duration of a call."""
+    if pool is not None:
+        yield pool
+        return
+    owned = RegistryPool(registry)
+    try:
+        yield owned
+    finally:
+        owned.close()
+
+
+def build(
+    base: str | Reference | Location,
+    packages: Sequence[Package],
+    *,
+    repo: str | Reference | None = None,
+    tag: str | Reference | None = None,
+    output: str | Reference | Location | None = None,
+    load: bool = False,
+    docker_host: str | None = None,
+    options: BuildOptions | None = None,
+    registry: RegistryOptions | None = None,
+    cache: BlobCache | None = None,
+    pool: RegistryPool | None = None,
+    progress: ProgressCallback = null_progress,
+) -> BuildResult:
+    """Build one image: ``packages`` (dependencies first) on ``base``, and write it out.
+
+    ``base`` is a registry reference or any location (``oci:DIR:TAG``,
+    ``docker-archive:PATH``); a layout or archive base is read locally, with no network.
+    ``repo`` names the target repository and the tag comes from the tag template (default
+    ``{name}-{version}-{hash}.spack`` of the last package); ``tag`` names the full reference
+    instead. By default the image is pushed there. ``output`` (a location or its string) is
+    written instead: an OCI layout (tag: the location's, else the name's, else the rendered
+    template), a docker archive (named by the location, else by ``repo``/``tag``) or another
+    registry reference. ``load`` also loads the image into the daemon at ``docker_host``
+    (default ``DOCKER_HOST``) under its name. Base layers are read only when a destination
+    needs their bytes (never for a push to the registry they live on).
+    """
+    options = options or BuildOptions()
+    cache = cache or BlobCache()
+    out = check_output(repo=repo, tag=tag, output=output, load=load)
+    base_location = as_location(base)
+    # Names are checked before any work, so a typo never costs a build.
+    if repo is not None and not isinstance(repo, Reference):
+        repo = parse_repository(repo)
+    if tag is not None:
+        tag = _tag_reference(tag)
+    platform = options.platform or Platform.host()
+    if not packages:
+        raise UsageError("no packages given: name at least one package file")
+    packages = [p.for_platform(platform) for p in packages]  # a missing content fails here
+    top = packages[-1].key
+    with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, _push_target(out, tag or repo, load=load))
+        resolved = _single_base(pool, base_location, platform, options, progress)
+        media_types = resolved.image.media_types
+        plan = plan_stacks({top: packages}, len(resolved.image.layers), options)
+        push_to = _push_target(out, tag or repo, load=load, enabled=_early_uploads_allowed(options))
+        uploaded: set[Digest] = set()
+        with _early_uploads(pool, push_to, progress, uploaded) as uploads:
+            built = build_package_layers(packages, cache, media_types, options, progress, uploads,
+                                         upload_only=single_layer_keys(plan))  # fmt: skip
+            by_key = {b.package.key: b for b in built}
+            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads)
+        layers = stack_layers(plan, top, by_key, groups)
+        name = (
+            target_reference(built, repo=repo, tag=tag, options=options, platform=platform)
+            if repo is not None or tag is not None
+            else None
+        )
+        default_tag = None
+        if isinstance(out, LayoutLocation) and out.tag is None and name is None:
+            default_tag = _rendered_tag(built, options, platform)  # as --repo would
+        destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
+        check_trust_destinations(options, destinations)
+        image = assemble(resolved, built, cache, options, _created(), layers)
+        [closure] = check_runtime_closure([(image, layers)], options, pool=pool, cache=cache,
+                                          progress=progress, destinations=destinations)  # fmt: skip
+        digest, loaded = write_destinations(
+            image, destinations, pool=pool, cache=cache, jobs=options.jobs,
+            docker_host=docker_host, progress=progress, uploaded=(push_to, uploaded),
+        )  # fmt: skip
+        named = _name_of(destinations, name)
+        trust = attach_and_sign(named, image, digest, layers, resolved, destinations, options, pool=pool,
+                                cache=cache, progress=progress)  # fmt: skip
+        return BuildResult(named, digest, resolved, image, tuple(built), tuple(destinations), loaded, closure,
+                           *trust, layers)  # fmt: skip
+
+
+def _distinct_platforms(platforms: Sequence[Platform]) -> tuple[Platform, ...]:
+    if not platforms:
+        raise UsageError("name at least one platform (--platform linux/amd64,linux/arm64)")
+    seen: dict[Platform, Platform] = {}
+    for platform in platforms:
+        key = platform.normalized()
+        if key in seen:
+            raise UsageError(f"platforms {seen[key]} and {platform} are the same platform: name it once")
+        seen[key] = platform
+    return tuple(platforms)
+
+
+def build_platforms(
+    base: str | Reference | Location,
+    packages: Sequence[Package],
+    platforms: Sequence[Platform],
+    *,
+    repo: str | Reference | None = None,
+    tag: str | Reference | None = None,
+    output: str | Reference | Location | None = None,
+    options: BuildOptions | None = None,
+    registry: RegistryOptions | None = None,
+    cache: BlobCache | None = None,
+    pool: RegistryPool | None = None,
+    progress: ProgressCallback = null_progress,
+) -> MultiBuildResult:
+    """Build one image per platform on a multi-platform base, and write them as one index.
+
+    ``base`` must be an index (OCI image index or Docker manifest list) offering every
+    platform; for each, its image is taken from the index (``unknown/unknown`` attestation
+    entries never match), each package's content for that platform appended (see
+    :meth:`Package.for_platform`: per-platform content, else the platform-independent one),
+    and the config keeps the base's os/architecture/variant. The images are written by
+    digest, then an index of the base's family naming them (entries carry the base index's
+    platform fields) under one tag: the template's, rendered with a hash combining the
+    platforms' (the shared hash when they agree), or ``tag``. Destinations: a registry (the
+    default, as for :func:`build`) or an OCI layout; a docker archive or a daemon holds one
+    platform only. Layers shared by platforms (platform-independent content) are built and
+    pushed once.
+    """
+    options = options or BuildOptions()
+    cache = cache or BlobCache()
+    platforms = _distinct_platforms(platforms)
+    out = check_output(repo=repo, tag=tag, output=output, load=False)
+    if isinstance(out, ArchiveLocation | DaemonLocation):
+        raise UsageError(
+            f"{out} holds single-platform images: write a multi-platform build to a registry or "
+            "an oci: layout, or build one --platform at a time"
+        )
+    if not packages:
+        raise UsageError("no packages given: name at least one package file")
+    base_location = as_location(base)
+    if repo is not None and not isinstance(repo, Reference):
+        repo = parse_repository(repo)
+    if tag is not None:
+        tag = _tag_reference(tag)
+    per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
+    top = packages[-1].key
+    with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, _push_target(out, tag or repo, load=False))
+        bases, index_platforms = _platform_bases(pool, base_location, platforms, options, progress)
+        media_types = bases[0].image.media_types
+        # One plan for every platform (the deepest base decides), so a group is the same set
+        # of packages, and for platform-independent content the same blob, on each.
+        plan = plan_stacks({top: packages}, max(len(b.image.layers) for b in bases), options)
+        push_to = _push_target(out, tag or repo, load=False, enabled=_early_uploads_allowed(options))
+        with _early_uploads(pool, push_to, progress) as uploads:
+            built_by, groups_by = _platform_layers(
+                per_platform, plan, cache, media_types, options, progress, uploads
+            )
+        layers_by = [
+            stack_layers(plan, top, {b.package.key: b for b in built}, groups)
+            for built, groups in zip(built_by, groups_by, strict=True)
+        ]
+        images, index = _platform_index(
+            bases, built_by, index_platforms, cache, options, _created(), layers_by
+        )
+        name: Reference | None = tag
+        if name is None and repo is not None:
+            name = repo.with_tag(_multi_tag(built_by, platforms, options.tag_template))
+        default_tag = None
+        if isinstance(out, LayoutLocation) and out.tag is None and name is None:
+            default_tag = _multi_tag(built_by, platforms, options.tag_template)
+        destinations = plan_destinations(name, out, load=False, default_tag=default_tag)
+        check_trust_destinations(options, destinations)
+        closures = check_runtime_closure(list(zip(images, layers_by, strict=True)), options, pool=pool,
+                                         cache=cache, progress=progress,
+                                         destinations=destinations)  # fmt: skip
+        for destination in destinations:
+            with open_sink(destination, pool=pool, cache=cache) as sink:
+                write_index(list(zip(images, index_platforms, strict=True)), index, sink,
+                            jobs=options.jobs, progress=progress)  # fmt: skip
+        return _multi_result(_name_of(destinations, name), index, bases, images, built_by, layers_by,
+                             platforms, tuple(destinations), closures, options, pool=pool, cache=cache,
+                             progress=progress)  # fmt: skip
+
+
+def _platform_bases(
+    pool: RegistryPool,
+    base: Location,
+    platforms: Sequence[Platform],
+    options: BuildOptions,
+    progress: ProgressCallback,
+) -> tuple[list[BaseImage], list[Platform]]:
+    """Each platform's image of the base index, and the platform fields its index entry has."""
+    with open_source(base, pool) as source:
+        document = source.top().parse(f"manifest of {source.name}")
+        if not isinstance(document, Index):
+            raise UsageError(
+                f"base image {source.name} is a single image, not an index: a multi-platform "
+                "build needs a base index offering every platform (or build one --platform)"
+            )
+        entries = [select_platform(document, platform) for platform in platforms]
+        bases = [resolve_base(pool, source, platform) for platform in platforms]
+    families = {b.image.media_types.family for b in bases}
+    if len(families) > 1:
+        raise UsageError(
+            f"the base index mixes media-type families ({', '.join(sorted(families))}): its "
+            "images cannot go into one index"
+        )
+    bases[0].image.media_types.layer(options.compression)
+    progress(ProgressEvent("resolve", bases[0].pinned))
+    return bases, [e.platform or platform for e, platform in zip(entries, platforms, strict=True)]
+
+
+def _multi_result(
+    name: Reference | None,
+    index: RawManifest,
+    bases: Sequence[BaseImage],
+    images: Sequence[Image],
+    stacks: Sequence[Sequence[BuiltPackage]],
+    layers_by: Sequence[Sequence[StackLayer]],
+    platforms: Sequence[Platform],
+    destinations: tuple[Location, ...],
+    closures: Sequence[ClosureReport | None],
+    options: BuildOptions,
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    progress: ProgressCallback,
+) -> MultiBuildResult:
+    """The result of a written index: each platform's image with its closure report and the
+    SBOMs attached to it; the index and each image signed (a pull of one platform verifies
+    the image's signature, a copy of the whole index the index's)."""
+    unsigned = replace(options, signing_key=None)
+    results = []
+    for b, image, stack, layers, closure in zip(bases, images, stacks, layers_by, closures, strict=True):
+        trust = attach_and_sign(None, image, str(image.digest), layers, b, destinations, unsigned, pool=pool,
+                                cache=cache, progress=progress)  # fmt: skip
+        results.append(BuildResult(None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust,
+                                   tuple(layers)))  # fmt: skip
+    digest = str(index.digest)
+    key = options.signing_key
+    signed = tuple(
+        sign_image(d.reference, key, pool=pool, cache=cache, digest=signed_digest, progress=progress)
+        for d in destinations
+        if key is not None and isinstance(d, RegistryLocation)
+        for signed_digest in (index.digest, *(image.digest for image in images))
+    )
+    return MultiBuildResult(name, digest, index.media_type, tuple(results), tuple(platforms), destinations,
+                            signed)  # fmt: skip
+
+
+def _stack_of(package: Package, by_key: Mapping[str, Package]) -> tuple[Package, ...]:
+    """The packages of ``package``'s own image: its dependencies depth first in the order each
+    lists them, then itself -- the order :func:`load_packages` gives for it alone, so an image
+    is the same whatever else a batch holds."""
+    order: list[Package] = []
+    seen: set[str] = set()
+    # Iterative post-order walk: (key, next dependency index).
+    stack: list[tuple[str, int]] = [(package.key, 0)]
+    seen.add(package.key)
+    while stack:
+        key, index = stack.pop()
+        depends = by_key[key].depends
+        if index < len(depends):
+            stack.append((key, index + 1))
+            dep = depends[index]
+            if dep not in seen:
+                seen.add(dep)
+                stack.append((dep, 0))
+        else:
+            order.append(by_key[key])
+    return tuple(order)
+
+
+# One image of an --each run before it is written: (image, location, name, packages, layers).
+_EachPlan = tuple[Image, Location, Reference | None, tuple[BuiltPackage, ...], tuple[StackLayer, ...]]
+
+
+def _each_tops(packages: Sequence[Package], roots: Sequence[Package] | None) -> list[Package]:
+    """The packages ``--each`` makes an image of: every one, or only ``roots`` (each in the
+    list, given once), in the order of ``packages``."""
+    if roots is None:
+        return list(packages)
+    # A Spack package is one package whatever path named it (load_packages merges by hash).
+    by_key = {p.key: p for p in packages}
+    by_hash = {p.spack.hash: p for p in packages if p.spack is not None}
+    wanted: set[str] = set()
+    for root in roots:
+        found = by_key.get(root.key) or (by_hash.get(root.spack.hash) if root.spack is not None else None)
+        if found is None:
+            raise UsageError(f"root {root.label} ({root.source}) is not among the packages")
+        wanted.add(found.key)
+    return [p for p in packages if p.key in wanted]
+
+
+def _each_stacks(
+    packages: Sequence[Package], tops: Sequence[Package]
+) -> dict[str, tuple[Package, ...]]:
+    """Each image's packages, dependencies first and its own package last (see :func:`_stack_of`)."""
+    by_key = {p.key: p for p in packages}
+    return {top.key: _stack_of(by_key[top.key], by_key) for top in tops}
+
+
+def _single_base(
+    pool: RegistryPool, base: Location, platform: Platform, options: BuildOptions, progress: ProgressCallback
+) -> BaseImage:
+    """The base's image for ``platform`` (reported), checked to take the chosen codec."""
+    with open_source(base, pool) as source:
+        resolved = resolve_base(pool, source, platform)
+    progress(ProgressEvent("resolve", resolved.pinned))
+    resolved.image.media_types.layer(options.compression)  # fail early: zstd on a Docker v2 base
+    return resolved
+
+
+def build_each_platforms(
+    base: str | Reference | Location,
+    packages: Sequence[Package],
+    platforms: Sequence[Platform],
+    *,
+    repo: str | Reference | None = None,
+    output: str | Location | None = None,
+    roots: Sequence[Package] | None = None,
+    options: BuildOptions | None = None,
+    registry: RegistryOptions | None = None,
+    cache: BlobCache | None = None,
+    pool: RegistryPool | None = None,
+    progress: ProgressCallback = null_progress,
+) -> list[MultiBuildResult]:
+    """:func:`build_each` for several platforms: one index per package, as
+    :func:`build_platforms` would give for that package alone.
+
+    Every layer is built once per distinct content (platform-independent packages once for
+    all platforms), the base index is resolved once, and each package's index (its images
+    first) is written under the tag rendered from the template, in ``repo`` or the layout.
+    ``roots`` limits the indexes to those packages'. One layer plan serves every platform.
+    """
+    options = options or BuildOptions()
+    cache = cache or BlobCache()
+    platforms = _distinct_platforms(platforms)
+    repository, out = _each_targets(packages, repo, output)
+    tops = _each_tops(packages, roots)
+    per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
+    # The plan covers every package's image, whichever are written: a group is then the same
+    # set (the same blob) whether a run writes all the images or some of them.
+    stacks = _each_stacks(packages, packages)
+    with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, repository)
+        bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
+        media_types = bases[0].image.media_types
+        plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
+        push_to = repository if _early_uploads_allowed(options) else None
+        with _early_uploads(pool, push_to, progress) as uploads:
+            built_by, groups_by = _platform_layers(
+                per_platform, plan, cache, media_types, options, progress, uploads, [t.key for t in tops]
+            )
+        by_key_by = [{b.package.key: b for b in built} for built in built_by]
+        created = _created()
+        plans = []
+        for top in tops:
+            image_stacks = [tuple(by_key[p.key] for p in stacks[top.key]) for by_key in by_key_by]
+            layers_by = [
+                stack_layers(plan, top.key, by_key, groups)
+                for by_key, groups in zip(by_key_by, groups_by, strict=True)
+            ]
+            images, index = _platform_index(bases, image_stacks, index_platforms, cache, options, created,
+                                            layers_by)  # fmt: skip
+            tag = _multi_tag(image_stacks, platforms, options.tag_template)
+            name, location = _each_location(repository, out, tag)
+            check_trust_destinations(options, (location,))
+            closures = check_runtime_closure(list(zip(images, layers_by, strict=True)), options, pool=pool,
+                                             cache=cache, progress=progress,
+                                             destinations=(location,))  # fmt: skip
+            plans.append((image_stacks, layers_by, images, index, name, location, closures))
+        results: list[MultiBuildResult] = []
+        for image_stacks, layers_by, images, index, name, location, closures in plans:
+            with open_sink(location, pool=pool, cache=cache) as sink:
+                write_index(list(zip(images, index_platforms, strict=True)), index, sink,
+                            jobs=options.jobs, progress=progress)  # fmt: skip
+            results.append(_multi_result(name, index, bases, images, image_stacks, layers_by, platforms,
+                                         (location,), closures, options, pool=pool, cache=cache,
+                                         progress=progress))  # fmt: skip
+        return results
+
+
+def build_each(
+    base: str | Reference | Location,
+    packages: Sequence[Package],
+    *,
+    repo: str | Reference | None = None,
+    output: str | Location | None = None,
+    roots: Sequence[Package] | None = None,
+    options: BuildOptions | None = None,
+    registry: RegistryOptions | None = None,
+    cache: BlobCache | None = None,
+    pool: RegistryPool | None = None,
+    progress: ProgressCallback = null_progress,
+) -> list[BuildResult]:
+    """Build one image per package (its dependencies as layers below it) in one run.
+
+    ``packages`` is a dependency-ordered list such as :func:`load_packages` returns; every
+    package in it gets an image (only the ``roots``, when given), tagged from the tag template
+    in ``repo`` (pushed), or in the OCI layout ``output`` (``oci:DIR``). Work is shared across
+    the images: the base is resolved once, each layer is built and compressed once, and each
+    blob is HEAD-checked, mounted or uploaded once; what remains per image is its config and
+    manifest. The layer budget (``options.max_layers``) is planned once for all the images,
+    so a group of dependencies is one blob wherever it is used (:mod:`imagesmith.pipeline.budget`).
+    """
+    options = options or BuildOptions()
+    cache = cache or BlobCache()
+    repository, out = _each_targets(packages, repo, output)
+    tops = _each_tops(packages, roots)
+    platform = options.platform or Platform.host()
+    packages = [p.for_platform(platform) for p in packages]
+    # The plan covers every package's image, whichever are written: a group is then the same
+    # set (the same blob) whether a run writes all the images or some of them.
+    stacks = _each_stacks(packages, packages)
+    images = [t.key for t in tops]
+    with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, repository)
+        resolved = _single_base(pool, as_location(base), platform, options, progress)
+        media_types = resolved.image.media_types
+        plan = plan_stacks(stacks, len(resolved.image.layers), options)
+        push_to = repository if _early_uploads_allowed(options) else None
+        uploaded: set[Digest] = set()
+        with _early_uploads(pool, push_to, progress, uploaded) as uploads:
+            built = build_package_layers(packages, cache, media_types, options, progress, uploads,
+                                         upload_only=single_layer_keys(plan, images))  # fmt: skip
+            by_key = {b.package.key: b for b in built}
+            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads,
+                                        images=images)  # fmt: skip
+        created = _created()
+        plans: list[_EachPlan] = []
+        for top in tops:
+            stack = tuple(by_key[p.key] for p in stacks[top.key])
+            layers = stack_layers(plan, top.key, by_key, groups)
+            image = assemble(resolved, stack, cache, options, created, layers)
+            tag = _rendered_tag(stack, options, platform)
+            name, location = _each_location(repository, out, tag)
+            plans.append((image, location, name, stack, layers))
+        wheres = [location for _, location, _, _, _ in plans]
+        check_trust_destinations(options, wheres)
+        closures = check_runtime_closure([(image, layers) for image, _, _, _, layers in plans], options,
+                                         pool=pool, cache=cache, progress=progress,
+                                         destinations=wheres)  # fmt: skip
+        digests = write_images(
+            [(image, location) for image, location, _, _, _ in plans],
+            pool=pool, cache=cache, jobs=options.jobs, progress=progress, present=uploaded,
+        )  # fmt: skip
+        results = []
+        for plan_of, digest, closure in zip(plans, digests, closures, strict=True):
+            image, where, name, stack, layers = plan_of
+            trust = attach_and_sign(name, image, str(digest), layers, resolved, (where,), options, pool=pool,
+                                    cache=cache, progress=progress)  # fmt: skip
+            results.append(BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure,
+                                       *trust, layers))  # fmt: skip
+        return results
+
+
+def import_rootfs(
+    rootfs: str | Path,
+    tag: str | Reference | None = None,
+    *,
+    output: str | Reference | Location | None = None,
+    load: bool = False,
+    docker_host: str | None = None,
+    platform: Platform | None = None,
+    family: mt.Family = "oci",
+    env: Sequence[str] = (),
+    cmd: Sequence[str] | None = ("/bin/sh",),
+    compression: mt.Compression = "gzip",
+    registry: RegistryOptions | None = None,
+    cache: BlobCache | None = None,
+    pool: RegistryPool | None = None,
+    progress: ProgressCallback = null_progress,
+) -> ImportResult:
+    """Turn a root filesystem (directory or tarball) into a one-layer image and write it.
+
+    Owners, permission bits and special files of the root filesystem are preserved (it is a
+    base image, not a package); timestamps are fixed so the result is reproducible. ``tag``
+    names the image and, without ``output``, the registry it is pushed to; ``output`` and
+    ``load`` work as for :func:`build` (an OCI layout output needs no network at all).
+    """
+    path = Path(rootfs)
+    try:
+        found = path.exists()
+    except OSError as exc:  # a parent that cannot be searched
+        raise file_error("access", path, exc, "check the permissions of the directories above it") from None
+    if not found:
+        raise UsageError(f"root filesystem {path} not found: give a directory or a tarball")
+    out = check_output(repo=None, tag=tag, output=output, load=load)
+    ref = _tag_reference(tag) if tag is not None else None
+    platform = platform or Platform.host()
+    media_types = mt.DOCKER if family == "docker" else mt.OCI
+    cache = cache or BlobCache()
+    destinations = plan_destinations(ref, out, load=load, default_tag=None)
+    with _registry_pool(pool, registry) as pool:
+        _probe_target(pool, _push_target(out, ref, load=load))
+        with _early_uploads(pool, _push_target(out, ref, load=load), progress) as uploads:
+            blob, reused = content_layer(
+                path,
+                "",
+                cache,
+                media_types,
+                compression=compression,
+                preserve=True,
+                progress=_layer_meter(progress, str(path)),
+                uploads=uploads,
+                label=str(path),
+            )
+        kind: EventKind = "layer-reused" if reused else "layer-built"
+        progress(ProgressEvent(kind, str(path), blob.size, str(blob.digest)))
+        created = _created()
+        config = ImageConfig.empty(platform)
+        modifications = [EnvModification("set", *parse_env_assignment(e)) for e in env]
+        config = config.with_config_fields(Env=apply_env([], modifications))
+        if cmd is not None:
+            config = config.with_config_fields(Cmd=list(cmd))
+        config = config.with_top_level(created=created)
+        origin = _rebuild_origin(blob, path, "", cache, media_types, compression=compression, level=None,
+                                 preserve=True)  # fmt: skip
+        image = Image(media_types, config, ()).append(
+            [Layer(blob.descriptor(), blob.diff_id, origin)],
+            [HistoryEntry(created_by=f"imagesmith: import {path.name}", created=created)],
+        )
+        if family == "oci":
+            image = image.with_annotations({ANNOTATION + "created": created})
+        digest, loaded = write_destinations(
+            image, destinations, pool=pool, cache=cache, jobs=4, docker_host=docker_host, progress=progress
+        )
+        return ImportResult(_name_of(destinations, ref), digest, blob, platform, tuple(destinations), loaded)

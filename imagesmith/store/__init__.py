@@ -1,0 +1,2 @@
+"""Local storage: the atomic blob store, the blob cache, and OCI layout directories.
+"""

@@ -1,0 +1,3 @@
+"""The bytes of a layer: the tar format (one reader), the writer, compression, building a layer in
+one streaming pass, and safe unpacking.
+"""
