@@ -20,8 +20,8 @@ from conftest import requires
 from imagesmith.cli import main
 from imagesmith.errors import LayerError
 from imagesmith.oci.mediatypes import DOCKER, OCI
+from imagesmith.pipeline import layers as pipeline_layers
 from imagesmith.pipeline import records as layerrecords
-from imagesmith.pipeline import run as pipeline
 from imagesmith.pipeline.layers import content_layer
 from imagesmith.store.cache import BlobCache
 
@@ -47,7 +47,7 @@ def test_second_build_reuses_without_reading(
     def no_reading(*args: object, **kwargs: object) -> None:
         raise AssertionError("an unchanged input was read again")
 
-    monkeypatch.setattr(pipeline, "build_layer", no_reading)
+    monkeypatch.setattr(pipeline_layers, "build_layer", no_reading)
     again, reused = content_layer(prefix, "opt/x", cache, OCI)
     assert reused and again == first
 
