@@ -13,16 +13,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from imagesmith.errors import PackageError, UsageError
+from imagesmith.inputs import spack, spackcache
 from imagesmith.inputs.envmods import EnvModification, env_from_json
-
-if TYPE_CHECKING:
-    from imagesmith.inputs.spack import SpackContent, SpackSpec
-    from imagesmith.inputs.spackcache import SpackSources
-    from imagesmith.registry.client import RegistryPool
-    from imagesmith.registry.transport import RegistryOptions
 from imagesmith.inputs.packages import (
     _KNOWN_KEYS,
     _NAME,
@@ -38,6 +33,19 @@ from imagesmith.inputs.packages import (
     _string,
     is_valid_hash,
 )
+from imagesmith.inputs.spack import (
+    SpackContent,
+    SpackPrefix,
+    SpackSpec,
+    SpackTarball,
+    prefix_content,
+    read_spack_spec,
+    read_tarball_spec,
+    resolve_spack_dependencies,
+)
+from imagesmith.inputs.spackcache import SpackSources, is_cache_argument
+from imagesmith.registry.client import RegistryPool
+from imagesmith.registry.transport import RegistryOptions
 
 __all__ = [
     "load_package",
@@ -47,10 +55,6 @@ __all__ = [
 
 def _wrapped_spec(path: Path, doc: Mapping[str, Any]) -> SpackSpec:
     """The Spack spec a package file names with ``spack_spec``, checked against its fields."""
-    from imagesmith.inputs.spack import (
-        read_spack_spec,  # imported here: imagesmith.spack builds on this module
-    )
-
     raw = doc["spack_spec"]
     if not isinstance(raw, str) or not raw:
         raise PackageError(f"package file {path}: 'spack_spec' must be the path of a spec.json")
@@ -91,8 +95,6 @@ def load_package(
     serve one in a registry. Every problem raises :class:`PackageError` naming the file and
     the field.
     """
-    from imagesmith.inputs import spack, spackcache  # imported here: imagesmith.spack builds on this module
-
     if spackcache.is_cache_argument(str(path)):
         with spackcache.SpackSources(pool=pool, registry=registry) as sources:
             found = sources.load(str(path))
@@ -192,8 +194,6 @@ def _wrapped_content(
     an install prefix of that spec (its relocation record is written), or the spec's own
     build-cache tarball at the same prefix (used as is); anything else makes a runnable image
     that Spack cannot install."""
-    from imagesmith.inputs.spack import SpackPrefix, SpackTarball, prefix_content, read_tarball_spec
-
     if content is None or kind is None:
         return SpackPrefix(None, "its content is per platform, and a Spack build is for one target")
     if kind == "directory":
@@ -248,8 +248,6 @@ def load_packages(
     the package that depends on it, a missing Spack dependency one naming it and how to give
     it; two different packages installing to the same prefix raise one naming both.
     """
-    from imagesmith.inputs.spackcache import SpackSources  # imported here: it builds on this module
-
     if isinstance(paths, (str, Path)):
         raise UsageError("load_packages takes a list of package files, not a single path")
     with SpackSources(pool=pool, registry=registry) as sources:
@@ -257,9 +255,6 @@ def load_packages(
 
 
 def _load_all(paths: Sequence[str | Path], sources: SpackSources) -> list[Package]:
-    from imagesmith.inputs.spack import resolve_spack_dependencies  # imported here: it builds on this module
-    from imagesmith.inputs.spackcache import is_cache_argument
-
     # The same package can be reached under several paths (a prefix and its spec.json, two
     # spellings of a file) and, for Spack, from several sources with one DAG hash; ``by_path``
     # maps each path to the one package that stands for it, keyed by its own ``key``.

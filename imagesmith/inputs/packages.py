@@ -149,15 +149,10 @@ class Package:
         for a platform of another architecture than its spec's target: a binary for aarch64
         in an amd64 image only fails when it runs.
         """
-        from imagesmith.inputs.spack import (  # imagesmith.spack builds on this module
-            SpackRegistryLayer,
-            spec_architecture,
-        )
-
-        remote = isinstance(self.spack_content, SpackRegistryLayer)
+        remote = self.is_remote
         content, kind = (self.content, self.content_kind) if remote else self.content_for(platform)
         if self.spack is not None and not any(platform.matches(p) for p, _, _ in self.platforms):
-            built_for = spec_architecture(self.spack)
+            built_for = self.spack.architecture()
             if built_for is not None and built_for[0] != platform.normalized().architecture:
                 raise PackageError(
                     f"package {self.label} ({self.source}) is a Spack build for {built_for[1]} "
@@ -186,9 +181,7 @@ class Package:
     def is_remote(self) -> bool:
         """Whether the package's layer is in a registry (it has no local content; its
         ``source`` is then ``oci:/REGISTRY/REPOSITORY:TAG``)."""
-        from imagesmith.inputs.spack import SpackRegistryLayer  # imagesmith.spack builds on this module
-
-        return isinstance(self.spack_content, SpackRegistryLayer)
+        return self.spack_content is not None and self.spack_content.remote
 
     @property
     def origin(self) -> str:

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from imagesmith.errors import LayerError, PackageError
 from imagesmith.inputs.packages import (
@@ -123,6 +123,10 @@ class SpackSpec:
     runtime: tuple[SpackDependency, ...]
     # Where it was read says nothing about what it is: the same spec read twice is equal.
     source: str = field(compare=False)
+
+    def architecture(self) -> tuple[str, str] | None:
+        """The root's ``(OCI architecture, Spack target)``: see :func:`spec_architecture`."""
+        return spec_architecture(self)
 
     def document(self) -> Mapping[str, Any]:
         """The spec as read, not copied (read-only: :meth:`to_json` gives a copy to edit). A
@@ -406,6 +410,8 @@ class SpackTarball:
     ``checksum`` is the one its build cache records, when it came from one."""
 
     checksum: Digest | None = None
+    #: Whether the layer is in a registry (no local content): see ``Package.is_remote``.
+    remote: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -419,6 +425,7 @@ class SpackRegistryLayer:
     layer: Descriptor
     diff_id: Digest
     directories: frozenset[str] = field(default=frozenset(), hash=False)
+    remote: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -429,6 +436,7 @@ class SpackPrefix:
 
     relocation: Relocation | None
     problem: str | None = None
+    remote: ClassVar[bool] = False
 
 
 #: Where a Spack package's layer comes from (``Package.spack_content``).

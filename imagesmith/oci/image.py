@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from imagesmith.errors import IntegrityError, LayerError, ManifestError, PlatformError
 from imagesmith.oci import mediatypes as mt
@@ -37,7 +37,9 @@ from imagesmith.oci.model import (
     select_platform,
 )
 from imagesmith.oci.references import Reference
-from imagesmith.registry.client import RegistryPool
+
+if TYPE_CHECKING:  # type only: a registry origin reads through the run's pool
+    from imagesmith.registry.client import RegistryPool
 
 __all__ = [
     "BaseImage",

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from imagesmith.errors import UsageError
+
 __all__ = [
     "DOCKER",
     "MANIFEST_ACCEPT",
@@ -61,7 +63,6 @@ class MediaTypes:
         if compression == "none":
             return self.layer_tar
         if self.layer_zstd is None:
-            from imagesmith.errors import UsageError
 
             raise UsageError(
                 "zstd layers need an OCI base image: the base is Docker v2, whose media "

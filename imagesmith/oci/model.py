@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from imagesmith.errors import DigestFormatError, ManifestError, PlatformError
+from imagesmith.errors import DigestFormatError, ManifestError, PlatformError, UsageError
 from imagesmith.oci import mediatypes as mt
 from imagesmith.oci.digests import Digest
 
@@ -110,7 +110,6 @@ class Platform:
         """Parse ``os/arch[/variant]`` (``linux/arm64/v8``); architecture aliases normalised."""
         parts = text.strip().split("/")
         if len(parts) not in (2, 3) or not all(parts):
-            from imagesmith.errors import UsageError
 
             raise UsageError(
                 f"invalid platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/amd64"
