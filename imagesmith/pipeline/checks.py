@@ -30,7 +30,6 @@ from imagesmith.pipeline.results import BuildOptions, StackLayer
 from imagesmith.progress import ProgressCallback
 from imagesmith.registry.client import RegistryPool
 from imagesmith.store.cache import BlobCache
-from imagesmith.transports.layout import LayoutLocation
 from imagesmith.transports.locations import (
     Location,
 )
@@ -72,7 +71,7 @@ def check_trust_destinations(options: BuildOptions, destinations: Sequence[Locat
     """Refuse, before anything is written, an SBOM or signature with nowhere to go."""
     if options.signing_key is not None and not any(isinstance(d, RegistryLocation) for d in destinations):
         raise UsageError("--sign signs an image in a registry: push it (--repo or --tag), not only --output")
-    if options.sbom and not any(isinstance(d, RegistryLocation | LayoutLocation) for d in destinations):
+    if options.sbom and not any(d.takes_referrers for d in destinations):
         raise UsageError("--sbom attaches the SBOM to the image: push it, or write an oci: layout")
 
 
@@ -108,7 +107,7 @@ def attach_and_sign(
         attach(destination, subject, SBOM_MEDIA_TYPES[fmt], document, filename=SBOM_FILENAMES[fmt], pool=pool,
                cache=cache, created=created, progress=progress)
         for destination in destinations
-        if isinstance(destination, RegistryLocation | LayoutLocation)
+        if destination.takes_referrers
         for fmt, document in sboms
     )  # fmt: skip
     key = options.signing_key

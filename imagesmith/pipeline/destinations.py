@@ -167,10 +167,8 @@ def _name_of(destinations: Sequence[Location], name: Reference | None) -> Refere
     if name is not None:
         return name
     for destination in destinations:
-        if isinstance(destination, RegistryLocation | DaemonLocation):
-            return destination.reference
-        if isinstance(destination, ArchiveLocation) and destination.reference is not None:
-            return destination.reference
+        if destination.name is not None:
+            return destination.name
     return None
 
 

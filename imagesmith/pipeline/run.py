@@ -78,10 +78,8 @@ from imagesmith.progress import EventKind, ProgressCallback, ProgressEvent, null
 from imagesmith.registry.client import RegistryPool
 from imagesmith.registry.transport import RegistryOptions
 from imagesmith.store.cache import BlobCache
-from imagesmith.transports.archive import ArchiveLocation
 from imagesmith.transports.base import write_index
 from imagesmith.transports.copy import write_images
-from imagesmith.transports.daemon import DaemonLocation
 from imagesmith.transports.layout import LayoutLocation
 from imagesmith.transports.locations import (
     Location,
@@ -237,7 +235,7 @@ def build_platforms(
     cache = cache or BlobCache()
     platforms = _distinct_platforms(platforms)
     out = check_output(repo=repo, tag=tag, output=output, load=False)
-    if isinstance(out, ArchiveLocation | DaemonLocation):
+    if out is not None and not out.holds_index:
         raise UsageError(
             f"{out} holds single-platform images: write a multi-platform build to a registry or "
             "an oci: layout, or build one --platform at a time"

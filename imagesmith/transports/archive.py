@@ -40,7 +40,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from imagesmith import cancel
 from imagesmith.errors import (
@@ -54,6 +54,7 @@ from imagesmith.oci import mediatypes as mt
 from imagesmith.oci.digests import CHUNK, Digest, Hasher, VerifyingReader
 from imagesmith.oci.image import (
     BlobOrigin,
+    ImageSource,
     RawManifest,
     Readable,
 )
@@ -711,6 +712,28 @@ class ArchiveLocation:
 
     path: Path
     reference: Reference | None = None
+
+    # What the location holds and takes, so callers ask it instead of testing its kind.
+    holds_index: ClassVar[bool] = False  # a multi-platform index
+    takes_referrers: ClassVar[bool] = False  # artifacts attached to an image (SBOMs)
+
+    @property
+    def name(self) -> Reference | None:
+        """The image's name the location carries (``RepoTags``), if any."""
+        return self.reference
+
+    def open_source(self, pool: RegistryPool) -> AbstractContextManager[ImageSource]:
+        return ArchiveSource(self.path, self.reference)
+
+    def open_sink(
+        self,
+        *,
+        pool: RegistryPool,
+        cache: BlobCache,
+        docker_host: str | None = None,
+        keep_in_cache: bool = True,
+    ) -> ArchiveSink:
+        return ArchiveSink(self.path, self.reference, pool=pool, cache=cache)
 
     def __str__(self) -> str:
         return f"docker-archive:{self.path}" + (f":{self.reference.familiar()}" if self.reference else "")

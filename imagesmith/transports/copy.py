@@ -182,7 +182,7 @@ def copy_image(
         chosen: Platform | None = None
         if isinstance(document, Index):
             # A docker archive or a daemon holds single-platform images only.
-            holds_index = isinstance(dst, RegistryLocation | LayoutLocation)
+            holds_index = dst.holds_index
             if platform == "all" and not holds_index:
                 offered = ", ".join(platforms_of(document)) or "no runnable platform"
                 raise UsageError(

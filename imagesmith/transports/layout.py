@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from imagesmith import cancel
 from imagesmith.errors import (
@@ -13,6 +14,7 @@ from imagesmith.errors import (
 )
 from imagesmith.oci.image import (
     BlobOrigin,
+    ImageSource,
     RawManifest,
     Readable,
 )
@@ -43,6 +45,28 @@ class LayoutLocation:
 
     path: Path
     tag: str | None = None
+
+    # What the location holds and takes, so callers ask it instead of testing its kind.
+    holds_index: ClassVar[bool] = True  # a multi-platform index
+    takes_referrers: ClassVar[bool] = True  # artifacts attached to an image (SBOMs)
+
+    @property
+    def name(self) -> Reference | None:
+        """The image's name the location carries: a layout has only a tag."""
+        return None
+
+    def open_source(self, pool: RegistryPool) -> AbstractContextManager[ImageSource]:
+        return nullcontext(LayoutSource(self.path, self.tag))
+
+    def open_sink(
+        self,
+        *,
+        pool: RegistryPool,
+        cache: BlobCache,
+        docker_host: str | None = None,
+        keep_in_cache: bool = True,
+    ) -> LayoutSink:
+        return LayoutSink(self.path, self.tag, pool=pool, cache=cache, keep_in_cache=keep_in_cache)
 
     def __str__(self) -> str:
         return f"oci:{self.path}" + (f":{self.tag}" if self.tag else "")

@@ -40,14 +40,13 @@ from imagesmith.oci.model import (
 from imagesmith.oci.references import Reference
 from imagesmith.registry.client import RegistryPool
 from imagesmith.store.cache import BlobCache
-from imagesmith.transports.archive import ArchiveLocation, ArchiveSink, ArchiveSource
+from imagesmith.transports.archive import ArchiveLocation
 from imagesmith.transports.base import ImageSink
-from imagesmith.transports.daemon import DaemonLocation, DaemonSink
-from imagesmith.transports.layout import LayoutLocation, LayoutSink, LayoutSource
+from imagesmith.transports.daemon import DaemonLocation
+from imagesmith.transports.layout import LayoutLocation
 from imagesmith.transports.registry import (
     _UNSUPPORTED,
     RegistryLocation,
-    RegistrySink,
     RegistrySource,
 )
 
@@ -199,16 +198,8 @@ def open_source(location: str | Reference | Location, pool: RegistryPool) -> Ite
 
     Reading from a daemon is not supported (:class:`UsageError`).
     """
-    location = as_location(location)
-    if isinstance(location, RegistryLocation):
-        yield RegistrySource(pool, location.reference)
-    elif isinstance(location, LayoutLocation):
-        yield LayoutSource(location.path, location.tag)
-    elif isinstance(location, ArchiveLocation):
-        with ArchiveSource(location.path, location.reference) as source:
-            yield source
-    else:
-        raise UsageError(f"cannot read images from {location}: use a registry, oci: or docker-archive:")
+    with as_location(location).open_source(pool) as source:
+        yield source
 
 
 @contextlib.contextmanager
@@ -226,16 +217,9 @@ def open_sink(
     ``docker_host`` is for a ``docker-daemon:`` location (default ``DOCKER_HOST``);
     ``keep_in_cache`` makes a layout keep remote blobs in the cache as it writes them.
     """
-    location = as_location(location)
-    sink: ImageSink
-    if isinstance(location, RegistryLocation):
-        sink = RegistrySink(location.reference, pool=pool, cache=cache)
-    elif isinstance(location, LayoutLocation):
-        sink = LayoutSink(location.path, location.tag, pool=pool, cache=cache, keep_in_cache=keep_in_cache)
-    elif isinstance(location, ArchiveLocation):
-        sink = ArchiveSink(location.path, location.reference, pool=pool, cache=cache)
-    else:
-        sink = DaemonSink(location.reference, pool=pool, cache=cache, docker_host=docker_host)
+    sink: ImageSink = as_location(location).open_sink(
+        pool=pool, cache=cache, docker_host=docker_host, keep_in_cache=keep_in_cache
+    )
     try:
         yield sink
         sink.commit()

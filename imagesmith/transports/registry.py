@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import io
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, ClassVar, cast
 
 from imagesmith.errors import (
     IntegrityError,
 )
 from imagesmith.oci.image import (
     BlobOrigin,
+    ImageSource,
     RawManifest,
     Readable,
 )
@@ -51,6 +52,28 @@ class RegistryLocation:
     """
 
     reference: Reference
+
+    # What the location holds and takes, so callers ask it instead of testing its kind.
+    holds_index: ClassVar[bool] = True  # a multi-platform index
+    takes_referrers: ClassVar[bool] = True  # artifacts attached to an image (SBOMs)
+
+    @property
+    def name(self) -> Reference | None:
+        """The image's name the location carries."""
+        return self.reference
+
+    def open_source(self, pool: RegistryPool) -> AbstractContextManager[ImageSource]:
+        return nullcontext(RegistrySource(pool, self.reference))
+
+    def open_sink(
+        self,
+        *,
+        pool: RegistryPool,
+        cache: BlobCache,
+        docker_host: str | None = None,
+        keep_in_cache: bool = True,
+    ) -> RegistrySink:
+        return RegistrySink(self.reference, pool=pool, cache=cache)
 
     def __str__(self) -> str:
         text = str(self.reference)
