@@ -15,9 +15,9 @@ writing; SBOMs and signatures after). This one wires them together.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imagesmith.artifacts.signing import sign_image
@@ -37,6 +37,7 @@ from imagesmith.oci.model import (
 from imagesmith.oci.references import Reference, parse_repository
 from imagesmith.oci.vocabulary import ANNOTATION
 from imagesmith.pipeline.assemble import _created, _platform_index, assemble
+from imagesmith.pipeline.budget import LayerPlan
 from imagesmith.pipeline.checks import attach_and_sign, check_runtime_closure, check_trust_destinations
 from imagesmith.pipeline.closure import ClosureReport
 from imagesmith.pipeline.destinations import (
@@ -59,17 +60,15 @@ from imagesmith.pipeline.layers import (
     _layer_meter,
     _platform_layers,
     _rebuild_origin,
-    build_group_layers,
-    build_package_layers,
     content_layer,
     plan_stacks,
-    single_layer_keys,
     stack_layers,
 )
 from imagesmith.pipeline.results import (
     BuildOptions,
     BuildResult,
     BuiltPackage,
+    GroupLayer,
     ImportResult,
     MultiBuildResult,
     StackLayer,
@@ -110,6 +109,85 @@ def _registry_pool(pool: RegistryPool | None, registry: RegistryOptions | None) 
         yield owned
     finally:
         owned.close()
+
+
+@dataclass(frozen=True)
+class _Layers:
+    """What every build shares, whatever it makes (one image or one per package, on one platform
+    or several): the base resolved for each platform, one layer plan, and every package and group
+    layer built, shared content once."""
+
+    bases: list[BaseImage]  # one per platform
+    index_platforms: list[Platform]  # the base index entries' platform fields (or the platform asked for)
+    plan: LayerPlan
+    built_by: list[dict[str, BuiltPackage]]  # per platform: package key -> its layer
+    groups_by: list[dict[tuple[str, ...], GroupLayer]]  # per platform: the plan's group layers
+    uploaded: set[Digest]  # blobs the target registry accepted while they were built
+
+    def stacks(
+        self, top: str, packages: Sequence[Package]
+    ) -> tuple[list[tuple[BuiltPackage, ...]], list[tuple[StackLayer, ...]]]:
+        """The image of ``top`` on each platform: its packages (``packages``, dependencies first)
+        as built, and its layers as the plan stacks them."""
+        built = [tuple(by_key[p.key] for p in packages) for by_key in self.built_by]
+        layers = [
+            stack_layers(self.plan, top, by_key, groups)
+            for by_key, groups in zip(self.built_by, self.groups_by, strict=True)
+        ]
+        return built, layers
+
+
+def _build_layers(
+    pool: RegistryPool,
+    base: Location,
+    per_platform: Sequence[Sequence[Package]],
+    platforms: Sequence[Platform],
+    stacks: Mapping[str, Sequence[Package]],
+    images: Collection[str],
+    *,
+    index: bool,
+    options: BuildOptions,
+    cache: BlobCache,
+    progress: ProgressCallback,
+    push_to: Reference | None,
+) -> _Layers:
+    """The skeleton's middle, the same for every build: resolve the base (each platform's image
+    of its index when ``index``), plan the layers of every image of ``stacks`` (one plan for
+    every platform, the deepest base deciding, so a group is the same set of packages, and for
+    platform-independent content the same blob, on each), and build those of ``images``
+    (uploading new ones to ``push_to`` while they are built)."""
+    if index:
+        bases, index_platforms = _platform_bases(pool, base, platforms, options, progress)
+    else:
+        [platform] = platforms
+        bases, index_platforms = [_single_base(pool, base, platform, options, progress)], [platform]
+    media_types = bases[0].image.media_types
+    plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
+    uploaded: set[Digest] = set()
+    with _early_uploads(pool, push_to, progress, uploaded) as uploads:
+        built_by, groups_by = _platform_layers(
+            per_platform, plan, cache, media_types, options, progress, uploads, images
+        )
+    by_key_by = [{b.package.key: b for b in built} for built in built_by]
+    return _Layers(bases, index_platforms, plan, by_key_by, groups_by, uploaded)
+
+
+def _write_index(
+    images: Sequence[Image],
+    index: RawManifest,
+    index_platforms: Sequence[Platform],
+    destinations: Sequence[Location],
+    *,
+    pool: RegistryPool,
+    cache: BlobCache,
+    options: BuildOptions,
+    progress: ProgressCallback,
+) -> None:
+    """A multi-platform build's images, then its index, to each destination."""
+    for destination in destinations:
+        with open_sink(destination, pool=pool, cache=cache) as sink:
+            write_index(list(zip(images, index_platforms, strict=True)), index, sink,
+                        jobs=options.jobs, progress=progress)  # fmt: skip
 
 
 def build(
@@ -156,17 +234,11 @@ def build(
     top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
         _probe_target(pool, _push_target(out, tag or repo, load=load))
-        resolved = _single_base(pool, base_location, platform, options, progress)
-        media_types = resolved.image.media_types
-        plan = plan_stacks({top: packages}, len(resolved.image.layers), options)
         push_to = _push_target(out, tag or repo, load=load, enabled=_early_uploads_allowed(options))
-        uploaded: set[Digest] = set()
-        with _early_uploads(pool, push_to, progress, uploaded) as uploads:
-            built = build_package_layers(packages, cache, media_types, options, progress, uploads,
-                                         upload_only=single_layer_keys(plan))  # fmt: skip
-            by_key = {b.package.key: b for b in built}
-            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads)
-        layers = stack_layers(plan, top, by_key, groups)
+        run = _build_layers(pool, base_location, [packages], [platform], {top: packages}, [top], index=False,
+                            options=options, cache=cache, progress=progress, push_to=push_to)  # fmt: skip
+        resolved = run.bases[0]
+        [built], [layers] = run.stacks(top, packages)
         name = (
             target_reference(built, repo=repo, tag=tag, options=options, platform=platform)
             if repo is not None or tag is not None
@@ -182,12 +254,12 @@ def build(
                                           progress=progress, destinations=destinations)  # fmt: skip
         digest, loaded = write_destinations(
             image, destinations, pool=pool, cache=cache, jobs=options.jobs,
-            docker_host=docker_host, progress=progress, uploaded=(push_to, uploaded),
+            docker_host=docker_host, progress=progress, uploaded=(push_to, run.uploaded),
         )  # fmt: skip
         named = _name_of(destinations, name)
         trust = attach_and_sign(named, image, digest, layers, resolved, destinations, options, pool=pool,
                                 cache=cache, progress=progress)  # fmt: skip
-        return BuildResult(named, digest, resolved, image, tuple(built), tuple(destinations), loaded, closure,
+        return BuildResult(named, digest, resolved, image, built, tuple(destinations), loaded, closure,
                            *trust, layers)  # fmt: skip
 
 
@@ -251,20 +323,11 @@ def build_platforms(
     top = packages[-1].key
     with _registry_pool(pool, registry) as pool:
         _probe_target(pool, _push_target(out, tag or repo, load=False))
-        bases, index_platforms = _platform_bases(pool, base_location, platforms, options, progress)
-        media_types = bases[0].image.media_types
-        # One plan for every platform (the deepest base decides), so a group is the same set
-        # of packages, and for platform-independent content the same blob, on each.
-        plan = plan_stacks({top: packages}, max(len(b.image.layers) for b in bases), options)
         push_to = _push_target(out, tag or repo, load=False, enabled=_early_uploads_allowed(options))
-        with _early_uploads(pool, push_to, progress) as uploads:
-            built_by, groups_by = _platform_layers(
-                per_platform, plan, cache, media_types, options, progress, uploads
-            )
-        layers_by = [
-            stack_layers(plan, top, {b.package.key: b for b in built}, groups)
-            for built, groups in zip(built_by, groups_by, strict=True)
-        ]
+        run = _build_layers(pool, base_location, per_platform, platforms, {top: packages}, [top], index=True,
+                            options=options, cache=cache, progress=progress, push_to=push_to)  # fmt: skip
+        bases, index_platforms = run.bases, run.index_platforms
+        built_by, layers_by = run.stacks(top, packages)
         images, index = _platform_index(
             bases, built_by, index_platforms, cache, options, _created(), layers_by
         )
@@ -279,10 +342,8 @@ def build_platforms(
         closures = check_runtime_closure(list(zip(images, layers_by, strict=True)), options, pool=pool,
                                          cache=cache, progress=progress,
                                          destinations=destinations)  # fmt: skip
-        for destination in destinations:
-            with open_sink(destination, pool=pool, cache=cache) as sink:
-                write_index(list(zip(images, index_platforms, strict=True)), index, sink,
-                            jobs=options.jobs, progress=progress)  # fmt: skip
+        _write_index(images, index, index_platforms, destinations, pool=pool, cache=cache, options=options,
+                     progress=progress)  # fmt: skip
         return _multi_result(_name_of(destinations, name), index, bases, images, built_by, layers_by,
                              platforms, tuple(destinations), closures, options, pool=pool, cache=cache,
                              progress=progress)  # fmt: skip
@@ -450,23 +511,15 @@ def build_each_platforms(
     stacks = _each_stacks(packages, packages)
     with _registry_pool(pool, registry) as pool:
         _probe_target(pool, repository)
-        bases, index_platforms = _platform_bases(pool, as_location(base), platforms, options, progress)
-        media_types = bases[0].image.media_types
-        plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
         push_to = repository if _early_uploads_allowed(options) else None
-        with _early_uploads(pool, push_to, progress) as uploads:
-            built_by, groups_by = _platform_layers(
-                per_platform, plan, cache, media_types, options, progress, uploads, [t.key for t in tops]
-            )
-        by_key_by = [{b.package.key: b for b in built} for built in built_by]
+        run = _build_layers(pool, as_location(base), per_platform, platforms, stacks, [t.key for t in tops],
+                            index=True, options=options, cache=cache, progress=progress,
+                            push_to=push_to)  # fmt: skip
+        bases, index_platforms = run.bases, run.index_platforms
         created = _created()
         plans = []
         for top in tops:
-            image_stacks = [tuple(by_key[p.key] for p in stacks[top.key]) for by_key in by_key_by]
-            layers_by = [
-                stack_layers(plan, top.key, by_key, groups)
-                for by_key, groups in zip(by_key_by, groups_by, strict=True)
-            ]
+            image_stacks, layers_by = run.stacks(top.key, stacks[top.key])
             images, index = _platform_index(bases, image_stacks, index_platforms, cache, options, created,
                                             layers_by)  # fmt: skip
             tag = _multi_tag(image_stacks, platforms, options.tag_template)
@@ -478,9 +531,8 @@ def build_each_platforms(
             plans.append((image_stacks, layers_by, images, index, name, location, closures))
         results: list[MultiBuildResult] = []
         for image_stacks, layers_by, images, index, name, location, closures in plans:
-            with open_sink(location, pool=pool, cache=cache) as sink:
-                write_index(list(zip(images, index_platforms, strict=True)), index, sink,
-                            jobs=options.jobs, progress=progress)  # fmt: skip
+            _write_index(images, index, index_platforms, (location,), pool=pool, cache=cache, options=options,
+                         progress=progress)  # fmt: skip
             results.append(_multi_result(name, index, bases, images, image_stacks, layers_by, platforms,
                                          (location,), closures, options, pool=pool, cache=cache,
                                          progress=progress))  # fmt: skip
@@ -522,22 +574,14 @@ def build_each(
     images = [t.key for t in tops]
     with _registry_pool(pool, registry) as pool:
         _probe_target(pool, repository)
-        resolved = _single_base(pool, as_location(base), platform, options, progress)
-        media_types = resolved.image.media_types
-        plan = plan_stacks(stacks, len(resolved.image.layers), options)
         push_to = repository if _early_uploads_allowed(options) else None
-        uploaded: set[Digest] = set()
-        with _early_uploads(pool, push_to, progress, uploaded) as uploads:
-            built = build_package_layers(packages, cache, media_types, options, progress, uploads,
-                                         upload_only=single_layer_keys(plan, images))  # fmt: skip
-            by_key = {b.package.key: b for b in built}
-            groups = build_group_layers(plan, by_key, cache, media_types, options, progress, uploads,
-                                        images=images)  # fmt: skip
+        run = _build_layers(pool, as_location(base), [packages], [platform], stacks, images, index=False,
+                            options=options, cache=cache, progress=progress, push_to=push_to)  # fmt: skip
+        resolved = run.bases[0]
         created = _created()
         plans: list[_EachPlan] = []
         for top in tops:
-            stack = tuple(by_key[p.key] for p in stacks[top.key])
-            layers = stack_layers(plan, top.key, by_key, groups)
+            [stack], [layers] = run.stacks(top.key, stacks[top.key])
             image = assemble(resolved, stack, cache, options, created, layers)
             tag = _rendered_tag(stack, options, platform)
             name, location = _each_location(repository, out, tag)
@@ -549,7 +593,7 @@ def build_each(
                                          destinations=wheres)  # fmt: skip
         digests = write_images(
             [(image, location) for image, location, _, _, _ in plans],
-            pool=pool, cache=cache, jobs=options.jobs, progress=progress, present=uploaded,
+            pool=pool, cache=cache, jobs=options.jobs, progress=progress, present=run.uploaded,
         )  # fmt: skip
         results = []
         for plan_of, digest, closure in zip(plans, digests, closures, strict=True):
