@@ -149,7 +149,9 @@ def _attach_registry(
     if not any(e.digest == raw.digest for e in entries):
         entries.append(_entry(raw, artifact_type, annotations))
     data = Index(mt.OCI_INDEX, tuple(entries), index_annotations).to_bytes()
-    client.put_manifest(reference.repository, tag, data, mt.OCI_INDEX)
+    tagged = RegistrySink(reference.with_tag(tag), pool=pool, cache=cache)
+    tagged.put_manifest(RawManifest(data, mt.OCI_INDEX, Digest.of(data)), top=True, platform=None,
+                        progress=null_progress)  # the tag schema's bookkeeping: not the user's image
     return Attached(raw.digest, artifact_type, subject.digest, "referrers tag", tag)
 
 

@@ -16,17 +16,16 @@ knows nothing of registries, so a multi-platform build can use it for the images
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from imagesmith.errors import ManifestError, UsageError
 from imagesmith.oci import mediatypes as mt
-from imagesmith.oci.digests import CHUNK, Digest, VerifyingReader
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.image import RawManifest
 from imagesmith.oci.index import _FAMILY_NAMES, _is_attestation, _platform_key, index_document
 from imagesmith.oci.model import (
     MAX_CONFIG_SIZE,
@@ -42,7 +41,7 @@ from imagesmith.progress import ProgressCallback, ProgressEvent, null_progress
 from imagesmith.registry.client import ManifestResponse, RegistryClient, RegistryPool
 from imagesmith.transports.base import run_parallel
 from imagesmith.transports.locations import as_location
-from imagesmith.transports.registry import RegistryLocation
+from imagesmith.transports.registry import RegistryLocation, RegistrySink, RemoteOrigin
 
 __all__ = [
     "MergeResult",
@@ -247,110 +246,6 @@ def _select(children: Sequence[_Child]) -> list[_Child]:
     return chosen
 
 
-class _SharedBlobStream:
-    """One blob of the source repository, opened as often as an upload needs it.
-
-    :meth:`RegistryClient.upload_blob` opens its body again for every chunk (seeking to the
-    chunk's start) and for every restart. One verified GET is kept open while each open
-    continues where the last one stopped, so a chunked upload reads the blob once; an open
-    that starts elsewhere reopens the GET and skips forward. Nothing is held in memory
-    beyond one read, and the upload hashes what it sends, so bad bytes never complete it.
-    """
-
-    def __init__(self, client: RegistryClient, repository: str, descriptor: Descriptor) -> None:
-        self._client = client
-        self._repository = repository
-        self._descriptor = descriptor
-        self._stack = contextlib.ExitStack()
-        self._reader: VerifyingReader | None = None
-        self._position = 0
-
-    def open(self) -> BinaryIO:
-        """A new reader positioned at the blob's start (``seek`` moves it)."""
-        return cast(BinaryIO, _StreamHandle(self))
-
-    def read_at(self, position: int, n: int) -> bytes:
-        if self._reader is None or position < self._position:
-            self.close()
-            opened = self._client.open_blob(self._repository, self._descriptor)
-            self._reader = self._stack.enter_context(opened)
-            self._position = 0
-        while self._position < position:
-            skipped = self._reader.read(min(CHUNK, position - self._position))
-            if not skipped:
-                return b""
-            self._position += len(skipped)
-        data = self._reader.read(n if n > 0 else CHUNK)
-        self._position += len(data)
-        return data
-
-    def verify_end(self) -> None:
-        """Read past the last byte, so the reader checks the digest of everything it served."""
-        if self._reader is not None and self._position == self._descriptor.size:
-            self._reader.read(1)
-
-    def close(self) -> None:
-        self._stack.close()
-        self._stack = contextlib.ExitStack()
-        self._reader = None
-        self._position = 0
-
-
-class _StreamHandle:
-    """A file-like view of a :class:`_SharedBlobStream` with its own position."""
-
-    def __init__(self, stream: _SharedBlobStream) -> None:
-        self._stream = stream
-        self._position = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read_at(self._position, n)
-        self._position += len(data)
-        return data
-
-    def seek(self, position: int, whence: int = 0) -> int:
-        if whence != 0 or position < 0:
-            raise OSError("only absolute seeks are supported")
-        self._position = position
-        return position
-
-    def close(self) -> None:
-        """The shared GET stays open for the next chunk."""
-
-    def __enter__(self) -> _StreamHandle:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-def _put_blob(
-    client: RegistryClient,
-    target: str,
-    source: str,
-    descriptor: Descriptor,
-    progress: ProgressCallback,
-) -> None:
-    """Make one blob present in ``target``: already there, mounted, or streamed over."""
-    if client.blob_exists(target, descriptor.digest):
-        progress(ProgressEvent("blob-exists", str(descriptor.digest), descriptor.size))
-        return
-    if client.mount_blob(target, descriptor.digest, source):
-        progress(ProgressEvent("blob-mounted", str(descriptor.digest), descriptor.size, source))
-        return
-    log.info("%s refused to mount %s from %s into %s: streaming it over instead", client.registry,
-             descriptor.digest, source, target)  # fmt: skip
-    stream = _SharedBlobStream(client, source, descriptor)
-    try:
-        client.upload_blob(target, descriptor.digest, descriptor.size, stream.open)
-        stream.verify_end()
-    finally:
-        stream.close()
-    progress(ProgressEvent("blob-uploaded", str(descriptor.digest), descriptor.size, source))
-
-
 def merge_images(
     sources: Sequence[str | Reference],
     target: str | Reference,
@@ -408,16 +303,21 @@ def merge_images(
             if blob.urls:
                 continue  # a foreign layer is served from its URLs, never by the registry
             blobs.setdefault(blob.digest, (blob, child.repository))
-    run_parallel(lambda item: _put_blob(client, repository, item[1], item[0], progress),
-                  list(blobs.values()), max(1, jobs))  # fmt: skip
+    # Written as every registry write is (RegistrySink): with no cache, a blob the registry
+    # refuses to mount is streamed over from its repository, never stored here.
+    sink = RegistrySink(target_ref, pool=pool, cache=None)
+    run_parallel(lambda item: sink.put_blob(item[0], RemoteOrigin(target_ref.registry, item[1]), progress),
+                 list(blobs.values()), max(1, jobs))  # fmt: skip
     for child in children:
         if child.repository != repository:
             descriptor = child.descriptor
-            client.put_manifest(repository, str(descriptor.digest), child.data, descriptor.media_type)
+            raw = RawManifest(child.data, descriptor.media_type, descriptor.digest)
+            sink.put_manifest(raw, top=False, platform=descriptor.platform, progress=progress)
 
     data = index_document([c.descriptor for c in children], family, annotations if family == "oci" else None)
     types = mt.OCI if family == "oci" else mt.DOCKER
-    digest = client.put_manifest(repository, target_ref.identifier, data, types.index)
-    progress(ProgressEvent("manifest-pushed", str(target_ref), len(data), str(digest)))
+    index = RawManifest(data, types.index, Digest.of(data))
+    sink.put_manifest(index, top=True, platform=None, progress=progress)
+    digest = index.digest
     platforms = tuple(str(c.descriptor.platform) for c in children)
     return MergeResult(target_ref, digest, types.index, platforms, len(children))

@@ -26,7 +26,6 @@ The formats are documented in ``docs/index.md``.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
@@ -41,6 +40,7 @@ from imagesmith.inputs.spack import node_platform, spack_tag
 from imagesmith.inputs.spackdb import MAX_DATABASE_SIZE, SpackDatabase, build_database, parse_database
 from imagesmith.oci import mediatypes as mt
 from imagesmith.oci.digests import Digest
+from imagesmith.oci.image import RawManifest
 from imagesmith.oci.model import (
     EMPTY_CONFIG,
     EMPTY_JSON,
@@ -56,6 +56,7 @@ from imagesmith.oci.references import Reference, validate_tag
 from imagesmith.oci.vocabulary import ANNOTATION, LABEL_HASH, LABEL_NAME, LABEL_VERSION
 from imagesmith.progress import ProgressCallback, ProgressEvent, null_progress
 from imagesmith.registry.client import RegistryClient, RegistryPool
+from imagesmith.transports.registry import RegistrySink
 
 __all__ = [
     "INDEX_MEDIA_TYPE",
@@ -705,16 +706,6 @@ def _json_blob(client: RegistryClient, repository: Reference, layer: Descriptor,
     return b"".join(chunks)
 
 
-def _push_blob(client: RegistryClient, repository: Reference, descriptor: Descriptor, data: bytes,
-               progress: ProgressCallback) -> None:  # fmt: skip
-    repo = repository.repository
-    if client.blob_exists(repo, descriptor.digest):
-        progress(ProgressEvent("blob-exists", str(descriptor.digest), descriptor.size))
-        return
-    client.upload_blob(repo, descriptor.digest, descriptor.size, lambda: io.BytesIO(data))
-    progress(ProgressEvent("blob-uploaded", str(descriptor.digest), descriptor.size))
-
-
 def _artifact(media_type: str, payload: bytes, title: str) -> Manifest:
     layer = Descriptor(media_type, Digest.of(payload), len(payload), annotations={_TITLE_ANNOTATION: title})
     return Manifest(mt.OCI_MANIFEST, EMPTY_CONFIG, (layer,), artifact_type=media_type)
@@ -740,14 +731,16 @@ def spack_index_manifest(database: SpackDatabase) -> tuple[Manifest, bytes]:
     return _artifact(database.media_type, payload, _PAYLOAD_FILE), payload
 
 
-def _push_artifact(client: RegistryClient, repository: Reference, tag: str, manifest: Manifest,
+def _push_artifact(pool: RegistryPool, repository: Reference, tag: str, manifest: Manifest,
                    payload: bytes, progress: ProgressCallback) -> str:  # fmt: skip
-    _push_blob(client, repository, EMPTY_CONFIG, EMPTY_JSON, progress)
-    _push_blob(client, repository, manifest.layers[0], payload, progress)
+    """Blobs first (HEAD, else upload), the manifest last, through the one registry write path."""
+    sink = RegistrySink(repository.with_tag(tag), pool=pool, cache=None)
+    sink.put_blob_bytes(EMPTY_CONFIG, EMPTY_JSON, progress, what="")
+    sink.put_blob_bytes(manifest.layers[0], payload, progress, what="")
     data = manifest.to_bytes()
-    digest = client.put_manifest(repository.repository, tag, data, mt.OCI_MANIFEST)
-    progress(ProgressEvent("manifest-pushed", f"{repository.name}:{tag}", len(data), str(digest)))
-    return str(digest)
+    raw = RawManifest(data, mt.OCI_MANIFEST, Digest.of(data))
+    sink.put_manifest(raw, top=True, platform=None, progress=progress)
+    return str(raw.digest)
 
 
 def _spack_database(
@@ -840,11 +833,11 @@ def update_index(
     index, specs = _scan(pool, repository, previous=previous, jobs=jobs, progress=progress, index_tag=tag)
     database = _spack_database(client, repository, index, specs, spack_state.database, jobs)
     manifest, payload = index_manifest(index)
-    digest = _push_artifact(client, repository, tag, manifest, payload, progress)
+    digest = _push_artifact(pool, repository, tag, manifest, payload, progress)
     if not database.packages and not spack_state.present:
         return IndexUpdate(index, digest)
     spack_manifest, spack_payload = spack_index_manifest(database)
-    spack_digest = _push_artifact(client, repository, SPACK_INDEX_TAG, spack_manifest, spack_payload,
+    spack_digest = _push_artifact(pool, repository, SPACK_INDEX_TAG, spack_manifest, spack_payload,
                                   progress)  # fmt: skip
     return IndexUpdate(index, digest, database, spack_digest)
 

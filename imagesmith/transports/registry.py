@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO, ClassVar, cast
 
 from imagesmith.errors import (
     IntegrityError,
 )
+from imagesmith.oci.digests import CHUNK, VerifyingReader
 from imagesmith.oci.image import (
     BlobOrigin,
     ImageSource,
@@ -23,7 +27,7 @@ from imagesmith.oci.model import (
 )
 from imagesmith.oci.references import Reference
 from imagesmith.progress import Meter, ProgressCallback, ProgressEvent
-from imagesmith.registry.client import RegistryPool
+from imagesmith.registry.client import RegistryClient, RegistryPool
 from imagesmith.store.cache import BlobCache
 from imagesmith.transports.base import _blob_event, _evicted, _MeteredFile, fetch_blob
 
@@ -33,6 +37,9 @@ __all__ = [
     "RegistrySource",
     "RemoteOrigin",
 ]
+
+# Where a write is reported in the log (the name users filter on, as before the move).
+log = logging.getLogger("imagesmith.transfer")
 
 
 # Transports skopeo knows that imagesmith does not: named so the error can say so.
@@ -139,9 +146,16 @@ class RegistrySource:
 
 
 class RegistrySink:
-    """Write to ``reference`` (a tag, or a digest) in a registry: HEAD, mount, else upload."""
+    """Write to ``reference`` (a tag, or a digest) in a registry: HEAD, mount, else upload.
 
-    def __init__(self, reference: Reference, *, pool: RegistryPool, cache: BlobCache) -> None:
+    The one registry write path: images and indexes (``write_image``, ``write_index``), copies,
+    merged indexes (``merge``), artifacts (SBOMs, signatures, the repository indexes) and single
+    blobs all go through it, so every write HEADs first, mounts when it can, and PUTs the
+    manifest last. Without a ``cache``, a blob of another repository of the same registry that
+    the registry refuses to mount is streamed over (read once, verified), never stored locally.
+    """
+
+    def __init__(self, reference: Reference, *, pool: RegistryPool, cache: BlobCache | None) -> None:
         self.reference = reference
         self._pool = pool
         self._cache = cache
@@ -167,6 +181,13 @@ class RegistrySink:
         ):
             progress(_blob_event("blob-mounted", descriptor, origin.repository))
             return
+        same_registry = isinstance(origin, RemoteOrigin) and origin.registry == self.reference.registry
+        if self._cache is None and same_registry:
+            assert isinstance(origin, RemoteOrigin)
+            self._stream_over(descriptor, origin.repository, progress)
+            return
+        if self._cache is None:
+            raise ValueError("a RegistrySink without a cache takes blobs of its own registry only")
         path: Path | None = None
         if self._cache.has(descriptor.digest, descriptor.size):
             path = self._cache.path(descriptor.digest)
@@ -189,6 +210,19 @@ class RegistrySink:
             self._upload(descriptor, path, progress)
         progress(_blob_event("blob-uploaded", descriptor))
 
+    def _stream_over(self, descriptor: Descriptor, source: str, progress: ProgressCallback) -> None:
+        """Upload a blob of repository ``source`` of this registry, read from it as it goes."""
+        client, repository = self._client, self.reference.repository
+        log.info("%s refused to mount %s from %s into %s: streaming it over instead", client.registry,
+                 descriptor.digest, source, repository)  # fmt: skip
+        stream = _SharedBlobStream(client, source, descriptor)
+        try:
+            client.upload_blob(repository, descriptor.digest, descriptor.size, stream.open)
+            stream.verify_end()
+        finally:
+            stream.close()
+        progress(_blob_event("blob-uploaded", descriptor, source))
+
     def _upload(self, descriptor: Descriptor, path: Path, progress: ProgressCallback) -> None:
         meter = Meter(progress, "upload-progress", str(descriptor.digest), descriptor.size)
         self._client.upload_blob(self.reference.repository, descriptor.digest, descriptor.size,
@@ -200,6 +234,7 @@ class RegistrySink:
     ) -> bool:
         """Whether ``error`` came from a damaged cache copy (now evicted) that ``origin`` can
         replace; raise when there is no origin to replace it from."""
+        assert self._cache is not None  # put_blob uses the cache only when there is one
         if path != self._cache.path(descriptor.digest) or self._cache.verify(descriptor.digest):
             return False  # the local bytes are right: the registry disagreed
         if origin is None:
@@ -207,12 +242,18 @@ class RegistrySink:
         _evicted(self._cache, descriptor, origin)
         return True
 
-    def put_blob_bytes(self, descriptor: Descriptor, data: bytes, progress: ProgressCallback) -> None:
+    def put_blob_bytes(
+        self, descriptor: Descriptor, data: bytes, progress: ProgressCallback, *, what: str = "config"
+    ) -> None:
+        """A small blob held in memory (a config, an artifact's payload); ``what`` names it in
+        the progress events (a config already present is not reported, as an image's are not)."""
         repository = self.reference.repository
         if self._client.blob_exists(repository, descriptor.digest):
+            if what != "config":
+                progress(_blob_event("blob-exists", descriptor))
             return
         self._client.upload_blob(repository, descriptor.digest, descriptor.size, lambda: io.BytesIO(data))
-        progress(_blob_event("blob-uploaded", descriptor, "config"))
+        progress(_blob_event("blob-uploaded", descriptor, what))
 
     def put_manifest(
         self, manifest: RawManifest, *, top: bool, platform: Platform | None, progress: ProgressCallback
@@ -227,3 +268,82 @@ class RegistrySink:
 
     def abort(self) -> None:
         """Nothing to undo: blobs without a manifest are harmless, and no tag moved."""
+
+
+class _SharedBlobStream:
+    """One blob of the source repository, opened as often as an upload needs it.
+
+    :meth:`RegistryClient.upload_blob` opens its body again for every chunk (seeking to the
+    chunk's start) and for every restart. One verified GET is kept open while each open
+    continues where the last one stopped, so a chunked upload reads the blob once; an open
+    that starts elsewhere reopens the GET and skips forward. Nothing is held in memory
+    beyond one read, and the upload hashes what it sends, so bad bytes never complete it.
+    """
+
+    def __init__(self, client: RegistryClient, repository: str, descriptor: Descriptor) -> None:
+        self._client = client
+        self._repository = repository
+        self._descriptor = descriptor
+        self._stack = contextlib.ExitStack()
+        self._reader: VerifyingReader | None = None
+        self._position = 0
+
+    def open(self) -> BinaryIO:
+        """A new reader positioned at the blob's start (``seek`` moves it)."""
+        return cast(BinaryIO, _StreamHandle(self))
+
+    def read_at(self, position: int, n: int) -> bytes:
+        if self._reader is None or position < self._position:
+            self.close()
+            opened = self._client.open_blob(self._repository, self._descriptor)
+            self._reader = self._stack.enter_context(opened)
+            self._position = 0
+        while self._position < position:
+            skipped = self._reader.read(min(CHUNK, position - self._position))
+            if not skipped:
+                return b""
+            self._position += len(skipped)
+        data = self._reader.read(n if n > 0 else CHUNK)
+        self._position += len(data)
+        return data
+
+    def verify_end(self) -> None:
+        """Read past the last byte, so the reader checks the digest of everything it served."""
+        if self._reader is not None and self._position == self._descriptor.size:
+            self._reader.read(1)
+
+    def close(self) -> None:
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+        self._reader = None
+        self._position = 0
+
+
+class _StreamHandle:
+    """A file-like view of a :class:`_SharedBlobStream` with its own position."""
+
+    def __init__(self, stream: _SharedBlobStream) -> None:
+        self._stream = stream
+        self._position = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read_at(self._position, n)
+        self._position += len(data)
+        return data
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        if whence != 0 or position < 0:
+            raise OSError("only absolute seeks are supported")
+        self._position = position
+        return position
+
+    def close(self) -> None:
+        """The shared GET stays open for the next chunk."""
+
+    def __enter__(self) -> _StreamHandle:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
