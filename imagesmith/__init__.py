@@ -108,6 +108,7 @@ if TYPE_CHECKING:
     from imagesmith.registry.login import login, logout
     from imagesmith.registry.server import RegistryServer
     from imagesmith.registry.transport import RegistryOptions
+    from imagesmith.session import Session
     from imagesmith.store.cache import BlobCache
     from imagesmith.store.layout import OCILayout
     from imagesmith.tar.unpack import UnpackPolicy, UnpackStats, unpack_layer, unpack_layers
@@ -167,6 +168,7 @@ _LAZY: dict[str, str] = {
     "RegistryPool": ".registry.client",
     "RegistryServer": ".registry.server",
     "RepositoryIndex": ".ops.repoindex",
+    "Session": ".session",
     "Signed": ".artifacts.signing",
     "SigningKey": ".artifacts.signing",
     "StackLayer": ".pipeline.results",
@@ -310,6 +312,7 @@ __all__ = [
     "RegistryServer",
     "RegistryUnreachableError",
     "RepositoryIndex",
+    "Session",
     "Signed",
     "SigningKey",
     "StackLayer",

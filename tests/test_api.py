@@ -67,6 +67,7 @@ EXPECTED = [
     "RegistryServer",
     "RegistryUnreachableError",
     "RepositoryIndex",
+    "Session",
     "Signed",
     "SigningKey",
     "StackLayer",

@@ -44,3 +44,32 @@ def test_a_downstream_strict_mypy_sees_imagesmith_types(tmp_path: Path) -> None:
     # A wrong use is an error mypy reports: the type is real, not Any.
     assert "Incompatible types in assignment" in out, out
     assert run.returncode == 1, out
+
+
+SESSION_PROBE = """\
+import imagesmith
+
+
+def use(packages: list[imagesmith.Package]) -> None:
+    with imagesmith.Session(cache="/tmp/cache") as session:
+        result = session.build("registry.example/base:1", packages, repo="registry.example/stack")
+        reveal_type(result)
+        session.build("registry.example/base:1", packages, repo=1)
+"""
+
+
+def test_a_session_method_has_the_operation_s_signature(tmp_path: Path) -> None:
+    """``Session.build`` is typed as ``imagesmith.build`` is: its result, and its arguments."""
+    (tmp_path / "probe.py").write_text(SESSION_PROBE)
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "probe.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    out = run.stdout + run.stderr
+    assert 'Revealed type is "imagesmith.' in out and 'BuildResult"' in out, out
+    assert 'Argument "repo"' in out and "incompatible type" in out, out
+    assert run.returncode == 1, out
