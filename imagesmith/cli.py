@@ -15,6 +15,9 @@ line (``imagesmith: error: ...``) and mapped to exit codes:
 130   interrupted
 141   standard output closed early (``imagesmith ... | head``): quiet, as for SIGPIPE
 ====  =========================================================================
+
+Size: argument parsing and rendering for every subcommand; issue 15 rewrites its verbs and
+global options, and a module per subcommand follows that rewrite.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ level into matrix jobs, each level needing the one below. :attr:`GeneratedPipeli
 in one line what was done when a limit applied; a stack too large even then is a
 :class:`~imagesmith.errors.UsageError` naming the limit and by how much. ``docs/pipelines.md``
 documents both files.
+
+Size: one job, a stack laid out for GitLab CI and GitHub Actions within each engine's limits;
+both renderers share that layout.
 """
 
 from __future__ import annotations

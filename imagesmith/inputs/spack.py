@@ -16,6 +16,9 @@ are matched by hash against the other packages of the same
 :func:`~imagesmith.inputs.load.load_packages` call. Finally :func:`spack_config_fields` gives the
 extra image config keys Spack's OCI build cache reads. The formats are documented in
 ``docs/spack.md``.
+
+Size: one format, Spack's inputs (specs, prefixes, tarballs, dependencies by DAG hash, the
+config keys Spack reads), whose parts all read the same spec.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ directory and a selector (``DIR:kit-hello``, ``DIR:kit-hello@1.0``, ``DIR:/l4l5i
 ``DIR:kit-hello/l4l5``), a layout-3 ``.spec.manifest.json``, a layout-2 ``.spec.json`` or
 ``.spack`` file, a layout-3 blob (``blobs/sha256/../<hex>``), or ``oci://REGISTRY/REPOSITORY``
 with ``:TAG``, ``@DIGEST``, ``:SELECTOR`` or nothing (every Spack package of the repository).
+
+Size: one job, Spack build caches as package sources; its three layouts (file-system 2 and 3,
+OCI) sit behind one `SpackSources` and share the selection rules.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ unchanged images come from the previous database, so this too costs nothing per 
 A repository without Spack images never gets one; an ``index.spack`` holding anything but a
 Spack database (or an index an older imagesmith wrote there) is never replaced unless forced.
 The formats are documented in ``docs/index.md``.
+
+Size: one job, the repository indexes: the tag scan, imagesmith's index and Spack's database,
+read, written and listed.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ searches ``LD_LIBRARY_PATH``, then its path file or ``/lib:/usr/local/lib:/usr/l
 A problem is a :class:`Finding`: a missing library (with every directory tried), a missing
 interpreter, the wrong ELF machine or class for the platform, or an ELF file that cannot be
 read (truncated, or lying about its sections).
+
+Size: one job, the runtime-closure check: layer summaries, the stacked file index with chroot-
+style symlinks, and the loader's search, each meaningful only with the others.
 """
 
 from __future__ import annotations

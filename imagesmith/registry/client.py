@@ -5,6 +5,9 @@ Every byte read is verified against the digest it was asked for (our own hash de
 they are read, and blob downloads resume with ``Range`` when a connection drops. Requests
 carry the scopes they need (``pull`` to read, ``pull,push`` to write, plus ``pull`` on the
 source of a mount) so the auth layer can reuse one token for a whole push.
+
+Size: the distribution API's client: every endpoint imagesmith uses, resumable reads and
+chunked, restartable uploads, which share its session and error handling.
 """
 
 from __future__ import annotations

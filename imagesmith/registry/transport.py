@@ -11,6 +11,10 @@ Everything that talks HTTP goes through :class:`Transport`, so the rules hold ev
   request whose origin (scheme, host, port) is the registry's own.
 * Each exchange is logged at DEBUG on ``imagesmith.http`` with secrets and query values
   redacted; the same redaction applies to URLs in exception messages.
+
+Size: the HTTP rules of the registry protocol (options, redaction, Retry-After, redirects,
+retries, capped reads, error mapping) interlock in one `Transport.request`; go-containerregistry
+spreads them over eight files, here one reading order is kept.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ writer leaves only temp files, which :meth:`OCILayout.clean_temp` removes. ``ind
 read, modified and replaced under an exclusive lock, so writers in different processes never
 lose each other's updates, and it is written last: it never names a manifest whose blob is
 missing. Blobs are verified (digest and size) whenever they are read.
+
+Size: one class, `OCILayout`: the layout's reads and writes share one lock protocol over
+`index.json`, which a split would put in two places.
 """
 
 from __future__ import annotations

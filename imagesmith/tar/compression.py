@@ -33,6 +33,9 @@ It inflates gzip with ISA-L when ``isal`` imports (the same bytes, ~1.5x zlib's 
 with zlib.
 Output is produced in bounded pieces, so a decompression bomb costs disk or time but never
 unbounded memory.
+
+Size: one job, the layer codecs (gzip through ISA-L or zlib with a fixed header and a thread
+pool, zstd, detection for reading); most of its length is the determinism each codec needs.
 """
 
 from __future__ import annotations

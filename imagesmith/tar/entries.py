@@ -27,6 +27,9 @@ raise :class:`LayerError` naming the member. Tarballs are read by :mod:`imagesmi
 the reader the unpacker uses too. In a directory, a file or directory named ``.wh.*`` raises
 :class:`LayerError` naming it: a layer reader would take it for a whiteout and delete files of
 the layers below.
+
+Size: one job, content as checked entries; the tarball side is the member index with every
+refusal a tarball can earn, which only reads well whole.
 """
 
 from __future__ import annotations

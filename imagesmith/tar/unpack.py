@@ -27,6 +27,9 @@ runtime stacks them. The full policy is in ``docs/unpacking.md``; in short:
 Python's ``tarfile`` is deliberately not used for reading: its extraction filters have had
 bypasses. The tar stream is read by :mod:`imagesmith.tar.format` (the layer builder's reader
 too) and every path is resolved by this module.
+
+Size: one job, safe unpacking; its safety argument (directory-fd relative operations, symlink
+resolution, whiteouts, limits) is read in one place, as docs/unpacking.md presents it.
 """
 
 from __future__ import annotations

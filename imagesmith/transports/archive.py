@@ -22,6 +22,9 @@ uncompressed layers, as ``docker save`` before 25 and ``podman save`` write): it
 synthesised (Docker v2, canonical JSON, so always the same digest) from the config and layers.
 The archive (plain, or compressed whole) is read in one pass by :mod:`imagesmith.tar.format`,
 the reader of every tar in imagesmith, with the same limits; blobs are then read by offset.
+
+Size: the docker-archive kind in full, as every kind's module holds it: its location, the one-
+pass reader and origin, the streaming writer and the sink.
 """
 
 from __future__ import annotations
