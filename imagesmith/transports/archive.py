@@ -43,7 +43,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, ClassVar
+from typing import IO, Any
 
 from imagesmith import cancel
 from imagesmith.errors import (
@@ -78,7 +78,7 @@ from imagesmith.registry.client import RegistryPool
 from imagesmith.store.cache import BlobCache
 from imagesmith.tar.compression import Decompressor, detect_compression, open_decompressor
 from imagesmith.tar.format import TarMember, TarReader, read_members
-from imagesmith.transports.base import _blob_event, fetch_blob
+from imagesmith.transports.base import LocationKind, SinkOptions, _blob_event, fetch_blob
 
 __all__ = [
     "ArchiveLocation",
@@ -709,34 +709,18 @@ class ArchiveWriter:
 
 
 @dataclass(frozen=True)
-class ArchiveLocation:
+class ArchiveLocation(LocationKind):
     """An image in a docker-loadable tar archive; ``reference`` is the name it carries
     (``RepoTags``); None: unnamed, or for reading: the archive's only image."""
 
     path: Path
     reference: Reference | None = None
 
-    # What the location holds and takes, so callers ask it instead of testing its kind.
-    holds_index: ClassVar[bool] = False  # a multi-platform index
-    takes_referrers: ClassVar[bool] = False  # artifacts attached to an image (SBOMs)
-
-    @property
-    def name(self) -> Reference | None:
-        """The image's name the location carries (``RepoTags``), if any."""
-        return self.reference
-
     def open_source(self, pool: RegistryPool) -> AbstractContextManager[ImageSource]:
         return ArchiveSource(self.path, self.reference)
 
-    def open_sink(
-        self,
-        *,
-        pool: RegistryPool,
-        cache: BlobCache,
-        docker_host: str | None = None,
-        keep_in_cache: bool = True,
-    ) -> ArchiveSink:
-        return ArchiveSink(self.path, self.reference, pool=pool, cache=cache)
+    def open_sink(self, options: SinkOptions) -> ArchiveSink:
+        return ArchiveSink(self.path, self.reference, pool=options.pool, cache=options.cache)
 
     def __str__(self) -> str:
         return f"docker-archive:{self.path}" + (f":{self.reference.familiar()}" if self.reference else "")

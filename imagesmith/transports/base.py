@@ -24,20 +24,24 @@ import logging
 import os
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, ClassVar, Protocol, TypeVar
 
 from imagesmith import cancel
-from imagesmith.errors import CacheError
+from imagesmith.errors import CacheError, UsageError
 from imagesmith.oci.digests import CHUNK, Digest
 from imagesmith.oci.image import (
     BlobOrigin,
     Image,
+    ImageSource,
     Layer,
     RawManifest,
 )
 from imagesmith.oci.model import Descriptor, Platform
+from imagesmith.oci.references import Reference
 from imagesmith.progress import EventKind, Meter, ProgressCallback, ProgressEvent, null_progress
 from imagesmith.registry.client import RegistryPool
 from imagesmith.store.cache import BlobCache
@@ -54,6 +58,42 @@ T = TypeVar("T")
 
 log = logging.getLogger("imagesmith.transfer")
 
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """What opening a sink may need besides the location: the run's pool and cache, the
+    daemon's address (``docker-daemon:``), whether a layout keeps remote blobs in the cache."""
+
+    pool: RegistryPool
+    cache: BlobCache
+    docker_host: str | None = None
+    keep_in_cache: bool = True
+
+
+class LocationKind:
+    """What every location kind offers (``registry.py``, ``layout.py``, ``archive.py``,
+    ``daemon.py``), so callers ask a location instead of testing its class, as containers/image's
+    destinations declare what they support."""
+
+    #: Whether the location can hold a multi-platform index.
+    holds_index: ClassVar[bool] = False
+    #: Whether artifacts can be attached to an image there (SBOMs, as OCI referrers).
+    takes_referrers: ClassVar[bool] = False
+
+    @property
+    def name(self) -> Reference | None:
+        """The image's name the location carries (None: a layout, an unnamed archive)."""
+        reference = getattr(self, "reference", None)
+        return reference if isinstance(reference, Reference) else None
+
+    def open_source(self, pool: RegistryPool) -> AbstractContextManager[ImageSource]:
+        """The source reading the image there; a kind that cannot be read says so."""
+        raise UsageError(f"cannot read images from {self}: use a registry, oci: or docker-archive:")
+
+    def open_sink(self, options: SinkOptions) -> ImageSink:
+        """The sink writing an image there (each kind has its own)."""
+        raise NotImplementedError
 
 def fetch_blob(
     pool: RegistryPool,

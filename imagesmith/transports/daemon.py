@@ -13,10 +13,9 @@ import os
 import re
 import socket
 import uuid
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import requests
 
@@ -24,11 +23,9 @@ from imagesmith import cancel
 from imagesmith.errors import (
     CacheError,
     DaemonError,
-    UsageError,
 )
 from imagesmith.oci.image import (
     BlobOrigin,
-    ImageSource,
     RawManifest,
 )
 from imagesmith.oci.model import Descriptor, Platform
@@ -37,6 +34,7 @@ from imagesmith.progress import ProgressCallback
 from imagesmith.registry.client import RegistryPool
 from imagesmith.store.cache import BlobCache
 from imagesmith.transports.archive import ArchiveSink
+from imagesmith.transports.base import LocationKind, SinkOptions
 
 __all__ = [
     "DOCKER_HOST_ENV",
@@ -142,32 +140,15 @@ def load_into_daemon(
 
 
 @dataclass(frozen=True)
-class DaemonLocation:
+class DaemonLocation(LocationKind):
     """An image in the Docker-compatible daemon ``DOCKER_HOST`` names, under ``reference``."""
 
     reference: Reference
 
-    # What the location holds and takes, so callers ask it instead of testing its kind.
-    holds_index: ClassVar[bool] = False  # a multi-platform index
-    takes_referrers: ClassVar[bool] = False  # artifacts attached to an image (SBOMs)
-
-    @property
-    def name(self) -> Reference | None:
-        """The image's name in the daemon."""
-        return self.reference
-
-    def open_source(self, pool: RegistryPool) -> AbstractContextManager[ImageSource]:
-        raise UsageError(f"cannot read images from {self}: use a registry, oci: or docker-archive:")
-
-    def open_sink(
-        self,
-        *,
-        pool: RegistryPool,
-        cache: BlobCache,
-        docker_host: str | None = None,
-        keep_in_cache: bool = True,
-    ) -> DaemonSink:
-        return DaemonSink(self.reference, pool=pool, cache=cache, docker_host=docker_host)
+    def open_sink(self, options: SinkOptions) -> DaemonSink:
+        return DaemonSink(
+            self.reference, pool=options.pool, cache=options.cache, docker_host=options.docker_host
+        )
 
     def __str__(self) -> str:
         return f"docker-daemon:{self.reference.familiar()}"

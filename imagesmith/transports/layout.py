@@ -28,7 +28,7 @@ from imagesmith.progress import ProgressCallback, ProgressEvent
 from imagesmith.registry.client import RegistryPool
 from imagesmith.store.cache import BlobCache
 from imagesmith.store.layout import OCILayout
-from imagesmith.transports.base import _blob_event, _evicted, fetch_blob
+from imagesmith.transports.base import LocationKind, SinkOptions, _blob_event, _evicted, fetch_blob
 
 __all__ = [
     "LayoutLocation",
@@ -39,34 +39,23 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class LayoutLocation:
+class LayoutLocation(LocationKind):
     """An image in an OCI image layout directory; ``tag`` is its ``ref.name`` (None: untagged,
     or for reading: the layout's only image)."""
 
     path: Path
     tag: str | None = None
 
-    # What the location holds and takes, so callers ask it instead of testing its kind.
-    holds_index: ClassVar[bool] = True  # a multi-platform index
-    takes_referrers: ClassVar[bool] = True  # artifacts attached to an image (SBOMs)
-
-    @property
-    def name(self) -> Reference | None:
-        """The image's name the location carries: a layout has only a tag."""
-        return None
+    holds_index: ClassVar[bool] = True
+    takes_referrers: ClassVar[bool] = True
 
     def open_source(self, pool: RegistryPool) -> AbstractContextManager[ImageSource]:
         return nullcontext(LayoutSource(self.path, self.tag))
 
-    def open_sink(
-        self,
-        *,
-        pool: RegistryPool,
-        cache: BlobCache,
-        docker_host: str | None = None,
-        keep_in_cache: bool = True,
-    ) -> LayoutSink:
-        return LayoutSink(self.path, self.tag, pool=pool, cache=cache, keep_in_cache=keep_in_cache)
+    def open_sink(self, options: SinkOptions) -> LayoutSink:
+        return LayoutSink(
+            self.path, self.tag, pool=options.pool, cache=options.cache, keep_in_cache=options.keep_in_cache
+        )
 
     def __str__(self) -> str:
         return f"oci:{self.path}" + (f":{self.tag}" if self.tag else "")

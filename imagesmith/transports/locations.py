@@ -41,7 +41,7 @@ from imagesmith.oci.references import Reference
 from imagesmith.registry.client import RegistryPool
 from imagesmith.store.cache import BlobCache
 from imagesmith.transports.archive import ArchiveLocation
-from imagesmith.transports.base import ImageSink
+from imagesmith.transports.base import ImageSink, SinkOptions
 from imagesmith.transports.daemon import DaemonLocation
 from imagesmith.transports.layout import LayoutLocation
 from imagesmith.transports.registry import (
@@ -217,9 +217,7 @@ def open_sink(
     ``docker_host`` is for a ``docker-daemon:`` location (default ``DOCKER_HOST``);
     ``keep_in_cache`` makes a layout keep remote blobs in the cache as it writes them.
     """
-    sink: ImageSink = as_location(location).open_sink(
-        pool=pool, cache=cache, docker_host=docker_host, keep_in_cache=keep_in_cache
-    )
+    sink: ImageSink = as_location(location).open_sink(SinkOptions(pool, cache, docker_host, keep_in_cache))
     try:
         yield sink
         sink.commit()

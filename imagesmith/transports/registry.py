@@ -29,7 +29,14 @@ from imagesmith.oci.references import Reference
 from imagesmith.progress import Meter, ProgressCallback, ProgressEvent
 from imagesmith.registry.client import RegistryClient, RegistryPool
 from imagesmith.store.cache import BlobCache
-from imagesmith.transports.base import _blob_event, _evicted, _MeteredFile, fetch_blob
+from imagesmith.transports.base import (
+    LocationKind,
+    SinkOptions,
+    _blob_event,
+    _evicted,
+    _MeteredFile,
+    fetch_blob,
+)
 
 __all__ = [
     "RegistryLocation",
@@ -44,13 +51,11 @@ log = logging.getLogger("imagesmith.transfer")
 
 # Transports skopeo knows that imagesmith does not: named so the error can say so.
 _UNSUPPORTED = ("oci-archive", "dir", "containers-storage", "docker-daemon-archive", "sif", "tarball")
-
-
 _TRANSPORT_PREFIXES = ("oci:", "docker-archive:", "docker-daemon:", *(f"{t}:" for t in _UNSUPPORTED))
 
 
 @dataclass(frozen=True)
-class RegistryLocation:
+class RegistryLocation(LocationKind):
     """An image in a registry, named by a reference (tag or digest).
 
     ``str()`` is the reference itself, what ``docker pull`` and ``podman pull`` accept; only a
@@ -60,27 +65,14 @@ class RegistryLocation:
 
     reference: Reference
 
-    # What the location holds and takes, so callers ask it instead of testing its kind.
-    holds_index: ClassVar[bool] = True  # a multi-platform index
-    takes_referrers: ClassVar[bool] = True  # artifacts attached to an image (SBOMs)
-
-    @property
-    def name(self) -> Reference | None:
-        """The image's name the location carries."""
-        return self.reference
+    holds_index: ClassVar[bool] = True
+    takes_referrers: ClassVar[bool] = True
 
     def open_source(self, pool: RegistryPool) -> AbstractContextManager[ImageSource]:
         return nullcontext(RegistrySource(pool, self.reference))
 
-    def open_sink(
-        self,
-        *,
-        pool: RegistryPool,
-        cache: BlobCache,
-        docker_host: str | None = None,
-        keep_in_cache: bool = True,
-    ) -> RegistrySink:
-        return RegistrySink(self.reference, pool=pool, cache=cache)
+    def open_sink(self, options: SinkOptions) -> RegistrySink:
+        return RegistrySink(self.reference, pool=options.pool, cache=options.cache)
 
     def __str__(self) -> str:
         text = str(self.reference)
