@@ -28,22 +28,27 @@ def test_the_package_carries_the_py_typed_marker() -> None:
     assert (Path(imagesmith.__file__).parent / "py.typed").is_file()
 
 
-def test_a_downstream_strict_mypy_sees_imagesmith_types(tmp_path: Path) -> None:
-    (tmp_path / "probe.py").write_text(PROBE)
+def _strict_mypy(directory: Path, probe: str) -> tuple[int, str]:
+    """``mypy --strict`` on ``probe`` in ``directory`` (outside the repository), as a user runs it."""
+    (directory / "probe.py").write_text(probe)
     run = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "probe.py"],
-        cwd=tmp_path,
+        cwd=directory,
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
     )
-    out = run.stdout + run.stderr
+    return run.returncode, run.stdout + run.stderr
+
+
+def test_a_downstream_strict_mypy_sees_imagesmith_types(tmp_path: Path) -> None:
+    returncode, out = _strict_mypy(tmp_path, PROBE)
     assert "missing library stubs or py.typed marker" not in out, out
     assert 'Revealed type is "imagesmith.' in out and 'BuildResult"' in out, out
     # A wrong use is an error mypy reports: the type is real, not Any.
     assert "Incompatible types in assignment" in out, out
-    assert run.returncode == 1, out
+    assert returncode == 1, out
 
 
 SESSION_PROBE = """\
@@ -60,16 +65,7 @@ def use(packages: list[imagesmith.Package]) -> None:
 
 def test_a_session_method_has_the_operation_s_signature(tmp_path: Path) -> None:
     """``Session.build`` is typed as ``imagesmith.build`` is: its result, and its arguments."""
-    (tmp_path / "probe.py").write_text(SESSION_PROBE)
-    run = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "probe.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    out = run.stdout + run.stderr
+    returncode, out = _strict_mypy(tmp_path, SESSION_PROBE)
     assert 'Revealed type is "imagesmith.' in out and 'BuildResult"' in out, out
     assert 'Argument "repo"' in out and "incompatible type" in out, out
-    assert run.returncode == 1, out
+    assert returncode == 1, out

@@ -143,6 +143,11 @@ class _Written:
     def tag(self) -> str:
         return _tag_of(self.reference, self.destinations)
 
+    def _named_json(self, digest: str) -> dict[str, Any]:
+        """The keys every result's JSON starts with: the name, the tag and the digest."""
+        reference = str(self.reference) if self.reference is not None else None
+        return {"reference": reference, "tag": self.tag, "digest": digest}
+
 
 @dataclass(frozen=True)
 class BuildResult(_Written):
@@ -184,9 +189,7 @@ class BuildResult(_Written):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "reference": str(self.reference) if self.reference is not None else None,
-            "tag": self.tag,
-            "digest": self.digest,
+            **self._named_json(self.digest),
             "destinations": [str(d) for d in self.destinations],
             "loaded": list(self.loaded),
             "spack": self.spack,
@@ -264,9 +267,7 @@ class MultiBuildResult(_Written):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "reference": str(self.reference) if self.reference is not None else None,
-            "tag": self.tag,
-            "digest": self.digest,
+            **self._named_json(self.digest),
             "mediaType": self.media_type,
             "notes": list(self.notes),
             "destinations": [str(d) for d in self.destinations],
@@ -292,9 +293,7 @@ class ImportResult(_Written):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "reference": str(self.reference) if self.reference is not None else None,
-            "tag": self.tag,
-            "digest": self.digest,
+            **self._named_json(self.digest),
             "destinations": [str(d) for d in self.destinations],
             "loaded": list(self.loaded),
             "platform": str(self.platform),
