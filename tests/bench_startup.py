@@ -41,7 +41,9 @@ def main() -> None:
         "imagesmith build --help": [script, "build", "--help"],
         "imagesmith completion bash": [script, "completion", "bash"],
         "imagesmith version": [script, "version"],
-        "python -c 'import imagesmith.pipeline.run'": [sys.executable, "-c", "import imagesmith.pipeline.run"],
+        "python -c 'import imagesmith.pipeline.run'": [
+            sys.executable, "-c", "import imagesmith.pipeline.run"
+        ],
     }
     results = {}
     print(f"{'case':<42} {'median s':>9} {'min s':>7}   ({runs} runs each)")

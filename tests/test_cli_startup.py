@@ -68,7 +68,9 @@ def test_the_parser_defaults_are_the_library_constants() -> None:
 
 
 def test_import_imagesmith_is_lazy_but_complete() -> None:
-    code = "import sys, imagesmith; print('imagesmith.pipeline.run' in sys.modules, imagesmith.build.__module__)"
+    code = (
+        "import sys, imagesmith; print('imagesmith.pipeline.run' in sys.modules, imagesmith.build.__module__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "imagesmith.pipeline.run"]
     import imagesmith
