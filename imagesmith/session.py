@@ -23,16 +23,23 @@ from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from imagesmith.inputs.load import load_package, load_packages
-from imagesmith.inspection import inspect
-from imagesmith.merge import MergeResult, merge_images
 from imagesmith.oci.references import Reference
+from imagesmith.ops.inspect import inspect
+from imagesmith.ops.merge import MergeResult, merge_images
+from imagesmith.ops.pull import pull
+from imagesmith.ops.repoindex import (
+    INDEX_TAG,
+    IndexUpdate,
+    RepositoryIndex,
+    list_index,
+    read_index,
+    update_index,
+)
 from imagesmith.pipeline.run import build, build_each, build_each_platforms, build_platforms, import_rootfs
 from imagesmith.progress import ProgressCallback, null_progress
-from imagesmith.pull import pull
 from imagesmith.registry.client import RegistryPool
 from imagesmith.registry.credentials import CredentialStore
 from imagesmith.registry.transport import RegistryOptions
-from imagesmith.repoindex import INDEX_TAG, IndexUpdate, RepositoryIndex, list_index, read_index, update_index
 from imagesmith.store.cache import BlobCache
 from imagesmith.transports.copy import CopyResult, PlatformChoice, copy_image
 from imagesmith.transports.locations import Location

@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import imagesmith
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "imagesmith"
 DOC = ROOT / "docs" / "architecture.md"
@@ -182,3 +184,12 @@ def test_architecture_page_lists_every_module() -> None:
     listed = set(re.findall(r"^\| `((?:[a-z_]+/)*[a-z_]+\.py)`", tables, re.MULTILINE))
     gone = sorted(p for p in listed if not (PACKAGE / p).exists())
     assert not gone, f"docs/architecture.md lists modules that do not exist: {gone}"
+
+
+def test_no_public_name_is_also_a_submodule() -> None:
+    """Importing ``imagesmith.X`` sets the package attribute ``X`` to the module: a public
+    function of that name (the package loads its names lazily) would then be the module."""
+    public = set(imagesmith.__all__)
+    submodules = {path.stem if path.name != "__init__.py" else path.parent.name for path in PACKAGE.iterdir()
+                  if path.suffix == ".py" or (path / "__init__.py").is_file()}  # fmt: skip
+    assert not public & submodules, f"public names that are also modules of imagesmith: {public & submodules}"
