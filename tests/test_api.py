@@ -149,7 +149,8 @@ def test_a_function_keeps_its_name_when_its_module_of_the_same_name_is_imported(
     the submodules of the same names (found by the docs' examples: a module is not callable)."""
     code = (
         "import importlib, types, imagesmith\n"
-        "importlib.import_module('imagesmith.ops.pull'); importlib.import_module('imagesmith.registry.login')\n"
+        "importlib.import_module('imagesmith.ops.pull')\n"
+        "importlib.import_module('imagesmith.registry.login')\n"
         "import imagesmith.ops.pull\n"
         "assert not isinstance(imagesmith.pull, types.ModuleType), imagesmith.pull\n"
         "assert not isinstance(imagesmith.login, types.ModuleType), imagesmith.login\n"

@@ -27,10 +27,11 @@ from imagesmith.oci.image import RawManifest, choose_platform
 from imagesmith.oci.mediatypes import is_index
 from imagesmith.oci.model import MAX_CONFIG_SIZE, Index, Platform
 from imagesmith.oci.references import Reference, parse_repository, validate_tag
+from imagesmith.progress import null_progress
 from imagesmith.registry.client import RegistryPool
 from imagesmith.registry.transport import RegistryOptions
 from imagesmith.transports.locations import Location, as_location, open_source
-from imagesmith.transports.registry import RegistryLocation
+from imagesmith.transports.registry import RegistryLocation, RegistrySink
 
 __all__ = [
     "Deleted",
@@ -235,6 +236,8 @@ def tag_image(
     with _registry_pool(pool, registry) as pool:
         client = pool.client(ref.registry)
         got = client.get_manifest(ref.repository, ref.identifier)
-        for tag in names:
-            client.put_manifest(ref.repository, tag, got.data, got.media_type)
+        raw = RawManifest(got.data, got.media_type, got.digest)
+        for tag in names:  # as every registry write is: through the registry sink
+            sink = RegistrySink(ref.with_tag(tag), pool=pool, cache=None)
+            sink.put_manifest(raw, top=True, platform=None, progress=null_progress)
     return Tagged(ref, got.digest, got.media_type, tuple(ref.with_tag(tag) for tag in names))
