@@ -37,7 +37,7 @@ help:
 	@echo "make test-slow  the tests marked slow (fuzzing, memory bounds, Spack's kit, large stacks)"
 	@echo "make test-all   both (CI runs both)"
 	@echo "make fuzz    long property-based fuzzing run (IMAGESMITH_FUZZ=long)"
-	@echo "make lint    ruff;  make type  mypy --strict;  make check  all three"
+	@echo "make lint    ruff check and ruff format --check;  make type  mypy --strict;  make check  all three"
 	@echo "make bench   benchmarks (results in .bench/; BENCH_SCALE=0.1 BENCH_RUNS=1 for a quick one)"
 	@echo "make docs    check that every doc the README links exists"
 	@echo "make clean   remove the virtualenv and caches"
@@ -141,6 +141,7 @@ fuzz: venv
 
 lint: venv
 	$(BIN)/ruff check imagesmith tests examples
+	$(BIN)/ruff format --check imagesmith tests examples
 
 type: venv
 	$(BIN)/mypy

@@ -145,8 +145,12 @@ def _registry_args(parser: argparse.ArgumentParser, suffix: str) -> None:
 
 
 def _quiet_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress on stderr; print only the digest of what was written")  # fmt: skip
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr; print only the digest of what was written",
+    )
 
 
 class _ParseError(Exception):
@@ -175,12 +179,20 @@ def _jobs(text: str) -> int:
 def _global_args(parser: argparse.ArgumentParser, suffix: str) -> None:
     """Options every command takes, before its name or after it (see :func:`_parser`)."""
     group = parser.add_argument_group("global options (also before the command)")
-    group.add_argument("--debug", dest=f"debug{suffix}", action="store_true",
-                       default=argparse.SUPPRESS if not suffix else False,
-                       help="log every HTTP exchange (secrets redacted) to stderr")  # fmt: skip
+    group.add_argument(
+        "--debug",
+        dest=f"debug{suffix}",
+        action="store_true",
+        default=argparse.SUPPRESS if not suffix else False,
+        help="log every HTTP exchange (secrets redacted) to stderr",
+    )
     if suffix:
-        group.add_argument("--json", dest=f"json{suffix}", action="store_true",
-                           help="print the result as JSON (commands that have --json)")  # fmt: skip
+        group.add_argument(
+            "--json",
+            dest=f"json{suffix}",
+            action="store_true",
+            help="print the result as JSON (commands that have --json)",
+        )
     if "--insecure-registry" not in parser._option_string_actions:
         _registry_args(parser, suffix)
 
@@ -298,8 +310,12 @@ def _parser() -> argparse.ArgumentParser:
         "Docker accepts); over it, dependencies share layers, chosen once for the whole stack",
     )
     p.add_argument(
-        "-j", "--jobs", type=_jobs, default=4, metavar="N",
-        help="parallel layer builds and uploads (default 4)"
+        "-j",
+        "--jobs",
+        type=_jobs,
+        default=4,
+        metavar="N",
+        help="parallel layer builds and uploads (default 4)",
     )
     p.add_argument(
         "--check",
@@ -529,8 +545,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     index_commands = p.add_subparsers(dest="index_command", metavar="ACTION")
     index_commands.required = True
-    for action, text in (("update", "rebuild the index from the tag list and push it"),
-                         ("list", "show what the repository holds")):  # fmt: skip
+    for action, text in (
+        ("update", "rebuild the index from the tag list and push it"),
+        ("list", "show what the repository holds"),
+    ):
         q = index_commands.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         q.add_argument("repo", metavar="REPO", help="repository, e.g. ghcr.io/acme/stack")
         q.add_argument(
@@ -835,11 +853,13 @@ def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
 
 def _platform(text: str | None) -> Platform | None:
     from imagesmith.oci.model import Platform
+
     return Platform.parse(text) if text else None
 
 
 def _registry_options(args: argparse.Namespace) -> RegistryOptions:
     from imagesmith.registry.transport import RegistryOptions
+
     insecure = [*args.insecure_global, *getattr(args, "insecure", [])]
     hosts = [h.strip() for item in insecure for h in item.split(",") if h.strip()]
     ca = getattr(args, "ca_cert", None) or args.ca_cert_global
@@ -890,6 +910,7 @@ def _creds(args: argparse.Namespace) -> Credentials | None:
 
 def _cache(args: argparse.Namespace) -> BlobCache:
     from imagesmith.store.cache import BlobCache
+
     path = getattr(args, "cache_dir", None) or args.cache_dir_global
     return BlobCache(Path(path) if path else None)
 
@@ -946,6 +967,7 @@ def _emit_list(objects: Iterable[dict[str, Any]], stdout: TextIO) -> None:
 def _closure_warnings(results: Sequence[BuildResult | MultiBuildResult], stderr: TextIO) -> None:
     """One warning line per finding of the runtime-closure check (each once per run)."""
     from imagesmith.pipeline.results import MultiBuildResult
+
     seen: set[str] = set()
     for result in results:
         images = result.images if isinstance(result, MultiBuildResult) else (result,)
@@ -962,6 +984,7 @@ def _report_written(
     result: BuildResult | ImportResult | MultiBuildResult, stdout: TextIO, suffix: str = ""
 ) -> None:
     from imagesmith.pipeline.results import MultiBuildResult
+
     verb = "Pushed" if result.pushed else "Wrote"
     if isinstance(result, MultiBuildResult):
         print(f"{verb} {result.destination} ({result.digest}), an index of:", file=stdout)
@@ -977,6 +1000,7 @@ def _report_written(
 def _platforms(text: str | None) -> list[Platform]:
     """``--platform`` of build: one platform, or a comma-separated list."""
     from imagesmith.oci.model import Platform
+
     if text is None:
         return []
     parts = [part.strip() for part in text.split(",")]
@@ -990,6 +1014,7 @@ def _build_inputs(args: argparse.Namespace) -> tuple[list[Package], list[Package
     environment's roots; only looked up for --each-root)."""
     from imagesmith.inputs.load import load_package, load_packages
     from imagesmith.inputs.spackenv import load_environment
+
     if args.spack_env is not None:
         if args.packages:
             raise UsageError("give PACKAGEs or --spack-env DIR, not both")
@@ -1015,6 +1040,7 @@ def _print_notes(results: Sequence[BuildResult | MultiBuildResult], stream: Text
 def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     from imagesmith.pipeline.results import BuildOptions, BuildResult
     from imagesmith.pipeline.run import build, build_each, build_each_platforms, build_platforms
+
     platforms = _platforms(args.platform)
     if args.digestfile and (args.each or args.each_root):
         flag = "--each" if args.each else "--each-root"
@@ -1040,8 +1066,11 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         signing_key=_signing_key(args.sign) if args.sign else None,
     )
     common: dict[str, Any] = {
-        "options": options, "registry": _registry_options(args), "cache": _cache(args), "progress": progress,
-    }  # fmt: skip
+        "options": options,
+        "registry": _registry_options(args),
+        "cache": _cache(args),
+        "progress": progress,
+    }
     multi = len(platforms) > 1
     if args.each or args.each_root:
         flag = "--each" if args.each else "--each-root"
@@ -1075,9 +1104,15 @@ def _run_build(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         )
     else:
         result = build(
-            args.base_image, packages, repo=args.repo, tag=args.tag, output=args.output, load=args.load,
-            docker_host=args.docker_host, **common,
-        )  # fmt: skip
+            args.base_image,
+            packages,
+            repo=args.repo,
+            tag=args.tag,
+            output=args.output,
+            load=args.load,
+            docker_host=args.docker_host,
+            **common,
+        )
     _closure_warnings([result], progress.stream)
     if isinstance(result, BuildResult):
         _write_sboms(result, args.sbom_output)
@@ -1131,11 +1166,14 @@ def _run_import(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -
 def _run_inspect(args: argparse.Namespace, stdout: TextIO) -> int:
     from imagesmith.ops.inspect import inspect
     from imagesmith.registry.client import RegistryPool
+
     if args.referrers:
         if args.raw or args.platform:
             option = "--raw" if args.raw else "--platform"
-            raise UsageError(f"{option} does not go with --referrers, which lists what is attached to "
-                             "the reference itself: leave one out")  # fmt: skip
+            raise UsageError(
+                f"{option} does not go with --referrers, which lists what is attached to "
+                "the reference itself: leave one out"
+            )
         return _run_referrers(args, stdout)
     if args.artifact_type:
         raise UsageError("--artifact-type filters --referrers: add --referrers")
@@ -1154,6 +1192,7 @@ def _run_copy(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
     from imagesmith.oci.model import Platform
     from imagesmith.registry.client import RegistryPool
     from imagesmith.transports.copy import copy_image
+
     platform: Platform | Literal["all"] | None = None
     if args.platform == "all":
         platform = "all"
@@ -1187,14 +1226,21 @@ def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
     from imagesmith.ops.platformmerge import merge_builds
     from imagesmith.registry.client import RegistryPool
     from imagesmith.transports.registry import RegistryLocation
+
     if args.tag_template is not None and args.repo is None:
         raise UsageError("--tag-template names the index with --repo: leave it out with --tag")
     jobs = max(1, args.jobs)
     digestfile = _prepare_digestfile(args)
     with RegistryPool(_registry_options(args)) as pool:
         if args.repo is not None:
-            result = merge_builds(args.sources, args.repo, pool=pool, tag_template=args.tag_template,
-                                  progress=progress, jobs=jobs)  # fmt: skip
+            result = merge_builds(
+                args.sources,
+                args.repo,
+                pool=pool,
+                tag_template=args.tag_template,
+                progress=progress,
+                jobs=jobs,
+            )
         else:
             result = merge_images(args.sources, args.tag, pool=pool, progress=progress, jobs=jobs)
     if digestfile is not None:
@@ -1211,6 +1257,7 @@ def _run_merge(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
 
 def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     from imagesmith.ops.pull import pull
+
     result = pull(
         args.reference,
         args.rootfs,
@@ -1239,11 +1286,17 @@ def _run_pull(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> 
 
 def _run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from imagesmith.registry.server import RegistryServer
+
     host, sep, port_text = args.addr.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise UsageError(f"--addr {args.addr!r} must be HOST:PORT, e.g. 127.0.0.1:5000")
-    server = RegistryServer(Path(args.root), host=host.strip("[]"), port=int(port_text),
-                            max_connections=args.max_connections, idle_timeout=args.idle_timeout)  # fmt: skip
+    server = RegistryServer(
+        Path(args.root),
+        host=host.strip("[]"),
+        port=int(port_text),
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+    )
     print(f"Serving {server.root} at http://{server.address} (Ctrl-C stops)", file=stdout, flush=True)
     print(
         f"  clients: --insecure-registry {server.address} (imagesmith), --tls-verify=false (podman, skopeo)",
@@ -1416,8 +1469,15 @@ def _run_version(args: argparse.Namespace, stdout: TextIO) -> int:
     gzip, zstd = codec_id("gzip"), codec_id("zstd")
     backend = gzip_backend()
     if args.json:
-        _emit({"version": __version__, "python": platform.python_version(),
-               "gzip": {"backend": backend, "codec": gzip}, "zstd": {"codec": zstd}}, stdout)  # fmt: skip
+        _emit(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "gzip": {"backend": backend, "codec": gzip},
+                "zstd": {"codec": zstd},
+            },
+            stdout,
+        )
         return 0
     print(f"imagesmith {__version__} (Python {platform.python_version()})", file=stdout)
     other = "zlib" if backend == "isal" else "isal"
@@ -1436,6 +1496,7 @@ def _run_completion(args: argparse.Namespace, stdout: TextIO) -> int:
 def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
     from imagesmith.artifacts.referrers import list_attachments
     from imagesmith.registry.client import RegistryPool
+
     with RegistryPool(_registry_options(args)) as pool:
         subject, attachments = list_attachments(args.reference, pool=pool, artifact_type=args.artifact_type)
     if args.json:
@@ -1451,8 +1512,11 @@ def _run_referrers(args: argparse.Namespace, stdout: TextIO) -> int:
         else:
             title = item.annotations.get("org.opencontainers.image.title", "")
             # An artifact type and a title are whatever the registry says: shown escaped.
-            _say(f"  referrer   {item.artifact_type}  {item.digest}  {_human(item.size)}, {item.via}"
-                 + (f"  {title}" if title else ""), stdout)  # fmt: skip
+            _say(
+                f"  referrer   {item.artifact_type}  {item.digest}  {_human(item.size)}, {item.via}"
+                + (f"  {title}" if title else ""),
+                stdout,
+            )
     return 0
 
 
@@ -1461,6 +1525,7 @@ def _key_password(path: str) -> str | None:
     import getpass
 
     from imagesmith.artifacts.signing import key_is_encrypted
+
     if not key_is_encrypted(path):
         return None
     password = os.environ.get(KEY_PASSWORD_ENV)
@@ -1473,11 +1538,13 @@ def _key_password(path: str) -> str | None:
 
 def _signing_key(path: str) -> SigningKey:
     from imagesmith.artifacts.signing import load_signing_key
+
     return load_signing_key(path, _key_password(path))
 
 
 def _write_sboms(result: BuildResult, directory: str | None) -> None:
     from imagesmith.artifacts.sbom import SBOM_FILENAMES
+
     if directory is None:
         return
     if not result.sboms:
@@ -1496,6 +1563,7 @@ def _write_sboms(result: BuildResult, directory: str | None) -> None:
 def _run_sign(args: argparse.Namespace, stdout: TextIO, progress: _Progress) -> int:
     from imagesmith.artifacts.signing import sign_reference
     from imagesmith.registry.client import RegistryPool
+
     key = _signing_key(args.key)
     with RegistryPool(_registry_options(args)) as pool:
         signed = sign_reference(args.reference, key, pool=pool, cache=_cache(args), progress=progress)
@@ -1512,6 +1580,7 @@ def _run_keygen(args: argparse.Namespace, stdout: TextIO) -> int:
     import getpass
 
     from imagesmith.artifacts.signing import generate_key
+
     public = args.public or f"{args.key}.pub"
     password = os.environ.get(KEY_PASSWORD_ENV) or None
     if args.encrypt and password is None:
@@ -1554,7 +1623,7 @@ def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
     if not interactive:
         raise UsageError(
             "no password given and stdin is not a terminal: use --password-stdin "
-            "(e.g. `echo \"$PASSWORD\" | imagesmith login -u USER --password-stdin REGISTRY`)"
+            '(e.g. `echo "$PASSWORD" | imagesmith login -u USER --password-stdin REGISTRY`)'
         )
     return username, getpass.getpass("Password: ")
 
@@ -1562,6 +1631,7 @@ def _login_secrets(args: argparse.Namespace, stderr: TextIO) -> tuple[str, str]:
 def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from imagesmith.registry.credentials import registry_host
     from imagesmith.registry.login import login
+
     host = registry_host(args.registry)
     username, password = _login_secrets(args, stderr)
     options = _registry_options(args)
@@ -1573,6 +1643,7 @@ def _run_login(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 def _run_logout(args: argparse.Namespace, stdout: TextIO) -> int:
     from imagesmith.registry.credentials import registry_host
     from imagesmith.registry.login import logout
+
     host = registry_host(args.registry)
     options = _registry_options(args)
     if logout(host, options=options, config_path=options.auth_file):
@@ -1586,6 +1657,7 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
     from imagesmith.oci.references import parse_repository
     from imagesmith.ops.repoindex import list_index, update_index
     from imagesmith.registry.client import RegistryPool
+
     repository = parse_repository(args.repo)
     jobs = max(1, args.jobs)
     with RegistryPool(_registry_options(args)) as pool:
@@ -1599,15 +1671,24 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
             packages = len(done.spack_database.packages) if done.spack_database is not None else 0
             if args.json:
                 spack = {"reference": spack_where, "digest": done.spack_digest, "packages": packages}
-                _emit({"reference": where, "digest": done.digest, "images": len(index.entries),
-                       "skipped": len(index.skipped),
-                       "spack": spack if done.spack_digest is not None else None}, stdout)  # fmt: skip
+                _emit(
+                    {
+                        "reference": where,
+                        "digest": done.digest,
+                        "images": len(index.entries),
+                        "skipped": len(index.skipped),
+                        "spack": spack if done.spack_digest is not None else None,
+                    },
+                    stdout,
+                )
             else:
                 counts = f"{len(index.entries)} images ({len(index.skipped)} other tags)"
                 print(f"Indexed {counts} in {where} ({done.digest})", file=stdout)
                 if done.spack_digest is not None:
-                    print(f"Indexed {packages} Spack packages in {spack_where} ({done.spack_digest})",
-                          file=stdout)  # fmt: skip
+                    print(
+                        f"Indexed {packages} Spack packages in {spack_where} ({done.spack_digest})",
+                        file=stdout,
+                    )
             return 0
         index = list_index(pool, repository, tag=args.index_tag, live=args.live, jobs=jobs, progress=progress)
     if args.json:
@@ -1615,18 +1696,29 @@ def _run_index(args: argparse.Namespace, stdout: TextIO, progress: _Progress) ->
         return 0
     rows = [("TAG", "NAME", "VERSION", "HASH", "PLATFORMS", "DIGEST")]
     for entry in index.entries:
-        rows.append((entry.tag, entry.name or "-", entry.version or "-", entry.hash or "-",
-                     ",".join(entry.platforms) or "-", entry.digest))  # fmt: skip
+        rows.append(
+            (
+                entry.tag,
+                entry.name or "-",
+                entry.version or "-",
+                entry.hash or "-",
+                ",".join(entry.platforms) or "-",
+                entry.digest,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5],
-              file=stdout)  # fmt: skip
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5],
+            file=stdout,
+        )
     return 0
 
 
 def _run_makefile(args: argparse.Namespace, stdout: TextIO) -> int:
     from imagesmith.generate.makefile import render_makefile
     from imagesmith.inputs.load import load_packages
+
     packages = load_packages(args.packages, registry=_registry_options(args))
     options = _registry_options(args)
     flags: list[str] = []
@@ -1681,6 +1773,7 @@ def _run_pipeline(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> i
     from imagesmith.generate.ci import check_runners, pin_base, relative_base, render_pipeline
     from imagesmith.inputs.load import load_packages
     from imagesmith.registry.client import RegistryPool
+
     if args.engine not in ENGINES:
         raise UsageError(f"unknown CI engine {args.engine!r}: use {' or '.join(ENGINES)}")
     runners = _runners(args.runner)
@@ -1888,8 +1981,9 @@ def _output_failed(error: OSError, stream: TextIO, stderr: TextIO) -> int:
             pass
     if isinstance(error, BrokenPipeError):
         return 141
-    failure = file_error("write", None, error, "free space on the device it goes to" if error.errno in
-                         DISK_FULL_ERRNOS else "")  # fmt: skip
+    failure = file_error(
+        "write", None, error, "free space on the device it goes to" if error.errno in DISK_FULL_ERRNOS else ""
+    )
     _say(f"imagesmith: error: {failure}", stderr)
     return _exit_code(failure)
 
@@ -1902,8 +1996,9 @@ def _merge_globals(args: argparse.Namespace) -> None:
             raise _ParseError(f"--json: `imagesmith {args.command}` has no JSON output")
         args.json = True
     if getattr(args, "raw", False) and args.json:
-        raise _ParseError("argument --raw: not allowed with argument --json "
-                          "(see `imagesmith inspect --help`)")  # fmt: skip
+        raise _ParseError(
+            "argument --raw: not allowed with argument --json (see `imagesmith inspect --help`)"
+        )
 
 
 def main(

@@ -78,7 +78,7 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
             f"words={_words(words + positional_choices)};;"
         )
     value_cases = [
-        f"        {'|'.join(options)}) COMPREPLY=($(compgen -W {_words(values)} -- \"$cur\")); return;;"
+        f'        {"|".join(options)}) COMPREPLY=($(compgen -W {_words(values)} -- "$cur")); return;;'
         for values, options in _group(choices).items()
     ]
     for kind, names in (("-d", dir_options), ("-f", takes_value)):
@@ -94,10 +94,10 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${{COMP_WORDS[i]}}"
         case "$word" in
-        {'|'.join(sorted(takes_value))}) ((i++));;
+        {"|".join(sorted(takes_value))}) ((i++));;
         -*) ;;
         *) case "$path" in
-           {'|'.join(shlex.quote(c) for c in sorted(commands))}) path="${{path:+$path }}$word";;
+           {"|".join(shlex.quote(c) for c in sorted(commands))}) path="${{path:+$path }}$word";;
            esac;;
         esac
     done

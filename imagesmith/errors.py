@@ -183,9 +183,7 @@ class RegistryError(ImagesmithError):
 
     @property
     def temporary(self) -> bool:
-        return self.status is not None and (
-            self.status in (408, 429) or 500 <= self.status < 600
-        )
+        return self.status is not None and (self.status in (408, 429) or 500 <= self.status < 600)
 
 
 class AuthenticationError(RegistryError):

@@ -273,8 +273,10 @@ class ProgressView:
         tasks = sorted(self._tasks.values(), key=lambda t: (t.started, t.kind))
         if not tasks:
             return []
-        lines = [self._row(self.VERBS[t.kind], _short(t.subject), t.done, t.total, t.rate.per_second(now))
-                 for t in tasks[:_MAX_LIVE]]  # fmt: skip
+        lines = [
+            self._row(self.VERBS[t.kind], _short(t.subject), t.done, t.total, t.rate.per_second(now))
+            for t in tasks[:_MAX_LIVE]
+        ]
         if len(tasks) > _MAX_LIVE:
             lines.append(f"  ... and {len(tasks) - _MAX_LIVE} more")
         known = all(t.total for t in tasks)

@@ -141,8 +141,16 @@ class Session:
         docker_host: str | None = None,
     ) -> CopyResult:
         """:func:`imagesmith.copy_image` with this session's pool, cache and progress."""
-        return copy_image(source, destination, pool=self.pool, cache=self.cache, platform=platform, jobs=jobs,
-                          docker_host=docker_host, progress=self.progress)  # fmt: skip
+        return copy_image(
+            source,
+            destination,
+            pool=self.pool,
+            cache=self.cache,
+            platform=platform,
+            jobs=jobs,
+            docker_host=docker_host,
+            progress=self.progress,
+        )
 
     def merge(
         self, sources: Sequence[str | Reference], target: str | Reference, *, jobs: int = 4

@@ -248,7 +248,7 @@ class RegistriesConf:
                 search = tuple(_location(v, "search registry", path) for v in value)
             table = doc.get("aliases", {})
             if not isinstance(table, dict):
-                raise UsageError(f"{path}: [aliases] must be a table of NAME = \"HOST/REPOSITORY\"")
+                raise UsageError(f'{path}: [aliases] must be a table of NAME = "HOST/REPOSITORY"')
             for name, value in table.items():
                 aliases[name] = _alias_value(name, value, path)
             if isinstance(doc.get("registries"), dict):
@@ -278,7 +278,8 @@ class RegistriesConf:
             return True
         return any(
             m.insecure and _split_name(m.location)[0].lower() == host
-            for other in self.registries for m in other.mirrors
+            for other in self.registries
+            for m in other.mirrors
         )
 
     def blocked(self, registry: str, repository: str = "") -> RegistryEntry | None:
@@ -309,8 +310,10 @@ class RegistriesConf:
                     continue
                 mirrors.append(mirror)
         out: list[PullSource] = []
-        for where, insecure, is_mirror in [*((m.location, m.insecure, True) for m in mirrors),
-                                           (entry.location, entry.insecure, False)]:  # fmt: skip
+        for where, insecure, is_mirror in [
+            *((m.location, m.insecure, True) for m in mirrors),
+            (entry.location, entry.insecure, False),
+        ]:
             rewritten = _rewrite(name, entry.prefix, where)
             host, repo = _split_name(rewritten)
             if host and repo:
@@ -339,8 +342,8 @@ class RegistriesConf:
 def _rewrite(name: str, prefix: str, location: str) -> str:
     if prefix.startswith("*."):
         # A wildcard prefix keeps the host it matched; an empty location means "as named".
-        return name if not location else location + name[len(name.split("/", 1)[0]):]
-    return location + name[len(prefix):]
+        return name if not location else location + name[len(name.split("/", 1)[0]) :]
+    return location + name[len(prefix) :]
 
 
 def _alias_value(name: str, value: Any, path: Path) -> str:

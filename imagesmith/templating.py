@@ -110,8 +110,13 @@ def render_tag(
     :class:`TemplateError` naming the template and the problem.
     """
     variables: dict[str, object] = {
-        "name": name, "version": version, "hash": hash, "spack": spack, "platform": platform, **extra,
-    }  # fmt: skip
+        "name": name,
+        "version": version,
+        "hash": hash,
+        "spack": spack,
+        "platform": platform,
+        **extra,
+    }
     env = environment()
     what = _describe(template)
     try:
@@ -148,8 +153,10 @@ def render_profile_script(env: Sequence[str], *, comment: str = "") -> str:
     variables = [(name, value) for name, value in parsed.items() if is_valid_name(name)]
     comment_lines = comment.splitlines()
     try:
-        return environment().get_template("profile.sh.j2").render(
-            variables=variables, comment_lines=comment_lines
+        return (
+            environment()
+            .get_template("profile.sh.j2")
+            .render(variables=variables, comment_lines=comment_lines)
         )
     except jinja2.TemplateError as exc:
         raise TemplateError(f"profile script template: {exc}") from None

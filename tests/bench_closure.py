@@ -70,16 +70,34 @@ def main() -> None:
         root = Path(tmp)
         _rootfs(root / "rootfs")
         shutil.copytree("/usr/bin", root / "pkg/bin", symlinks=True)
-        (root / "pkg.json").write_text(json.dumps({"name": "bin", "version": "1", "prefix": "/opt/bin",
-                                                   "content": "pkg"}))  # fmt: skip
+        (root / "pkg.json").write_text(
+            json.dumps({"name": "bin", "version": "1", "prefix": "/opt/bin", "content": "pkg"})
+        )
         cache = root / "cache"
         flags = ["-m", "imagesmith", "--cache-dir", str(cache)]
-        subprocess.run([python, *flags, "import", str(root / "rootfs"), "--output", f"oci:{root / 'base'}:1"],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [python, *flags, "import", str(root / "rootfs"), "--output", f"oci:{root / 'base'}:1"],
+            check=True,
+            capture_output=True,
+        )
         started = time.perf_counter()
-        built = subprocess.run([python, *flags, "build", "--base-image", f"oci:{root / 'base'}:1", "--output",
-                                f"oci:{root / 'out'}:1", "--check=off", "--json", str(root / "pkg.json")],
-                               check=True, capture_output=True, text=True)  # fmt: skip
+        built = subprocess.run(
+            [
+                python,
+                *flags,
+                "build",
+                "--base-image",
+                f"oci:{root / 'base'}:1",
+                "--output",
+                f"oci:{root / 'out'}:1",
+                "--check=off",
+                "--json",
+                str(root / "pkg.json"),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         build_seconds = time.perf_counter() - started
         layers = [layer["digest"] for layer in json.loads(built.stdout)["layers"]]
         runs = []

@@ -97,12 +97,53 @@ def _code_bytes(rng: random.Random, n: int) -> bytes:
 
 _ELF_HEADER = b"\x7fELF\x02\x01\x01\x00" + bytes(8) + b"\x03\x00\x3e\x00\x01\x00\x00\x00"
 _WORDS = [
-    "the", "of", "and", "to", "in", "is", "for", "that", "with", "on", "as", "are", "this",
-    "be", "by", "from", "or", "an", "which", "config", "install", "library", "function",
-    "return", "value", "error", "file", "option", "default", "version", "build", "include",
-    "static", "const", "struct", "void", "int", "char", "unsigned", "size_t", "NULL", "if",
-    "else", "while", "switch", "case",
-]  # fmt: skip
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "that",
+    "with",
+    "on",
+    "as",
+    "are",
+    "this",
+    "be",
+    "by",
+    "from",
+    "or",
+    "an",
+    "which",
+    "config",
+    "install",
+    "library",
+    "function",
+    "return",
+    "value",
+    "error",
+    "file",
+    "option",
+    "default",
+    "version",
+    "build",
+    "include",
+    "static",
+    "const",
+    "struct",
+    "void",
+    "int",
+    "char",
+    "unsigned",
+    "size_t",
+    "NULL",
+    "if",
+    "else",
+    "while",
+    "switch",
+    "case",
+]
 
 
 def _text(rng: random.Random, n: int) -> bytes:
@@ -200,8 +241,11 @@ def workloads(root: Path) -> dict[str, tuple[Path, int, int]]:
         make(d)
         size = finish_tree(d)
         files = sum(len(f) for _, _, f in os.walk(d))
-        print(f"workload {name}: {size / MiB:.1f} MiB in {files} files "
-              f"(generated in {time.perf_counter() - start:.1f} s)", flush=True)  # fmt: skip
+        print(
+            f"workload {name}: {size / MiB:.1f} MiB in {files} files "
+            f"(generated in {time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
         out[name] = (d, size, files)
     return out
 
@@ -256,8 +300,23 @@ def imagesmith_job(host: str, base: str, pkg: Path, ref: str, cache: Path) -> tu
     env = {**os.environ, "IMAGESMITH_CACHE_DIR": str(cache)}
     env.pop("SOURCE_DATE_EPOCH", None)
     job = Job()
-    out = job.run([sys.executable, "-m", "imagesmith", "--insecure-registry", host, "build",
-                   "--base-image", base, "--tag", ref, "--json", str(pkg)], env)  # fmt: skip
+    out = job.run(
+        [
+            sys.executable,
+            "-m",
+            "imagesmith",
+            "--insecure-registry",
+            host,
+            "build",
+            "--base-image",
+            base,
+            "--tag",
+            ref,
+            "--json",
+            str(pkg),
+        ],
+        env,
+    )
     result = json.loads(out)
     if isinstance(result, list):
         result = result[0]
@@ -271,8 +330,20 @@ def podman_job(pm: Podman, base: str, prefix: Path, ref: str, ctx: Path) -> Job:
     job = Job()
     p = pm.base_command()
     env = pm.env()
-    job.run([*p, "build", "--tls-verify=false", "-q", "-f", str(ctx / "Containerfile"), "-t", ref,
-             str(prefix.parent)], env)  # fmt: skip
+    job.run(
+        [
+            *p,
+            "build",
+            "--tls-verify=false",
+            "-q",
+            "-f",
+            str(ctx / "Containerfile"),
+            "-t",
+            ref,
+            str(prefix.parent),
+        ],
+        env,
+    )
     job.run([*p, "push", "--tls-verify=false", ref], env)
     return job
 
@@ -282,8 +353,10 @@ def buildah_job(pm: Podman, base: str, prefix: Path, ref: str) -> Job:
     b = ["buildah", "--root", str(d / "root"), "--runroot", str(d / "runroot"), "--storage-driver", "vfs"]
     env = pm.env()
     job = Job()
-    ctr = job.run([*b, "from", "--tls-verify=false", "--pull-never" if _has_image(b, env, base) else "--pull",
-                   base], env).strip()  # fmt: skip
+    ctr = job.run(
+        [*b, "from", "--tls-verify=false", "--pull-never" if _has_image(b, env, base) else "--pull", base],
+        env,
+    ).strip()
     job.run([*b, "copy", ctr, str(prefix), PREFIX], env)
     job.run([*b, "config", "--env", f"PATH={PATH_VALUE}", ctr], env)
     job.run([*b, "commit", "-q", ctr, ref], env)
@@ -309,8 +382,9 @@ def umoci_job(base: str, prefix: Path, ref: str, layout: Path) -> Job:
 
 def layer_floor(host: str, ref_repo: str, tag: str, cache: Path, repo: str) -> tuple[float, int]:
     """Upload imagesmith's top layer blob alone (one monolithic PUT); (seconds, bytes)."""
-    r = requests.get(f"http://{host}/v2/{ref_repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT},
-                     timeout=30)  # fmt: skip
+    r = requests.get(
+        f"http://{host}/v2/{ref_repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}, timeout=30
+    )
     r.raise_for_status()
     layer = r.json()["layers"][-1]
     digest = Digest.parse(layer["digest"])
@@ -340,24 +414,49 @@ def main() -> int:
     have_buildah = shutil.which("buildah") is not None
     t0 = time.perf_counter()
     results: dict[str, dict[str, object]] = {}
-    with tempfile.TemporaryDirectory(prefix="imagesmith-bench-layers-", dir=tmp_parent) as tmp_name, \
-            DistributionRegistry(workdir=Path(tmp_name, "registry")) as registry:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="imagesmith-bench-layers-", dir=tmp_parent) as tmp_name,
+        DistributionRegistry(workdir=Path(tmp_name, "registry")) as registry,
+    ):
         tmp = Path(tmp_name)
         host = registry.host
         base = f"{host}/base/busybox:1"
-        subprocess.run([sys.executable, "-m", "imagesmith", "--insecure-registry", host, "import",
-                        str(busybox_rootfs(tmp / "rootfs")), "--tag", base],
-                       env={**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp / "cache-import")},
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "imagesmith",
+                "--insecure-registry",
+                host,
+                "import",
+                str(busybox_rootfs(tmp / "rootfs")),
+                "--tag",
+                base,
+            ],
+            env={**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp / "cache-import")},
+            check=True,
+            capture_output=True,
+        )
         loads = workloads(tmp / "work")
-        print(f"registry {host}; scale {SCALE}, runs {RUNS}; buildah: {'yes' if have_buildah else 'no'}",
-              flush=True)  # fmt: skip
+        print(
+            f"registry {host}; scale {SCALE}, runs {RUNS}; buildah: {'yes' if have_buildah else 'no'}",
+            flush=True,
+        )
 
         for name, (prefix, size, files) in loads.items():
             pkg = tmp / f"{name}.json"
-            pkg.write_text(json.dumps({"name": name, "version": "1.0", "prefix": PREFIX,
-                                       "content": str(prefix), "depends": [],
-                                       "env": {"prepend_path": {"PATH": "{prefix}/bin"}}}))  # fmt: skip
+            pkg.write_text(
+                json.dumps(
+                    {
+                        "name": name,
+                        "version": "1.0",
+                        "prefix": PREFIX,
+                        "content": str(prefix),
+                        "depends": [],
+                        "env": {"prepend_path": {"PATH": "{prefix}/bin"}},
+                    }
+                )
+            )
             tools: dict[str, dict[str, list[float]]] = {}
             digests: list[str] = []
             floors: list[float] = []

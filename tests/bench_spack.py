@@ -126,8 +126,10 @@ def main() -> int:
         sys.exit(f"bench: needs ~{need / 2**30:.1f} GiB free in the temp dir, has {free / 2**30:.1f}")
     t0 = time.perf_counter()
     kit = SpackKit(kit_directory("1.2", Path(tempfile.gettempdir())), "1.2")
-    with tempfile.TemporaryDirectory(prefix="imagesmith-bench-spack-", dir=tmp_parent) as tmp_name, \
-            DistributionRegistry(tls=True, workdir=Path(tmp_name, "registry")) as registry:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="imagesmith-bench-spack-", dir=tmp_parent) as tmp_name,
+        DistributionRegistry(tls=True, workdir=Path(tmp_name, "registry")) as registry,
+    ):
         tmp = Path(tmp_name)
         host, ca = registry.host, registry.ca_cert
         assert ca is not None
@@ -142,11 +144,15 @@ def main() -> int:
         start = time.perf_counter()
         make_software(prefix / "share" / "bench", int(1024 * MiB * SCALE))
         content = sum(f.stat().st_size for f in prefix.rglob("*") if f.is_file() and not f.is_symlink())
-        print(f"content: {content / MiB:.0f} MiB in {prefix} "
-              f"(generated in {time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        print(
+            f"content: {content / MiB:.0f} MiB in {prefix} "
+            f"(generated in {time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         fs = tmp / "fscache"
-        seconds, _ = scope.run("buildcache", "push", "--unsigned", "--only", "package", str(fs),
-                               f"/{dag_hash}")  # fmt: skip
+        seconds, _ = scope.run(
+            "buildcache", "push", "--unsigned", "--only", "package", str(fs), f"/{dag_hash}"
+        )
         print(f"spack buildcache push to a layout-3 directory (the input): {seconds:.1f} s", flush=True)
         manifest = next((fs / "v3" / "manifests" / "spec" / PACKAGE).glob("*.spec.manifest.json"))
         records = json.loads(manifest.read_text())["data"]
@@ -156,32 +162,54 @@ def main() -> int:
         tarball_bytes = tarball.stat().st_size
         print(f"tarball: {tarball_bytes / MiB:.0f} MiB ({checksum[:19]}...)", flush=True)
 
-        figures: dict[str, list[float]] = {"imagesmith": [], "imagesmith (prefix)": [], "spack": [],
-                                           "registry floor": [], "spack start-up": []}  # fmt: skip
+        figures: dict[str, list[float]] = {
+            "imagesmith": [],
+            "imagesmith (prefix)": [],
+            "spack": [],
+            "registry floor": [],
+            "spack start-up": [],
+        }
         errors: list[str] = []
         for i in range(RUNS):
-            seconds, result = imagesmith(["build", "--base-image", base, "--repo", f"{host}/bench/ims-{i}",
-                                          str(manifest)], tmp / f"cache-{i}", ca)  # fmt: skip
+            seconds, result = imagesmith(
+                ["build", "--base-image", base, "--repo", f"{host}/bench/ims-{i}", str(manifest)],
+                tmp / f"cache-{i}",
+                ca,
+            )
             figures["imagesmith"].append(seconds)
             layers = result["layers"]
             assert isinstance(layers, list)
             if layers[-1]["digest"] != checksum:
                 errors.append(f"imagesmith's layer is {layers[-1]['digest']}, Spack's checksum {checksum}")
-            seconds, _ = imagesmith(["build", "--base-image", base, "--repo", f"{host}/bench/prefix-{i}",
-                                     str(prefix)], tmp / f"cache-prefix-{i}", ca)  # fmt: skip
+            seconds, _ = imagesmith(
+                ["build", "--base-image", base, "--repo", f"{host}/bench/prefix-{i}", str(prefix)],
+                tmp / f"cache-prefix-{i}",
+                ca,
+            )
             figures["imagesmith (prefix)"].append(seconds)
             shutil.rmtree(tmp / f"cache-{i}", ignore_errors=True)
             shutil.rmtree(tmp / f"cache-prefix-{i}", ignore_errors=True)
             (scope.dir / "mirrors.yaml").write_text(
                 f"mirrors::\n  bench:\n    url: oci://{host}/bench/spack-{i}\n    signed: false\n"
             )
-            seconds, _ = scope.run("buildcache", "push", "--unsigned", "--only", "package",
-                                   "--base-image", base, "bench", f"/{dag_hash}")  # fmt: skip
+            seconds, _ = scope.run(
+                "buildcache",
+                "push",
+                "--unsigned",
+                "--only",
+                "package",
+                "--base-image",
+                base,
+                "bench",
+                f"/{dag_hash}",
+            )
             figures["spack"].append(seconds)
             figures["registry floor"].append(registry_floor(host, ca, tarball, f"bench/floor-{i}"))
             figures["spack start-up"].append(scope.run("find", f"/{dag_hash}")[0])
-            print("  run {}: {}".format(i + 1, ", ".join(f"{k} {v[-1]:.1f} s" for k, v in figures.items())),
-                  flush=True)  # fmt: skip
+            print(
+                "  run {}: {}".format(i + 1, ", ".join(f"{k} {v[-1]:.1f} s" for k, v in figures.items())),
+                flush=True,
+            )
 
     total = time.perf_counter() - t0
     ims = median(figures["imagesmith"])
@@ -205,8 +233,10 @@ def main() -> int:
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nSpack {kit.version}; content {content / MiB:.0f} MiB, tarball {tarball_bytes / MiB:.0f} MiB; "
-          f"scale {SCALE}, {RUNS} run(s), medians")  # fmt: skip
+    print(
+        f"\nSpack {kit.version}; content {content / MiB:.0f} MiB, tarball {tarball_bytes / MiB:.0f} MiB; "
+        f"scale {SCALE}, {RUNS} run(s), medians"
+    )
     print(f"{'cold push':22}{'seconds':>9}{'MiB/s':>9}{'x imagesmith':>14}")
     for name, values in figures.items():
         seconds = median(values)

@@ -61,8 +61,9 @@ class Run:
         env.pop("SOURCE_DATE_EPOCH", None)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "imagesmith", "--debug", *args],
-                                    env=env, stdout=out, stderr=err)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "imagesmith", "--debug", *args], env=env, stdout=out, stderr=err
+            )
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             self.seconds = time.perf_counter() - start
@@ -95,8 +96,10 @@ def main() -> int:
     out_path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".bench/stack.json")
     scaled = max(100, round(1000 * float(os.environ.get("BENCH_SCALE", "1"))))
     count = int(os.environ.get("BENCH_STACK_PACKAGES", scaled))
-    with tempfile.TemporaryDirectory(prefix="imagesmith-bench-") as tmp_name, \
-            DistributionRegistry(workdir=Path(tmp_name, "registry")) as registry:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="imagesmith-bench-") as tmp_name,
+        DistributionRegistry(workdir=Path(tmp_name, "registry")) as registry,
+    ):
         tmp = Path(tmp_name)
         stack = write_stack(tmp / "stack", count)
         host = registry.host
@@ -106,8 +109,17 @@ def main() -> int:
         over = sum(1 for name in stack.depends if len(stack.closure(name)) + 2 > BUDGET)
         print(f"stack: {count} packages, {over} images over {BUDGET} layers; registry {host}", flush=True)
 
-        each = [*flags, "build", "--each", "--base-image", base, "--repo", f"{host}/batch", "--json",
-                *map(str, stack.files)]  # fmt: skip
+        each = [
+            *flags,
+            "build",
+            "--each",
+            "--base-image",
+            base,
+            "--repo",
+            f"{host}/batch",
+            "--json",
+            *map(str, stack.files),
+        ]
         batch = Run(each, tmp / "cache-batch")
         results = json.loads(batch.stdout)
         print(f"one run (--each): {batch.seconds:.1f} s, {batch.total} requests", flush=True)
@@ -166,16 +178,21 @@ def main() -> int:
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(f"{'':28}{'seconds':>10}{'peak RSS MiB':>14}{'requests':>10}")
-    for label, key in (("build --each (1 run)", "batch"), ("the same run again", "batch_again"),
-                       (f"build x {count} runs", "one_by_one")):  # fmt: skip
+    for label, key in (
+        ("build --each (1 run)", "batch"),
+        ("the same run again", "batch_again"),
+        (f"build x {count} runs", "one_by_one"),
+    ):
         row = report[key]
         print(f"{label:28}{row['seconds']:>10}{row['peak_rss_mib']:>14}{row['requests']:>10}")
     ratio = f"{report['speedup']:>9}x{'':14}{report['request_ratio']:>9}x"
     print(f"{'ratio (one by one / --each)':28}{ratio}")
     requests = report["batch"]["requests"]
-    print(f"\n{len(results)} images, {distinct_blobs} distinct blobs ({len(sizes)} layers, {len(grouped)} "
-          f"of them groups); one run: {requests / len(results):.2f} requests per image, "
-          f"{requests / distinct_blobs:.2f} per distinct blob")  # fmt: skip
+    print(
+        f"\n{len(results)} images, {distinct_blobs} distinct blobs ({len(sizes)} layers, {len(grouped)} "
+        f"of them groups); one run: {requests / len(results):.2f} requests per image, "
+        f"{requests / distinct_blobs:.2f} per distinct blob"
+    )
     print(f"written to {out_path}")
     return 0
 

@@ -169,9 +169,12 @@ def byte_stages(tmp: Path) -> dict[str, dict[str, object]]:
         ("gzip isal, 1 thread", _codec("isal"), lambda: _compress(data, "gzip", 1, "isal")),
         ("gzip isal, 2 threads", _codec("isal"), lambda: _compress(data, "gzip", 2, "isal")),
         ("zstd-3, 1 thread (imagesmith)", codec_id("zstd"), lambda: _compress(data, "zstd")),
-        ("zstd-3, 2 threads (zstandard)", "threads=2: a limit, not what imagesmith runs",
-         lambda: _zstd_threads(data, 2)),
-    ]  # fmt: skip
+        (
+            "zstd-3, 2 threads (zstandard)",
+            "threads=2: a limit, not what imagesmith runs",
+            lambda: _zstd_threads(data, 2),
+        ),
+    ]
     if gzip_backend() != "isal" and os.environ.get(GZIP_BACKEND_ENV, "") in ("", "isal"):
         stages = [s for s in stages if "isal" not in s[0]]  # the isal package is missing
         print("isal not installed: its rows are skipped", flush=True)
@@ -237,13 +240,22 @@ def file_stages(tmp: Path) -> dict[str, object]:
     files = _warm(root)
     print(f"small files: {files} files, {size / MiB:.1f} MiB", flush=True)
     ways: list[tuple[str, str, Callable[[], object]]] = [
-        ("tarfile", "tarfile.open(w) + add(), uncompressed, to a file",
-         lambda: _with_tarfile(root, tmp / "x.tar")),
-        ("imagesmith tar writer", "directory_entries + TarWriter, uncompressed, into sha256",
-         lambda: _with_writer(root)),
-        ("imagesmith build_layer", f"default compression ({codec_id('gzip')}), into a BlobCache",
-         lambda: _with_build_layer(root, tmp)),
-    ]  # fmt: skip
+        (
+            "tarfile",
+            "tarfile.open(w) + add(), uncompressed, to a file",
+            lambda: _with_tarfile(root, tmp / "x.tar"),
+        ),
+        (
+            "imagesmith tar writer",
+            "directory_entries + TarWriter, uncompressed, into sha256",
+            lambda: _with_writer(root),
+        ),
+        (
+            "imagesmith build_layer",
+            f"default compression ({codec_id('gzip')}), into a BlobCache",
+            lambda: _with_build_layer(root, tmp),
+        ),
+    ]
     rows: dict[str, dict[str, object]] = {}
     diff_ids: set[str] = set()
     for name, detail, run in ways:
@@ -302,8 +314,10 @@ def main() -> int:
     print("| way | seconds | files/s | MiB/s | speedup over tarfile |")
     print("|---|---|---|---|---|")
     for name, row in per_file["ways"].items():  # type: ignore[attr-defined]
-        print(f"| {name} | {row['seconds']} | {row['files_per_s']} | {row['mib_per_s']} | "
-              f"{row['speedup_vs_tarfile']}x |")  # fmt: skip
+        print(
+            f"| {name} | {row['seconds']} | {row['files_per_s']} | {row['mib_per_s']} | "
+            f"{row['speedup_vs_tarfile']}x |"
+        )
     print(f"\nwritten to {out_path} ({report['seconds_total']} s)")
     return 0
 

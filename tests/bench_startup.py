@@ -42,7 +42,9 @@ def main() -> None:
         "imagesmith completion bash": [script, "completion", "bash"],
         "imagesmith version": [script, "version"],
         "python -c 'import imagesmith.pipeline.run'": [
-            sys.executable, "-c", "import imagesmith.pipeline.run"
+            sys.executable,
+            "-c",
+            "import imagesmith.pipeline.run",
         ],
     }
     results = {}

@@ -49,8 +49,15 @@ def debian_rootfs(dest: Path) -> Path:
     """A Debian-12-like root filesystem at ``dest`` (see the module docstring)."""
     usr = dest / "usr"
     libdir = usr / "lib" / TRIPLET
-    for sub in (usr / "bin", usr / "sbin", libdir, usr / "lib64", dest / "etc/ld.so.conf.d", dest / "tmp",
-                dest / "root"):  # fmt: skip
+    for sub in (
+        usr / "bin",
+        usr / "sbin",
+        libdir,
+        usr / "lib64",
+        dest / "etc/ld.so.conf.d",
+        dest / "tmp",
+        dest / "root",
+    ):
         sub.mkdir(parents=True, exist_ok=True)
     for name in ("bin", "lib", "lib64", "sbin"):
         (dest / name).symlink_to(f"usr/{name}")
@@ -84,8 +91,9 @@ def _cc(compiler: str, *args: str, cwd: Path) -> None:
 
 
 def _package(path: Path, name: str, prefix: str, content: str, depends: list[str]) -> Path:
-    path.write_text(json.dumps({"name": name, "version": "1.0", "prefix": prefix, "content": content,
-                                "depends": depends}))  # fmt: skip
+    path.write_text(
+        json.dumps({"name": name, "version": "1.0", "prefix": prefix, "content": content, "depends": depends})
+    )
     return path
 
 
@@ -100,8 +108,17 @@ def compile_stack(root: Path) -> dict[str, Path]:
         "#include <math.h>\n#include <stdio.h>\n"
         'void greet(const char *who) { printf("hello %s from libgreet (%.0f)\\n", who, sqrt(1764.0)); }\n'
     )
-    _cc("gcc", "-shared", "-fPIC", "-Wl,-soname,libgreet.so.1", "-o", str(greet / "lib/libgreet.so.1.0"),
-        "greet.c", "-lm", cwd=src)  # fmt: skip
+    _cc(
+        "gcc",
+        "-shared",
+        "-fPIC",
+        "-Wl,-soname,libgreet.so.1",
+        "-o",
+        str(greet / "lib/libgreet.so.1.0"),
+        "greet.c",
+        "-lm",
+        cwd=src,
+    )
     (greet / "lib/libgreet.so.1").symlink_to("libgreet.so.1.0")
     (greet / "lib/libgreet.so").symlink_to("libgreet.so.1")
 
@@ -114,24 +131,59 @@ def compile_stack(root: Path) -> dict[str, Path]:
     )
     (src / "zlib.h").write_text("const char *zlibVersion(void);\n")
     (src / "libz.so").symlink_to(HOST_LIBS / "libz.so.1")
-    _cc("gcc", "-o", str(hello / "bin/hello"), "hello.c", f"-L{greet / 'lib'}", "-lgreet", f"-L{src}", "-lz",
-        "-Wl,--enable-new-dtags,-rpath,/opt/stack/libgreet-1.0/lib", "-I.", cwd=src)  # fmt: skip
+    _cc(
+        "gcc",
+        "-o",
+        str(hello / "bin/hello"),
+        "hello.c",
+        f"-L{greet / 'lib'}",
+        "-lgreet",
+        f"-L{src}",
+        "-lz",
+        "-Wl,--enable-new-dtags,-rpath,/opt/stack/libgreet-1.0/lib",
+        "-I.",
+        cwd=src,
+    )
     (src / "helper.cc").write_text('#include <string>\nstd::string helper() { return "helper"; }\n')
-    _cc("g++", "-shared", "-fPIC", "-Wl,-soname,libhelper.so", "-o", str(hello / "lib/libhelper.so"),
-        "helper.cc", cwd=src)  # fmt: skip
+    _cc(
+        "g++",
+        "-shared",
+        "-fPIC",
+        "-Wl,-soname,libhelper.so",
+        "-o",
+        str(hello / "lib/libhelper.so"),
+        "helper.cc",
+        cwd=src,
+    )
     (src / "hellocc.cc").write_text(
         "#include <iostream>\n#include <string>\nstd::string helper();\n"
         'int main() { std::cout << "hellocc with " << helper() << std::endl; return 0; }\n'
     )
     # DT_RPATH (old dtags) with $ORIGIN: the helper is found next to the program's lib dir.
-    _cc("g++", "-o", str(hello / "bin/hellocc"), "hellocc.cc", f"-L{hello / 'lib'}", "-lhelper",
-        "-Wl,--disable-new-dtags,-rpath,$ORIGIN/../lib", cwd=src)  # fmt: skip
+    _cc(
+        "g++",
+        "-o",
+        str(hello / "bin/hellocc"),
+        "hellocc.cc",
+        f"-L{hello / 'lib'}",
+        "-lhelper",
+        "-Wl,--disable-new-dtags,-rpath,$ORIGIN/../lib",
+        cwd=src,
+    )
 
     broken = root / "broken"
     (broken / "bin").mkdir(parents=True)
     (src / "nothere.c").write_text("int nothere(void) { return 1; }\n")
-    _cc("gcc", "-shared", "-fPIC", "-Wl,-soname,libnothere.so.1", "-o", str(src / "libnothere.so"),
-        "nothere.c", cwd=src)  # fmt: skip
+    _cc(
+        "gcc",
+        "-shared",
+        "-fPIC",
+        "-Wl,-soname,libnothere.so.1",
+        "-o",
+        str(src / "libnothere.so"),
+        "nothere.c",
+        cwd=src,
+    )
     (src / "broken.c").write_text("int nothere(void);\nint main(void) { return nothere(); }\n")
     _cc("gcc", "-o", str(broken / "bin/broken"), "broken.c", f"-L{src}", "-lnothere", cwd=src)
 

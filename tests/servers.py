@@ -804,8 +804,9 @@ def overlay_available() -> bool:
         options = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']}"
         mounted = subprocess.run(
             ["mount", "-t", "overlay", "overlay", "-o", options, str(dirs["merged"])],
-            capture_output=True, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            check=False,
+        )
         if mounted.returncode != 0:
             return False
         subprocess.run(["umount", str(dirs["merged"])], capture_output=True, check=False)
@@ -883,7 +884,7 @@ def busybox_rootfs(dest: Path | str, busybox: Path | str = "/bin/busybox") -> Pa
         # Like Debian's: reset PATH, then source /etc/profile.d/*.sh.
         "etc/profile": (
             f'PATH="{DEBIAN_PATH}"\nexport PATH\n'
-            "for i in /etc/profile.d/*.sh; do [ -r \"$i\" ] && . \"$i\"; done\nunset i\n"
+            'for i in /etc/profile.d/*.sh; do [ -r "$i" ] && . "$i"; done\nunset i\n'
         ),
     }
     for rel, text in files.items():

@@ -38,14 +38,25 @@ class Verifier:
             f"docker:\n  {registry}:\n    use-sigstore-attachments: true\n"
         )
         self.policy = d / "home/.config/containers/policy.json"
-        self.policy.write_text(json.dumps({
-            "default": [{"type": "reject"}],
-            "transports": {"docker": {registry: [{
-                "type": "sigstoreSigned",
-                "keyPath": str(public_key),
-                "signedIdentity": {"type": "matchRepoDigestOrExact"},
-            }]}},
-        }, indent=2))  # fmt: skip
+        self.policy.write_text(
+            json.dumps(
+                {
+                    "default": [{"type": "reject"}],
+                    "transports": {
+                        "docker": {
+                            registry: [
+                                {
+                                    "type": "sigstoreSigned",
+                                    "keyPath": str(public_key),
+                                    "signedIdentity": {"type": "matchRepoDigestOrExact"},
+                                }
+                            ]
+                        }
+                    },
+                },
+                indent=2,
+            )
+        )
         (d / "registries.conf").write_text(
             f'unqualified-search-registries = []\n[[registry]]\nlocation = "{registry}"\ninsecure = true\n'
         )
@@ -69,14 +80,40 @@ class Verifier:
     def podman_pull(self, reference: str) -> subprocess.CompletedProcess[str]:
         d = self.workdir
         return subprocess.run(
-            [str(TOOLS / "podman"), "--root", str(d / "root"), "--runroot", str(d / "runroot"),
-             "--storage-driver", "vfs", "pull", reference],
-            env=self._env(), capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+            [
+                str(TOOLS / "podman"),
+                "--root",
+                str(d / "root"),
+                "--runroot",
+                str(d / "runroot"),
+                "--storage-driver",
+                "vfs",
+                "pull",
+                reference,
+            ],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     def skopeo_copy(self, reference: str, name: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(TOOLS / "skopeo"), "--policy", str(self.policy), "--registries.d", str(self.registries_d),
-             "copy", "--src-tls-verify=false", f"docker://{reference}", f"dir:{self.workdir / name}"],
-            env=self._env(), capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+            [
+                str(TOOLS / "skopeo"),
+                "--policy",
+                str(self.policy),
+                "--registries.d",
+                str(self.registries_d),
+                "copy",
+                "--src-tls-verify=false",
+                f"docker://{reference}",
+                f"dir:{self.workdir / name}",
+            ],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )

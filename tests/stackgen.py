@@ -40,8 +40,9 @@ class Stack:
         return seen
 
 
-def write_stack(root: Path, packages: int = 1000, *, width: int = 100, lo: int = 1, hi: int = 3,
-                seed: int = 12) -> Stack:  # fmt: skip
+def write_stack(
+    root: Path, packages: int = 1000, *, width: int = 100, lo: int = 1, hi: int = 3, seed: int = 12
+) -> Stack:
     """Write ``packages`` package files (JSON) and their prefixes under ``root``."""
     rng = random.Random(seed)
     levels: list[list[str]] = []

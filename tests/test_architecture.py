@@ -120,9 +120,7 @@ def test_imports_go_down_the_layers() -> None:
             if there > here:
                 upward.append(f"{source} (layer {here}) imports {target} (layer {there})")
     assert not upward, "imports that reach up:\n" + "\n".join(upward)
-    typed_up = {
-        (s, t) for s, t in typed if table[unit_of(t, table) or ""] > table[unit_of(s, table) or ""]
-    }
+    typed_up = {(s, t) for s, t in typed if table[unit_of(t, table) or ""] > table[unit_of(s, table) or ""]}
     assert typed_up == TYPE_ONLY_UP, f"type-only upward references changed: {sorted(typed_up ^ TYPE_ONLY_UP)}"
 
 
@@ -190,6 +188,9 @@ def test_no_public_name_is_also_a_submodule() -> None:
     """Importing ``imagesmith.X`` sets the package attribute ``X`` to the module: a public
     function of that name (the package loads its names lazily) would then be the module."""
     public = set(imagesmith.__all__)
-    submodules = {path.stem if path.name != "__init__.py" else path.parent.name for path in PACKAGE.iterdir()
-                  if path.suffix == ".py" or (path / "__init__.py").is_file()}  # fmt: skip
+    submodules = {
+        path.stem if path.name != "__init__.py" else path.parent.name
+        for path in PACKAGE.iterdir()
+        if path.suffix == ".py" or (path / "__init__.py").is_file()
+    }
     assert not public & submodules, f"public names that are also modules of imagesmith: {public & submodules}"

@@ -234,8 +234,12 @@ def test_corrupt_blob_in_an_archive_is_detected(
     assert OCILayout(out).tags() == []
     # Into another archive: nothing is left under the name, nor any temp file.
     with pytest.raises(IntegrityError, match="does not match its digest"):
-        copy_image(f"docker-archive:{tampered}", f"docker-archive:{tmp_path}/copy.tar", pool=pool,
-                   cache=BlobCache(tmp_path / "other-cache"))  # fmt: skip
+        copy_image(
+            f"docker-archive:{tampered}",
+            f"docker-archive:{tmp_path}/copy.tar",
+            pool=pool,
+            cache=BlobCache(tmp_path / "other-cache"),
+        )
     assert not (tmp_path / "copy.tar").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -329,9 +333,14 @@ def test_an_archive_holding_a_huge_pax_record_is_refused_early(tmp_path: Path) -
     manifest = tarfile.TarInfo("manifest.json")
     manifest.size = 2
     raw = (
-        header.tobuf(format=tarfile.USTAR_FORMAT) + payload + bytes(-len(payload) % 512)
-        + manifest.tobuf(format=tarfile.USTAR_FORMAT) + b"[]" + bytes(510) + bytes(1024)
-    )  # fmt: skip
+        header.tobuf(format=tarfile.USTAR_FORMAT)
+        + payload
+        + bytes(-len(payload) % 512)
+        + manifest.tobuf(format=tarfile.USTAR_FORMAT)
+        + b"[]"
+        + bytes(510)
+        + bytes(1024)
+    )
     archive = tmp_path / "bomb.tar.gz"
     archive.write_bytes(gzip.compress(raw, compresslevel=1))
     with pytest.raises(LayoutError, match="extended headers of more than 1048576 bytes"):

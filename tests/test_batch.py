@@ -115,8 +115,17 @@ def test_each_image_is_the_same_whatever_else_the_batch_holds(tmp_path: Path) ->
         (tmp_path / name).mkdir()
         (tmp_path / name / "f").write_text(name)
         path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({"name": name, "version": "1", "prefix": f"/opt/{name}", "content": name,
-                                    "depends": [f"{d}.json" for d in depends]}))
+        path.write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "version": "1",
+                    "prefix": f"/opt/{name}",
+                    "content": name,
+                    "depends": [f"{d}.json" for d in depends],
+                }
+            )
+        )
         return path
 
     package("a", [])

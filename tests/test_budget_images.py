@@ -33,9 +33,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
 
 @pytest.fixture(scope="module")
 def built(registry: DistributionRegistry, base: str, stack: Stack) -> list[dict[str, object]]:
-    out = ok("--insecure-registry", registry.host, "build", "--each", "--base-image", base,
-             "--repo", f"{registry.host}/budget", "--max-layers", str(BUDGET), "--json",
-             *map(str, stack.files))  # fmt: skip
+    out = ok(
+        "--insecure-registry",
+        registry.host,
+        "build",
+        "--each",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/budget",
+        "--max-layers",
+        str(BUDGET),
+        "--json",
+        *map(str, stack.files),
+    )
     results: list[dict[str, object]] = json.loads(out)
     return results
 
@@ -136,9 +147,22 @@ def test_the_same_stack_gives_the_same_images(
 ) -> None:
     monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(tmp_path / "fresh"))
     files = list(reversed(stack.files))  # another order, nothing cached: the same plan and bytes
-    again = json.loads(ok("--insecure-registry", registry.host, "build", "--each", "--base-image", base,
-                          "--repo", f"{registry.host}/budget", "--max-layers", str(BUDGET), "--json",
-                          *map(str, files)))  # fmt: skip
+    again = json.loads(
+        ok(
+            "--insecure-registry",
+            registry.host,
+            "build",
+            "--each",
+            "--base-image",
+            base,
+            "--repo",
+            f"{registry.host}/budget",
+            "--max-layers",
+            str(BUDGET),
+            "--json",
+            *map(str, files),
+        )
+    )
     assert {(r["tag"], r["digest"]) for r in again} == {(r["tag"], r["digest"]) for r in built}
 
 
@@ -146,10 +170,24 @@ def test_the_same_stack_gives_the_same_images(
 def test_every_platform_gets_the_same_groups(
     registry: DistributionRegistry, multiarch_base: str, stack: Stack
 ) -> None:
-    results = json.loads(ok("--insecure-registry", registry.host, "build", "--each", "--base-image",
-                            multiarch_base, "--platform", "linux/amd64,linux/arm64", "--repo",
-                            f"{registry.host}/budget-multi", "--max-layers", str(BUDGET), "--json",
-                            *map(str, stack.files)))  # fmt: skip
+    results = json.loads(
+        ok(
+            "--insecure-registry",
+            registry.host,
+            "build",
+            "--each",
+            "--base-image",
+            multiarch_base,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--repo",
+            f"{registry.host}/budget-multi",
+            "--max-layers",
+            str(BUDGET),
+            "--json",
+            *map(str, stack.files),
+        )
+    )
     grouped = 0
     for result in results:
         amd64, arm64 = result["platforms"]
@@ -160,8 +198,18 @@ def test_every_platform_gets_the_same_groups(
 
 
 def test_a_budget_below_the_base_is_refused(registry: DistributionRegistry, base: str, stack: Stack) -> None:
-    code, out, err = cli("--insecure-registry", registry.host, "build", "--base-image", base, "--repo",
-                         f"{registry.host}/budget", "--max-layers", "2", str(stack.files[-1]))  # fmt: skip
+    code, out, err = cli(
+        "--insecure-registry",
+        registry.host,
+        "build",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/budget",
+        "--max-layers",
+        "2",
+        str(stack.files[-1]),
+    )
     assert code == 2 and not out
     assert err.strip() == (
         "imagesmith: error: --max-layers 2 is too small: the base image has 1 layer, and an image needs "
@@ -177,30 +225,80 @@ def test_two_packages_holding_one_path_differently_cannot_share_a_layer(
             (tmp_path / name / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name / rel).write_text(text)
         path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({"name": name, "version": "1", "prefix": prefix, "content": name,
-                                    "depends": [f"{d}.json" for d in depends]}))  # fmt: skip
+        path.write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "version": "1",
+                    "prefix": prefix,
+                    "content": name,
+                    "depends": [f"{d}.json" for d in depends],
+                }
+            )
+        )
         return path
 
     package("suite", "/opt/suite", {"share/x": "from suite"}, [])
     package("plugin", "/opt/suite/share", {"x": "from plugin"}, [])
     app = package("app", "/opt/app", {"bin/app": "app"}, ["suite", "plugin"])
-    code, _, err = cli("--insecure-registry", registry.host, "build", "--base-image", base, "--repo",
-                       f"{registry.host}/budget-clash", "--max-layers", "3", str(app))  # fmt: skip
+    code, _, err = cli(
+        "--insecure-registry",
+        registry.host,
+        "build",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/budget-clash",
+        "--max-layers",
+        "3",
+        str(app),
+    )
     assert code == 2, err
     assert "packages suite-1 and plugin-1 both install /opt/suite/share/x, with different contents" in err
     # With a layer each, the upper one shadows the lower as always.
-    ok("--insecure-registry", registry.host, "build", "--base-image", base, "--repo",
-       f"{registry.host}/budget-clash", str(app))  # fmt: skip
+    ok(
+        "--insecure-registry",
+        registry.host,
+        "build",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/budget-clash",
+        str(app),
+    )
 
 
 def test_each_root_builds_the_roots_only(registry: DistributionRegistry, base: str, stack: Stack) -> None:
     roots = [stack.files[-1], stack.files[-2]]
-    results = json.loads(ok("--insecure-registry", registry.host, "build", "--each-root", "--base-image",
-                            base, "--repo", f"{registry.host}/budget-roots", "--max-layers", str(BUDGET),
-                            "--json", *map(str, roots)))  # fmt: skip
+    results = json.loads(
+        ok(
+            "--insecure-registry",
+            registry.host,
+            "build",
+            "--each-root",
+            "--base-image",
+            base,
+            "--repo",
+            f"{registry.host}/budget-roots",
+            "--max-layers",
+            str(BUDGET),
+            "--json",
+            *map(str, roots),
+        )
+    )
     assert [names(layers_of(r)[-1]) for r in results] == [[p.stem] for p in roots]
-    code, _, _ = cli("--insecure-registry", registry.host, "build", "--each", "--each-root", "--base-image",
-                     base, "--repo", f"{registry.host}/budget-roots", str(roots[0]))  # fmt: skip
+    code, _, _ = cli(
+        "--insecure-registry",
+        registry.host,
+        "build",
+        "--each",
+        "--each-root",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/budget-roots",
+        str(roots[0]),
+    )
     assert code == 2  # argparse: one or the other
 
 
@@ -223,15 +321,29 @@ def test_a_group_the_registry_has_is_not_built_again_and_a_layout_rebuilds_it(
         for digest in groups:
             cache.evict(digest)
         events: list[str] = []
-        again = build_each(base, packages, repo=repo, options=options, cache=cache, pool=pool,
-                           progress=lambda e: events.append(f"{e.kind} {e.detail}"))  # fmt: skip
+        again = build_each(
+            base,
+            packages,
+            repo=repo,
+            options=options,
+            cache=cache,
+            pool=pool,
+            progress=lambda e: events.append(f"{e.kind} {e.detail}"),
+        )
         assert [r.digest for r in again] == [r.digest for r in first]
         assert not any(e.startswith("layer-built") for e in events)
         assert not any(cache.has(digest) for digest in groups)  # nothing needed their bytes
         top = next(r for r in first if any(len(layer.packages) > 1 for layer in r.layers))
         name = top.packages[-1].package.name
-        out = build_each(base, packages, output=f"oci:{tmp_path / 'layout'}", options=options, cache=cache,
-                         pool=pool, roots=[p for p in packages if p.name == name])  # fmt: skip
+        out = build_each(
+            base,
+            packages,
+            output=f"oci:{tmp_path / 'layout'}",
+            options=options,
+            cache=cache,
+            pool=pool,
+            roots=[p for p in packages if p.name == name],
+        )
     assert out[0].digest == top.digest
     for layer in out[0].layers:
         if len(layer.packages) > 1:

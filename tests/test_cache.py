@@ -192,7 +192,8 @@ def test_concurrent_writers_processes(cache: BlobCache, tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(cache.root), str(payload)],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(4)
     ]

@@ -75,8 +75,11 @@ def schema_check(text: str, schema: str, tmp_path: Path) -> None:
     """The file against the engine's published schema (check-jsonschema's vendored copy)."""
     path = tmp_path / f"{schema}.yml"
     path.write_text(text)
-    run = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", f"vendor.{schema}",
-                          str(path)], capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", f"vendor.{schema}", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -102,8 +105,11 @@ def test_gitlab_build_jobs_need_exactly_their_dependencies_jobs(tmp_path: Path) 
     schema_check(text, "gitlab-ci", tmp_path)
     doc = yaml.safe_load(text)  # GitLab reads YAML 1.1, as PyYAML does
     assert doc["stages"] == ["level-0", "level-1", "level-2", "index"]
-    jobs = {name: job for name, job in doc.items() if not name.startswith(".") and isinstance(job, dict)
-            and "script" in job}  # fmt: skip
+    jobs = {
+        name: job
+        for name, job in doc.items()
+        if not name.startswith(".") and isinstance(job, dict) and "script" in job
+    }
     assert list(jobs) == ["d-1.0", "b-1.0", "c-1.0", "a-1.0", "index"]
     edges = stack_edges(packages)
     for name, deps in edges.items():
@@ -139,8 +145,13 @@ def test_github_needs_graph_is_the_stack_on_every_platform(tmp_path: Path) -> No
             assert {jobs[n]["name"] for n in job.get("needs", [])} == {f"{d}-1.0 ({platform})" for d in deps}
             assert job["runs-on"] == labels and job["env"] == {"IMAGESMITH_PLATFORM": platform}
             steps = [s.get("name") or s["uses"] for s in job["steps"]]
-            assert steps == ["actions/checkout@v4", "Install imagesmith", "Log in to registry.example:5000",
-                             "Build and push", "actions/upload-artifact@v4"]  # fmt: skip
+            assert steps == [
+                "actions/checkout@v4",
+                "Install imagesmith",
+                "Log in to registry.example:5000",
+                "Build and push",
+                "actions/upload-artifact@v4",
+            ]
     for name in edges:
         merge = jobs[ids[f"{name}-1.0"]]
         assert sorted(jobs[n]["name"] for n in merge["needs"]) == [
@@ -150,8 +161,12 @@ def test_github_needs_graph_is_the_stack_on_every_platform(tmp_path: Path) -> No
         downloads = [
             s["with"]["name"] for s in merge["steps"] if s.get("uses", "").startswith("actions/down")
         ]
-        uploads = [s["with"]["name"] for n in merge["needs"] for s in jobs[n]["steps"]
-                   if s.get("uses", "").startswith("actions/upload")]  # fmt: skip
+        uploads = [
+            s["with"]["name"]
+            for n in merge["needs"]
+            for s in jobs[n]["steps"]
+            if s.get("uses", "").startswith("actions/upload")
+        ]
         assert (
             downloads
             == uploads
@@ -160,8 +175,10 @@ def test_github_needs_graph_is_the_stack_on_every_platform(tmp_path: Path) -> No
     assert sorted(jobs["index"]["needs"]) == sorted(ids[f"{n}-1.0"] for n in edges)
     order = topological(jobs)  # the graph is acyclic and every job is reachable
     assert order[-1] == "index" and len(order) == len(jobs) == generated.jobs == 13
-    assert doc["on"] == {"workflow_dispatch": None, "workflow_call": {
-        "secrets": {"IMAGESMITH_REGISTRY_PASSWORD": {"required": False}}}}  # fmt: skip
+    assert doc["on"] == {
+        "workflow_dispatch": None,
+        "workflow_call": {"secrets": {"IMAGESMITH_REGISTRY_PASSWORD": {"required": False}}},
+    }
     assert doc["permissions"] == {"contents": "read"}  # packages: write only for ghcr.io
     assert doc["name"] == "imagesmith a-1.0"
 
@@ -243,10 +260,39 @@ def test_package_paths_are_relative_inside_the_checkout_and_absolute_outside(tmp
 
 @pytest.mark.parametrize(
     "value",
-    ["plain", "yes", "No", "on", "null", "~", "1.0", "0x1F", "2024-01-01", "-x", "a: b", "a #b", "it's",
-     "{{ name }}", "a, b", "x=1", "*ref", "&anchor", "!tag", "%x", "@x", "`x", '"quoted"', "[list]",
-     "tail ", "12:30", 'imagesmith build "$X" --flag', "${{ secrets.X }}", "é", "\\"],
-)  # fmt: skip
+    [
+        "plain",
+        "yes",
+        "No",
+        "on",
+        "null",
+        "~",
+        "1.0",
+        "0x1F",
+        "2024-01-01",
+        "-x",
+        "a: b",
+        "a #b",
+        "it's",
+        "{{ name }}",
+        "a, b",
+        "x=1",
+        "*ref",
+        "&anchor",
+        "!tag",
+        "%x",
+        "@x",
+        "`x",
+        '"quoted"',
+        "[list]",
+        "tail ",
+        "12:30",
+        'imagesmith build "$X" --flag',
+        "${{ secrets.X }}",
+        "é",
+        "\\",
+    ],
+)
 def test_yaml_scalars_read_back_unchanged_in_yaml_1_1_and_1_2(value: str) -> None:
     text = f"key: {yaml_scalar(value)}\nlist:\n  - {yaml_scalar(value)}\n"
     assert yaml.safe_load(text) == {"key": value, "list": [value]}
@@ -291,8 +337,12 @@ def test_github_groups_by_dependency_level_when_one_job_per_image_is_too_large(t
     sizes = {
         ident: len(job["strategy"]["matrix"]["include"]) for ident, job in jobs.items() if "strategy" in job
     }
-    assert sizes == {"level-0-linux-amd64-1": 256, "level-0-linux-amd64-2": 256, "level-0-linux-amd64-3": 88,
-                     "level-1-linux-amd64": 1}  # fmt: skip
+    assert sizes == {
+        "level-0-linux-amd64-1": 256,
+        "level-0-linux-amd64-2": 256,
+        "level-0-linux-amd64-3": 88,
+        "level-1-linux-amd64": 1,
+    }
     assert jobs["level-1-linux-amd64"]["needs"] == [f"level-0-linux-amd64-{k}" for k in (1, 2, 3)]
     assert jobs["index"]["needs"] == list(sizes)
     entries = [
@@ -321,9 +371,17 @@ def test_grouped_multi_platform_workflow_merges_from_artifacts(tmp_path: Path) -
     generated = render(packages, "github", AMD64, ARM64, limits=limits)
     schema_check(generated.text, "github-workflows", tmp_path)
     jobs = workflow(generated.text)["jobs"]
-    assert list(jobs) == ["level-0-linux-amd64", "level-0-linux-arm64", "level-1-linux-amd64",
-                          "level-1-linux-arm64", "level-2-linux-amd64", "level-2-linux-arm64",
-                          "merge-1", "merge-2", "index"]  # fmt: skip
+    assert list(jobs) == [
+        "level-0-linux-amd64",
+        "level-0-linux-arm64",
+        "level-1-linux-amd64",
+        "level-1-linux-arm64",
+        "level-2-linux-amd64",
+        "level-2-linux-arm64",
+        "merge-1",
+        "merge-2",
+        "index",
+    ]
     assert jobs["level-2-linux-arm64"]["needs"] == ["level-1-linux-arm64"]
     assert len(jobs["level-1-linux-amd64"]["strategy"]["matrix"]["include"]) == 2  # b and c
     merge = jobs["merge-2"]
@@ -358,26 +416,58 @@ def test_too_large_even_after_grouping_says_which_limit_and_by_how_much(tmp_path
 # --- bad input, through the command line -----------------------------------------------------------
 
 
-def test_bad_input_is_one_line_with_the_usage_exit_code(registry: DistributionRegistry, base: str,
-                                                         tmp_path: Path) -> None:  # fmt: skip
+def test_bad_input_is_one_line_with_the_usage_exit_code(
+    registry: DistributionRegistry, base: str, tmp_path: Path
+) -> None:
     hello = str(EXAMPLES / "hello.json")
-    common = ("--insecure-registry", registry.host, "pipeline", "--base-image", base, "--repo",
-              f"{registry.host}/stack", "-o", str(tmp_path / "ci.yml"))  # fmt: skip
+    common = (
+        "--insecure-registry",
+        registry.host,
+        "pipeline",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/stack",
+        "-o",
+        str(tmp_path / "ci.yml"),
+    )
     cases = {
         ("--engine", "jenkins", hello): "error: unknown CI engine 'jenkins': use gitlab or github",
-        ("--engine", "gitlab", "--platform", "linux/amd64,linux/arm64", "--runner", "linux/amd64=x", hello):
-            "has no runner: add --runner",
-        ("--engine", "github", "--runner", "linux/s390x=big", hello):
-            "--runner linux/s390x: linux/s390x is not a platform of this pipeline (linux/amd64)",
+        (
+            "--engine",
+            "gitlab",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--runner",
+            "linux/amd64=x",
+            hello,
+        ): "has no runner: add --runner",
+        (
+            "--engine",
+            "github",
+            "--runner",
+            "linux/s390x=big",
+            hello,
+        ): "--runner linux/s390x: linux/s390x is not a platform of this pipeline (linux/amd64)",
         ("--engine", "github", "--runner", "linux/amd64", hello): "must be PLATFORM=TAG[,TAG]",
-    }  # fmt: skip
+    }
     for args, message in cases.items():
         code, out, err = cli(*common, *args)
         assert code == 2, err
         assert err.count("\n") == 1 and message in err and out == ""
         assert not (tmp_path / "ci.yml").exists() and not (tmp_path / "ci.yml.tmp").exists()
-    code, _, err = cli(*common, "--engine", "gitlab", "--platform", "linux/amd64,linux/arm64",
-                       "--runner", "linux/amd64=x", "--runner", "linux/arm64=y", hello)  # fmt: skip
+    code, _, err = cli(
+        *common,
+        "--engine",
+        "gitlab",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--runner",
+        "linux/amd64=x",
+        "--runner",
+        "linux/arm64=y",
+        hello,
+    )
     assert code == 2 and "single image for linux/amd64" in err and "needs a base index" in err
     code, _, err = cli(
         *common[:3], "--base-image", f"oci:{tmp_path}", *common[5:], "--engine", "gitlab", hello
@@ -394,9 +484,22 @@ def test_a_stack_too_large_for_github_even_grouped_is_refused_at_the_real_limit(
     deep = tmp_path.joinpath(*["d" * 200] * 5)
     top = wide(deep, 560)
     output = tmp_path / "stack.yml"
-    code, out, err = cli("--insecure-registry", registry.host, "pipeline", "--engine", "github",
-                         "--base-image", base, "--repo", f"{registry.host}/stack", "-o", str(output),
-                         "--relative-to", str(tmp_path), str(top))  # fmt: skip
+    code, out, err = cli(
+        "--insecure-registry",
+        registry.host,
+        "pipeline",
+        "--engine",
+        "github",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/stack",
+        "-o",
+        str(output),
+        "--relative-to",
+        str(tmp_path),
+        str(top),
+    )
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert re.fullmatch(
         r"imagesmith: error: the stack is too large for one GitHub workflow: even grouped by dependency "
@@ -411,32 +514,71 @@ def test_a_stack_too_large_for_github_even_grouped_is_refused_at_the_real_limit(
 
 
 def generate(registry: DistributionRegistry, base: str, output: Path, *args: str) -> str:
-    code, out, err = cli("--insecure-registry", registry.host, "pipeline", "--base-image", base,
-                         "--repo", f"{registry.host}/stack", "--install", "true", "-o", str(output),
-                         *args)  # fmt: skip
+    code, out, err = cli(
+        "--insecure-registry",
+        registry.host,
+        "pipeline",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/stack",
+        "--install",
+        "true",
+        "-o",
+        str(output),
+        *args,
+    )
     assert code == 0 and out == "", err
     return err
 
 
-def test_the_base_is_resolved_once_and_pinned(registry: DistributionRegistry, multiarch_base: str,
-                                              tmp_path: Path) -> None:  # fmt: skip
+def test_the_base_is_resolved_once_and_pinned(
+    registry: DistributionRegistry, multiarch_base: str, tmp_path: Path
+) -> None:
     digest = json.loads(ok("--insecure-registry", registry.host, "inspect", "--json", multiarch_base))[
         "digest"
     ]
     target = tmp_path / "ci.yml"
-    generate(registry, multiarch_base, target, "--engine", "gitlab", "--platform", "linux/arm64",
-             str(EXAMPLES / "hello.json"))  # fmt: skip
+    generate(
+        registry,
+        multiarch_base,
+        target,
+        "--engine",
+        "gitlab",
+        "--platform",
+        "linux/arm64",
+        str(EXAMPLES / "hello.json"),
+    )
     first = target.read_bytes()
     doc = yaml.safe_load(first)
     assert doc["variables"]["IMAGESMITH_BASE_IMAGE"] == f"{multiarch_base}@{digest}"
     assert doc["variables"]["IMAGESMITH_INSECURE_REGISTRY"] == registry.host
     assert doc[".imagesmith-linux-arm64"]["variables"] == {"IMAGESMITH_PLATFORM": "linux/arm64"}
-    generate(registry, multiarch_base, target, "--engine", "gitlab", "--platform", "linux/arm64",
-             str(EXAMPLES / "hello.json"))  # fmt: skip
+    generate(
+        registry,
+        multiarch_base,
+        target,
+        "--engine",
+        "gitlab",
+        "--platform",
+        "linux/arm64",
+        str(EXAMPLES / "hello.json"),
+    )
     assert target.read_bytes() == first
-    code, _, err = cli("--insecure-registry", registry.host, "pipeline", "--engine", "github", "--base-image",
-                       multiarch_base, "--repo", f"{registry.host}/stack", "--platform", "linux/s390x",
-                       str(EXAMPLES / "hello.json"))  # fmt: skip
+    code, _, err = cli(
+        "--insecure-registry",
+        registry.host,
+        "pipeline",
+        "--engine",
+        "github",
+        "--base-image",
+        multiarch_base,
+        "--repo",
+        f"{registry.host}/stack",
+        "--platform",
+        "linux/s390x",
+        str(EXAMPLES / "hello.json"),
+    )
     assert code == 1 and "no image for platform linux/s390x" in err and "linux/arm64/v8" in err
 
 
@@ -458,16 +600,26 @@ def checkout(root: Path) -> Path:
 
 def commit(root: Path) -> None:
     subprocess.run(["git", "add", "."], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm",
-                    "stack"], cwd=root, check=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "stack"],
+        cwd=root,
+        check=True,
+    )
 
 
 def run_gitlab_ci_local(root: Path, *variables: str) -> tuple[subprocess.CompletedProcess[str], float]:
     """Every job of ``root``'s .gitlab-ci.yml in a copy of the checkout of its own (artifacts
     travel between them as on GitLab), two at a time, with this virtualenv's imagesmith."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    args = [str(GITLAB_CI_LOCAL), "--shell-executor-no-image", "--shell-isolation", "--concurrency", "2",
-            "--variable", f"IMAGESMITH_CACHE_DIR={os.environ['IMAGESMITH_CACHE_DIR']}"]  # fmt: skip
+    args = [
+        str(GITLAB_CI_LOCAL),
+        "--shell-executor-no-image",
+        "--shell-isolation",
+        "--concurrency",
+        "2",
+        "--variable",
+        f"IMAGESMITH_CACHE_DIR={os.environ['IMAGESMITH_CACHE_DIR']}",
+    ]
     for variable in variables:
         args += ["--variable", variable]
     start = time.monotonic()
@@ -517,9 +669,20 @@ def test_gitlab_ci_local_builds_the_example_stack_on_two_platforms(
     runs the amd64 image; the repository index lists what was pushed."""
     need_gitlab_ci_local()
     root = checkout(tmp_path / "site")
-    note = generate(registry, multiarch_base, root / ".gitlab-ci.yml", "--engine", "gitlab",
-                    "--platform", "linux/amd64,linux/arm64", "--runner", "linux/amd64=amd64",
-                    "--runner", "linux/arm64=arm64", str(root / "stack" / "hello.json"))  # fmt: skip
+    note = generate(
+        registry,
+        multiarch_base,
+        root / ".gitlab-ci.yml",
+        "--engine",
+        "gitlab",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--runner",
+        "linux/amd64=amd64",
+        "--runner",
+        "linux/arm64=arm64",
+        str(root / "stack" / "hello.json"),
+    )
     assert note == ""
     commit(root)
     run, seconds = run_gitlab_ci_local(root)
@@ -532,9 +695,20 @@ def test_gitlab_ci_local_builds_the_example_stack_on_two_platforms(
     # The index a one-machine build gives, on the same pinned base, in another repository.
     pinned = doc["variables"]["IMAGESMITH_BASE_IMAGE"]
     flags = ("--insecure-registry", registry.host)
-    local = json.loads(ok(*flags, "build", "--json", "--base-image", pinned, "--platform",
-                          "linux/amd64,linux/arm64", "--repo", f"{registry.host}/one-machine",
-                          str(EXAMPLES / "hello.json")))  # fmt: skip
+    local = json.loads(
+        ok(
+            *flags,
+            "build",
+            "--json",
+            "--base-image",
+            pinned,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--repo",
+            f"{registry.host}/one-machine",
+            str(EXAMPLES / "hello.json"),
+        )
+    )
     merged = f"{registry.host}/stack:{local['tag']}"
     info = json.loads(ok(*flags, "inspect", "--json", merged))
     assert [e["platform"] for e in info["manifests"]] == [
@@ -561,18 +735,35 @@ def test_gitlab_ci_local_logs_in_with_gitlabs_registry_variables(
     need_gitlab_ci_local()
     ((user, password),) = BASIC_USERS.items()
     root = checkout(tmp_path / "site")
-    code, _, err = cli("--insecure-registry", f"{registry.host},{basic_registry.host}", "pipeline",
-                       "--engine", "gitlab", "--base-image", base, "--repo", f"{basic_registry.host}/stack",
-                       "--install", "true", "-o", str(root / ".gitlab-ci.yml"),
-                       str(root / "stack" / "hello.json"))  # fmt: skip
+    code, _, err = cli(
+        "--insecure-registry",
+        f"{registry.host},{basic_registry.host}",
+        "pipeline",
+        "--engine",
+        "gitlab",
+        "--base-image",
+        base,
+        "--repo",
+        f"{basic_registry.host}/stack",
+        "--install",
+        "true",
+        "-o",
+        str(root / ".gitlab-ci.yml"),
+        str(root / "stack" / "hello.json"),
+    )
     assert code == 0, err
     text = (root / ".gitlab-ci.yml").read_text()
     assert password not in text and user not in text
     commit(root)
     home = tmp_path / "home"
     home.mkdir()  # no docker config of the test runner's
-    run, _ = run_gitlab_ci_local(root, f"HOME={home}", f"CI_REGISTRY={basic_registry.host}",
-                                 f"CI_REGISTRY_USER={user}", f"CI_REGISTRY_PASSWORD={password}")  # fmt: skip
+    run, _ = run_gitlab_ci_local(
+        root,
+        f"HOME={home}",
+        f"CI_REGISTRY={basic_registry.host}",
+        f"CI_REGISTRY_USER={user}",
+        f"CI_REGISTRY_PASSWORD={password}",
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     check_order(yaml.safe_load(text), output)
@@ -590,13 +781,26 @@ def test_docs_show_what_the_command_writes_for_the_example_stack() -> None:
     base = BasePin("ubuntu:23.04", Reference.parse(f"ubuntu:23.04@{digest}"), platforms)
     packages = load_packages([EXAMPLES / "hello.json"])
     written = [
-        render_pipeline(packages, engine=engine, base=base, repo=repo, runners=runners,
-                        directory=EXAMPLES.parent.parent, package_args=["examples/stack/hello.json"]).text
+        render_pipeline(
+            packages,
+            engine=engine,
+            base=base,
+            repo=repo,
+            runners=runners,
+            directory=EXAMPLES.parent.parent,
+            package_args=["examples/stack/hello.json"],
+        ).text
         for engine, repo, runners in (
-            ("gitlab", "registry.gitlab.com/acme/stack",
-             {"linux/amd64": ["saas-linux-small-amd64"], "linux/arm64": ["saas-linux-small-arm64"]}),
-            ("github", "ghcr.io/acme/stack",
-             {"linux/amd64": ["ubuntu-24.04"], "linux/arm64": ["ubuntu-24.04-arm"]}),
+            (
+                "gitlab",
+                "registry.gitlab.com/acme/stack",
+                {"linux/amd64": ["saas-linux-small-amd64"], "linux/arm64": ["saas-linux-small-arm64"]},
+            ),
+            (
+                "github",
+                "ghcr.io/acme/stack",
+                {"linux/amd64": ["ubuntu-24.04"], "linux/arm64": ["ubuntu-24.04-arm"]},
+            ),
         )
-    ]  # fmt: skip
+    ]
     assert shown == written

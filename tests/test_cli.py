@@ -65,8 +65,10 @@ def test_credential_helper_timeout_from_flag_or_env(monkeypatch: pytest.MonkeyPa
     assert _registry_options(_parser().parse_args(["inspect", "x"])).credential_helper_timeout == 60
     monkeypatch.setenv("IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT", "7")
     assert _registry_options(_parser().parse_args(["inspect", "x"])).credential_helper_timeout == 7
-    for argv in (["--credential-helper-timeout", "2.5", "inspect", "x"],
-                 ["inspect", "x", "--credential-helper-timeout", "2.5"]):  # fmt: skip
+    for argv in (
+        ["--credential-helper-timeout", "2.5", "inspect", "x"],
+        ["inspect", "x", "--credential-helper-timeout", "2.5"],
+    ):
         assert _registry_options(_parser().parse_args(argv)).credential_helper_timeout == 2.5
     code, _, err = run("--credential-helper-timeout", "0", "inspect", "127.0.0.1:1/x:1")
     assert code == 2 and "credential helper timeout" in err
@@ -128,7 +130,12 @@ def test_import_of_a_non_tar_file(tmp_path: Path) -> None:
     not_tar.write_text("myhost\n")
     code, out, err = run(
         # A layout, not a dead registry: that one is reported first, before any input is read.
-        "import", str(not_tar), "--output", f"oci:{tmp_path / 'out'}", "--cache-dir", str(tmp_path / "c")
+        "import",
+        str(not_tar),
+        "--output",
+        f"oci:{tmp_path / 'out'}",
+        "--cache-dir",
+        str(tmp_path / "c"),
     )
     assert code == 1 and out == ""
     assert f"{not_tar} is not a tar archive" in err
@@ -217,6 +224,8 @@ def test_a_json_list_is_printed_one_element_at_a_time_as_json_dumps_would() -> N
         out = io.StringIO()
         _emit_list(iter(data), out)
         assert out.getvalue() == json.dumps(data, indent=2) + "\n"
+
+
 def test_inspect_escapes_what_the_image_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 14, item 8: Env, labels, annotations and history went to the terminal raw, so an
     image could clear the screen, retitle the window or hide text; --json stays exact JSON."""
@@ -228,14 +237,21 @@ def test_inspect_escapes_what_the_image_says(tmp_path: Path, monkeypatch: pytest
     evil = "\x1b]0;pwned\x07\x1b[2J\u009b31m"
     layout = OCILayout(tmp_path / "layout", create=True)
     image(
-        layout, [layer_tar(file_member("f"))],
+        layout,
+        [layer_tar(file_member("f"))],
         config={"Env": [f"A={evil}"], "Labels": {"l": evil}, "WorkingDir": f"/w{evil}"},
-        history=[{"created_by": f"run {evil}"}], annotations={"a": evil},
-    )  # fmt: skip
+        history=[{"created_by": f"run {evil}"}],
+        annotations={"a": evil},
+    )
     code, out, err = cli("inspect", f"oci:{layout.root}:1")
     assert code == 0, err
-    for line in ("A=\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m", "Label:      l=\\x1b]0;pwned", "Annotation: a=\\x1b",
-                 "WorkingDir: /w\\x1b", "run \\x1b]0;pwned"):
+    for line in (
+        "A=\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m",
+        "Label:      l=\\x1b]0;pwned",
+        "Annotation: a=\\x1b",
+        "WorkingDir: /w\\x1b",
+        "run \\x1b]0;pwned",
+    ):
         assert line in out, out
     assert not any(ch in out for ch in "\x1b\x07\u009b")
     code, out, _ = cli("inspect", f"oci:{layout.root}:1", "--json")

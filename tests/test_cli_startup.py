@@ -103,8 +103,9 @@ def _complete(*words: str) -> list[str]:
         'source /dev/stdin; COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMPREPLY=(); _imagesmith; '
         'complete -p imagesmith >&2; printf "%s\\n" "${COMPREPLY[@]}"'
     )
-    done = subprocess.run(["bash", "-c", driver, "bash", *words], input=script, capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-c", driver, "bash", *words], input=script, capture_output=True, text=True, check=True
+    )
     assert done.stderr.strip() == "complete -o filenames -F _imagesmith imagesmith"
     return done.stdout.split()
 

@@ -47,15 +47,26 @@ def _build(
     kit: dict[str, Path], tmp_path: Path, *files: Path, **options: Any
 ) -> tuple[Any, list[ProgressEvent]]:
     events: list[ProgressEvent] = []
-    result = build(_base(kit), load_packages(list(files)), output=f"oci:{tmp_path / 'out'}:t",
-                   options=BuildOptions(**options), cache=BlobCache(tmp_path / "cache"),
-                   progress=events.append)  # fmt: skip
+    result = build(
+        _base(kit),
+        load_packages(list(files)),
+        output=f"oci:{tmp_path / 'out'}:t",
+        options=BuildOptions(**options),
+        cache=BlobCache(tmp_path / "cache"),
+        progress=events.append,
+    )
     return result, events
 
 
 def _package(path: Path, name: str, content: str, depends: tuple[str, ...] = (), **extra: object) -> Path:
-    doc = {"name": name, "version": "1.0", "prefix": f"/opt/stack/{name}-1.0", "content": content,
-           "depends": list(depends), **extra}  # fmt: skip
+    doc = {
+        "name": name,
+        "version": "1.0",
+        "prefix": f"/opt/stack/{name}-1.0",
+        "content": content,
+        "depends": list(depends),
+        **extra,
+    }
     path.write_text(json.dumps(doc))
     return path
 
@@ -95,8 +106,12 @@ def test_ld_library_path_of_the_merged_environment_is_searched(kit: dict[str, Pa
     content = tmp_path / "provider"
     (content / "private").mkdir(parents=True)
     shutil.copyfile(kit["root"] / "stack/src/libnothere.so", content / "private/libnothere.so.1")
-    provider = _package(tmp_path / "provider.json", "provider", "provider",
-                        env={"prepend_path": {"LD_LIBRARY_PATH": "{prefix}/private"}})  # fmt: skip
+    provider = _package(
+        tmp_path / "provider.json",
+        "provider",
+        "provider",
+        env={"prepend_path": {"LD_LIBRARY_PATH": "{prefix}/private"}},
+    )
     top = _package(tmp_path / "top.json", "top", str(kit["root"] / "stack/broken"), ("provider.json",))
     report = _build(kit, tmp_path, provider, top)[0].closure
     assert report.ok, [f.line() for f in report.findings]
@@ -110,8 +125,13 @@ def test_symlinks_resolve_inside_the_image_never_on_the_host(kit: dict[str, Path
     (content / "lib/libnothere.so.1").symlink_to("/usr/lib/x86_64-linux-gnu/libselinux.so.1")
     (content / "lib/libgreet.so.1").symlink_to("../../../../../../../../usr/lib/x86_64-linux-gnu/libz.so.1")
     package = _package(tmp_path / "linker.json", "linker", "linker")
-    top = _package(tmp_path / "top.json", "top", str(kit["root"] / "stack/broken"), ("linker.json",),
-                   env={"set": {"LD_LIBRARY_PATH": "/opt/stack/linker-1.0/lib"}})  # fmt: skip
+    top = _package(
+        tmp_path / "top.json",
+        "top",
+        str(kit["root"] / "stack/broken"),
+        ("linker.json",),
+        env={"set": {"LD_LIBRARY_PATH": "/opt/stack/linker-1.0/lib"}},
+    )
     report = _build(kit, tmp_path, package, top)[0].closure
     assert [f.name for f in report.findings] == ["libnothere.so.1"]
 
@@ -245,16 +265,32 @@ def test_cli_check_error_pushes_nothing_and_the_passing_stack_runs(
     flags = ("--insecure-registry", registry.host, "--cache-dir", str(tmp_path / "cache"))
     base = f"{registry.host}/base/debian:12"
     ok(*flags, "copy", _base(kit), base)
-    code, out, err = cli(*flags, "build", "--base-image", base, "--repo", f"{registry.host}/closure/broken",
-                         "--check=error", str(kit["broken"]))  # fmt: skip
+    code, out, err = cli(
+        *flags,
+        "build",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/closure/broken",
+        "--check=error",
+        str(kit["broken"]),
+    )
     assert code == 2, err
     assert err.count("\n") == 1 and "needs libnothere.so.1" in err and "nothing was written" in err, err
     # Not one blob, not one manifest: the repository does not even exist in the registry.
     stored = registry.data_dir / "docker/registry/v2/repositories/closure"
     assert not stored.exists(), list(stored.rglob("*"))
 
-    out = ok(*flags, "build", "--base-image", base, "--tag", f"{registry.host}/closure/hello:1", "--json",
-             str(kit["hello"]))  # fmt: skip
+    out = ok(
+        *flags,
+        "build",
+        "--base-image",
+        base,
+        "--tag",
+        f"{registry.host}/closure/hello:1",
+        "--json",
+        str(kit["hello"]),
+    )
     closure = json.loads(out)["closure"]
     assert closure["ok"] and closure["checked"] == 4
     # Pushed to the base's own registry, the base layer was streamed for the check, not stored.
@@ -268,8 +304,16 @@ def test_cli_check_error_pushes_nothing_and_the_passing_stack_runs(
 
 @pytest.mark.integration
 def test_cli_warns_by_default_and_lists_findings_as_json(kit: dict[str, Path], tmp_path: Path) -> None:
-    args = ("--cache-dir", str(tmp_path / "cache"), "build", "--base-image", _base(kit),
-            "--output", f"oci:{tmp_path / 'out'}:t", str(kit["broken"]))  # fmt: skip
+    args = (
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "build",
+        "--base-image",
+        _base(kit),
+        "--output",
+        f"oci:{tmp_path / 'out'}:t",
+        str(kit["broken"]),
+    )
     code, out, err = cli(*args)
     assert code == 0 and "warning: /opt/stack/broken-1.0/bin/broken (broken-1.0) needs libnothere.so.1" in err
     code, out, _ = cli(*args, "--json")
@@ -287,8 +331,9 @@ def test_the_loader_agrees_the_broken_program_cannot_run(kit: dict[str, Path]) -
     shutil.copyfile(kit["root"] / "stack/broken/bin/broken", target / "broken")
     (target / "broken").chmod(0o755)
     try:
-        proc = subprocess.run(["chroot", str(rootfs), "/opt/broken/broken"], capture_output=True, text=True,
-                              check=False)  # fmt: skip
+        proc = subprocess.run(
+            ["chroot", str(rootfs), "/opt/broken/broken"], capture_output=True, text=True, check=False
+        )
     finally:
         shutil.rmtree(target.parent)
     assert proc.returncode != 0 and "libnothere.so.1" in proc.stderr
@@ -314,8 +359,10 @@ def test_a_real_spack_stack_on_the_debian_base(
     RUNPATH to the libquadmath.so.0 beside it); with Debian's libquadmath0 in the base it passes,
     and the image runs."""
     spack12.run("install", "kit-hello")
-    prefixes = [Path(spack12.run("location", "-i", name).stdout.strip())
-                for name in ("gcc-runtime", "kit-lib", "kit-data", "kit-hello")]  # fmt: skip
+    prefixes = [
+        Path(spack12.run("location", "-i", name).stdout.strip())
+        for name in ("gcc-runtime", "kit-lib", "kit-data", "kit-hello")
+    ]
     report = _build(kit, tmp_path / "plain", *prefixes)[0].closure
     assert [(Path(f.binary).name, f.package.split("-")[0], f.name) for f in report.findings] == [
         ("libgfortran.so.5", "gcc", "libquadmath.so.0")
@@ -329,8 +376,9 @@ def test_a_real_spack_stack_on_the_debian_base(
     base = f"{registry.host}/closure/debian-quadmath:12"
     ok(*flags, "import", str(rootfs), "--tag", base)
     target = f"{registry.host}/closure/kit-hello:1"
-    out = ok(*flags, "build", "--base-image", base, "--tag", target, "--check=error", "--json",
-             *map(str, prefixes))  # fmt: skip
+    out = ok(
+        *flags, "build", "--base-image", base, "--tag", target, "--check=error", "--json", *map(str, prefixes)
+    )
     closure = json.loads(out)["closure"]
     assert closure["ok"] and closure["packages"] == 4, closure
     ran = podman.podman("run", "--rm", target, str(prefixes[-1] / "bin/kit-hello"))

@@ -36,9 +36,12 @@ def _start(registry: DistributionRegistry, cache: Path, *args: str) -> subproces
     env["IMAGESMITH_CACHE_DIR"] = str(cache)
     env.pop("SOURCE_DATE_EPOCH", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "imagesmith", "--insecure-registry", registry.host, "build", "--json",
-         *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "imagesmith", "--insecure-registry", registry.host, "build", "--json", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -76,8 +79,11 @@ def _verify_image(client: RegistryClient, repository: str, reference: str) -> Ma
 
 
 def _assert_no_temp_files(cache: Path) -> None:
-    leftovers = [p for p in cache.rglob("*") if p.is_file() and (
-        p.parent.name == "tmp" or p.name.endswith((".tmp", ".part", ".partial")))]
+    leftovers = [
+        p
+        for p in cache.rglob("*")
+        if p.is_file() and (p.parent.name == "tmp" or p.name.endswith((".tmp", ".part", ".partial")))
+    ]
     assert leftovers == [], f"temp files left in the shared cache: {leftovers}"
 
 
@@ -112,8 +118,17 @@ def test_two_processes_push_overlapping_stacks_with_one_cache(
     repo = f"{registry.host}/concurrent/stack"
     wave = _small_package(tmp_path)
     first = _start(registry, cache, "--base-image", base, "--repo", repo, HELLO)
-    second = _start(registry, cache, "--base-image", base, "--repo", repo, "--each",
-                    str(EXAMPLES / "libgreet.toml"), str(wave))
+    second = _start(
+        registry,
+        cache,
+        "--base-image",
+        base,
+        "--repo",
+        repo,
+        "--each",
+        str(EXAMPLES / "libgreet.toml"),
+        str(wave),
+    )
     results = _results(_finish(first)) + _results(_finish(second))
     assert len(results) == 3  # hello, libgreet alone, wave
 

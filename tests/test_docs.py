@@ -341,8 +341,7 @@ def docs_env(
     """The environment every doc command runs in, and the base image under the docs' name."""
     cache = str(tmp_path_factory.getbasetemp() / "cache")
     os.environ.setdefault("IMAGESMITH_CACHE_DIR", cache)
-    ok("--insecure-registry", registry.host, "copy", multiarch_base,
-       BASE_NAME.format(registry=registry.host))  # fmt: skip
+    ok("--insecure-registry", registry.host, "copy", multiarch_base, BASE_NAME.format(registry=registry.host))
     home = tmp_path_factory.mktemp("docs-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGESMITH_", "DOCKER_"))}
     env.update(
@@ -438,8 +437,12 @@ def test_expected_output_matching() -> None:
     assert match_lines([line], [real], captured, whole=True) is None
     assert captured == {"hash": "abc123"}
     assert match_lines(["x <hash>"], ["x other"], captured, whole=True) is not None
-    assert match_lines(["  linux/amd64  sha256:3f90… (479 B)"], [f"  linux/amd64  {digest} (480 B)"],
-                       {}, whole=True) is not None  # fmt: skip
+    assert (
+        match_lines(
+            ["  linux/amd64  sha256:3f90… (479 B)"], [f"  linux/amd64  {digest} (480 B)"], {}, whole=True
+        )
+        is not None
+    )
     assert match_lines(["a"], ["a", "b"], {}, whole=True) is not None
     assert match_lines(["a"], ["x", "a", "b"], {}, whole=False) is None
 

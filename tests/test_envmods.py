@@ -143,9 +143,7 @@ def test_prepend_puts_entries_first_and_dedupes() -> None:
 
 
 def test_append_adds_at_end_unless_present() -> None:
-    out = apply_env(
-        ["PATH=/usr/bin:/bin"], [append("PATH", "/usr/bin"), append("PATH", "/opt/a/bin")]
-    )
+    out = apply_env(["PATH=/usr/bin:/bin"], [append("PATH", "/usr/bin"), append("PATH", "/opt/a/bin")])
     assert as_dict(out)["PATH"] == "/usr/bin:/bin:/opt/a/bin"
 
 

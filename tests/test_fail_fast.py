@@ -28,8 +28,9 @@ def big(tmp_path: Path) -> Path:
     with open(content / "data", "wb") as f:
         f.truncate(100 << 20)  # 100 MiB (sparse: cheap to make, not to archive)
     package = tmp_path / "big" / "big.json"
-    package.write_text(json.dumps({"name": "big", "version": "1", "prefix": "/opt/big",
-                                   "content": "content"}))  # fmt: skip
+    package.write_text(
+        json.dumps({"name": "big", "version": "1", "prefix": "/opt/big", "content": "content"})
+    )
     return package
 
 
@@ -38,8 +39,13 @@ def base(tmp_path: Path) -> str:
     rootfs = tmp_path / "rootfs" / "etc"
     rootfs.mkdir(parents=True)
     (rootfs / "hostname").write_text("x\n")
-    ok("import", str(rootfs.parent), "--output", f"oci:{tmp_path / 'base'}:1",
-       env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "base-cache")})  # fmt: skip
+    ok(
+        "import",
+        str(rootfs.parent),
+        "--output",
+        f"oci:{tmp_path / 'base'}:1",
+        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "base-cache")},
+    )
     return f"oci:{tmp_path / 'base'}:1"
 
 
@@ -49,17 +55,28 @@ def _nothing_built(cache: Path) -> bool:
 
 @pytest.mark.parametrize(
     "where",
-    [("--repo", "{dead}/stack"), ("--tag", "{dead}/stack:1"), ("--output", "docker://{dead}/stack:1"),
-     ("--each", "--repo", "{dead}/stack")],
+    [
+        ("--repo", "{dead}/stack"),
+        ("--tag", "{dead}/stack:1"),
+        ("--output", "docker://{dead}/stack:1"),
+        ("--each", "--repo", "{dead}/stack"),
+    ],
     ids=["repo", "tag", "output", "each"],
 )
 def test_build_to_a_dead_registry_fails_before_any_layer(
     tmp_path: Path, base: str, big: Path, dead: str, where: tuple[str, ...]
 ) -> None:
     cache = tmp_path / "cache"
-    code, out, err = cli("--insecure-registry", dead, "build", "--base-image", base,
-                         *(w.format(dead=dead) for w in where), str(big),
-                         env={"IMAGESMITH_CACHE_DIR": str(cache)})  # fmt: skip
+    code, out, err = cli(
+        "--insecure-registry",
+        dead,
+        "build",
+        "--base-image",
+        base,
+        *(w.format(dead=dead) for w in where),
+        str(big),
+        env={"IMAGESMITH_CACHE_DIR": str(cache)},
+    )
     assert code == 3 and out == "" and err.count("\n") == 1, err
     expected = f"imagesmith: error: cannot reach {dead} (GET http://{dead}/v2/): Connection refused"
     assert err.startswith(expected)
@@ -68,7 +85,14 @@ def test_build_to_a_dead_registry_fails_before_any_layer(
 
 def test_import_to_a_dead_registry_fails_before_archiving(tmp_path: Path, big: Path, dead: str) -> None:
     cache = tmp_path / "cache"
-    code, _, err = cli("--insecure-registry", dead, "import", str(big.parent / "content"), "--tag",
-                       f"{dead}/base:1", env={"IMAGESMITH_CACHE_DIR": str(cache)})  # fmt: skip
+    code, _, err = cli(
+        "--insecure-registry",
+        dead,
+        "import",
+        str(big.parent / "content"),
+        "--tag",
+        f"{dead}/base:1",
+        env={"IMAGESMITH_CACHE_DIR": str(cache)},
+    )
     assert code == 3 and err.count("\n") == 1 and f"cannot reach {dead} (GET" in err, err
     assert _nothing_built(cache)

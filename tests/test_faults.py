@@ -72,16 +72,20 @@ def push(client: RegistryClient, repo: str, tag: str, blobs: list[tuple[Path, De
         if not client.blob_exists(repo, desc.digest):
             client.upload_blob(repo, desc.digest, desc.size, lambda p=path: p.open("rb"))  # type: ignore[misc]
     diff_ids = [str(d.digest) for _, d in blobs]
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()  # fmt: skip
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    ).encode()
     cfg = Descriptor(OCI_CONFIG, Digest.of(config), len(config))
     if not client.blob_exists(repo, cfg.digest):
         client.upload_blob(repo, cfg.digest, cfg.size, lambda: io.BytesIO(config))
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": str(cfg.digest), "size": cfg.size},
-        "layers": [{"mediaType": OCI_LAYER, "digest": str(d.digest), "size": d.size} for _, d in blobs],
-    }).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": str(cfg.digest), "size": cfg.size},
+            "layers": [{"mediaType": OCI_LAYER, "digest": str(d.digest), "size": d.size} for _, d in blobs],
+        }
+    ).encode()
     return client.put_manifest(repo, tag, manifest, OCI_MANIFEST)
 
 
@@ -104,8 +108,10 @@ def test_500_on_blob_put_then_success(
     registry: DistributionRegistry, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     """RELIABILITY 2: a 5xx on the upload PUT restarts the blob; the image is complete."""
-    proxy.rules = [Rule("PUT", r"/blobs/uploads/", "status", on=frozenset({1, 3}), status=500),
-                   Rule("PUT", r"/manifests/", "status", on=frozenset({1}), status=503)]  # fmt: skip
+    proxy.rules = [
+        Rule("PUT", r"/blobs/uploads/", "status", on=frozenset({1, 3}), status=500),
+        Rule("PUT", r"/manifests/", "status", on=frozenset({1}), status=503),
+    ]
     blobs = make_blobs(tmp_path, "a", [2 * MIB, 1 * MIB, 3 * MIB])
     push(client_for(proxy), "faults/five", "v1", blobs)
     assert verify_direct(registry, "faults/five", "v1")
@@ -118,19 +124,39 @@ def test_429_retry_after_is_honoured_then_bounded(
     """RELIABILITY 1, 2: Retry-After seconds are waited (recorded), capped; a registry that
     keeps answering 429 gives a rate-limit error naming the host, and no tag."""
     sleeps: list[float] = []
-    proxy.rules = [Rule("POST", r"/blobs/uploads/", "status", on=frozenset({1, 2}), status=429,
-                        headers={"Retry-After": "7"})]  # fmt: skip
+    proxy.rules = [
+        Rule(
+            "POST",
+            r"/blobs/uploads/",
+            "status",
+            on=frozenset({1, 2}),
+            status=429,
+            headers={"Retry-After": "7"},
+        )
+    ]
     blobs = make_blobs(tmp_path, "b", [1 * MIB, 1 * MIB])
     push(client_for(proxy, sleeps), "faults/rate", "v1", blobs)
     assert sleeps.count(7.0) == 2
     assert verify_direct(registry, "faults/rate", "v1")
 
     sleeps.clear()
-    proxy.rules = [Rule("POST", r"/blobs/uploads/", "status", on=frozenset(range(1, 50)), status=429,
-                        headers={"Retry-After": "100"})]  # fmt: skip
+    proxy.rules = [
+        Rule(
+            "POST",
+            r"/blobs/uploads/",
+            "status",
+            on=frozenset(range(1, 50)),
+            status=429,
+            headers={"Retry-After": "100"},
+        )
+    ]
     with pytest.raises(RateLimitError, match=f"rate limited by {proxy.host}"):
-        push(client_for(proxy, sleeps, max_retry_after=2.0), "faults/rate", "v2",
-             make_blobs(tmp_path, "b2", [MIB]))  # fmt: skip
+        push(
+            client_for(proxy, sleeps, max_retry_after=2.0),
+            "faults/rate",
+            "v2",
+            make_blobs(tmp_path, "b2", [MIB]),
+        )
     assert sleeps and all(s == 2.0 for s in sleeps) and len(sleeps) <= 3
     assert not verify_direct(registry, "faults/rate", "v2")
 
@@ -140,8 +166,10 @@ def test_connection_dropped_mid_upload_restarts(
 ) -> None:
     """RELIABILITY 2, 10: a request dropped mid-body and a response lost after the registry
     stored the blob both end in a complete image."""
-    proxy.rules = [Rule("PUT", r"/blobs/uploads/", "drop_request", on=frozenset({1})),
-                   Rule("PUT", r"/blobs/uploads/", "drop_response", on=frozenset({3}))]  # fmt: skip
+    proxy.rules = [
+        Rule("PUT", r"/blobs/uploads/", "drop_request", on=frozenset({1})),
+        Rule("PUT", r"/blobs/uploads/", "drop_response", on=frozenset({3})),
+    ]
     blobs = make_blobs(tmp_path, "c", [3 * MIB, 2 * MIB, 1 * MIB])
     push(client_for(proxy), "faults/drop", "v1", blobs)
     assert all(r.fired == 1 for r in proxy.rules)
@@ -153,8 +181,10 @@ def test_chunked_upload_resumes_after_a_drop(
 ) -> None:
     """RELIABILITY 2, 8: chunked PATCH uploads (small chunk_size) ask the upload status after
     a dropped chunk or a 500 and resume from the committed Range, without a new POST."""
-    proxy.rules = [Rule("PATCH", r"/blobs/uploads/", "drop_request", on=frozenset({3})),
-                   Rule("PATCH", r"/blobs/uploads/", "status", on=frozenset({6}), status=500)]  # fmt: skip
+    proxy.rules = [
+        Rule("PATCH", r"/blobs/uploads/", "drop_request", on=frozenset({3})),
+        Rule("PATCH", r"/blobs/uploads/", "status", on=frozenset({6}), status=500),
+    ]
     blobs = make_blobs(tmp_path, "d", [2 * MIB + 123])
     client = client_for(proxy, chunk_size=256 * 1024)
     push(client, "faults/chunks", "v1", blobs)
@@ -171,8 +201,10 @@ def test_stalled_response_times_out_and_is_retried(
 ) -> None:
     """RELIABILITY 2, 9: a stalled HEAD and a stalled manifest PUT hit the client timeout and
     are retried (manifest PUTs are idempotent)."""
-    proxy.rules = [Rule("HEAD", r"/blobs/", "stall", seconds=2.0),
-                   Rule("PUT", r"/manifests/", "stall", seconds=2.0)]  # fmt: skip
+    proxy.rules = [
+        Rule("HEAD", r"/blobs/", "stall", seconds=2.0),
+        Rule("PUT", r"/manifests/", "stall", seconds=2.0),
+    ]
     blobs = make_blobs(tmp_path, "e", [MIB])
     push(client_for(proxy, timeout=0.5), "faults/stall", "v1", blobs)
     assert all(r.fired == 1 for r in proxy.rules)
@@ -230,8 +262,15 @@ def test_push_killed_mid_upload_then_rerun(
     make_blobs(tmp_path, "g", [2 * MIB, 2 * MIB, 2 * MIB])
     script = _PUSHER.format(tests=str(ROOT / "tests"), host=proxy.host, tmp=str(tmp_path))
     pids: list[int] = []
-    proxy.rules = [Rule("PUT", r"/blobs/uploads/", "callback", on=frozenset({2}),
-                        callback=lambda: os.kill(pids[0], signal.SIGKILL))]  # fmt: skip
+    proxy.rules = [
+        Rule(
+            "PUT",
+            r"/blobs/uploads/",
+            "callback",
+            on=frozenset({2}),
+            callback=lambda: os.kill(pids[0], signal.SIGKILL),
+        )
+    ]
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
     pids.append(proc.pid)
     assert proc.wait(timeout=30) == -signal.SIGKILL

@@ -61,6 +61,7 @@ SHA = "sha256:" + "a" * 64
 # strategies
 # ---------------------------------------------------------------------------------------------
 
+
 def _component() -> st.SearchStrategy[str]:
     return st.from_regex(r"[a-z0-9]{1,6}(?:(?:\.|_|__|-{1,2})[a-z0-9]{1,4}){0,2}", fullmatch=True)
 
@@ -85,7 +86,7 @@ def digest_like(draw: st.DrawFn) -> str:
         return good[: draw(st.integers(0, len(good)))] + draw(st.text(HEX + ":./", max_size=3))
     if kind == 3:
         algo = draw(st.sampled_from(["sha384", "md5", "SHA256", "", "sha256+b64", "blake3"]))
-        return algo + good[good.index(":"):]
+        return algo + good[good.index(":") :]
     if kind == 4:
         return "sha256:" + draw(st.sampled_from(["../x", "../../etc/passwd", "a/b", "\0"])) + good[7:]
     return draw(st.text(max_size=140))
@@ -96,10 +97,20 @@ def reference_like(draw: st.DrawFn) -> str:
     """Plausible references (host, port, path, tag, digest) with random damage."""
     parts: list[str] = []
     if draw(st.booleans()):
-        host = draw(st.sampled_from(
-            ["localhost", "docker.io", "index.docker.io", "ghcr.io", "Reg.Example.COM", "[::1]",
-             "127.0.0.1", "a-b.c"]
-        ))
+        host = draw(
+            st.sampled_from(
+                [
+                    "localhost",
+                    "docker.io",
+                    "index.docker.io",
+                    "ghcr.io",
+                    "Reg.Example.COM",
+                    "[::1]",
+                    "127.0.0.1",
+                    "a-b.c",
+                ]
+            )
+        )
         if draw(st.booleans()):
             host += ":" + str(draw(st.integers(0, 999_999)))
         parts.append(host)
@@ -114,17 +125,16 @@ def reference_like(draw: st.DrawFn) -> str:
         pos = draw(st.integers(0, len(text)))
         junk = "".join(draw(st.lists(st.sampled_from([*":/@.-_ Aé\0\t", "://"]), max_size=2)))
         cut = draw(st.integers(0, 2))
-        text = text[:pos] + junk + text[pos + cut:]
+        text = text[:pos] + junk + text[pos + cut :]
     return text
 
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(
-    max_size=12
-)
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
 json_trees: st.SearchStrategy[Any] = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 # Text without unpaired surrogates (see test_surrogates_in_manifest_do_not_crash_to_bytes).
@@ -191,8 +201,9 @@ def config_json(draw: st.DrawFn) -> dict[str, Any]:
     return {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": draw(st.lists(st.from_regex(r"[A-Z_]{1,5}=[a-z/:]{0,8}", fullmatch=True),
-                                        max_size=3))},
+        "config": {
+            "Env": draw(st.lists(st.from_regex(r"[A-Z_]{1,5}=[a-z/:]{0,8}", fullmatch=True), max_size=3))
+        },
         "rootfs": {"type": "layers", "diff_ids": [draw(valid_digest_text()) for _ in range(n)]},
         "history": [{"created_by": "x"} for _ in range(n)],
     }
@@ -229,8 +240,22 @@ def mutated_tree(draw: st.DrawFn, valid: st.SearchStrategy[dict[str, Any]]) -> A
         elif action == "delete":
             del parent[last]
         elif isinstance(parent, dict):
-            key = draw(st.sampled_from(["manifests", "layers", "config", "mediaType", "size",
-                                        "digest", "platform", "schemaVersion", "rootfs", "Env"]))
+            key = draw(
+                st.sampled_from(
+                    [
+                        "manifests",
+                        "layers",
+                        "config",
+                        "mediaType",
+                        "size",
+                        "digest",
+                        "platform",
+                        "schemaVersion",
+                        "rootfs",
+                        "Env",
+                    ]
+                )
+            )
             parent[key] = draw(json_trees)
         if not isinstance(tree, dict | list):
             break
@@ -251,7 +276,7 @@ def mutated_bytes(draw: st.DrawFn, data: bytes) -> bytes:
         elif action == "insert":
             buf[pos:pos] = draw(st.binary(min_size=1, max_size=8))
         elif action == "delete":
-            del buf[pos:pos + draw(st.integers(1, 16))]
+            del buf[pos : pos + draw(st.integers(1, 16))]
         elif action == "truncate":
             del buf[pos:]
     return bytes(buf)
@@ -260,6 +285,7 @@ def mutated_bytes(draw: st.DrawFn, data: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # references and digests (RELIABILITY 11)
 # ---------------------------------------------------------------------------------------------
+
 
 @fuzz
 @given(st.one_of(reference_like(), st.text(max_size=80)))
@@ -299,6 +325,7 @@ def test_digest_parse_round_trips_or_raises_digest_error(text: str) -> None:
 # manifests, indexes, configs (RELIABILITY 12-14)
 # ---------------------------------------------------------------------------------------------
 
+
 def _parse_manifest_or_manifest_error(data: bytes, content_type: str | None) -> Manifest | Index | None:
     try:
         return parse_manifest_document(data, content_type)
@@ -307,8 +334,15 @@ def _parse_manifest_or_manifest_error(data: bytes, content_type: str | None) -> 
 
 
 CONTENT_TYPES = st.none() | st.sampled_from(
-    [mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_MANIFEST, mt.DOCKER_MANIFEST_LIST,
-     "application/json", "text/html; charset=utf-8", ""]
+    [
+        mt.OCI_MANIFEST,
+        mt.OCI_INDEX,
+        mt.DOCKER_MANIFEST,
+        mt.DOCKER_MANIFEST_LIST,
+        "application/json",
+        "text/html; charset=utf-8",
+        "",
+    ]
 )
 
 
@@ -347,9 +381,11 @@ def test_manifest_parse_mutated_documents_and_round_trip(doc: Any, content_type:
 
 
 @fuzz
-@given(st.one_of(manifest_json(), index_json(), config_json()).flatmap(
-    lambda doc: mutated_bytes(json.dumps(doc).encode())
-))
+@given(
+    st.one_of(manifest_json(), index_json(), config_json()).flatmap(
+        lambda doc: mutated_bytes(json.dumps(doc).encode())
+    )
+)
 def test_manifest_and_config_parse_byte_mutations(data: bytes) -> None:
     """RELIABILITY 12-14: byte-level damage (flips, cuts, insertions) raises only ManifestError."""
     _parse_manifest_or_manifest_error(data, None)
@@ -377,10 +413,14 @@ def test_config_parse_mutated_documents_and_round_trip(doc: Any) -> None:
     parse_env_list(config.env)
 
 
-@pytest.mark.parametrize("doc", [
-    b'{"schemaVersion":2,"config":{"mediaType":"x","digest":"' + SHA.encode()
-    + b'","size":1},"layers":[],"annotations":{"k":"\\ud800"}}',
-])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"schemaVersion":2,"config":{"mediaType":"x","digest":"'
+        + SHA.encode()
+        + b'","size":1},"layers":[],"annotations":{"k":"\\ud800"}}',
+    ],
+)
 def test_surrogates_in_manifest_do_not_crash_to_bytes(doc: bytes) -> None:
     """RELIABILITY 12: a lone surrogate is refused when parsed, not a crash when re-serialised."""
     with pytest.raises(ManifestError, match="surrogate"):
@@ -388,11 +428,14 @@ def test_surrogates_in_manifest_do_not_crash_to_bytes(doc: bytes) -> None:
 
 
 _EMPTY_FIELD_DOCS = [
-    b'{"schemaVersion":2,"config":{"mediaType":"x","digest":"' + SHA.encode()
+    b'{"schemaVersion":2,"config":{"mediaType":"x","digest":"'
+    + SHA.encode()
     + b'","size":1},"layers":[],"annotations":{}}',
-    b'{"schemaVersion":2,"config":{"mediaType":"x","digest":"' + SHA.encode()
+    b'{"schemaVersion":2,"config":{"mediaType":"x","digest":"'
+    + SHA.encode()
     + b'","size":1},"layers":[],"artifactType":""}',
-    b'{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"' + SHA.encode()
+    b'{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"'
+    + SHA.encode()
     + b'","size":1,"platform":{"os":"linux","architecture":"amd64","variant":""}}]}',
 ]
 
@@ -409,15 +452,28 @@ def test_manifest_round_trip_is_exact(doc: bytes) -> None:
 # ---------------------------------------------------------------------------------------------
 
 NAME_PARTS = st.sampled_from(
-    ["a", "b", "etc", "..", ".", "", "x\0y", ".wh.a", ".wh..wh..opq", ".wh.b", "link", "dir",
-     "n" * 300, "é"]
+    ["a", "b", "etc", "..", ".", "", "x\0y", ".wh.a", ".wh..wh..opq", ".wh.b", "link", "dir", "n" * 300, "é"]
 )
 member_names = st.lists(NAME_PARTS, min_size=1, max_size=4).map("/".join) | st.sampled_from(
     ["/abs", "../x", "a/../../x", "/", "link/x", "link/../../x", "SENTINEL/pwned"]
 )
 link_targets = st.sampled_from(
-    ["..", "../..", "/", "/etc", "SENTINEL", "SENTINEL/file", "../sentinel", "../../sentinel/file",
-     "a", "link", "link/..", "a/../../..", "b/c", ""]
+    [
+        "..",
+        "../..",
+        "/",
+        "/etc",
+        "SENTINEL",
+        "SENTINEL/file",
+        "../sentinel",
+        "../../sentinel/file",
+        "a",
+        "link",
+        "link/..",
+        "a/../../..",
+        "b/c",
+        "",
+    ]
 )
 
 
@@ -425,15 +481,19 @@ link_targets = st.sampled_from(
 def small_tar(draw: st.DrawFn, sentinel: str) -> bytes:
     """A valid small tar of files, dirs, symlinks, hardlinks and whiteouts with hostile names."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=draw(st.sampled_from(
-        [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT]
-    ))) as tar:
+    with tarfile.open(
+        fileobj=buf,
+        mode="w",
+        format=draw(st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])),
+    ) as tar:
         for _ in range(draw(st.integers(1, 6))):
             name = draw(member_names).replace("SENTINEL", sentinel.lstrip("/"))
             info = tarfile.TarInfo(name)
-            kind = draw(st.sampled_from(
-                [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE]
-            ))
+            kind = draw(
+                st.sampled_from(
+                    [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE]
+                )
+            )
             info.type = kind
             info.mode = draw(st.sampled_from([0o644, 0o755, 0o4755, 0o000, 0o777]))
             data = b""
@@ -518,16 +578,20 @@ def test_unpack_mutated_gzip_layer_raises_only_unpack_error(data: st.DataObject)
     """RELIABILITY 20: truncated gzip, trailing garbage and corrupt deflate data give UnpackError."""
     import gzip
 
-    _check_unpack(lambda sentinel: data.draw(
-        small_tar(sentinel).map(lambda b: gzip.compress(b, mtime=0)).flatmap(mutated_bytes)
-    ))
+    _check_unpack(
+        lambda sentinel: data.draw(
+            small_tar(sentinel).map(lambda b: gzip.compress(b, mtime=0)).flatmap(mutated_bytes)
+        )
+    )
 
 
 @fuzz
-@given(st.one_of(
-    st.binary(max_size=2048),
-    small_tar("/nonexistent").flatmap(mutated_bytes),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=2048),
+        small_tar("/nonexistent").flatmap(mutated_bytes),
+    )
+)
 @example(b"")
 @example(b"\0" * 512)
 def test_read_members_raises_only_layer_error(data: bytes) -> None:
@@ -566,8 +630,9 @@ def env_mods(draw: st.DrawFn) -> list[EnvModification]:
 
 @fuzz
 @given(
-    st.lists(st.sampled_from(["PATH=/bin:/bin:/usr/bin", "PATH=", "FOO=1", "MANPATH=/m", "PATH=/x"]),
-             max_size=3),
+    st.lists(
+        st.sampled_from(["PATH=/bin:/bin:/usr/bin", "PATH=", "FOO=1", "MANPATH=/m", "PATH=/x"]), max_size=3
+    ),
     env_mods(),
 )
 def test_apply_env_never_duplicates_path_entries(base: list[str], mods: list[EnvModification]) -> None:

@@ -54,16 +54,19 @@ class Pane:
         # The shell survives the Ctrl-C sent to the pane's foreground processes (a trap, unlike an
         # ignored signal, is not inherited), to report the command's exit status.
         script.write_text(
-            "trap : INT\nunset IMAGESMITH_PROGRESS IMAGESMITH_PROGRESS_INTERVAL\n" + exports
+            "trap : INT\nunset IMAGESMITH_PROGRESS IMAGESMITH_PROGRESS_INTERVAL\n"
+            + exports
             + f"cd {shlex.quote(str(workdir))}\n"
-            + shlex.join(command) + '\necho "EXIT=$? AT=$(date +%s.%N)"\nsleep 600\n'
-        )  # fmt: skip
+            + shlex.join(command)
+            + '\necho "EXIT=$? AT=$(date +%s.%N)"\nsleep 600\n'
+        )
         size = ("-x", "120", "-y", "40")
         self._tmux("new-session", "-d", "-s", "main", *size, f"sh {shlex.quote(str(script))}")
 
     def _tmux(self, *args: str) -> str:
-        done = subprocess.run(["tmux", "-f", "/dev/null", "-L", self.socket, *args],
-                              capture_output=True, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            ["tmux", "-f", "/dev/null", "-L", self.socket, *args], capture_output=True, text=True, check=True
+        )
         return done.stdout
 
     def text(self) -> str:
@@ -142,8 +145,18 @@ def _assert_stopped(text: str, registry: DistributionRegistry, repository: str, 
 
 
 def _build(registry: DistributionRegistry, base: str, package: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "imagesmith", "--insecure-registry", registry.host, "build",
-            "--base-image", base, *args, str(package)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "imagesmith",
+        "--insecure-registry",
+        registry.host,
+        "build",
+        "--base-image",
+        base,
+        *args,
+        str(package),
+    ]
 
 
 def test_ctrl_c_while_a_layer_is_built_and_uploaded(
@@ -155,8 +168,11 @@ def test_ctrl_c_while_a_layer_is_built_and_uploaded(
     pane = pane_factory(tmp_path, command, {"IMAGESMITH_CACHE_DIR": str(cache)})
     # The live display: the layer being archived (done/total, %, rate, ETA), the same layer
     # uploaded meanwhile (its total unknown until the build ends), and the overall line.
-    text = _ctrl_c(pane, lambda t: bool(ARCHIVING.search(t) and UPLOADING.search(t) and OVERALL.search(t)),
-                   "archiving and uploading")  # fmt: skip
+    text = _ctrl_c(
+        pane,
+        lambda t: bool(ARCHIVING.search(t) and UPLOADING.search(t) and OVERALL.search(t)),
+        "archiving and uploading",
+    )
     _assert_stopped(text, registry, "interrupt/built", cache)
     # The build stopped too: no layer blob reached the cache.
     assert [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 50_000_000] == []
@@ -170,14 +186,19 @@ def test_ctrl_c_while_a_built_layer_is_pushed(
     package = _package(tmp_path, BIG_MB)
     cache = tmp_path / "cache"
     env = {**os.environ, "IMAGESMITH_CACHE_DIR": str(cache)}
-    subprocess.run(_build(registry, base, package, "--output", f"oci:{tmp_path / 'layout'}:1"),
-                   check=True, env=env, capture_output=True)  # fmt: skip
+    subprocess.run(
+        _build(registry, base, package, "--output", f"oci:{tmp_path / 'layout'}:1"),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     (blob,) = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 50_000_000]
     digest = f"sha256:{blob.name}"
     command = _build(registry, base, package, "--tag", f"{registry.host}/interrupt/pushed:1")
     pane = pane_factory(tmp_path, command, {"IMAGESMITH_CACHE_DIR": str(cache)})
-    row = re.compile(rf"^  uploading   {digest[:19]} +[\d.]+ MB / 209\.\d MB +\d+% +[\d.]+ MB/s  ETA \d+s$",
-                     re.M)  # fmt: skip
+    row = re.compile(
+        rf"^  uploading   {digest[:19]} +[\d.]+ MB / 209\.\d MB +\d+% +[\d.]+ MB/s  ETA \d+s$", re.M
+    )
     text = _ctrl_c(pane, lambda t: bool(row.search(t) and OVERALL.search(t)), "uploading the layer")
     _assert_stopped(text, registry, "interrupt/pushed", cache)
     # The upload stopped: the registry never got the whole blob.
@@ -193,8 +214,13 @@ def test_plain_progress_lines_without_a_terminal(
     env = {**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp_path / "cache"), "IMAGESMITH_PROGRESS_INTERVAL": "0"}
     env.pop("IMAGESMITH_PROGRESS", None)  # the default: plain lines without a terminal
     flags = [sys.executable, "-m", "imagesmith", "--insecure-registry", registry.host]
-    built = subprocess.run([*flags, "build", "--base-image", base, "--tag", target, str(package)],
-                           capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    built = subprocess.run(
+        [*flags, "build", "--base-image", base, "--tag", target, str(package)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert built.returncode == 0, built.stderr
     print(f"\n--- build, stderr without a terminal ---\n{built.stderr}")
     assert "\x1b" not in built.stderr and "\r" not in built.stderr
@@ -202,22 +228,33 @@ def test_plain_progress_lines_without_a_terminal(
     # A line per finished step, and lines while a step runs (every event here: interval 0).
     assert any(line.startswith("  built layer      big@1.0 (25.") for line in err)
     assert any(line.startswith("  pushed manifest  ") for line in err)
-    assert any(re.fullmatch(r"  archiving        big@1\.0: [\d.]+ MB of 25\.2 MB \(\d+%\), .*so far", line)
-               for line in err)  # fmt: skip
+    assert any(
+        re.fullmatch(r"  archiving        big@1\.0: [\d.]+ MB of 25\.2 MB \(\d+%\), .*so far", line)
+        for line in err
+    )
     assert any(re.fullmatch(r"  uploading        big@1\.0: [\d.]+ MB.*so far", line) for line in err)
     assert built.stdout.startswith(f"Pushed {target} (sha256:")
 
     # Download and unpack report the same way (a fresh cache: every layer is fetched).
     env["IMAGESMITH_CACHE_DIR"] = str(tmp_path / "cache2")
-    pulled = subprocess.run([*flags, "pull", target, "--rootfs", str(tmp_path / "rootfs")],
-                            capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    pulled = subprocess.run(
+        [*flags, "pull", target, "--rootfs", str(tmp_path / "rootfs")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert pulled.returncode == 0, pulled.stderr
     print(f"--- pull, stderr without a terminal ---\n{pulled.stderr}")
     err = pulled.stderr.splitlines()
-    assert any(re.fullmatch(r"  downloading      sha256:\w{12}: [\d.]+ MB of 25\.\d MB \(\d+%\).*", line)
-               for line in err)  # fmt: skip
-    assert any(re.fullmatch(r"  unpacking        sha256:\w{12}: [\d.]+ MB of 25\.\d MB \(\d+%\).*", line)
-               for line in err)  # fmt: skip
+    assert any(
+        re.fullmatch(r"  downloading      sha256:\w{12}: [\d.]+ MB of 25\.\d MB \(\d+%\).*", line)
+        for line in err
+    )
+    assert any(
+        re.fullmatch(r"  unpacking        sha256:\w{12}: [\d.]+ MB of 25\.\d MB \(\d+%\).*", line)
+        for line in err
+    )
     assert sum(line.startswith("  unpacked         sha256:") for line in err) == 2
     assert (tmp_path / "rootfs/opt/big/data/part0.bin").stat().st_size == 24 << 20
 

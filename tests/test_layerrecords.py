@@ -206,8 +206,13 @@ def test_a_directory_the_user_cannot_read_is_one_clear_line(shared_dir: Path, mo
     base = shared_dir / "rootfs"
     (base / "etc").mkdir(parents=True)
     (base / "etc" / "hostname").write_text("x\n")
-    ok("import", str(base), "--output", f"oci:{shared_dir / 'base'}:1",
-       env={"IMAGESMITH_CACHE_DIR": str(shared_dir / "root-cache")})  # fmt: skip
+    ok(
+        "import",
+        str(base),
+        "--output",
+        f"oci:{shared_dir / 'base'}:1",
+        env={"IMAGESMITH_CACHE_DIR": str(shared_dir / "root-cache")},
+    )
     content = shared_dir / "pkg" / "content"
     (content / "secret").mkdir(parents=True)
     (content / "secret" / "file").write_text("x")
@@ -230,8 +235,9 @@ def test_a_directory_the_user_cannot_read_is_one_clear_line(shared_dir: Path, mo
 def test_a_rebuild_that_gives_other_bytes_is_refused(prefix: Path, tmp_path: Path) -> None:
     cache = BlobCache(tmp_path / "cache")
     blob, _ = content_layer(prefix, "opt/x", cache, OCI)
-    origin = layerrecords.RebuildOrigin(blob, cache, "the layer of x", lambda: content_layer(
-        prefix, "opt/x", cache, OCI, reuse=False)[0])  # fmt: skip
+    origin = layerrecords.RebuildOrigin(
+        blob, cache, "the layer of x", lambda: content_layer(prefix, "opt/x", cache, OCI, reuse=False)[0]
+    )
     path = cache.path(blob.digest)
     data = bytearray(path.read_bytes())
     data[-10] ^= 1

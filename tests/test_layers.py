@@ -66,7 +66,11 @@ def _tree_spec() -> dict[str, tuple[str, bytes | str]]:
 
 
 def make_tree(
-    root: Path, *, reverse: bool = False, mtime: int = 1_000_000, umask: int = 0o022,
+    root: Path,
+    *,
+    reverse: bool = False,
+    mtime: int = 1_000_000,
+    umask: int = 0o022,
     owner: int | None = None,
 ) -> Path:
     """Create the sample prefix; order, umask, mtimes and owners vary, content does not."""
@@ -123,7 +127,10 @@ def test_same_content_same_digests(tmp_path: Path, cache: BlobCache, compression
     """RELIABILITY 21."""
     a = make_tree(tmp_path / "a")
     b = make_tree(
-        tmp_path / "b", reverse=True, mtime=1_700_000_000, umask=0o077,
+        tmp_path / "b",
+        reverse=True,
+        mtime=1_700_000_000,
+        umask=0o077,
         owner=1234 if IS_ROOT else None,
     )
     blob_a = _build(directory_entries(a, PREFIX), cache, compression=compression)
@@ -203,7 +210,10 @@ def test_gnu_tar_extracts_the_same_tree(tmp_path: Path, cache: BlobCache) -> Non
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
     listing = subprocess.run(
         ["tar", "--quoting-style=literal", "-tvzf", str(cache.path(blob.digest))],
-        capture_output=True, text=True, check=True, env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     assert f"share/{UNICODE}" in listing.stdout and LONG_FILE in listing.stdout
     out = tmp_path / "out"
@@ -238,7 +248,9 @@ def test_gzip_blob_is_valid_and_digests_match(tmp_path: Path, cache: BlobCache) 
         subprocess.run(["gzip", "-t", str(cache.path(blob.digest))], check=True)
     descriptor = blob.descriptor({"org.opencontainers.image.title": "zlib"})
     assert descriptor.to_json() == {
-        "mediaType": blob.media_type, "digest": str(blob.digest), "size": blob.size,
+        "mediaType": blob.media_type,
+        "digest": str(blob.digest),
+        "size": blob.size,
         "annotations": {"org.opencontainers.image.title": "zlib"},
     }
 
@@ -268,7 +280,9 @@ def test_decompressor_handles_frames_members_and_cuts() -> None:
         + zstandard.ZstdCompressor().compress(payload[5000:]),
         # a skippable frame between two data frames
         zstandard.ZstdCompressor().compress(payload[:10])
-        + b"\x5a\x2a\x4d\x18" + (3).to_bytes(4, "little") + b"abc"
+        + b"\x5a\x2a\x4d\x18"
+        + (3).to_bytes(4, "little")
+        + b"abc"
         + zstandard.ZstdCompressor().compress(payload[10:]),
         gzip.compress(payload[:7], mtime=0) + gzip.compress(payload[7:], mtime=0),
         payload,
@@ -318,8 +332,13 @@ def test_package_modes_are_normalised(tmp_path: Path, cache: BlobCache) -> None:
         (root / name).chmod(mode)
     members = {m.name: m for m in _members(cache, _build(directory_entries(root), cache))}
     assert {n: m.mode for n, m in members.items()} == {
-        "private": 0o755, "ro": 0o644, "secret": 0o644, "sgid": 0o755, "sticky": 0o755,
-        "suid": 0o755, "userexec": 0o755,
+        "private": 0o755,
+        "ro": 0o644,
+        "secret": 0o644,
+        "sgid": 0o755,
+        "sticky": 0o755,
+        "suid": 0o755,
+        "userexec": 0o755,
     }
 
 
@@ -428,9 +447,7 @@ def _compress(data: bytes, compression: str) -> bytes:
     return data
 
 
-def make_tarball(
-    path: Path, members: list[tuple[tarfile.TarInfo, bytes]], compression: str = "none"
-) -> Path:
+def make_tarball(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], compression: str = "none") -> Path:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in members:
@@ -479,9 +496,13 @@ def test_root_relative_tarball_is_used_as_is(tmp_path: Path, cache: BlobCache) -
 
 
 def test_tarball_detection_and_rerooting(tmp_path: Path, cache: BlobCache) -> None:
-    spack_like = make_tarball(tmp_path / "a.tar", [
-        (_info("opt/", tarfile.DIRTYPE), b""), (_info("opt/pkg/bin/x"), b"x"),
-    ])
+    spack_like = make_tarball(
+        tmp_path / "a.tar",
+        [
+            (_info("opt/", tarfile.DIRTYPE), b""),
+            (_info("opt/pkg/bin/x"), b"x"),
+        ],
+    )
     with tarball_entries(spack_like, "/opt/pkg") as entries:
         assert [e.name for e in entries] == ["opt", "opt/pkg", "opt/pkg/bin", "opt/pkg/bin/x"]
         assert entries.root_relative
@@ -506,15 +527,18 @@ def test_tarball_modes_and_owners_are_normalised(tmp_path: Path, cache: BlobCach
 
 
 def test_duplicates_last_wins_and_hardlinks_reordered(tmp_path: Path, cache: BlobCache) -> None:
-    path = make_tarball(tmp_path / "t.tar", [
-        (_info("z"), b"data"),
-        (_info("a", tarfile.LNKTYPE, linkname="z"), b""),
-        (_info("old"), b"old"),
-        (_info("keeps-old", tarfile.LNKTYPE, linkname="old"), b""),
-        (_info("old"), b"new"),
-        (_info("dup"), b"one"),
-        (_info("dup"), b"two"),
-    ])
+    path = make_tarball(
+        tmp_path / "t.tar",
+        [
+            (_info("z"), b"data"),
+            (_info("a", tarfile.LNKTYPE, linkname="z"), b""),
+            (_info("old"), b"old"),
+            (_info("keeps-old", tarfile.LNKTYPE, linkname="old"), b""),
+            (_info("old"), b"new"),
+            (_info("dup"), b"one"),
+            (_info("dup"), b"two"),
+        ],
+    )
     blob = _build(tarball_entries(path), cache)
     with tarfile.open(fileobj=io.BytesIO(_tar_bytes(cache, blob))) as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -660,8 +684,9 @@ def test_a_tarball_is_adopted_byte_for_byte(tmp_path: Path, compression: str) ->
         def abort(self) -> None:  # pragma: no cover - not reached on success
             raise AssertionError("aborted")
 
-    blob = adopt_tarball(path, SPACK_PREFIX, OCI, required=(".spack/binary_distribution",),
-                         follower=Follower())  # fmt: skip
+    blob = adopt_tarball(
+        path, SPACK_PREFIX, OCI, required=(".spack/binary_distribution",), follower=Follower()
+    )
     assert blob.digest == Digest.of(data) and blob.size == len(data)
     raw = _decompress_all(data)
     assert blob.diff_id == Digest.of(raw) and blob.uncompressed_size == len(raw)
@@ -742,9 +767,14 @@ def test_with_file_puts_a_generated_file_in_its_sorted_place(tmp_path: Path, cac
     (tree / "bin" / "x").write_text("x")
     entries = list(with_file(directory_entries(tree, "opt/p"), "opt/p/.spack/binary_distribution", b"new"))
     assert [e.name for e in entries] == [
-        "opt", "opt/p", "opt/p/.spack", "opt/p/.spack/binary_distribution", "opt/p/.spack/spec.json",
-        "opt/p/bin", "opt/p/bin/x",
-    ]  # fmt: skip
+        "opt",
+        "opt/p",
+        "opt/p/.spack",
+        "opt/p/.spack/binary_distribution",
+        "opt/p/.spack/spec.json",
+        "opt/p/bin",
+        "opt/p/bin/x",
+    ]
     blob = _build(iter(entries), cache)
     with tarfile.open(fileobj=io.BytesIO(_tar_bytes(cache, blob))) as tar:
         assert tar.extractfile("opt/p/.spack/binary_distribution").read() == b"new"  # type: ignore[union-attr]
@@ -761,14 +791,16 @@ def _peak_rss_growth(warm_up: str, work: str, *args: str) -> int:
     """How much the peak RSS of a fresh interpreter grows while it runs ``work`` after
     ``warm_up`` (Python source both, ``sys.argv[1:]`` being ``args``): imports and caches
     are paid in the warm-up, so only what the work itself holds counts."""
-    script = "\n".join((
-        "import resource, sys",
-        "from pathlib import Path",
-        textwrap.dedent(warm_up),
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
-        textwrap.dedent(work),
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)",
-    ))  # fmt: skip
+    script = "\n".join(
+        (
+            "import resource, sys",
+            "from pathlib import Path",
+            textwrap.dedent(warm_up),
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
+            textwrap.dedent(work),
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)",
+        )
+    )
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return int(proc.stdout.strip())

@@ -37,8 +37,9 @@ EMPTY_CONFIG = b"{}"
 
 def make_manifest(layout: OCILayout, label: str, **extra: object) -> bytes:
     """A small image manifest whose config and layer blobs are stored in ``layout``."""
-    config = canonical_json({"architecture": "amd64", "os": "linux", "label": label,
-                             "rootfs": {"type": "layers", "diff_ids": []}})  # fmt: skip
+    config = canonical_json(
+        {"architecture": "amd64", "os": "linux", "label": label, "rootfs": {"type": "layers", "diff_ids": []}}
+    )
     layer = f"layer of {label}".encode()
     config_digest = layout.put_bytes(config)
     layer_digest = layout.put_bytes(layer)
@@ -243,8 +244,9 @@ def test_mount_blob_links_between_layouts(layout: OCILayout, tmp_path: Path) -> 
 
 def test_manifests_tags_and_resolve(layout: OCILayout) -> None:
     m1, m2 = make_manifest(layout, "one"), make_manifest(layout, "two")
-    d1 = layout.add_manifest(m1, mt.OCI_MANIFEST, tag="v1", annotations={"x": "y"},
-                             platform=Platform("linux", "amd64"))  # fmt: skip
+    d1 = layout.add_manifest(
+        m1, mt.OCI_MANIFEST, tag="v1", annotations={"x": "y"}, platform=Platform("linux", "amd64")
+    )
     assert d1.digest == Digest.of(m1) and d1.size == len(m1) and d1.media_type == mt.OCI_MANIFEST
     assert d1.annotations == {"x": "y", REF_NAME: "v1"}
     assert layout.read_blob(d1, 1 << 20) == m1  # bytes stored as given
@@ -278,8 +280,10 @@ def test_tag_moves_and_entries_are_unique(layout: OCILayout) -> None:
     layout.add_manifest(m2, mt.OCI_MANIFEST, tag="u")
     entries = layout.manifests()
     assert [(d.digest, (d.annotations or {}).get(REF_NAME)) for d in entries] == [
-        (Digest.of(m2), "t"), (Digest.of(m1), None), (Digest.of(m2), "u"),
-    ]  # fmt: skip
+        (Digest.of(m2), "t"),
+        (Digest.of(m1), None),
+        (Digest.of(m2), "u"),
+    ]
     assert layout.find_manifest(Digest.of(m1)) == entries[1]
     layout.remove_tag("t")
     assert layout.tags() == ["u"]
@@ -332,8 +336,13 @@ def test_index_write_failure_leaves_index_intact(layout: OCILayout, monkeypatch:
 def test_referrers(layout: OCILayout) -> None:
     image = layout.add_manifest(make_manifest(layout, "img"), mt.OCI_MANIFEST, tag="img")
     subject = {"mediaType": mt.OCI_MANIFEST, "digest": str(image.digest), "size": image.size}
-    sbom = make_manifest(layout, "sbom", artifactType="application/vnd.example.sbom",
-                         subject=subject, annotations={"org.example": "1"})  # fmt: skip
+    sbom = make_manifest(
+        layout,
+        "sbom",
+        artifactType="application/vnd.example.sbom",
+        subject=subject,
+        annotations={"org.example": "1"},
+    )
     sig = make_manifest(layout, "sig", subject=subject)
     sbom_entry = layout.add_manifest(sbom, mt.OCI_MANIFEST)
     layout.add_manifest(sig, mt.OCI_MANIFEST, tag="sig")
@@ -437,8 +446,13 @@ def test_the_next_write_removes_a_killed_writers_temp_file_but_never_a_live_one(
         rootfs = tmp_path / "rootfs"
         (rootfs / "etc").mkdir(parents=True)
         (rootfs / "etc" / "hostname").write_text("x\n")
-        ok("import", str(rootfs), "--output", f"oci:{layout.root}:next",
-           env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+        ok(
+            "import",
+            str(rootfs),
+            "--output",
+            f"oci:{layout.root}:next",
+            env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
+        )
         assert not dead.exists()
         assert live_file.exists()  # its writer is alive: never touched
     finally:
@@ -515,24 +529,31 @@ def test_skopeo_and_umoci_read_a_written_layout(tmp_path: Path, busybox_dir: Pat
     written = write_busybox_image(layout, busybox_dir, BlobCache(tmp_path / "cache"))
     layout.add_manifest(layout.read_blob(written, 1 << 20), mt.OCI_MANIFEST, tag="second")
 
-    inspected = subprocess.run(["skopeo", "inspect", f"oci:{layout.root}:busybox"],
-                               capture_output=True, text=True, check=True)  # fmt: skip
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci:{layout.root}:busybox"], capture_output=True, text=True, check=True
+    )
     info = json.loads(inspected.stdout)
     assert info["Digest"] == str(written.digest)
     assert info["Architecture"] == Platform.host().architecture and info["Os"] == "linux"
     assert len(info["Layers"]) == 1
 
-    listed = subprocess.run(["umoci", "ls", "--layout", str(layout.root)],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    listed = subprocess.run(
+        ["umoci", "ls", "--layout", str(layout.root)], capture_output=True, text=True, check=True
+    )
     assert sorted(listed.stdout.split()) == ["busybox", "second"]
-    stat = subprocess.run(["umoci", "stat", "--image", f"{layout.root}:busybox", "--json"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    stat = subprocess.run(
+        ["umoci", "stat", "--image", f"{layout.root}:busybox", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(stat.stdout)["history"]
 
     # And the other way round: a layout skopeo writes reads back verified.
     out = tmp_path / "copy"
-    subprocess.run(["skopeo", "copy", f"oci:{layout.root}:busybox", f"oci:{out}:copied"],
-                   capture_output=True, check=True)  # fmt: skip
+    subprocess.run(
+        ["skopeo", "copy", f"oci:{layout.root}:busybox", f"oci:{out}:copied"], capture_output=True, check=True
+    )
     copied = OCILayout(out)
     entry = copied.resolve("copied")
     assert entry.digest == written.digest

@@ -104,15 +104,29 @@ def test_login_basic_registry_writes_config_then_build_and_inspect(
     (RELIABILITY 25: the password is not in --debug output)."""
     config = tmp_path / "docker"
     config.mkdir(mode=0o755)
-    (config / "config.json").write_text(json.dumps({
-        "auths": {"other.example": {"auth": b64("x:y")}}, "psFormat": "table {{.ID}}",
-        "HttpHeaders": {"X-Keep": "1"},
-    }))  # fmt: skip
+    (config / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {"other.example": {"auth": b64("x:y")}},
+                "psFormat": "table {{.ID}}",
+                "HttpHeaders": {"X-Keep": "1"},
+            }
+        )
+    )
     host = basic_registry.host
     code, out, err = login_cli(
-        monkeypatch, config, "--debug", "login", host, "-u", ALICE, "--password-stdin",
-        "--insecure-registry", host, password=ALICE_PW,
-    )  # fmt: skip
+        monkeypatch,
+        config,
+        "--debug",
+        "login",
+        host,
+        "-u",
+        ALICE,
+        "--password-stdin",
+        "--insecure-registry",
+        host,
+        password=ALICE_PW,
+    )
     assert code == 0, err
     assert out.strip() == f"Login succeeded for {host} (credentials in {config / 'config.json'})"
     for text in (out, err):
@@ -139,17 +153,31 @@ def test_login_wrong_password_writes_nothing_and_never_shows_it(
     config = tmp_path / "docker"
     host = basic_registry.host
     code, out, err = login_cli(
-        monkeypatch, config, "--debug", "--insecure-registry", host, "login", host,
-        "-u", ALICE, "--password-stdin", password=SENTINEL,
-    )  # fmt: skip
+        monkeypatch,
+        config,
+        "--debug",
+        "--insecure-registry",
+        host,
+        "login",
+        host,
+        "-u",
+        ALICE,
+        "--password-stdin",
+        password=SENTINEL,
+    )
     assert code == 3, err
     assert host in err and "refused" in err
     for text in (out, err):
         assert SENTINEL not in text and b64(f"{ALICE}:{SENTINEL}") not in text
     assert not config.exists()
     with pytest.raises(AuthenticationError) as info:
-        login(host, ALICE, SENTINEL, options=RegistryOptions(insecure=frozenset({host})),
-              config_path=tmp_path / "c.json")  # fmt: skip
+        login(
+            host,
+            ALICE,
+            SENTINEL,
+            options=RegistryOptions(insecure=frozenset({host})),
+            config_path=tmp_path / "c.json",
+        )
     assert SENTINEL not in str(info.value) and SENTINEL not in repr(info.value)
     assert not (tmp_path / "c.json").exists()
 
@@ -168,9 +196,18 @@ def test_login_token_registry(
 
     config = tmp_path / "docker"
     code, out, err = login_cli(
-        monkeypatch, config, "--debug", "login", "--insecure-registry", host, host, "-u", BOB,
-        "--password-stdin", password=SENTINEL,
-    )  # fmt: skip
+        monkeypatch,
+        config,
+        "--debug",
+        "login",
+        "--insecure-registry",
+        host,
+        host,
+        "-u",
+        BOB,
+        "--password-stdin",
+        password=SENTINEL,
+    )
     assert code == 3 and host in err
     assert SENTINEL not in out + err and b64(f"{BOB}:{SENTINEL}") not in out + err
     assert not config.exists()
@@ -187,8 +224,18 @@ def test_logout_then_push_fails(
     """Logout removes the entry (and only it); a push afterwards is an auth error (exit 3)."""
     config = tmp_path / "docker"
     host = basic_registry.host
-    code, _, err = login_cli(monkeypatch, config, "login", host, "-u", ALICE, "--password-stdin",
-                             "--insecure-registry", host, password=ALICE_PW)  # fmt: skip
+    code, _, err = login_cli(
+        monkeypatch,
+        config,
+        "login",
+        host,
+        "-u",
+        ALICE,
+        "--password-stdin",
+        "--insecure-registry",
+        host,
+        password=ALICE_PW,
+    )
     assert code == 0, err
     data = json.loads((config / "config.json").read_text())
     data["auths"]["keep.example"] = {"auth": b64("k:v")}
@@ -197,9 +244,7 @@ def test_logout_then_push_fails(
     code, out, err = login_cli(monkeypatch, config, "logout", host)
     assert code == 0, err
     assert out.strip() == f"Removed credentials for {host}"
-    assert json.loads((config / "config.json").read_text())["auths"] == {
-        "keep.example": {"auth": b64("k:v")}
-    }
+    assert json.loads((config / "config.json").read_text())["auths"] == {"keep.example": {"auth": b64("k:v")}}
     code, out, _ = login_cli(monkeypatch, config, "logout", host)
     assert code == 0 and out.strip() == f"No credentials stored for {host}"
 
@@ -222,9 +267,19 @@ def test_login_through_credential_helper(
     original = {"credHelpers": {host: "testhelper"}, "auths": {}}
     (config / "config.json").write_text(json.dumps(original))
 
-    code, out, err = login_cli(monkeypatch, config, "--debug", "login", host, "-u", ALICE,
-                               "--password-stdin", "--insecure-registry", host,
-                               password=ALICE_PW)  # fmt: skip
+    code, out, err = login_cli(
+        monkeypatch,
+        config,
+        "--debug",
+        "login",
+        host,
+        "-u",
+        ALICE,
+        "--password-stdin",
+        "--insecure-registry",
+        host,
+        password=ALICE_PW,
+    )
     assert code == 0, err
     assert out.strip() == f"Login succeeded for {host} (credentials in docker-credential-testhelper)"
     assert ALICE_PW not in out + err
@@ -261,11 +316,17 @@ def test_store_without_verify_hub_key_and_permissions(tmp_path: Path) -> None:
 def test_login_keeps_file_and_uses_docker_config_env(tmp_path: Path) -> None:
     config = tmp_path / "cfg"
     config.mkdir()
-    (config / "config.json").write_text(json.dumps({
-        "auths": {"reg.example:5000": {"auth": b64("old:old"), "identitytoken": "stale"},
-                  "http://reg.example:5000": {"auth": b64("older:older")}},
-        "credsStore": "",
-    }))  # fmt: skip
+    (config / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "reg.example:5000": {"auth": b64("old:old"), "identitytoken": "stale"},
+                    "http://reg.example:5000": {"auth": b64("older:older")},
+                },
+                "credsStore": "",
+            }
+        )
+    )
     env = {"DOCKER_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
     path = login("https://reg.example:5000/", "new", "pw", verify=False, environ=env)
     assert path == config / "config.json"
@@ -319,14 +380,13 @@ def test_cli_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     config = tmp_path / "docker"
     code, _, err = login_cli(monkeypatch, config, "login", "reg.example", "-u", "u")
     assert code == 2 and "--password-stdin" in err
-    code, _, err = login_cli(monkeypatch, config, "login", "reg.example", "--password-stdin",
-                             password="x")  # fmt: skip
+    code, _, err = login_cli(monkeypatch, config, "login", "reg.example", "--password-stdin", password="x")
     assert code == 2 and "-u USER" in err
-    code, _, err = login_cli(monkeypatch, config, "login", "reg.example", "-u", "u", "-p", "x",
-                             "--password-stdin")  # fmt: skip
+    code, _, err = login_cli(
+        monkeypatch, config, "login", "reg.example", "-u", "u", "-p", "x", "--password-stdin"
+    )
     assert code == 2
     # -p: the warning, then the (failing: nothing listens there) verification.
-    code, _, err = login_cli(monkeypatch, config, "login", "127.0.0.1:1", "-u", "u",
-                             "-p", SENTINEL)  # fmt: skip
+    code, _, err = login_cli(monkeypatch, config, "login", "127.0.0.1:1", "-u", "u", "-p", SENTINEL)
     assert "process list" in err and code == 3 and SENTINEL not in err
     assert not config.exists()

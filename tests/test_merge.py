@@ -64,8 +64,12 @@ def raw_manifest(registry: DistributionRegistry, repository: str, reference: str
 
 def skopeo_raw(ref: str) -> dict[str, Any]:
     need_tool("skopeo")
-    done = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{ref}"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{ref}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     value: dict[str, Any] = json.loads(done.stdout)
     return value
@@ -80,8 +84,7 @@ def platforms_of(document: dict[str, Any]) -> list[str]:
     return out
 
 
-def import_image(registry: DistributionRegistry, rootfs: Path, ref: str, platform: str,
-                 *extra: str) -> str:  # fmt: skip
+def import_image(registry: DistributionRegistry, rootfs: Path, ref: str, platform: str, *extra: str) -> str:
     out = ok(*flags(registry), "import", str(rootfs), "--tag", ref, "--platform", platform, "--json", *extra)
     digest: str = json.loads(out)["digest"]
     return digest
@@ -126,8 +129,11 @@ def test_index_document_keeps_every_platform_field_and_annotations() -> None:
     child = _descriptor(b"win", mt.OCI_MANIFEST, windows, annotations={"a": "b"})
     document = json.loads(index_document([child], "oci", {"org.opencontainers.image.version": "1"}))
     assert document["manifests"][0]["platform"] == {
-        "architecture": "amd64", "os": "windows", "os.version": "10.0.20348.2340", "os.features": ["win32k"],
-    }  # fmt: skip
+        "architecture": "amd64",
+        "os": "windows",
+        "os.version": "10.0.20348.2340",
+        "os.features": ["win32k"],
+    }
     assert document["manifests"][0]["annotations"] == {"a": "b"}
     assert document["annotations"] == {"org.opencontainers.image.version": "1"}
     # Two Windows builds are two slots of one index.
@@ -161,9 +167,12 @@ def test_merge_result_json() -> None:
     digest = Digest.of(b"x")
     result = MergeResult(imagesmith.Reference.parse("r.example/a:1"), digest, mt.OCI_INDEX, (AMD64, ARM64), 2)
     assert result.to_json() == {
-        "reference": "r.example/a:1", "digest": str(digest), "mediaType": mt.OCI_INDEX,
-        "platforms": [AMD64, ARM64], "manifests": 2,
-    }  # fmt: skip
+        "reference": "r.example/a:1",
+        "digest": str(digest),
+        "mediaType": mt.OCI_INDEX,
+        "platforms": [AMD64, ARM64],
+        "manifests": 2,
+    }
 
 
 # ------------------------------------------------------------------ the multi-platform base
@@ -180,10 +189,11 @@ def test_multiarch_base_is_an_oci_index_of_both_platforms(
     # Each entry is the imported image, byte for byte (same digest as its own tag).
     for entry, arch in zip(index["manifests"], ("amd64", "arm64"), strict=True):
         part = skopeo_raw(f"{multiarch_base}-{arch}")
-        assert part["config"]["digest"] == raw_manifest(registry, "base/busybox-multi", entry["digest"])[
-            "config"]["digest"]  # fmt: skip
-        head = registry.get(f"/v2/base/busybox-multi/manifests/1-{arch}",
-                            headers={"Accept": mt.OCI_MANIFEST})  # fmt: skip
+        assert (
+            part["config"]["digest"]
+            == raw_manifest(registry, "base/busybox-multi", entry["digest"])["config"]["digest"]
+        )
+        head = registry.get(f"/v2/base/busybox-multi/manifests/1-{arch}", headers={"Accept": mt.OCI_MANIFEST})
         assert head.headers["Docker-Content-Digest"] == entry["digest"]
 
 
@@ -221,8 +231,9 @@ def test_podman_pulls_the_arm64_image(multiarch_base: str, podman: Podman) -> No
 
 @pytest.mark.integration
 def test_podman_runs_the_amd64_image(multiarch_base: str, podman: Podman) -> None:
-    ran = podman.podman("run", "--rm", "--pull", "always", "--arch", "amd64", multiarch_base,
-                        "busybox", "echo", "hi")  # fmt: skip
+    ran = podman.podman(
+        "run", "--rm", "--pull", "always", "--arch", "amd64", multiarch_base, "busybox", "echo", "hi"
+    )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "hi"
 
@@ -235,8 +246,9 @@ def test_docker_family_gives_a_manifest_list(
     assert index["mediaType"] == mt.DOCKER_MANIFEST_LIST
     assert platforms_of(index) == [AMD64, ARM64]
     assert all(m["mediaType"] == mt.DOCKER_MANIFEST for m in index["manifests"])
-    ran = podman.podman("run", "--rm", "--pull", "always", "--arch", "amd64", multiarch_base_docker,
-                        "busybox", "echo", "hi")  # fmt: skip
+    ran = podman.podman(
+        "run", "--rm", "--pull", "always", "--arch", "amd64", multiarch_base_docker, "busybox", "echo", "hi"
+    )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "hi"
 
@@ -280,9 +292,16 @@ def test_sources_in_other_repositories_are_mounted_not_uploaded(
     import_image(registry, busybox_dir, f"{registry.host}/{amd_repo}:1", AMD64)
     import_image(registry, busybox_arm64_dir, f"{registry.host}/{arm_repo}:1", ARM64)
     target = f"{registry.host}/{target_repo}:1"
-    code, out, log = cli("--debug", *flags(registry), "merge", f"{registry.host}/{amd_repo}:1",
-                         f"{registry.host}/{arm_repo}@" + raw_digest(registry, arm_repo, "1"),
-                         "--tag", target, "--json")  # fmt: skip
+    code, out, log = cli(
+        "--debug",
+        *flags(registry),
+        "merge",
+        f"{registry.host}/{amd_repo}:1",
+        f"{registry.host}/{arm_repo}@" + raw_digest(registry, arm_repo, "1"),
+        "--tag",
+        target,
+        "--json",
+    )
     assert code == 0, log
     result = json.loads(out)
     blobs = _layer_digests(registry, amd_repo, "1") + _layer_digests(registry, arm_repo, "1")
@@ -298,8 +317,10 @@ def test_sources_in_other_repositories_are_mounted_not_uploaded(
         assert registry.get(f"/v2/{target_repo}/blobs/{digest}").status_code == 200
     # The children are in the target repository under their own digests, bytes unchanged.
     index = raw_manifest(registry, target_repo, "1")
-    assert [m["digest"] for m in index["manifests"]] == [raw_digest(registry, amd_repo, "1"),
-                                                         raw_digest(registry, arm_repo, "1")]  # fmt: skip
+    assert [m["digest"] for m in index["manifests"]] == [
+        raw_digest(registry, amd_repo, "1"),
+        raw_digest(registry, arm_repo, "1"),
+    ]
     assert result["digest"] == raw_digest(registry, target_repo, "1")
     assert platforms_of(skopeo_raw(target)) == [AMD64, ARM64]
 
@@ -346,8 +367,9 @@ def test_refused_mount_streams_the_blob_once(registry: DistributionRegistry, mul
         options = RegistryOptions(insecure=frozenset({proxy.host}), chunk_size=64 * 1024)
         events: list[ProgressEvent] = []
         with RegistryPool(options) as pool:
-            result = merge_images(parts, f"{proxy.host}/{target_repo}:1", pool=pool, progress=events.append,
-                                  jobs=1)  # fmt: skip
+            result = merge_images(
+                parts, f"{proxy.host}/{target_repo}:1", pool=pool, progress=events.append, jobs=1
+            )
     assert rule.fired == 1
     layer = raw_manifest(registry, "base/busybox-multi", "1-amd64")["layers"][0]
     assert layer["size"] > 4 * 64 * 1024  # several chunks
@@ -370,8 +392,17 @@ def test_index_source_plus_manifest_source(
     # A busybox that claims arm/v7: enough for an index (nothing runs it).
     import_image(registry, busybox_dir, f"{registry.host}/{extra_repo}:1", "linux/arm/v7")
     target_repo = unique("three")
-    result = json.loads(ok(*flags(registry), "merge", multiarch_base, f"{registry.host}/{extra_repo}:1",
-                           "--tag", f"{registry.host}/{target_repo}:1", "--json"))  # fmt: skip
+    result = json.loads(
+        ok(
+            *flags(registry),
+            "merge",
+            multiarch_base,
+            f"{registry.host}/{extra_repo}:1",
+            "--tag",
+            f"{registry.host}/{target_repo}:1",
+            "--json",
+        )
+    )
     assert result["platforms"] == [AMD64, ARM64, "linux/arm/v7"]
     merged = raw_manifest(registry, target_repo, "1")
     original = raw_manifest(registry, "base/busybox-multi", "1")
@@ -382,8 +413,18 @@ def test_index_source_plus_manifest_source(
 @pytest.mark.integration
 def test_the_same_manifest_twice_is_listed_once(registry: DistributionRegistry, multiarch_base: str) -> None:
     target = f"{registry.host}/{unique('dedupe')}:1"
-    result = json.loads(ok(*flags(registry), "merge", multiarch_base, f"{multiarch_base}-amd64",
-                           f"{multiarch_base}-arm64", "--tag", target, "--json"))  # fmt: skip
+    result = json.loads(
+        ok(
+            *flags(registry),
+            "merge",
+            multiarch_base,
+            f"{multiarch_base}-amd64",
+            f"{multiarch_base}-arm64",
+            "--tag",
+            target,
+            "--json",
+        )
+    )
     assert result["platforms"] == [AMD64, ARM64] and result["manifests"] == 2
     assert result["digest"] == raw_digest(registry, "base/busybox-multi", "1")
 
@@ -395,19 +436,28 @@ def test_attestations_and_artifacts_are_dropped(registry: DistributionRegistry, 
     repository = "base/busybox-multi"
     index = raw_manifest(registry, repository, "1")
     amd = index["manifests"][0]
-    attestation = dict(index["manifests"][1], platform={"architecture": "unknown", "os": "unknown"},
-                       annotations={"vnd.docker.reference.type": "attestation-manifest"})  # fmt: skip
+    attestation = dict(
+        index["manifests"][1],
+        platform={"architecture": "unknown", "os": "unknown"},
+        annotations={"vnd.docker.reference.type": "attestation-manifest"},
+    )
     empty = Descriptor(mt.OCI_EMPTY, Digest.of(b"{}"), 2)
     kind = "application/vnd.example.signature"
     artifact = Manifest(mt.OCI_MANIFEST, empty, (), artifact_type=kind).to_bytes()
-    artifact_entry = {"mediaType": mt.OCI_MANIFEST, "digest": str(Digest.of(artifact)), "size": len(artifact),
-                      "artifactType": kind}  # fmt: skip
+    artifact_entry = {
+        "mediaType": mt.OCI_MANIFEST,
+        "digest": str(Digest.of(artifact)),
+        "size": len(artifact),
+        "artifactType": kind,
+    }
     data = json.dumps(dict(index, manifests=[amd, attestation, artifact_entry])).encode()
     source_repo = unique("attested")
     with RegistryPool(RegistryOptions(insecure=frozenset({registry.host}))) as pool:
         client = pool.client(registry.host)
-        for blob in [*_layer_digests(registry, repository, "1-amd64"),
-                     *_layer_digests(registry, repository, "1-arm64")]:  # fmt: skip
+        for blob in [
+            *_layer_digests(registry, repository, "1-amd64"),
+            *_layer_digests(registry, repository, "1-arm64"),
+        ]:
             assert client.mount_blob(source_repo, Digest.parse(blob), repository)
         for entry in index["manifests"]:
             got = client.get_manifest(repository, entry["digest"])
@@ -430,8 +480,14 @@ def test_two_images_for_one_platform_are_refused(
 ) -> None:
     other = f"{registry.host}/{unique('other-amd64')}:1"
     import_image(registry, busybox_dir, other, AMD64, "--env", "FLAVOUR=other")
-    code, _, err = cli(*flags(registry), "merge", f"{multiarch_base}-amd64", other,
-                       "--tag", f"{registry.host}/{unique('dup')}:1")  # fmt: skip
+    code, _, err = cli(
+        *flags(registry),
+        "merge",
+        f"{multiarch_base}-amd64",
+        other,
+        "--tag",
+        f"{registry.host}/{unique('dup')}:1",
+    )
     assert code == 2
     assert f"{multiarch_base}-amd64" in err and other in err and "for linux/amd64" in err
     assert "leave one of them out" in err
@@ -450,8 +506,14 @@ def test_mixed_families_are_refused(
 
 @pytest.mark.integration
 def test_sources_on_another_registry_are_refused(registry: DistributionRegistry, multiarch_base: str) -> None:
-    code, _, err = cli(*flags(registry), "merge", f"{multiarch_base}-amd64", "elsewhere.example/busybox:1",
-                       "--tag", f"{registry.host}/{unique('far')}:1")  # fmt: skip
+    code, _, err = cli(
+        *flags(registry),
+        "merge",
+        f"{multiarch_base}-amd64",
+        "elsewhere.example/busybox:1",
+        "--tag",
+        f"{registry.host}/{unique('far')}:1",
+    )
     assert code == 2
     assert "elsewhere.example/busybox:1 is on elsewhere.example" in err
     assert f"imagesmith copy elsewhere.example/busybox:1 {registry.host}/busybox:TAG" in err
@@ -469,8 +531,13 @@ def test_bad_targets_and_sources_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_missing_source_is_a_registry_error(registry: DistributionRegistry) -> None:
-    code, _, err = cli(*flags(registry), "merge", f"{registry.host}/{unique('absent')}:1",
-                       "--tag", f"{registry.host}/{unique('nothing')}:1")  # fmt: skip
+    code, _, err = cli(
+        *flags(registry),
+        "merge",
+        f"{registry.host}/{unique('absent')}:1",
+        "--tag",
+        f"{registry.host}/{unique('nothing')}:1",
+    )
     assert code == 3 and "manifest unknown" in err
 
 
@@ -478,12 +545,17 @@ class _Schema1Registry:
     """Serves one Docker schema 1 manifest for every manifest request (distribution 2.8
     refuses schema 1 pushes, so a real registry cannot be made to hold one)."""
 
-    MANIFEST = json.dumps({
-        "schemaVersion": 1, "name": "old/app", "tag": "1", "architecture": "amd64",
-        "fsLayers": [{"blobSum": str(Digest.of(b"layer"))}],
-        "history": [{"v1Compatibility": "{}"}],
-        "signatures": [],
-    }).encode()  # fmt: skip
+    MANIFEST = json.dumps(
+        {
+            "schemaVersion": 1,
+            "name": "old/app",
+            "tag": "1",
+            "architecture": "amd64",
+            "fsLayers": [{"blobSum": str(Digest.of(b"layer"))}],
+            "history": [{"v1Compatibility": "{}"}],
+            "signatures": [],
+        }
+    ).encode()
 
     def __init__(self) -> None:
         body = self.MANIFEST
@@ -535,12 +607,19 @@ def test_repository_index_lists_the_platforms_of_an_index_tag(
     registry: DistributionRegistry, multiarch_base: str
 ) -> None:
     repository = unique("indexed")
-    ok(*flags(registry), "merge", f"{multiarch_base}-amd64", f"{multiarch_base}-arm64",
-       "--tag", f"{registry.host}/{repository}:multi")  # fmt: skip
+    ok(
+        *flags(registry),
+        "merge",
+        f"{multiarch_base}-amd64",
+        f"{multiarch_base}-arm64",
+        "--tag",
+        f"{registry.host}/{repository}:multi",
+    )
     ok(*flags(registry), "index", "update", f"{registry.host}/{repository}")
     for extra in ((), ("--live",)):
-        listed = json.loads(ok(*flags(registry), "index", "list", f"{registry.host}/{repository}", "--json",
-                               *extra))  # fmt: skip
+        listed = json.loads(
+            ok(*flags(registry), "index", "list", f"{registry.host}/{repository}", "--json", *extra)
+        )
         (entry,) = listed["entries"]
         assert (entry["tag"], entry["mediaType"]) == ("multi", mt.OCI_INDEX)
         assert entry["platforms"] == [AMD64, ARM64]

@@ -45,21 +45,38 @@ def packages(tmp_path: Path) -> dict[str, Path]:
         _write(tmp_path / f"tool-{arch}" / "share" / "arch.txt", f"{arch}\n")
     _write(tmp_path / "scripts" / "bin" / "greet", "#!/bin/sh\necho greetings from $(tool)\n", 0o755)
     tool = tmp_path / "tool.json"
-    tool.write_text(json.dumps({
-        "name": "tool", "version": "2.0", "prefix": "/opt/tool",
-        "platforms": {AMD64: "tool-amd64", ARM64: "tool-arm64"},
-    }))  # fmt: skip
+    tool.write_text(
+        json.dumps(
+            {
+                "name": "tool",
+                "version": "2.0",
+                "prefix": "/opt/tool",
+                "platforms": {AMD64: "tool-amd64", ARM64: "tool-arm64"},
+            }
+        )
+    )
     scripts = tmp_path / "scripts.json"
-    scripts.write_text(json.dumps({
-        "name": "scripts", "version": "1.0", "prefix": "/opt/scripts", "content": "scripts",
-        "depends": ["tool.json"],
-    }))  # fmt: skip
+    scripts.write_text(
+        json.dumps(
+            {
+                "name": "scripts",
+                "version": "1.0",
+                "prefix": "/opt/scripts",
+                "content": "scripts",
+                "depends": ["tool.json"],
+            }
+        )
+    )
     return {"tool": tool, "scripts": scripts}
 
 
 def skopeo_raw(ref: str) -> dict[str, Any]:
-    done = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -75,8 +92,9 @@ def _manifest(registry: DistributionRegistry, repo: str, digest: str) -> dict[st
 
 
 def _build(registry: DistributionRegistry, base: str, *args: str) -> dict[str, Any]:
-    out = ok(*flags(registry), "build", "--base-image", base, "--platform", f"{AMD64},{ARM64}", "--json",
-             *args)  # fmt: skip
+    out = ok(
+        *flags(registry), "build", "--base-image", base, "--platform", f"{AMD64},{ARM64}", "--json", *args
+    )
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -108,10 +126,21 @@ def test_one_tag_every_platform(
     for entry, base_entry in zip(index["manifests"], base_index["manifests"], strict=True):
         manifest = _manifest(registry, repo, entry["digest"])
         base_manifest = _manifest(registry, "base/busybox-multi", base_entry["digest"])
-        config = json.loads(subprocess.run(
-            ["skopeo", "inspect", "--config", "--raw", "--tls-verify=false",
-             f"docker://{registry.host}/{repo}@{entry['digest']}"],
-            capture_output=True, text=True, check=True).stdout)  # fmt: skip
+        config = json.loads(
+            subprocess.run(
+                [
+                    "skopeo",
+                    "inspect",
+                    "--config",
+                    "--raw",
+                    "--tls-verify=false",
+                    f"docker://{registry.host}/{repo}@{entry['digest']}",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         assert config["architecture"] == entry["platform"]["architecture"]
         assert config["os"] == "linux"
         digests = [layer["digest"] for layer in manifest["layers"]]
@@ -193,15 +222,26 @@ def test_into_an_oci_layout(
     index_json = json.loads((layout / "index.json").read_text())
     (top,) = index_json["manifests"]
     assert top["digest"] == result["digest"] and top["mediaType"] == mt.OCI_INDEX
-    done = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:multi"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci:{layout}:multi"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert [_platform_of(m).split("/v")[0] for m in json.loads(done.stdout)["manifests"]] == [AMD64, ARM64]
     for platform in (AMD64, ARM64):
         copied = tmp_path / f"one-{platform.replace('/', '-')}"
-        done = subprocess.run(["skopeo", "copy", "--override-arch", platform.split("/")[1],
-                               f"oci:{layout}:multi", f"oci:{copied}:x"],
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        done = subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--override-arch",
+                platform.split("/")[1],
+                f"oci:{layout}:multi",
+                f"oci:{copied}:x",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr  # every blob of the chosen image is there
 
 
@@ -216,8 +256,17 @@ def test_package_platform_content_rules(packages: dict[str, Path], tmp_path: Pat
     assert scripts.content_for(Platform.parse("linux/s390x"))[0].name == "scripts"
 
     both = tmp_path / "both.json"
-    both.write_text(json.dumps({"name": "both", "version": "1", "prefix": "/opt/both", "content": "scripts",
-                                "platforms": {ARM64: "tool-arm64"}}))  # fmt: skip
+    both.write_text(
+        json.dumps(
+            {
+                "name": "both",
+                "version": "1",
+                "prefix": "/opt/both",
+                "content": "scripts",
+                "platforms": {ARM64: "tool-arm64"},
+            }
+        )
+    )
     package = load_package(both)
     assert package.content_for(Platform.parse(ARM64))[0].name == "tool-arm64"
     assert package.content_for(Platform.parse(AMD64))[0].name == "scripts"  # the fallback
@@ -246,25 +295,61 @@ def test_refusals_name_what_is_wrong(
     scripts = str(packages["scripts"])
     cases = [
         # A package without content for one of the platforms: before any work.
-        (("--platform", f"{AMD64},linux/ppc64le", "--base-image", multiarch_base, "--repo", f"{host}/m"),
-         "has no content for linux/ppc64le"),
+        (
+            ("--platform", f"{AMD64},linux/ppc64le", "--base-image", multiarch_base, "--repo", f"{host}/m"),
+            "has no content for linux/ppc64le",
+        ),
         # The base index lacks a platform.
-        (("--platform", f"{AMD64},linux/s390x", "--base-image", multiarch_base, "--repo", f"{host}/m",
-          str(tmp_path / "data.json")), "no image for platform linux/s390x"),
+        (
+            (
+                "--platform",
+                f"{AMD64},linux/s390x",
+                "--base-image",
+                multiarch_base,
+                "--repo",
+                f"{host}/m",
+                str(tmp_path / "data.json"),
+            ),
+            "no image for platform linux/s390x",
+        ),
         # A single-image base.
         (("--platform", f"{AMD64},{ARM64}", "--base-image", base, "--repo", f"{host}/m"), "not an index"),
-        (("--platform", f"{AMD64},{ARM64}", "--base-image", multiarch_base, "--tag", f"{host}/m:1", "--load"),
-         "--load works on one platform"),
-        (("--platform", f"{AMD64},{ARM64}", "--base-image", multiarch_base, "--output",
-          f"docker-archive:{tmp_path / 'x.tar'}:m:1"), "holds single-platform images"),
-        (("--platform", f"{AMD64},linux/amd64", "--base-image", multiarch_base, "--repo", f"{host}/m"),
-         "the same platform"),
-        (("--platform", f"{AMD64},", "--base-image", multiarch_base, "--repo", f"{host}/m"),
-         "empty platform"),
-    ]  # fmt: skip
+        (
+            (
+                "--platform",
+                f"{AMD64},{ARM64}",
+                "--base-image",
+                multiarch_base,
+                "--tag",
+                f"{host}/m:1",
+                "--load",
+            ),
+            "--load works on one platform",
+        ),
+        (
+            (
+                "--platform",
+                f"{AMD64},{ARM64}",
+                "--base-image",
+                multiarch_base,
+                "--output",
+                f"docker-archive:{tmp_path / 'x.tar'}:m:1",
+            ),
+            "holds single-platform images",
+        ),
+        (
+            ("--platform", f"{AMD64},linux/amd64", "--base-image", multiarch_base, "--repo", f"{host}/m"),
+            "the same platform",
+        ),
+        (
+            ("--platform", f"{AMD64},", "--base-image", multiarch_base, "--repo", f"{host}/m"),
+            "empty platform",
+        ),
+    ]
     _write(tmp_path / "data" / "x.txt", "x\n")
-    (tmp_path / "data.json").write_text(json.dumps({"name": "data", "version": "1", "prefix": "/opt/data",
-                                                    "content": "data"}))  # fmt: skip
+    (tmp_path / "data.json").write_text(
+        json.dumps({"name": "data", "version": "1", "prefix": "/opt/data", "content": "data"})
+    )
     for args, message in cases:
         package = [] if any(a.endswith(".json") for a in args) else [scripts]
         code, out, err = cli(*flags(registry), "build", *args, *package)
@@ -278,28 +363,61 @@ def test_each_package_gets_its_own_index(
     registry: DistributionRegistry, multiarch_base: str, packages: dict[str, Path], tmp_path: Path
 ) -> None:
     repo = f"{registry.host}/multi/each"
-    out = ok(*flags(registry), "build", "--base-image", multiarch_base, "--platform", f"{AMD64},{ARM64}",
-             "--each", "--repo", repo, "--json", str(packages["scripts"]))  # fmt: skip
+    out = ok(
+        *flags(registry),
+        "build",
+        "--base-image",
+        multiarch_base,
+        "--platform",
+        f"{AMD64},{ARM64}",
+        "--each",
+        "--repo",
+        repo,
+        "--json",
+        str(packages["scripts"]),
+    )
     results = json.loads(out)
     assert [r["reference"].split(":")[-1].split("-")[0] for r in results] == ["tool", "scripts"]
     # Each index is the one a build of that package alone gives.
     for result, package in zip(results, ("tool", "scripts"), strict=True):
-        alone = _build(registry, multiarch_base, "--repo", f"{registry.host}/multi/alone",
-                       str(packages[package]))  # fmt: skip
+        alone = _build(
+            registry, multiarch_base, "--repo", f"{registry.host}/multi/alone", str(packages[package])
+        )
         assert alone["digest"] == result["digest"]
         assert alone["reference"].split(":")[-1] == result["reference"].split(":")[-1]
         index = skopeo_raw(result["reference"])
         assert [_platform_of(m).split("/v")[0] for m in index["manifests"]] == [AMD64, ARM64]
     # Into a layout: one tag per package.
     layout = tmp_path / "layout"
-    ok(*flags(registry), "build", "--base-image", multiarch_base, "--platform", f"{AMD64},{ARM64}",
-       "--each", "--output", f"oci:{layout}", str(packages["scripts"]))  # fmt: skip
-    tags = sorted(m["annotations"]["org.opencontainers.image.ref.name"]
-                  for m in json.loads((layout / "index.json").read_text())["manifests"])  # fmt: skip
+    ok(
+        *flags(registry),
+        "build",
+        "--base-image",
+        multiarch_base,
+        "--platform",
+        f"{AMD64},{ARM64}",
+        "--each",
+        "--output",
+        f"oci:{layout}",
+        str(packages["scripts"]),
+    )
+    tags = sorted(
+        m["annotations"]["org.opencontainers.image.ref.name"]
+        for m in json.loads((layout / "index.json").read_text())["manifests"]
+    )
     assert tags == sorted(r["reference"].split(":")[-1] for r in results)
-    code, _, err = cli(*flags(registry), "build", "--base-image", multiarch_base, "--platform",
-                       f"{AMD64},{ARM64}", "--each", "--tag", f"{repo}:x",
-                       str(packages["scripts"]))  # fmt: skip
+    code, _, err = cli(
+        *flags(registry),
+        "build",
+        "--base-image",
+        multiarch_base,
+        "--platform",
+        f"{AMD64},{ARM64}",
+        "--each",
+        "--tag",
+        f"{repo}:x",
+        str(packages["scripts"]),
+    )
     assert code == 2 and "--each tags every index from the template" in err
 
 
@@ -327,10 +445,13 @@ def test_platform_independent_content_is_walked_once(
     monkeypatch.setattr(layerrecords, "input_key_size", counting)
     with RegistryPool(RegistryOptions(insecure=frozenset({registry.host}))) as pool:
         result = build_platforms(
-            multiarch_base, load_packages([packages["scripts"]]),
+            multiarch_base,
+            load_packages([packages["scripts"]]),
             [Platform.parse(AMD64), Platform.parse(ARM64)],
-            repo=f"{registry.host}/multi/walk", cache=BlobCache(tmp_path / "cache"), pool=pool,
-        )  # fmt: skip
+            repo=f"{registry.host}/multi/walk",
+            cache=BlobCache(tmp_path / "cache"),
+            pool=pool,
+        )
     # tool-amd64, tool-arm64 and scripts: the shared scripts content once, not once per platform.
     assert sorted(p.name for p in walked) == ["scripts", "tool-amd64", "tool-arm64"]
     assert result.images[0].packages[-1].layer == result.images[1].packages[-1].layer

@@ -25,11 +25,21 @@ from conftest import need
 NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
-def run(*args: str, stdout: int | None = subprocess.PIPE, unprivileged: bool = False,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run(
+    *args: str,
+    stdout: int | None = subprocess.PIPE,
+    unprivileged: bool = False,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "imagesmith", *args]
-    return subprocess.run([*NO_DAC, *argv] if unprivileged else argv, stdout=stdout, stderr=subprocess.PIPE,
-                          text=True, check=False, env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [*NO_DAC, *argv] if unprivileged else argv,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -53,8 +63,9 @@ def package(where: Path, size: int = 0) -> Path:
     (where / "content" / "bin" / "tool").write_text("#!/bin/sh\necho tool\n")
     if size:
         (where / "content" / "data").write_bytes(os.urandom(size))  # does not compress
-    (where / "p.json").write_text(json.dumps({"name": "p", "version": "1", "prefix": "/opt/p",
-                                              "content": "content"}))  # fmt: skip
+    (where / "p.json").write_text(
+        json.dumps({"name": "p", "version": "1", "prefix": "/opt/p", "content": "content"})
+    )
     return where / "p.json"
 
 
@@ -94,9 +105,14 @@ def test_a_closed_pipe_ends_quietly(args: tuple[str, ...]) -> None:
 
 
 def test_head_reading_one_byte() -> None:
-    done = subprocess.run(f"{sys.executable} -m imagesmith completion bash | head -c1; "
-                          'echo " ${PIPESTATUS[0]}"', shell=True, executable="bash", capture_output=True,
-                          text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        f'{sys.executable} -m imagesmith completion bash | head -c1; echo " ${{PIPESTATUS[0]}}"',
+        shell=True,
+        executable="bash",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     # head may take the byte before or after imagesmith writes the rest: either way, no noise.
     assert done.stderr == "" and done.stdout in ("# 0\n", "# 141\n")
 
@@ -117,8 +133,15 @@ def test_standard_output_on_a_full_device(args: tuple[str, ...]) -> None:
 
 def test_a_full_cache_disk_is_not_an_integrity_error(base: str, tmp_path: Path, small_disk: Path) -> None:
     pkg = package(tmp_path / "pkg", size=4 << 20)
-    done = run("build", "--base-image", base, "--output", f"oci:{tmp_path / 'out'}", str(pkg),
-               env={"IMAGESMITH_CACHE_DIR": str(small_disk)})  # fmt: skip
+    done = run(
+        "build",
+        "--base-image",
+        base,
+        "--output",
+        f"oci:{tmp_path / 'out'}",
+        str(pkg),
+        env={"IMAGESMITH_CACHE_DIR": str(small_disk)},
+    )
     assert done.returncode == 6, done.stderr
     line = one_line(done)
     assert f"cannot write {small_disk}/" in line and "No space left on device" in line
@@ -131,8 +154,13 @@ def test_pulling_onto_a_full_disk_is_not_an_integrity_error(tmp_path: Path, smal
     rootfs.mkdir()
     (rootfs / "data").write_bytes(os.urandom(4 << 20))
     ok("import", str(rootfs), "--output", f"oci:{tmp_path / 'image'}:1")
-    done = run("pull", f"oci:{tmp_path / 'image'}:1", "--rootfs", str(small_disk / "root"),
-               env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    done = run(
+        "pull",
+        f"oci:{tmp_path / 'image'}:1",
+        "--rootfs",
+        str(small_disk / "root"),
+        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert done.returncode == 6, done.stderr
     line = one_line(done)
     assert "member 'data'" in line and "No space left on device" in line and "left as it was" in line
@@ -148,8 +176,16 @@ def test_an_unreadable_directory_in_a_package(base: str, tmp_path: Path) -> None
     locked = pkg.parent / "content" / "share"
     locked.mkdir()
     locked.chmod(0)
-    done = run("build", "--base-image", base, "--output", f"oci:{tmp_path / 'out'}", str(pkg),
-               unprivileged=True, env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    done = run(
+        "build",
+        "--base-image",
+        base,
+        "--output",
+        f"oci:{tmp_path / 'out'}",
+        str(pkg),
+        unprivileged=True,
+        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert done.returncode == 5
     assert one_line(done) == (
         f"imagesmith: error: cannot read {locked}: Permission denied; make the package readable (and its "
@@ -161,8 +197,9 @@ def test_an_unreadable_directory_in_a_package(base: str, tmp_path: Path) -> None
 def test_a_package_below_an_unsearchable_directory(base: str, tmp_path: Path) -> None:
     pkg = package(tmp_path / "pkg")
     pkg.parent.chmod(0)
-    done = run("build", "--base-image", base, "--output", f"oci:{tmp_path / 'out'}", str(pkg),
-               unprivileged=True)  # fmt: skip
+    done = run(
+        "build", "--base-image", base, "--output", f"oci:{tmp_path / 'out'}", str(pkg), unprivileged=True
+    )
     assert done.returncode == 5
     assert one_line(done) == (
         f"imagesmith: error: cannot access {pkg}: Permission denied; check the permissions of the "

@@ -52,8 +52,9 @@ def _package(tmp_path: Path, name: str, size: int) -> Path:
     (content / "bin").mkdir()
     (content / "bin" / name).write_text("#!/bin/sh\necho hi\n")
     pkg = tmp_path / f"{name}.json"
-    pkg.write_text(json.dumps({"name": name, "version": "1.0", "prefix": f"/opt/{name}",
-                               "content": content.name}))  # fmt: skip
+    pkg.write_text(
+        json.dumps({"name": name, "version": "1.0", "prefix": f"/opt/{name}", "content": content.name})
+    )
     return pkg
 
 
@@ -69,10 +70,14 @@ def _build(
 
     with RegistryPool(_options(host, base_host)) as pool:
         result = build(
-            f"{base_host}/base/busybox:1", load_packages([pkg]), repo=f"{host}/{repo}",
+            f"{base_host}/base/busybox:1",
+            load_packages([pkg]),
+            repo=f"{host}/{repo}",
             options=BuildOptions(**options),  # type: ignore[arg-type]
-            cache=cache, pool=pool, progress=record,
-        )  # fmt: skip
+            cache=cache,
+            pool=pool,
+            progress=record,
+        )
     return result.digest, events
 
 
@@ -219,8 +224,13 @@ def test_a_layer_the_registry_has_is_not_sent_again_when_a_record_knows_it(
     assert not cache.has(layer)  # nothing needed its bytes
     # A layout output needs the bytes: the layer is built again, the same.
     with RegistryPool(_options(proxy.host)) as pool:
-        out = build(f"{proxy.host}/base/busybox:1", load_packages([pkg]), output=f"oci:{tmp_path / 'l'}",
-                    cache=cache, pool=pool)  # fmt: skip
+        out = build(
+            f"{proxy.host}/base/busybox:1",
+            load_packages([pkg]),
+            output=f"oci:{tmp_path / 'l'}",
+            cache=cache,
+            pool=pool,
+        )
     assert cache.verify(layer) and (tmp_path / "l" / "blobs" / "sha256" / layer.hex).is_file()
     assert out.digest != "" and out.packages[0].layer.digest == layer
 

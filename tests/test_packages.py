@@ -149,9 +149,7 @@ url = "https://example.org"
     assert from_toml.env == (
         EnvModification("set", "TOOL_HOME", "/opt/stack/tool-2.0"),
         EnvModification("prepend_path", "PATH", "/opt/stack/tool-2.0/bin"),
-        EnvModification(
-            "prepend_path", "MANPATH", "/opt/stack/tool-2.0/share/man:/opt/stack/tool-2.0/man"
-        ),
+        EnvModification("prepend_path", "MANPATH", "/opt/stack/tool-2.0/share/man:/opt/stack/tool-2.0/man"),
         EnvModification("unset", "TOOL_DEBUG"),
     )
     assert from_toml.key == str((tmp_path / "tool.toml").resolve())
@@ -230,9 +228,7 @@ def test_content_paths_are_relative_to_the_package_file(
         ({"dependencies": []}, r"unknown key\(s\) 'dependencies'"),
     ],
 )
-def test_validation_errors_name_file_and_field(
-    tmp_path: Path, change: dict[str, Any], message: str
-) -> None:
+def test_validation_errors_name_file_and_field(tmp_path: Path, change: dict[str, Any], message: str) -> None:
     (tmp_path / "pfx").mkdir()
     (tmp_path / "file.txt").write_text("x")
     doc: dict[str, Any] = {"name": "a", "version": "1", "prefix": "/opt/a", "content": "pfx"}

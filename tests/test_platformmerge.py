@@ -31,9 +31,22 @@ def build_apart(
     for platform in PLATFORMS:
         slug = platform.replace("/", "-")
         digest_file = tmp_path / "digests" / slug
-        out = ok(*flags(registry), "build", "--base-image", base, "--platform", platform, "--repo", repo,
-                 "--tag-template", f"{{{{ name }}}}-{{{{ version }}}}-{{{{ hash }}}}.{slug}",
-                 "--digestfile", str(digest_file), "--json", str(package))  # fmt: skip
+        out = ok(
+            *flags(registry),
+            "build",
+            "--base-image",
+            base,
+            "--platform",
+            platform,
+            "--repo",
+            repo,
+            "--tag-template",
+            f"{{{{ name }}}}-{{{{ version }}}}-{{{{ hash }}}}.{slug}",
+            "--digestfile",
+            str(digest_file),
+            "--json",
+            str(package),
+        )
         result = json.loads(out)
         assert digest_file.read_text() == result["digest"] + "\n"
         assert result["tag"].endswith(f".{slug}")
@@ -82,14 +95,25 @@ def test_default_tags_of_per_platform_builds_differ(
     repo = f"{registry.host}/apart-default"
     tags = []
     for platform in PLATFORMS:
-        out = ok(*flags(registry), "build", "--base-image", multiarch_base, "--platform", platform,
-                 "--repo", repo, "--json", str(EXAMPLES / "hello.json"))  # fmt: skip
+        out = ok(
+            *flags(registry),
+            "build",
+            "--base-image",
+            multiarch_base,
+            "--platform",
+            platform,
+            "--repo",
+            repo,
+            "--json",
+            str(EXAMPLES / "hello.json"),
+        )
         tags.append(json.loads(out)["tag"])
     slugs = [p.replace("/", "-") for p in PLATFORMS]
     assert [t.rsplit(".", 1)[1] for t in tags] == slugs
     assert tags[0].rsplit(".", 1)[0] == tags[1].rsplit(".", 1)[0]  # one hash, two tags
-    merged = json.loads(ok(*flags(registry), "merge", "--json", "--tag", f"{repo}:both",
-                           *(f"{repo}:{t}" for t in tags)))  # fmt: skip
+    merged = json.loads(
+        ok(*flags(registry), "merge", "--json", "--tag", f"{repo}:both", *(f"{repo}:{t}" for t in tags))
+    )
     assert merged["platforms"] == ["linux/amd64", "linux/arm64/v8"]
 
 
@@ -100,19 +124,23 @@ def test_merge_repo_refuses_what_it_cannot_name(
     hello, libgreet = EXAMPLES / "hello.json", EXAMPLES / "libgreet.toml"
     amd64 = ("--platform", "linux/amd64", "--repo", repo)
     built = {
-        path.stem: json.loads(ok(*flags(registry), "build", "--json", "--base-image", multiarch_base, *amd64,
-                                 str(path)))["digest"]
+        path.stem: json.loads(
+            ok(*flags(registry), "build", "--json", "--base-image", multiarch_base, *amd64, str(path))
+        )["digest"]
         for path in (hello, libgreet)
     }
     cases = {
-        (f"{repo}@{built['hello']}", f"{repo}@{built['libgreet']}"):
-            "the sources are images of different packages (hello 2.12, libgreet 1.0)",
+        (
+            f"{repo}@{built['hello']}",
+            f"{repo}@{built['libgreet']}",
+        ): "the sources are images of different packages (hello 2.12, libgreet 1.0)",
         (base,): "carries no imagesmith package labels",
         (multiarch_base,): "is an index: --repo names the index from the package labels of single-platform",
         ("oci:/nowhere",): "is not in a registry",
-        (f"other.example/x@sha256:{'0' * 64}",):
-            f"is on other.example, but the index goes to {registry.host}",
-    }  # fmt: skip
+        (
+            f"other.example/x@sha256:{'0' * 64}",
+        ): f"is on other.example, but the index goes to {registry.host}",
+    }
     for sources, message in cases.items():
         code, out, err = cli(*flags(registry), "merge", "--repo", repo, *sources)
         assert code == 2 and message in err and err.count("\n") == 1 and out == "", err
@@ -123,14 +151,33 @@ def test_merge_repo_refuses_what_it_cannot_name(
 
 def test_digestfile(registry: DistributionRegistry, base: str, tmp_path: Path) -> None:
     target = tmp_path / "deep" / "er" / "digest"
-    out = ok(*flags(registry), "build", "--json", "--base-image", base, "--repo", f"{registry.host}/df",
-             "--digestfile", str(target), str(EXAMPLES / "hello.json"))  # fmt: skip
+    out = ok(
+        *flags(registry),
+        "build",
+        "--json",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/df",
+        "--digestfile",
+        str(target),
+        str(EXAMPLES / "hello.json"),
+    )
     assert target.read_text() == json.loads(out)["digest"] + "\n"
     each = ("--each", "--base-image", base, "--repo", f"{registry.host}/df")
     code, _, err = cli(*flags(registry), "build", *each, "--digestfile", str(target), HELLO)
     assert code == 2 and "--digestfile holds one digest: --each writes one image per package" in err
     blocked = tmp_path / "file"
     blocked.write_text("")
-    code, _, err = cli(*flags(registry), "build", "--base-image", base, "--repo", f"{registry.host}/df",
-                       "--digestfile", str(blocked / "digest"), str(EXAMPLES / "hello.json"))  # fmt: skip
+    code, _, err = cli(
+        *flags(registry),
+        "build",
+        "--base-image",
+        base,
+        "--repo",
+        f"{registry.host}/df",
+        "--digestfile",
+        str(blocked / "digest"),
+        str(EXAMPLES / "hello.json"),
+    )
     assert code == 2 and f"--digestfile {blocked / 'digest'}" in err

@@ -43,28 +43,46 @@ def file_member(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
     return tarfile.TarInfo(name), data
 
 
-def image(layout: OCILayout, layers: list[bytes], *, diff_ids: list[str] | None = None,
-          config: dict[str, object] | None = None, history: list[dict[str, str]] | None = None,
-          annotations: dict[str, str] | None = None, tag: str | None = "1") -> Descriptor:
+def image(
+    layout: OCILayout,
+    layers: list[bytes],
+    *,
+    diff_ids: list[str] | None = None,
+    config: dict[str, object] | None = None,
+    history: list[dict[str, str]] | None = None,
+    annotations: dict[str, str] | None = None,
+    tag: str | None = "1",
+) -> Descriptor:
     """An image of ``layers`` (uncompressed tars, stored gzipped) in ``layout``."""
     blobs = [gzip.compress(data, mtime=0) for data in layers]
-    descriptors = [{"mediaType": mt.OCI_LAYER_GZIP, "digest": str(layout.put_bytes(blob)), "size": len(blob)}
-                   for blob in blobs]
+    descriptors = [
+        {"mediaType": mt.OCI_LAYER_GZIP, "digest": str(layout.put_bytes(blob)), "size": len(blob)}
+        for blob in blobs
+    ]
     document = {
-        "architecture": "amd64", "os": "linux", "config": dict(config or {}),
-        "rootfs": {"type": "layers", "diff_ids": diff_ids or [
-            "sha256:" + hashlib.sha256(data).hexdigest() for data in layers
-        ]},
+        "architecture": "amd64",
+        "os": "linux",
+        "config": dict(config or {}),
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": diff_ids or ["sha256:" + hashlib.sha256(data).hexdigest() for data in layers],
+        },
         **({"history": history} if history else {}),
     }
     config_bytes = json.dumps(document).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": str(layout.put_bytes(config_bytes)),
-                   "size": len(config_bytes)},
-        "layers": descriptors,
-        **({"annotations": annotations} if annotations else {}),
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {
+                "mediaType": mt.OCI_CONFIG,
+                "digest": str(layout.put_bytes(config_bytes)),
+                "size": len(config_bytes),
+            },
+            "layers": descriptors,
+            **({"annotations": annotations} if annotations else {}),
+        }
+    ).encode()
     return layout.add_manifest(manifest, mt.OCI_MANIFEST, tag=tag)
 
 
@@ -77,9 +95,14 @@ def test_a_layer_that_does_not_match_its_diff_id_is_refused_and_the_target_left_
     was, so the same command works again once the image is right."""
     layout = OCILayout(tmp_path / "layout", create=True)
     good = layer_tar(file_member("etc/motd", b"hello"))
-    image(layout, [good, layer_tar(file_member("x"))], diff_ids=[
-        "sha256:" + hashlib.sha256(good).hexdigest(), "sha256:" + "0" * 64,
-    ])
+    image(
+        layout,
+        [good, layer_tar(file_member("x"))],
+        diff_ids=[
+            "sha256:" + hashlib.sha256(good).hexdigest(),
+            "sha256:" + "0" * 64,
+        ],
+    )
     rootfs = tmp_path / "rootfs"
     code, _, err = cli("pull", f"oci:{layout.root}:1", "--rootfs", str(rootfs))
     assert code == 4, err
@@ -135,8 +158,9 @@ def test_skipped_names_are_printed_escaped_whatever_their_bytes(tmp_path: Path) 
     image(layout, [layer_tar((device, b""), file_member("etc/motd"))])
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")  # as sys.stdout is
     err = io.StringIO()
-    code = main(["pull", f"oci:{layout.root}:1", "--rootfs", str(tmp_path / "rootfs")], stdout=out,
-                stderr=err)  # fmt: skip
+    code = main(
+        ["pull", f"oci:{layout.root}:1", "--rootfs", str(tmp_path / "rootfs")], stdout=out, stderr=err
+    )
     assert code == 0, err.getvalue()
     out.flush()
     text = out.buffer.getvalue().decode()
@@ -153,9 +177,9 @@ def test_a_nested_index_is_followed_to_the_platform(tmp_path: Path) -> None:
     entry = image(layout, [layer_tar(file_member("etc/motd", b"nested"))], tag=None)
     child = Index(mt.OCI_INDEX, (Descriptor(mt.OCI_MANIFEST, entry.digest, entry.size, platform=AMD64),))
     child_bytes = child.to_bytes()
-    top = Index(mt.OCI_INDEX, (
-        Descriptor(mt.OCI_INDEX, Digest.of(child_bytes), len(child_bytes), platform=AMD64),
-    ))  # fmt: skip
+    top = Index(
+        mt.OCI_INDEX, (Descriptor(mt.OCI_INDEX, Digest.of(child_bytes), len(child_bytes), platform=AMD64),)
+    )
     layout.put_bytes(child_bytes)
     layout.add_manifest(top.to_bytes(), mt.OCI_INDEX, tag="nested")
     rootfs = tmp_path / "rootfs"
@@ -164,17 +188,32 @@ def test_a_nested_index_is_followed_to_the_platform(tmp_path: Path) -> None:
     shown = json.loads(ok("inspect", f"oci:{layout.root}:nested", "--platform", "linux/amd64", "--json"))
     assert shown["digest"] == str(entry.digest)
     # A nested index without the platform says which index that is.
-    arm = Index(mt.OCI_INDEX, (Descriptor(mt.OCI_INDEX, Digest.of(child_bytes), len(child_bytes),
-                                          platform=Platform("linux", "arm64")),))  # fmt: skip
-    child_arm = Index(mt.OCI_INDEX, (Descriptor(mt.OCI_MANIFEST, entry.digest, entry.size,
-                                                platform=Platform("linux", "s390x")),))  # fmt: skip
+    arm = Index(
+        mt.OCI_INDEX,
+        (
+            Descriptor(
+                mt.OCI_INDEX, Digest.of(child_bytes), len(child_bytes), platform=Platform("linux", "arm64")
+            ),
+        ),
+    )
+    child_arm = Index(
+        mt.OCI_INDEX,
+        (Descriptor(mt.OCI_MANIFEST, entry.digest, entry.size, platform=Platform("linux", "s390x")),),
+    )
     layout.put_bytes(child_arm.to_bytes())
-    wrong = Index(mt.OCI_INDEX, (Descriptor(mt.OCI_INDEX, Digest.of(child_arm.to_bytes()),
-                                            len(child_arm.to_bytes()), platform=AMD64),))  # fmt: skip
+    wrong = Index(
+        mt.OCI_INDEX,
+        (
+            Descriptor(
+                mt.OCI_INDEX, Digest.of(child_arm.to_bytes()), len(child_arm.to_bytes()), platform=AMD64
+            ),
+        ),
+    )
     layout.add_manifest(wrong.to_bytes(), mt.OCI_INDEX, tag="wrong")
     layout.add_manifest(arm.to_bytes(), mt.OCI_INDEX, tag="arm")
-    code, _, err = cli("pull", f"oci:{layout.root}:wrong", "--rootfs", str(tmp_path / "w"),
-                       "--platform", "linux/amd64")  # fmt: skip
+    code, _, err = cli(
+        "pull", f"oci:{layout.root}:wrong", "--rootfs", str(tmp_path / "w"), "--platform", "linux/amd64"
+    )
     assert code != 0
     assert f"lists {Digest.of(child_arm.to_bytes())} for linux/amd64, but that is an index too" in err
     assert "offers: linux/s390x" in err

@@ -42,9 +42,22 @@ def test_the_embedded_registry_answers_the_referrers_api(busybox_dir: Path, tmp_
         host = server.address
         flags = ("--insecure-registry", host, "--cache-dir", str(tmp_path / "cache"))
         ok(*flags, "import", str(busybox_dir), "--tag", f"{host}/base/busybox:1")
-        result = json.loads(ok(*flags, "build", "--base-image", f"{host}/base/busybox:1", "--tag",
-                               f"{host}/stack/hello:1", "--sbom", "spdx", "--sbom", "cyclonedx", "--json",
-                               HELLO))  # fmt: skip
+        result = json.loads(
+            ok(
+                *flags,
+                "build",
+                "--base-image",
+                f"{host}/base/busybox:1",
+                "--tag",
+                f"{host}/stack/hello:1",
+                "--sbom",
+                "spdx",
+                "--sbom",
+                "cyclonedx",
+                "--json",
+                HELLO,
+            )
+        )
         assert [a["via"] for a in result["attached"]] == ["referrers API", "referrers API"]
         digest = result["digest"]
         url = f"http://{host}/v2/stack/hello/referrers/{digest}"

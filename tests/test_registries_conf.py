@@ -93,8 +93,11 @@ def test_creds_and_authfile(
     need_tool("skopeo")
     run = subprocess.run(
         ["skopeo", "inspect", "--tls-verify=false", "--authfile", str(authfile), f"docker://{target}"],
-        capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin", "HOME": env["HOME"]},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": env["HOME"]},
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -112,8 +115,10 @@ def test_insecure_from_registries_conf(registry: DistributionRegistry, base: str
     need_tool("skopeo")
     run = subprocess.run(
         ["skopeo", "--registries-conf", str(tmp_path / "registries.conf"), "inspect", f"docker://{base}"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -159,15 +164,32 @@ def test_mirror_serves_the_base_image(
     )
     env = _env(tmp_path, conf)
     target = f"{registry.host}/conf/mirrored:1"
-    out = ok(*hosts, "build", "--base-image", "unreachable.invalid/base/busybox:1", "--tag", target,
-             "--json", HELLO, env=env)  # fmt: skip
+    out = ok(
+        *hosts,
+        "build",
+        "--base-image",
+        "unreachable.invalid/base/busybox:1",
+        "--tag",
+        target,
+        "--json",
+        HELLO,
+        env=env,
+    )
     assert json.loads(out)["reference"].startswith(target)
     assert proxy.count("GET", r"^/v2/base/busybox/manifests/1$") == 1
     # The config at least (the layer may already be in the blob cache from the copy above).
     assert proxy.count("GET", r"^/v2/base/busybox/blobs/sha256:") >= 1
     # Without registries.conf the same build cannot find its base.
-    code, _, err = cli(*hosts, "build", "--base-image", "unreachable.invalid/base/busybox:1", "--tag", target,
-                       HELLO, env=_env(tmp_path / "plain"))  # fmt: skip
+    code, _, err = cli(
+        *hosts,
+        "build",
+        "--base-image",
+        "unreachable.invalid/base/busybox:1",
+        "--tag",
+        target,
+        HELLO,
+        env=_env(tmp_path / "plain"),
+    )
     assert code == 3, err
     # skopeo reads the same file the same way (pointed at the mirror itself: the proxy keeps
     # one of the several Accept headers skopeo sends).
@@ -175,10 +197,18 @@ def test_mirror_serves_the_base_image(
     direct = tmp_path / "direct.conf"
     direct.write_text(conf.replace(proxy.host, mirror.host))
     run = subprocess.run(
-        ["skopeo", "--registries-conf", str(direct), "inspect", "--no-tags",
-         "docker://unreachable.invalid/base/busybox:1"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            "skopeo",
+            "--registries-conf",
+            str(direct),
+            "inspect",
+            "--no-tags",
+            "docker://unreachable.invalid/base/busybox:1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -240,8 +270,12 @@ def test_drop_ins_and_user_file_precedence(tmp_path: Path, monkeypatch: pytest.M
     (dropins / "10-b.conf").write_text('unqualified-search-registries = ["b.example"]\n')
     (dropins / "20-alias.conf").write_text('[aliases]\n"y" = "c.example/y"\n')
     (dropins / "ignored.txt").write_text("not toml [[")
-    env = {"CONTAINERS_REGISTRIES_CONF": str(system), "IMAGESMITH_REGISTRIES_CONF_DIR": str(dropins),
-           "HOME": str(home), "XDG_CACHE_HOME": str(tmp_path / "cache")}  # fmt: skip
+    env = {
+        "CONTAINERS_REGISTRIES_CONF": str(system),
+        "IMAGESMITH_REGISTRIES_CONF_DIR": str(dropins),
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
     conf = RegistriesConf.load(env)
     assert conf.search == ("b.example",)
     assert dict(conf.aliases) == {"x": "a.example/x", "y": "c.example/y"}
@@ -317,8 +351,10 @@ def test_certs_d_ca_makes_a_private_ca_registry_work(
     need_tool("skopeo")
     run = subprocess.run(
         ["skopeo", "inspect", "--cert-dir", str(host_dir), f"docker://{target}"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     # A client certificate without its key is named.
     (host_dir / "client.cert").write_text("x")

@@ -53,17 +53,26 @@ def push_image(client: RegistryClient, repo: str, tag: str, workdir: Path) -> Pu
     layer_path = workdir / f"layer-{uuid.uuid4().hex}.tgz"
     layer_path.write_bytes(layer_bytes)
     layer = Descriptor(OCI_LAYER, Digest.of(layer_bytes), len(layer_bytes))
-    config_bytes = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [str(Digest.of(gzip.decompress(layer_bytes)))]},
-    }).encode()  # fmt: skip
+    config_bytes = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [str(Digest.of(gzip.decompress(layer_bytes)))]},
+        }
+    ).encode()
     config = Descriptor(OCI_CONFIG, Digest.of(config_bytes), len(config_bytes))
-    for desc, opener in ((layer, lambda: layer_path.open("rb")),
-                         (config, lambda: io.BytesIO(config_bytes))):  # fmt: skip
+    for desc, opener in ((layer, lambda: layer_path.open("rb")), (config, lambda: io.BytesIO(config_bytes))):
         if not client.blob_exists(repo, desc.digest):
             client.upload_blob(repo, desc.digest, desc.size, opener)
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                           "config": config.to_json(), "layers": [layer.to_json()]}).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config.to_json(),
+            "layers": [layer.to_json()],
+        }
+    ).encode()
     digest = client.put_manifest(repo, tag, manifest, OCI_MANIFEST)
     return Pushed(manifest, digest, layer, config)
 
@@ -89,7 +98,8 @@ def test_push_and_pull_roundtrip(registry: DistributionRegistry, tmp_path: Path)
         assert got.digest == pushed.digest
         assert client.get_manifest(repo, str(pushed.digest)).data == pushed.manifest
         assert client.head_manifest(repo, "v1") == Descriptor(
-            OCI_MANIFEST, pushed.digest, len(pushed.manifest))
+            OCI_MANIFEST, pushed.digest, len(pushed.manifest)
+        )
         assert client.head_manifest(repo, "nope") is None
         with pytest.raises(NotFoundError, match=f"manifest unknown: {registry.host}/{repo}:nope"):
             client.get_manifest(repo, "nope")
@@ -107,8 +117,9 @@ def test_push_and_pull_roundtrip(registry: DistributionRegistry, tmp_path: Path)
             reader.read_all_chunks()
 
     # What we pushed is what the registry serves to others.
-    assert registry.get(f"/v2/{repo}/manifests/v1",
-                        headers={"Accept": OCI_MANIFEST}).content == pushed.manifest  # fmt: skip
+    assert (
+        registry.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST}).content == pushed.manifest
+    )
 
 
 def test_mount_between_repositories(registry: DistributionRegistry, tmp_path: Path) -> None:
@@ -157,15 +168,16 @@ def test_tls_with_ca_cert(tls_registry: DistributionRegistry, tmp_path: Path) ->
 
 
 def test_tls_without_ca_cert_fails_with_a_hint(tls_registry: DistributionRegistry) -> None:
-    client = RegistryClient(tls_registry.host, RegistryOptions(retries=0),
-                            CredentialStore(environ={}))  # fmt: skip
+    client = RegistryClient(tls_registry.host, RegistryOptions(retries=0), CredentialStore(environ={}))
     with pytest.raises(RegistryUnreachableError, match="--ca-cert") as info:
         client.ping()
     assert tls_registry.host in str(info.value)
     # Never a silent fallback to plain http either: the https registry answers 400 to http.
-    insecure = RegistryClient(tls_registry.host,
-                              RegistryOptions(retries=0, insecure=frozenset({tls_registry.host})),
-                              CredentialStore(environ={}))  # fmt: skip
+    insecure = RegistryClient(
+        tls_registry.host,
+        RegistryOptions(retries=0, insecure=frozenset({tls_registry.host})),
+        CredentialStore(environ={}),
+    )
     with pytest.raises(Exception, match="https"):
         insecure.ping()
 
@@ -178,9 +190,10 @@ def test_basic_auth_push_with_auth_file(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     [(user, password)] = BASIC_USERS.items()
-    opts = RegistryOptions(insecure=frozenset({basic_registry.host}),
-                           auth_file=auth_file(tmp_path / "config.json", basic_registry.host,
-                                               user, password))  # fmt: skip
+    opts = RegistryOptions(
+        insecure=frozenset({basic_registry.host}),
+        auth_file=auth_file(tmp_path / "config.json", basic_registry.host, user, password),
+    )
     repo = unique("basic")
     with RegistryClient(basic_registry.host, opts) as client:
         pushed = push_image(client, repo, "v1", tmp_path)
@@ -193,9 +206,11 @@ def test_basic_auth_push_with_auth_file(
 def test_basic_auth_wrong_password(basic_registry: DistributionRegistry, tmp_path: Path) -> None:
     [user] = BASIC_USERS
     sentinel = "wrong-S3NT1NEL-password"
-    opts = RegistryOptions(insecure=frozenset({basic_registry.host}), retries=0,
-                           auth_file=auth_file(tmp_path / "config.json", basic_registry.host,
-                                               user, sentinel))  # fmt: skip
+    opts = RegistryOptions(
+        insecure=frozenset({basic_registry.host}),
+        retries=0,
+        auth_file=auth_file(tmp_path / "config.json", basic_registry.host, user, sentinel),
+    )
     client = RegistryClient(basic_registry.host, opts)
     with pytest.raises(AuthenticationError, match=f"docker login {basic_registry.host}") as info:
         push_image(client, unique("basic-bad"), "v1", tmp_path)
@@ -213,9 +228,10 @@ def test_bearer_push_caches_tokens(
     token_issuer: TokenIssuer, token_registry: DistributionRegistry, tmp_path: Path
 ) -> None:
     [(user, password)] = TOKEN_USERS.items()
-    opts = RegistryOptions(insecure=frozenset({token_registry.host}),
-                           auth_file=auth_file(tmp_path / "config.json", token_registry.host,
-                                               user, password))  # fmt: skip
+    opts = RegistryOptions(
+        insecure=frozenset({token_registry.host}),
+        auth_file=auth_file(tmp_path / "config.json", token_registry.host, user, password),
+    )
     repo = unique("bearer")
     token_issuer.reset()
     with RegistryPool(opts) as pool:
@@ -245,9 +261,10 @@ def test_bearer_anonymous_pull_but_push_denied(
     token_issuer: TokenIssuer, token_registry: DistributionRegistry, tmp_path: Path
 ) -> None:
     [(user, password)] = TOKEN_USERS.items()
-    opts = RegistryOptions(insecure=frozenset({token_registry.host}),
-                           auth_file=auth_file(tmp_path / "config.json", token_registry.host,
-                                               user, password))  # fmt: skip
+    opts = RegistryOptions(
+        insecure=frozenset({token_registry.host}),
+        auth_file=auth_file(tmp_path / "config.json", token_registry.host, user, password),
+    )
     repo = unique("bearer-anon")
     with RegistryClient(token_registry.host, opts) as owner:
         pushed = push_image(owner, repo, "v1", tmp_path)
@@ -270,9 +287,11 @@ def test_bearer_wrong_password(
 ) -> None:
     [user] = TOKEN_USERS
     sentinel = "wrong-S3NT1NEL-token-password"
-    opts = RegistryOptions(insecure=frozenset({token_registry.host}), retries=0,
-                           auth_file=auth_file(tmp_path / "config.json", token_registry.host,
-                                               user, sentinel))  # fmt: skip
+    opts = RegistryOptions(
+        insecure=frozenset({token_registry.host}),
+        retries=0,
+        auth_file=auth_file(tmp_path / "config.json", token_registry.host, user, sentinel),
+    )
     with pytest.raises(AuthenticationError, match="getting a token") as info:
         RegistryClient(token_registry.host, opts).get_manifest("some/repo", "v1")
     assert sentinel not in str(info.value)

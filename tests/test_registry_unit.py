@@ -100,8 +100,14 @@ class FakeServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 url = urlsplit(self.path)
-                req = Req(self.command, url.path, parse_qs(url.query, keep_blank_values=True),
-                          dict(self.headers.items()), body, self.path)  # fmt: skip
+                req = Req(
+                    self.command,
+                    url.path,
+                    parse_qs(url.query, keep_blank_values=True),
+                    dict(self.headers.items()),
+                    body,
+                    self.path,
+                )
                 server.requests.append(req)
                 resp = server.handler(req)
                 if resp.delay:
@@ -150,8 +156,11 @@ class FakeServer:
         self._server.server_close()
 
     def count(self, method: str | None = None, path_prefix: str = "") -> int:
-        return sum(1 for r in self.requests
-                   if (method is None or r.method == method) and r.path.startswith(path_prefix))  # fmt: skip
+        return sum(
+            1
+            for r in self.requests
+            if (method is None or r.method == method) and r.path.startswith(path_prefix)
+        )
 
 
 @pytest.fixture
@@ -178,11 +187,11 @@ def make_client(
     reg = registry or servers[0]
     opts = RegistryOptions(
         insecure=frozenset(s.host for s in (reg, *servers)),
-        backoff=0.001, **{"retries": 3, **options},
-    )  # fmt: skip
+        backoff=0.001,
+        **{"retries": 3, **options},
+    )
     transport = Transport(opts, sleep=(sleeps.append if sleeps is not None else lambda _s: None))
-    return RegistryClient(reg.host, opts, credentials or CredentialStore(environ={}),
-                          transport=transport)  # fmt: skip
+    return RegistryClient(reg.host, opts, credentials or CredentialStore(environ={}), transport=transport)
 
 
 def write_auth(path: Path, host: str, user: str, password: str) -> Path:
@@ -198,10 +207,15 @@ def basic_ok(req: Req, user: str = "alice", password: str = SENTINEL) -> bool:
 
 def manifest_bytes(extra: str = "") -> bytes:
     cfg = "sha256:" + "a" * 64
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                  "digest": cfg, "size": 2},
-                       "layers": [], "annotations": {"x": extra}}).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": 2},
+            "layers": [],
+            "annotations": {"x": extra},
+        }
+    ).encode()
 
 
 # ------------------------------------------------------------------ pure parsing
@@ -214,8 +228,10 @@ def test_parse_basic_challenge() -> None:
 
 
 def test_parse_bearer_challenge_with_commas_in_quoted_scope() -> None:
-    header = ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-              'scope="repository:library/ubuntu:pull,push"')  # fmt: skip
+    header = (
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/ubuntu:pull,push"'
+    )
     [ch] = parse_challenges(header)
     assert ch.scheme == "bearer"
     assert ch.realm == "https://auth.docker.io/token"
@@ -224,12 +240,13 @@ def test_parse_bearer_challenge_with_commas_in_quoted_scope() -> None:
 
 
 def test_parse_several_challenges_escapes_and_tokens() -> None:
-    header = ('Bearer realm="https://a/token", service=reg, error="insufficient_scope", '
-              'Basic realm="say \\"hi\\", friend"')  # fmt: skip
+    header = (
+        'Bearer realm="https://a/token", service=reg, error="insufficient_scope", '
+        'Basic realm="say \\"hi\\", friend"'
+    )
     first, second = parse_challenges(header)
     assert first.scheme == "bearer"
-    assert first.params == {"realm": "https://a/token", "service": "reg",
-                            "error": "insufficient_scope"}  # fmt: skip
+    assert first.params == {"realm": "https://a/token", "service": "reg", "error": "insufficient_scope"}
     assert second.scheme == "basic"
     assert second.realm == 'say "hi", friend'
 
@@ -249,14 +266,17 @@ def test_scopes_cover() -> None:
     assert not scopes_cover({"repository:a:pull"}, {"repository:a:pull,push"})
     assert not scopes_cover({"repository:a:pull,push"}, {"repository:b:pull"})
     assert scopes_cover({"repository:a:*"}, {"repository:a:push"})
-    assert scopes_cover({"repository:a:pull,push", "repository:b:pull"},
-                        {"repository:b:pull", "repository:a:push"})  # fmt: skip
+    assert scopes_cover(
+        {"repository:a:pull,push", "repository:b:pull"}, {"repository:b:pull", "repository:a:push"}
+    )
 
 
 def test_redact_url() -> None:
     """RELIABILITY 7."""
-    url = ("https://user:pw@reg.example/v2/r/blobs/uploads/u1?_state=SECRETSTATE&digest=sha256:ab"
-           "&X-Amz-Signature=SIG&n=5#frag")  # fmt: skip
+    url = (
+        "https://user:pw@reg.example/v2/r/blobs/uploads/u1?_state=SECRETSTATE&digest=sha256:ab"
+        "&X-Amz-Signature=SIG&n=5#frag"
+    )
     shown = redact_url(url)
     assert "user" not in shown and "pw" not in shown
     assert "SECRETSTATE" not in shown and "SIG" not in shown and "frag" not in shown
@@ -279,8 +299,10 @@ def test_parse_retry_after() -> None:
 
 def test_options_from_env_and_insecure_rules(tmp_path: Path) -> None:
     """RELIABILITY 26."""
-    env = {"IMAGESMITH_INSECURE_REGISTRY": "reg.local:5000, other.example ,",
-           "IMAGESMITH_CA_CERT": str(tmp_path / "ca.pem")}  # fmt: skip
+    env = {
+        "IMAGESMITH_INSECURE_REGISTRY": "reg.local:5000, other.example ,",
+        "IMAGESMITH_CA_CERT": str(tmp_path / "ca.pem"),
+    }
     opts = RegistryOptions.from_env(env, insecure=["Extra:1"], timeout=5)
     assert opts.insecure == {"reg.local:5000", "other.example", "extra:1"}
     assert opts.ca_cert == tmp_path / "ca.pem"
@@ -346,10 +368,16 @@ def test_auths_key_variants(tmp_path: Path, key: str, registry: str) -> None:
 
 def test_identity_token_and_defaults(tmp_path: Path) -> None:
     (tmp_path / "dc").mkdir()
-    (tmp_path / "dc" / "config.json").write_text(json.dumps({"auths": {
-        "ghcr.io": {"auth": b64("me:pw"), "identitytoken": "idtok"},
-        "quay.io": {},
-    }}))  # fmt: skip
+    (tmp_path / "dc" / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "ghcr.io": {"auth": b64("me:pw"), "identitytoken": "idtok"},
+                    "quay.io": {},
+                }
+            }
+        )
+    )
     store = CredentialStore(environ={"DOCKER_CONFIG": str(tmp_path / "dc")})
     assert store.get("ghcr.io") == Credentials("me", "pw", identity_token="idtok")
     assert store.get("quay.io") is None
@@ -359,16 +387,26 @@ def test_identity_token_and_defaults(tmp_path: Path) -> None:
 def test_home_docker_config_then_podman_files(tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / ".docker").mkdir(parents=True)
-    (home / ".docker" / "config.json").write_text(json.dumps({"auths": {
-        "both.example": {"auth": b64("docker:d")}}}))  # fmt: skip
+    (home / ".docker" / "config.json").write_text(
+        json.dumps({"auths": {"both.example": {"auth": b64("docker:d")}}})
+    )
     podman = tmp_path / "podman-auth.json"
-    podman.write_text(json.dumps({"auths": {"both.example": {"auth": b64("podman:p")},
-                                            "podman.example": {"auth": b64("pu:pp")},
-                                            "quay.io/team": {"auth": b64("team:t")}}}))  # fmt: skip
+    podman.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "both.example": {"auth": b64("podman:p")},
+                    "podman.example": {"auth": b64("pu:pp")},
+                    "quay.io/team": {"auth": b64("team:t")},
+                }
+            }
+        )
+    )
     runtime = tmp_path / "run"
     (runtime / "containers").mkdir(parents=True)
-    (runtime / "containers" / "auth.json").write_text(json.dumps({"auths": {
-        "xdg.example": {"auth": b64("xu:xp")}}}))  # fmt: skip
+    (runtime / "containers" / "auth.json").write_text(
+        json.dumps({"auths": {"xdg.example": {"auth": b64("xu:xp")}}})
+    )
     env = {"HOME": str(home), "REGISTRY_AUTH_FILE": str(podman), "XDG_RUNTIME_DIR": str(runtime)}
     store = CredentialStore(environ=env)
     assert store.get("both.example") == Credentials("docker", "d")  # docker's file first
@@ -422,13 +460,23 @@ def test_cred_helpers_and_creds_store(tmp_path: Path) -> None:
     install_helper(tmp_path / "bin", "fake", log)
     install_helper(tmp_path / "bin", "store", log)
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({
-        "credHelpers": {"helped.example": "fake", "broken.example": "fake",
-                        "token.example": "fake", "missing.example": "nonexistent"},
-        "credsStore": "store",
-        "auths": {"fallback.example": {"auth": b64("file-user:file-pw")},
-                  "missing.example": {"auth": b64("m:p")}},
-    }))  # fmt: skip
+    cfg.write_text(
+        json.dumps(
+            {
+                "credHelpers": {
+                    "helped.example": "fake",
+                    "broken.example": "fake",
+                    "token.example": "fake",
+                    "missing.example": "nonexistent",
+                },
+                "credsStore": "store",
+                "auths": {
+                    "fallback.example": {"auth": b64("file-user:file-pw")},
+                    "missing.example": {"auth": b64("m:p")},
+                },
+            }
+        )
+    )
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
     store = CredentialStore(cfg, environ=env)
     assert store.get("helped.example") == Credentials("helper-user", SENTINEL)
@@ -501,8 +549,11 @@ def test_a_hanging_helper_and_its_children_are_killed_after_the_configured_time(
     cfg.write_text(json.dumps({"credHelpers": {"slow.example": "slow"}}))
     options = RegistryOptions.from_env({"IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT": "1.5"})
     assert options.credential_helper_timeout == 1.5
-    store = CredentialStore(cfg, environ={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"},
-                            helper_timeout=options.credential_helper_timeout)  # fmt: skip
+    store = CredentialStore(
+        cfg,
+        environ={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"},
+        helper_timeout=options.credential_helper_timeout,
+    )
     started = time.monotonic()
     with pytest.raises(AuthenticationError, match=r"did not answer within 1\.5 s"):
         store.get("slow.example")
@@ -521,8 +572,13 @@ def test_a_hanging_helper_and_its_children_are_killed_after_the_configured_time(
 
 def test_429_retry_after_then_success(fake: FakeServer) -> None:
     data = manifest_bytes()
-    calls = iter([Resp(429, {"Retry-After": "2"}), Resp(429, {"Retry-After": "999"}),
-                  Resp(200, {"Content-Type": OCI_MANIFEST}, data)])  # fmt: skip
+    calls = iter(
+        [
+            Resp(429, {"Retry-After": "2"}),
+            Resp(429, {"Retry-After": "999"}),
+            Resp(200, {"Content-Type": OCI_MANIFEST}, data),
+        ]
+    )
     fake.handler = lambda req: next(calls)
     sleeps: list[float] = []
     client = make_client(fake, sleeps=sleeps, max_retry_after=10)
@@ -573,8 +629,9 @@ def test_connection_refused_is_unreachable_after_retries() -> None:
     host = f"127.0.0.1:{port}"
     opts = RegistryOptions(insecure=frozenset({host}), retries=2, backoff=0.001)
     sleeps: list[float] = []
-    client = RegistryClient(host, opts, CredentialStore(environ={}),
-                            transport=Transport(opts, sleep=sleeps.append))  # fmt: skip
+    client = RegistryClient(
+        host, opts, CredentialStore(environ={}), transport=Transport(opts, sleep=sleeps.append)
+    )
     with pytest.raises(RegistryUnreachableError, match="refused") as info:
         client.ping()
     assert host in str(info.value)
@@ -606,10 +663,14 @@ def test_tls_to_a_plain_http_server_hints_insecure_registry(fake: FakeServer) ->
 
 def test_error_message_lists_codes_method_and_redacted_url(fake: FakeServer) -> None:
     """RELIABILITY 7."""
-    body = json.dumps({"errors": [
-        {"code": "MANIFEST_INVALID", "message": "manifest invalid", "detail": "bad layer"},
-        {"code": "BLOB_UNKNOWN", "message": "blob unknown", "detail": {"digest": "x"}},
-    ]}).encode()  # fmt: skip
+    body = json.dumps(
+        {
+            "errors": [
+                {"code": "MANIFEST_INVALID", "message": "manifest invalid", "detail": "bad layer"},
+                {"code": "BLOB_UNKNOWN", "message": "blob unknown", "detail": {"digest": "x"}},
+            ]
+        }
+    ).encode()
     fake.handler = lambda req: Resp(400, {"Content-Type": "application/json"}, body)
     client = make_client(fake)
     with pytest.raises(RegistryError) as info:
@@ -623,8 +684,9 @@ def test_error_message_lists_codes_method_and_redacted_url(fake: FakeServer) -> 
 
 def test_html_error_page_is_sanitized(fake: FakeServer) -> None:
     """RELIABILITY 7."""
-    page = (b"<html><head><title>Oops</title></head><body>" + b"Gateway\x1b[31m broke " * 50
-            + b"</body></html>")  # fmt: skip
+    page = (
+        b"<html><head><title>Oops</title></head><body>" + b"Gateway\x1b[31m broke " * 50 + b"</body></html>"
+    )
     fake.handler = lambda req: Resp(418, {"Content-Type": "text/html"}, page)
     with pytest.raises(RegistryError) as info:
         make_client(fake).ping()
@@ -658,9 +720,9 @@ def test_404_manifest_is_not_found(fake: FakeServer) -> None:
 
 def test_oversize_manifest_refused_by_content_length(fake: FakeServer) -> None:
     """RELIABILITY 6."""
-    fake.handler = lambda req: Resp(200, {"Content-Type": OCI_MANIFEST,
-                                          "Content-Length": str(MAX_MANIFEST_SIZE + 1)},
-                                    b"{", truncate_at=1)  # fmt: skip
+    fake.handler = lambda req: Resp(
+        200, {"Content-Type": OCI_MANIFEST, "Content-Length": str(MAX_MANIFEST_SIZE + 1)}, b"{", truncate_at=1
+    )
     with pytest.raises(ManifestError, match="larger than"):
         make_client(fake).get_manifest("team/app", "v1")
 
@@ -678,29 +740,34 @@ def test_pull_by_digest_checks_our_own_hash(fake: FakeServer) -> None:
     evil = manifest_bytes("evil")
     digest = Digest.of(good)
     # The registry serves other bytes, and even claims the right digest for them.
-    fake.handler = lambda req: Resp(200, {"Content-Type": OCI_MANIFEST,
-                                          "Docker-Content-Digest": str(digest)}, evil)  # fmt: skip
+    fake.handler = lambda req: Resp(
+        200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": str(digest)}, evil
+    )
     with pytest.raises(IntegrityError, match=str(Digest.of(evil))):
         make_client(fake).get_manifest("team/app", str(digest))
     # A wrong Docker-Content-Digest on correct bytes does not matter: our hash decides.
-    fake.handler = lambda req: Resp(200, {"Content-Type": OCI_MANIFEST,
-                                          "Docker-Content-Digest": str(Digest.of(evil))}, good)  # fmt: skip
+    fake.handler = lambda req: Resp(
+        200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": str(Digest.of(evil))}, good
+    )
     got = make_client(fake).get_manifest("team/app", str(digest))
     assert got.digest == digest
 
 
 def test_manifest_accept_and_content_type(fake: FakeServer) -> None:
     data = manifest_bytes()
-    fake.handler = lambda req: Resp(201 if req.method == "PUT" else 200,
-                                    {"Content-Type": "application/json"}, data)  # fmt: skip
+    fake.handler = lambda req: Resp(
+        201 if req.method == "PUT" else 200, {"Content-Type": "application/json"}, data
+    )
     client = make_client(fake)
     got = client.get_manifest("team/app", "v1")
     assert got.media_type == OCI_MANIFEST  # sniffed from the document when the header is generic
     accept = fake.requests[-1].header("Accept") or ""
-    for media_type in ("application/vnd.oci.image.manifest.v1+json",
-                       "application/vnd.oci.image.index.v1+json",
-                       "application/vnd.docker.distribution.manifest.v2+json",
-                       "application/vnd.docker.distribution.manifest.list.v2+json"):  # fmt: skip
+    for media_type in (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ):
         assert media_type in accept
     assert client.put_manifest("team/app", "v2", data, OCI_MANIFEST) == Digest.of(data)
     put = fake.requests[-1]
@@ -709,8 +776,9 @@ def test_manifest_accept_and_content_type(fake: FakeServer) -> None:
 
 def test_head_manifest_falls_back_to_get_on_405(fake: FakeServer) -> None:
     data = manifest_bytes()
-    fake.handler = lambda req: (Resp(405) if req.method == "HEAD"
-                                else Resp(200, {"Content-Type": OCI_MANIFEST}, data))  # fmt: skip
+    fake.handler = lambda req: (
+        Resp(405) if req.method == "HEAD" else Resp(200, {"Content-Type": OCI_MANIFEST}, data)
+    )
     desc = make_client(fake).head_manifest("team/app", "v1")
     assert desc == Descriptor(OCI_MANIFEST, Digest.of(data), len(data))
 
@@ -825,8 +893,12 @@ def test_foreign_layer_urls_are_fetched_without_credentials(
 ) -> None:
     """RELIABILITY 15."""
     data = b"foreign layer"
-    desc = Descriptor("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-                      Digest.of(data), len(data), urls=(f"{other.url}/layer.tgz",))  # fmt: skip
+    desc = Descriptor(
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        Digest.of(data),
+        len(data),
+        urls=(f"{other.url}/layer.tgz",),
+    )
     fake.handler = lambda req: Resp(401, {"WWW-Authenticate": 'Basic realm="x"'})
     other.handler = lambda req: Resp(200, {}, data)
     creds = CredentialStore(write_auth(tmp_path / "auth.json", fake.host, "alice", SENTINEL))
@@ -939,6 +1011,7 @@ def test_upload_location_on_another_host_gets_no_authorization(
     fake: FakeServer, other: FakeServer, tmp_path: Path
 ) -> None:
     """RELIABILITY 22."""
+
     def registry(req: Req) -> Resp:
         if not basic_ok(req):
             return Resp(401, {"WWW-Authenticate": 'Basic realm="test"'})
@@ -949,7 +1022,8 @@ def test_upload_location_on_another_host_gets_no_authorization(
     creds = CredentialStore(write_auth(tmp_path / "auth.json", fake.host, "alice", SENTINEL))
     data = b"payload"
     make_client(fake, other, credentials=creds).upload_blob(
-        "team/app", Digest.of(data), len(data), lambda: io.BytesIO(data))
+        "team/app", Digest.of(data), len(data), lambda: io.BytesIO(data)
+    )
     [put] = other.requests
     assert put.header("Authorization") is None
     assert put.query == {"sig": ["secret"], "digest": [str(Digest.of(data))]}
@@ -963,11 +1037,17 @@ def test_list_tags_follows_relative_and_absolute_links(fake: FakeServer) -> None
     def handler(req: Req) -> Resp:
         last = req.query.get("last", [""])[0]
         if last == "":
-            return Resp(200, {"Link": '</v2/team/app/tags/list?n=2&last=b>; rel="next"'},
-                        json.dumps({"name": "team/app", "tags": ["a", "b"]}).encode())  # fmt: skip
+            return Resp(
+                200,
+                {"Link": '</v2/team/app/tags/list?n=2&last=b>; rel="next"'},
+                json.dumps({"name": "team/app", "tags": ["a", "b"]}).encode(),
+            )
         if last == "b":
-            return Resp(200, {"Link": f'<{fake.url}/v2/team/app/tags/list?n=2&last=d>; rel="next"'},
-                        json.dumps({"name": "team/app", "tags": ["c", "d"]}).encode())  # fmt: skip
+            return Resp(
+                200,
+                {"Link": f'<{fake.url}/v2/team/app/tags/list?n=2&last=d>; rel="next"'},
+                json.dumps({"name": "team/app", "tags": ["c", "d"]}).encode(),
+            )
         return Resp(200, {}, json.dumps({"name": "team/app", "tags": ["e"]}).encode())
 
     fake.handler = handler
@@ -976,8 +1056,9 @@ def test_list_tags_follows_relative_and_absolute_links(fake: FakeServer) -> None
 
 
 def test_list_tags_loop_and_null(fake: FakeServer) -> None:
-    fake.handler = lambda req: Resp(200, {"Link": '</v2/r/tags/list?last=x>; rel="next"'},
-                                    b'{"name":"r","tags":null}')  # fmt: skip
+    fake.handler = lambda req: Resp(
+        200, {"Link": '</v2/r/tags/list?last=x>; rel="next"'}, b'{"name":"r","tags":null}'
+    )
     with pytest.raises(RegistryError, match="loops"):
         list(make_client(fake).list_tags("r"))
 
@@ -988,8 +1069,14 @@ def test_list_tags_loop_and_null(fake: FakeServer) -> None:
 class TokenServer:
     """Bearer behaviour on top of a FakeServer: ``/token`` issues numbered tokens."""
 
-    def __init__(self, server: FakeServer, *, expires_in: int | None = 300,
-                 accept: Callable[[str], bool] | None = None, user: str = "bob") -> None:  # fmt: skip
+    def __init__(
+        self,
+        server: FakeServer,
+        *,
+        expires_in: int | None = 300,
+        accept: Callable[[str], bool] | None = None,
+        user: str = "bob",
+    ) -> None:
         self.server = server
         self.issued: list[Req] = []
         self.expires_in = expires_in
@@ -1006,8 +1093,13 @@ class TokenServer:
             return Resp(200, {"Content-Type": "application/json"}, json.dumps(body).encode())
         auth = req.header("Authorization") or ""
         if not auth.startswith("Bearer ") or not self.accept(auth[7:]):
-            return Resp(401, {"WWW-Authenticate": f'Bearer realm="{self.server.url}/token",'
-                                                  'service="fake",scope="repository:x:pull"'})  # fmt: skip
+            return Resp(
+                401,
+                {
+                    "WWW-Authenticate": f'Bearer realm="{self.server.url}/token",'
+                    'service="fake",scope="repository:x:pull"'
+                },
+            )
         return Resp(200, {}, b"")
 
 
@@ -1059,8 +1151,11 @@ def test_concurrent_first_requests_share_one_token(fake: FakeServer) -> None:
 
 def test_push_token_covers_pull_requests(fake: FakeServer) -> None:
     tokens = TokenServer(fake)
-    fake.handler = lambda req: (Resp(202, {"Location": "/up/1"}) if req.method == "POST"
-                                and req.header("Authorization") else tokens.handle(req))  # fmt: skip
+    fake.handler = lambda req: (
+        Resp(202, {"Location": "/up/1"})
+        if req.method == "POST" and req.header("Authorization")
+        else tokens.handle(req)
+    )
     client = make_client(fake)
     client.mount_blob("team/app", Digest.of(b"x"), "team/app")  # gets a pull,push token
     client.blob_exists("team/app", Digest.of(b"x"))
@@ -1136,8 +1231,11 @@ def test_token_revoked_mid_push_refreshes_once_and_resends_the_whole_body(
     assert len(opened) == 2 and len(tokens.issued) == 2
     # Refused again after the refresh: an error, not a loop.
     fake.requests.clear()
-    fake.handler = lambda req: (handler(req) if req.method != "PUT" else
-                                Resp(401, {"WWW-Authenticate": f'Bearer realm="{fake.url}/token"'}))
+    fake.handler = lambda req: (
+        handler(req)
+        if req.method != "PUT"
+        else Resp(401, {"WWW-Authenticate": f'Bearer realm="{fake.url}/token"'})
+    )
     with pytest.raises(AuthenticationError):
         make_client(fake).upload_blob("r", digest, len(data), open_body)
     assert fake.count("PUT") == 2
@@ -1201,7 +1299,9 @@ def test_an_https_realm_that_speaks_plain_http_gets_advice_that_can_help(
     """A plain-http registry whose token realm says https:// but is plain http: listing the
     realm's host as insecure cannot change the scheme the registry names, so the message says
     what can (the registry's realm setting, or TLS on the token endpoint)."""
-    fake.handler = lambda req: Resp(401, {"WWW-Authenticate": f'Bearer realm="https://{other.host}/token",service="s"'})
+    fake.handler = lambda req: Resp(
+        401, {"WWW-Authenticate": f'Bearer realm="https://{other.host}/token",service="s"'}
+    )
     other.handler = lambda req: Resp(200, {"Content-Type": "application/json"}, b'{"token": "t"}')
     client = make_client(fake, other, retries=0)
     with pytest.raises(RegistryUnreachableError) as info:
@@ -1244,19 +1344,27 @@ def test_sentinel_password_never_leaks(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     # Basic: wrong password, always refused.
-    fake.handler = lambda req: Resp(401, {"WWW-Authenticate": 'Basic realm="r"'},
-                                    b'{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}')  # fmt: skip
+    fake.handler = lambda req: Resp(
+        401, {"WWW-Authenticate": 'Basic realm="r"'}, b'{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}'
+    )
     auth_file = write_auth(tmp_path / "auth.json", fake.host, "alice", SENTINEL)
     store = CredentialStore(auth_file)
     client = make_client(fake, credentials=store)
     texts: list[str] = []
     with pytest.raises(AuthenticationError) as info:
         client.get_manifest("team/app", "v1")
-    texts += [str(info.value), repr(info.value), repr(client), repr(store),
-              repr(store.get(fake.host)), repr(client.auth)]
+    texts += [
+        str(info.value),
+        repr(info.value),
+        repr(client),
+        repr(store),
+        repr(store.get(fake.host)),
+        repr(client.auth),
+    ]
     # Bearer: the token endpoint refuses.
     fake.handler = lambda req: (
-        Resp(401, {}, b'{"details":"bad"}') if req.path == "/token"
+        Resp(401, {}, b'{"details":"bad"}')
+        if req.path == "/token"
         else Resp(401, {"WWW-Authenticate": f'Bearer realm="{fake.url}/token",service="s"'})
     )
     client = make_client(fake, credentials=CredentialStore(auth_file))
@@ -1272,12 +1380,17 @@ def test_sentinel_password_never_leaks(
 
 def test_debug_log_format(fake: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="imagesmith.http")
-    fake.handler = lambda req: Resp(202, {"Location": "/v2/r/blobs/uploads/u?_state=SECRETSTATE"}) \
-        if req.method == "POST" else Resp(201)
+    fake.handler = lambda req: (
+        Resp(202, {"Location": "/v2/r/blobs/uploads/u?_state=SECRETSTATE"})
+        if req.method == "POST"
+        else Resp(201)
+    )
     make_client(fake).upload_blob("r", Digest.of(b"x"), 1, lambda: io.BytesIO(b"x"))
     lines = [r.getMessage() for r in caplog.records if r.name == "imagesmith.http"]
-    assert any(line.startswith(f"POST {fake.url}/v2/r/blobs/uploads/ -> 202 (") and
-               line.endswith(" s)") for line in lines)  # fmt: skip
+    assert any(
+        line.startswith(f"POST {fake.url}/v2/r/blobs/uploads/ -> 202 (") and line.endswith(" s)")
+        for line in lines
+    )
     put = next(line for line in lines if line.startswith("PUT"))
     assert "_state=REDACTED" in put and "SECRETSTATE" not in caplog.text
     assert f"digest={Digest.of(b'x')}" in put
@@ -1303,9 +1416,17 @@ def test_public_api() -> None:
     import imagesmith.registry as registry
 
     assert set(registry.__all__) == {
-        "Challenge", "CredentialStore", "Credentials", "ManifestResponse", "RegistryClient",
-        "RegistryOptions", "RegistryPool", "parse_challenges", "parse_retry_after", "redact_url",
-    }  # fmt: skip
+        "Challenge",
+        "CredentialStore",
+        "Credentials",
+        "ManifestResponse",
+        "RegistryClient",
+        "RegistryOptions",
+        "RegistryPool",
+        "parse_challenges",
+        "parse_retry_after",
+        "redact_url",
+    }
     assert hashlib.sha256(b"").hexdigest() in str(Digest.of(b""))
 
 
@@ -1366,7 +1487,8 @@ def test_chunked_upload_with_wrong_content_is_stopped_before_the_last_byte(fake:
     fake.handler = chunked_handler(store)
     with pytest.raises(IntegrityError, match="hashes to"):
         make_client(fake, chunk_size=3).upload_blob(
-            "r", Digest.of(b"expected"), 8, lambda: io.BytesIO(b"tampered"))
+            "r", Digest.of(b"expected"), 8, lambda: io.BytesIO(b"tampered")
+        )
     assert len(store) < 8 and fake.count("PUT") == 0
 
 

@@ -56,17 +56,23 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
 
 def _entry(tag: str, **fields: Any) -> IndexEntry:
     values: dict[str, Any] = {
-        "digest": str(Digest.of(tag.encode())), "media_type": mt.OCI_MANIFEST, "name": "pkg",
-        "version": "1.0", "hash": SPACK_HASH, "platforms": ("linux/amd64",), "size": 123,
-    }  # fmt: skip
+        "digest": str(Digest.of(tag.encode())),
+        "media_type": mt.OCI_MANIFEST,
+        "name": "pkg",
+        "version": "1.0",
+        "hash": SPACK_HASH,
+        "platforms": ("linux/amd64",),
+        "size": 123,
+    }
     values.update(fields)
     return IndexEntry(tag=tag, **values)
 
 
 def test_payload_round_trips_sorted_and_canonical() -> None:
     sig = str(Digest.of(b"sig"))
-    index = RepositoryIndex("reg.example/stack", (_entry("b"), _entry("a", platforms=())),
-                            (("z.sig", sig), ("c.sig", sig)))  # fmt: skip
+    index = RepositoryIndex(
+        "reg.example/stack", (_entry("b"), _entry("a", platforms=())), (("z.sig", sig), ("c.sig", sig))
+    )
     assert [e.tag for e in index.entries] == ["a", "b"]
     assert index.skipped == (("c.sig", sig), ("z.sig", sig))
     data = index.to_bytes()
@@ -74,9 +80,15 @@ def test_payload_round_trips_sorted_and_canonical() -> None:
     obj = json.loads(data)
     assert obj["schemaVersion"] == 1 and obj["mediaType"] == INDEX_MEDIA_TYPE
     assert obj["entries"][1] == {
-        "tag": "b", "digest": str(Digest.of(b"b")), "mediaType": mt.OCI_MANIFEST, "size": 123,
-        "name": "pkg", "version": "1.0", "hash": SPACK_HASH, "platforms": ["linux/amd64"],
-    }  # fmt: skip
+        "tag": "b",
+        "digest": str(Digest.of(b"b")),
+        "mediaType": mt.OCI_MANIFEST,
+        "size": 123,
+        "name": "pkg",
+        "version": "1.0",
+        "hash": SPACK_HASH,
+        "platforms": ["linux/amd64"],
+    }
     assert obj["skipped"] == [{"tag": "c.sig", "digest": sig}, {"tag": "z.sig", "digest": sig}]
     assert RepositoryIndex.from_bytes(data) == index
     # Order of input does not matter: equal indexes are equal bytes.
@@ -149,8 +161,11 @@ def _doc(labels: dict[str, str] | None = None, spec: tuple[str, str, str] | None
 
 
 def test_identity_prefers_labels_then_spack_spec_then_tag() -> None:
-    full = {"org.opencontainers.image.title": "hello", "org.opencontainers.image.version": "2.12",
-            "io.imagesmith.package.hash": "h" * 32}  # fmt: skip
+    full = {
+        "org.opencontainers.image.title": "hello",
+        "org.opencontainers.image.version": "2.12",
+        "io.imagesmith.package.hash": "h" * 32,
+    }
     tag = f"py-numpy-1.26.4-{SPACK_HASH}.spack"
     assert repoindex._identity(_doc(full, ("x", "y", "z")), tag) == ("hello", "2.12", "h" * 32)
     partial = {k: v for k, v in full.items() if "hash" not in k}
@@ -164,9 +179,15 @@ def test_identity_prefers_labels_then_spack_spec_then_tag() -> None:
 
 
 def test_spack_identity_reads_the_root_node() -> None:
-    raw = {"spec": {"_meta": {"version": 4}, "nodes": [
-        {"name": "zlib", "version": "1.3", "hash": SPACK_HASH}, {"name": "dep", "version": "1", "hash": "x"},
-    ]}}  # fmt: skip
+    raw = {
+        "spec": {
+            "_meta": {"version": 4},
+            "nodes": [
+                {"name": "zlib", "version": "1.3", "hash": SPACK_HASH},
+                {"name": "dep", "version": "1", "hash": "x"},
+            ],
+        }
+    }
     assert repoindex._spack_identity(raw) == ("zlib", "1.3", SPACK_HASH)
     assert repoindex._spack_identity({"spec": {"nodes": []}}) is None
     assert repoindex._spack_identity({"spec": {"nodes": [{"name": "zlib"}]}}) is None
@@ -234,23 +255,42 @@ def stack(
     platform = json.loads(ok("inspect", "--json", hello["reference"], "--insecure-registry", registry.host))
     with RegistryPool(RegistryOptions(insecure=frozenset({registry.host}))) as pool:
         client = pool.client(registry.host)
-        heads = {name: client.head_manifest("indexed", r["tag"]) for name, r in
-                 (("hello", hello), ("libgreet", libgreet))}  # fmt: skip
+        heads = {
+            name: client.head_manifest("indexed", r["tag"])
+            for name, r in (("hello", hello), ("libgreet", libgreet))
+        }
         assert heads["hello"] is not None and heads["libgreet"] is not None
-        multi = Index(mt.OCI_INDEX, (
-            Descriptor(mt.OCI_MANIFEST, heads["hello"].digest, heads["hello"].size,
-                       platform=Platform("linux", "amd64")),
-            Descriptor(mt.OCI_MANIFEST, heads["libgreet"].digest, heads["libgreet"].size,
-                       platform=Platform("linux", "arm64", "v8")),
-            Descriptor(mt.OCI_MANIFEST, heads["libgreet"].digest, heads["libgreet"].size,
-                       platform=Platform("unknown", "unknown")),
-        ))  # fmt: skip
+        multi = Index(
+            mt.OCI_INDEX,
+            (
+                Descriptor(
+                    mt.OCI_MANIFEST,
+                    heads["hello"].digest,
+                    heads["hello"].size,
+                    platform=Platform("linux", "amd64"),
+                ),
+                Descriptor(
+                    mt.OCI_MANIFEST,
+                    heads["libgreet"].digest,
+                    heads["libgreet"].size,
+                    platform=Platform("linux", "arm64", "v8"),
+                ),
+                Descriptor(
+                    mt.OCI_MANIFEST,
+                    heads["libgreet"].digest,
+                    heads["libgreet"].size,
+                    platform=Platform("unknown", "unknown"),
+                ),
+            ),
+        )
         multi_digest = client.put_manifest("indexed", "multi", multi.to_bytes(), mt.OCI_INDEX)
 
         def spackish(raw: dict[str, Any]) -> None:
             raw["config"].pop("Labels", None)
-            raw["spec"] = {"_meta": {"version": 4},
-                           "nodes": [{"name": "zlib", "version": "1.3.1", "hash": SPACK_HASH}]}  # fmt: skip
+            raw["spec"] = {
+                "_meta": {"version": 4},
+                "nodes": [{"name": "zlib", "version": "1.3.1", "hash": SPACK_HASH}],
+            }
 
         spack_digest = _put_image_with_config(client, "indexed", hello["tag"], "zlib-latest", spackish)
         bare_tag = f"py-numpy-1.26.4-{SPACK_HASH}.spack"
@@ -263,10 +303,16 @@ def stack(
         _put_blob(client, "indexed", payload)
         artifact = client.put_manifest("indexed", "some-artifact", other.to_bytes(), mt.OCI_MANIFEST)
     return {
-        "repo": repo, "hello": hello, "libgreet": libgreet, "custom": custom,
-        "platform": platform["platform"], "multi": str(multi_digest),
-        "spack": spack_digest, "bare": (bare_tag, bare_digest), "artifact": str(artifact),
-    }  # fmt: skip
+        "repo": repo,
+        "hello": hello,
+        "libgreet": libgreet,
+        "custom": custom,
+        "platform": platform["platform"],
+        "multi": str(multi_digest),
+        "spack": spack_digest,
+        "bare": (bare_tag, bare_digest),
+        "artifact": str(artifact),
+    }
 
 
 def _hash_of(tag: str, prefix: str) -> str:
@@ -318,8 +364,13 @@ def test_update_then_read_lists_every_image(
     hello, libgreet, custom = stack["hello"], stack["libgreet"], stack["custom"]
     bare_tag, bare_digest = stack["bare"]
     assert {e.tag for e in index.entries} == {
-        hello["tag"], libgreet["tag"], "custom", "multi", "zlib-latest", bare_tag,
-    }  # fmt: skip
+        hello["tag"],
+        libgreet["tag"],
+        "custom",
+        "multi",
+        "zlib-latest",
+        bare_tag,
+    }
     # The artifact is remembered as not an image; the index tag itself is not mentioned at all.
     assert index.skipped == (("some-artifact", stack["artifact"]),)
     assert INDEX_TAG in registry.tags("indexed")
@@ -386,8 +437,9 @@ def test_unchanged_update_costs_one_head_per_tag(
     # Only the stored index itself is read: its manifest and its payload.
     # The stored indexes themselves are read: imagesmith's (manifest and payload), Spack's (absent).
     assert counter.of("get_manifest") == [INDEX_TAG, SPACK_INDEX_TAG]
-    manifest = json.loads(registry.get(f"/v2/indexed/manifests/{INDEX_TAG}",
-                                       headers={"Accept": mt.OCI_MANIFEST}).content)  # fmt: skip
+    manifest = json.loads(
+        registry.get(f"/v2/indexed/manifests/{INDEX_TAG}", headers={"Accept": mt.OCI_MANIFEST}).content
+    )
     assert counter.of("get_blob_bytes") == [manifest["layers"][0]["digest"]]
 
     # A moved tag is the only one fetched again.
@@ -588,17 +640,22 @@ def test_read_index_verifies_what_it_reads(
     # Our artifact type on a malformed payload, then with a wrong layer type.
     garbage = _put_blob(client, "indexed", b"not json")
     manifest = Manifest(
-        mt.OCI_MANIFEST, index_manifest(RepositoryIndex("x/y"))[0].config,
-        (Descriptor(INDEX_MEDIA_TYPE, garbage.digest, garbage.size),), artifact_type=INDEX_MEDIA_TYPE,
-    )  # fmt: skip
+        mt.OCI_MANIFEST,
+        index_manifest(RepositoryIndex("x/y"))[0].config,
+        (Descriptor(INDEX_MEDIA_TYPE, garbage.digest, garbage.size),),
+        artifact_type=INDEX_MEDIA_TYPE,
+    )
     client.put_manifest("indexed", "broken-index", manifest.to_bytes(), mt.OCI_MANIFEST)
     with pytest.raises(ManifestError, match="not valid JSON"):
         read_index(pool, repository, tag="broken-index")
     with pytest.raises(ManifestError, match="not valid JSON"):
         list_index(pool, repository, tag="broken-index")
-    wrong = Manifest(manifest.media_type, manifest.config,
-                     (Descriptor("application/json", garbage.digest, garbage.size),),
-                     artifact_type=INDEX_MEDIA_TYPE)  # fmt: skip
+    wrong = Manifest(
+        manifest.media_type,
+        manifest.config,
+        (Descriptor("application/json", garbage.digest, garbage.size),),
+        artifact_type=INDEX_MEDIA_TYPE,
+    )
     client.put_manifest("indexed", "broken-index", wrong.to_bytes(), mt.OCI_MANIFEST)
     with pytest.raises(ManifestError, match="exactly one layer"):
         read_index(pool, repository, tag="broken-index")

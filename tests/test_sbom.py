@@ -31,11 +31,22 @@ def _spack_prefix(root: Path) -> Path:
     prefix = root / f"zlib-1.3-{SPACK_HASH}"
     (prefix / "lib").mkdir(parents=True)
     (prefix / "lib/libz.so.1").write_bytes(b"not really a library")
-    spec = {"spec": {"_meta": {"version": 5}, "nodes": [{
-        "name": "zlib", "version": "1.3", "namespace": "builtin",
-        "arch": {"platform": "linux", "platform_os": "debian12", "target": "x86_64"},
-        "hash": SPACK_HASH, "parameters": {}, "package_hash": "x" * 32,
-    }]}}  # fmt: skip
+    spec = {
+        "spec": {
+            "_meta": {"version": 5},
+            "nodes": [
+                {
+                    "name": "zlib",
+                    "version": "1.3",
+                    "namespace": "builtin",
+                    "arch": {"platform": "linux", "platform_os": "debian12", "target": "x86_64"},
+                    "hash": SPACK_HASH,
+                    "parameters": {},
+                    "package_hash": "x" * 32,
+                }
+            ],
+        }
+    }
     (prefix / ".spack").mkdir()
     (prefix / ".spack/spec.json").write_text(json.dumps(spec))
     recipe = prefix / ".spack/repos/spack_repo/builtin/packages/zlib"
@@ -53,10 +64,18 @@ def _stack(root: Path) -> list[Path]:
     app = root / "app"
     (app / "bin").mkdir(parents=True)
     (app / "bin/app").write_text("#!/bin/sh\necho app\n")
-    (root / "app.json").write_text(json.dumps({
-        "name": "app", "version": "2.0", "prefix": "/opt/app-2.0", "content": "app",
-        "depends": [str(prefix)], "license": "MIT OR Apache-2.0",
-    }))  # fmt: skip
+    (root / "app.json").write_text(
+        json.dumps(
+            {
+                "name": "app",
+                "version": "2.0",
+                "prefix": "/opt/app-2.0",
+                "content": "app",
+                "depends": [str(prefix)],
+                "license": "MIT OR Apache-2.0",
+            }
+        )
+    )
     return [root / "app.json"]
 
 

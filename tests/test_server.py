@@ -69,18 +69,32 @@ class Api:
         return digest
 
     def push_image(self, repo: str, tag: str, label: str = "") -> tuple[bytes, str]:
-        config = canonical_json({"architecture": "amd64", "os": "linux", "label": label or tag,
-                                 "rootfs": {"type": "layers", "diff_ids": []}})  # fmt: skip
+        config = canonical_json(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "label": label or tag,
+                "rootfs": {"type": "layers", "diff_ids": []},
+            }
+        )
         layer = f"layer {label or tag}".encode()
-        manifest = canonical_json({
-            "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-            "config": {"mediaType": mt.OCI_CONFIG, "digest": self.push_blob(repo, config),
-                       "size": len(config)},
-            "layers": [{"mediaType": mt.OCI_LAYER, "digest": self.push_blob(repo, layer),
-                        "size": len(layer)}],
-        })  # fmt: skip
-        r = self.request("PUT", f"/v2/{repo}/manifests/{tag}", data=manifest,
-                         headers={"Content-Type": mt.OCI_MANIFEST})  # fmt: skip
+        manifest = canonical_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_MANIFEST,
+                "config": {
+                    "mediaType": mt.OCI_CONFIG,
+                    "digest": self.push_blob(repo, config),
+                    "size": len(config),
+                },
+                "layers": [
+                    {"mediaType": mt.OCI_LAYER, "digest": self.push_blob(repo, layer), "size": len(layer)}
+                ],
+            }
+        )
+        r = self.request(
+            "PUT", f"/v2/{repo}/manifests/{tag}", data=manifest, headers={"Content-Type": mt.OCI_MANIFEST}
+        )
         assert r.status_code == 201, r.text
         return manifest, sha(manifest)
 
@@ -89,8 +103,9 @@ def error_codes(r: requests.Response) -> list[str]:
     return [e["code"] for e in r.json()["errors"]]
 
 
-def raw_request(server: RegistryServer, method: str, path: str, body: bytes = b"",
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+def raw_request(
+    server: RegistryServer, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """A request with the path sent exactly as given (requests would normalise ``..``)."""
     host, port = server.address.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
@@ -165,8 +180,11 @@ def _serve_with_fd_limit(root: Path, limit: int, *flags: str) -> tuple[subproces
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "imagesmith", "serve", "--root", str(root), "--addr", "127.0.0.1:0", *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=lower_limit,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lower_limit,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("Serving "), line + (proc.stderr.read() if proc.stderr else "")
@@ -220,8 +238,11 @@ def test_a_newcomer_is_refused_only_when_every_connection_is_busy(tmp_path: Path
         busy = []
         for _ in range(2):  # two uploads in progress: their bodies are still to come
             sock = socket.create_connection((host, int(port)), timeout=10)
-            sock.sendall(b"POST /v2/r/blobs/uploads/?digest=" + sha(b"x").encode()
-                         + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")  # fmt: skip
+            sock.sendall(
+                b"POST /v2/r/blobs/uploads/?digest="
+                + sha(b"x").encode()
+                + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+            )
             busy.append(sock)
         for _ in range(200):  # until both requests reached their handlers
             states = [c.state for c in srv._httpd._connections.values()]
@@ -381,8 +402,9 @@ def test_chunked_upload_out_of_order_and_resume(api: Api, server: RegistryServer
     r = api.request("PATCH", location, data=iter([data[offset:200_000], data[200_000:240_000]]))
     assert r.status_code == 202 and r.headers["Range"] == "0-239999"
     # The final PUT may carry the last chunk.
-    r = api.request("PUT", f"{location}?digest={digest}", data=data[240_000:],
-                    headers={"Content-Range": "240000-249999"})  # fmt: skip
+    r = api.request(
+        "PUT", f"{location}?digest={digest}", data=data[240_000:], headers={"Content-Range": "240000-249999"}
+    )
     assert r.status_code == 201, r.text
     assert r.headers["Location"] == f"/v2/a/b/blobs/{digest}"
     assert r.headers["Docker-Content-Digest"] == digest
@@ -401,9 +423,10 @@ def test_raw_chunked_transfer_encoding(server: RegistryServer) -> None:
         body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\nX-Trailer: t\r\n\r\n"
         sock.sendall(
             f"PATCH {headers['Location']} HTTP/1.1\r\nHost: {server.address}\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n".encode() + body
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+            + body
             + f"GET {headers['Location']} HTTP/1.1\r\nHost: {server.address}\r\n\r\n".encode()
-        )  # fmt: skip
+        )
         reply = b""
         while reply.count(b"HTTP/1.1") < 2 or not reply.endswith(b"\r\n\r\n"):
             reply += sock.recv(65536)
@@ -497,12 +520,14 @@ def test_manifest_put_get_head_delete(api: Api, server: RegistryServer) -> None:
     layout = OCILayout(server.root / "app")
     assert layout.resolve("v1").digest == Digest.parse(digest)
     # Push by digest: untagged.
-    r = api.request("PUT", f"/v2/app/manifests/{digest}", data=manifest,
-                    headers={"Content-Type": mt.OCI_MANIFEST})  # fmt: skip
+    r = api.request(
+        "PUT", f"/v2/app/manifests/{digest}", data=manifest, headers={"Content-Type": mt.OCI_MANIFEST}
+    )
     assert r.status_code == 201
     assert r.headers["Location"] == f"/v2/app/manifests/{digest}"
-    r = api.request("PUT", f"/v2/app/manifests/{sha(b'other')}", data=manifest,
-                    headers={"Content-Type": mt.OCI_MANIFEST})  # fmt: skip
+    r = api.request(
+        "PUT", f"/v2/app/manifests/{sha(b'other')}", data=manifest, headers={"Content-Type": mt.OCI_MANIFEST}
+    )
     assert r.status_code == 400 and error_codes(r) == ["DIGEST_INVALID"]
     # Delete by tag, then by digest.
     assert api.request("DELETE", "/v2/app/manifests/v1").status_code == 202
@@ -537,9 +562,12 @@ def test_a_manifest_stays_reachable_by_digest_when_its_tag_moves(api: Api, serve
 def test_manifest_refusals(api: Api, server: RegistryServer) -> None:
     config = api.push_blob("app", b"{}")
     missing = sha(b"never pushed")
-    doc = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-           "config": {"mediaType": mt.OCI_CONFIG, "digest": config, "size": 2},
-           "layers": [{"mediaType": mt.OCI_LAYER, "digest": missing, "size": 12}]}  # fmt: skip
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": config, "size": 2},
+        "layers": [{"mediaType": mt.OCI_LAYER, "digest": missing, "size": 12}],
+    }
     headers = {"Content-Type": mt.OCI_MANIFEST}
     r = api.request("PUT", "/v2/app/manifests/broken", data=canonical_json(doc), headers=headers)
     assert r.status_code == 400 and error_codes(r) == ["MANIFEST_BLOB_UNKNOWN"]
@@ -548,13 +576,20 @@ def test_manifest_refusals(api: Api, server: RegistryServer) -> None:
     assert r.status_code == 400 and error_codes(r) == ["MANIFEST_BLOB_UNKNOWN"]
     assert not (server.root / "elsewhere").exists()
     # A child manifest of an index must be in the repository too.
-    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-             "manifests": [{"mediaType": mt.OCI_MANIFEST, "digest": missing, "size": 3}]}  # fmt: skip
-    r = api.request("PUT", "/v2/app/manifests/idx", data=canonical_json(index),
-                    headers={"Content-Type": mt.OCI_INDEX})  # fmt: skip
+    index = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX,
+        "manifests": [{"mediaType": mt.OCI_MANIFEST, "digest": missing, "size": 3}],
+    }
+    r = api.request(
+        "PUT", "/v2/app/manifests/idx", data=canonical_json(index), headers={"Content-Type": mt.OCI_INDEX}
+    )
     assert r.status_code == 400 and error_codes(r) == ["MANIFEST_BLOB_UNKNOWN"]
-    for body, ctype in [(b"not json", mt.OCI_MANIFEST), (canonical_json(doc), mt.DOCKER_MANIFEST),
-                        (b'{"schemaVersion": 1}', mt.OCI_MANIFEST)]:  # fmt: skip
+    for body, ctype in [
+        (b"not json", mt.OCI_MANIFEST),
+        (canonical_json(doc), mt.DOCKER_MANIFEST),
+        (b'{"schemaVersion": 1}', mt.OCI_MANIFEST),
+    ]:
         r = api.request("PUT", "/v2/app/manifests/bad", data=body, headers={"Content-Type": ctype})
         assert r.status_code == 400 and error_codes(r) == ["MANIFEST_INVALID"], r.text
     big = b'{"schemaVersion": 2, "pad": "' + b"x" * (4 * 1024 * 1024) + b'"}'
@@ -570,12 +605,24 @@ def test_manifest_refusals(api: Api, server: RegistryServer) -> None:
 def test_index_with_children_and_foreign_layout(api: Api, server: RegistryServer) -> None:
     child, child_digest = api.push_image("multi", "child")
     api.request("DELETE", "/v2/multi/manifests/child")
-    r = api.request("PUT", f"/v2/multi/manifests/{child_digest}", data=child,
-                    headers={"Content-Type": mt.OCI_MANIFEST})  # fmt: skip
+    r = api.request(
+        "PUT", f"/v2/multi/manifests/{child_digest}", data=child, headers={"Content-Type": mt.OCI_MANIFEST}
+    )
     assert r.status_code == 201
-    index = canonical_json({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [
-        {"mediaType": mt.OCI_MANIFEST, "digest": child_digest, "size": len(child),
-         "platform": {"architecture": "amd64", "os": "linux"}}]})  # fmt: skip
+    index = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": mt.OCI_MANIFEST,
+                    "digest": child_digest,
+                    "size": len(child),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+            ],
+        }
+    )
     r = api.request("PUT", "/v2/multi/manifests/latest", data=index, headers={"Content-Type": mt.OCI_INDEX})
     assert r.status_code == 201
     assert api.get("/v2/multi/manifests/latest").headers["Content-Type"] == mt.OCI_INDEX
@@ -604,8 +651,11 @@ def test_tags_pagination(api: Api) -> None:
         url = r.links.get("next", {}).get("url")
         links.append(r.headers.get("Link"))
     assert seen == ["a", "b", "c", "d", "e"]
-    assert links == ['</v2/paged/tags/list?n=2&last=b>; rel="next"',
-                     '</v2/paged/tags/list?n=2&last=d>; rel="next"', None]  # fmt: skip
+    assert links == [
+        '</v2/paged/tags/list?n=2&last=b>; rel="next"',
+        '</v2/paged/tags/list?n=2&last=d>; rel="next"',
+        None,
+    ]
     assert api.get("/v2/paged/tags/list?n=10&last=c").json()["tags"] == ["d", "e"]
     r = api.get("/v2/paged/tags/list?n=x")
     assert r.status_code == 400 and error_codes(r) == ["PAGINATION_NUMBER_INVALID"]
@@ -644,16 +694,18 @@ def test_referrers(api: Api) -> None:
 
     sbom, sig = artifact(SBOM_TYPE, "sbom"), artifact(None, "sig")
     for data in (sbom, sig):
-        r = api.request("PUT", f"/v2/app/manifests/{sha(data)}", data=data,
-                        headers={"Content-Type": mt.OCI_MANIFEST})  # fmt: skip
+        r = api.request(
+            "PUT", f"/v2/app/manifests/{sha(data)}", data=data, headers={"Content-Type": mt.OCI_MANIFEST}
+        )
         assert r.status_code == 201 and r.headers["OCI-Subject"] == image_digest
     r = api.get(f"/v2/app/referrers/{image_digest}")
     assert r.status_code == 200 and r.headers["Content-Type"] == mt.OCI_INDEX
     doc = r.json()
     assert doc["mediaType"] == mt.OCI_INDEX and doc["schemaVersion"] == 2
     assert {(m["digest"], m["artifactType"], m["annotations"]["note"]) for m in doc["manifests"]} == {
-        (sha(sbom), SBOM_TYPE, "sbom"), (sha(sig), mt.OCI_EMPTY, "sig"),
-    }  # fmt: skip
+        (sha(sbom), SBOM_TYPE, "sbom"),
+        (sha(sig), mt.OCI_EMPTY, "sig"),
+    }
     assert all(m["size"] > 0 and m["mediaType"] == mt.OCI_MANIFEST for m in doc["manifests"])
     r = api.get(f"/v2/app/referrers/{image_digest}?artifactType={SBOM_TYPE}")
     assert [m["digest"] for m in r.json()["manifests"]] == [sha(sbom)]
@@ -779,8 +831,13 @@ def test_skopeo_push_and_pull(
     need_tool("skopeo")
     addr = server.address
     expected = busybox_layout.resolve("busybox").digest
-    _run("skopeo", "copy", "--dest-tls-verify=false", f"oci:{busybox_layout.root}:busybox",
-         f"docker://{addr}/library/busybox:1.0")  # fmt: skip
+    _run(
+        "skopeo",
+        "copy",
+        "--dest-tls-verify=false",
+        f"oci:{busybox_layout.root}:busybox",
+        f"docker://{addr}/library/busybox:1.0",
+    )
     assert api.get("/v2/library/busybox/tags/list").json()["tags"] == ["1.0"]
     info = json.loads(
         _run("skopeo", "inspect", "--tls-verify=false", f"docker://{addr}/library/busybox:1.0").stdout
@@ -790,15 +847,27 @@ def test_skopeo_push_and_pull(
     local = json.loads(_run("skopeo", "inspect", f"oci:{server.root}/library/busybox:1.0").stdout)
     assert local["Digest"] == str(expected)
     # A second repository: skopeo may mount the blobs it knows are here.
-    _run("skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
-         f"docker://{addr}/library/busybox:1.0", f"docker://{addr}/copies/busybox:again")  # fmt: skip
+    _run(
+        "skopeo",
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        f"docker://{addr}/library/busybox:1.0",
+        f"docker://{addr}/copies/busybox:again",
+    )
     out = tmp_path / "pulled"
-    _run("skopeo", "copy", "--src-tls-verify=false", f"docker://{addr}/copies/busybox:again",
-         f"oci:{out}:pulled")  # fmt: skip
+    _run(
+        "skopeo",
+        "copy",
+        "--src-tls-verify=false",
+        f"docker://{addr}/copies/busybox:again",
+        f"oci:{out}:pulled",
+    )
     pulled = OCILayout(out)
     assert pulled.resolve("pulled").digest == expected
-    manifest = Manifest.from_json(json.loads(pulled.read_blob(pulled.resolve("pulled"), 1 << 20)),
-                                  mt.OCI_MANIFEST)  # fmt: skip
+    manifest = Manifest.from_json(
+        json.loads(pulled.read_blob(pulled.resolve("pulled"), 1 << 20)), mt.OCI_MANIFEST
+    )
     for blob in (manifest.config, *manifest.layers):
         with pulled.open_blob(blob) as reader:
             while reader.read(1 << 20):
@@ -808,9 +877,13 @@ def test_skopeo_push_and_pull(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_podman_and_docker_pull_run_and_push(
-    server: RegistryServer, api: Api, podman: Podman, busybox_layout: OCILayout,
-    caplog: pytest.LogCaptureFixture, tmp_path: Path,
-) -> None:  # fmt: skip
+    server: RegistryServer,
+    api: Api,
+    podman: Podman,
+    busybox_layout: OCILayout,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
     caplog.set_level(logging.DEBUG, logger="imagesmith.serve")
     addr = server.address
     podman.add_insecure_registry(addr)
@@ -820,8 +893,9 @@ def test_podman_and_docker_pull_run_and_push(
     manifest = Manifest.from_json(json.loads(manifest_bytes), entry.media_type)
     with RegistryClient(addr, RegistryOptions(insecure=frozenset({addr}))) as client:
         for blob in (manifest.config, *manifest.layers):
-            client.upload_blob("test/busybox", blob.digest, blob.size,
-                               _opener(busybox_layout.blob_path(blob.digest)))  # fmt: skip
+            client.upload_blob(
+                "test/busybox", blob.digest, blob.size, _opener(busybox_layout.blob_path(blob.digest))
+            )
         client.put_manifest("test/busybox", "1", manifest_bytes, entry.media_type)
     ref = f"{addr}/test/busybox:1"
 
@@ -855,8 +929,12 @@ def test_podman_and_docker_pull_run_and_push(
         tar.addfile(info, io.BytesIO(payload))
     imported = podman.podman("import", str(tarball), "localhost/imagesmith-server-test:new")
     assert imported.returncode == 0, imported.stderr
-    pushed = podman.podman("push", "--tls-verify=false", "localhost/imagesmith-server-test:new",
-                           f"docker://{addr}/pushed/imported:3")  # fmt: skip
+    pushed = podman.podman(
+        "push",
+        "--tls-verify=false",
+        "localhost/imagesmith-server-test:new",
+        f"docker://{addr}/pushed/imported:3",
+    )
     assert pushed.returncode == 0, pushed.stderr
     uploads = [r.getMessage() for r in caplog.records if "/pushed/imported/blobs/uploads/" in r.getMessage()]
     assert any(m.startswith(("PATCH", "PUT")) and "chunked body" in m for m in uploads), uploads

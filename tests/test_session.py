@@ -37,8 +37,9 @@ def test_a_session_fills_in_its_cache_and_progress(tmp_path: Path) -> None:
 def test_an_explicit_argument_wins_over_the_session(tmp_path: Path) -> None:
     own = BlobCache(tmp_path / "own")
     with imagesmith.Session(cache=tmp_path / "session") as session:
-        result = session.import_rootfs(_rootfs(tmp_path), output=f"oci:{tmp_path}/a:1", platform=AMD64,
-                                       cache=own)  # fmt: skip
+        result = session.import_rootfs(
+            _rootfs(tmp_path), output=f"oci:{tmp_path}/a:1", platform=AMD64, cache=own
+        )
         assert own.has(result.layer.digest, result.layer.size)
         assert not session.cache.has(result.layer.digest, result.layer.size)
 
@@ -52,8 +53,16 @@ def test_a_closed_session_has_closed_its_pool(tmp_path: Path) -> None:
 
 
 def test_the_operations_are_documented_as_their_functions() -> None:
-    for name in ("build", "build_each", "build_platforms", "build_each_platforms", "import_rootfs", "pull",
-                 "inspect", "load_packages"):  # fmt: skip
+    for name in (
+        "build",
+        "build_each",
+        "build_platforms",
+        "build_each_platforms",
+        "import_rootfs",
+        "pull",
+        "inspect",
+        "load_packages",
+    ):
         with imagesmith.Session() as session:
             method = getattr(session, name)
         assert method.__doc__ and method.__name__ == name, name

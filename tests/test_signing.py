@@ -31,8 +31,11 @@ PASSWORD = "correct horse battery staple"
 
 def _pem(key: object, password: bytes | None = None) -> bytes:
     encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    pem: bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
-                                   encryption)  # fmt: skip
+    pem: bytes = key.private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        encryption,
+    )
     return pem
 
 
@@ -64,13 +67,19 @@ def test_an_encrypted_key_needs_its_password(tmp_path: Path) -> None:
     [
         (lambda: _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)), "holds a RSA key"),
         (lambda: _pem(ec.generate_private_key(ec.SECP384R1())), "secp384r1, not P-256"),
-        (lambda: ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), "is a public key"),
+        (
+            lambda: (
+                ec.generate_private_key(ec.SECP256R1())
+                .public_key()
+                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            ),
+            "is a public key",
+        ),
         (lambda: b"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nxyz\n", "cosign's own encrypted format"),
         (lambda: b"hello, not a key\n", "not a PEM private key"),
         (lambda: b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n", "not a readable"),
     ],
-)  # fmt: skip
+)
 def test_a_key_file_of_the_wrong_type_gets_one_clear_line(
     tmp_path: Path, content: object, message: str
 ) -> None:
@@ -149,8 +158,15 @@ def test_podman_and_skopeo_accept_the_signed_image_and_refuse_the_others(
     flags: tuple[str, ...] = signed_setup["flags"]  # type: ignore[assignment]
     images: dict[str, str] = signed_setup["images"]  # type: ignore[assignment]
     registry: DistributionRegistry = signed_setup["registry"]  # type: ignore[assignment]
-    out = ok(*flags, "--debug", "sign", "--key", str(root / "a.key"), images["signed"],
-             env={KEY_PASSWORD_ENV: PASSWORD})  # fmt: skip
+    out = ok(
+        *flags,
+        "--debug",
+        "sign",
+        "--key",
+        str(root / "a.key"),
+        images["signed"],
+        env={KEY_PASSWORD_ENV: PASSWORD},
+    )
     assert f"Signed {images['signed']}" in out and ".sig" in out
     ok(*flags, "sign", "--key", str(root / "b.key"), images["other"])
     # The same signature twice is one layer, not two.
@@ -179,9 +195,21 @@ def test_build_sign_and_sign_by_digest_verify(signed_setup: dict[str, object], t
     flags: tuple[str, ...] = signed_setup["flags"]  # type: ignore[assignment]
     images: dict[str, str] = signed_setup["images"]  # type: ignore[assignment]
     registry: DistributionRegistry = signed_setup["registry"]  # type: ignore[assignment]
-    result = json.loads(ok(*flags, "build", "--base-image", images["unsigned"], "--tag", images["built"],
-                           "--sign", str(root / "a.key"), "--json", HELLO,
-                           env={KEY_PASSWORD_ENV: PASSWORD}))  # fmt: skip
+    result = json.loads(
+        ok(
+            *flags,
+            "build",
+            "--base-image",
+            images["unsigned"],
+            "--tag",
+            images["built"],
+            "--sign",
+            str(root / "a.key"),
+            "--json",
+            HELLO,
+            env={KEY_PASSWORD_ENV: PASSWORD},
+        )
+    )
     assert result["signed"][0]["identity"] == images["built"]
     verifier = sigstorekit.Verifier(tmp_path / "verify", registry.host, root / "a.key.pub")
     assert verifier.podman_pull(images["built"]).returncode == 0
@@ -207,19 +235,42 @@ def test_signing_bad_input_is_one_line_with_the_right_exit_code(signed_setup: di
     env = {k: v for k, v in os.environ.items() if k != KEY_PASSWORD_ENV}
     code, _, err = cli(*flags, "sign", "--key", str(root / "a.key"), images["signed"], env=env)
     assert code == 2 and KEY_PASSWORD_ENV in err
-    code, _, err = cli(*flags, "--debug", "sign", "--key", str(root / "a.key"), images["signed"],
-                       env={KEY_PASSWORD_ENV: "wrong"})  # fmt: skip
+    code, _, err = cli(
+        *flags,
+        "--debug",
+        "sign",
+        "--key",
+        str(root / "a.key"),
+        images["signed"],
+        env={KEY_PASSWORD_ENV: "wrong"},
+    )
     assert code == 2 and "wrong password" in err and "wrong" not in err.replace("wrong password", "")
     # Neither the key nor its password is ever printed, even with --debug.
-    code, out, err = cli(*flags, "--debug", "sign", "--key", str(root / "a.key"), images["signed"],
-                         env={KEY_PASSWORD_ENV: PASSWORD})  # fmt: skip
+    code, out, err = cli(
+        *flags,
+        "--debug",
+        "sign",
+        "--key",
+        str(root / "a.key"),
+        images["signed"],
+        env={KEY_PASSWORD_ENV: PASSWORD},
+    )
     body = (root / "a.key").read_text().splitlines()[1]
     assert code == 0 and PASSWORD not in out + err and body not in out + err
     from cli_support import HELLO
 
     layout = root / "layout"
-    code, _, err = cli(*flags, "build", "--base-image", images["unsigned"], "--output", f"oci:{layout}:1",
-                       "--sign", str(root / "b.key"), HELLO)  # fmt: skip
+    code, _, err = cli(
+        *flags,
+        "build",
+        "--base-image",
+        images["unsigned"],
+        "--output",
+        f"oci:{layout}:1",
+        "--sign",
+        str(root / "b.key"),
+        HELLO,
+    )
     assert code == 2 and "--sign signs an image in a registry" in err and not layout.exists()
 
 
@@ -236,9 +287,20 @@ def test_a_multi_platform_build_signs_its_index(
     target = f"{registry.host}/signing/multi:1"
     platforms = ("--platform", "linux/amd64,linux/arm64")
     result = json.loads(
-        ok(*flags, "build", "--base-image", multiarch_base, *platforms, "--tag", target, "--sign",
-           str(root / "b.key"), "--json", HELLO)
-    )  # fmt: skip
+        ok(
+            *flags,
+            "build",
+            "--base-image",
+            multiarch_base,
+            *platforms,
+            "--tag",
+            target,
+            "--sign",
+            str(root / "b.key"),
+            "--json",
+            HELLO,
+        )
+    )
     # The index (what a copy of every platform verifies) and each platform's image (what a pull
     # of one platform verifies), all under the one tag's identity.
     platform_digests = [p["digest"] for p in result["platforms"]]

@@ -570,9 +570,11 @@ def test_push_a_spack_prefix_to_a_registry(
     config = json.loads(
         subprocess.run(
             ["skopeo", "inspect", "--tls-verify=false", "--config", "--raw", f"docker://{out['reference']}"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
-    )  # fmt: skip
+    )
     assert config["spec"]["nodes"][0]["hash"] == SQLITE_HASH
     assert config["buildcache_layout_version"] == 2
     top_layer = out["layers"][-1]["digest"]
@@ -606,8 +608,9 @@ def test_options_that_break_spack_installs_drop_the_spack_tag(
     zlib = store / ZLIB.name
     ok("build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'ok'}", str(zlib))
     assert (tmp_path / "ok" / "index.json").read_text().count(f"zlib-1.3-{ZLIB_HASH}.spack") == 1
-    code, out, err = cli("build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'out'}", "--json",
-                         option, str(zlib))  # fmt: skip
+    code, out, err = cli(
+        "build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'out'}", "--json", option, str(zlib)
+    )
     assert code == 0, err
     tag = json.loads(out)["tag"]
     assert tag == f"zlib-1.3-{ZLIB_HASH}.{HOST_SLUG}" and reason in err and err.count("\n") == 1
@@ -617,8 +620,9 @@ def test_a_prefix_spack_cannot_install_from_gets_no_spack_tag(tiny_base: str, tm
     from cli_support import cli
 
     # The fixture store has no Spack database: where the packages were installed is unknown.
-    code, out, err = cli("build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'out'}", "--json",
-                         str(ZLIB))  # fmt: skip
+    code, out, err = cli(
+        "build", "--base-image", tiny_base, "--output", f"oci:{tmp_path / 'out'}", "--json", str(ZLIB)
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["tag"] == f"zlib-1.3-{ZLIB_HASH}.{HOST_SLUG}" and not result["spack"]
@@ -682,7 +686,15 @@ def test_a_multi_platform_build_refuses_a_single_architecture_spack_prefix() -> 
     from cli_support import cli
 
     # Refused before the base is even looked at (the registry named here does not exist).
-    code, _, err = cli("build", "--base-image", "127.0.0.1:9/none:1", "--platform", "linux/amd64,linux/arm64",
-                       "--repo", "127.0.0.1:9/out", str(ZLIB))  # fmt: skip
+    code, _, err = cli(
+        "build",
+        "--base-image",
+        "127.0.0.1:9/none:1",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--repo",
+        "127.0.0.1:9/out",
+        str(ZLIB),
+    )
     assert code == 2
     assert "is a Spack build for x86_64 (amd64): it cannot go into the linux/arm64 image" in err

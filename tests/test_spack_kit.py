@@ -118,9 +118,14 @@ class SpackScope:
     that has installed nothing. Without it, the kit's installs are there to push."""
 
     def __init__(
-        self, installed: Installed, root: Path, tls: DistributionRegistry, *, clean: bool = True,
+        self,
+        installed: Installed,
+        root: Path,
+        tls: DistributionRegistry,
+        *,
+        clean: bool = True,
         **mirrors: str,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.kit = installed.kit
         self.tree = root / "t"
         self.scope = root / "scope"
@@ -185,8 +190,9 @@ def manifest_of(tls: DistributionRegistry, repo: str, tag: str) -> tuple[dict[st
 
 
 def push_each(tls: DistributionRegistry, base: str, repo: str, *packages: str) -> list[dict[str, Any]]:
-    out = imagesmith(tls, "build", "--each", "--base-image", base, "--repo", f"{tls.host}/{repo}", "--json",
-                     *packages)  # fmt: skip
+    out = imagesmith(
+        tls, "build", "--each", "--base-image", base, "--repo", f"{tls.host}/{repo}", "--json", *packages
+    )
     results: list[dict[str, Any]] = json.loads(out)
     return results
 
@@ -205,8 +211,11 @@ def test_imagesmith_pushes_spack_12_installs_and_the_image_runs(
     assert all(r["spack"] and not r["notes"] for r in results)
     out = json.loads(imagesmith(tls, "index", "update", f"{tls.host}/from-prefixes-12", "--json"))
     assert out["spack"]["packages"] == 4
-    listed = json.loads(imagesmith(tls, "index", "list", "--index-tag", "index.spack",
-                                   f"{tls.host}/from-prefixes-12", "--json"))  # fmt: skip
+    listed = json.loads(
+        imagesmith(
+            tls, "index", "list", "--index-tag", "index.spack", f"{tls.host}/from-prefixes-12", "--json"
+        )
+    )
     assert sorted(e["tag"] for e in listed["entries"]) == sorted(kit12.tag(n) for n in RUNTIME)
 
     spack = SpackScope(kit12, tmp_path, tls, images=mirror(tls, "from-prefixes-12"))
@@ -215,17 +224,25 @@ def test_imagesmith_pushes_spack_12_installs_and_the_image_runs(
 
     # And the image runs as a container.
     podman.add_insecure_registry(tls.host)
-    ran = podman.podman("run", "--rm", f"{tls.host}/from-prefixes-12:{kit12.tag('kit-hello')}",
-                        "sh", "-c", "kit-hello && kit-greet")  # fmt: skip
+    ran = podman.podman(
+        "run",
+        "--rm",
+        f"{tls.host}/from-prefixes-12:{kit12.tag('kit-hello')}",
+        "sh",
+        "-c",
+        "kit-hello && kit-greet",
+    )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == [HELLO_OUTPUT, GREET_OUTPUT]
 
 
 @pytest.fixture(scope="module")
 def spack12_pushed(
-    kit12: Installed, tls_registry: DistributionRegistry, glibc_base: str,
+    kit12: Installed,
+    tls_registry: DistributionRegistry,
+    glibc_base: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Spack 1.2 pushes kit-hello: to a layout-3 directory and to an OCI cache (on the glibc
     base), and updates both indexes."""
     tls = tls_registry
@@ -241,9 +258,12 @@ def spack12_pushed(
 
 
 def test_spack_12_layout_3_cache_tarballs_become_the_layers(
-    kit12: Installed, tls_registry: DistributionRegistry, glibc_base: str, spack12_pushed: dict[str, Any],
+    kit12: Installed,
+    tls_registry: DistributionRegistry,
+    glibc_base: str,
+    spack12_pushed: dict[str, Any],
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     tls = tls_registry
     fs: Path = spack12_pushed["fs"]
     assert (fs / "v3" / "layout.json").is_file()
@@ -272,9 +292,12 @@ def test_spack_12_layout_3_cache_tarballs_become_the_layers(
 
 
 def test_spack_12_oci_cache_onto_another_base_without_a_download(
-    kit12: Installed, tls_registry: DistributionRegistry, glibc_base: str, spack12_pushed: dict[str, Any],
+    kit12: Installed,
+    tls_registry: DistributionRegistry,
+    glibc_base: str,
+    spack12_pushed: dict[str, Any],
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     from imagesmith.inputs.load import load_packages
     from imagesmith.pipeline.run import build_each
     from imagesmith.progress import ProgressEvent
@@ -288,8 +311,9 @@ def test_spack_12_oci_cache_onto_another_base_without_a_download(
         packages = load_packages([source], pool=pool)
         assert [p.name for p in packages][-1] == "kit-hello" and len(packages) == 4
         # One image per package: Spack installs every dependency from its own tag.
-        results = build_each(glibc_base, packages, repo=f"{tls.host}/moved-12", pool=pool,
-                             progress=events.append)  # fmt: skip
+        results = build_each(
+            glibc_base, packages, repo=f"{tls.host}/moved-12", pool=pool, progress=events.append
+        )
     kinds = [e.kind for e in events]
     assert "blob-fetched" not in kinds and "layer-built" not in kinds
     assert kinds.count("blob-mounted") >= 4  # every package layer (and the base's), once
@@ -302,9 +326,12 @@ def test_spack_12_oci_cache_onto_another_base_without_a_download(
 
 
 def test_spack_12_pushed_first_then_imagesmith_into_the_same_repository(
-    kit12: Installed, tls_registry: DistributionRegistry, glibc_base: str, spack12_pushed: dict[str, Any],
+    kit12: Installed,
+    tls_registry: DistributionRegistry,
+    glibc_base: str,
+    spack12_pushed: dict[str, Any],
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     """Spack's images are there first; imagesmith's images of the same packages (from the
     layout-3 cache) find every package layer already there, and the repository stays a build
     cache Spack installs from, with imagesmith's index.spack."""
@@ -319,8 +346,9 @@ def test_spack_12_pushed_first_then_imagesmith_into_the_same_repository(
     events: list[ProgressEvent] = []
     with RegistryPool(RegistryOptions(ca_cert=tls.ca_cert)) as pool:
         packages = load_packages([str(spack12_pushed["fs"])], pool=pool)
-        results = build_each(glibc_base, packages, repo=f"{tls.host}/{repo}", pool=pool,
-                             progress=events.append)  # fmt: skip
+        results = build_each(
+            glibc_base, packages, repo=f"{tls.host}/{repo}", pool=pool, progress=events.append
+        )
     uploaded = {e.subject for e in events if e.kind == "blob-uploaded"}
     layers = {str(r.packages[-1].layer.digest) for r in results}
     assert layers and not layers & uploaded  # one blob per package, Spack's
@@ -343,8 +371,15 @@ def test_spack_12_and_imagesmith_share_a_repository_both_ways(
     imagesmith(tls, "index", "update", f"{tls.host}/{repo}")
     ours_db = json.loads(spack_database(tls, repo))
     spack = SpackScope(kit12, tmp_path / "pusher", tls, clean=False, shared=mirror(tls, repo))
-    spack.run("buildcache", "push", "--unsigned", "--base-image", glibc_base, "shared",
-              f"/{kit12.hashes['kit-hello']}")  # fmt: skip
+    spack.run(
+        "buildcache",
+        "push",
+        "--unsigned",
+        "--base-image",
+        glibc_base,
+        "shared",
+        f"/{kit12.hashes['kit-hello']}",
+    )
     manifest, _config = manifest_of(tls, repo, kit12.tag("kit-hello"))
     layers = [layer["digest"] for layer in manifest["layers"]]
     for tag, result in ours.items():
@@ -364,9 +399,12 @@ def spack_database(tls: DistributionRegistry, repo: str) -> bytes:
     """The bytes of the database under ``repo:index.spack``, read as Spack reads them."""
     import requests
 
-    got = requests.get(f"{tls.url}/v2/{repo}/manifests/index.spack",
-                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-                       verify=str(tls.ca_cert), timeout=30)  # fmt: skip
+    got = requests.get(
+        f"{tls.url}/v2/{repo}/manifests/index.spack",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        verify=str(tls.ca_cert),
+        timeout=30,
+    )
     got.raise_for_status()
     layer = got.json()["layers"][0]["digest"]
     blob = requests.get(f"{tls.url}/v2/{repo}/blobs/{layer}", verify=str(tls.ca_cert), timeout=30)

@@ -86,9 +86,10 @@ def deepest_dependency(spec_json: Path) -> tuple[str, str]:
 
     def runtime(h: str) -> list[str]:
         return [
-            d["hash"] for d in nodes[h].get("dependencies", [])
+            d["hash"]
+            for d in nodes[h].get("dependencies", [])
             if {"link", "run"} & set(d["parameters"]["deptypes"]) and not nodes[d["hash"]].get("external")
-        ]  # fmt: skip
+        ]
 
     def depth(h: str) -> tuple[int, str]:
         if h not in memo:
@@ -129,8 +130,19 @@ def test_each_package_of_the_large_dag_is_an_image_that_runs(
     tidy: Tidy, registry: DistributionRegistry, base: str, podman_overlay: Podman
 ) -> None:
     deep_name = tidy.deepest
-    common = ("--insecure-registry", registry.host, "build", "--spack-env", str(tidy.env),
-              "--spack-install-tree", str(tidy.tree), "--base-image", base, "--each", "--json")  # fmt: skip
+    common = (
+        "--insecure-registry",
+        registry.host,
+        "build",
+        "--spack-env",
+        str(tidy.env),
+        "--spack-install-tree",
+        str(tidy.tree),
+        "--base-image",
+        base,
+        "--each",
+        "--json",
+    )
     started = time.monotonic()
     results = json.loads(ok(*common, "--repo", f"{registry.host}/tidy"))
     build_seconds = time.monotonic() - started
@@ -190,9 +202,22 @@ def test_the_environment_as_one_image_runs_every_root(
     tidy: Tidy, registry: DistributionRegistry, base: str, podman_overlay: Podman
 ) -> None:
     ref = f"{registry.host}/tidy-env:1"
-    result = json.loads(ok("--insecure-registry", registry.host, "build", "--spack-env", str(tidy.env),
-                           "--spack-install-tree", str(tidy.tree), "--base-image", base,
-                           "--tag", ref, "--json"))  # fmt: skip
+    result = json.loads(
+        ok(
+            "--insecure-registry",
+            registry.host,
+            "build",
+            "--spack-env",
+            str(tidy.env),
+            "--spack-install-tree",
+            str(tidy.tree),
+            "--base-image",
+            base,
+            "--tag",
+            ref,
+            "--json",
+        )
+    )
     assert 1 + len(result["layers"]) <= 125
     in_image = {p["package"] for layer in result["layers"] for p in layer["packages"]}
     assert set(ROOTS) <= in_image
@@ -219,7 +244,18 @@ def test_a_spack_023_environment(
     for root in lock["roots"]:
         program(where[root["hash"]], lock["concrete_specs"][root["hash"]]["name"])
     ref = f"{registry.host}/spack023-env:1"
-    ok("--insecure-registry", registry.host, "build", "--spack-env", str(env), "--spack-install-tree",
-       str(install_tree(env)), "--base-image", base, "--tag", ref)  # fmt: skip
+    ok(
+        "--insecure-registry",
+        registry.host,
+        "build",
+        "--spack-env",
+        str(env),
+        "--spack-install-tree",
+        str(install_tree(env)),
+        "--base-image",
+        base,
+        "--tag",
+        ref,
+    )
     ran = podman_overlay.podman("run", "--rm", ref, "sh", "-c", " && ".join(roots))
     assert ran.returncode == 0 and ran.stdout.splitlines() == [f"{root} runs" for root in roots], ran.stderr

@@ -34,14 +34,23 @@ def dag_hash(name: str) -> str:
 
 def spec_of(name: str, *links: str, fmt: int = 5) -> dict[str, Any]:
     """A spec: ``name`` linking ``links`` (each a leaf), every node on this machine's target."""
-    nodes = [{"name": name, "version": "1.0", "hash": dag_hash(name), "arch": ARCH,
-              "dependencies": [{"name": d, "hash": dag_hash(d),
-                                "parameters": {"deptypes": ["link"], "virtuals": []}} for d in links]}]
+    nodes = [
+        {
+            "name": name,
+            "version": "1.0",
+            "hash": dag_hash(name),
+            "arch": ARCH,
+            "dependencies": [
+                {"name": d, "hash": dag_hash(d), "parameters": {"deptypes": ["link"], "virtuals": []}}
+                for d in links
+            ],
+        }
+    ]
     nodes += [{"name": d, "version": "1.0", "hash": dag_hash(d), "arch": ARCH} for d in links]
     if fmt < 5:
         for n in nodes:
             n["compiler"] = {"name": "gcc", "version": "12.2.0"}
-    return {"spec": {"_meta": {"version": fmt}, "nodes": nodes}}  # fmt: skip
+    return {"spec": {"_meta": {"version": fmt}, "nodes": nodes}}
 
 
 def spack_tarball(name: str, spec: dict[str, Any]) -> bytes:
@@ -54,9 +63,11 @@ def spack_tarball(name: str, spec: dict[str, Any]) -> bytes:
             tar.addfile(_dir("/".join(parts[: i + 1])))
         for directory in (".spack", "bin"):
             tar.addfile(_dir(f"{prefix}/{directory}"))
-        for rel, data in ((".spack/spec.json", json.dumps(spec).encode()),
-                          (f"bin/{name}", f"#!/bin/sh\necho {name}\n".encode()),
-                          (".spack/binary_distribution", b"{relocate_textfiles: []}")):  # fmt: skip
+        for rel, data in (
+            (".spack/spec.json", json.dumps(spec).encode()),
+            (f"bin/{name}", f"#!/bin/sh\necho {name}\n".encode()),
+            (".spack/binary_distribution", b"{relocate_textfiles: []}"),
+        ):
             info = tarfile.TarInfo(f"{prefix}/{rel}")
             info.size, info.mode = len(data), 0o755 if rel.startswith("bin/") else 0o644
             tar.addfile(info, io.BytesIO(data))
@@ -90,11 +101,21 @@ def layout3(root: Path, *specs: tuple[str, dict[str, Any]], sign: bool = False) 
         tarball = spack_tarball(name, spec)
         spec_blob = gzip.compress(json.dumps({**spec, "buildcache_layout_version": 2}).encode(), mtime=0)
         records = [
-            {"contentLength": len(tarball), "mediaType": "application/vnd.spack.install.v2.tar+gzip",
-             "compression": "gzip", "checksumAlgorithm": "sha256", "checksum": _blob(root, tarball)},
-            {"contentLength": len(spec_blob), "mediaType": "application/vnd.spack.spec.v5+json",
-             "compression": "gzip", "checksumAlgorithm": "sha256", "checksum": _blob(root, spec_blob)},
-        ]  # fmt: skip
+            {
+                "contentLength": len(tarball),
+                "mediaType": "application/vnd.spack.install.v2.tar+gzip",
+                "compression": "gzip",
+                "checksumAlgorithm": "sha256",
+                "checksum": _blob(root, tarball),
+            },
+            {
+                "contentLength": len(spec_blob),
+                "mediaType": "application/vnd.spack.spec.v5+json",
+                "compression": "gzip",
+                "checksumAlgorithm": "sha256",
+                "checksum": _blob(root, spec_blob),
+            },
+        ]
         text = json.dumps({"version": 3, "data": records}, indent=0)
         if sign:
             text = clearsigned(text)
@@ -164,8 +185,9 @@ def test_layout_3_whole_cache_selectors_manifests_and_blobs(tmp_path: Path) -> N
 def test_layout_3_signed_manifests_and_layout_2_caches(tmp_path: Path) -> None:
     signed = layout3(tmp_path / "signed", *STACK, sign=True)
     assert [p.name for p in load_packages([signed])] == ["leaf", "mid"]
-    old = layout2(tmp_path / "cache2", ("leaf", spec_of("leaf", fmt=4)),
-                  ("mid", spec_of("mid", "leaf", fmt=4)))  # fmt: skip
+    old = layout2(
+        tmp_path / "cache2", ("leaf", spec_of("leaf", fmt=4)), ("mid", spec_of("mid", "leaf", fmt=4))
+    )
     packages = load_packages([f"{old}:mid"])
     assert [p.name for p in packages] == ["leaf", "mid"]
     tarball = next((old / "build_cache").glob("*/*/mid-1.0/*.spack"))
@@ -220,8 +242,18 @@ def test_a_cache_tarball_becomes_its_layer_and_is_checked_then(tmp_path: Path) -
     root = layout3(tmp_path / "c", *STACK)
     out = tmp_path / "out"
     ok("import", str(_rootfs(tmp_path)), "--output", f"oci:{tmp_path / 'base'}:1")
-    results = json.loads(ok("build", "--each", "--base-image", f"oci:{tmp_path / 'base'}:1",
-                            "--output", f"oci:{out}", "--json", str(root)))  # fmt: skip
+    results = json.loads(
+        ok(
+            "build",
+            "--each",
+            "--base-image",
+            f"oci:{tmp_path / 'base'}:1",
+            "--output",
+            f"oci:{out}",
+            "--json",
+            str(root),
+        )
+    )
     assert [r["tag"] for r in results] == [f"{n}-1.0-{dag_hash(n)}.spack" for n in ("leaf", "mid")]
     for result, (name, _spec) in zip(results, STACK, strict=True):
         manifest = next((root / "v3" / "manifests" / "spec" / name).glob("*.json"))
@@ -234,8 +266,14 @@ def test_a_cache_tarball_becomes_its_layer_and_is_checked_then(tmp_path: Path) -
     blob = load_packages([f"{root}:leaf"])[0].content
     assert blob is not None
     blob.write_bytes(gzip.compress(gzip.decompress(blob.read_bytes()), compresslevel=1))  # other bytes
-    code, _, err = cli("build", "--base-image", f"oci:{tmp_path / 'base'}:1", "--output",
-                       f"oci:{tmp_path / 'out2'}", f"{root}:leaf")  # fmt: skip
+    code, _, err = cli(
+        "build",
+        "--base-image",
+        f"oci:{tmp_path / 'base'}:1",
+        "--output",
+        f"oci:{tmp_path / 'out2'}",
+        f"{root}:leaf",
+    )
     assert code != 0 and "but its build cache records" in err and err.count("\n") == 1
     assert not (tmp_path / "out2" / "index.json").exists()
     with pytest.raises(IntegrityError):
@@ -245,8 +283,13 @@ def test_a_cache_tarball_becomes_its_layer_and_is_checked_then(tmp_path: Path) -
 
         package = load_packages([f"{root}:leaf"])[0]
         assert package.content is not None and isinstance(package.spack_content, SpackTarball)
-        adopted_layer(package.content, package.prefix, BlobCache(tmp_path / "c2"), OCI,
-                      checksum=package.spack_content.checksum)  # fmt: skip
+        adopted_layer(
+            package.content,
+            package.prefix,
+            BlobCache(tmp_path / "c2"),
+            OCI,
+            checksum=package.spack_content.checksum,
+        )
 
 
 def _rootfs(tmp_path: Path) -> Path:
@@ -267,8 +310,20 @@ def test_a_spack_oci_cache_is_a_source_whose_layers_are_mounted(
 
     host = registry.host
     root = layout3(tmp_path / "c", *STACK)
-    pushed = json.loads(ok("--insecure-registry", host, "build", "--each", "--base-image", base, "--repo",
-                           f"{host}/spackcache", "--json", str(root)))  # fmt: skip
+    pushed = json.loads(
+        ok(
+            "--insecure-registry",
+            host,
+            "build",
+            "--each",
+            "--base-image",
+            base,
+            "--repo",
+            f"{host}/spackcache",
+            "--json",
+            str(root),
+        )
+    )
     mid_tag = pushed[1]["tag"]
     options = RegistryOptions(insecure=frozenset({host}))
     with RegistryPool(options) as pool:
@@ -296,11 +351,38 @@ def test_a_spack_oci_cache_is_a_source_whose_layers_are_mounted(
 def test_a_registry_tag_that_is_not_a_spack_image_is_refused(registry: Any, base: str) -> None:
     host = registry.host
     hello = Path(__file__).parent / "fixtures" / "packages" / "hello.toml"
-    plain = json.loads(ok("--insecure-registry", host, "build", "--base-image", base, "--repo",
-                          f"{host}/plain", "--json", str(hello)))  # fmt: skip
-    code, _, err = cli("--insecure-registry", host, "build", "--base-image", base, "--repo", f"{host}/x",
-                       f"oci://{host}/plain:{plain['tag']}")  # fmt: skip
+    plain = json.loads(
+        ok(
+            "--insecure-registry",
+            host,
+            "build",
+            "--base-image",
+            base,
+            "--repo",
+            f"{host}/plain",
+            "--json",
+            str(hello),
+        )
+    )
+    code, _, err = cli(
+        "--insecure-registry",
+        host,
+        "build",
+        "--base-image",
+        base,
+        "--repo",
+        f"{host}/x",
+        f"oci://{host}/plain:{plain['tag']}",
+    )
     assert code == 2 and "is not a Spack image: its config has no Spack spec" in err and err.count("\n") == 1
-    code, _, err = cli("--insecure-registry", host, "build", "--base-image", base, "--repo", f"{host}/x",
-                       f"oci://{host}/plain:nothing-here")  # fmt: skip
+    code, _, err = cli(
+        "--insecure-registry",
+        host,
+        "build",
+        "--base-image",
+        base,
+        "--repo",
+        f"{host}/x",
+        f"oci://{host}/plain:nothing-here",
+    )
     assert code == 2 and "no package matching 'nothing-here'" in err

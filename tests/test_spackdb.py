@@ -21,10 +21,11 @@ def node(name: str, *deps: tuple[str, list[str]], fmt: int = 5, **extra: Any) ->
     out: dict[str, Any] = {"name": name, "version": "1.0", "hash": H[name], **extra}
     if deps:
         out["dependencies"] = [
-            {"name": d, "hash": H[d], "parameters": {"deptypes": t, "virtuals": []}} if fmt >= 4
+            {"name": d, "hash": H[d], "parameters": {"deptypes": t, "virtuals": []}}
+            if fmt >= 4
             else {"name": d, "hash": H[d], "type": t}
             for d, t in deps
-        ]  # fmt: skip
+        ]
     if fmt >= 5:
         out["annotations"] = {"original_specfile_version": 5}
     return out
@@ -32,15 +33,23 @@ def node(name: str, *deps: tuple[str, list[str]], fmt: int = 5, **extra: Any) ->
 
 def test_records_every_node_dependencies_first_with_reference_counts() -> None:
     # aaaa -> bbbb (link), cccc (build); bbbb -> dddd (link); eeee -> bbbb (run): two packages.
-    top = [node("aaaa", ("bbbb", ["link"]), ("cccc", ["build"])), node("bbbb", ("dddd", ["link"])),
-           node("cccc"), node("dddd")]  # fmt: skip
+    top = [
+        node("aaaa", ("bbbb", ["link"]), ("cccc", ["build"])),
+        node("bbbb", ("dddd", ["link"])),
+        node("cccc"),
+        node("dddd"),
+    ]
     other = [node("eeee", ("bbbb", ["run"])), node("bbbb", ("dddd", ["link"])), node("dddd")]
     db = build_database([(5, top), (5, other)])
     assert db.version == "8" and db.media_type == "application/vnd.spack.db.v8+json"
     assert list(db.records) == [H["dddd"], H["bbbb"], H["cccc"], H["aaaa"], H["eeee"]]
     assert {h: r.ref_count for h, r in db.records.items()} == {
-        H["dddd"]: 1, H["bbbb"]: 2, H["cccc"]: 1, H["aaaa"]: 0, H["eeee"]: 0,
-    }  # fmt: skip
+        H["dddd"]: 1,
+        H["bbbb"]: 2,
+        H["cccc"]: 1,
+        H["aaaa"]: 0,
+        H["eeee"]: 0,
+    }
     assert db.packages == (H["aaaa"], H["eeee"])  # only packages the cache holds are in_buildcache
     assert db.records[H["aaaa"]].node == top[0]  # exactly as read
     # Compact JSON as Spack writes it, and it reads back the same.
@@ -52,8 +61,10 @@ def test_records_every_node_dependencies_first_with_reference_counts() -> None:
 
 
 def test_version_7_unless_a_spec_is_format_5_and_old_formats_are_converted() -> None:
-    v4 = [node("aaaa", ("bbbb", ["link"]), fmt=4, compiler={"name": "gcc", "version": "12.2.0"}),
-          node("bbbb", fmt=4, compiler={"name": "gcc", "version": "12.2.0"})]  # fmt: skip
+    v4 = [
+        node("aaaa", ("bbbb", ["link"]), fmt=4, compiler={"name": "gcc", "version": "12.2.0"}),
+        node("bbbb", fmt=4, compiler={"name": "gcc", "version": "12.2.0"}),
+    ]
     v2 = [node("cccc", ("dddd", ["build", "link"]), fmt=2), node("dddd", fmt=2)]
     seven = build_database([(4, v4), (2, v2)])
     assert seven.version == "7"

@@ -30,16 +30,22 @@ def dep(name: str, dag_hash: str, *types: str) -> dict[str, Any]:
 
 
 NODES: list[dict[str, Any]] = [
-    {"name": "top", "hash": ROOT_HASH, "dependencies": [
-        dep("lib", LIB_HASH, "build", "link"), dep("tool", RUN_HASH, "run"),
-        dep("ext", EXT_HASH, "link"), dep("cmake", BUILD_HASH, "build"),
-    ]},
+    {
+        "name": "top",
+        "hash": ROOT_HASH,
+        "dependencies": [
+            dep("lib", LIB_HASH, "build", "link"),
+            dep("tool", RUN_HASH, "run"),
+            dep("ext", EXT_HASH, "link"),
+            dep("cmake", BUILD_HASH, "build"),
+        ],
+    },
     {"name": "lib", "hash": LIB_HASH, "dependencies": [dep("deep", DEEP_HASH, "link")]},
     {"name": "tool", "hash": RUN_HASH},
     {"name": "deep", "hash": DEEP_HASH},
     {"name": "ext", "hash": EXT_HASH, "external": {"path": "/usr", "module": None}},
     {"name": "cmake", "hash": BUILD_HASH},
-]  # fmt: skip
+]
 
 
 def make_store(root: Path, *, paths: dict[str, str] | None = None) -> dict[str, Path]:
@@ -120,9 +126,16 @@ def test_files_are_classified_as_spack_does(tmp_path: Path) -> None:
     data = buildinfo(relocation, directory_entries(top, str(top).lstrip("/")), str(top).lstrip("/"))
     record = json.loads(data)
     assert list(record) == [
-        "sbang_install_path", "buildpath", "spackprefix", "relative_prefix", "hardlinks_deduped",
-        "hash_to_prefix", "relocate_binaries", "relocate_links", "relocate_textfiles",
-    ]  # fmt: skip
+        "sbang_install_path",
+        "buildpath",
+        "spackprefix",
+        "relative_prefix",
+        "hardlinks_deduped",
+        "hash_to_prefix",
+        "relocate_binaries",
+        "relocate_links",
+        "relocate_textfiles",
+    ]
     assert record["relocate_binaries"] == ["bin/tool"]
     assert record["relocate_textfiles"] == ["bin/sbang", "bin/script", "share/latin1.txt"]
     assert record["relocate_links"] == ["share/link-abs"]

@@ -172,9 +172,13 @@ def test_volume_labels_are_not_members_and_their_data_is_skipped() -> None:
 
 DUMPDIR = raw_header(b"d/", b"D", 5) + b"Yf\0\0\0" + bytes(507) + raw_member(b"d/f", b"data") + END
 SLASHED_FILE = (
-    raw_header(b"e/", b"0", 5) + b"hello" + bytes(507) + raw_member(b"e/f", b"data")
-    + raw_header(b"g/", b"\0", 0) + END
-)  # fmt: skip
+    raw_header(b"e/", b"0", 5)
+    + b"hello"
+    + bytes(507)
+    + raw_member(b"e/f", b"data")
+    + raw_header(b"g/", b"\0", 0)
+    + END
+)
 
 
 @pytest.mark.parametrize("data", [DUMPDIR, SLASHED_FILE], ids=["dumpdir-with-data", "type-0-ending-in-slash"])
@@ -209,10 +213,13 @@ def test_an_empty_pax_value_deletes_the_field(tmp_path: Path) -> None:
         _indexed(sizeless)
     header_mtime = raw_member(b"a", b"x")
     ended = (
-        raw_header(b"g", b"g", 14) + pax_record("mtime", b"5").ljust(512, b"\0")
-        + raw_header(b"g", b"g", 10) + pax_record("mtime", b"").ljust(512, b"\0")
-        + header_mtime + END
-    )  # fmt: skip
+        raw_header(b"g", b"g", 14)
+        + pax_record("mtime", b"5").ljust(512, b"\0")
+        + raw_header(b"g", b"g", 10)
+        + pax_record("mtime", b"").ljust(512, b"\0")
+        + header_mtime
+        + END
+    )
     (member,) = _indexed(ended)
     assert member.mtime_ns == 1_600_000_000 * 10**9  # the header's own mtime, not 5
 

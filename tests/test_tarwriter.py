@@ -127,7 +127,10 @@ def test_gnu_tar_lists_and_extracts(tmp_path: Path) -> None:
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
     listing = subprocess.run(
         ["tar", "--quoting-style=literal", "-tvf", str(archive)],
-        capture_output=True, text=True, check=True, env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     assert listing.stderr == ""
     for entry, _ in _sample():
@@ -142,9 +145,7 @@ def test_gnu_tar_lists_and_extracts(tmp_path: Path) -> None:
     assert (out / "d/hard").stat().st_ino == (out / "d/f512").stat().st_ino
 
 
-@pytest.mark.parametrize(
-    "name", ["", "/abs", "a/../b", "..", "a//b", "a/", "./a", "nul\0byte"]
-)
+@pytest.mark.parametrize("name", ["", "/abs", "a/../b", "..", "a//b", "a/", "./a", "nul\0byte"])
 def test_invalid_names_are_refused(name: str) -> None:
     with pytest.raises(LayerError):
         TarEntry(name, "file", 0o644)

@@ -142,8 +142,7 @@ def test_load_without_a_daemon_says_what_to_do(tiny_rootfs: Path, tmp_path: Path
     cache = BlobCache(tmp_path / "cache")
     socket_path = tmp_path / "no-daemon.sock"
     with pytest.raises(DaemonError) as caught:
-        import_rootfs(tiny_rootfs, "acme/tiny:1", load=True, docker_host=f"unix://{socket_path}",
-                      cache=cache)  # fmt: skip
+        import_rootfs(tiny_rootfs, "acme/tiny:1", load=True, docker_host=f"unix://{socket_path}", cache=cache)
     assert str(caught.value).startswith(
         f"no docker daemon at unix://{socket_path}: set DOCKER_HOST or start the daemon"
     )
@@ -152,8 +151,12 @@ def test_load_without_a_daemon_says_what_to_do(tiny_rootfs: Path, tmp_path: Path
 
 def test_a_layout_base_that_is_not_a_layout(tmp_path: Path) -> None:
     with pytest.raises(LayoutError, match="is not an OCI image layout"):
-        build(f"oci:{tmp_path}:1", load_packages([HELLO]), output=f"oci:{tmp_path}/out:1",
-              cache=BlobCache(tmp_path / "cache"))  # fmt: skip
+        build(
+            f"oci:{tmp_path}:1",
+            load_packages([HELLO]),
+            output=f"oci:{tmp_path}/out:1",
+            cache=BlobCache(tmp_path / "cache"),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +169,13 @@ def offline(busybox_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     with pytest.MonkeyPatch.context() as mp:
         forbid_network(mp)
         base = import_rootfs(busybox_dir, output=f"oci:{tmp}/base:1", cache=cache)
-        result = build(f"oci:{tmp}/base:1", load_packages([HELLO]), output=f"oci:{tmp}/out:app",
-                       cache=cache, progress=events.append)  # fmt: skip
+        result = build(
+            f"oci:{tmp}/base:1",
+            load_packages([HELLO]),
+            output=f"oci:{tmp}/out:app",
+            cache=cache,
+            progress=events.append,
+        )
     return {"dir": tmp, "base": base, "result": result, "events": events}
 
 
@@ -200,8 +208,12 @@ def test_inspect_reads_layouts_and_archives(offline: dict[str, Any]) -> None:
     assert shown.to_json()["reference"] == f"oci:{tmp}/out:app"
     archive = tmp / "app.tar"
     with RegistryPool() as pool:
-        copy_image(f"oci:{tmp}/out:app", f"docker-archive:{archive}:acme/app:1", pool=pool,
-                   cache=BlobCache(tmp / "cache"))  # fmt: skip
+        copy_image(
+            f"oci:{tmp}/out:app",
+            f"docker-archive:{archive}:acme/app:1",
+            pool=pool,
+            cache=BlobCache(tmp / "cache"),
+        )
     assert inspect(f"docker-archive:{archive}").digest == result.digest
 
 
@@ -278,22 +290,33 @@ def test_round_trip_keeps_the_manifest_digest(
     assert entry["Config"] == "blobs/sha256/" + manifest["config"]["digest"].split(":")[1]
 
     events: list[ProgressEvent] = []
-    back = copy_image(f"docker-archive:{archive}", f"docker://{registry.host}/transfer/rt:1",
-                      pool=pool, cache=cache, progress=events.append)  # fmt: skip
+    back = copy_image(
+        f"docker-archive:{archive}",
+        f"docker://{registry.host}/transfer/rt:1",
+        pool=pool,
+        cache=cache,
+        progress=events.append,
+    )
     assert str(back.digest) == digest
     assert registry_manifest(registry, "transfer/rt", "1")[0] == digest
     assert "blob-uploaded" in {e.kind for e in events}
 
     # Same registry, another repository: blobs are mounted, never downloaded.
     events.clear()
-    copy_image(f"{registry.host}/transfer/rt:1", f"{registry.host}/transfer/rt-mounted:1",
-               pool=pool, cache=BlobCache(tmp_path / "empty-cache"), progress=events.append)  # fmt: skip
+    copy_image(
+        f"{registry.host}/transfer/rt:1",
+        f"{registry.host}/transfer/rt-mounted:1",
+        pool=pool,
+        cache=BlobCache(tmp_path / "empty-cache"),
+        progress=events.append,
+    )
     kinds = {e.kind for e in events}
     assert "blob-mounted" in kinds and "blob-fetched" not in kinds and "blob-uploaded" not in kinds
     assert registry_manifest(registry, "transfer/rt-mounted", "1")[0] == digest
 
-    again = copy_image(f"{registry.host}/transfer/rt-mounted:1", f"oci:{tmp_path}/two",
-                       pool=pool, cache=cache)  # fmt: skip
+    again = copy_image(
+        f"{registry.host}/transfer/rt-mounted:1", f"oci:{tmp_path}/two", pool=pool, cache=cache
+    )
     assert str(again.digest) == digest
     assert [str(d.digest) for d in OCILayout(tmp_path / "two").manifests()] == [digest]
     # An archive is named after the registry image it came from, as docker save does.
@@ -310,8 +333,14 @@ def test_docker_load_of_a_built_archive(
     need_tool("skopeo")
     cache = BlobCache(tmp_path / "cache")
     archive = tmp_path / "hello.tar"
-    result = build(base_ref, load_packages([HELLO]), tag="transfer/hello:1",
-                   output=f"docker-archive:{archive}", pool=pool, cache=cache)  # fmt: skip
+    result = build(
+        base_ref,
+        load_packages([HELLO]),
+        tag="transfer/hello:1",
+        output=f"docker-archive:{archive}",
+        pool=pool,
+        cache=cache,
+    )
     assert result.destination == f"docker-archive:{archive}:transfer/hello:1"
     assert not result.pushed
 
@@ -347,8 +376,15 @@ def test_build_loads_into_the_daemon_with_the_sdk(
     base_ref: str, pool: RegistryPool, podman: Podman, tmp_path: Path
 ) -> None:
     cache = BlobCache(tmp_path / "cache")
-    result = build(base_ref, load_packages([HELLO]), tag="transfer/loaded:1", load=True,
-                   docker_host=podman.docker_host, pool=pool, cache=cache)  # fmt: skip
+    result = build(
+        base_ref,
+        load_packages([HELLO]),
+        tag="transfer/loaded:1",
+        load=True,
+        docker_host=podman.docker_host,
+        pool=pool,
+        cache=cache,
+    )
     assert result.destinations == (DaemonLocation(Reference.parse("transfer/loaded:1")),)
     assert any(name.endswith("transfer/loaded:1") for name in result.loaded), result.loaded
     assert list(cache.tmp_dir.iterdir()) == []
@@ -356,8 +392,9 @@ def test_build_loads_into_the_daemon_with_the_sdk(
     assert out.decode().startswith("Hello, world, from hello 2.12")
 
     # copy also writes to a daemon: docker-daemon:NAME:TAG.
-    copied = copy_image(base_ref, "docker-daemon:transfer/copied:1", docker_host=podman.docker_host,
-                        pool=pool, cache=cache)  # fmt: skip
+    copied = copy_image(
+        base_ref, "docker-daemon:transfer/copied:1", docker_host=podman.docker_host, pool=pool, cache=cache
+    )
     assert copied.destination == "docker-daemon:transfer/copied:1"
     ran = podman.docker("run", "--rm", "transfer/copied:1", "echo", "ok")
     assert ran.returncode == 0 and ran.stdout == "ok\n", ran.stderr
@@ -382,8 +419,14 @@ def test_base_layers_are_fetched_once_for_two_outputs(
     cache = BlobCache(tmp_path / "cache")
     packages = load_packages([HELLO])
     build(base_ref, packages, output=f"oci:{tmp_path}/layout", pool=pool, cache=cache)
-    build(base_ref, packages, tag="transfer/twice:1", output=f"docker-archive:{tmp_path}/img.tar",
-          pool=pool, cache=cache)  # fmt: skip
+    build(
+        base_ref,
+        packages,
+        tag="transfer/twice:1",
+        output=f"docker-archive:{tmp_path}/img.tar",
+        pool=pool,
+        cache=cache,
+    )
     _, manifest = registry_manifest(registry, "transfer/busybox", "1")
     base_layer = Digest.parse(manifest["layers"][0]["digest"])
     assert fetched.count(base_layer) == 1
@@ -399,14 +442,19 @@ def test_index_copy_keeps_the_index_digest(
     cache = BlobCache(tmp_path / "cache")
     entries = []
     for arch in ("amd64", "arm64"):
-        imported = import_rootfs(busybox_dir, f"{host}/{repo}:{arch}", platform=Platform("linux", arch),
-                                 pool=pool, cache=cache)  # fmt: skip
+        imported = import_rootfs(
+            busybox_dir, f"{host}/{repo}:{arch}", platform=Platform("linux", arch), pool=pool, cache=cache
+        )
         size = len(pool.client(host).get_manifest(repo, imported.digest).data)
-        entries.append(Descriptor(mt.OCI_MANIFEST, Digest.parse(imported.digest), size,
-                                  platform=Platform("linux", arch)))  # fmt: skip
+        entries.append(
+            Descriptor(mt.OCI_MANIFEST, Digest.parse(imported.digest), size, platform=Platform("linux", arch))
+        )
     # An attestation-like entry, as buildx writes: never a platform, but copied with the rest.
-    entries.append(Descriptor(mt.OCI_MANIFEST, entries[0].digest, entries[0].size,
-                              platform=Platform("unknown", "unknown")))  # fmt: skip
+    entries.append(
+        Descriptor(
+            mt.OCI_MANIFEST, entries[0].digest, entries[0].size, platform=Platform("unknown", "unknown")
+        )
+    )
     index = Index(mt.OCI_INDEX, tuple(entries)).to_bytes()
     pool.client(host).put_manifest(repo, "1", index, mt.OCI_INDEX)
     index_digest = "sha256:" + hashlib.sha256(index).hexdigest()
@@ -428,22 +476,28 @@ def test_index_copy_keeps_the_index_digest(
 
     # One platform of the index into an archive (which holds single images only).
     archive = tmp_path / "arm.tar"
-    arm = copy_image(f"oci:{layout}:multi", f"docker-archive:{archive}:transfer/arm:1",
-                     platform=Platform.parse("linux/arm64"), pool=pool, cache=cache)  # fmt: skip
+    arm = copy_image(
+        f"oci:{layout}:multi",
+        f"docker-archive:{archive}:transfer/arm:1",
+        platform=Platform.parse("linux/arm64"),
+        pool=pool,
+        cache=cache,
+    )
     assert arm.digest == entries[1].digest
     # Without a platform, an archive takes this machine's image of the index, as skopeo does.
     host_arch = Platform.host().architecture
-    default = copy_image(f"oci:{layout}:multi", f"docker-archive:{tmp_path}/host.tar:transfer/host:1",
-                         pool=pool, cache=cache)  # fmt: skip
+    default = copy_image(
+        f"oci:{layout}:multi", f"docker-archive:{tmp_path}/host.tar:transfer/host:1", pool=pool, cache=cache
+    )
     if host_arch in ("amd64", "arm64"):
         assert default.digest == entries[("amd64", "arm64").index(host_arch)].digest
     with pytest.raises(UsageError, match=r"single-platform images.*linux/amd64, linux/arm64"):
-        copy_image(f"oci:{layout}:multi", f"docker-archive:{archive}", platform="all",
-                   pool=pool, cache=cache)  # fmt: skip
+        copy_image(f"oci:{layout}:multi", f"docker-archive:{archive}", platform="all", pool=pool, cache=cache)
 
     need_tool("skopeo")
-    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:multi"],
-                         capture_output=True, check=True)  # fmt: skip
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci:{layout}:multi"], capture_output=True, check=True
+    )
     assert "sha256:" + hashlib.sha256(raw.stdout).hexdigest() == index_digest
 
 
@@ -458,4 +512,6 @@ def test_an_unknown_location_type_is_named(text: str) -> None:
     assert str(parse_location("localhost:5000/x:1")) == "localhost:5000/x:1"
     # Printed as `docker pull` takes it; a name that would read as a transport keeps docker://.
     assert str(parse_location("docker://oci:5000/x:1")) == "docker://oci:5000/x:1"
-    assert parse_location(str(parse_location("docker://oci:5000/x:1"))) == parse_location("docker://oci:5000/x:1")
+    assert parse_location(str(parse_location("docker://oci:5000/x:1"))) == parse_location(
+        "docker://oci:5000/x:1"
+    )

@@ -58,8 +58,13 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 @pytest.fixture
 def base(tmp_path: Path) -> str:
-    ok("import", str(_write(tmp_path, "base.tar", GOOD)), "--output", f"oci:{tmp_path / 'base'}:1",
-       env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    ok(
+        "import",
+        str(_write(tmp_path, "base.tar", GOOD)),
+        "--output",
+        f"oci:{tmp_path / 'base'}:1",
+        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
+    )
     return f"oci:{tmp_path / 'base'}:1"
 
 
@@ -67,8 +72,13 @@ def base(tmp_path: Path) -> str:
 def test_import_refuses_a_tarball_without_files(tmp_path: Path, name: str) -> None:
     data, message = CASES[name]
     rootfs = _write(tmp_path, name, data)
-    code, out, err = cli("import", str(rootfs), "--output", f"oci:{tmp_path / 'out'}:1",
-                         env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    code, out, err = cli(
+        "import",
+        str(rootfs),
+        "--output",
+        f"oci:{tmp_path / 'out'}:1",
+        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert code == 1 and out == "" and err.count("\n") == 1, err
     assert err.startswith(f"imagesmith: error: {rootfs}") and message in err
     assert not (tmp_path / "out").exists()
@@ -80,8 +90,15 @@ def test_build_refuses_package_content_without_files(tmp_path: Path, base: str, 
     content = _write(tmp_path, name, data)
     package = tmp_path / "p.json"
     package.write_text(json.dumps({"name": "p", "version": "1", "prefix": "/opt/p", "content": name}))
-    code, out, err = cli("build", "--base-image", base, "--output", f"oci:{tmp_path / 'out'}", str(package),
-                         env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    code, out, err = cli(
+        "build",
+        "--base-image",
+        base,
+        "--output",
+        f"oci:{tmp_path / 'out'}",
+        str(package),
+        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert code == 1 and out == "" and err.count("\n") == 1, err
     assert err.startswith(f"imagesmith: error: {content}") and message in err
     assert not (tmp_path / "out").exists()
@@ -91,7 +108,15 @@ def test_a_tarball_with_files_is_taken(tmp_path: Path, base: str) -> None:
     """The control: the same commands take the intact tarball."""
     _write(tmp_path, "good.tar.gz", gzip.compress(GOOD, mtime=0))
     package = tmp_path / "p.json"
-    package.write_text(json.dumps({"name": "p", "version": "1", "prefix": "/opt/p",
-                                   "content": "good.tar.gz"}))  # fmt: skip
-    ok("build", "--base-image", base, "--output", f"oci:{tmp_path / 'out'}", str(package),
-       env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    package.write_text(
+        json.dumps({"name": "p", "version": "1", "prefix": "/opt/p", "content": "good.tar.gz"})
+    )
+    ok(
+        "build",
+        "--base-image",
+        base,
+        "--output",
+        f"oci:{tmp_path / 'out'}",
+        str(package),
+        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
+    )

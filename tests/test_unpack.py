@@ -44,8 +44,15 @@ Member = tuple[tarfile.TarInfo, bytes | None]
 
 
 def _info(
-    name: str, kind: bytes, *, mode: int = 0o644, link: str = "", size: int = 0, uid: int = 0,
-    gid: int = 0, pax: dict[str, str] | None = None,
+    name: str,
+    kind: bytes,
+    *,
+    mode: int = 0o644,
+    link: str = "",
+    size: int = 0,
+    uid: int = 0,
+    gid: int = 0,
+    pax: dict[str, str] | None = None,
 ) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
@@ -59,8 +66,15 @@ def _info(
     return info
 
 
-def F(name: str, data: bytes = b"", mode: int = 0o644, *, uid: int = 0, gid: int = 0,
-      pax: dict[str, str] | None = None) -> Member:
+def F(
+    name: str,
+    data: bytes = b"",
+    mode: int = 0o644,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    pax: dict[str, str] | None = None,
+) -> Member:
     return _info(name, tarfile.REGTYPE, mode=mode, size=len(data), uid=uid, gid=gid, pax=pax), data
 
 
@@ -86,8 +100,9 @@ def tar(*members: Member, end: bool = True) -> bytes:
     return buf.getvalue()
 
 
-def raw_header(name: bytes, typeflag: bytes = b"0", size: int = 0, linkname: bytes = b"",
-               mode: int = 0o644) -> bytes:
+def raw_header(
+    name: bytes, typeflag: bytes = b"0", size: int = 0, linkname: bytes = b"", mode: int = 0o644
+) -> bytes:
     """A ustar header with exactly the bytes given (tarfile would refuse or clean some)."""
     block = bytearray(512)
     block[0 : len(name)] = name
@@ -202,8 +217,9 @@ def test_files_dirs_links_modes_and_mtimes(tmp_path: Path) -> None:
         stats = unpack_layer(io.BytesIO(layer), root, what="test layer")
     finally:
         os.umask(old)
-    assert stats == UnpackStats(files=3, dirs=1, symlinks=1, hardlinks=1, whiteouts=0, skipped=(),
-                                bytes=14, specials=1)
+    assert stats == UnpackStats(
+        files=3, dirs=1, symlinks=1, hardlinks=1, whiteouts=0, skipped=(), bytes=14, specials=1
+    )
     assert (root / "etc/conf").read_bytes() == b"a=1\n"
     assert stat.S_IMODE((root / "etc/conf").stat().st_mode) == 0o640
     assert stat.S_IMODE((root / "etc").stat().st_mode) == 0o750
@@ -319,7 +335,11 @@ def test_devices_created_when_allowed_as_root(tmp_path: Path) -> None:
 
 def test_merged_usr_links_resolved_inside_the_root(arena: Arena) -> None:
     base = tar(
-        D("usr/"), D("usr/lib/"), D("usr/lib64/"), S("lib", "usr/lib"), S("lib64", "/usr/lib64"),
+        D("usr/"),
+        D("usr/lib/"),
+        D("usr/lib64/"),
+        S("lib", "usr/lib"),
+        S("lib64", "/usr/lib64"),
         S("etc/alternatives/libdir", "/usr/lib"),  # absolute, from a subdirectory
     )
     upper = tar(F("lib/x.so", b"x"), F("lib64/ld.so", b"ld"), F("etc/alternatives/libdir/z.so", b"z"))
@@ -334,9 +354,11 @@ def test_merged_usr_links_resolved_inside_the_root(arena: Arena) -> None:
 def test_existing_entries_replaced_never_followed(arena: Arena) -> None:
     lower = tar(
         S("f", str(arena.victim)),  # a symlink to the host's victim...
-        D("d/"), F("d/inner", b"i"),
+        D("d/"),
+        F("d/inner", b"i"),
         F("x", b"file"),
-        D("keep/", mode=0o700), F("keep/old", b"o"),
+        D("keep/", mode=0o700),
+        F("keep/old", b"o"),
         S("s", str(arena.sentinel)),
     )
     upper = tar(
@@ -397,14 +419,22 @@ def test_layers_built_by_imagesmith_round_trip(tmp_path: Path, compression: str)
 
 def test_whiteouts_remove_lower_entries_never_outside(arena: Arena) -> None:
     lower = tar(
-        D("a/"), F("a/file", b"f"), D("a/dir/"), D("a/dir/sub/"), F("a/dir/sub/x", b"x"),
+        D("a/"),
+        F("a/file", b"f"),
+        D("a/dir/"),
+        D("a/dir/sub/"),
+        F("a/dir/sub/x", b"x"),
         S("a/link", str(arena.sentinel)),  # whiting it out removes the link, not the sentinel
         S("a/up", "../../.."),
         S("out", "/" + arena.abs_top),
     )
     upper = tar(
-        F("a/.wh.file"), F("a/.wh.dir"), F("a/.wh.link"), F("a/.wh.missing"),
-        F("a/up/.wh.victim"), F("out/.wh.sentinel"),  # through symlinks: resolved inside the root
+        F("a/.wh.file"),
+        F("a/.wh.dir"),
+        F("a/.wh.link"),
+        F("a/.wh.missing"),
+        F("a/up/.wh.victim"),
+        F("out/.wh.sentinel"),  # through symlinks: resolved inside the root
     )
     with arena.untouched():
         stats = unpack(arena.root, lower, upper)
@@ -447,8 +477,12 @@ def test_opaque_through_a_symlink_stays_inside(arena: Arena) -> None:
 
 def test_whiteouts_refused_by_policy_and_malformed(tmp_path: Path) -> None:
     with pytest.raises(UnpackError, match=r"pkg\.tar.*'a/\.wh\.b'.*whiteout"):
-        unpack_layer(io.BytesIO(tar(F("a/.wh.b"))), tmp_path / "r1", what="pkg.tar",
-                     policy=UnpackPolicy(allow_whiteouts=False))
+        unpack_layer(
+            io.BytesIO(tar(F("a/.wh.b"))),
+            tmp_path / "r1",
+            what="pkg.tar",
+            policy=UnpackPolicy(allow_whiteouts=False),
+        )
     with pytest.raises(UnpackError, match=r"'\.wh\.\.\.'"):
         unpack(tmp_path / "r2", tar(F(".wh...")))
     with pytest.raises(UnpackError, match="below a whiteout"):
@@ -573,15 +607,24 @@ def test_chained_dotdot_symlinks_stay_inside(arena: Arena) -> None:
 
 def test_symlink_trick_split_across_two_layers(arena: Arena) -> None:
     with arena.untouched():
-        unpack(arena.root, tar(S("evil", "../"), S("abs", "/" + arena.abs_top)),
-               tar(F("evil/victim", b"owned"), F("abs/sentinel/keep", b"owned"), D("abs/sentinel/sub/")))
+        unpack(
+            arena.root,
+            tar(S("evil", "../"), S("abs", "/" + arena.abs_top)),
+            tar(F("evil/victim", b"owned"), F("abs/sentinel/keep", b"owned"), D("abs/sentinel/sub/")),
+        )
     assert (arena.root / "victim").read_bytes() == b"owned"
     assert (arena.root / arena.abs_top / "sentinel/keep").read_bytes() == b"owned"
 
 
 def test_directory_replaced_by_a_symlink_then_written_through(arena: Arena) -> None:
-    layer = tar(D("a/"), F("a/x", b"x"), S("a", "/" + arena.abs_top), F("a/victim", b"owned"),
-                S("b", "../.."), F("b/sentinel/keep", b"owned"))
+    layer = tar(
+        D("a/"),
+        F("a/x", b"x"),
+        S("a", "/" + arena.abs_top),
+        F("a/victim", b"owned"),
+        S("b", "../.."),
+        F("b/sentinel/keep", b"owned"),
+    )
     with arena.untouched():
         unpack(arena.root, layer)
     assert (arena.root / arena.abs_top / "victim").read_bytes() == b"owned"
@@ -602,8 +645,9 @@ def test_final_component_swapped_for_a_symlink_meanwhile_is_refused(
     # victim appears at the member's name. The file is created with O_EXCL|O_NOFOLLOW: refused.
     original = unpack_module._Unpacker._replace
 
-    def racing(self: unpack_module._Unpacker, parent: unpack_module._Dir, base: str, *,
-               keep_dir: bool) -> os.stat_result | None:
+    def racing(
+        self: unpack_module._Unpacker, parent: unpack_module._Dir, base: str, *, keep_dir: bool
+    ) -> os.stat_result | None:
         kept = original(self, parent, base, keep_dir=keep_dir)
         os.symlink(arena.victim, base, dir_fd=parent.fd)
         return kept
@@ -620,8 +664,7 @@ def test_parent_swapped_for_a_symlink_meanwhile_is_not_followed(
     # the host: the write goes through the directory descriptor already held, inside the root.
     original = unpack_module._Unpacker._parent
 
-    def racing(self: unpack_module._Unpacker, parts: list[str], *,
-               create: bool) -> unpack_module._Dir | None:
+    def racing(self: unpack_module._Unpacker, parts: list[str], *, create: bool) -> unpack_module._Dir | None:
         found = original(self, parts, create=create)
         if parts == ["d", "victim"] and not (arena.root / "d.moved").exists():
             (arena.root / "d").rename(arena.root / "d.moved")

@@ -154,8 +154,10 @@ def test_tag_puts_the_same_bytes_and_moves_no_blob(registry: DistributionRegistr
     raw = skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{ref}")
     code, out, err = cli("tag", ref, "2", "latest", "--insecure-registry", host, "--debug")
     assert code == 0, err
-    assert out.splitlines() == [f"Tagged {host}/verbs/tag:2 ({sha256(raw)})",
-                                f"Tagged {host}/verbs/tag:latest ({sha256(raw)})"]  # fmt: skip
+    assert out.splitlines() == [
+        f"Tagged {host}/verbs/tag:2 ({sha256(raw)})",
+        f"Tagged {host}/verbs/tag:latest ({sha256(raw)})",
+    ]
     exchanges = [line for line in err.splitlines() if " -> " in line]
     assert not any("/blobs/" in line for line in exchanges), exchanges
     assert sum("PUT " in line for line in exchanges) == 2
@@ -192,8 +194,11 @@ def test_delete_by_digest(registry: DistributionRegistry, base: str) -> None:
     digest = ok("--insecure-registry", host, "digest", ref).strip()
     by_digest = f"{host}/verbs/delete-digest@{digest}"
     out = json.loads(ok("--insecure-registry", host, "delete", by_digest, "--json"))
-    assert out == {"reference": f"{host}/verbs/delete-digest@{digest}",
-                   "deleted": f"{host}/verbs/delete-digest@{digest}", "digest": digest}  # fmt: skip
+    assert out == {
+        "reference": f"{host}/verbs/delete-digest@{digest}",
+        "deleted": f"{host}/verbs/delete-digest@{digest}",
+        "digest": digest,
+    }
     assert registry.get(f"/v2/verbs/delete-digest/manifests/{digest}").status_code == 404
 
 
@@ -216,17 +221,23 @@ def test_a_registry_that_refuses_deletes_says_so(
 
 
 def test_tag_and_delete_with_bearer_tokens(
-    token_registry: DistributionRegistry, token_issuer: TokenIssuer, registry: DistributionRegistry,
-    base: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    token_registry: DistributionRegistry,
+    token_issuer: TokenIssuer,
+    registry: DistributionRegistry,
+    base: str,
+    tmp_path: Path,
+) -> None:
     """distribution checks the token's actions: push for `tag`, delete for `delete`."""
     user, password = next(iter(TOKEN_USERS.items()))
     config = tmp_path / "docker-config"
     config.mkdir()
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
     (config / "config.json").write_text(json.dumps({"auths": {token_registry.host: {"auth": auth}}}))
-    env = {"DOCKER_CONFIG": str(config), "REGISTRY_AUTH_FILE": str(tmp_path / "none.json"),
-           "IMAGESMITH_INSECURE_REGISTRY": f"{registry.host},{token_registry.host}"}  # fmt: skip
+    env = {
+        "DOCKER_CONFIG": str(config),
+        "REGISTRY_AUTH_FILE": str(tmp_path / "none.json"),
+        "IMAGESMITH_INSECURE_REGISTRY": f"{registry.host},{token_registry.host}",
+    }
     ref = f"{token_registry.host}/verbs/token:1"
     ok("copy", base, ref, env=env)
     ok("tag", ref, "2", env=env)
@@ -290,8 +301,16 @@ def test_printed_references_are_what_docker_pull_takes(
     assert out == f"Copied {base} -> {target} ({digest})\n"
     assert "docker://" not in out
     imported = tmp_path / "import.digest"
-    out = ok("--insecure-registry", host, "import", str(busybox_dir), "--tag", f"{host}/verbs/printed:2",
-             "--digestfile", str(imported))  # fmt: skip
+    out = ok(
+        "--insecure-registry",
+        host,
+        "import",
+        str(busybox_dir),
+        "--tag",
+        f"{host}/verbs/printed:2",
+        "--digestfile",
+        str(imported),
+    )
     assert out.startswith(f"Pushed {host}/verbs/printed:2 ({imported.read_text().strip()})")
     # Other transports keep their prefix: that is how they are named.
     out = ok("--insecure-registry", host, "copy", target, f"oci:{tmp_path / 'l'}:1")
@@ -302,8 +321,16 @@ def test_printed_references_are_what_docker_pull_takes(
 def test_merge_writes_its_digestfile(registry: DistributionRegistry, base: str, tmp_path: Path) -> None:
     host = registry.host
     digestfile = tmp_path / "merge.digest"
-    out = ok("--insecure-registry", host, "merge", base, "--tag", f"{host}/verbs/merged:1",
-             "--digestfile", str(digestfile))  # fmt: skip
+    out = ok(
+        "--insecure-registry",
+        host,
+        "merge",
+        base,
+        "--tag",
+        f"{host}/verbs/merged:1",
+        "--digestfile",
+        str(digestfile),
+    )
     assert out.splitlines()[0] == f"Pushed {host}/verbs/merged:1 ({digestfile.read_text().strip()})"
 
 
@@ -326,8 +353,13 @@ def test_exit_codes_by_category(registry: DistributionRegistry, base: str, tmp_p
         assert code == expected, (argv, err)
         if expected:
             assert err.count("\n") == 1 and err.startswith("imagesmith: error: "), err
-    for bad in (["digest", "UPPER/case:1"], ["digest", "x@sha256:abc"], ["--json", "keygen", "k"],
-                ["inspect", "--json", "--raw", "x"], ["tags"]):  # fmt: skip
+    for bad in (
+        ["digest", "UPPER/case:1"],
+        ["digest", "x@sha256:abc"],
+        ["--json", "keygen", "k"],
+        ["inspect", "--json", "--raw", "x"],
+        ["tags"],
+    ):
         code, _, err = cli(*bad)
         assert code == 2 and err.count("\n") == 1, (bad, err)
     # 4: content that does not match its digest (the manifest blob, damaged on disk).
@@ -342,8 +374,11 @@ def test_exit_codes_by_category(registry: DistributionRegistry, base: str, tmp_p
     # 130: interrupted (SIGINT while a registry keeps the request waiting).
     with socket.create_server(("127.0.0.1", 0)) as silent:
         address = f"127.0.0.1:{silent.getsockname()[1]}"
-        proc = subprocess.Popen([sys.executable, "-m", "imagesmith", "--insecure-registry", address, "tags",
-                                 f"{address}/x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imagesmith", "--insecure-registry", address, "tags", f"{address}/x"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         conn, _ = silent.accept()
         with conn:
             proc.send_signal(signal.SIGINT)

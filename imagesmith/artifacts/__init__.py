@@ -1,2 +1,1 @@
-"""What is attached to an image after it is written: SBOMs, referrers, signatures.
-"""
+"""What is attached to an image after it is written: SBOMs, referrers, signatures."""

@@ -95,8 +95,13 @@ class Attached:
     tag: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"digest": str(self.digest), "artifactType": self.artifact_type, "subject": str(self.subject),
-                "via": self.via, "tag": self.tag}  # fmt: skip
+        return {
+            "digest": str(self.digest),
+            "artifactType": self.artifact_type,
+            "subject": str(self.subject),
+            "via": self.via,
+            "tag": self.tag,
+        }
 
 
 def artifact_manifest(
@@ -107,23 +112,39 @@ def artifact_manifest(
     layer = Descriptor(artifact_type, Digest.of(payload), len(payload), annotations={_TITLE: filename})
     # On the manifest too: a referrers listing shows the manifest's annotations, not its layers'.
     annotations = {_TITLE: filename, **({_CREATED: created} if created else {})}
-    manifest = Manifest(mt.OCI_MANIFEST, EMPTY_CONFIG, (layer,), annotations=annotations,
-                        subject=Descriptor(subject.media_type, subject.digest, subject.size),
-                        artifact_type=artifact_type)  # fmt: skip
+    manifest = Manifest(
+        mt.OCI_MANIFEST,
+        EMPTY_CONFIG,
+        (layer,),
+        annotations=annotations,
+        subject=Descriptor(subject.media_type, subject.digest, subject.size),
+        artifact_type=artifact_type,
+    )
     data = manifest.to_bytes()
     return RawManifest(data, mt.OCI_MANIFEST, Digest.of(data)), layer
 
 
 def _entry(raw: RawManifest, artifact_type: str, annotations: dict[str, str] | None) -> Descriptor:
-    return Descriptor(raw.media_type, raw.digest, len(raw.data), annotations=annotations or None,
-                      artifact_type=artifact_type)  # fmt: skip
+    return Descriptor(
+        raw.media_type,
+        raw.digest,
+        len(raw.data),
+        annotations=annotations or None,
+        artifact_type=artifact_type,
+    )
 
 
 def _attach_registry(
-    reference: Reference, raw: RawManifest, blobs: list[tuple[Descriptor, bytes]], artifact_type: str,
-    subject: Descriptor, annotations: dict[str, str] | None, pool: RegistryPool, cache: BlobCache,
+    reference: Reference,
+    raw: RawManifest,
+    blobs: list[tuple[Descriptor, bytes]],
+    artifact_type: str,
+    subject: Descriptor,
+    annotations: dict[str, str] | None,
+    pool: RegistryPool,
+    cache: BlobCache,
     progress: ProgressCallback,
-) -> Attached:  # fmt: skip
+) -> Attached:
     sink = RegistrySink(reference.with_digest(subject.digest), pool=pool, cache=cache)
     for descriptor, data in blobs:
         sink.put_blob_bytes(descriptor, data, progress)
@@ -136,8 +157,9 @@ def _attach_registry(
     entries: list[Descriptor] = []
     index_annotations = None
     if existing is not None:
-        document = parse_manifest_document(existing.data, existing.media_type,
-                                           f"referrers tag {reference.name}:{tag}")  # fmt: skip
+        document = parse_manifest_document(
+            existing.data, existing.media_type, f"referrers tag {reference.name}:{tag}"
+        )
         if not isinstance(document, Index):
             raise ManifestError(
                 f"{reference.name}:{tag} holds a manifest, not the referrers index the tag schema "
@@ -150,8 +172,9 @@ def _attach_registry(
         entries.append(_entry(raw, artifact_type, annotations))
     data = Index(mt.OCI_INDEX, tuple(entries), index_annotations).to_bytes()
     tagged = RegistrySink(reference.with_tag(tag), pool=pool, cache=cache)
-    tagged.put_manifest(RawManifest(data, mt.OCI_INDEX, Digest.of(data)), top=True, platform=None,
-                        progress=null_progress)  # the tag schema's bookkeeping: not the user's image
+    tagged.put_manifest(
+        RawManifest(data, mt.OCI_INDEX, Digest.of(data)), top=True, platform=None, progress=null_progress
+    )  # the tag schema's bookkeeping: not the user's image
     return Attached(raw.digest, artifact_type, subject.digest, "referrers tag", tag)
 
 
@@ -188,14 +211,18 @@ def attach(
         raise UsageError(f"cannot attach artifacts to {target}: push to a registry or an oci: layout")
     reference = target.reference
     try:
-        attached = _attach_registry(reference, raw, blobs, artifact_type, subject, annotations, pool, cache,
-                                    progress)  # fmt: skip
+        attached = _attach_registry(
+            reference, raw, blobs, artifact_type, subject, annotations, pool, cache, progress
+        )
     except RegistryError as exc:
         shown = f"{reference.name}@{subject.digest}"
         raise type(exc)(
             f"the image {shown} is pushed, but attaching its {artifact_type} artifact failed: {exc}; "
             "push again to a registry that accepts the referrers API or the sha256-<hex> tag",
-            method=exc.method, url=exc.url, status=exc.status, codes=exc.codes,
+            method=exc.method,
+            url=exc.url,
+            status=exc.status,
+            codes=exc.codes,
         ) from None
     progress(ProgressEvent("referrer-pushed", str(subject.digest), len(payload), str(raw.digest)))
     return attached
@@ -215,9 +242,15 @@ class Attachment:
     count: int = 1  # signatures in a signature manifest
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "digest": self.digest, "artifactType": self.artifact_type,
-                "size": self.size, "annotations": self.annotations, "via": self.via,
-                "count": self.count}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "digest": self.digest,
+            "artifactType": self.artifact_type,
+            "size": self.size,
+            "annotations": self.annotations,
+            "via": self.via,
+            "count": self.count,
+        }
 
 
 def _from_index(data: bytes, what: str, via: str, artifact_type: str | None) -> list[Attachment]:
@@ -246,8 +279,14 @@ def list_attachments(
     if isinstance(target, LayoutLocation):
         layout = OCILayout(target.path)
         in_layout = [
-            Attachment("referrer", str(d.digest), d.artifact_type or "", d.size,
-                       dict(d.annotations or {}), "OCI layout")
+            Attachment(
+                "referrer",
+                str(d.digest),
+                d.artifact_type or "",
+                d.size,
+                dict(d.annotations or {}),
+                "OCI layout",
+            )
             for d in layout.referrers(subject)
             if artifact_type is None or d.artifact_type == artifact_type
         ]
@@ -259,8 +298,9 @@ def list_attachments(
     attachments: list[Attachment] = []
     listed = client.referrers(reference.repository, subject, artifact_type)
     if listed is not None:
-        attachments += _from_index(listed, f"referrers of {reference.name}@{subject}", "referrers API",
-                                   artifact_type)  # fmt: skip
+        attachments += _from_index(
+            listed, f"referrers of {reference.name}@{subject}", "referrers API", artifact_type
+        )
     else:
         tag = referrers_tag(subject)
         found = manifest_if_exists(client, reference.repository, tag)
@@ -274,8 +314,15 @@ def list_attachments(
                 layers = json.loads(signatures.data).get("layers") or []
             except (ValueError, AttributeError):
                 layers = []
-            attachments.append(Attachment(
-                "signature", str(signatures.digest), SIGNATURE_MEDIA_TYPE, len(signatures.data), {},
-                f"tag {tag}", count=len(layers),
-            ))  # fmt: skip
+            attachments.append(
+                Attachment(
+                    "signature",
+                    str(signatures.digest),
+                    SIGNATURE_MEDIA_TYPE,
+                    len(signatures.data),
+                    {},
+                    f"tag {tag}",
+                    count=len(layers),
+                )
+            )
     return subject, attachments

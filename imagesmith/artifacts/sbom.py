@@ -170,31 +170,46 @@ def _spdx(image: SbomImage) -> dict[str, Any]:
             "primaryPackagePurpose": "CONTAINER",
         },
     ]
+
     def relation(element: str, kind: str, related: str) -> dict[str, str]:
         return {"spdxElementId": element, "relationshipType": kind, "relatedSpdxElement": related}
 
-    relationships = [relation("SPDXRef-DOCUMENT", "DESCRIBES", image_id),
-                     relation(image_id, "DESCENDANT_OF", base_id)]  # fmt: skip
+    relationships = [
+        relation("SPDXRef-DOCUMENT", "DESCRIBES", image_id),
+        relation(image_id, "DESCENDANT_OF", base_id),
+    ]
     for package in image.packages:
-        comment = [f"imagesmith hash {package.hash}", f"layer {package.layer_digest}",
-                   f"prefix {package.prefix}"]  # fmt: skip
+        comment = [
+            f"imagesmith hash {package.hash}",
+            f"layer {package.layer_digest}",
+            f"prefix {package.prefix}",
+        ]
         if package.spec:
             comment.append(f"spack spec {package.spec}")
-        packages.append({
-            "SPDXID": ids[package.key],
-            "name": package.name,
-            "versionInfo": package.version,
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": False,
-            "primaryPackagePurpose": "LIBRARY",
-            "checksums": [{"algorithm": "SHA256", "checksumValue": package.layer_digest.partition(":")[2]}],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": package.license or "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
-                              "referenceLocator": _purl(package)}],
-            "comment": "; ".join(comment),
-        })  # fmt: skip
+        packages.append(
+            {
+                "SPDXID": ids[package.key],
+                "name": package.name,
+                "versionInfo": package.version,
+                "downloadLocation": "NOASSERTION",
+                "filesAnalyzed": False,
+                "primaryPackagePurpose": "LIBRARY",
+                "checksums": [
+                    {"algorithm": "SHA256", "checksumValue": package.layer_digest.partition(":")[2]}
+                ],
+                "licenseConcluded": "NOASSERTION",
+                "licenseDeclared": package.license or "NOASSERTION",
+                "copyrightText": "NOASSERTION",
+                "externalRefs": [
+                    {
+                        "referenceCategory": "PACKAGE-MANAGER",
+                        "referenceType": "purl",
+                        "referenceLocator": _purl(package),
+                    }
+                ],
+                "comment": "; ".join(comment),
+            }
+        )
         relationships.append(relation(image_id, "CONTAINS", ids[package.key]))
         own = ids[package.key]
         relationships += [relation(own, "DEPENDS_ON", ids[d]) for d in package.depends if d in ids]
@@ -287,9 +302,18 @@ def sbom_packages(packages: Sequence[tuple[Package, str, str]]) -> tuple[SbomPac
     for package, digest_hash, layer_digest in packages:
         spack = package.spack
         spec = f"{spack.name}@{spack.version}/{spack.hash}" if spack is not None else None
-        out.append(SbomPackage(
-            key=package.key, name=package.name, version=package.version, hash=digest_hash,
-            layer_digest=layer_digest, prefix=package.prefix, depends=tuple(package.depends),
-            spack_hash=spack.hash if spack is not None else None, spec=spec, license=package_license(package),
-        ))  # fmt: skip
+        out.append(
+            SbomPackage(
+                key=package.key,
+                name=package.name,
+                version=package.version,
+                hash=digest_hash,
+                layer_digest=layer_digest,
+                prefix=package.prefix,
+                depends=tuple(package.depends),
+                spack_hash=spack.hash if spack is not None else None,
+                spec=spec,
+                license=package_license(package),
+            )
+        )
     return tuple(out)

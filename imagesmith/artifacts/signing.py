@@ -234,14 +234,21 @@ class Signed:
     added: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"reference": str(self.reference), "digest": str(self.digest), "identity": self.identity,
-                "tag": self.tag, "signatures": str(self.signatures), "added": self.added}  # fmt: skip
+        return {
+            "reference": str(self.reference),
+            "digest": str(self.digest),
+            "identity": self.identity,
+            "tag": self.tag,
+            "signatures": str(self.signatures),
+            "added": self.added,
+        }
 
 
 def _signature_config(diff_ids: list[str]) -> bytes:
     # An OCI image config as containers/image's putSignaturesToSigstoreAttachments writes it.
-    return canonical_json({"architecture": "", "os": "", "config": {},
-                           "rootfs": {"type": "layers", "diff_ids": diff_ids}})  # fmt: skip
+    return canonical_json(
+        {"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    )
 
 
 def _existing(
@@ -338,6 +345,7 @@ def sign_reference(
         for entry in document.manifests:
             if entry.platform is not None and entry.platform.os == "unknown":
                 continue  # an attestation, not a platform's image
-            signed.append(sign_image(ref, key, pool=pool, cache=cache, digest=entry.digest,
-                                     progress=progress))  # fmt: skip
+            signed.append(
+                sign_image(ref, key, pool=pool, cache=cache, digest=entry.digest, progress=progress)
+            )
     return signed

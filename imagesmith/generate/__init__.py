@@ -1,2 +1,1 @@
-"""Generated files: Makefiles and CI pipelines for a stack.
-"""
+"""Generated files: Makefiles and CI pipelines for a stack."""

@@ -381,8 +381,17 @@ def render_pipeline(
     if package_args is None:
         depended_on = {name for i in images for name in i.depends}
         package_args = [i.package for i in images if i.target not in depended_on]
-    command = ["imagesmith", *(f for h in hosts for f in ("--insecure-registry", h)), "pipeline",
-               "--engine", engine, "--base-image", base.source, "--repo", repo]  # fmt: skip
+    command = [
+        "imagesmith",
+        *(f for h in hosts for f in ("--insecure-registry", h)),
+        "pipeline",
+        "--engine",
+        engine,
+        "--base-image",
+        base.source,
+        "--repo",
+        repo,
+    ]
     if len(base.platforms) > 1 or runners:
         command += ["--platform", ",".join(map(str, base.platforms))]
     for key, labels in (runners or {}).items():
@@ -450,16 +459,18 @@ def _gitlab(plan: _Plan, limits: EngineLimits) -> GeneratedPipeline:
             if needs is not None and len(needs) > limits.gitlab_max_needs:
                 fallen.append(len(needs))
                 needs = None  # the stage order (one stage per level) keeps it after them
-            jobs.append({
-                "name": job_name(image.target, t.slug),
-                "extends": templates[t.slug],
-                "stage": f"level-{image.level}",
-                "needs": needs,
-                "script": [plan.build_command(shlex.quote(image.package), image.target, t.slug)],
-                "artifact": plan.digest_file(image.target, t.slug) if plan.multi else None,
-                # Build jobs use no files of other jobs: never download their digests.
-                "dependencies": plan.multi,
-            })  # fmt: skip
+            jobs.append(
+                {
+                    "name": job_name(image.target, t.slug),
+                    "extends": templates[t.slug],
+                    "stage": f"level-{image.level}",
+                    "needs": needs,
+                    "script": [plan.build_command(shlex.quote(image.package), image.target, t.slug)],
+                    "artifact": plan.digest_file(image.target, t.slug) if plan.multi else None,
+                    # Build jobs use no files of other jobs: never download their digests.
+                    "dependencies": plan.multi,
+                }
+            )
     builds = len(jobs)
     if plan.multi:
         for image in plan.images:
@@ -467,12 +478,29 @@ def _gitlab(plan: _Plan, limits: EngineLimits) -> GeneratedPipeline:
             if merge_needs is not None and len(merge_needs) > limits.gitlab_max_needs:
                 fallen.append(len(merge_needs))
                 merge_needs = None
-            jobs.append({"name": image.target, "extends": first, "stage": "merge", "needs": merge_needs,
-                         "script": [plan.merge_command(image.target)], "artifact": None,
-                         "dependencies": False})  # fmt: skip
+            jobs.append(
+                {
+                    "name": image.target,
+                    "extends": first,
+                    "stage": "merge",
+                    "needs": merge_needs,
+                    "script": [plan.merge_command(image.target)],
+                    "artifact": None,
+                    "dependencies": False,
+                }
+            )
     # The index job needs every image: its stage comes last, after all of them.
-    jobs.append({"name": "index", "extends": first, "stage": "index", "needs": None,
-                 "script": [INDEX_COMMAND], "artifact": None, "dependencies": False})  # fmt: skip
+    jobs.append(
+        {
+            "name": "index",
+            "extends": first,
+            "stage": "index",
+            "needs": None,
+            "script": [INDEX_COMMAND],
+            "artifact": None,
+            "dependencies": False,
+        }
+    )
     notes: list[str] = []
     if fallen:
         notes.append(
@@ -482,16 +510,19 @@ def _gitlab(plan: _Plan, limits: EngineLimits) -> GeneratedPipeline:
         )
     levels = 1 + max(i.level for i in plan.images)
     stages = [f"level-{d}" for d in range(levels)] + (["merge"] if plan.multi else []) + ["index"]
-    text = _render("gitlab-ci.yml.j2", {
-        "version": __version__,
-        "command": plan.command,
-        "summary": _summary(plan, builds, len(jobs) - builds - 1),
-        "notes": notes,
-        "plan": plan,
-        "templates": [{"name": templates[t.slug], "target": t} for t in plan.targets],
-        "stages": stages,
-        "jobs": jobs,
-    })  # fmt: skip
+    text = _render(
+        "gitlab-ci.yml.j2",
+        {
+            "version": __version__,
+            "command": plan.command,
+            "summary": _summary(plan, builds, len(jobs) - builds - 1),
+            "notes": notes,
+            "plan": plan,
+            "templates": [{"name": templates[t.slug], "target": t} for t in plan.targets],
+            "stages": stages,
+            "jobs": jobs,
+        },
+    )
     size = len(text.encode("utf-8"))
     if size > limits.gitlab_max_config:
         over = size - limits.gitlab_max_config
@@ -556,35 +587,42 @@ def _github_jobs(plan: _Plan) -> tuple[str, int]:
         for t in plan.targets:
             ident = ids(f"{image.target}-{t.slug}" if plan.multi else image.target)
             build_ids[image.target, t.slug] = ident
-            builds.append({
-                "id": ident,
-                "name": f"{image.target} ({t.platform})" if plan.multi else image.target,
-                "target": t,
-                "needs": [build_ids[dep, t.slug] for dep in image.depends],
-                "run": plan.build_command(shlex.quote(image.package), image.target, t.slug),
-                "artifact": _artifact(image.target, t.slug),
-                "digest_file": plan.digest_file(image.target, t.slug),
-            })  # fmt: skip
+            builds.append(
+                {
+                    "id": ident,
+                    "name": f"{image.target} ({t.platform})" if plan.multi else image.target,
+                    "target": t,
+                    "needs": [build_ids[dep, t.slug] for dep in image.depends],
+                    "run": plan.build_command(shlex.quote(image.package), image.target, t.slug),
+                    "artifact": _artifact(image.target, t.slug),
+                    "digest_file": plan.digest_file(image.target, t.slug),
+                }
+            )
     merges: list[dict[str, Any]] = []
     if plan.multi:
         for image in plan.images:
-            merges.append({
-                "id": ids(image.target),
-                "name": image.target,
-                "needs": [build_ids[image.target, t.slug] for t in plan.targets],
-                "artifacts": [_artifact(image.target, t.slug) for t in plan.targets],
-                "run": plan.merge_command(image.target),
-            })  # fmt: skip
+            merges.append(
+                {
+                    "id": ids(image.target),
+                    "name": image.target,
+                    "needs": [build_ids[image.target, t.slug] for t in plan.targets],
+                    "artifacts": [_artifact(image.target, t.slug) for t in plan.targets],
+                    "run": plan.merge_command(image.target),
+                }
+            )
     last = [m["id"] for m in merges] if merges else [b["id"] for b in builds]
-    text = _render("github-workflow.yml.j2", {
-        **_github_variables(plan),
-        "summary": _summary(plan, len(builds), len(merges)),
-        "notes": [],
-        "grouped": False,
-        "builds": builds,
-        "merges": merges,
-        "index_needs": last,
-    })  # fmt: skip
+    text = _render(
+        "github-workflow.yml.j2",
+        {
+            **_github_variables(plan),
+            "summary": _summary(plan, len(builds), len(merges)),
+            "notes": [],
+            "grouped": False,
+            "builds": builds,
+            "merges": merges,
+            "index_needs": last,
+        },
+    )
     return text, len(builds) + len(merges) + 1
 
 
@@ -607,30 +645,34 @@ def _github_grouped(plan: _Plan, limits: EngineLimits, explicit: int) -> tuple[s
             for k, part in enumerate(parts):
                 ident = f"level-{level}-{t.slug}" + (f"-{k + 1}" if len(parts) > 1 else "")
                 ids.append(ident)
-                builds.append({
-                    "id": ident,
-                    "name": f"level {level} ({t.platform})",
-                    "target": t,
-                    "needs": below[t.slug],
-                    "entries": [{"image": i.target, "package": i.package} for i in part],
-                    "run": plan.build_command('"$PACKAGE"', "$IMAGE", t.slug),
-                    "artifact": _artifact(_expression("matrix.image"), t.slug),
-                    "digest_file": plan.digest_file(_expression("matrix.image"), t.slug),
-                })  # fmt: skip
+                builds.append(
+                    {
+                        "id": ident,
+                        "name": f"level {level} ({t.platform})",
+                        "target": t,
+                        "needs": below[t.slug],
+                        "entries": [{"image": i.target, "package": i.package} for i in part],
+                        "run": plan.build_command('"$PACKAGE"', "$IMAGE", t.slug),
+                        "artifact": _artifact(_expression("matrix.image"), t.slug),
+                        "digest_file": plan.digest_file(_expression("matrix.image"), t.slug),
+                    }
+                )
             below[t.slug] = ids
     every_build = [b["id"] for b in builds]
     merges: list[dict[str, Any]] = []
     if plan.multi:
         parts = _chunks(plan.images, limits.github_max_matrix)
         for k, part in enumerate(parts):
-            merges.append({
-                "id": "merge" + (f"-{k + 1}" if len(parts) > 1 else ""),
-                "name": "merge " + _expression("matrix.image"),
-                "needs": every_build,
-                "artifacts": [_artifact(_expression("matrix.image"), t.slug) for t in plan.targets],
-                "entries": [{"image": i.target} for i in part],
-                "run": plan.merge_command("$IMAGE"),
-            })  # fmt: skip
+            merges.append(
+                {
+                    "id": "merge" + (f"-{k + 1}" if len(parts) > 1 else ""),
+                    "name": "merge " + _expression("matrix.image"),
+                    "needs": every_build,
+                    "artifacts": [_artifact(_expression("matrix.image"), t.slug) for t in plan.targets],
+                    "entries": [{"image": i.target} for i in part],
+                    "run": plan.merge_command("$IMAGE"),
+                }
+            )
     count = len(plan.images) * len(plan.targets)
     note = (
         f"GitHub runs workflow files up to {_kilobytes(limits.github_max_workflow)} and one job per "
@@ -639,15 +681,18 @@ def _github_grouped(plan: _Plan, limits: EngineLimits, explicit: int) -> tuple[s
         "the one below"
     )
     merged = len(plan.images) if plan.multi else 0
-    text = _render("github-workflow.yml.j2", {
-        **_github_variables(plan),
-        "summary": _summary(plan, count, merged),
-        "notes": [note],
-        "grouped": True,
-        "builds": builds,
-        "merges": merges,
-        "index_needs": [m["id"] for m in merges] or every_build,
-    })  # fmt: skip
+    text = _render(
+        "github-workflow.yml.j2",
+        {
+            **_github_variables(plan),
+            "summary": _summary(plan, count, merged),
+            "notes": [note],
+            "grouped": True,
+            "builds": builds,
+            "merges": merges,
+            "index_needs": [m["id"] for m in merges] or every_build,
+        },
+    )
     return text, count + merged + 1, note
 
 

@@ -72,9 +72,7 @@ class EnvModification:
 
     def __post_init__(self) -> None:
         if self.op not in ENV_OPS:
-            raise UsageError(
-                f"unknown environment operation {self.op!r}: use one of {', '.join(ENV_OPS)}"
-            )
+            raise UsageError(f"unknown environment operation {self.op!r}: use one of {', '.join(ENV_OPS)}")
         if not is_valid_name(self.name):
             raise UsageError(
                 f"invalid environment variable name {self.name!r}: use letters, digits and _, "
@@ -149,9 +147,7 @@ def _dedupe(entries: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(entries))
 
 
-def apply_env(
-    base_env: Sequence[str], modifications: Iterable[EnvModification]
-) -> list[str]:
+def apply_env(base_env: Sequence[str], modifications: Iterable[EnvModification]) -> list[str]:
     """Apply ``modifications`` in order to a base ``Env`` list and return the new list.
 
     ``PATH`` is taken as :data:`DEFAULT_PATH` when the base has none (as the container runtime
@@ -221,8 +217,7 @@ def _path_value(where: str, key: str, raw: object, separator: str) -> str:
                 raise _fail(
                     where,
                     key,
-                    f"list entry {item!r} contains the separator {separator!r}; "
-                    "give one entry per list item",
+                    f"list entry {item!r} contains the separator {separator!r}; give one entry per list item",
                 )
         return separator.join(raw)
     raise _fail(where, key, "must be a string or a non-empty list of strings")
@@ -296,19 +291,14 @@ def infer_env(
     """
     if not prefix.startswith("/") or ":" in prefix:
         raise PackageError(
-            f"cannot infer the environment of prefix {prefix!r}: it must be absolute and "
-            "contain no ':'"
+            f"cannot infer the environment of prefix {prefix!r}: it must be absolute and contain no ':'"
         )
     inspections = _INSPECTIONS
     if ld_library_path:
         inspections = (*inspections, ("LD_LIBRARY_PATH", _LIBRARY_DIRS))
     out: list[EnvModification] = []
     for variable, subdirs in inspections:
-        found = [
-            posixpath.join(prefix, sub) if sub else prefix
-            for sub in subdirs
-            if not sub or has_dir(sub)
-        ]
+        found = [posixpath.join(prefix, sub) if sub else prefix for sub in subdirs if not sub or has_dir(sub)]
         if found:
             out.append(EnvModification("prepend_path", variable, ":".join(found)))
     return tuple(out)

@@ -62,9 +62,7 @@ def _wrapped_spec(path: Path, doc: Mapping[str, Any]) -> SpackSpec:
     if spec_path.is_dir():
         spec_path = spec_path / ".spack" / "spec.json"
     if not spec_path.is_file():
-        raise PackageError(
-            f"package file {path}: spack_spec {raw!r} not found (looked for {spec_path})"
-        )
+        raise PackageError(f"package file {path}: spack_spec {raw!r} not found (looked for {spec_path})")
     spec = read_spack_spec(spec_path)
     for key, value in (("name", spec.name), ("version", spec.version), ("hash", spec.hash)):
         if key in doc and doc[key] != value:
@@ -132,9 +130,7 @@ def load_package(
         name = _string(source, doc, "name")
         version = _string(source, doc, "version")
     if not _NAME.fullmatch(name):
-        raise PackageError(
-            f"package file {source}: name {name!r} must be letters, digits and . _ + -"
-        )
+        raise PackageError(f"package file {source}: name {name!r} must be letters, digits and . _ + -")
     _check_version(version, f"package file {source}: version")
     prefix = _check_prefix(source, _string(source, doc, "prefix"))
     platforms = _platform_contents(source, doc)
@@ -211,8 +207,9 @@ def _wrapped_content(
     if same and "/" + prefix_rel == prefix:
         return SpackTarball()
     return SpackPrefix(
-        None, "its content tarball is not the spec's build-cache tarball at the same prefix, so it is "
-        "re-archived, without Spack's relocation record"
+        None,
+        "its content tarball is not the spec's build-cache tarball at the same prefix, so it is "
+        "re-archived, without Spack's relocation record",
     )
 
 
@@ -339,8 +336,7 @@ def _load_all(paths: Sequence[str | Path], sources: SpackSources) -> list[Packag
                     start = next(i for i, p in enumerate(chain) if p.key == dep_key)
                     cycle = [*chain[start:], dep]
                     raise PackageError(
-                        "dependency cycle: "
-                        + " -> ".join(f"{p.label} ({p.source.name})" for p in cycle)
+                        "dependency cycle: " + " -> ".join(f"{p.label} ({p.source.name})" for p in cycle)
                     )
                 stack.append((dep, 0))
                 on_stack.add(dep_key)

@@ -280,7 +280,7 @@ def _platform_contents(path: Path, doc: Mapping[str, Any]) -> tuple[tuple[Platfo
     if not isinstance(table, Mapping) or not table:
         raise PackageError(
             f"package file {path}: 'platforms' must be a non-empty table of platform (os/arch[/variant]) "
-            "to content path, e.g. {\"linux/amd64\": \"build-x86_64\", \"linux/arm64\": \"build-aarch64\"}"
+            'to content path, e.g. {"linux/amd64": "build-x86_64", "linux/arm64": "build-aarch64"}'
         )
     out: list[tuple[Platform, Path, ContentKind]] = []
     for key, raw in table.items():
@@ -331,8 +331,7 @@ def _depends(path: Path, doc: Mapping[str, Any]) -> tuple[str, ...]:
     raw = doc.get("depends", [])
     if not isinstance(raw, list) or not all(isinstance(item, str) and item for item in raw):
         raise PackageError(
-            f"package file {path}: 'depends' must be a list of package file paths "
-            "(relative to this file)"
+            f"package file {path}: 'depends' must be a list of package file paths (relative to this file)"
         )
     own = str(path.resolve())
     keys: list[str] = []

@@ -160,9 +160,13 @@ class FileBuildCache:
         if not found:
             # Spack keeps every layout since 3 under vN/manifests/: another N is a layout this
             # imagesmith does not know (a plain directory with a v2/ folder is no build cache).
-            others = sorted(
-                p.parent.name for p in root.glob("v*/manifests") if _LAYOUT_DIR.fullmatch(p.parent.name)
-            ) if root.is_dir() else []  # fmt: skip
+            others = (
+                sorted(
+                    p.parent.name for p in root.glob("v*/manifests") if _LAYOUT_DIR.fullmatch(p.parent.name)
+                )
+                if root.is_dir()
+                else []
+            )
             if others:
                 raise PackageError(
                     f"{root} is a Spack build cache of layout version {others[0][1:]} ({others[0]}/); "
@@ -216,8 +220,12 @@ class FileBuildCache:
             if not entries:
                 raise PackageError(f"the Spack build cache {self.root} holds no package")
             return entries
-        return _pick(selector, entries, lambda p: (p.name, p.version, p.hash or ""),
-                     f"the Spack build cache {self.root}")  # fmt: skip
+        return _pick(
+            selector,
+            entries,
+            lambda p: (p.name, p.version, p.hash or ""),
+            f"the Spack build cache {self.root}",
+        )
 
     def find(self, dep: SpackDependency) -> Package | None:
         """The package of ``dep``'s hash in this cache, or None."""
@@ -410,9 +418,11 @@ class RegistryBuildCache:
             return found
         client = self.pool.client(self.repository.registry)
         repo = self.repository.repository
-        shown = self._shown(identifier) if not identifier.startswith("sha256:") else (
-            f"{self.repository.name}@{identifier}"
-        )  # fmt: skip
+        shown = (
+            self._shown(identifier)
+            if not identifier.startswith("sha256:")
+            else (f"{self.repository.name}@{identifier}")
+        )
         got = client.get_manifest(repo, identifier)
         document = parse_manifest_document(got.data, got.media_type, f"manifest of {shown}")
         if not isinstance(document, Manifest) or not document.layers:

@@ -209,6 +209,7 @@ def build_database(specs: Iterable[tuple[int, Iterable[Mapping[str, Any]]]]) -> 
         for dep_hash in set(_dependency_hashes(node)):
             if dep_hash in ref_counts:
                 ref_counts[dep_hash] += 1
+
     def convert(node: Mapping[str, Any], format_version: int) -> dict[str, Any]:
         if db_version == "7":
             return _as_format4(node)

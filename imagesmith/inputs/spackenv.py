@@ -104,9 +104,7 @@ def _lock(directory: Path) -> tuple[int, list[tuple[str, str]], Mapping[str, Map
                 f"it is not concretized (no spack.lock beside spack.yaml): run "
                 f"`spack -e {directory} concretize` and `spack -e {directory} install` first",
             )
-        raise UsageError(
-            f"{directory} is not a Spack environment: it has neither spack.yaml nor spack.lock"
-        )
+        raise UsageError(f"{directory} is not a Spack environment: it has neither spack.yaml nor spack.lock")
     doc = _read_json(lock, "lockfile", directory)
     meta = doc.get("_meta") if isinstance(doc, dict) else None
     version = meta.get("lockfile-version") if isinstance(meta, dict) else None

@@ -89,8 +89,10 @@ class Relocation:
 def _unpadded(root: str) -> str:
     """``root`` without the padding directories Spack appends with ``padded_length``."""
     parts = root.split("/")
-    while len(parts) > 1 and parts[-1] and (
-        _PADDING.startswith(parts[-1]) or _PADDING.startswith(parts[-1][:-1])
+    while (
+        len(parts) > 1
+        and parts[-1]
+        and (_PADDING.startswith(parts[-1]) or _PADDING.startswith(parts[-1][:-1]))
     ):
         parts.pop()
     return "/".join(parts) or "/"

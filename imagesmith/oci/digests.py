@@ -31,13 +31,10 @@ class Digest:
     def __post_init__(self) -> None:
         expected = _HEX_LENGTHS.get(self.algorithm)
         if expected is None:
-            raise DigestFormatError(
-                f"unsupported digest algorithm {self.algorithm!r}: use sha256 or sha512"
-            )
+            raise DigestFormatError(f"unsupported digest algorithm {self.algorithm!r}: use sha256 or sha512")
         if len(self.hex) != expected or not _HEX.fullmatch(self.hex):
             raise DigestFormatError(
-                f"invalid digest {self.algorithm}:{self.hex[:80]!r}: expected {expected} "
-                "lowercase hex digits"
+                f"invalid digest {self.algorithm}:{self.hex[:80]!r}: expected {expected} lowercase hex digits"
             )
 
     @classmethod
@@ -122,9 +119,7 @@ class VerifyingReader:
             self._hasher.update(data)
             if self._size is not None and self._hasher.size > self._size:
                 self._done = True
-                raise IntegrityError(
-                    f"{self._what} is longer than its announced size {self._size}"
-                )
+                raise IntegrityError(f"{self._what} is longer than its announced size {self._size}")
             return data
         self._done = True
         self._finish()
@@ -133,9 +128,7 @@ class VerifyingReader:
     def _finish(self) -> None:
         got = self._hasher.size
         if self._size is not None and got != self._size:
-            raise IntegrityError(
-                f"{self._what} is truncated: got {got} bytes, expected {self._size}"
-            )
+            raise IntegrityError(f"{self._what} is truncated: got {got} bytes, expected {self._size}")
         if self._hasher.digest != self._expected:
             raise IntegrityError(
                 f"{self._what} does not match its digest: expected {self._expected}, "

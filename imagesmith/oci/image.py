@@ -267,8 +267,9 @@ def choose_platform(
                 raise
             raise PlatformError(
                 f"the index of {name} lists {raw.digest} for {chosen.platform}, but that is an "
-                f"index too, and {exc}", exc.available,
-            ) from None  # fmt: skip
+                f"index too, and {exc}",
+                exc.available,
+            ) from None
         if entry.digest in seen:
             raise ManifestError(f"index of {name} refers to itself (cycle at {entry.digest})")
         seen.add(entry.digest)

@@ -63,7 +63,6 @@ class MediaTypes:
         if compression == "none":
             return self.layer_tar
         if self.layer_zstd is None:
-
             raise UsageError(
                 "zstd layers need an OCI base image: the base is Docker v2, whose media "
                 "types have no zstd layer; use --compression gzip"
@@ -71,13 +70,19 @@ class MediaTypes:
         return self.layer_zstd
 
 
-OCI = MediaTypes("oci", OCI_MANIFEST, OCI_INDEX, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER,
-                 OCI_LAYER_ZSTD)
-DOCKER = MediaTypes("docker", DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_CONFIG,
-                    DOCKER_LAYER_GZIP, DOCKER_LAYER, None)
+OCI = MediaTypes("oci", OCI_MANIFEST, OCI_INDEX, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER, OCI_LAYER_ZSTD)
+DOCKER = MediaTypes(
+    "docker", DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER, None
+)
 
-_DOCKER_TYPES = {DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_CONFIG, DOCKER_LAYER_GZIP,
-                 DOCKER_LAYER, DOCKER_FOREIGN_LAYER}
+_DOCKER_TYPES = {
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER,
+    DOCKER_FOREIGN_LAYER,
+}
 
 
 def family_of(media_type: str) -> MediaTypes:

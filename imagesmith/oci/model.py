@@ -110,10 +110,7 @@ class Platform:
         """Parse ``os/arch[/variant]`` (``linux/arm64/v8``); architecture aliases normalised."""
         parts = text.strip().split("/")
         if len(parts) not in (2, 3) or not all(parts):
-
-            raise UsageError(
-                f"invalid platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/amd64"
-            )
+            raise UsageError(f"invalid platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")
         return cls(parts[0].lower(), parts[1].lower(), parts[2].lower() if len(parts) == 3 else None)
 
     @classmethod
@@ -328,9 +325,7 @@ class Index:
             raise ManifestError(f"{what} has no 'manifests' list")
         return cls(
             media_type=media_type,
-            manifests=tuple(
-                Descriptor.from_json(x, f"{what} entry {i}") for i, x in enumerate(entries)
-            ),
+            manifests=tuple(Descriptor.from_json(x, f"{what} entry {i}") for i, x in enumerate(entries)),
             annotations=_str_map(obj, "annotations", what),
         )
 
@@ -366,9 +361,7 @@ def parse_manifest_document(
     if declared in ("application/json", "text/plain", "application/octet-stream"):
         declared = None
     if embedded and declared and embedded != declared:
-        raise ManifestError(
-            f"{what} declares mediaType {embedded!r} but was served as {declared!r}"
-        )
+        raise ManifestError(f"{what} declares mediaType {embedded!r} but was served as {declared!r}")
     media_type = embedded or declared
     if media_type is None:
         # OCI allows an absent mediaType; infer it from the shape.
@@ -380,9 +373,7 @@ def parse_manifest_document(
     if mt.is_manifest(media_type):
         return Manifest.from_json(obj, media_type)
     if media_type == "application/vnd.docker.distribution.manifest.v1+prettyjws":
-        raise ManifestError(
-            f"{what} is a Docker schema 1 manifest, which is deprecated and unsupported"
-        )
+        raise ManifestError(f"{what} is a Docker schema 1 manifest, which is deprecated and unsupported")
     raise ManifestError(f"{what} has unsupported media type {media_type!r}")
 
 
@@ -451,9 +442,7 @@ class ImageConfig:
                 raise ManifestError(f"{what}: config.Env must be a list of KEY=VALUE strings")
             for entry in env:
                 if not isinstance(entry, str) or "=" not in entry:
-                    raise ManifestError(
-                        f"{what}: config.Env entry {entry!r} is not of the form KEY=VALUE"
-                    )
+                    raise ManifestError(f"{what}: config.Env entry {entry!r} is not of the form KEY=VALUE")
         history = self.raw.get("history")
         if history is not None and not isinstance(history, list):
             raise ManifestError(f"{what}: 'history' must be a list")
@@ -461,9 +450,7 @@ class ImageConfig:
     def check_layers(self, layer_count: int, what: str = "image config") -> None:
         """The config must describe exactly ``layer_count`` layers (diff_ids and history)."""
         if len(self.diff_ids) != layer_count:
-            raise ManifestError(
-                f"{what} lists {len(self.diff_ids)} diff_ids for {layer_count} layers"
-            )
+            raise ManifestError(f"{what} lists {len(self.diff_ids)} diff_ids for {layer_count} layers")
         history = self.raw.get("history")
         if history:
             non_empty = sum(1 for h in history if not (isinstance(h, dict) and h.get("empty_layer")))
@@ -510,9 +497,7 @@ class ImageConfig:
     def _copy(self) -> dict[str, Any]:
         return copy.deepcopy(dict(self.raw))
 
-    def with_layers(
-        self, diff_ids: Sequence[Digest], history: Sequence[HistoryEntry]
-    ) -> ImageConfig:
+    def with_layers(self, diff_ids: Sequence[Digest], history: Sequence[HistoryEntry]) -> ImageConfig:
         """Append layers (their diff_ids) and history entries, one non-empty per layer."""
         raw = self._copy()
         rootfs = raw.setdefault("rootfs", {"type": "layers", "diff_ids": []})
@@ -522,8 +507,9 @@ class ImageConfig:
         # base that has none so the counts stay consistent.
         existing = raw.get("history")
         if not existing and rootfs["diff_ids"]:
-            raw["history"] = [{"created_by": "imagesmith: base layer (no history)"}
-                              for _ in rootfs["diff_ids"]]
+            raw["history"] = [
+                {"created_by": "imagesmith: base layer (no history)"} for _ in rootfs["diff_ids"]
+            ]
         rootfs["diff_ids"].extend(str(d) for d in diff_ids)
         raw.setdefault("history", []).extend(h.to_json() for h in history)
         return ImageConfig(raw)
@@ -580,7 +566,8 @@ def select_platform(index: Index, wanted: Platform) -> Descriptor:
     raises :class:`PlatformError` listing what the index offers.
     """
     matching = [
-        d for d in index.manifests
+        d
+        for d in index.manifests
         if d.platform is not None
         and not (d.platform.os == "unknown" and d.platform.architecture == "unknown")
         and (mt.is_manifest(d.media_type) or mt.is_index(d.media_type))

@@ -57,8 +57,7 @@ def validate_tag(tag: str, original: str | None = None) -> str:
     if not _TAG.fullmatch(tag) or not tag.isascii():
         shown = original if original is not None else tag
         raise ReferenceFormatError(
-            f"invalid tag {tag!r} in {shown!r}: up to 128 of A-Z a-z 0-9 _ . -, "
-            "not starting with . or -"
+            f"invalid tag {tag!r} in {shown!r}: up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -"
         )
     return tag
 

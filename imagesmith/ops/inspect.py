@@ -100,8 +100,15 @@ def inspect(
             entries = tuple(
                 (str(d.platform) if d.platform else "-", str(d.digest)) for d in document.manifests
             )
-            return InspectResult(ref, digest, document.media_type, document, platform_manifests=entries,
-                                 source=shown, raw=raw.data)  # fmt: skip
+            return InspectResult(
+                ref,
+                digest,
+                document.media_type,
+                document,
+                platform_manifests=entries,
+                source=shown,
+                raw=raw.data,
+            )
         if document.config.media_type not in (mt.OCI_CONFIG, mt.DOCKER_CONFIG):
             # An artifact (such as an index tag payload): show the manifest without a config.
             return InspectResult(ref, digest, document.media_type, document, source=shown, raw=raw.data)

@@ -52,10 +52,12 @@ __all__ = [
 log = logging.getLogger("imagesmith.merge")
 
 
-_SCHEMA1_TYPES = frozenset({
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    "application/vnd.docker.distribution.manifest.v1+json",
-})  # fmt: skip
+_SCHEMA1_TYPES = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/vnd.docker.distribution.manifest.v1+json",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,9 @@ def _children_of(client: RegistryClient, source: Reference, shown: str) -> list[
         parsed = _parse(child, entry_shown)
         if isinstance(parsed, Manifest) and parsed.config.media_type not in (mt.OCI_CONFIG, mt.DOCKER_CONFIG):
             # An artifact beside the images (a signature, an SBOM): no platform to run.
-            log.info("leaving out %s: an artifact (config %s), not an image", entry_shown,
-                     parsed.config.media_type)  # fmt: skip
+            log.info(
+                "leaving out %s: an artifact (config %s), not an image", entry_shown, parsed.config.media_type
+            )
             continue
         manifest = _image(parsed, entry_shown)
         descriptor = entry
@@ -195,8 +198,15 @@ def _children_of(client: RegistryClient, source: Reference, shown: str) -> list[
             # An index may leave the platform out; the image's own config tells it.
             data = client.get_blob_bytes(repository, manifest.config, MAX_CONFIG_SIZE)
             platform = _config_platform(ImageConfig.parse(data, f"config of {entry_shown}"), entry_shown)
-            descriptor = Descriptor(entry.media_type, entry.digest, entry.size, entry.annotations,
-                                    platform, entry.urls, entry.artifact_type)  # fmt: skip
+            descriptor = Descriptor(
+                entry.media_type,
+                entry.digest,
+                entry.size,
+                entry.annotations,
+                platform,
+                entry.urls,
+                entry.artifact_type,
+            )
         children.append(_Child(descriptor, manifest, child.data, repository, shown))
     if not children:
         raise UsageError(f"{shown} is an index without a runnable image (only attestations or artifacts)")
@@ -228,8 +238,12 @@ def _select(children: Sequence[_Child]) -> list[_Child]:
     for child in children:
         descriptor = child.descriptor
         if descriptor.digest in by_digest:
-            log.debug("%s is named twice (by %s and %s): listed once", descriptor.digest,
-                      by_digest[descriptor.digest].source, child.source)  # fmt: skip
+            log.debug(
+                "%s is named twice (by %s and %s): listed once",
+                descriptor.digest,
+                by_digest[descriptor.digest].source,
+                child.source,
+            )
             continue
         assert descriptor.platform is not None
         key = _platform_key(descriptor.platform)
@@ -306,8 +320,11 @@ def merge_images(
     # Written as every registry write is (RegistrySink): with no cache, a blob the registry
     # refuses to mount is streamed over from its repository, never stored here.
     sink = RegistrySink(target_ref, pool=pool, cache=None)
-    run_parallel(lambda item: sink.put_blob(item[0], RemoteOrigin(target_ref.registry, item[1]), progress),
-                 list(blobs.values()), max(1, jobs))  # fmt: skip
+    run_parallel(
+        lambda item: sink.put_blob(item[0], RemoteOrigin(target_ref.registry, item[1]), progress),
+        list(blobs.values()),
+        max(1, jobs),
+    )
     for child in children:
         if child.repository != repository:
             descriptor = child.descriptor

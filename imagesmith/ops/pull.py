@@ -216,10 +216,14 @@ def pull(
         stats = _unpack_into(
             target,
             lambda root: unpack_layers(
-                paths, root, policy=policy, diff_ids=[layer.diff_id for layer in layers],
-                names=[str(layer.digest) for layer in layers], progress=progress,
+                paths,
+                root,
+                policy=policy,
+                diff_ids=[layer.diff_id for layer in layers],
+                names=[str(layer.digest) for layer in layers],
+                progress=progress,
             ),
-        )  # fmt: skip
+        )
         return PullResult(str(location), str(resolved.digest), target, len(paths), stats)
     finally:
         if owned:

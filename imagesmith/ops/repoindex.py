@@ -367,8 +367,9 @@ def _is_image(manifest: Manifest) -> bool:
     # An artifact (artifactType, or a config that is not an image config) is not an image:
     # a Spack or imagesmith index, a signature, an SBOM, a Helm chart.
     return manifest.artifact_type is None and manifest.config.media_type in (
-        mt.OCI_CONFIG, mt.DOCKER_CONFIG,
-    )  # fmt: skip
+        mt.OCI_CONFIG,
+        mt.DOCKER_CONFIG,
+    )
 
 
 def _image_config(client: RegistryClient, repository: str, manifest: Manifest, what: str) -> ImageConfig:
@@ -413,9 +414,14 @@ def _describe(
             log.debug("%s is an artifact, not an image: not indexed", what)
             return "not-image"
         config = _image_config(client, repository, document, what)
-        return _Document(document.media_type, len(got.data), config.labels,
-                         _spack_identity(config.raw), _platform_of(config),
-                         _spack_nodes(config.raw))  # fmt: skip
+        return _Document(
+            document.media_type,
+            len(got.data),
+            config.labels,
+            _spack_identity(config.raw),
+            _platform_of(config),
+            _spack_nodes(config.raw),
+        )
     except NotFoundError as exc:
         log.info("%s vanished while indexing (%s): left out", what, exc)
         return "gone"
@@ -527,9 +533,10 @@ def _scan(
         if old is not None and known_kind and old.digest == str(head.digest):
             entries.append(old if old.spack is not None else replace(old, spack=False))
         elif known_skipped.get(tag) == str(head.digest) or not (
-            mt.is_manifest(head.media_type) or mt.is_index(head.media_type)
+            mt.is_manifest(head.media_type)
+            or mt.is_index(head.media_type)
             or head.media_type in ("", "application/json")
-        ):  # fmt: skip
+        ):
             skipped.append((tag, str(head.digest)))
         else:
             pending.setdefault(head.digest, []).append(tag)
@@ -551,14 +558,26 @@ def _scan(
             elif isinstance(document, _Document):
                 name, version, package_hash = _identity(document, tag)
                 # Spack finds a package only under its own tag: an alias is just an image.
-                spack = document.spack is not None and document.spec is not None and (
-                    tag == spack_tag(*document.spec)
+                spack = (
+                    document.spack is not None
+                    and document.spec is not None
+                    and (tag == spack_tag(*document.spec))
                 )
                 if spack and document.spack is not None and document.spec is not None:
                     specs[document.spec[2]] = document.spack
-                entries.append(IndexEntry(tag, str(digest), document.media_type, name, version,
-                                          package_hash, document.platforms, document.size,
-                                          spack))  # fmt: skip
+                entries.append(
+                    IndexEntry(
+                        tag,
+                        str(digest),
+                        document.media_type,
+                        name,
+                        version,
+                        package_hash,
+                        document.platforms,
+                        document.size,
+                        spack,
+                    )
+                )
     return RepositoryIndex(shown, tuple(entries), tuple(skipped)), specs
 
 
@@ -581,11 +600,13 @@ def _payload_descriptor(manifest: Manifest | Index, shown: str) -> Descriptor:
             )
         raise _ForeignIndexError(f"{shown} is not an imagesmith index: it holds {kind}")
     if manifest.media_type != mt.OCI_MANIFEST:
-        raise ManifestError(f"index {shown} has manifest type {manifest.media_type!r}, "
-                            f"not {mt.OCI_MANIFEST!r}")  # fmt: skip
+        raise ManifestError(
+            f"index {shown} has manifest type {manifest.media_type!r}, not {mt.OCI_MANIFEST!r}"
+        )
     if manifest.config.media_type != mt.OCI_EMPTY:
-        raise ManifestError(f"index {shown} has config type {manifest.config.media_type!r}, "
-                            f"not {mt.OCI_EMPTY!r}")  # fmt: skip
+        raise ManifestError(
+            f"index {shown} has config type {manifest.config.media_type!r}, not {mt.OCI_EMPTY!r}"
+        )
     if len(manifest.layers) != 1 or manifest.layers[0].media_type != INDEX_MEDIA_TYPE:
         raise ManifestError(f"index {shown} must have exactly one layer of type {INDEX_MEDIA_TYPE!r}")
     return manifest.layers[0]
@@ -600,8 +621,11 @@ def _stored_manifest(client: RegistryClient, repository: Reference, tag: str) ->
         raise NotFoundError(
             f"{repository.name} has no index (tag {tag}): create it with "
             f"`imagesmith index update {repository.name}{option}` ({exc})",
-            method=exc.method, url=exc.url, status=exc.status, codes=exc.codes,
-        ) from None  # fmt: skip
+            method=exc.method,
+            url=exc.url,
+            status=exc.status,
+            codes=exc.codes,
+        ) from None
     return parse_manifest_document(got.data, got.media_type, f"index {shown}")
 
 
@@ -734,8 +758,14 @@ def spack_index_manifest(database: SpackDatabase) -> tuple[Manifest, bytes]:
     return _artifact(database.media_type, payload, _PAYLOAD_FILE), payload
 
 
-def _push_artifact(pool: RegistryPool, repository: Reference, tag: str, manifest: Manifest,
-                   payload: bytes, progress: ProgressCallback) -> str:  # fmt: skip
+def _push_artifact(
+    pool: RegistryPool,
+    repository: Reference,
+    tag: str,
+    manifest: Manifest,
+    payload: bytes,
+    progress: ProgressCallback,
+) -> str:
     """Blobs first (HEAD, else upload), the manifest last, through the one registry write path."""
     sink = RegistrySink(repository.with_tag(tag), pool=pool, cache=None)
     sink.put_blob_bytes(EMPTY_CONFIG, EMPTY_JSON, progress, what="")
@@ -780,8 +810,9 @@ def _spack_database(
 
     def fetch(entry: IndexEntry) -> _SpecNodes | None:
         descriptor = Descriptor(entry.media_type, Digest.parse(entry.digest), entry.size)
-        described = _describe_manifest(client, repository.repository, descriptor,
-                                       f"manifest {repository.name}:{entry.tag}")  # fmt: skip
+        described = _describe_manifest(
+            client, repository.repository, descriptor, f"manifest {repository.name}:{entry.tag}"
+        )
         return None if described is None else _spack_nodes(described[1].raw)
 
     for entry, nodes in zip(missing, _parallel(fetch, missing, jobs), strict=True):
@@ -840,8 +871,7 @@ def update_index(
     if not database.packages and not spack_state.present:
         return IndexUpdate(index, digest)
     spack_manifest, spack_payload = spack_index_manifest(database)
-    spack_digest = _push_artifact(pool, repository, SPACK_INDEX_TAG, spack_manifest, spack_payload,
-                                  progress)  # fmt: skip
+    spack_digest = _push_artifact(pool, repository, SPACK_INDEX_TAG, spack_manifest, spack_payload, progress)
     return IndexUpdate(index, digest, database, spack_digest)
 
 
@@ -861,11 +891,20 @@ def _database_entries(
     tags = [spack_tag(r.name, r.version, h) for r, h in zip(records, database.packages, strict=True)]
     heads = _parallel(lambda t: client.head_manifest(repository.repository, t), tags, jobs)
     entries = [
-        IndexEntry(tag, str(head.digest), head.media_type, record.name, record.version, package_hash,
-                   node_platform(record.node), head.size, spack=True)
+        IndexEntry(
+            tag,
+            str(head.digest),
+            head.media_type,
+            record.name,
+            record.version,
+            package_hash,
+            node_platform(record.node),
+            head.size,
+            spack=True,
+        )
         for tag, head, record, package_hash in zip(tags, heads, records, database.packages, strict=True)
         if head is not None
-    ]  # fmt: skip
+    ]
     return RepositoryIndex(repository.name, tuple({e.tag: e for e in entries}.values()))
 
 

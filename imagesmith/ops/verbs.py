@@ -72,8 +72,12 @@ class Tagged:
     references: tuple[Reference, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": str(self.source), "digest": str(self.digest), "mediaType": self.media_type,
-                "references": [str(r) for r in self.references]}  # fmt: skip
+        return {
+            "source": str(self.source),
+            "digest": str(self.digest),
+            "mediaType": self.media_type,
+            "references": [str(r) for r in self.references],
+        }
 
 
 @contextmanager

@@ -155,9 +155,7 @@ def _choose_groups(
 ) -> dict[str, list[frozenset[str]]]:
     """The groups each over-budget image uses (see the module docstring); ``groups`` collects
     every group made, in the order made."""
-    closures = {
-        image: frozenset(k for k in stacks[image][:-1] if k != stacks[image][-1]) for image in large
-    }
+    closures = {image: frozenset(k for k in stacks[image][:-1] if k != stacks[image][-1]) for image in large}
     groupable = {image: members - fixed for image, members in closures.items()}
     # Which over-budget images hold each package: its "signature". Packages with the same one
     # are interchangeable for every such image; popular ones are held by many.

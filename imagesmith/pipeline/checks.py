@@ -58,10 +58,19 @@ def check_runtime_closure(
         packages = {layer.layer.digest: layer.label for layer in layers}
         origins = [layer.origin for layer in image.layers]
         registries = {origin.registry for origin in origins if isinstance(origin, RemoteOrigin)}
-        keep = any(not (isinstance(d, RegistryLocation) and d.reference.registry in registries)
-                   for d in destinations)  # fmt: skip
-        report = check_closure(image, packages, pool=pool, cache=cache, jobs=options.jobs, progress=progress,
-                               memo=memo, keep_in_cache=keep)  # fmt: skip
+        keep = any(
+            not (isinstance(d, RegistryLocation) and d.reference.registry in registries) for d in destinations
+        )
+        report = check_closure(
+            image,
+            packages,
+            pool=pool,
+            cache=cache,
+            jobs=options.jobs,
+            progress=progress,
+            memo=memo,
+            keep_in_cache=keep,
+        )
         closure_gate(report, options.check)
         reports.append(report)
     return reports
@@ -104,16 +113,26 @@ def attach_and_sign(
     described = SbomImage(shown, digest, str(image.config.platform), created, base.pinned, packages)
     sboms = tuple((fmt, render_sbom(described, fmt)) for fmt in dict.fromkeys(options.sbom))
     attached = tuple(
-        attach(destination, subject, SBOM_MEDIA_TYPES[fmt], document, filename=SBOM_FILENAMES[fmt], pool=pool,
-               cache=cache, created=created, progress=progress)
+        attach(
+            destination,
+            subject,
+            SBOM_MEDIA_TYPES[fmt],
+            document,
+            filename=SBOM_FILENAMES[fmt],
+            pool=pool,
+            cache=cache,
+            created=created,
+            progress=progress,
+        )
         for destination in destinations
         if destination.takes_referrers
         for fmt, document in sboms
-    )  # fmt: skip
+    )
     key = options.signing_key
     signed = tuple(
-        sign_image(destination.reference, key, pool=pool, cache=cache, digest=subject.digest,
-                   progress=progress)
+        sign_image(
+            destination.reference, key, pool=pool, cache=cache, digest=subject.digest, progress=progress
+        )
         for destination in destinations
         if key is not None and isinstance(destination, RegistryLocation)
     )

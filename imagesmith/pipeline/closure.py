@@ -104,8 +104,15 @@ _MULTIARCH: dict[str, tuple[str, str]] = {
     "loong64": ("loongarch64-linux-gnu", "lib64"),
 }
 # What $PLATFORM expands to (the AT_PLATFORM string the kernel passes).
-_AT_PLATFORM = {"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "arm": "v7l", "ppc64le": "power8",
-                "s390x": "z13", "riscv64": "riscv64"}  # fmt: skip
+_AT_PLATFORM = {
+    "amd64": "x86_64",
+    "arm64": "aarch64",
+    "386": "i686",
+    "arm": "v7l",
+    "ppc64le": "power8",
+    "s390x": "z13",
+    "riscv64": "riscv64",
+}
 
 
 class ClosureError(PackageError):
@@ -210,8 +217,13 @@ class LayerSummary:
         def entry(e: tuple[Any, ...]) -> list[Any]:
             if e[0] == "f":
                 ident = e[2]
-                return ["f", e[1], None if ident is None else
-                        [ident.elf_class, ident.little_endian, ident.kind, ident.machine]]  # fmt: skip
+                return [
+                    "f",
+                    e[1],
+                    None
+                    if ident is None
+                    else [ident.elf_class, ident.little_endian, ident.kind, ident.machine],
+                ]
             return list(e)
 
         return {
@@ -229,8 +241,15 @@ class LayerSummary:
         for raw in obj["entries"]:
             if raw[0] == "f":
                 ident = raw[2]
-                entries.append(("f", str(raw[1]), None if ident is None else ElfIdentity(
-                    int(ident[0]), bool(ident[1]), str(ident[2]), int(ident[3]))))  # fmt: skip
+                entries.append(
+                    (
+                        "f",
+                        str(raw[1]),
+                        None
+                        if ident is None
+                        else ElfIdentity(int(ident[0]), bool(ident[1]), str(ident[2]), int(ident[3])),
+                    )
+                )
             elif raw[0] in ("h", "l", "t") and len(raw) == 3:
                 entries.append((raw[0], str(raw[1]), str(raw[2])))
             elif raw[0] in ("d", "w", "o") and len(raw) == 2:
@@ -294,8 +313,14 @@ def summarize_layer(stream: Readable, what: str, *, inspect_elves: bool) -> Laye
     except LayerError as exc:
         raise UnpackError(f"{exc}; cannot read it") from None
     # The one tar reader the unpacker uses too: the check sees the tree a runtime unpacks.
-    reader = TarReader(source, what, max_bytes=UnpackPolicy().max_bytes, error=UnpackError,
-                       advice="the layer is truncated or corrupt: fetch it again", limits="UnpackPolicy")
+    reader = TarReader(
+        source,
+        what,
+        max_bytes=UnpackPolicy().max_bytes,
+        error=UnpackError,
+        advice="the layer is truncated or corrupt: fetch it again",
+        limits="UnpackPolicy",
+    )
     for member in reader.members():
         data = reader.data()
         path = _clean(member.name)
@@ -308,7 +333,7 @@ def summarize_layer(stream: Readable, what: str, *, inspect_elves: bool) -> Laye
             if base == _OPAQUE:
                 entries.append(("o", parent))
             elif not base.startswith(".wh..wh."):
-                entries.append(("w", posixpath.join(parent, base[len(_WHITEOUT):])))
+                entries.append(("w", posixpath.join(parent, base[len(_WHITEOUT) :])))
             continue
         if kind == "dir":
             entries.append(("d", path))
@@ -722,10 +747,17 @@ def check_closure(
         if known is not None:
             return known
         what = f"layer {layer.digest} ({'package ' + label if label else 'base'})"
-        summary, read = layer_summary(layer, inspect_elves=label is not None, pool=pool, cache=cache,
-                                      what=what, keep=keep_in_cache)  # fmt: skip
-        progress(ProgressEvent("layer-checked", label or str(layer.digest), layer.descriptor.size,
-                               "read" if read else "from its record"))  # fmt: skip
+        summary, read = layer_summary(
+            layer, inspect_elves=label is not None, pool=pool, cache=cache, what=what, keep=keep_in_cache
+        )
+        progress(
+            ProgressEvent(
+                "layer-checked",
+                label or str(layer.digest),
+                layer.descriptor.size,
+                "read" if read else "from its record",
+            )
+        )
         if memo is not None:
             memo[key] = summary
         return summary
@@ -759,8 +791,15 @@ def check_closure(
     runnable: list[_Elf] = []
     for elf in elves:
         if expected is not None and not elf.info.identity.compatible(expected):
-            findings.append(Finding("wrong-machine", elf.path, elf.package, elf.info.identity.describe(),
-                                    detail=_platform_text(platform, expected)))  # fmt: skip
+            findings.append(
+                Finding(
+                    "wrong-machine",
+                    elf.path,
+                    elf.package,
+                    elf.info.identity.describe(),
+                    detail=_platform_text(platform, expected),
+                )
+            )
         else:
             runnable.append(elf)
     search = _Search(index, image.config.env, platform)
@@ -771,8 +810,12 @@ def check_closure(
     findings += _check_needed(search, runnable)
     order = {label: i for i, label in enumerate(dict.fromkeys(packages.values()))}
     findings.sort(key=lambda f: (order.get(f.package, len(order)), f.binary, f.kind))
-    return ClosureReport(str(platform), len(elves) + sum(1 for f in findings if f.kind == "unreadable-elf"),
-                         len(set(packages.values())), tuple(findings))  # fmt: skip
+    return ClosureReport(
+        str(platform),
+        len(elves) + sum(1 for f in findings if f.kind == "unreadable-elf"),
+        len(set(packages.values())),
+        tuple(findings),
+    )
 
 
 def closure_gate(report: ClosureReport, mode: CheckMode) -> None:
@@ -783,7 +826,8 @@ def closure_gate(report: ClosureReport, mode: CheckMode) -> None:
     first = report.findings[0]
     more = len(report.findings) - 1
     raise ClosureError(
-        f"{report.summary()}: {first.line()}" + (f" (and {more} more)" if more else "")
+        f"{report.summary()}: {first.line()}"
+        + (f" (and {more} more)" if more else "")
         + "; nothing was written: add the missing packages, or build with --check=warn",
         report,
     )

@@ -81,8 +81,10 @@ class ElfIdentity:
     def compatible(self, other: ElfIdentity) -> bool:
         """Whether the loader would load one for the other: same class, byte order, machine."""
         return (self.elf_class, self.little_endian, self.machine) == (
-            other.elf_class, other.little_endian, other.machine
-        )  # fmt: skip
+            other.elf_class,
+            other.little_endian,
+            other.machine,
+        )
 
     def describe(self) -> str:
         """``EM_X86_64 (64-bit, little endian)``."""
@@ -144,10 +146,17 @@ class ElfInfo:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ElfInfo:
         """The inverse of :meth:`to_json` (a cache record written by this module)."""
-        identity = ElfIdentity(int(obj["class"]), bool(obj["little_endian"]), str(obj["type"]),
-                               int(obj["machine"]))  # fmt: skip
-        return cls(identity, obj.get("interpreter"), tuple(obj["needed"]), tuple(obj["rpath"]),
-                   tuple(obj["runpath"]), obj.get("soname"))  # fmt: skip
+        identity = ElfIdentity(
+            int(obj["class"]), bool(obj["little_endian"]), str(obj["type"]), int(obj["machine"])
+        )
+        return cls(
+            identity,
+            obj.get("interpreter"),
+            tuple(obj["needed"]),
+            tuple(obj["rpath"]),
+            tuple(obj["runpath"]),
+            obj.get("soname"),
+        )
 
 
 def _text(value: object, what: str) -> str:

@@ -90,8 +90,13 @@ def content_layer(
     extra = {"spack-relocation": relocation.to_json()} if relocation is not None else None
     key, total = (
         layerrecords.input_key_size(
-            content, prefix, preserve=preserve, compression=compression, level=level,
-            media_types=media_types, extra=extra,
+            content,
+            prefix,
+            preserve=preserve,
+            compression=compression,
+            level=level,
+            media_types=media_types,
+            extra=extra,
         )
         if reuse
         else (None, 0)
@@ -109,11 +114,13 @@ def content_layer(
             if uploads.present(known.digest):
                 return known, True
     options: dict[str, Any] = {
-        "media_types": media_types, "compression": compression, "level": level,
+        "media_types": media_types,
+        "compression": compression,
+        "level": level,
         "progress": (lambda done: progress(done, total)) if progress is not None else None,
         "follower": uploads.follower(label) if uploads is not None else None,
         "directory_depth": _inspected_depth(prefix),
-    }  # fmt: skip
+    }
     if content.is_dir():
         entries: Iterable[TarEntry] = directory_entries(content, prefix, preserve=preserve)
         if relocation is not None:
@@ -140,14 +147,31 @@ def _inspected_depth(prefix: str) -> int:
 
 
 def _rebuild_origin(
-    blob: LayerBlob, content: Path, prefix: str, cache: BlobCache, media_types: mt.MediaTypes, *,
-    compression: mt.Compression, level: int | None, preserve: bool, relocation: Relocation | None = None,
-) -> layerrecords.RebuildOrigin:  # fmt: skip
+    blob: LayerBlob,
+    content: Path,
+    prefix: str,
+    cache: BlobCache,
+    media_types: mt.MediaTypes,
+    *,
+    compression: mt.Compression,
+    level: int | None,
+    preserve: bool,
+    relocation: Relocation | None = None,
+) -> layerrecords.RebuildOrigin:
     """How to make ``blob`` again from its input: :func:`content_layer`, without reuse."""
 
     def rebuild() -> LayerBlob:
-        return content_layer(content, prefix, cache, media_types, compression=compression, level=level,
-                             preserve=preserve, reuse=False, relocation=relocation)[0]  # fmt: skip
+        return content_layer(
+            content,
+            prefix,
+            cache,
+            media_types,
+            compression=compression,
+            level=level,
+            preserve=preserve,
+            reuse=False,
+            relocation=relocation,
+        )[0]
 
     return layerrecords.RebuildOrigin(blob, cache, f"the layer of {content}", rebuild)
 
@@ -169,17 +193,27 @@ def adopted_layer(
     Returns the layer and whether it was reused.
     """
     key = layerrecords.input_key(
-        tarball, prefix, preserve=False, compression="none", level=None, media_types=media_types,
+        tarball,
+        prefix,
+        preserve=False,
+        compression="none",
+        level=None,
+        media_types=media_types,
         extra={"adopted": str(checksum) if checksum is not None else True},
-    )  # fmt: skip
+    )
     found = layerrecords.recorded(cache, key)
     if found is not None:
         return found, True
     blob = adopt_tarball(
-        tarball, prefix, media_types, expected=checksum, required=(BUILDINFO_PATH, ".spack/spec.json"),
-        follower=uploads.follower(label) if uploads is not None else None, progress=progress,
+        tarball,
+        prefix,
+        media_types,
+        expected=checksum,
+        required=(BUILDINFO_PATH, ".spack/spec.json"),
+        follower=uploads.follower(label) if uploads is not None else None,
+        progress=progress,
         directory_depth=_inspected_depth(prefix),
-    )  # fmt: skip
+    )
     layerrecords.remember(cache, key, blob)
     return blob, False
 
@@ -225,10 +259,15 @@ def build_package_layers(
             blob, reused = found, True
         elif isinstance(spack_content, SpackTarball):
             blob, reused = adopted_layer(
-                package.content, package.prefix.lstrip("/"), cache, media_types,
-                checksum=spack_content.checksum, uploads=upload, label=subject,
+                package.content,
+                package.prefix.lstrip("/"),
+                cache,
+                media_types,
+                checksum=spack_content.checksum,
+                uploads=upload,
+                label=subject,
                 progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
-            )  # fmt: skip
+            )
         else:
             relocation = spack_content.relocation if isinstance(spack_content, SpackPrefix) else None
             blob, reused = content_layer(
@@ -278,10 +317,16 @@ def build_package_layers(
             assert package.content is not None  # one() made sure
             spack_content = package.spack_content
             origin = _rebuild_origin(
-                blob, package.content, package.prefix.lstrip("/"), cache, media_types,
-                compression=options.compression, level=options.level, preserve=False,
+                blob,
+                package.content,
+                package.prefix.lstrip("/"),
+                cache,
+                media_types,
+                compression=options.compression,
+                level=options.level,
+                preserve=False,
                 relocation=spack_content.relocation if isinstance(spack_content, SpackPrefix) else None,
-            )  # fmt: skip
+            )
         built.append(BuiltPackage(package, blob, digest_hash, tuple(env), origin, problem))
     return built
 
@@ -383,12 +428,15 @@ def build_group_layers(
         def build_group(follower: bool) -> LayerBlob:
             with closing(group_entries(parts, tmpdir=cache.tmp_dir)) as entries:
                 return build_layer(
-                    entries, cache, media_types=media_types, compression=options.compression,
+                    entries,
+                    cache,
+                    media_types=media_types,
+                    compression=options.compression,
                     level=options.level,
                     progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
                     follower=uploads.follower(subject) if uploads is not None and follower else None,
                     directory_depth=1,  # nothing reads a group's directories: keep its record small
-                )  # fmt: skip
+                )
 
         key = group_record_key(
             [(m.package.prefix, m.layer.diff_id) for m in members],
@@ -470,6 +518,9 @@ def _platform_layers(
         built = build_package_layers(pkgs, cache, media_types, options, progress, uploads, shared, singles)
         by_key = {b.package.key: b for b in built}
         built_by.append(built)
-        groups_by.append(build_group_layers(plan, by_key, cache, media_types, options, progress, uploads,
-                                            shared_groups, images))  # fmt: skip
+        groups_by.append(
+            build_group_layers(
+                plan, by_key, cache, media_types, options, progress, uploads, shared_groups, images
+            )
+        )
     return built_by, groups_by

@@ -106,8 +106,15 @@ def input_key(
 ) -> str:
     """The identity of a layer input: its content's metadata plus every setting that shapes it
     (``extra``: anything else that does, such as a generated file's inputs)."""
-    return input_key_size(content, prefix, preserve=preserve, compression=compression, level=level,
-                          media_types=media_types, extra=extra)[0]  # fmt: skip
+    return input_key_size(
+        content,
+        prefix,
+        preserve=preserve,
+        compression=compression,
+        level=level,
+        media_types=media_types,
+        extra=extra,
+    )[0]
 
 
 def input_key_size(

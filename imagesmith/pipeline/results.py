@@ -223,8 +223,10 @@ def _notes(built: Sequence[BuiltPackage], spack: bool) -> tuple[str, ...]:
         return ()
     top = built[-1]
     reason = top.spack_problem or _PROFILE_PROBLEM
-    return (f"{top.package.label} is not a Spack build-cache entry (no .spack tag, no Spack config keys): "
-            f"{reason}",)  # fmt: skip
+    return (
+        f"{top.package.label} is not a Spack build-cache entry (no .spack tag, no Spack config keys): "
+        f"{reason}",
+    )
 
 
 def _tag_of(reference: Reference | None, destinations: Sequence[Location]) -> str:

@@ -189,8 +189,13 @@ def _write_index(
     """A multi-platform build's images, then its index, to each destination."""
     for destination in destinations:
         with open_sink(destination, pool=pool, cache=cache) as sink:
-            write_index(list(zip(images, index_platforms, strict=True)), index, sink,
-                        jobs=options.jobs, progress=progress)  # fmt: skip
+            write_index(
+                list(zip(images, index_platforms, strict=True)),
+                index,
+                sink,
+                jobs=options.jobs,
+                progress=progress,
+            )
 
 
 def build(
@@ -238,8 +243,19 @@ def build(
     with _registry_pool(pool, registry) as pool:
         _probe_target(pool, _push_target(out, tag or repo, load=load))
         push_to = _push_target(out, tag or repo, load=load, enabled=_early_uploads_allowed(options))
-        run = _build_layers(pool, base_location, [packages], [platform], {top: packages}, [top], index=False,
-                            options=options, cache=cache, progress=progress, push_to=push_to)  # fmt: skip
+        run = _build_layers(
+            pool,
+            base_location,
+            [packages],
+            [platform],
+            {top: packages},
+            [top],
+            index=False,
+            options=options,
+            cache=cache,
+            progress=progress,
+            push_to=push_to,
+        )
         resolved = run.bases[0]
         [built], [layers] = run.stacks(top, packages)
         name = (
@@ -253,17 +269,35 @@ def build(
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
         check_trust_destinations(options, destinations)
         image = assemble(resolved, built, cache, options, _created(), layers)
-        [closure] = check_runtime_closure([(image, layers)], options, pool=pool, cache=cache,
-                                          progress=progress, destinations=destinations)  # fmt: skip
+        [closure] = check_runtime_closure(
+            [(image, layers)], options, pool=pool, cache=cache, progress=progress, destinations=destinations
+        )
         digest, loaded = write_destinations(
-            image, destinations, pool=pool, cache=cache, jobs=options.jobs,
-            docker_host=docker_host, progress=progress, uploaded=(push_to, run.uploaded),
-        )  # fmt: skip
+            image,
+            destinations,
+            pool=pool,
+            cache=cache,
+            jobs=options.jobs,
+            docker_host=docker_host,
+            progress=progress,
+            uploaded=(push_to, run.uploaded),
+        )
         named = _name_of(destinations, name)
-        trust = attach_and_sign(named, image, digest, layers, resolved, destinations, options, pool=pool,
-                                cache=cache, progress=progress)  # fmt: skip
-        return BuildResult(named, digest, resolved, image, built, tuple(destinations), loaded, closure,
-                           *trust, layers)  # fmt: skip
+        trust = attach_and_sign(
+            named,
+            image,
+            digest,
+            layers,
+            resolved,
+            destinations,
+            options,
+            pool=pool,
+            cache=cache,
+            progress=progress,
+        )
+        return BuildResult(
+            named, digest, resolved, image, built, tuple(destinations), loaded, closure, *trust, layers
+        )
 
 
 def _distinct_platforms(platforms: Sequence[Platform]) -> tuple[Platform, ...]:
@@ -327,8 +361,19 @@ def build_platforms(
     with _registry_pool(pool, registry) as pool:
         _probe_target(pool, _push_target(out, tag or repo, load=False))
         push_to = _push_target(out, tag or repo, load=False, enabled=_early_uploads_allowed(options))
-        run = _build_layers(pool, base_location, per_platform, platforms, {top: packages}, [top], index=True,
-                            options=options, cache=cache, progress=progress, push_to=push_to)  # fmt: skip
+        run = _build_layers(
+            pool,
+            base_location,
+            per_platform,
+            platforms,
+            {top: packages},
+            [top],
+            index=True,
+            options=options,
+            cache=cache,
+            progress=progress,
+            push_to=push_to,
+        )
         bases, index_platforms = run.bases, run.index_platforms
         built_by, layers_by = run.stacks(top, packages)
         images, index = _platform_index(
@@ -342,14 +387,39 @@ def build_platforms(
             default_tag = _multi_tag(built_by, platforms, options.tag_template)
         destinations = plan_destinations(name, out, load=False, default_tag=default_tag)
         check_trust_destinations(options, destinations)
-        closures = check_runtime_closure(list(zip(images, layers_by, strict=True)), options, pool=pool,
-                                         cache=cache, progress=progress,
-                                         destinations=destinations)  # fmt: skip
-        _write_index(images, index, index_platforms, destinations, pool=pool, cache=cache, options=options,
-                     progress=progress)  # fmt: skip
-        return _multi_result(_name_of(destinations, name), index, bases, images, built_by, layers_by,
-                             platforms, tuple(destinations), closures, options, pool=pool, cache=cache,
-                             progress=progress)  # fmt: skip
+        closures = check_runtime_closure(
+            list(zip(images, layers_by, strict=True)),
+            options,
+            pool=pool,
+            cache=cache,
+            progress=progress,
+            destinations=destinations,
+        )
+        _write_index(
+            images,
+            index,
+            index_platforms,
+            destinations,
+            pool=pool,
+            cache=cache,
+            options=options,
+            progress=progress,
+        )
+        return _multi_result(
+            _name_of(destinations, name),
+            index,
+            bases,
+            images,
+            built_by,
+            layers_by,
+            platforms,
+            tuple(destinations),
+            closures,
+            options,
+            pool=pool,
+            cache=cache,
+            progress=progress,
+        )
 
 
 def _platform_bases(
@@ -402,10 +472,23 @@ def _multi_result(
     unsigned = replace(options, signing_key=None)
     results = []
     for b, image, stack, layers, closure in zip(bases, images, stacks, layers_by, closures, strict=True):
-        trust = attach_and_sign(None, image, str(image.digest), layers, b, destinations, unsigned, pool=pool,
-                                cache=cache, progress=progress)  # fmt: skip
-        results.append(BuildResult(None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust,
-                                   tuple(layers)))  # fmt: skip
+        trust = attach_and_sign(
+            None,
+            image,
+            str(image.digest),
+            layers,
+            b,
+            destinations,
+            unsigned,
+            pool=pool,
+            cache=cache,
+            progress=progress,
+        )
+        results.append(
+            BuildResult(
+                None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust, tuple(layers)
+            )
+        )
     digest = str(index.digest)
     key = options.signing_key
     signed = tuple(
@@ -414,8 +497,9 @@ def _multi_result(
         if key is not None and isinstance(d, RegistryLocation)
         for signed_digest in (index.digest, *(image.digest for image in images))
     )
-    return MultiBuildResult(name, digest, index.media_type, tuple(results), tuple(platforms), destinations,
-                            signed)  # fmt: skip
+    return MultiBuildResult(
+        name, digest, index.media_type, tuple(results), tuple(platforms), destinations, signed
+    )
 
 
 def _stack_of(package: Package, by_key: Mapping[str, Package]) -> tuple[Package, ...]:
@@ -462,9 +546,7 @@ def _each_tops(packages: Sequence[Package], roots: Sequence[Package] | None) -> 
     return [p for p in packages if p.key in wanted]
 
 
-def _each_stacks(
-    packages: Sequence[Package], tops: Sequence[Package]
-) -> dict[str, tuple[Package, ...]]:
+def _each_stacks(packages: Sequence[Package], tops: Sequence[Package]) -> dict[str, tuple[Package, ...]]:
     """Each image's packages, dependencies first and its own package last (see :func:`_stack_of`)."""
     by_key = {p.key: p for p in packages}
     return {top.key: _stack_of(by_key[top.key], by_key) for top in tops}
@@ -515,30 +597,68 @@ def build_each_platforms(
     with _registry_pool(pool, registry) as pool:
         _probe_target(pool, repository)
         push_to = repository if _early_uploads_allowed(options) else None
-        run = _build_layers(pool, as_location(base), per_platform, platforms, stacks, [t.key for t in tops],
-                            index=True, options=options, cache=cache, progress=progress,
-                            push_to=push_to)  # fmt: skip
+        run = _build_layers(
+            pool,
+            as_location(base),
+            per_platform,
+            platforms,
+            stacks,
+            [t.key for t in tops],
+            index=True,
+            options=options,
+            cache=cache,
+            progress=progress,
+            push_to=push_to,
+        )
         bases, index_platforms = run.bases, run.index_platforms
         created = _created()
         plans = []
         for top in tops:
             image_stacks, layers_by = run.stacks(top.key, stacks[top.key])
-            images, index = _platform_index(bases, image_stacks, index_platforms, cache, options, created,
-                                            layers_by)  # fmt: skip
+            images, index = _platform_index(
+                bases, image_stacks, index_platforms, cache, options, created, layers_by
+            )
             tag = _multi_tag(image_stacks, platforms, options.tag_template)
             name, location = _each_location(repository, out, tag)
             check_trust_destinations(options, (location,))
-            closures = check_runtime_closure(list(zip(images, layers_by, strict=True)), options, pool=pool,
-                                             cache=cache, progress=progress,
-                                             destinations=(location,))  # fmt: skip
+            closures = check_runtime_closure(
+                list(zip(images, layers_by, strict=True)),
+                options,
+                pool=pool,
+                cache=cache,
+                progress=progress,
+                destinations=(location,),
+            )
             plans.append((image_stacks, layers_by, images, index, name, location, closures))
         results: list[MultiBuildResult] = []
         for image_stacks, layers_by, images, index, name, location, closures in plans:
-            _write_index(images, index, index_platforms, (location,), pool=pool, cache=cache, options=options,
-                         progress=progress)  # fmt: skip
-            results.append(_multi_result(name, index, bases, images, image_stacks, layers_by, platforms,
-                                         (location,), closures, options, pool=pool, cache=cache,
-                                         progress=progress))  # fmt: skip
+            _write_index(
+                images,
+                index,
+                index_platforms,
+                (location,),
+                pool=pool,
+                cache=cache,
+                options=options,
+                progress=progress,
+            )
+            results.append(
+                _multi_result(
+                    name,
+                    index,
+                    bases,
+                    images,
+                    image_stacks,
+                    layers_by,
+                    platforms,
+                    (location,),
+                    closures,
+                    options,
+                    pool=pool,
+                    cache=cache,
+                    progress=progress,
+                )
+            )
         return results
 
 
@@ -578,8 +698,19 @@ def build_each(
     with _registry_pool(pool, registry) as pool:
         _probe_target(pool, repository)
         push_to = repository if _early_uploads_allowed(options) else None
-        run = _build_layers(pool, as_location(base), [packages], [platform], stacks, images, index=False,
-                            options=options, cache=cache, progress=progress, push_to=push_to)  # fmt: skip
+        run = _build_layers(
+            pool,
+            as_location(base),
+            [packages],
+            [platform],
+            stacks,
+            images,
+            index=False,
+            options=options,
+            cache=cache,
+            progress=progress,
+            push_to=push_to,
+        )
         resolved = run.bases[0]
         created = _created()
         plans: list[_EachPlan] = []
@@ -591,20 +722,40 @@ def build_each(
             plans.append((image, location, name, stack, layers))
         wheres = [location for _, location, _, _, _ in plans]
         check_trust_destinations(options, wheres)
-        closures = check_runtime_closure([(image, layers) for image, _, _, _, layers in plans], options,
-                                         pool=pool, cache=cache, progress=progress,
-                                         destinations=wheres)  # fmt: skip
+        closures = check_runtime_closure(
+            [(image, layers) for image, _, _, _, layers in plans],
+            options,
+            pool=pool,
+            cache=cache,
+            progress=progress,
+            destinations=wheres,
+        )
         digests = write_images(
             [(image, location) for image, location, _, _, _ in plans],
-            pool=pool, cache=cache, jobs=options.jobs, progress=progress, present=run.uploaded,
-        )  # fmt: skip
+            pool=pool,
+            cache=cache,
+            jobs=options.jobs,
+            progress=progress,
+            present=run.uploaded,
+        )
         results = []
         for plan_of, digest, closure in zip(plans, digests, closures, strict=True):
             image, where, name, stack, layers = plan_of
-            trust = attach_and_sign(name, image, str(digest), layers, resolved, (where,), options, pool=pool,
-                                    cache=cache, progress=progress)  # fmt: skip
-            results.append(BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure,
-                                       *trust, layers))  # fmt: skip
+            trust = attach_and_sign(
+                name,
+                image,
+                str(digest),
+                layers,
+                resolved,
+                (where,),
+                options,
+                pool=pool,
+                cache=cache,
+                progress=progress,
+            )
+            results.append(
+                BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure, *trust, layers)
+            )
         return results
 
 
@@ -668,8 +819,9 @@ def import_rootfs(
         if cmd is not None:
             config = config.with_config_fields(Cmd=list(cmd))
         config = config.with_top_level(created=created)
-        origin = _rebuild_origin(blob, path, "", cache, media_types, compression=compression, level=None,
-                                 preserve=True)  # fmt: skip
+        origin = _rebuild_origin(
+            blob, path, "", cache, media_types, compression=compression, level=None, preserve=True
+        )
         image = Image(media_types, config, ()).append(
             [Layer(blob.descriptor(), blob.diff_id, origin)],
             [HistoryEntry(created_by=f"imagesmith: import {path.name}", created=created)],

@@ -224,9 +224,7 @@ class Authenticator:
             token = self._fetch_token(challenge, scopes)
             return "Bearer " + token.value, True
 
-    def unauthorized(
-        self, challenge: str | None, scopes: frozenset[str], sent: str | None = None
-    ) -> None:
+    def unauthorized(self, challenge: str | None, scopes: frozenset[str], sent: str | None = None) -> None:
         """Record a 401's challenge and forget the token in ``sent`` (the refused
         ``Authorization`` value), so the next :meth:`authorization` fetches a new one.
 
@@ -245,7 +243,7 @@ class Authenticator:
         with self._lock:
             self.challenge = chosen
             if sent is not None and sent.startswith("Bearer "):
-                refused = sent[len("Bearer "):]
+                refused = sent[len("Bearer ") :]
                 for key in [k for k, t in self._tokens.items() if t.value == refused]:
                     del self._tokens[key]
             if chosen.scheme == "basic":
@@ -309,9 +307,7 @@ class Authenticator:
         except ValueError:
             parts = None
         if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise AuthenticationError(
-                f"{self.registry} named an invalid token realm {_shorten(realm)!r}"
-            )
+            raise AuthenticationError(f"{self.registry} named an invalid token realm {_shorten(realm)!r}")
         if parts.scheme.lower() == "https":
             return
         registry_url = urlsplit(self.base_url)
@@ -322,9 +318,7 @@ class Authenticator:
                 "over an unencrypted connection"
             )
         realm_host = parts.netloc.rpartition("@")[2]
-        if parts.hostname != registry_url.hostname and not self.transport.options.is_insecure(
-            realm_host
-        ):
+        if parts.hostname != registry_url.hostname and not self.transport.options.is_insecure(realm_host):
             raise AuthenticationError(
                 f"{self.registry} sends its token realm to another host over plain http "
                 f"({redact_url(realm)}): refusing; list {realm_host} as an insecure registry "
@@ -334,9 +328,7 @@ class Authenticator:
     def _fetch_token(self, challenge: Challenge, scopes: frozenset[str]) -> _Token:
         realm = challenge.realm
         if not realm:
-            raise AuthenticationError(
-                f"{self.registry} asked for a Bearer token without naming a realm"
-            )
+            raise AuthenticationError(f"{self.registry} asked for a Bearer token without naming a realm")
         self.check_realm(realm)
         scope_list = sorted(scopes)
         if not scope_list and challenge.scope:
@@ -349,8 +341,12 @@ class Authenticator:
         body: bytes | None = None
         if creds is not None and creds.identity_token:
             method, url = "POST", realm
-            form = [("grant_type", "refresh_token"), ("refresh_token", creds.identity_token),
-                    ("client_id", _CLIENT_ID), *params]  # fmt: skip
+            form = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", creds.identity_token),
+                ("client_id", _CLIENT_ID),
+                *params,
+            ]
             if scope_list:
                 form.append(("scope", " ".join(scope_list)))
             body = urlencode(form).encode()
@@ -369,25 +365,32 @@ class Authenticator:
 
         def too_large(_length: int | None) -> ImagesmithError:
             return AuthenticationError(
-                f"token server {redact_url(realm)} answered more than "
-                f"{TOKEN_RESPONSE_LIMIT} bytes: refused"
+                f"token server {redact_url(realm)} answered more than {TOKEN_RESPONSE_LIMIT} bytes: refused"
             )
 
         fetched = self.transport.fetch(
-            method, url, limit=TOKEN_RESPONSE_LIMIT, too_large=too_large,
-            expect=range(200, 300), host=self.registry, headers=headers, body=body,
+            method,
+            url,
+            limit=TOKEN_RESPONSE_LIMIT,
+            too_large=too_large,
+            expect=range(200, 300),
+            host=self.registry,
+            headers=headers,
+            body=body,
             prefix=f"getting a token for {self.registry} ({user})",
             http_origins=(origin_of(realm),),  # vetted by check_realm above
             plain_http_hint=self._plain_http_realm_hint(realm),
-        )  # fmt: skip
+        )
         token = self._parse_token(fetched, realm)
         lifetime = token[1]
         # Refresh a little early so a token never expires in the middle of a request.
-        entry = _Token(token[0], frozenset(scope_list) | scopes,
-                       self.clock() + max(lifetime - 10, lifetime / 2))  # fmt: skip
+        entry = _Token(
+            token[0], frozenset(scope_list) | scopes, self.clock() + max(lifetime - 10, lifetime / 2)
+        )
         self._tokens[scopes] = entry
-        log.debug("got a token for %s (scopes %s, %s s)", self.registry,
-                  " ".join(scope_list) or "-", lifetime)  # fmt: skip
+        log.debug(
+            "got a token for %s (scopes %s, %s s)", self.registry, " ".join(scope_list) or "-", lifetime
+        )
         return entry
 
     def _plain_http_realm_hint(self, realm: str) -> str:
@@ -396,11 +399,10 @@ class Authenticator:
         on the token server; never --insecure-registry, which cannot change a realm's scheme."""
         parts = urlsplit(realm)
         as_http = redact_url(urlunsplit(("http", parts.netloc, parts.path, parts.query, "")))
-        accepted = (
-            urlsplit(self.base_url).scheme == "http"
-            and (parts.hostname == urlsplit(self.base_url).hostname
-                 or self.transport.options.is_insecure(parts.netloc.rpartition("@")[2]))
-        )  # fmt: skip
+        accepted = urlsplit(self.base_url).scheme == "http" and (
+            parts.hostname == urlsplit(self.base_url).hostname
+            or self.transport.options.is_insecure(parts.netloc.rpartition("@")[2])
+        )
         fix = (
             f"make the registry's token realm {as_http} (its auth.token.realm setting)"
             if accepted
@@ -421,8 +423,9 @@ class Authenticator:
             raise AuthenticationError(
                 f"token server {redact_url(realm)} answered {fetched.status} with a body that "
                 f"is not JSON ({_shorten(content_type, 60)})",
-                url=redact_url(realm), status=fetched.status,
-            ) from None  # fmt: skip
+                url=redact_url(realm),
+                status=fetched.status,
+            ) from None
         if not isinstance(obj, dict):
             raise AuthenticationError(f"token server {redact_url(realm)} answered a non-object")
         value = obj.get("token") or obj.get("access_token")
@@ -434,9 +437,10 @@ class Authenticator:
             )
         expires = obj.get("expires_in")
         lifetime = (
-            float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool)
-            and expires > 0 else float(DEFAULT_TOKEN_LIFETIME)
-        )  # fmt: skip
+            float(expires)
+            if isinstance(expires, int | float) and not isinstance(expires, bool) and expires > 0
+            else float(DEFAULT_TOKEN_LIFETIME)
+        )
         return value.strip(), lifetime
 
 

@@ -108,9 +108,7 @@ class _ResumableStream:
     :class:`VerifyingReader`, so a resumed download is still checked end to end.
     """
 
-    def __init__(
-        self, opener: Callable[[int], requests.Response], what: str, max_resumes: int
-    ) -> None:
+    def __init__(self, opener: Callable[[int], requests.Response], what: str, max_resumes: int) -> None:
         self._opener = opener
         self._what = what
         self._max_resumes = max_resumes
@@ -140,8 +138,12 @@ class _ResumableStream:
                 f"{self._offset} bytes, {self._resumes} resumptions); try again later"
             ) from None
         self._resumes += 1
-        log.info("connection lost while reading %s at byte %d (%s); resuming", self._what,
-                 self._offset, type(exc).__name__)  # fmt: skip
+        log.info(
+            "connection lost while reading %s at byte %d (%s); resuming",
+            self._what,
+            self._offset,
+            type(exc).__name__,
+        )
         self.close()
         resp = self._opener(self._offset)
         if resp.status_code == 206:
@@ -196,8 +198,9 @@ class RequestBody:
 def _credential_store(options: RegistryOptions) -> CredentialStore:
     """The credentials ``options`` point at: ``--creds``, else their auth file (else docker's
     and podman's)."""
-    return CredentialStore(options.auth_file, helper_timeout=options.credential_helper_timeout,
-                           explicit=options.credentials)  # fmt: skip
+    return CredentialStore(
+        options.auth_file, helper_timeout=options.credential_helper_timeout, explicit=options.credentials
+    )
 
 
 _REPOSITORY_PATH = re.compile(r"/v2/(.+?)/(?:manifests|blobs|tags|referrers)/")
@@ -328,8 +331,9 @@ class _ChunkSource:
                     raise IntegrityError(f"{self._what}: the file ended after {start - skip} bytes") from None
                 skip -= len(data)
         last = end == self._size
-        self._pending = _UploadSlice(raw, self._hash.copy(), end - start,
-                                     self._digest if last else None, self._what)  # fmt: skip
+        self._pending = _UploadSlice(
+            raw, self._hash.copy(), end - start, self._digest if last else None, self._what
+        )
         return self._pending
 
     def commit(self, end: int) -> bool:
@@ -460,8 +464,9 @@ class RegistryClient:
         if name == self.registry:
             return self
         if name not in self._own_peers:
-            self._own_peers[name] = RegistryClient(name, self.options, self._credentials,
-                                                   transport=self._transport)  # fmt: skip
+            self._own_peers[name] = RegistryClient(
+                name, self.options, self._credentials, transport=self._transport
+            )
         return self._own_peers[name]
 
     def pull_sources(self, repository: str, by_digest: bool | None) -> list[tuple[str, str]]:
@@ -469,24 +474,34 @@ class RegistryClient:
         ``registries.conf`` mirrors that may serve it, then the location. ``by_digest`` None
         is a blob (content-addressed: every mirror may serve it)."""
         conf = self.options.registries_conf()
-        return [(s.registry, s.repository)
-                for s in conf.pull_sources(self.registry, repository, by_digest=by_digest)]  # fmt: skip
+        return [
+            (s.registry, s.repository)
+            for s in conf.pull_sources(self.registry, repository, by_digest=by_digest)
+        ]
 
-    def _request(
-        self, method: str, url: str, scopes: frozenset[str], **kwargs: Any
-    ) -> requests.Response:
+    def _request(self, method: str, url: str, scopes: frozenset[str], **kwargs: Any) -> requests.Response:
         self._check_url(url)
         return self._transport.request(
-            method, url, host=self.registry, scopes=scopes, auth=self.auth,
-            auth_origin=self._origin, **kwargs,
-        )  # fmt: skip
+            method,
+            url,
+            host=self.registry,
+            scopes=scopes,
+            auth=self.auth,
+            auth_origin=self._origin,
+            **kwargs,
+        )
 
     def _fetch(self, method: str, url: str, scopes: frozenset[str], **kwargs: Any) -> Fetched:
         self._check_url(url)
         return self._transport.fetch(
-            method, url, host=self.registry, scopes=scopes, auth=self.auth,
-            auth_origin=self._origin, **kwargs,
-        )  # fmt: skip
+            method,
+            url,
+            host=self.registry,
+            scopes=scopes,
+            auth=self.auth,
+            auth_origin=self._origin,
+            **kwargs,
+        )
 
     def _error(self, resp: requests.Response, method: str, prefix: str) -> RegistryError:
         return error_from_fetched(self._transport.read(resp, method), self.registry, prefix=prefix)
@@ -507,9 +522,13 @@ class RegistryClient:
         """``GET /v2/``: check the registry answers; a 401 only records its challenge.
         ``retry=False`` sends it once: a network failure is raised at once."""
         resp = self._transport.request(
-            "GET", self._url("/v2/"), host=self.registry, expect=(200, 401),
-            prefix=f"checking {self.registry} is a registry", retry=retry,
-        )  # fmt: skip
+            "GET",
+            self._url("/v2/"),
+            host=self.registry,
+            expect=(200, 401),
+            prefix=f"checking {self.registry} is a registry",
+            retry=retry,
+        )
         challenge = resp.headers.get("WWW-Authenticate") if resp.status_code == 401 else None
         resp.close()
         if challenge:
@@ -541,31 +560,37 @@ class RegistryClient:
 
         def too_large(length: int | None) -> ImagesmithError:
             size = f" ({length} bytes announced)" if length is not None else ""
-            return ManifestError(
-                f"manifest {shown} is larger than {MAX_MANIFEST_SIZE} bytes{size}: refused"
-            )
+            return ManifestError(f"manifest {shown} is larger than {MAX_MANIFEST_SIZE} bytes{size}: refused")
 
-        fetched = self._fetch("GET", url, _pull(repository), limit=MAX_MANIFEST_SIZE,
-                              too_large=too_large, headers={"Accept": _ACCEPT},
-                              expect=(200, 404), prefix=f"fetching manifest {shown}")  # fmt: skip
+        fetched = self._fetch(
+            "GET",
+            url,
+            _pull(repository),
+            limit=MAX_MANIFEST_SIZE,
+            too_large=too_large,
+            headers={"Accept": _ACCEPT},
+            expect=(200, 404),
+            prefix=f"fetching manifest {shown}",
+        )
         if fetched.status == 404:
             raise error_from_fetched(fetched, self.registry, prefix=f"manifest unknown: {shown}")
         data = fetched.body
         if expected is not None:
             ours = Digest.of(data, expected.algorithm)
             if ours != expected:
-                raise IntegrityError(
-                    f"manifest {shown}: the registry served bytes that hash to {ours}"
-                )
+                raise IntegrityError(f"manifest {shown}: the registry served bytes that hash to {ours}")
             digest = expected
         else:
             digest = Digest.of(data)
         announced = fetched.headers.get("Docker-Content-Digest")
         if announced and announced.strip() != str(digest):
-            log.debug("ignoring Docker-Content-Digest %s for %s (the bytes hash to %s)",
-                      announced[:80], shown, digest)  # fmt: skip
-        return ManifestResponse(data, self._media_type(fetched.headers.get("Content-Type"), data),
-                                digest)  # fmt: skip
+            log.debug(
+                "ignoring Docker-Content-Digest %s for %s (the bytes hash to %s)",
+                announced[:80],
+                shown,
+                digest,
+            )
+        return ManifestResponse(data, self._media_type(fetched.headers.get("Content-Type"), data), digest)
 
     @staticmethod
     def _media_type(header: str | None, data: bytes) -> str:
@@ -588,9 +613,14 @@ class RegistryClient:
         validate_repository(repository)
         ref, expected = self._manifest_ref(reference)
         url = self._url(f"/v2/{repository}/manifests/{ref}")
-        resp = self._request("HEAD", url, _pull(repository), headers={"Accept": _ACCEPT},
-                             expect=(200, 404, 405),
-                             prefix=f"checking manifest {self._shown(repository, ref)}")  # fmt: skip
+        resp = self._request(
+            "HEAD",
+            url,
+            _pull(repository),
+            headers={"Accept": _ACCEPT},
+            expect=(200, 404, 405),
+            prefix=f"checking manifest {self._shown(repository, ref)}",
+        )
         resp.close()
         if resp.status_code == 404:
             return None
@@ -603,8 +633,11 @@ class RegistryClient:
                 digest = Digest.parse(announced)
             except ImagesmithError:
                 digest = None
-        if resp.status_code == 405 or digest is None or not length.isdigit() or (
-            media_type in _GENERIC_TYPES
+        if (
+            resp.status_code == 405
+            or digest is None
+            or not length.isdigit()
+            or (media_type in _GENERIC_TYPES)
         ):
             try:
                 got = self.get_manifest(repository, ref)
@@ -629,14 +662,25 @@ class RegistryClient:
         if expected is not None and Digest.of(data, expected.algorithm) != expected:
             raise IntegrityError(f"manifest {shown}: the bytes do not hash to {expected}")
         url = self._url(f"/v2/{repository}/manifests/{ref}")
-        resp = self._request("PUT", url, _push(repository), headers={"Content-Type": media_type},
-                             body=data, expect=range(200, 300),
-                             prefix=f"pushing manifest {shown}")  # fmt: skip
+        resp = self._request(
+            "PUT",
+            url,
+            _push(repository),
+            headers={"Content-Type": media_type},
+            body=data,
+            expect=range(200, 300),
+            prefix=f"pushing manifest {shown}",
+        )
         announced = resp.headers.get("Docker-Content-Digest", "").strip()
         resp.close()
         if announced and announced != str(digest):
-            log.warning("registry %s reports digest %s for manifest %s; the bytes sent hash to %s",
-                        self.registry, announced[:80], shown, digest)  # fmt: skip
+            log.warning(
+                "registry %s reports digest %s for manifest %s; the bytes sent hash to %s",
+                self.registry,
+                announced[:80],
+                shown,
+                digest,
+            )
         return digest
 
     def delete_manifest(self, repository: str, digest: Digest) -> None:
@@ -653,8 +697,15 @@ class RegistryClient:
         def too_large(_length: int | None) -> ImagesmithError:
             return RegistryError(f"deleting {shown}: the answer is larger than {_MAX_ANSWER} bytes")
 
-        fetched = self._fetch("DELETE", url, _delete(repository), limit=_MAX_ANSWER, too_large=too_large,
-                              expect=(*range(200, 300), 404, 405), prefix=f"deleting {shown}")  # fmt: skip
+        fetched = self._fetch(
+            "DELETE",
+            url,
+            _delete(repository),
+            limit=_MAX_ANSWER,
+            too_large=too_large,
+            expect=(*range(200, 300), 404, 405),
+            prefix=f"deleting {shown}",
+        )
         if fetched.status == 404:
             raise error_from_fetched(fetched, self.registry, prefix=f"manifest unknown: {shown}")
         if fetched.status == 405:
@@ -663,8 +714,11 @@ class RegistryClient:
                 f"deleting {shown}: {self.registry} does not allow deletes ({said}); a CNCF "
                 "distribution registry needs REGISTRY_STORAGE_DELETE_ENABLED=true (storage: delete: "
                 "enabled: true), hosted registries delete through their web UI or API",
-                method="DELETE", url=said.url, status=405, codes=said.codes,
-            )  # fmt: skip
+                method="DELETE",
+                url=said.url,
+                status=405,
+                codes=said.codes,
+            )
 
     def referrers(self, repository: str, digest: Digest, artifact_type: str | None = None) -> bytes | None:
         """``GET /v2/<name>/referrers/<digest>``: the OCI index of the manifests whose
@@ -681,9 +735,16 @@ class RegistryClient:
         def too_large(length: int | None) -> ImagesmithError:
             return ManifestError(f"the referrers of {shown} take more than {MAX_MANIFEST_SIZE} bytes")
 
-        fetched = self._fetch("GET", url, _pull(repository), limit=MAX_MANIFEST_SIZE, too_large=too_large,
-                              headers={"Accept": "application/vnd.oci.image.index.v1+json"},
-                              expect=(200, 404), prefix=f"listing the referrers of {shown}")  # fmt: skip
+        fetched = self._fetch(
+            "GET",
+            url,
+            _pull(repository),
+            limit=MAX_MANIFEST_SIZE,
+            too_large=too_large,
+            headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+            expect=(200, 404),
+            prefix=f"listing the referrers of {shown}",
+        )
         return fetched.body if fetched.status == 200 else None
 
     def blob_exists(self, repository: str, digest: Digest) -> bool:
@@ -693,12 +754,14 @@ class RegistryClient:
         url = self._url(f"/v2/{repository}/blobs/{digest}")
         ok = (*range(200, 300), *REDIRECT_STATUSES, 404)
         prefix = f"checking blob {digest.short()} in {self.registry}/{repository}"
-        resp = self._request("HEAD", url, _pull(repository), expect=(*ok, 405),
-                             follow_redirects=False, prefix=prefix)  # fmt: skip
+        resp = self._request(
+            "HEAD", url, _pull(repository), expect=(*ok, 405), follow_redirects=False, prefix=prefix
+        )
         resp.close()
         if resp.status_code == 405:
-            resp = self._request("GET", url, _pull(repository), expect=ok,
-                                 follow_redirects=False, prefix=prefix)  # fmt: skip
+            resp = self._request(
+                "GET", url, _pull(repository), expect=ok, follow_redirects=False, prefix=prefix
+            )
             resp.close()
         return resp.status_code != 404
 
@@ -711,12 +774,18 @@ class RegistryClient:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             expect = (200, 206, 404) if authenticated else (200, 206)
             if authenticated:
-                resp = self._request("GET", url, _pull(repository), headers=headers,
-                                     expect=expect, prefix=f"fetching {shown}")  # fmt: skip
+                resp = self._request(
+                    "GET", url, _pull(repository), headers=headers, expect=expect, prefix=f"fetching {shown}"
+                )
             else:
-                resp = self._transport.request("GET", url, host=urlsplit(url).netloc,
-                                               headers=headers, expect=expect,
-                                               prefix=f"fetching {shown}")  # fmt: skip
+                resp = self._transport.request(
+                    "GET",
+                    url,
+                    host=urlsplit(url).netloc,
+                    headers=headers,
+                    expect=expect,
+                    prefix=f"fetching {shown}",
+                )
             if resp.status_code == 404:
                 raise self._error(resp, "GET", f"blob unknown: {shown}")
             return resp
@@ -751,8 +820,9 @@ class RegistryClient:
                 try:
                     return self._peer(registry)._open_stream(repo, descriptor, what, False)
                 except ImagesmithError as exc:
-                    log.info("mirror %s/%s failed for %s (%s); trying the next source",
-                             registry, repo, what, exc)  # fmt: skip
+                    log.info(
+                        "mirror %s/%s failed for %s (%s); trying the next source", registry, repo, what, exc
+                    )
             registry, repo = sources[-1]
             if (normalise_registry(registry), repo) != (self.registry, repository):
                 return self._peer(registry)._open_stream(repo, descriptor, what, False)
@@ -762,18 +832,21 @@ class RegistryClient:
                 self._transport.check_url(foreign)
                 stream = _ResumableStream(
                     self._blob_opener(repository, descriptor, foreign, authenticated=False),
-                    what, MAX_RESUMES,
-                )  # fmt: skip
+                    what,
+                    MAX_RESUMES,
+                )
                 break
             except RegistryError as exc:
-                log.info("cannot fetch %s from %s (%s); trying the next source", what,
-                         redact_url(foreign), exc)  # fmt: skip
+                log.info(
+                    "cannot fetch %s from %s (%s); trying the next source", what, redact_url(foreign), exc
+                )
         if stream is None:
             url = self._url(f"/v2/{repository}/blobs/{descriptor.digest}")
             stream = _ResumableStream(
                 self._blob_opener(repository, descriptor, url, authenticated=True),
-                what, MAX_RESUMES,
-            )  # fmt: skip
+                what,
+                MAX_RESUMES,
+            )
         return stream
 
     def get_blob_bytes(
@@ -800,9 +873,13 @@ class RegistryClient:
             f"/v2/{repository}/blobs/uploads/?mount={digest}&from={quote(from_repository, safe='/')}"
         )
         scopes = _push(repository) | _pull(from_repository)
-        resp = self._request("POST", url, scopes, expect=(201, 202),
-                             prefix=f"mounting blob {digest.short()} from {from_repository} "
-                             f"into {self.registry}/{repository}")  # fmt: skip
+        resp = self._request(
+            "POST",
+            url,
+            scopes,
+            expect=(201, 202),
+            prefix=f"mounting blob {digest.short()} from {from_repository} into {self.registry}/{repository}",
+        )
         location = resp.headers.get("Location")
         final_url = resp.url or url
         resp.close()
@@ -810,8 +887,13 @@ class RegistryClient:
             return True
         if location:
             try:
-                self._request("DELETE", urljoin(final_url, location), _push(repository),
-                              expect=range(200, 500), retry=False).close()  # fmt: skip
+                self._request(
+                    "DELETE",
+                    urljoin(final_url, location),
+                    _push(repository),
+                    expect=range(200, 500),
+                    retry=False,
+                ).close()
             except ImagesmithError as exc:
                 log.debug("could not cancel the upload opened by a failed mount: %s", exc)
         return False
@@ -847,9 +929,12 @@ class RegistryClient:
                     self._upload_chunks(upload_url, scopes, digest, size, open_body, chunk, what, current)
                 else:
                     self._put_upload(
-                        upload_url, scopes, digest, what,
+                        upload_url,
+                        scopes,
+                        digest,
+                        what,
                         lambda: _UploadBody(open_body(), size, digest, what),
-                    )  # fmt: skip
+                    )
                 return
             except KeyboardInterrupt:
                 # Ctrl-C (or cancel.interrupt) mid-upload: drop the session, not just the
@@ -866,22 +951,34 @@ class RegistryClient:
                 raise error
             delay = self._transport.backoff(attempt)
             attempt += 1
-            log.info("upload of %s failed (%s); restarting it in %.1f s (attempt %d of %d)",
-                     what, error, delay, attempt + 1, self.options.retries + 1)  # fmt: skip
+            log.info(
+                "upload of %s failed (%s); restarting it in %.1f s (attempt %d of %d)",
+                what,
+                error,
+                delay,
+                attempt + 1,
+                self.options.retries + 1,
+            )
             self._transport.sleep(delay)
 
     def _start(self, repository: str, what: str) -> UploadSession:
-        post = self._request("POST", self._url(f"/v2/{repository}/blobs/uploads/"), _push(repository),
-                             expect=(202,), prefix=f"starting the upload of {what}")  # fmt: skip
+        post = self._request(
+            "POST",
+            self._url(f"/v2/{repository}/blobs/uploads/"),
+            _push(repository),
+            expect=(202,),
+            prefix=f"starting the upload of {what}",
+        )
         location = post.headers.get("Location")
         min_length = _positive_int(post.headers.get("OCI-Chunk-Min-Length"))
         base = post.url or self._url("/")
         post.close()
         if not location:
             raise RegistryError(
-                f"starting the upload of {what}: {self.registry} answered 202 without a "
-                "Location header", method="POST", status=202,
-            )  # fmt: skip
+                f"starting the upload of {what}: {self.registry} answered 202 without a Location header",
+                method="POST",
+                status=202,
+            )
         return UploadSession(repository, urljoin(base, location), 0, min_length)
 
     # -- an upload fed while its content is still being produced (see imagesmith.registry.overlap)
@@ -895,9 +992,7 @@ class RegistryClient:
         validate_repository(repository)
         return self._start(repository, f"a blob for {self.registry}/{repository}")
 
-    def append_upload(
-        self, session: UploadSession, end: int, open_part: Callable[[], Any]
-    ) -> UploadSession:
+    def append_upload(self, session: UploadSession, end: int, open_part: Callable[[], Any]) -> UploadSession:
         """``PATCH`` bytes ``session.offset`` to ``end`` (exclusive) with ``Content-Range``.
 
         ``open_part`` returns a body of exactly those bytes (a file-like object with
@@ -908,17 +1003,23 @@ class RegistryClient:
         what = f"a blob for {self.registry}/{session.repository}"
         start = session.offset
         resp = self._request(
-            "PATCH", session.url, _push(session.repository), retry=False, expect=(202, 204),
+            "PATCH",
+            session.url,
+            _push(session.repository),
+            retry=False,
+            expect=(202, 204),
             headers={"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end - 1}"},
-            body=open_part, prefix=f"uploading bytes {start}-{end - 1} of {what}",
-        )  # fmt: skip
+            body=open_part,
+            prefix=f"uploading bytes {start}-{end - 1} of {what}",
+        )
         resp.close()
         location = resp.headers.get("Location")
         url = urljoin(resp.url or session.url, location) if location else session.url
         committed = _range_end(resp.headers.get("Range"))
         if committed is not None and committed != end:
-            raise RegistryError(f"uploading {what}: {self.registry} reports {committed} bytes received, "
-                                f"expected {end}")  # fmt: skip
+            raise RegistryError(
+                f"uploading {what}: {self.registry} reports {committed} bytes received, expected {end}"
+            )
         return UploadSession(session.repository, url, end, session.min_chunk)
 
     def finish_upload(self, session: UploadSession, digest: Digest) -> None:
@@ -929,8 +1030,9 @@ class RegistryClient:
     def cancel_upload(self, session: UploadSession) -> None:
         """``DELETE`` the session, best effort (registries also expire abandoned ones)."""
         try:
-            self._request("DELETE", session.url, _push(session.repository),
-                          expect=range(200, 500), retry=False).close()  # fmt: skip
+            self._request(
+                "DELETE", session.url, _push(session.repository), expect=range(200, 500), retry=False
+            ).close()
         except ImagesmithError as exc:
             log.debug("could not cancel an upload session: %s", exc)
 
@@ -949,9 +1051,15 @@ class RegistryClient:
         if not callable(body):
             headers["Content-Length"] = str(len(body))
         resp = self._request(
-            "PUT", put_url, scopes, retry=False, expect=(*range(200, 300), 400), headers=headers,
-            body=body, prefix=f"uploading {what}",
-        )  # fmt: skip
+            "PUT",
+            put_url,
+            scopes,
+            retry=False,
+            expect=(*range(200, 300), 400),
+            headers=headers,
+            body=body,
+            prefix=f"uploading {what}",
+        )
         if resp.status_code == 400:
             error = self._error(resp, "PUT", f"uploading {what}")
             if "DIGEST_INVALID" in error.codes:
@@ -989,11 +1097,18 @@ class RegistryClient:
             resp: requests.Response | None = None
             try:
                 resp = self._request(
-                    "PATCH", url, scopes, retry=False, expect=(202, 204, 416),
-                    headers={"Content-Type": "application/octet-stream",
-                             "Content-Range": f"{offset}-{end - 1}"},
-                    body=functools.partial(source.slice, offset, end), prefix=f"uploading {what}",
-                )  # fmt: skip
+                    "PATCH",
+                    url,
+                    scopes,
+                    retry=False,
+                    expect=(202, 204, 416),
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{end - 1}",
+                    },
+                    body=functools.partial(source.slice, offset, end),
+                    prefix=f"uploading {what}",
+                )
             except RegistryError as exc:
                 if not exc.temporary:
                     raise
@@ -1017,15 +1132,22 @@ class RegistryClient:
                 else:
                     failure = RegistryError(
                         f"uploading {what}: {self.registry} refused the chunk at byte "
-                        f"{offset} (HTTP {resp.status_code})", status=resp.status_code,
-                    )  # fmt: skip
+                        f"{offset} (HTTP {resp.status_code})",
+                        status=resp.status_code,
+                    )
             assert failure is not None
             if resumes >= MAX_RESUMES:
                 raise _RestartUpload(failure)
             delay = self._transport.backoff(resumes)
             resumes += 1
-            log.info("chunk %d-%d of %s failed (%s); asking where to resume in %.1f s",
-                     offset, end - 1, what, failure, delay)  # fmt: skip
+            log.info(
+                "chunk %d-%d of %s failed (%s); asking where to resume in %.1f s",
+                offset,
+                end - 1,
+                what,
+                failure,
+                delay,
+            )
             self._transport.sleep(delay)
             url, offset = self._upload_status(url, scopes, what, failure)
             if current is not None:
@@ -1045,8 +1167,9 @@ class RegistryClient:
     ) -> tuple[str, int]:
         """``GET <location>``: the upload's (new location, committed byte count)."""
         try:
-            resp = self._request("GET", url, scopes, expect=(200, 204),
-                                 prefix=f"asking the status of the upload of {what}")  # fmt: skip
+            resp = self._request(
+                "GET", url, scopes, expect=(200, 204), prefix=f"asking the status of the upload of {what}"
+            )
         except RegistryError as exc:
             # Unknown or invalidated session (404, 400 BLOB_UPLOAD_INVALID): start over.
             raise _RestartUpload(exc if exc.temporary else failure) from None
@@ -1072,17 +1195,20 @@ class RegistryClient:
             if url in seen or len(seen) >= MAX_TAG_PAGES:
                 raise RegistryError(f"listing tags of {shown}: the pagination loops at {redact_url(url)}")
             seen.add(url)
-            fetched = self._fetch("GET", url, _pull(repository), limit=MAX_TAGS_RESPONSE,
-                                  too_large=too_large, expect=(200, 404),
-                                  prefix=f"listing tags of {shown}")  # fmt: skip
+            fetched = self._fetch(
+                "GET",
+                url,
+                _pull(repository),
+                limit=MAX_TAGS_RESPONSE,
+                too_large=too_large,
+                expect=(200, 404),
+                prefix=f"listing tags of {shown}",
+            )
             if fetched.status == 404:
-                raise error_from_fetched(fetched, self.registry,
-                                         prefix=f"repository unknown: {shown}")  # fmt: skip
+                raise error_from_fetched(fetched, self.registry, prefix=f"repository unknown: {shown}")
             obj = fetched.json(f"listing tags of {shown}")
             tags = obj.get("tags") if isinstance(obj, dict) else None
-            if tags is not None and not (
-                isinstance(tags, list) and all(isinstance(t, str) for t in tags)
-            ):
+            if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
                 raise RegistryError(f"listing tags of {shown}: 'tags' is not a list of strings")
             yield from tags or ()
             url = None
@@ -1122,8 +1248,9 @@ class RegistryPool:
                 self._transport = Transport(self.options)
             client = self._clients.get(name)
             if client is None:
-                client = RegistryClient(name, self.options, self.credentials,
-                                        transport=self._transport, peers=self._peer)  # fmt: skip
+                client = RegistryClient(
+                    name, self.options, self.credentials, transport=self._transport, peers=self._peer
+                )
                 self._clients[name] = client
             return client
 

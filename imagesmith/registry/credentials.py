@@ -80,9 +80,7 @@ def registry_host(text: str) -> str:
     else:
         host, _, path = raw.partition("/")
         if path.strip("/") not in ("", "v1", "v2"):
-            raise UsageError(
-                f"invalid registry {raw!r}: expected HOST[:PORT], not a repository"
-            )
+            raise UsageError(f"invalid registry {raw!r}: expected HOST[:PORT], not a repository")
     if not host or not re.fullmatch(r"[A-Za-z0-9._\-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?", host):
         raise UsageError(f"invalid registry {raw!r}: expected HOST[:PORT]")
     return normalise_registry(host)
@@ -186,9 +184,7 @@ class CredentialStore:
         home = env.get("HOME", "").strip()
         return (Path(home) if home else Path.home()) / ".docker" / "config.json"
 
-    def store(
-        self, registry: str, credentials: Credentials, config_path: Path | None = None
-    ) -> Path | str:
+    def store(self, registry: str, credentials: Credentials, config_path: Path | None = None) -> Path | str:
         """Save ``credentials`` for ``registry`` where docker would.
 
         Through the credential helper the config names for the host (``credHelpers``, then
@@ -298,9 +294,13 @@ class CredentialStore:
         program = Path(exe).name
         try:
             proc = subprocess.Popen(
-                [exe, action], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=None if self._inherit_env else dict(self._environ), start_new_session=True,
-            )  # fmt: skip
+                [exe, action],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=None if self._inherit_env else dict(self._environ),
+                start_new_session=True,
+            )
         except OSError as exc:
             raise AuthenticationError(
                 f"cannot run credential helper {exe}: {exc.strerror or type(exc).__name__}"
@@ -378,9 +378,7 @@ class CredentialStore:
             return None
         return obj
 
-    def _from_config(
-        self, config: Mapping[str, Any], registry: str, path: Path
-    ) -> Credentials | None:
+    def _from_config(self, config: Mapping[str, Any], registry: str, path: Path) -> Credentials | None:
         helper = helper_for(config, registry)
         if helper is not None:
             creds = self._run_helper(helper, auth_key(registry))
@@ -391,8 +389,7 @@ class CredentialStore:
     def _from_auths(self, auths: Any, registry: str, path: Path) -> Credentials | None:
         if not isinstance(auths, dict):
             return None
-        matches = [(k, v) for k, v in auths.items()
-                   if isinstance(v, dict) and _key_registry(k) == registry]  # fmt: skip
+        matches = [(k, v) for k, v in auths.items() if isinstance(v, dict) and _key_registry(k) == registry]
         # Prefer the most specific spelling of the key when several normalise the same.
         preferred = (registry, DOCKER_HUB_AUTH_KEY, f"https://{registry}", f"http://{registry}")
         matches.sort(key=lambda kv: preferred.index(kv[0]) if kv[0] in preferred else len(preferred))
@@ -416,9 +413,7 @@ class CredentialStore:
                 ) from None
             user, sep, secret = decoded.partition(":")
             if not sep:
-                raise UsageError(
-                    f"the 'auth' entry for {key!r} in {path} is not base64 of USER:PASSWORD"
-                )
+                raise UsageError(f"the 'auth' entry for {key!r} in {path} is not base64 of USER:PASSWORD")
             username, password = user, secret
         token = entry.get("identitytoken")
         identity = token if isinstance(token, str) and token else None
@@ -443,8 +438,11 @@ class CredentialStore:
             return None
         exe = self._find_helper(name)
         if exe is None:
-            log.warning("credential helper %s not found on PATH; looking for other credentials "
-                        "for %s", program, server)  # fmt: skip
+            log.warning(
+                "credential helper %s not found on PATH; looking for other credentials for %s",
+                program,
+                server,
+            )
             return None
         code, stdout, output = self._exec(exe, "get", server.encode(), f"for {server}")
         if code != 0:
@@ -476,8 +474,9 @@ class CredentialStore:
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)\b(secret|password|passwd|token|identitytoken|auth)(\W{0,3}?[:=]\s*)(\"[^\"]*\"|\S+)"
 )
-_SECRET_KEYS = frozenset({"secret", "password", "passwd", "token", "identitytoken", "auth",
-                          "access_token", "refresh_token"})  # fmt: skip
+_SECRET_KEYS = frozenset(
+    {"secret", "password", "passwd", "token", "identitytoken", "auth", "access_token", "refresh_token"}
+)
 
 
 def _helper_message(output: str, secrets: tuple[str, ...] = ()) -> str:

@@ -55,15 +55,23 @@ def verify_credentials(
     auth = Authenticator(name, base_url, transport, _Given(creds))
     try:
         resp = transport.request(
-            "GET", base_url + "/v2/", expect=(200,), host=name, auth=auth,
-            auth_origin=origin_of(base_url), prefix=f"logging in to {name}",
-        )  # fmt: skip
+            "GET",
+            base_url + "/v2/",
+            expect=(200,),
+            host=name,
+            auth=auth,
+            auth_origin=origin_of(base_url),
+            prefix=f"logging in to {name}",
+        )
         resp.close()
     except AuthenticationError as exc:
         reason = str(exc).replace(f"; check your credentials, or run `docker login {name}`", "")
         raise AuthenticationError(
             f"login to {name} as {username!r} failed: {reason}; check the username and password",
-            method=exc.method, url=exc.url, status=exc.status, codes=exc.codes,
+            method=exc.method,
+            url=exc.url,
+            status=exc.status,
+            codes=exc.codes,
         ) from None
     finally:
         transport.close()

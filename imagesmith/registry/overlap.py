@@ -205,8 +205,9 @@ class LayerUpload:
         except (ImagesmithError, OSError) as exc:
             self.failure = str(exc)
             self._meter.done()  # this upload is over: the push sends the blob, with its own progress
-            log.info("uploading a layer while building it failed (%s); it will be uploaded after the build",
-                     exc)  # fmt: skip
+            log.info(
+                "uploading a layer while building it failed (%s); it will be uploaded after the build", exc
+            )
         finally:
             if session is not None:
                 self._client.cancel_upload(session)
@@ -247,8 +248,9 @@ class EarlyUploads:
 
     def follower(self, label: str = "") -> LayerUpload:
         """A :class:`LayerUpload` for one layer build; ``label`` names it in progress events."""
-        upload = LayerUpload(self._client, self._repository, chunk=self._chunk, progress=self._progress,
-                             label=label)  # fmt: skip
+        upload = LayerUpload(
+            self._client, self._repository, chunk=self._chunk, progress=self._progress, label=label
+        )
         with self._lock:
             self._uploads.append(upload)
         return upload

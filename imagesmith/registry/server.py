@@ -282,8 +282,9 @@ class _Storage:
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except OSError as exc:
-            raise _Fail(500, "BLOB_UPLOAD_INVALID", "cannot start an upload",
-                        exc.strerror or str(exc)) from None  # fmt: skip
+            raise _Fail(
+                500, "BLOB_UPLOAD_INVALID", "cannot start an upload", exc.strerror or str(exc)
+            ) from None
         upload = _Upload(upload_id, repository, path)
         with self._lock:
             self._uploads[upload_id] = upload
@@ -343,8 +344,9 @@ class _Storage:
                     # Keep file, size and running hash consistent: drop the partial chunk.
                     with contextlib.suppress(OSError):
                         f.truncate(upload.size)
-                    raise _Fail(500, "BLOB_UPLOAD_INVALID", "cannot store the upload",
-                                exc.strerror or str(exc)) from None  # fmt: skip
+                    raise _Fail(
+                        500, "BLOB_UPLOAD_INVALID", "cannot store the upload", exc.strerror or str(exc)
+                    ) from None
                 upload.hasher.update(chunk)
                 upload.size += len(chunk)
                 upload.touched = time.monotonic()
@@ -365,8 +367,12 @@ class _Storage:
             got = hasher.digest
         if got != digest:
             self.discard(upload)
-            raise _Fail(400, "DIGEST_INVALID", "provided digest did not match uploaded content",
-                        {"expected": str(digest), "got": str(got), "size": upload.size})  # fmt: skip
+            raise _Fail(
+                400,
+                "DIGEST_INVALID",
+                "provided digest did not match uploaded content",
+                {"expected": str(digest), "got": str(got), "size": upload.size},
+            )
         layout = self.layout(name, create=True)
         assert layout is not None
         with self._lock:
@@ -455,7 +461,8 @@ class _HTTPServer(ThreadingHTTPServer):
                 request.sendall(
                     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
                     b"Content-Type: application/json\r\n"
-                    + f"Content-Length: {len(_REFUSED)}\r\n\r\n".encode() + _REFUSED
+                    + f"Content-Length: {len(_REFUSED)}\r\n\r\n".encode()
+                    + _REFUSED
                 )
             self.shutdown_request(request)
             return
@@ -563,8 +570,9 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.monotonic()
         try:
             try:
-                self._body = _Body(self.rfile, self.headers.get("Transfer-Encoding"),
-                                   self.headers.get("Content-Length"))  # fmt: skip
+                self._body = _Body(
+                    self.rfile, self.headers.get("Transfer-Encoding"), self.headers.get("Content-Length")
+                )
             except _Fail:
                 self.close_connection = True  # the body's end is unknown: nothing can follow it
                 raise
@@ -591,9 +599,15 @@ class _Handler(BaseHTTPRequestHandler):
             if self._body is not None and (self._body.received or self._body.chunked):
                 framing = "chunked" if self._body.chunked else "sized"
                 body = f" [{framing} body, {self._body.received} bytes]"
-            log.debug("%s %s%s%s -> %s (%.0f ms)", self.command, split.path, self._logged_query(),
-                      body, self._status or "no answer",
-                      (time.monotonic() - started) * 1000)  # fmt: skip
+            log.debug(
+                "%s %s%s%s -> %s (%.0f ms)",
+                self.command,
+                split.path,
+                self._logged_query(),
+                body,
+                self._status or "no answer",
+                (time.monotonic() - started) * 1000,
+            )
 
     def _logged_query(self) -> str:
         if not self._query:
@@ -646,8 +660,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._headers_done = True
 
-    def _send_json(self, status: int, value: Any, headers: Mapping[str, str] | None = None,
-                   content_type: str = "application/json") -> None:  # fmt: skip
+    def _send_json(
+        self,
+        status: int,
+        value: Any,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         self._send(status, json.dumps(value).encode(), headers, content_type)
 
     def _send_error(self, fail: _Fail) -> None:
@@ -665,12 +684,17 @@ class _Handler(BaseHTTPRequestHandler):
         except ReferenceFormatError as exc:
             raise _Fail(400, "NAME_INVALID", "invalid repository name", str(exc)) from None
         if len(raw) > MAX_NAME_LENGTH:
-            raise _Fail(400, "NAME_INVALID", "invalid repository name",
-                        f"longer than {MAX_NAME_LENGTH} characters")  # fmt: skip
+            raise _Fail(
+                400, "NAME_INVALID", "invalid repository name", f"longer than {MAX_NAME_LENGTH} characters"
+            )
         reserved = RESERVED_COMPONENTS.intersection(raw.split("/"))
         if reserved:
-            raise _Fail(400, "NAME_INVALID", "invalid repository name",
-                        f"{sorted(reserved)[0]!r} is reserved by the OCI layout storage")  # fmt: skip
+            raise _Fail(
+                400,
+                "NAME_INVALID",
+                "invalid repository name",
+                f"{sorted(reserved)[0]!r} is reserved by the OCI layout storage",
+            )
         return raw
 
     @staticmethod
@@ -703,8 +727,9 @@ class _Handler(BaseHTTPRequestHandler):
             handler = handlers.get("GET" if method == "HEAD" else method)
             if handler is None:
                 allowed = sorted({*handlers, *(["HEAD"] if "GET" in handlers else [])})
-                raise _Fail(405, "UNSUPPORTED", f"{method} is not supported here", path,
-                            {"Allow": ", ".join(allowed)})  # fmt: skip
+                raise _Fail(
+                    405, "UNSUPPORTED", f"{method} is not supported here", path, {"Allow": ", ".join(allowed)}
+                )
             handler(self, **match.groupdict())
             return
         # A digest or tag with a slash (sha256:../../x) matches no route: say what is wrong.
@@ -757,8 +782,7 @@ class _Handler(BaseHTTPRequestHandler):
         with f:
             st = os.fstat(f.fileno())
             size = st.st_size
-            headers = {"Docker-Content-Digest": str(d), "Accept-Ranges": "bytes",
-                       "ETag": f'"{d}"'}  # fmt: skip
+            headers = {"Docker-Content-Digest": str(d), "Accept-Ranges": "bytes", "ETag": f'"{d}"'}
             byte_range = _parse_range(self.headers.get("Range"), size)
             if byte_range is None:
                 self._start(200, size, headers, "application/octet-stream")
@@ -767,8 +791,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             start, end = byte_range
             if start > end:
-                raise _Fail(416, "BLOB_UNKNOWN", "requested range not satisfiable",
-                            self.headers.get("Range"), {"Content-Range": f"bytes */{size}"})  # fmt: skip
+                raise _Fail(
+                    416,
+                    "BLOB_UNKNOWN",
+                    "requested range not satisfiable",
+                    self.headers.get("Range"),
+                    {"Content-Range": f"bytes */{size}"},
+                )
             if self.command != "HEAD" and not self.storage.verified(st, d):
                 # A range is served only from a file whose whole content hashed right.
                 _check_file(f, d, size)
@@ -795,8 +824,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(held)
             held = chunk
         if hasher.size != size or hasher.digest != digest:
-            log.error("blob %s on disk is corrupt (%d bytes hashing to %s): connection cut",
-                      digest, hasher.size, hasher.digest)  # fmt: skip
+            log.error(
+                "blob %s on disk is corrupt (%d bytes hashing to %s): connection cut",
+                digest,
+                hasher.size,
+                hasher.digest,
+            )
             self.close_connection = True
             return False
         if held:
@@ -806,8 +839,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _blob_delete(self, name: str, digest: str) -> None:
         self._name(name)
         self._digest(digest)
-        raise _Fail(405, "UNSUPPORTED", "blob deletion is not supported",
-                    "delete manifests instead; blobs are kept", {"Allow": "GET, HEAD"})  # fmt: skip
+        raise _Fail(
+            405,
+            "UNSUPPORTED",
+            "blob deletion is not supported",
+            "delete manifests instead; blobs are kept",
+            {"Allow": "GET, HEAD"},
+        )
 
     # -- uploads
     def _upload_headers(self, name: str, upload: _Upload) -> dict[str, str]:
@@ -818,14 +856,19 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _blob_created(self, name: str, digest: Digest) -> None:
-        self._send(201, headers={"Location": f"/v2/{name}/blobs/{digest}",
-                                 "Docker-Content-Digest": str(digest)})  # fmt: skip
+        self._send(
+            201, headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest)}
+        )
 
     def _upload_start(self, name: str, upload_id: str | None) -> None:
         name = self._name(name)
         if upload_id:
-            raise _Fail(405, "UNSUPPORTED", "POST to an upload session is not supported",
-                        headers={"Allow": "GET, PATCH, PUT, DELETE"})  # fmt: skip
+            raise _Fail(
+                405,
+                "UNSUPPORTED",
+                "POST to an upload session is not supported",
+                headers={"Allow": "GET, PATCH, PUT, DELETE"},
+            )
         mount = self._q("mount")
         if mount is not None:
             digest = self._digest(mount)
@@ -871,13 +914,21 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Fail(400, "BLOB_UPLOAD_INVALID", "malformed Content-Range", header[:80])
         start, end = int(match[1]), int(match[2])
         if start != upload.size:
-            raise _Fail(416, "BLOB_UPLOAD_INVALID", "chunk out of order",
-                        f"the upload has {upload.size} bytes; a chunk must start there",
-                        self._upload_headers(name, upload))  # fmt: skip
+            raise _Fail(
+                416,
+                "BLOB_UPLOAD_INVALID",
+                "chunk out of order",
+                f"the upload has {upload.size} bytes; a chunk must start there",
+                self._upload_headers(name, upload),
+            )
         length = self._require_body().length
         if end < start or (length is not None and end - start + 1 != length):
-            raise _Fail(400, "BLOB_UPLOAD_INVALID", "Content-Range does not match the body",
-                        f"{header[:80]} with Content-Length {length}")  # fmt: skip
+            raise _Fail(
+                400,
+                "BLOB_UPLOAD_INVALID",
+                "Content-Range does not match the body",
+                f"{header[:80]} with Content-Length {length}",
+            )
 
     def _upload_session(self, name: str, upload_id: str | None) -> tuple[str, _Upload]:
         name = self._name(name)
@@ -933,8 +984,12 @@ class _Handler(BaseHTTPRequestHandler):
         tag, expected = self._reference(reference)
 
         def too_large() -> _Fail:
-            return _Fail(413, "MANIFEST_INVALID", "manifest too large",
-                         f"manifests are limited to {MAX_MANIFEST_SIZE} bytes")  # fmt: skip
+            return _Fail(
+                413,
+                "MANIFEST_INVALID",
+                "manifest too large",
+                f"manifests are limited to {MAX_MANIFEST_SIZE} bytes",
+            )
 
         data = self._require_body().read_limited(MAX_MANIFEST_SIZE, too_large)
         try:
@@ -944,8 +999,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Fail(400, "MANIFEST_INVALID", "manifest invalid", str(exc)) from None
         digest = Digest.of(data, expected.algorithm if expected is not None else "sha256")
         if expected is not None and digest != expected:
-            raise _Fail(400, "DIGEST_INVALID", "the manifest does not match the digest it was pushed by",
-                        {"expected": str(expected), "got": str(digest)})  # fmt: skip
+            raise _Fail(
+                400,
+                "DIGEST_INVALID",
+                "the manifest does not match the digest it was pushed by",
+                {"expected": str(expected), "got": str(digest)},
+            )
         needed = [doc.config, *doc.layers] if isinstance(doc, Manifest) else list(doc.manifests)
         layout = self.storage.layout(name)
         # Foreign layers (with urls) are fetched from elsewhere and never pushed.
@@ -955,8 +1014,12 @@ class _Handler(BaseHTTPRequestHandler):
             if not d.urls and (layout is None or not layout.has_blob(d.digest, d.size))
         ]
         if missing:
-            raise _Fail(400, "MANIFEST_BLOB_UNKNOWN", "manifest references blobs unknown to the repository",
-                        {"missing": missing})  # fmt: skip
+            raise _Fail(
+                400,
+                "MANIFEST_BLOB_UNKNOWN",
+                "manifest references blobs unknown to the repository",
+                {"missing": missing},
+            )
         layout = self.storage.layout(name, create=True)
         assert layout is not None
         try:
@@ -988,8 +1051,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not mt.is_index(entry.media_type):
                 continue
             try:
-                index = parse_manifest_document(layout.read_blob(entry, MAX_MANIFEST_SIZE),
-                                                entry.media_type)  # fmt: skip
+                index = parse_manifest_document(layout.read_blob(entry, MAX_MANIFEST_SIZE), entry.media_type)
             except ImagesmithError as exc:
                 log.warning("cannot read index %s of %s: %s", entry.digest, layout.root, exc)
                 continue
@@ -1008,8 +1070,12 @@ class _Handler(BaseHTTPRequestHandler):
             data = layout.read_blob(entry, MAX_MANIFEST_SIZE)
         except LayoutError as exc:
             raise _Fail(404, "MANIFEST_UNKNOWN", "manifest unknown to registry", str(exc)) from None
-        self._send(200, data, {"Docker-Content-Digest": str(entry.digest), "ETag": f'"{entry.digest}"'},
-                   entry.media_type)  # fmt: skip
+        self._send(
+            200,
+            data,
+            {"Docker-Content-Digest": str(entry.digest), "ETag": f'"{entry.digest}"'},
+            entry.media_type,
+        )
 
     def _manifest_delete(self, name: str, reference: str) -> None:
         name = self._name(name)
@@ -1161,8 +1227,9 @@ class RegistryServer:
             raise UsageError(f"idle timeout {idle_timeout!r} must be a positive number of seconds")
         self._storage = _Storage(self.root)
         try:
-            self._httpd = _HTTPServer((host, port), self._storage, max_connections=max_connections,
-                                      idle_timeout=idle_timeout)  # fmt: skip
+            self._httpd = _HTTPServer(
+                (host, port), self._storage, max_connections=max_connections, idle_timeout=idle_timeout
+            )
         except OSError as exc:
             raise UsageError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another port"
@@ -1194,8 +1261,9 @@ class RegistryServer:
         if self._stopped:
             raise UsageError("this registry server was stopped; create a new one")
         if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name=f"imagesmith-serve-{self.address}",
-                                            daemon=True)  # fmt: skip
+            self._thread = threading.Thread(
+                target=self._serve, name=f"imagesmith-serve-{self.address}", daemon=True
+            )
             self._thread.start()
             log.info("serving %s at http://%s", self.root, self.address)
         return self

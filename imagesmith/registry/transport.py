@@ -161,12 +161,8 @@ class RegistryOptions:
 
     def __post_init__(self) -> None:
         # Accept any iterable of strings and normalise once, so lookups are exact matches.
-        raw: Iterable[str] = (
-            [self.insecure] if isinstance(self.insecure, str) else self.insecure
-        )
-        object.__setattr__(
-            self, "insecure", frozenset(_normalise_host_entry(e) for e in raw if e.strip())
-        )
+        raw: Iterable[str] = [self.insecure] if isinstance(self.insecure, str) else self.insecure
+        object.__setattr__(self, "insecure", frozenset(_normalise_host_entry(e) for e in raw if e.strip()))
         if self.ca_cert is not None and not isinstance(self.ca_cert, Path):
             object.__setattr__(self, "ca_cert", Path(self.ca_cert))
         if self.auth_file is not None and not isinstance(self.auth_file, Path):
@@ -188,9 +184,7 @@ class RegistryOptions:
             )
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> RegistryOptions:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RegistryOptions:
         """Options from ``IMAGESMITH_INSECURE_REGISTRY``, ``IMAGESMITH_CA_CERT``,
         ``IMAGESMITH_CREDENTIAL_HELPER_TIMEOUT``, merged, with the
         ``registries.conf`` and ``certs.d`` the environment's files name.
@@ -346,8 +340,8 @@ def parse_error_body(data: bytes) -> list[tuple[str, str]]:
             message = _sanitize(str(err.get("message") or ""), 200)
             detail = err.get("detail")
             if detail and not isinstance(detail, dict | list):
-                message = f"{message} ({_sanitize(str(detail), 200)})" if message else _sanitize(
-                    str(detail), 200
+                message = (
+                    f"{message} ({_sanitize(str(detail), 200)})" if message else _sanitize(str(detail), 200)
                 )
             out.append((code, message))
     elif isinstance(obj.get("error"), str):
@@ -374,8 +368,10 @@ class Fetched:
             raise RegistryError(
                 f"{what}: {self.method} {redact_url(self.url)} -> {self.status} returned a body "
                 f"that is not JSON: {_sanitize(self.body[:400].decode('utf-8', 'replace'))!r}",
-                method=self.method, url=redact_url(self.url), status=self.status,
-            ) from None  # fmt: skip
+                method=self.method,
+                url=redact_url(self.url),
+                status=self.status,
+            ) from None
 
 
 def error_from_fetched(
@@ -409,8 +405,7 @@ def error_from_fetched(
         if _INSUFFICIENT_SCOPE.search(fetched.headers.get("WWW-Authenticate", "")):
             what = "denied the access this needs (insufficient_scope: the account may not do this)"
         return AuthenticationError(
-            f"{head}{host} {what} ({summary}); check your credentials, or run "
-            f"`docker login {host}`",
+            f"{head}{host} {what} ({summary}); check your credentials, or run `docker login {host}`",
             **kwargs,
         )
     if status == 404:
@@ -427,9 +422,7 @@ def error_from_fetched(
             f"(gave up after {attempts} attempt(s))",
             **kwargs,
         )
-    if status == 400 and "http request to an https server" in fetched.body.decode(
-        "utf-8", "replace"
-    ).lower():
+    if status == 400 and "http request to an https server" in fetched.body.decode("utf-8", "replace").lower():
         return RegistryError(
             f"{head}{summary}; {host} speaks https: remove it from the insecure registries",
             **kwargs,
@@ -483,8 +476,10 @@ def _network_error(
         m = _SSL_REASON.search(text)
         reason = (m.group(1) or m.group(2)).strip() if m else "TLS handshake failed"
         lower = text.lower()
-        if "wrong_version_number" in lower or "record layer failure" in lower or (
-            "unknown protocol" in lower
+        if (
+            "wrong_version_number" in lower
+            or "record layer failure" in lower
+            or ("unknown protocol" in lower)
         ):
             # --insecure-registry picks the scheme of URLs imagesmith builds; a URL a server
             # named (a token realm, a redirect) keeps its scheme, and its caller says why.
@@ -531,9 +526,7 @@ def _network_error(
         if parts.scheme == "http":
             hint = f"; if {host} speaks https, remove it from the insecure registries"
         return _NetworkFailure(
-            RegistryUnreachableError(
-                f"cannot reach {host} ({method} {shown}): {reason}{hint}", **common
-            ),
+            RegistryUnreachableError(f"cannot reach {host} ({method} {shown}): {reason}{hint}", **common),
             retryable=True,
         )
     return _NetworkFailure(
@@ -634,8 +627,11 @@ class Transport:
             resp = self.send("GET", f"https://{host}/v2/", {}, None)
             resp.close()
         except _NetworkFailure as failure:
-            log.debug("%s does not answer https (%s); using plain http, registries.conf calls it insecure",
-                      host, failure.error)  # fmt: skip
+            log.debug(
+                "%s does not answer https (%s); using plain http, registries.conf calls it insecure",
+                host,
+                failure.error,
+            )
             scheme = "http"
         with self._host_lock:
             self._schemes[host] = scheme
@@ -688,16 +684,22 @@ class Transport:
             verify = not self.options.conf_insecure(netloc)
         try:
             resp = self.session.request(
-                method, url, headers=dict(headers), data=data, stream=True,
+                method,
+                url,
+                headers=dict(headers),
+                data=data,
+                stream=True,
                 timeout=(self.options.timeout, self.options.timeout),
-                allow_redirects=False, proxies=proxies, verify=verify,
-            )  # fmt: skip
+                allow_redirects=False,
+                proxies=proxies,
+                verify=verify,
+            )
         except requests.RequestException as exc:
-            log.debug("%s %s -> %s (%.3f s)", method, redact_url(url), type(exc).__name__,
-                      time.monotonic() - start)  # fmt: skip
+            log.debug(
+                "%s %s -> %s (%.3f s)", method, redact_url(url), type(exc).__name__, time.monotonic() - start
+            )
             raise _network_error(exc, method, url, self.options, plain_http_hint) from None
-        log.debug("%s %s -> %d (%.3f s)", method, redact_url(url), resp.status_code,
-                  time.monotonic() - start)  # fmt: skip
+        log.debug("%s %s -> %d (%.3f s)", method, redact_url(url), resp.status_code, time.monotonic() - start)
         return resp
 
     def _send_chain(
@@ -733,10 +735,14 @@ class Transport:
                 hdrs["Authorization"] = sent = explicit
             data = body() if callable(body) else body
             try:
-                hint = plain_http_hint if current == url else (
-                    "it speaks plain http, but a redirect named an https URL for it: the server "
-                    "that redirected is misconfigured"
-                )  # fmt: skip
+                hint = (
+                    plain_http_hint
+                    if current == url
+                    else (
+                        "it speaks plain http, but a redirect named an https URL for it: the server "
+                        "that redirected is misconfigured"
+                    )
+                )
                 resp = self.send(method, current, hdrs, data, hint)
             finally:
                 closer = getattr(data, "close", None) if callable(body) else None
@@ -752,8 +758,9 @@ class Transport:
         raise RegistryError(
             f"{method} {redact_url(url)}: more than {self.options.max_redirects} redirects "
             "(a redirect loop?)",
-            method=method, url=redact_url(url),
-        )  # fmt: skip
+            method=method,
+            url=redact_url(url),
+        )
 
     def backoff(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (0-based): exponential, capped, jittered."""
@@ -800,16 +807,29 @@ class Transport:
                 cancel.check()
             try:
                 resp, fresh, sent = self._send_chain(
-                    method, url, headers or {}, body, scopes, auth, auth_origin, follow_redirects,
-                    http_origins, plain_http_hint,
+                    method,
+                    url,
+                    headers or {},
+                    body,
+                    scopes,
+                    auth,
+                    auth_origin,
+                    follow_redirects,
+                    http_origins,
+                    plain_http_hint,
                 )
             except _NetworkFailure as failure:
                 if retry and failure.retryable and attempt < self.options.retries:
                     delay = self.backoff(attempt)
                     attempt += 1
-                    log.info("retrying %s %s in %.1f s after a network error (attempt %d of %d)",
-                             method, redact_url(url), delay, attempt + 1,
-                             self.options.retries + 1)  # fmt: skip
+                    log.info(
+                        "retrying %s %s in %.1f s after a network error (attempt %d of %d)",
+                        method,
+                        redact_url(url),
+                        delay,
+                        attempt + 1,
+                        self.options.retries + 1,
+                    )
                     self.sleep(delay)
                     continue
                 raise failure.error from None
@@ -832,15 +852,18 @@ class Transport:
                 return resp
             if status in RETRY_STATUSES and retry and attempt < self.options.retries:
                 wait = parse_retry_after(resp.headers.get("Retry-After"))
-                delay = (
-                    min(wait, self.options.max_retry_after) if wait is not None
-                    else self.backoff(attempt)
-                )  # fmt: skip
+                delay = min(wait, self.options.max_retry_after) if wait is not None else self.backoff(attempt)
                 resp.close()
                 attempt += 1
-                log.info("retrying %s %s in %.1f s after HTTP %d (attempt %d of %d)", method,
-                         redact_url(url), delay, status, attempt + 1,
-                         self.options.retries + 1)  # fmt: skip
+                log.info(
+                    "retrying %s %s in %.1f s after HTTP %d (attempt %d of %d)",
+                    method,
+                    redact_url(url),
+                    delay,
+                    status,
+                    attempt + 1,
+                    self.options.retries + 1,
+                )
                 self.sleep(delay)
                 continue
             fetched = self.read(resp, method)
@@ -907,8 +930,12 @@ class Transport:
                     raise failure.error from None
                 delay = self.backoff(attempt)
                 attempt += 1
-                log.info("retrying %s %s in %.1f s: connection lost while reading the body",
-                         method, redact_url(url), delay)  # fmt: skip
+                log.info(
+                    "retrying %s %s in %.1f s: connection lost while reading the body",
+                    method,
+                    redact_url(url),
+                    delay,
+                )
                 self.sleep(delay)
 
 

@@ -1,2 +1,1 @@
-"""Local storage: the atomic blob store, the blob cache, and OCI layout directories.
-"""
+"""Local storage: the atomic blob store, the blob cache, and OCI layout directories."""

@@ -297,8 +297,9 @@ class OCILayout:
                 raise IntegrityError(
                     f"blob {descriptor.digest} in {self.root} has {actual} bytes, expected {descriptor.size}"
                 )
-            yield VerifyingReader(f, descriptor.digest, descriptor.size,
-                                  f"blob {descriptor.digest} in {self.root}")  # fmt: skip
+            yield VerifyingReader(
+                f, descriptor.digest, descriptor.size, f"blob {descriptor.digest} in {self.root}"
+            )
 
     def read_blob(self, descriptor: Descriptor, max_size: int) -> bytes:
         """A small blob (config, manifest) in memory, verified; refused over ``max_size``."""
@@ -323,9 +324,15 @@ class OCILayout:
         fd, tmp = self._mkstemp("blob")
         try:
             with atomic_blob(
-                fd, tmp, expected=expected, size=size, destination=self.blob_path, present=self.has_blob,
-                fail=_os_error, misuse=LayoutError,
-            ) as writer:  # fmt: skip
+                fd,
+                tmp,
+                expected=expected,
+                size=size,
+                destination=self.blob_path,
+                present=self.has_blob,
+                fail=_os_error,
+                misuse=LayoutError,
+            ) as writer:
                 yield writer
         finally:
             self._tidy_temp_dir()
@@ -539,8 +546,14 @@ class OCILayout:
         if tag is not None:
             extra[REF_NAME] = tag
         artifact_type = doc.artifact_type if isinstance(doc, Manifest) else None
-        entry = Descriptor(doc.media_type, digest, len(data), annotations=extra or None,
-                           platform=platform, artifact_type=artifact_type)  # fmt: skip
+        entry = Descriptor(
+            doc.media_type,
+            digest,
+            len(data),
+            annotations=extra or None,
+            platform=platform,
+            artifact_type=artifact_type,
+        )
 
         def change(entries: list[Descriptor]) -> list[Descriptor]:
             if tag is None:
@@ -601,9 +614,13 @@ class OCILayout:
         if not isinstance(artifact_type, str) or not artifact_type:
             # image-spec: a manifest without artifactType is typed by its config.
             artifact_type = doc.config.media_type if isinstance(doc, Manifest) else None
-        described = Descriptor(doc.media_type, entry.digest, entry.size,
-                               annotations=doc.annotations or None,
-                               artifact_type=artifact_type)  # fmt: skip
+        described = Descriptor(
+            doc.media_type,
+            entry.digest,
+            entry.size,
+            annotations=doc.annotations or None,
+            artifact_type=artifact_type,
+        )
         info = (subject.digest if subject is not None else None, described)
         with self._info_lock:
             self._subjects[entry.digest] = info

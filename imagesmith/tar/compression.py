@@ -63,7 +63,8 @@ try:
     _ISAL_VERSION = str(_isal.__version__)
     # What inflating raises: zlib's error, and ISA-L's own.
     _INFLATE_ERRORS: tuple[type[Exception], ...] = (
-        zlib.error, cast("type[Exception]", _isal.isal_zlib.error)
+        zlib.error,
+        cast("type[Exception]", _isal.isal_zlib.error),
     )
 except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
     _isal_zlib = None
@@ -256,7 +257,10 @@ class _Zstd:
         self._out = out
         self._closed = False
         cctx = zstandard.ZstdCompressor(
-            level=level, write_content_size=False, write_checksum=False, write_dict_id=False,
+            level=level,
+            write_content_size=False,
+            write_checksum=False,
+            write_dict_id=False,
             threads=0,
         )
         self._z = cctx.compressobj()
@@ -483,10 +487,16 @@ class Decompressor:
         self._members = 0
         self.compressed_bytes = 0
         self._zstd_frames = _ZstdFrames(what)
-        self._zstd = zstandard.ZstdDecompressor().stream_reader(
-            cast(IO[bytes], _TrackedSource(self, self._zstd_frames)), read_size=_IN_CHUNK,
-            read_across_frames=True, closefd=False,
-        ) if self.compression == "zstd" else None
+        self._zstd = (
+            zstandard.ZstdDecompressor().stream_reader(
+                cast(IO[bytes], _TrackedSource(self, self._zstd_frames)),
+                read_size=_IN_CHUNK,
+                read_across_frames=True,
+                closefd=False,
+            )
+            if self.compression == "zstd"
+            else None
+        )
 
     def _read_raw(self, n: int) -> bytes:
         try:

@@ -225,8 +225,9 @@ def _kind_of(mode: int) -> EntryKind | None:
 def _refuse_whiteout_name(path: str, name: str) -> NoReturn:
     """Refuse a file whose name a layer reader takes for a whiteout (OCI image-spec)."""
     meaning = (
-        "everything the layers below put in its directory" if name == _OPAQUE
-        else f"{name[len(_WHITEOUT):]!r} from the layers below"
+        "everything the layers below put in its directory"
+        if name == _OPAQUE
+        else f"{name[len(_WHITEOUT) :]!r} from the layers below"
     )
     raise LayerError(
         f"{path!r} is named like a whiteout ({_WHITEOUT}*): in a layer it would not be a file but "
@@ -358,8 +359,13 @@ def _fs_entry(
     if kind == "file":
         return TarEntry(name, "file", mode, size=st.st_size, uid=uid, gid=gid, source=path)
     return TarEntry(
-        name, kind, mode, uid=uid, gid=gid,
-        devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev),
+        name,
+        kind,
+        mode,
+        uid=uid,
+        gid=gid,
+        devmajor=os.major(st.st_rdev),
+        devminor=os.minor(st.st_rdev),
     )
 
 
@@ -582,10 +588,14 @@ class TarballEntries:
         except OSError:
             size = -1
         if size == 0:
-            return LayerError(f"{what} is empty (0 bytes), not a tar archive: was it cut short or never "
-                              "written? Give the tarball with the files")  # fmt: skip
-        return LayerError(f"{what} is a tar archive holding no files: was it made from an empty "
-                          "directory, or cut short? Give the tarball with the files")  # fmt: skip
+            return LayerError(
+                f"{what} is empty (0 bytes), not a tar archive: was it cut short or never "
+                "written? Give the tarball with the files"
+            )
+        return LayerError(
+            f"{what} is a tar archive holding no files: was it made from an empty "
+            "directory, or cut short? Give the tarball with the files"
+        )
 
     def _check_member(self, name: str, member: TarMember, what: str) -> None:
         # Any component: "a/.wh.b/c" would make the implied directory "a/.wh.b" a whiteout.
@@ -660,9 +670,18 @@ class TarballEntries:
             source = (f, m.offset) if kind == "file" else None
         device = kind in ("chardev", "blockdev")
         return TarEntry(
-            name, kind, mode, size=size, linkname=linkname, uid=uid, gid=gid, uname=uname,
-            gname=gname, devmajor=m.devmajor if device else 0,
-            devminor=m.devminor if device else 0, source=source,
+            name,
+            kind,
+            mode,
+            size=size,
+            linkname=linkname,
+            uid=uid,
+            gid=gid,
+            uname=uname,
+            gname=gname,
+            devmajor=m.devmajor if device else 0,
+            devminor=m.devminor if device else 0,
+            source=source,
         )
 
 

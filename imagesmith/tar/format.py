@@ -286,8 +286,9 @@ class TarReader:
     def _budget(self, n: int) -> None:
         limit = self._max_bytes
         if limit is not None and self.consumed + n > limit:
-            self._limit(f"the archive is larger than {limit} bytes uncompressed (a decompression bomb?)",
-                        "max_bytes")
+            self._limit(
+                f"the archive is larger than {limit} bytes uncompressed (a decompression bomb?)", "max_bytes"
+            )
 
     def data(self) -> Iterator[bytes]:
         """Yield the current member's data in pieces of at most 1 MiB (streaming use)."""
@@ -405,8 +406,9 @@ class TarReader:
                 extended_bytes += size
                 limit = self._max_header_bytes
                 if extended_bytes > limit or (typeflag == b"g" and global_bytes + size > limit):
-                    self._limit(f"extended headers of more than {limit} bytes before one member",
-                                "max_header_bytes")
+                    self._limit(
+                        f"extended headers of more than {limit} bytes before one member", "max_header_bytes"
+                    )
                 self._budget(size + pad)
                 payload = self._read(size, "extended")
                 if len(payload) < size:
@@ -499,7 +501,8 @@ class TarReader:
             gid=self._pax_int(records[b"gid"], "gid") if b"gid" in records else number(block[116:124]),
             uname=records.get(b"uname", block[265:297].split(b"\0", 1)[0]).decode("utf-8", "surrogateescape"),
             gname=records.get(b"gname", block[297:329].split(b"\0", 1)[0]).decode("utf-8", "surrogateescape"),
-            mtime_ns=self._pax_time_ns(records[b"mtime"]) if b"mtime" in records
+            mtime_ns=self._pax_time_ns(records[b"mtime"])
+            if b"mtime" in records
             else number(block[136:148], signed=True) * 1_000_000_000,
             devmajor=number(block[329:337]) if device else 0,
             devminor=number(block[337:345]) if device else 0,

@@ -394,11 +394,15 @@ def _check_adopted(
     if name.rpartition("/")[2].startswith(_WHITEOUT):
         raise LayerError(f"{shown} is a whiteout: package tarballs may not delete files of lower layers")
     if member.kind in ("chardev", "blockdev", "fifo"):
-        raise LayerError(f"{shown} is a {'FIFO' if member.kind == 'fifo' else 'device node'}: "
-                         "packages may not contain special files")  # fmt: skip
+        raise LayerError(
+            f"{shown} is a {'FIFO' if member.kind == 'fifo' else 'device node'}: "
+            "packages may not contain special files"
+        )
     if member.mode & 0o7000:
-        raise LayerError(f"{shown} has mode {member.mode:o} (setuid, setgid or sticky): refused in a "
-                         "package layer used as is")  # fmt: skip
+        raise LayerError(
+            f"{shown} has mode {member.mode:o} (setuid, setgid or sticky): refused in a "
+            "package layer used as is"
+        )
     if member.kind == "hardlink":
         target = member.linkname
         if target.startswith("/") or ".." in target.split("/"):

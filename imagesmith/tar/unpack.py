@@ -317,8 +317,13 @@ class _Unpacker:
 
     def stats(self) -> UnpackStats:
         return UnpackStats(
-            files=self.files, dirs=self.dirs, symlinks=self.symlinks, hardlinks=self.hardlinks,
-            whiteouts=self.whiteouts, skipped=tuple(self.skipped), bytes=self.bytes,
+            files=self.files,
+            dirs=self.dirs,
+            symlinks=self.symlinks,
+            hardlinks=self.hardlinks,
+            whiteouts=self.whiteouts,
+            skipped=tuple(self.skipped),
+            bytes=self.bytes,
             specials=self.specials,
         )
 
@@ -346,8 +351,10 @@ class _Unpacker:
                 fd = nxt
         except OSError:
             os.close(fd)
-            self._fail(f"resolves through {'/'.join(names)!r}, which changed while the layer was unpacked",
-                       "unpack into a directory nothing else writes to")
+            self._fail(
+                f"resolves through {'/'.join(names)!r}, which changed while the layer was unpacked",
+                "unpack into a directory nothing else writes to",
+            )
         return fd
 
     def _resolve(self, components: tuple[str, ...], *, create: bool) -> _Dir | None:
@@ -383,8 +390,10 @@ class _Unpacker:
                     except FileExistsError:
                         hops += 1  # appeared meanwhile: look again (bounded like the symlinks)
                         if hops > MAX_SYMLINK_HOPS:
-                            self._fail("has a parent directory that keeps changing",
-                                       "unpack into a directory nothing else writes to")
+                            self._fail(
+                                "has a parent directory that keeps changing",
+                                "unpack into a directory nothing else writes to",
+                            )
                         pending.append(comp)
                         continue
                     nxt = os.open(comp, _DIR_FLAGS, dir_fd=fd)
@@ -409,8 +418,10 @@ class _Unpacker:
                     if st is None and create:
                         hops += 1  # vanished meanwhile: look again (bounded like the symlinks)
                         if hops > MAX_SYMLINK_HOPS:
-                            self._fail("has a parent directory that keeps changing",
-                                       "unpack into a directory nothing else writes to")
+                            self._fail(
+                                "has a parent directory that keeps changing",
+                                "unpack into a directory nothing else writes to",
+                            )
                         pending.append(comp)
                         continue
                     if not create or st is None:
@@ -568,8 +579,10 @@ class _Unpacker:
         try:
             self._apply_deferred()
         except OSError as exc:
-            self._fail(f"could not get its directory metadata: {exc.strerror or exc}",
-                       "check the permissions of the root directory")
+            self._fail(
+                f"could not get its directory metadata: {exc.strerror or exc}",
+                "check the permissions of the root directory",
+            )
 
     def _os_failure(self, m: TarMember, exc: OSError) -> NoReturn:
         """Fail for an error the OS gave while ``m`` was applied, with advice that fits it."""
@@ -589,10 +602,15 @@ class _Unpacker:
                     "the image cannot be unpacked on this file system",
                 )
             if m.kind == "symlink":
-                self._fail(f"is a symlink whose target ({len(os.fsencode(m.linkname))} bytes) is "
-                           "longer than the target file system takes", "the layer is corrupt")
-            self._fail(f"{problem}: its name is too long for the target file system",
-                       "the image cannot be unpacked on this file system")
+                self._fail(
+                    f"is a symlink whose target ({len(os.fsencode(m.linkname))} bytes) is "
+                    "longer than the target file system takes",
+                    "the layer is corrupt",
+                )
+            self._fail(
+                f"{problem}: its name is too long for the target file system",
+                "the image cannot be unpacked on this file system",
+            )
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             # A full disk, not a bad layer: its own error (and exit code), never an integrity one.
             raise DiskFullError(
@@ -602,8 +620,9 @@ class _Unpacker:
             )
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             self._fail(problem, "check the permissions of the root directory and its file system")
-        self._fail(problem, "check the root directory: free space, permissions, and that nothing "
-                            "else writes to it")
+        self._fail(
+            problem, "check the root directory: free space, permissions, and that nothing else writes to it"
+        )
 
     def _apply(self, m: TarMember, stream: TarReader) -> None:
         parts = self._clean(m.name)
@@ -695,8 +714,9 @@ class _Unpacker:
         fd = os.open(base, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
         try:
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                self._fail("was replaced while it was unpacked",
-                           "unpack into a directory nothing else writes to")
+                self._fail(
+                    "was replaced while it was unpacked", "unpack into a directory nothing else writes to"
+                )
             self._finish_fd(fd, m)
         finally:
             os.close(fd)
@@ -711,8 +731,10 @@ class _Unpacker:
         try:
             os.chmod(base, self._mode(m), dir_fd=parent.fd, follow_symlinks=False)
         except (NotImplementedError, ValueError):
-            self._fail("cannot get its mode without following symlinks on this platform",
-                       "use UnpackPolicy(allow_devices=False)")
+            self._fail(
+                "cannot get its mode without following symlinks on this platform",
+                "use UnpackPolicy(allow_devices=False)",
+            )
         self._utime(base, m.mtime_ns, parent.fd)
         self.specials += 1
 
@@ -742,14 +764,20 @@ class _Unpacker:
                 base = parts[-1]
                 existing = _lstat(base, parent.fd)
                 same = existing is not None and (existing.st_dev, existing.st_ino) == (
-                    source_st.st_dev, source_st.st_ino
+                    source_st.st_dev,
+                    source_st.st_ino,
                 )
                 if not same:
                     self._replace(parent, base, keep_dir=False)
                     # follow_symlinks=False: if the target became a symlink meanwhile, the new
                     # link is that symlink, never the file it points to.
-                    os.link(target_parts[-1], base, src_dir_fd=source.fd, dst_dir_fd=parent.fd,
-                            follow_symlinks=False)
+                    os.link(
+                        target_parts[-1],
+                        base,
+                        src_dir_fd=source.fd,
+                        dst_dir_fd=parent.fd,
+                        follow_symlinks=False,
+                    )
                 self._wrote(_join(parent.path, base))
             finally:
                 os.close(parent.fd)
@@ -760,8 +788,10 @@ class _Unpacker:
 
     def _whiteout(self, m: TarMember, parts: list[str]) -> None:
         if not self._policy.allow_whiteouts:
-            self._fail("is a whiteout, which this policy refuses",
-                       "package tarballs may not delete files of other layers")
+            self._fail(
+                "is a whiteout, which this policy refuses",
+                "package tarballs may not delete files of other layers",
+            )
         base = parts[-1]
         if parts[0].startswith(_WHITEOUT_META) and parts != [_OPAQUE]:
             # aufs bookkeeping at the top (.wh..wh.aufs, .wh..wh.plnk/...): never content.
@@ -918,10 +948,15 @@ def unpack_layer(
         with source:
             hashing = _Hashing(source, diff_id.algorithm) if diff_id is not None else None
             reader = TarReader(
-                hashing or source, label, max_members=policy.max_members,
-                max_header_bytes=policy.max_header_bytes, max_bytes=policy.max_bytes,
-                error=UnpackError, advice=_TRUNCATED_ADVICE, limits="UnpackPolicy",
-            )  # fmt: skip
+                hashing or source,
+                label,
+                max_members=policy.max_members,
+                max_header_bytes=policy.max_header_bytes,
+                max_bytes=policy.max_bytes,
+                error=UnpackError,
+                advice=_TRUNCATED_ADVICE,
+                limits="UnpackPolicy",
+            )
             unpacker = _Unpacker(root_fd, policy, label)
             try:
                 unpacker.run(reader)
@@ -974,15 +1009,31 @@ def unpack_layers(
         else:
             meter = Meter(progress, "unpack-progress", name, os.fstat(raw.fileno()).st_size)
             with raw:
-                stats = unpack_layer(cast("IO[bytes]", _Metered(raw, meter)), root, policy=policy,
-                                     what=what, diff_id=diff_id)  # fmt: skip
+                stats = unpack_layer(
+                    cast("IO[bytes]", _Metered(raw, meter)), root, policy=policy, what=what, diff_id=diff_id
+                )
             meter.done()
             progress(ProgressEvent("layer-unpacked", name, meter.total))
-        for i, value in enumerate((stats.files, stats.dirs, stats.symlinks, stats.hardlinks,
-                                   stats.whiteouts, stats.bytes, stats.specials)):
+        for i, value in enumerate(
+            (
+                stats.files,
+                stats.dirs,
+                stats.symlinks,
+                stats.hardlinks,
+                stats.whiteouts,
+                stats.bytes,
+                stats.specials,
+            )
+        ):
             totals[i] += value
         skipped.extend(stats.skipped)
     return UnpackStats(
-        files=totals[0], dirs=totals[1], symlinks=totals[2], hardlinks=totals[3],
-        whiteouts=totals[4], skipped=tuple(skipped), bytes=totals[5], specials=totals[6],
+        files=totals[0],
+        dirs=totals[1],
+        symlinks=totals[2],
+        hardlinks=totals[3],
+        whiteouts=totals[4],
+        skipped=tuple(skipped),
+        bytes=totals[5],
+        specials=totals[6],
     )

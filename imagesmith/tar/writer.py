@@ -125,9 +125,7 @@ def _encode(text: str, what: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        raise LayerError(
-            f"{what!r} is not valid UTF-8: tar names must be UTF-8 (rename the file)"
-        ) from None
+        raise LayerError(f"{what!r} is not valid UTF-8: tar names must be UTF-8 (rename the file)") from None
 
 
 def _octal(value: int, width: int) -> bytes:
@@ -297,13 +295,20 @@ class TarWriter:
         ):
             # Everything fits one ustar block (almost every entry of a layer).
             head = _HEAD.pack(
-                name.encode("ascii"), b"%07o\0%07o\0%07o\0%011o\0" % (entry.mode, uid, gid, size),
+                name.encode("ascii"),
+                b"%07o\0%07o\0%07o\0%011o\0" % (entry.mode, uid, gid, size),
                 self._mtime_field,
             )
             if linkname:
                 tail = _TAIL.pack(
-                    TYPEFLAGS[kind], linkname.encode("ascii"), b"ustar\0", b"00", b"", b"",
-                    _ZERO_DEVICE, _ZERO_DEVICE,
+                    TYPEFLAGS[kind],
+                    linkname.encode("ascii"),
+                    b"ustar\0",
+                    b"00",
+                    b"",
+                    b"",
+                    _ZERO_DEVICE,
+                    _ZERO_DEVICE,
                 )
                 tail_sum = _byte_sum(tail)
             else:
@@ -355,14 +360,33 @@ class TarWriter:
             return header
         payload = b"".join(_pax_record(key, pax[key]) for key in sorted(pax))
         pax_header = self._block(
-            b"././@PaxHeader", _octal(0o644, 8), _octal(0, 8), _octal(0, 8),
-            _octal(len(payload), 12), b"x", b"", b"", b"", _octal(0, 8), _octal(0, 8),
+            b"././@PaxHeader",
+            _octal(0o644, 8),
+            _octal(0, 8),
+            _octal(0, 8),
+            _octal(len(payload), 12),
+            b"x",
+            b"",
+            b"",
+            b"",
+            _octal(0, 8),
+            _octal(0, 8),
         )
         return pax_header + payload + bytes(-len(payload) % BLOCK) + header
 
     def _block(
-        self, name: bytes, mode: bytes, uid: bytes, gid: bytes, size: bytes, typeflag: bytes,
-        linkname: bytes, uname: bytes, gname: bytes, devmajor: bytes, devminor: bytes,
+        self,
+        name: bytes,
+        mode: bytes,
+        uid: bytes,
+        gid: bytes,
+        size: bytes,
+        typeflag: bytes,
+        linkname: bytes,
+        uname: bytes,
+        gname: bytes,
+        devmajor: bytes,
+        devminor: bytes,
     ) -> bytes:
         head = _HEAD.pack(name, mode + uid + gid + size, self._mtime_field)
         tail = _TAIL.pack(typeflag, linkname, b"ustar\0", b"00", uname, gname, devmajor, devminor)

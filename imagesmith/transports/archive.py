@@ -226,8 +226,9 @@ class ArchiveOrigin:
     @contextmanager
     def _open(self, descriptor: Descriptor) -> Iterator[Readable]:
         what = f"blob {descriptor.digest} in archive {self.path}"
-        yield VerifyingReader(_MemberReader(self.data, self.offset, self.size), descriptor.digest,
-                              descriptor.size, what)  # fmt: skip
+        yield VerifyingReader(
+            _MemberReader(self.data, self.offset, self.size), descriptor.digest, descriptor.size, what
+        )
 
     def open_blob(self, descriptor: Descriptor, pool: RegistryPool) -> AbstractContextManager[Readable]:
         """Stream the member, verified against ``descriptor``; ``pool`` is not used."""
@@ -262,8 +263,11 @@ class ArchiveSource:
         self._path = Path(path)
         self._wanted = reference
         if not self._path.is_file():
-            raise LayoutError(f"archive {self._path} not found" if not self._path.exists()
-                              else f"archive {self._path} is not a regular file")  # fmt: skip
+            raise LayoutError(
+                f"archive {self._path} not found"
+                if not self._path.exists()
+                else f"archive {self._path} is not a regular file"
+            )
         self._members: dict[str, _Member] = {}
         try:
             self._data = self._index(tmpdir)
@@ -366,8 +370,9 @@ class ArchiveSource:
                 f"more than the {max_size} allowed: refused"
             )
         what = f"blob {descriptor.digest} in archive {self._path}"
-        reader = VerifyingReader(self._file(self._member_of(descriptor.digest)), descriptor.digest,
-                                 descriptor.size, what)  # fmt: skip
+        reader = VerifyingReader(
+            self._file(self._member_of(descriptor.digest)), descriptor.digest, descriptor.size, what
+        )
         return reader.read_all_chunks()
 
     # -- the image source protocol
@@ -407,16 +412,18 @@ class ArchiveSource:
         wanted = self._wanted
         if wanted is not None:
             entries = [
-                d for d in entries
-                if any(_names_match(v, wanted) for k, v in (d.annotations or {}).items()
-                       if k in (NAME_ANNOTATION, REF_NAME_ANNOTATION))
-            ]  # fmt: skip
+                d
+                for d in entries
+                if any(
+                    _names_match(v, wanted)
+                    for k, v in (d.annotations or {}).items()
+                    if k in (NAME_ANNOTATION, REF_NAME_ANNOTATION)
+                )
+            ]
             if not entries:
                 return None  # perhaps only manifest.json names it
         elif len(entries) != 1:
-            names = [
-                (d.annotations or {}).get(NAME_ANNOTATION) or str(d.digest) for d in index.manifests
-            ]
+            names = [(d.annotations or {}).get(NAME_ANNOTATION) or str(d.digest) for d in index.manifests]
             raise LayoutError(
                 f"{self._path} holds {len(names)} images ({', '.join(names) or 'none'}): "
                 "name one as docker-archive:PATH:NAME:TAG"
@@ -454,8 +461,10 @@ class ArchiveSource:
     def _synthesise(self, entry: dict[str, Any]) -> RawManifest:
         config_member = entry.get("Config")
         layer_members = entry.get("Layers")
-        if not isinstance(config_member, str) or not isinstance(layer_members, list) or not all(
-            isinstance(m, str) for m in layer_members
+        if (
+            not isinstance(config_member, str)
+            or not isinstance(layer_members, list)
+            or not all(isinstance(m, str) for m in layer_members)
         ):
             raise LayoutError(f"manifest.json of {self._path}: an entry lacks Config or Layers")
         config_member, _ = self._resolve(_member_name(config_member))
@@ -548,8 +557,9 @@ class ArchiveWriter:
         self._file = os.fdopen(fd, "wb")
         os.fchmod(fd, 0o644)
         # Large copy buffers: tarfile's default of 16 KiB makes a slow loop for big layers.
-        self._tar = tarfile.TarFile(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT,
-                                    copybufsize=CHUNK)  # fmt: skip
+        self._tar = tarfile.TarFile(
+            fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
+        )
         self._lock = threading.Lock()
         self._state = _State()
         self._closed = False
@@ -641,8 +651,9 @@ class ArchiveWriter:
         annotations = (
             {NAME_ANNOTATION: str(name), REF_NAME_ANNOTATION: name.tag or ""} if name is not None else None
         )
-        descriptor = Descriptor(manifest.media_type, manifest.digest, len(manifest.data),
-                                annotations=annotations)  # fmt: skip
+        descriptor = Descriptor(
+            manifest.media_type, manifest.digest, len(manifest.data), annotations=annotations
+        )
         with self._lock:
             self._state.entries.append(_Entry(descriptor, document.config, document.layers, name))
         return descriptor

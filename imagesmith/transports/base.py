@@ -59,7 +59,6 @@ T = TypeVar("T")
 log = logging.getLogger("imagesmith.transfer")
 
 
-
 @dataclass(frozen=True)
 class SinkOptions:
     """What opening a sink may need besides the location: the run's pool and cache, the
@@ -94,6 +93,7 @@ class LocationKind:
     def open_sink(self, options: SinkOptions) -> ImageSink:
         """The sink writing an image there (each kind has its own)."""
         raise NotImplementedError
+
 
 def fetch_blob(
     pool: RegistryPool,
@@ -165,8 +165,12 @@ class _MeteredFile:
 
 
 def _evicted(cache: BlobCache, descriptor: Descriptor, origin: BlobOrigin) -> None:
-    log.warning("blob %s was damaged in the cache at %s: evicted; getting it again from %s",
-                descriptor.digest, cache.root, origin)  # fmt: skip
+    log.warning(
+        "blob %s was damaged in the cache at %s: evicted; getting it again from %s",
+        descriptor.digest,
+        cache.root,
+        origin,
+    )
 
 
 class ImageSink(Protocol):

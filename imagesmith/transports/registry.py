@@ -205,8 +205,13 @@ class RegistrySink:
     def _stream_over(self, descriptor: Descriptor, source: str, progress: ProgressCallback) -> None:
         """Upload a blob of repository ``source`` of this registry, read from it as it goes."""
         client, repository = self._client, self.reference.repository
-        log.info("%s refused to mount %s from %s into %s: streaming it over instead", client.registry,
-                 descriptor.digest, source, repository)  # fmt: skip
+        log.info(
+            "%s refused to mount %s from %s into %s: streaming it over instead",
+            client.registry,
+            descriptor.digest,
+            source,
+            repository,
+        )
         stream = _SharedBlobStream(client, source, descriptor)
         try:
             client.upload_blob(repository, descriptor.digest, descriptor.size, stream.open)
@@ -217,8 +222,12 @@ class RegistrySink:
 
     def _upload(self, descriptor: Descriptor, path: Path, progress: ProgressCallback) -> None:
         meter = Meter(progress, "upload-progress", str(descriptor.digest), descriptor.size)
-        self._client.upload_blob(self.reference.repository, descriptor.digest, descriptor.size,
-                                 lambda: cast("BinaryIO", _MeteredFile(path.open("rb"), meter)))  # fmt: skip
+        self._client.upload_blob(
+            self.reference.repository,
+            descriptor.digest,
+            descriptor.size,
+            lambda: cast("BinaryIO", _MeteredFile(path.open("rb"), meter)),
+        )
         meter.done()
 
     def _damaged_in_cache(
