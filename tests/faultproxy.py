@@ -7,7 +7,7 @@ method and a path regex and fires on chosen occurrences (1-based, counted per ru
 action:
 
 * ``status``: answer ``status`` (e.g. 500, 429 with ``headers={"Retry-After": "1"}``)
-  without forwarding;
+  and ``body`` (empty by default) without forwarding;
 * ``drop_request``: read half the request body, then close the connection (nothing
   forwarded);
 * ``drop_response``: forward, then send the headers and half the body and close;
@@ -53,6 +53,7 @@ class Rule:
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    body: bytes = b""
     callback: Callable[[], None] | None = None
     seen: int = 0
     fired: int = 0
@@ -145,8 +146,9 @@ class FaultProxy:
             h.send_response(rule.status)
             for k, v in rule.headers.items():
                 h.send_header(k, v)
-            h.send_header("Content-Length", "0")
+            h.send_header("Content-Length", str(len(rule.body)))
             h.end_headers()
+            h.wfile.write(rule.body)
             return
         if rule is not None and action == "stall":
             self._record(method, path, action)

@@ -19,14 +19,16 @@ import pytest
 from faultproxy import FaultProxy, Rule
 from servers import DistributionRegistry
 
-from imagesmith.errors import IntegrityError, RateLimitError
+from imagesmith.errors import IntegrityError, RateLimitError, RegistryError
 from imagesmith.oci.digests import Digest
-from imagesmith.oci.model import Descriptor
+from imagesmith.oci.image import RawManifest
+from imagesmith.oci.model import Descriptor, Manifest
+from imagesmith.oci.references import Reference
 from imagesmith.registry import RegistryClient, RegistryOptions, RegistryPool
 from imagesmith.registry.transport import Transport
 from imagesmith.store.cache import BlobCache
 from imagesmith.transports.base import fetch_blob
-from imagesmith.transports.registry import RemoteOrigin
+from imagesmith.transports.registry import RegistrySink, RemoteOrigin
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +118,52 @@ def test_500_on_blob_put_then_success(
     push(client_for(proxy), "faults/five", "v1", blobs)
     assert verify_direct(registry, "faults/five", "v1")
     assert all(r.fired == 1 for r in proxy.rules[1:]) and proxy.rules[0].fired == 2
+
+
+def _manifest_blob_unknown(digest: Digest) -> bytes:
+    error = {"code": "MANIFEST_BLOB_UNKNOWN", "message": "blob unknown to registry", "detail": str(digest)}
+    return json.dumps({"errors": [error]}).encode()
+
+
+def _sink_push(proxy: FaultProxy, tmp_path: Path, tag: str) -> tuple[RawManifest, list[Descriptor]]:
+    """An image of one layer and its config, pushed through a RegistrySink (blobs first)."""
+    ((path, layer),) = make_blobs(tmp_path, tag, [64 * 1024])
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+    cfg = Descriptor(OCI_CONFIG, Digest.of(config), len(config))
+    manifest = Manifest(OCI_MANIFEST, cfg, (layer,)).to_bytes()
+    raw = RawManifest(manifest, OCI_MANIFEST, Digest.of(manifest))
+    with RegistryPool(options(proxy)) as pool:
+        sink = RegistrySink(Reference.parse(f"{proxy.host}/faults/race:{tag}"), pool=pool, cache=None)
+        sink.put_blob_bytes(cfg, config, lambda _e: None)
+        if tag != "missing":
+            pool.client(proxy.host).upload_blob(
+                "faults/race", layer.digest, layer.size, lambda: path.open("rb")
+            )
+        sink.put_manifest(raw, top=True, platform=None, progress=lambda _e: None)
+    return raw, [cfg, layer]
+
+
+def test_manifest_refused_for_a_blob_the_registry_has_is_tried_again(
+    registry: DistributionRegistry, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A registry storing a blob another client writes at the same moment may miss it for an
+    instant (seen in CI: two index updates racing): the sink checks the blobs and PUTs again."""
+    proxy.rules = [
+        Rule("PUT", r"/manifests/", "status", status=400, body=_manifest_blob_unknown(Digest.of(b"x")))
+    ]
+    _sink_push(proxy, tmp_path, "raced")
+    assert verify_direct(registry, "faults/race", "raced")
+    assert proxy.count("PUT", "/manifests/") == 2
+
+
+def test_manifest_refused_for_a_blob_really_missing_is_an_error(
+    registry: DistributionRegistry, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """No retry hides a blob that is really missing: one PUT, the registry's error, no tag."""
+    with pytest.raises(RegistryError, match="MANIFEST_BLOB_UNKNOWN"):
+        _sink_push(proxy, tmp_path, "missing")
+    assert proxy.count("PUT", "/manifests/") == 1
+    assert not verify_direct(registry, "faults/race", "missing")
 
 
 def test_429_retry_after_is_honoured_then_bounded(

@@ -11,8 +11,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, ClassVar, cast
 
+from imagesmith import cancel
 from imagesmith.errors import (
     IntegrityError,
+    RegistryError,
 )
 from imagesmith.oci.digests import CHUNK, VerifyingReader
 from imagesmith.oci.image import (
@@ -23,7 +25,9 @@ from imagesmith.oci.image import (
 )
 from imagesmith.oci.model import (
     Descriptor,
+    Manifest,
     Platform,
+    parse_manifest_document,
 )
 from imagesmith.oci.references import Reference
 from imagesmith.progress import Meter, ProgressCallback, ProgressEvent
@@ -47,6 +51,10 @@ __all__ = [
 
 # Where a write is reported in the log (the name users filter on, as before the move).
 log = logging.getLogger("imagesmith.transfer")
+
+
+# Pauses before trying a manifest PUT again that the registry refused for a blob it has.
+_BLOB_RACE_PAUSES = (0.2, 0.5, 1.0)
 
 
 # Transports skopeo knows that imagesmith does not: named so the error can say so.
@@ -260,9 +268,33 @@ class RegistrySink:
         self, manifest: RawManifest, *, top: bool, platform: Platform | None, progress: ProgressCallback
     ) -> None:
         identifier = self.reference.identifier if top else str(manifest.digest)
-        self._client.put_manifest(self.reference.repository, identifier, manifest.data, manifest.media_type)
+        for pause in (*_BLOB_RACE_PAUSES, None):
+            try:
+                self._client.put_manifest(
+                    self.reference.repository, identifier, manifest.data, manifest.media_type
+                )
+                break
+            except RegistryError as exc:
+                if pause is None or not self._blobs_all_present(exc, manifest):
+                    raise
+                # A registry storing a blob that another client is writing at the same
+                # moment (the distribution registry rewrites its link file in place) can
+                # miss it for an instant: the blobs were checked, so the PUT is tried again.
+                log.info("%s; every blob it names is there: trying again in %.1f s", exc, pause)
+                cancel.wait(pause)
         if top:
             progress(ProgressEvent("manifest-pushed", self.name, len(manifest.data), str(manifest.digest)))
+
+    def _blobs_all_present(self, error: RegistryError, manifest: RawManifest) -> bool:
+        """Whether ``error`` is a refusal for an unknown blob although every blob the
+        manifest names is in the repository (HEAD): a race inside the registry."""
+        if not {"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN"} & set(error.codes):
+            return False
+        document = parse_manifest_document(manifest.data, manifest.media_type)
+        if not isinstance(document, Manifest):
+            return False
+        named = [d for d in (document.config, *document.layers) if not d.urls]
+        return all(self._client.blob_exists(self.reference.repository, d.digest) for d in named)
 
     def commit(self) -> None:
         """Nothing to do: the registry stored each document as it came."""
