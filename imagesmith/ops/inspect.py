@@ -14,8 +14,7 @@ from imagesmith.oci.model import (
     Platform,
 )
 from imagesmith.oci.references import Reference
-from imagesmith.pipeline.run import _registry_pool
-from imagesmith.registry.client import RegistryPool
+from imagesmith.registry.client import RegistryPool, borrowed_pool
 from imagesmith.registry.transport import RegistryOptions
 from imagesmith.transports.locations import (
     Location,
@@ -89,7 +88,7 @@ def inspect(
     from imagesmith.oci.model import MAX_CONFIG_SIZE
 
     location = as_location(reference)
-    with _registry_pool(pool, registry) as pool, open_source(location, pool) as source:
+    with borrowed_pool(pool, registry) as pool, open_source(location, pool) as source:
         name = source.name
         raw = source.top()
         document = raw.parse(f"manifest of {name}")

@@ -16,8 +16,7 @@ Each is one or two requests, as ``crane`` and ``skopeo`` make them:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ from imagesmith.oci.mediatypes import is_index
 from imagesmith.oci.model import MAX_CONFIG_SIZE, Index, Platform
 from imagesmith.oci.references import Reference, parse_repository, validate_tag
 from imagesmith.progress import null_progress
-from imagesmith.registry.client import RegistryPool
+from imagesmith.registry.client import RegistryPool, borrowed_pool
 from imagesmith.registry.transport import RegistryOptions
 from imagesmith.transports.locations import Location, as_location, open_source
 from imagesmith.transports.registry import RegistryLocation, RegistrySink
@@ -80,16 +79,6 @@ class Tagged:
         }
 
 
-@contextmanager
-def _registry_pool(pool: RegistryPool | None, registry: RegistryOptions | None) -> Iterator[RegistryPool]:
-    """Borrow the caller's pool, or own one for the duration of a call."""
-    if pool is not None:
-        yield pool
-        return
-    with RegistryPool(registry or RegistryOptions.from_env()) as owned:
-        yield owned
-
-
 def _reference(value: str | Reference, verb: str) -> Reference:
     """A registry reference; an ``oci:``/``docker-archive:`` location is refused for ``verb``."""
     if isinstance(value, Reference):
@@ -115,7 +104,7 @@ def list_tags(
     if page_size is not None and page_size < 1:
         raise UsageError(f"a page size of {page_size} tags: ask for 1 or more")
     repo = repository if isinstance(repository, Reference) else parse_repository(repository)
-    with _registry_pool(pool, registry) as pool:
+    with borrowed_pool(pool, registry) as pool:
         return list(pool.client(repo.registry).list_tags(repo.repository, page_size))
 
 
@@ -136,7 +125,7 @@ def image_digest(
     manifest does not exist, :class:`PlatformError` when the index lacks the platform.
     """
     location = as_location(reference)
-    with _registry_pool(pool, registry) as pool:
+    with borrowed_pool(pool, registry) as pool:
         if isinstance(location, RegistryLocation):
             ref = location.reference
             found = pool.client(ref.registry).head_manifest(ref.repository, ref.identifier)
@@ -158,7 +147,7 @@ def read_manifest(
     digest), with its media type. With ``platform``, an index gives that platform's image
     manifest instead."""
     location = as_location(reference)
-    with _registry_pool(pool, registry) as pool, open_source(location, pool) as source:
+    with borrowed_pool(pool, registry) as pool, open_source(location, pool) as source:
         raw = source.top()
         if platform is not None:
             raw, _, _ = choose_platform(source, raw, platform)
@@ -178,7 +167,7 @@ def read_config(
     (an index entry that is not an image).
     """
     location = as_location(reference)
-    with _registry_pool(pool, registry) as pool, open_source(location, pool) as source:
+    with borrowed_pool(pool, registry) as pool, open_source(location, pool) as source:
         _, manifest, _ = choose_platform(source, source.top(), platform or Platform.host())
         if isinstance(manifest, Index):  # pragma: no cover - choose_platform follows indexes
             raise ManifestError(f"{source.name} is an index without an image for {platform}")
@@ -200,7 +189,7 @@ def delete_image(
     :class:`NotFoundError` when there is no such manifest.
     """
     ref = _reference(reference, "delete")
-    with _registry_pool(pool, registry) as pool:
+    with borrowed_pool(pool, registry) as pool:
         client = pool.client(ref.registry)
         digest = ref.digest
         if digest is None:
@@ -237,7 +226,7 @@ def tag_image(
                 "to put the image in another repository use imagesmith copy"
             )
         names.append(validate_tag(tag, text))
-    with _registry_pool(pool, registry) as pool:
+    with borrowed_pool(pool, registry) as pool:
         client = pool.client(ref.registry)
         got = client.get_manifest(ref.repository, ref.identifier)
         raw = RawManifest(got.data, got.media_type, got.digest)

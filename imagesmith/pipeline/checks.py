@@ -5,6 +5,7 @@ SBOMs attached and its signatures pushed."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from imagesmith.artifacts.referrers import Attached, attach
@@ -36,21 +37,29 @@ from imagesmith.transports.locations import (
 from imagesmith.transports.registry import RegistryLocation, RemoteOrigin
 
 
-def check_runtime_closure(
+@dataclass(frozen=True)
+class BuildContext:
+    """One build call's shared state, which every step of the skeleton uses."""
+
+    pool: RegistryPool
+    cache: BlobCache
+    options: BuildOptions
+    progress: ProgressCallback
+
+
+def check_images(
+    run: BuildContext,
     images: Sequence[tuple[Image, Sequence[StackLayer]]],
-    options: BuildOptions,
-    *,
-    pool: RegistryPool,
-    cache: BlobCache,
-    progress: ProgressCallback,
-    destinations: Sequence[Location] = (),
+    destinations: Sequence[Location],
 ) -> list[ClosureReport | None]:
-    """The runtime-closure check of each image (with its package layers) as
-    ``options.check`` asks (None when off); with ``error`` a finding raises
+    """Before anything is written: an SBOM or signature with nowhere to go refused (see
+    :func:`check_trust_destinations`), then the runtime-closure check of each image (with its
+    package layers) as ``options.check`` asks (None when off); with ``error`` a finding raises
     :class:`~imagesmith.pipeline.closure.ClosureError` before anything is written. Remote base layers
     it reads are kept in the cache when a destination will need their bytes (anything but a
     registry pushed to by mount or HEAD, see :func:`write_destinations`)."""
-    if options.check == "off":
+    check_trust_destinations(run.options, destinations)
+    if run.options.check == "off":
         return [None] * len(images)
     memo: dict[tuple[Digest, bool], Any] = {}
     reports: list[ClosureReport | None] = []
@@ -64,14 +73,14 @@ def check_runtime_closure(
         report = check_closure(
             image,
             packages,
-            pool=pool,
-            cache=cache,
-            jobs=options.jobs,
-            progress=progress,
+            pool=run.pool,
+            cache=run.cache,
+            jobs=run.options.jobs,
+            progress=run.progress,
             memo=memo,
             keep_in_cache=keep,
         )
-        closure_gate(report, options.check)
+        closure_gate(report, run.options.check)
         reports.append(report)
     return reports
 
@@ -85,22 +94,22 @@ def check_trust_destinations(options: BuildOptions, destinations: Sequence[Locat
 
 
 def attach_and_sign(
+    run: BuildContext,
     name: Reference | None,
     image: Image,
     digest: str,
     layers: Sequence[StackLayer],
     base: BaseImage,
     destinations: Sequence[Location],
-    options: BuildOptions,
     *,
-    pool: RegistryPool,
-    cache: BlobCache,
-    progress: ProgressCallback,
+    sign: bool = True,
 ) -> tuple[tuple[tuple[SbomFormat, bytes], ...], tuple[Attached, ...], tuple[Signed, ...]]:
     """After the image is written: its SBOMs attached to each registry or layout destination,
-    then its signature pushed to each registry (see :mod:`imagesmith.artifacts.referrers`,
+    then (``sign``) its signature pushed to each registry (see :mod:`imagesmith.artifacts.referrers`,
     :mod:`imagesmith.artifacts.signing`). Returns the SBOM documents, what was attached and signed."""
-    if not options.sbom and options.signing_key is None:
+    options, pool, cache, progress = run.options, run.pool, run.cache, run.progress
+    key = options.signing_key if sign else None
+    if not options.sbom and key is None:
         return (), (), ()
     created = image.config.raw.get("created") or _created()
     manifest = image.manifest_bytes()
@@ -128,7 +137,6 @@ def attach_and_sign(
         if destination.takes_referrers
         for fmt, document in sboms
     )
-    key = options.signing_key
     signed = tuple(
         sign_image(
             destination.reference, key, pool=pool, cache=cache, digest=subject.digest, progress=progress

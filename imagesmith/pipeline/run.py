@@ -18,9 +18,9 @@ signatures.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from imagesmith.artifacts.signing import sign_image
@@ -41,7 +41,7 @@ from imagesmith.oci.references import Reference, parse_repository
 from imagesmith.oci.vocabulary import ANNOTATION
 from imagesmith.pipeline.assemble import _created, _platform_index, assemble
 from imagesmith.pipeline.budget import LayerPlan
-from imagesmith.pipeline.checks import attach_and_sign, check_runtime_closure, check_trust_destinations
+from imagesmith.pipeline.checks import BuildContext, attach_and_sign, check_images
 from imagesmith.pipeline.closure import ClosureReport
 from imagesmith.pipeline.destinations import (
     _each_location,
@@ -77,7 +77,7 @@ from imagesmith.pipeline.results import (
     StackLayer,
 )
 from imagesmith.progress import EventKind, ProgressCallback, ProgressEvent, null_progress
-from imagesmith.registry.client import RegistryPool
+from imagesmith.registry.client import RegistryPool, borrowed_pool
 from imagesmith.registry.transport import RegistryOptions
 from imagesmith.store.cache import BlobCache
 from imagesmith.transports.base import write_index
@@ -99,19 +99,6 @@ __all__ = [
     "build_platforms",
     "import_rootfs",
 ]
-
-
-@contextmanager
-def _registry_pool(pool: RegistryPool | None, registry: RegistryOptions | None) -> Iterator[RegistryPool]:
-    """Borrow the caller's pool, or own one for the duration of a call."""
-    if pool is not None:
-        yield pool
-        return
-    owned = RegistryPool(registry)
-    try:
-        yield owned
-    finally:
-        owned.close()
 
 
 @dataclass(frozen=True)
@@ -140,62 +127,131 @@ class _Layers:
         return built, layers
 
 
-def _build_layers(
-    pool: RegistryPool,
-    base: Location,
-    per_platform: Sequence[Sequence[Package]],
-    platforms: Sequence[Platform],
-    stacks: Mapping[str, Sequence[Package]],
-    images: Collection[str],
-    *,
-    index: bool,
-    options: BuildOptions,
-    cache: BlobCache,
-    progress: ProgressCallback,
-    push_to: Reference | None,
-) -> _Layers:
-    """The skeleton's middle, the same for every build: resolve the base (each platform's image
-    of its index when ``index``), plan the layers of every image of ``stacks`` (one plan for
-    every platform, the deepest base deciding, so a group is the same set of packages, and for
-    platform-independent content the same blob, on each), and build those of ``images``
-    (uploading new ones to ``push_to`` while they are built)."""
-    if index:
-        bases, index_platforms = _platform_bases(pool, base, platforms, options, progress)
-    else:
-        [platform] = platforms
-        bases, index_platforms = [_single_base(pool, base, platform, options, progress)], [platform]
-    media_types = bases[0].image.media_types
-    plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
-    uploaded: set[Digest] = set()
-    with _early_uploads(pool, push_to, progress, uploaded) as uploads:
-        built_by, groups_by = _platform_layers(
-            per_platform, plan, cache, media_types, options, progress, uploads, images
-        )
-    by_key_by = [{b.package.key: b for b in built} for built in built_by]
-    return _Layers(bases, index_platforms, plan, by_key_by, groups_by, uploaded)
+@dataclass(frozen=True)
+class _Run(BuildContext):
+    """A build's shared state with the skeleton's steps that need it: every entry point builds
+    its layers, checks its images, writes them and attaches what goes with them through these
+    methods and :mod:`.checks`, so the steps are written once."""
 
-
-def _write_index(
-    images: Sequence[Image],
-    index: RawManifest,
-    index_platforms: Sequence[Platform],
-    destinations: Sequence[Location],
-    *,
-    pool: RegistryPool,
-    cache: BlobCache,
-    options: BuildOptions,
-    progress: ProgressCallback,
-) -> None:
-    """A multi-platform build's images, then its index, to each destination."""
-    for destination in destinations:
-        with open_sink(destination, pool=pool, cache=cache) as sink:
-            write_index(
-                list(zip(images, index_platforms, strict=True)),
-                index,
-                sink,
-                jobs=options.jobs,
-                progress=progress,
+    def layers(
+        self,
+        base: Location,
+        per_platform: Sequence[Sequence[Package]],
+        platforms: Sequence[Platform],
+        stacks: Mapping[str, Sequence[Package]],
+        images: Collection[str],
+        *,
+        index: bool,
+        push_to: Reference | None,
+    ) -> _Layers:
+        """The skeleton's middle, the same for every build: resolve the base (each platform's
+        image of its index when ``index``), plan the layers of every image of ``stacks`` (one plan
+        for every platform, the deepest base deciding, so a group is the same set of packages,
+        and for platform-independent content the same blob, on each), and build those of
+        ``images`` (uploading new ones to ``push_to`` while they are built)."""
+        pool, options, progress = self.pool, self.options, self.progress
+        if index:
+            bases, index_platforms = _platform_bases(pool, base, platforms, options, progress)
+        else:
+            [platform] = platforms
+            bases, index_platforms = [_single_base(pool, base, platform, options, progress)], [platform]
+        media_types = bases[0].image.media_types
+        plan = plan_stacks(stacks, max(len(b.image.layers) for b in bases), options)
+        uploaded: set[Digest] = set()
+        with _early_uploads(pool, push_to, progress, uploaded) as uploads:
+            built_by, groups_by = _platform_layers(
+                per_platform, plan, self.cache, media_types, options, progress, uploads, images
             )
+        by_key_by = [{b.package.key: b for b in built} for built in built_by]
+        return _Layers(bases, index_platforms, plan, by_key_by, groups_by, uploaded)
+
+    def write_index(
+        self,
+        images: Sequence[Image],
+        index: RawManifest,
+        index_platforms: Sequence[Platform],
+        destinations: Sequence[Location],
+    ) -> None:
+        """A multi-platform build's images, then its index, to each destination."""
+        entries = list(zip(images, index_platforms, strict=True))
+        for destination in destinations:
+            with open_sink(destination, pool=self.pool, cache=self.cache) as sink:
+                write_index(entries, index, sink, jobs=self.options.jobs, progress=self.progress)
+
+    def multi_result(
+        self,
+        name: Reference | None,
+        index: RawManifest,
+        layers: _Layers,
+        images: Sequence[Image],
+        stacks: Sequence[Sequence[BuiltPackage]],
+        layers_by: Sequence[Sequence[StackLayer]],
+        platforms: Sequence[Platform],
+        destinations: tuple[Location, ...],
+        closures: Sequence[ClosureReport | None],
+    ) -> MultiBuildResult:
+        """The result of a written index: each platform's image with its closure report and the
+        SBOMs attached to it; the index and each image signed (a pull of one platform verifies
+        the image's signature, a copy of the whole index the index's)."""
+        results = []
+        for b, image, stack, stacked, closure in zip(
+            layers.bases, images, stacks, layers_by, closures, strict=True
+        ):
+            trust = attach_and_sign(
+                self, None, image, str(image.digest), stacked, b, destinations, sign=False
+            )
+            results.append(
+                BuildResult(
+                    None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust, tuple(stacked)
+                )
+            )
+        key = self.options.signing_key
+        signed = tuple(
+            sign_image(
+                d.reference,
+                key,
+                pool=self.pool,
+                cache=self.cache,
+                digest=signed_digest,
+                progress=self.progress,
+            )
+            for d in destinations
+            if key is not None and isinstance(d, RegistryLocation)
+            for signed_digest in (index.digest, *(image.digest for image in images))
+        )
+        return MultiBuildResult(
+            name, str(index.digest), index.media_type, tuple(results), tuple(platforms), destinations, signed
+        )
+
+
+@contextmanager
+def _started(
+    options: BuildOptions | None,
+    cache: BlobCache | None,
+    pool: RegistryPool | None,
+    registry: RegistryOptions | None,
+    progress: ProgressCallback,
+) -> Iterator[_Run]:
+    """A build's shared state: the caller's pool or one owned for the call, defaults filled in."""
+    with borrowed_pool(pool, registry) as borrowed:
+        yield _Run(borrowed, cache or BlobCache(), options or BuildOptions(), progress)
+
+
+def _names(
+    repo: str | Reference | None, tag: str | Reference | None
+) -> tuple[Reference | None, Reference | None]:
+    """``repo`` and ``tag`` checked before any work, so a typo never costs a build."""
+    if repo is not None and not isinstance(repo, Reference):
+        repo = parse_repository(repo)
+    return repo, (_tag_reference(tag) if tag is not None else None)
+
+
+def _default_tag(out: Location | None, name: Reference | None, render: Callable[[], str]) -> str | None:
+    """The tag of an ``oci:`` layout output named by neither the location nor ``--repo``/``--tag``:
+    the rendered template, as ``--repo`` would give."""
+    if isinstance(out, LayoutLocation) and out.tag is None and name is None:
+        return render()
+    return None
 
 
 def build(
@@ -226,77 +282,46 @@ def build(
     (default ``DOCKER_HOST``) under its name. Base layers are read only when a destination
     needs their bytes (never for a push to the registry they live on).
     """
-    options = options or BuildOptions()
-    cache = cache or BlobCache()
     out = check_output(repo=repo, tag=tag, output=output, load=load)
     base_location = as_location(base)
-    # Names are checked before any work, so a typo never costs a build.
-    if repo is not None and not isinstance(repo, Reference):
-        repo = parse_repository(repo)
-    if tag is not None:
-        tag = _tag_reference(tag)
-    platform = options.platform or Platform.host()
+    repo, tag = _names(repo, tag)
     if not packages:
         raise UsageError("no packages given: name at least one package file")
-    packages = [p.for_platform(platform) for p in packages]  # a missing content fails here
-    top = packages[-1].key
-    with _registry_pool(pool, registry) as pool:
-        _probe_target(pool, _push_target(out, tag or repo, load=load))
+    with _started(options, cache, pool, registry, progress) as run:
+        options = run.options
+        platform = options.platform or Platform.host()
+        packages = [p.for_platform(platform) for p in packages]  # a missing content fails here
+        top = packages[-1].key
+        _probe_target(run.pool, _push_target(out, tag or repo, load=load))
         push_to = _push_target(out, tag or repo, load=load, enabled=_early_uploads_allowed(options))
-        run = _build_layers(
-            pool,
-            base_location,
-            [packages],
-            [platform],
-            {top: packages},
-            [top],
-            index=False,
-            options=options,
-            cache=cache,
-            progress=progress,
-            push_to=push_to,
+        layers = run.layers(
+            base_location, [packages], [platform], {top: packages}, [top], index=False, push_to=push_to
         )
-        resolved = run.bases[0]
-        [built], [layers] = run.stacks(top, packages)
+        resolved = layers.bases[0]
+        [built], [stacked] = layers.stacks(top, packages)
         name = (
             target_reference(built, repo=repo, tag=tag, options=options, platform=platform)
             if repo is not None or tag is not None
             else None
         )
-        default_tag = None
-        if isinstance(out, LayoutLocation) and out.tag is None and name is None:
-            default_tag = _rendered_tag(built, options, platform)  # as --repo would
+        default_tag = _default_tag(out, name, lambda: _rendered_tag(built, options, platform))
         destinations = plan_destinations(name, out, load=load, default_tag=default_tag)
-        check_trust_destinations(options, destinations)
-        image = assemble(resolved, built, cache, options, _created(), layers)
-        [closure] = check_runtime_closure(
-            [(image, layers)], options, pool=pool, cache=cache, progress=progress, destinations=destinations
-        )
+        image = assemble(resolved, built, run.cache, options, _created(), stacked)
+        [closure] = check_images(run, [(image, stacked)], destinations)
         digest, loaded = write_destinations(
             image,
             destinations,
-            pool=pool,
-            cache=cache,
+            pool=run.pool,
+            cache=run.cache,
             jobs=options.jobs,
             docker_host=docker_host,
             progress=progress,
-            uploaded=(push_to, run.uploaded),
+            uploaded=(push_to, layers.uploaded),
         )
         named = _name_of(destinations, name)
-        trust = attach_and_sign(
-            named,
-            image,
-            digest,
-            layers,
-            resolved,
-            destinations,
-            options,
-            pool=pool,
-            cache=cache,
-            progress=progress,
-        )
+        trust = attach_and_sign(run, named, image, digest, stacked, resolved, destinations)
         return BuildResult(
-            named, digest, resolved, image, built, tuple(destinations), loaded, closure, *trust, layers
+            named, digest, resolved, image, built, tuple(destinations), loaded, closure, *trust, stacked
         )
 
 
@@ -340,8 +365,6 @@ def build_platforms(
     platform only. Layers shared by platforms (platform-independent content) are built and
     pushed once.
     """
-    options = options or BuildOptions()
-    cache = cache or BlobCache()
     platforms = _distinct_platforms(platforms)
     out = check_output(repo=repo, tag=tag, output=output, load=False)
     if out is not None and not out.holds_index:
@@ -352,73 +375,37 @@ def build_platforms(
     if not packages:
         raise UsageError("no packages given: name at least one package file")
     base_location = as_location(base)
-    if repo is not None and not isinstance(repo, Reference):
-        repo = parse_repository(repo)
-    if tag is not None:
-        tag = _tag_reference(tag)
+    repo, tag = _names(repo, tag)
     per_platform = [[p.for_platform(platform) for p in packages] for platform in platforms]
     top = packages[-1].key
-    with _registry_pool(pool, registry) as pool:
-        _probe_target(pool, _push_target(out, tag or repo, load=False))
+    with _started(options, cache, pool, registry, progress) as run:
+        options = run.options
+        _probe_target(run.pool, _push_target(out, tag or repo, load=False))
         push_to = _push_target(out, tag or repo, load=False, enabled=_early_uploads_allowed(options))
-        run = _build_layers(
-            pool,
-            base_location,
-            per_platform,
-            platforms,
-            {top: packages},
-            [top],
-            index=True,
-            options=options,
-            cache=cache,
-            progress=progress,
-            push_to=push_to,
+        layers = run.layers(
+            base_location, per_platform, platforms, {top: packages}, [top], index=True, push_to=push_to
         )
-        bases, index_platforms = run.bases, run.index_platforms
-        built_by, layers_by = run.stacks(top, packages)
+        built_by, layers_by = layers.stacks(top, packages)
         images, index = _platform_index(
-            bases, built_by, index_platforms, cache, options, _created(), layers_by
+            layers.bases, built_by, layers.index_platforms, run.cache, options, _created(), layers_by
         )
         name: Reference | None = tag
         if name is None and repo is not None:
             name = repo.with_tag(_multi_tag(built_by, platforms, options.tag_template))
-        default_tag = None
-        if isinstance(out, LayoutLocation) and out.tag is None and name is None:
-            default_tag = _multi_tag(built_by, platforms, options.tag_template)
+        default_tag = _default_tag(out, name, lambda: _multi_tag(built_by, platforms, options.tag_template))
         destinations = plan_destinations(name, out, load=False, default_tag=default_tag)
-        check_trust_destinations(options, destinations)
-        closures = check_runtime_closure(
-            list(zip(images, layers_by, strict=True)),
-            options,
-            pool=pool,
-            cache=cache,
-            progress=progress,
-            destinations=destinations,
-        )
-        _write_index(
-            images,
-            index,
-            index_platforms,
-            destinations,
-            pool=pool,
-            cache=cache,
-            options=options,
-            progress=progress,
-        )
-        return _multi_result(
+        closures = check_images(run, list(zip(images, layers_by, strict=True)), destinations)
+        run.write_index(images, index, layers.index_platforms, destinations)
+        return run.multi_result(
             _name_of(destinations, name),
             index,
-            bases,
+            layers,
             images,
             built_by,
             layers_by,
             platforms,
             tuple(destinations),
             closures,
-            options,
-            pool=pool,
-            cache=cache,
-            progress=progress,
         )
 
 
@@ -448,58 +435,6 @@ def _platform_bases(
     bases[0].image.media_types.layer(options.compression)
     progress(ProgressEvent("resolve", bases[0].pinned))
     return bases, [e.platform or platform for e, platform in zip(entries, platforms, strict=True)]
-
-
-def _multi_result(
-    name: Reference | None,
-    index: RawManifest,
-    bases: Sequence[BaseImage],
-    images: Sequence[Image],
-    stacks: Sequence[Sequence[BuiltPackage]],
-    layers_by: Sequence[Sequence[StackLayer]],
-    platforms: Sequence[Platform],
-    destinations: tuple[Location, ...],
-    closures: Sequence[ClosureReport | None],
-    options: BuildOptions,
-    *,
-    pool: RegistryPool,
-    cache: BlobCache,
-    progress: ProgressCallback,
-) -> MultiBuildResult:
-    """The result of a written index: each platform's image with its closure report and the
-    SBOMs attached to it; the index and each image signed (a pull of one platform verifies
-    the image's signature, a copy of the whole index the index's)."""
-    unsigned = replace(options, signing_key=None)
-    results = []
-    for b, image, stack, layers, closure in zip(bases, images, stacks, layers_by, closures, strict=True):
-        trust = attach_and_sign(
-            None,
-            image,
-            str(image.digest),
-            layers,
-            b,
-            destinations,
-            unsigned,
-            pool=pool,
-            cache=cache,
-            progress=progress,
-        )
-        results.append(
-            BuildResult(
-                None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust, tuple(layers)
-            )
-        )
-    digest = str(index.digest)
-    key = options.signing_key
-    signed = tuple(
-        sign_image(d.reference, key, pool=pool, cache=cache, digest=signed_digest, progress=progress)
-        for d in destinations
-        if key is not None and isinstance(d, RegistryLocation)
-        for signed_digest in (index.digest, *(image.digest for image in images))
-    )
-    return MultiBuildResult(
-        name, digest, index.media_type, tuple(results), tuple(platforms), destinations, signed
-    )
 
 
 def _stack_of(package: Package, by_key: Mapping[str, Package]) -> tuple[Package, ...]:
@@ -585,8 +520,6 @@ def build_each_platforms(
     first) is written under the tag rendered from the template, in ``repo`` or the layout.
     ``roots`` limits the indexes to those packages'. One layer plan serves every platform.
     """
-    options = options or BuildOptions()
-    cache = cache or BlobCache()
     platforms = _distinct_platforms(platforms)
     repository, out = _each_targets(packages, repo, output)
     tops = _each_tops(packages, roots)
@@ -594,69 +527,36 @@ def build_each_platforms(
     # The plan covers every package's image, whichever are written: a group is then the same
     # set (the same blob) whether a run writes all the images or some of them.
     stacks = _each_stacks(packages, packages)
-    with _registry_pool(pool, registry) as pool:
-        _probe_target(pool, repository)
+    with _started(options, cache, pool, registry, progress) as run:
+        options = run.options
+        _probe_target(run.pool, repository)
         push_to = repository if _early_uploads_allowed(options) else None
-        run = _build_layers(
-            pool,
+        layers = run.layers(
             as_location(base),
             per_platform,
             platforms,
             stacks,
             [t.key for t in tops],
             index=True,
-            options=options,
-            cache=cache,
-            progress=progress,
             push_to=push_to,
         )
-        bases, index_platforms = run.bases, run.index_platforms
         created = _created()
         plans = []
         for top in tops:
-            image_stacks, layers_by = run.stacks(top.key, stacks[top.key])
+            image_stacks, layers_by = layers.stacks(top.key, stacks[top.key])
             images, index = _platform_index(
-                bases, image_stacks, index_platforms, cache, options, created, layers_by
+                layers.bases, image_stacks, layers.index_platforms, run.cache, options, created, layers_by
             )
             tag = _multi_tag(image_stacks, platforms, options.tag_template)
             name, location = _each_location(repository, out, tag)
-            check_trust_destinations(options, (location,))
-            closures = check_runtime_closure(
-                list(zip(images, layers_by, strict=True)),
-                options,
-                pool=pool,
-                cache=cache,
-                progress=progress,
-                destinations=(location,),
-            )
+            closures = check_images(run, list(zip(images, layers_by, strict=True)), (location,))
             plans.append((image_stacks, layers_by, images, index, name, location, closures))
         results: list[MultiBuildResult] = []
         for image_stacks, layers_by, images, index, name, location, closures in plans:
-            _write_index(
-                images,
-                index,
-                index_platforms,
-                (location,),
-                pool=pool,
-                cache=cache,
-                options=options,
-                progress=progress,
-            )
+            run.write_index(images, index, layers.index_platforms, (location,))
             results.append(
-                _multi_result(
-                    name,
-                    index,
-                    bases,
-                    images,
-                    image_stacks,
-                    layers_by,
-                    platforms,
-                    (location,),
-                    closures,
-                    options,
-                    pool=pool,
-                    cache=cache,
-                    progress=progress,
+                run.multi_result(
+                    name, index, layers, images, image_stacks, layers_by, platforms, (location,), closures
                 )
             )
         return results
@@ -685,76 +585,52 @@ def build_each(
     manifest. The layer budget (``options.max_layers``) is planned once for all the images,
     so a group of dependencies is one blob wherever it is used (:mod:`imagesmith.pipeline.budget`).
     """
-    options = options or BuildOptions()
-    cache = cache or BlobCache()
     repository, out = _each_targets(packages, repo, output)
     tops = _each_tops(packages, roots)
-    platform = options.platform or Platform.host()
-    packages = [p.for_platform(platform) for p in packages]
-    # The plan covers every package's image, whichever are written: a group is then the same
-    # set (the same blob) whether a run writes all the images or some of them.
-    stacks = _each_stacks(packages, packages)
-    images = [t.key for t in tops]
-    with _registry_pool(pool, registry) as pool:
-        _probe_target(pool, repository)
+    with _started(options, cache, pool, registry, progress) as run:
+        options = run.options
+        platform = options.platform or Platform.host()
+        packages = [p.for_platform(platform) for p in packages]
+        # The plan covers every package's image, whichever are written: a group is then the same
+        # set (the same blob) whether a run writes all the images or some of them.
+        stacks = _each_stacks(packages, packages)
+        _probe_target(run.pool, repository)
         push_to = repository if _early_uploads_allowed(options) else None
-        run = _build_layers(
-            pool,
+        layers = run.layers(
             as_location(base),
             [packages],
             [platform],
             stacks,
-            images,
+            [t.key for t in tops],
             index=False,
-            options=options,
-            cache=cache,
-            progress=progress,
             push_to=push_to,
         )
-        resolved = run.bases[0]
+        resolved = layers.bases[0]
         created = _created()
         plans: list[_EachPlan] = []
         for top in tops:
-            [stack], [layers] = run.stacks(top.key, stacks[top.key])
-            image = assemble(resolved, stack, cache, options, created, layers)
+            [stack], [stacked] = layers.stacks(top.key, stacks[top.key])
+            image = assemble(resolved, stack, run.cache, options, created, stacked)
             tag = _rendered_tag(stack, options, platform)
             name, location = _each_location(repository, out, tag)
-            plans.append((image, location, name, stack, layers))
+            plans.append((image, location, name, stack, stacked))
         wheres = [location for _, location, _, _, _ in plans]
-        check_trust_destinations(options, wheres)
-        closures = check_runtime_closure(
-            [(image, layers) for image, _, _, _, layers in plans],
-            options,
-            pool=pool,
-            cache=cache,
-            progress=progress,
-            destinations=wheres,
-        )
+        closures = check_images(run, [(image, stacked) for image, _, _, _, stacked in plans], wheres)
         digests = write_images(
             [(image, location) for image, location, _, _, _ in plans],
-            pool=pool,
-            cache=cache,
+            pool=run.pool,
+            cache=run.cache,
             jobs=options.jobs,
             progress=progress,
-            present=run.uploaded,
+            present=layers.uploaded,
         )
         results = []
-        for plan_of, digest, closure in zip(plans, digests, closures, strict=True):
-            image, where, name, stack, layers = plan_of
-            trust = attach_and_sign(
-                name,
-                image,
-                str(digest),
-                layers,
-                resolved,
-                (where,),
-                options,
-                pool=pool,
-                cache=cache,
-                progress=progress,
-            )
+        for (image, where, name, stack, stacked), digest, closure in zip(
+            plans, digests, closures, strict=True
+        ):
+            trust = attach_and_sign(run, name, image, str(digest), stacked, resolved, (where,))
             results.append(
-                BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure, *trust, layers)
+                BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure, *trust, stacked)
             )
         return results
 
@@ -796,7 +672,7 @@ def import_rootfs(
     media_types = mt.DOCKER if family == "docker" else mt.OCI
     cache = cache or BlobCache()
     destinations = plan_destinations(ref, out, load=load, default_tag=None)
-    with _registry_pool(pool, registry) as pool:
+    with borrowed_pool(pool, registry) as pool:
         _probe_target(pool, _push_target(out, ref, load=load))
         with _early_uploads(pool, _push_target(out, ref, load=load), progress) as uploads:
             blob, reused = content_layer(

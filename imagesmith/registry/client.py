@@ -61,6 +61,7 @@ __all__ = [
     "RegistryPool",
     "RequestBody",
     "UploadSession",
+    "borrowed_pool",
 ]
 
 log = logging.getLogger("imagesmith.http")
@@ -1272,3 +1273,13 @@ class RegistryPool:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@contextmanager
+def borrowed_pool(pool: RegistryPool | None, options: RegistryOptions | None) -> Iterator[RegistryPool]:
+    """The caller's pool as it is, or a pool of ``options`` owned for the ``with`` block."""
+    if pool is not None:
+        yield pool
+        return
+    with RegistryPool(options) as owned:
+        yield owned
