@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from imagesmith.closing import Closing
 from imagesmith.inputs.load import load_package, load_packages
 from imagesmith.oci.references import Reference
 from imagesmith.ops.inspect import inspect
@@ -79,7 +80,7 @@ class _Operation(Generic[P, R]):
         return bound
 
 
-class Session:
+class Session(Closing):
     """A run's registry options, credentials, connection pool, blob cache and progress callback.
 
     ``registry`` defaults to :meth:`RegistryOptions.from_env`, ``cache`` to the default cache
@@ -112,12 +113,6 @@ class Session:
     def close(self) -> None:
         """Close the registry connections (the cache stays on disk)."""
         self.pool.close()
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # Operations whose state keywords are optional: the function's own signature, state filled.
     load_package = _Operation(load_package, "pool")

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
+from imagesmith.closing import Closing
 from imagesmith.errors import ImagesmithError, NotFoundError, PackageError, UsageError, file_error
 from imagesmith.inputs.packages import Package, _check_prefix
 from imagesmith.inputs.spack import (
@@ -578,7 +579,7 @@ def _is_cache_path(text: str) -> bool:
     return False
 
 
-class SpackSources:
+class SpackSources(Closing):
     """The build caches one :func:`~imagesmith.inputs.load.load_packages` call reads: each opened
     once, and a registry connection made only if a registry is named."""
 
@@ -587,12 +588,6 @@ class SpackSources:
         self._owned: RegistryPool | None = None
         self._registry = registry
         self._caches: dict[str, FileBuildCache | RegistryBuildCache] = {}
-
-    def __enter__(self) -> SpackSources:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the registry connections this object opened."""

@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -30,6 +29,7 @@ import requests.utils
 import urllib3.exceptions
 
 from imagesmith import cancel
+from imagesmith.closing import Closing
 from imagesmith.errors import (
     ImagesmithError,
     IntegrityError,
@@ -387,7 +387,7 @@ class _UploadSlice(RequestBody):
         self._raw.close()
 
 
-class RegistryClient:
+class RegistryClient(Closing):
     """Talks to one registry (canonical name such as ``docker.io``, ``ghcr.io``,
     ``127.0.0.1:5000``); the API host follows :attr:`Reference.api_host`.
 
@@ -425,14 +425,6 @@ class RegistryClient:
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.registry!r}, base_url={self.base_url!r})"
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release connections (only those of a transport this client created)."""
@@ -480,28 +472,38 @@ class RegistryClient:
             for s in conf.pull_sources(self.registry, repository, by_digest=by_digest)
         ]
 
-    def _request(self, method: str, url: str, scopes: frozenset[str], **kwargs: Any) -> requests.Response:
+    def _authorised(self, url: str, scopes: frozenset[str]) -> dict[str, Any]:
+        """The keywords every transport call of this client carries (after checking ``url``)."""
         self._check_url(url)
-        return self._transport.request(
-            method,
-            url,
-            host=self.registry,
-            scopes=scopes,
-            auth=self.auth,
-            auth_origin=self._origin,
-            **kwargs,
-        )
+        return {"host": self.registry, "scopes": scopes, "auth": self.auth, "auth_origin": self._origin}
+
+    def _request(self, method: str, url: str, scopes: frozenset[str], **kwargs: Any) -> requests.Response:
+        return self._transport.request(method, url, **self._authorised(url, scopes), **kwargs)
 
     def _fetch(self, method: str, url: str, scopes: frozenset[str], **kwargs: Any) -> Fetched:
-        self._check_url(url)
-        return self._transport.fetch(
-            method,
+        return self._transport.fetch(method, url, **self._authorised(url, scopes), **kwargs)
+
+    def _get_document(
+        self,
+        url: str,
+        repository: str,
+        *,
+        limit: int,
+        too_large: Callable[[int | None], ImagesmithError],
+        prefix: str,
+        accept: str | None = None,
+    ) -> Fetched:
+        """A bounded ``GET`` of a document (a manifest, a referrers index, a tag list) that may
+        be absent: 200 and 404 come back; a body over ``limit`` raises ``too_large(announced)``."""
+        return self._fetch(
+            "GET",
             url,
-            host=self.registry,
-            scopes=scopes,
-            auth=self.auth,
-            auth_origin=self._origin,
-            **kwargs,
+            _pull(repository),
+            limit=limit,
+            too_large=too_large,
+            headers={"Accept": accept} if accept is not None else {},
+            expect=(200, 404),
+            prefix=prefix,
         )
 
     def _error(self, resp: requests.Response, method: str, prefix: str) -> RegistryError:
@@ -563,14 +565,12 @@ class RegistryClient:
             size = f" ({length} bytes announced)" if length is not None else ""
             return ManifestError(f"manifest {shown} is larger than {MAX_MANIFEST_SIZE} bytes{size}: refused")
 
-        fetched = self._fetch(
-            "GET",
+        fetched = self._get_document(
             url,
-            _pull(repository),
+            repository,
             limit=MAX_MANIFEST_SIZE,
             too_large=too_large,
-            headers={"Accept": _ACCEPT},
-            expect=(200, 404),
+            accept=_ACCEPT,
             prefix=f"fetching manifest {shown}",
         )
         if fetched.status == 404:
@@ -736,14 +736,12 @@ class RegistryClient:
         def too_large(length: int | None) -> ImagesmithError:
             return ManifestError(f"the referrers of {shown} take more than {MAX_MANIFEST_SIZE} bytes")
 
-        fetched = self._fetch(
-            "GET",
+        fetched = self._get_document(
             url,
-            _pull(repository),
+            repository,
             limit=MAX_MANIFEST_SIZE,
             too_large=too_large,
-            headers={"Accept": "application/vnd.oci.image.index.v1+json"},
-            expect=(200, 404),
+            accept="application/vnd.oci.image.index.v1+json",
             prefix=f"listing the referrers of {shown}",
         )
         return fetched.body if fetched.status == 200 else None
@@ -1196,13 +1194,11 @@ class RegistryClient:
             if url in seen or len(seen) >= MAX_TAG_PAGES:
                 raise RegistryError(f"listing tags of {shown}: the pagination loops at {redact_url(url)}")
             seen.add(url)
-            fetched = self._fetch(
-                "GET",
+            fetched = self._get_document(
                 url,
-                _pull(repository),
+                repository,
                 limit=MAX_TAGS_RESPONSE,
                 too_large=too_large,
-                expect=(200, 404),
                 prefix=f"listing tags of {shown}",
             )
             if fetched.status == 404:
@@ -1219,7 +1215,7 @@ class RegistryClient:
                     break
 
 
-class RegistryPool:
+class RegistryPool(Closing):
     """One :class:`RegistryClient` per registry, sharing connections and the credential
     store, so tokens are reused for the whole run. Without ``options``, they come from the
     environment (:meth:`RegistryOptions.from_env`), as for :func:`imagesmith.build`."""
@@ -1265,14 +1261,6 @@ class RegistryPool:
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
-
-    def __enter__(self) -> RegistryPool:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import platformdirs
 
+from imagesmith.closing import Closing
 from imagesmith.errors import CacheError, IntegrityError
 from imagesmith.oci.digests import CHUNK, Digest, Hasher, VerifyingReader
 from imagesmith.store.blobstore import (
@@ -101,7 +102,7 @@ class PruneResult:
         }
 
 
-class CachedBlobReader:
+class CachedBlobReader(Closing):
     """A verifying reader over a cached blob; see :meth:`BlobCache.open`.
 
     ``read(n)`` returns up to ``n`` bytes; at the end of the blob its size and digest are
@@ -135,12 +136,6 @@ class CachedBlobReader:
     def close(self) -> None:
         """Close the underlying file."""
         self._f.close()
-
-    def __enter__(self) -> CachedBlobReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class BlobCache:

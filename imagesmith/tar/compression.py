@@ -51,6 +51,7 @@ from typing import IO, Protocol, cast
 
 import zstandard
 
+from imagesmith.closing import Closing
 from imagesmith.errors import LayerError
 from imagesmith.oci.mediatypes import Compression
 
@@ -466,7 +467,7 @@ class _Inflater(Protocol):
     def decompress(self, data: bytes, max_length: int = 0, /) -> bytes: ...
 
 
-class Decompressor:
+class Decompressor(Closing):
     """A readable stream of decompressed bytes; see :func:`open_decompressor`.
 
     ``read(n)`` returns at most ``n`` bytes (1 MiB when ``n`` is negative) and ``b""`` at the
@@ -588,12 +589,6 @@ class Decompressor:
         """Release the underlying file if this object opened it."""
         if self._owns:
             self._raw.close()
-
-    def __enter__(self) -> Decompressor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_decompressor(source: Path | str | IO[bytes], what: str | None = None) -> Decompressor:

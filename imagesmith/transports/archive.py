@@ -46,6 +46,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from imagesmith import cancel
+from imagesmith.closing import Closing
 from imagesmith.errors import (
     ImagesmithError,
     IntegrityError,
@@ -249,7 +250,7 @@ def _names_match(candidate: str, wanted: Reference) -> bool:
     return (ref.registry, ref.repository, ref.tag) == (wanted.registry, wanted.repository, wanted.tag)
 
 
-class ArchiveSource:
+class ArchiveSource(Closing):
     """Read an image from a docker archive (see the module docstring for the two formats).
 
     ``reference`` picks the image by name when the archive holds several; without it the
@@ -308,14 +309,6 @@ class ArchiveSource:
     def close(self) -> None:
         """Let go of the archive (origins handed out keep it open while they live)."""
         self._members = {}
-
-    def __enter__(self) -> ArchiveSource:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def name(self) -> str:

@@ -27,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO, ClassVar, Protocol, TypeVar
 
 from imagesmith import cancel
+from imagesmith.closing import Closing
 from imagesmith.errors import CacheError, UsageError
 from imagesmith.oci.digests import CHUNK, Digest
 from imagesmith.oci.image import (
@@ -132,7 +132,7 @@ def fetch_blob(
     return cache.path(descriptor.digest)
 
 
-class _MeteredFile:
+class _MeteredFile(Closing):
     """A local file read for an upload: each read checks for an interrupt, and the furthest
     position read is the bytes sent so far (a re-sent or resumed part is not counted twice)."""
 
@@ -154,14 +154,6 @@ class _MeteredFile:
 
     def close(self) -> None:
         self._raw.close()
-
-    def __enter__(self) -> _MeteredFile:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def _evicted(cache: BlobCache, descriptor: Descriptor, origin: BlobOrigin) -> None:

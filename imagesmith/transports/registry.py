@@ -8,10 +8,10 @@ import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO, ClassVar, cast
 
 from imagesmith import cancel
+from imagesmith.closing import Closing
 from imagesmith.errors import (
     IntegrityError,
     RegistryError,
@@ -352,7 +352,7 @@ class _SharedBlobStream:
         self._position = 0
 
 
-class _StreamHandle:
+class _StreamHandle(Closing):
     """A file-like view of a :class:`_SharedBlobStream` with its own position."""
 
     def __init__(self, stream: _SharedBlobStream) -> None:
@@ -372,11 +372,3 @@ class _StreamHandle:
 
     def close(self) -> None:
         """The shared GET stays open for the next chunk."""
-
-    def __enter__(self) -> _StreamHandle:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
