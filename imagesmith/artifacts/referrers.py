@@ -234,7 +234,7 @@ class Attachment:
     sigstore signature tag (``kind`` ``signature``: its layers are the signatures)."""
 
     kind: Literal["referrer", "signature"]
-    digest: str
+    digest: Digest
     artifact_type: str
     size: int
     annotations: dict[str, str]
@@ -258,7 +258,7 @@ def _from_index(data: bytes, what: str, via: str, artifact_type: str | None) -> 
     if not isinstance(document, Index):
         raise ManifestError(f"{what} is not an index")
     return [
-        Attachment("referrer", str(d.digest), d.artifact_type or "", d.size, dict(d.annotations or {}), via)
+        Attachment("referrer", d.digest, d.artifact_type or "", d.size, dict(d.annotations or {}), via)
         for d in document.manifests
         if artifact_type is None or d.artifact_type == artifact_type
     ]
@@ -281,7 +281,7 @@ def list_attachments(
         in_layout = [
             Attachment(
                 "referrer",
-                str(d.digest),
+                d.digest,
                 d.artifact_type or "",
                 d.size,
                 dict(d.annotations or {}),
@@ -317,7 +317,7 @@ def list_attachments(
             attachments.append(
                 Attachment(
                     "signature",
-                    str(signatures.digest),
+                    signatures.digest,
                     SIGNATURE_MEDIA_TYPE,
                     len(signatures.data),
                     {},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from typing import IO, Protocol
 
 from imagesmith.errors import DigestFormatError, IntegrityError
@@ -21,21 +20,39 @@ _HEX = re.compile(r"[0-9a-f]+")
 CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, order=True)
-class Digest:
-    """A content digest such as ``sha256:e3b0…``; construct with :meth:`parse` or :meth:`of`."""
+class Digest(str):
+    """A content digest such as ``sha256:e3b0…``; construct with :meth:`parse` or :meth:`of`.
 
-    algorithm: str
-    hex: str
+    A digest is its string (``algorithm:hex``), validated: it compares, hashes, sorts and
+    serialises as that string, so every result that carries a digest carries a ``Digest``
+    and code that treated it as a ``str`` keeps working.
+    """
 
-    def __post_init__(self) -> None:
-        expected = _HEX_LENGTHS.get(self.algorithm)
+    __slots__ = ()
+
+    def __new__(cls, algorithm: str, hex: str) -> Digest:
+        expected = _HEX_LENGTHS.get(algorithm)
         if expected is None:
-            raise DigestFormatError(f"unsupported digest algorithm {self.algorithm!r}: use sha256 or sha512")
-        if len(self.hex) != expected or not _HEX.fullmatch(self.hex):
+            raise DigestFormatError(f"unsupported digest algorithm {algorithm!r}: use sha256 or sha512")
+        if len(hex) != expected or not _HEX.fullmatch(hex):
             raise DigestFormatError(
-                f"invalid digest {self.algorithm}:{self.hex[:80]!r}: expected {expected} lowercase hex digits"
+                f"invalid digest {algorithm}:{hex[:80]!r}: expected {expected} lowercase hex digits"
             )
+        return super().__new__(cls, f"{algorithm}:{hex}")
+
+    def __getnewargs__(self) -> tuple[str, str]:  # type: ignore[override]
+        return self.algorithm, self.hex
+
+    def __repr__(self) -> str:
+        return f"Digest({str(self)!r})"
+
+    @property
+    def algorithm(self) -> str:
+        return self.partition(":")[0]
+
+    @property
+    def hex(self) -> str:
+        return self.partition(":")[2]
 
     @classmethod
     def parse(cls, text: str) -> Digest:
@@ -56,9 +73,6 @@ class Digest:
     def encoded(self) -> str:
         """The hex part, safe to use as a file name."""
         return self.hex
-
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{self.hex}"
 
     def short(self, length: int = 12) -> str:
         """A short form for humans: ``sha256:0123456789ab``."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
 from imagesmith.oci.image import choose_platform
 from imagesmith.oci.model import (
     ImageConfig,
@@ -35,7 +36,7 @@ class InspectResult:
     was read, ``raw`` holds the document's bytes exactly as stored."""
 
     reference: Reference | None
-    digest: str
+    digest: Digest
     media_type: str
     manifest: Manifest | Index
     config: ImageConfig | None = None
@@ -94,7 +95,7 @@ def inspect(
         document = raw.parse(f"manifest of {name}")
         if isinstance(document, Index) and platform is not None:
             raw, document, _ = choose_platform(source, raw, platform)  # nested indexes followed
-        ref, shown, digest = source.reference, str(location), str(raw.digest)
+        ref, shown, digest = source.reference, str(location), raw.digest
         if isinstance(document, Index):
             entries = tuple(
                 (str(d.platform) if d.platform else "-", str(d.digest)) for d in document.manifests

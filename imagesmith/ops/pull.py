@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imagesmith.errors import DiskFullError, IntegrityError, UnpackError, UsageError, file_error
+from imagesmith.oci.digests import Digest
 from imagesmith.oci.image import Image, Layer
 from imagesmith.oci.model import Platform
 from imagesmith.oci.references import Reference
@@ -44,7 +45,7 @@ class PullResult:
     """What was unpacked where."""
 
     source: str
-    digest: str
+    digest: Digest
     rootfs: Path
     layers: int
     stats: UnpackStats
@@ -224,7 +225,7 @@ def pull(
                 progress=progress,
             ),
         )
-        return PullResult(str(location), str(resolved.digest), target, len(paths), stats)
+        return PullResult(str(location), resolved.digest, target, len(paths), stats)
     finally:
         if owned:
             pool.close()

@@ -765,7 +765,7 @@ def _push_artifact(
     manifest: Manifest,
     payload: bytes,
     progress: ProgressCallback,
-) -> str:
+) -> Digest:
     """Blobs first (HEAD, else upload), the manifest last, through the one registry write path."""
     sink = RegistrySink(repository.with_tag(tag), pool=pool, cache=None)
     sink.put_blob_bytes(EMPTY_CONFIG, EMPTY_JSON, progress, what="")
@@ -773,7 +773,7 @@ def _push_artifact(
     data = manifest.to_bytes()
     raw = RawManifest(data, mt.OCI_MANIFEST, Digest.of(data))
     sink.put_manifest(raw, top=True, platform=None, progress=progress)
-    return str(raw.digest)
+    return raw.digest
 
 
 def _spack_database(
@@ -827,9 +827,9 @@ class IndexUpdate:
     holds no Spack image and never had an ``index.spack``)."""
 
     index: RepositoryIndex
-    digest: str
+    digest: Digest
     spack_database: SpackDatabase | None = None
-    spack_digest: str | None = None
+    spack_digest: Digest | None = None
 
 
 def update_index(

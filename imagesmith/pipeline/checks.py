@@ -97,7 +97,7 @@ def attach_and_sign(
     run: BuildContext,
     name: Reference | None,
     image: Image,
-    digest: str,
+    digest: Digest,
     layers: Sequence[StackLayer],
     base: BaseImage,
     destinations: Sequence[Location],
@@ -113,7 +113,7 @@ def attach_and_sign(
         return (), (), ()
     created = image.config.raw.get("created") or _created()
     manifest = image.manifest_bytes()
-    subject = Descriptor(image.media_types.manifest, Digest.parse(digest), len(manifest))
+    subject = Descriptor(image.media_types.manifest, digest, len(manifest))
     # Each package with the digest of the layer it is in (a group's, when the budget grouped it).
     packages = sbom_packages(
         [(b.package, b.hash, str(layer.layer.digest)) for layer in layers for b in layer.packages]

@@ -182,13 +182,13 @@ def write_destinations(
     docker_host: str | None,
     progress: ProgressCallback,
     uploaded: tuple[Reference | None, Collection[Digest]] = (None, ()),
-) -> tuple[str, tuple[str, ...]]:
+) -> tuple[Digest, tuple[str, ...]]:
     """Write ``image`` to each destination in turn; return its digest and what a daemon loaded.
 
     Remote base layers pass through the cache, so a second destination reads them locally.
     ``uploaded`` is (a repository, the blobs this run uploaded there): not checked again.
     """
-    digest = str(image.digest)
+    digest = image.digest
     loaded: tuple[str, ...] = ()
     into, blobs = uploaded
     for destination in destinations:
@@ -200,7 +200,7 @@ def write_destinations(
         )
         with open_sink(destination, pool=pool, cache=cache, docker_host=docker_host) as sink:
             present = blobs if same else ()
-            digest = str(write_image(image, sink, jobs=jobs, progress=progress, present=present))
+            digest = write_image(image, sink, jobs=jobs, progress=progress, present=present)
         if isinstance(sink, DaemonSink):
             loaded += sink.loaded  # known once the sink has committed (loaded the archive)
     return digest, loaded

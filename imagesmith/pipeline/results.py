@@ -16,6 +16,7 @@ from imagesmith.artifacts.signing import Signed, SigningKey
 from imagesmith.inputs.envmods import EnvModification
 from imagesmith.inputs.packages import Package
 from imagesmith.oci import mediatypes as mt
+from imagesmith.oci.digests import Digest
 from imagesmith.oci.image import BaseImage, BlobOrigin, Image
 from imagesmith.oci.model import (
     Platform,
@@ -164,7 +165,7 @@ class BuildResult(_Written):
     """
 
     reference: Reference | None
-    digest: str
+    digest: Digest
     base: BaseImage
     image: Image
     packages: tuple[BuiltPackage, ...]
@@ -249,7 +250,7 @@ class MultiBuildResult(_Written):
     """
 
     reference: Reference | None
-    digest: str
+    digest: Digest
     media_type: str
     images: tuple[BuildResult, ...]
     platforms: tuple[Platform, ...]
@@ -287,7 +288,7 @@ class ImportResult(_Written):
     digest, where it went and the layer."""
 
     reference: Reference | None
-    digest: str
+    digest: Digest
     layer: LayerBlob
     platform: Platform
     destinations: tuple[Location, ...] = ()

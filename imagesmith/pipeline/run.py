@@ -197,12 +197,10 @@ class _Run(BuildContext):
         for b, image, stack, stacked, closure in zip(
             layers.bases, images, stacks, layers_by, closures, strict=True
         ):
-            trust = attach_and_sign(
-                self, None, image, str(image.digest), stacked, b, destinations, sign=False
-            )
+            trust = attach_and_sign(self, None, image, image.digest, stacked, b, destinations, sign=False)
             results.append(
                 BuildResult(
-                    None, str(image.digest), b, image, tuple(stack), (), (), closure, *trust, tuple(stacked)
+                    None, image.digest, b, image, tuple(stack), (), (), closure, *trust, tuple(stacked)
                 )
             )
         key = self.options.signing_key
@@ -220,7 +218,7 @@ class _Run(BuildContext):
             for signed_digest in (index.digest, *(image.digest for image in images))
         )
         return MultiBuildResult(
-            name, str(index.digest), index.media_type, tuple(results), tuple(platforms), destinations, signed
+            name, index.digest, index.media_type, tuple(results), tuple(platforms), destinations, signed
         )
 
 
@@ -628,9 +626,9 @@ def build_each(
         for (image, where, name, stack, stacked), digest, closure in zip(
             plans, digests, closures, strict=True
         ):
-            trust = attach_and_sign(run, name, image, str(digest), stacked, resolved, (where,))
+            trust = attach_and_sign(run, name, image, digest, stacked, resolved, (where,))
             results.append(
-                BuildResult(name, str(digest), resolved, image, stack, (where,), (), closure, *trust, stacked)
+                BuildResult(name, digest, resolved, image, stack, (where,), (), closure, *trust, stacked)
             )
         return results
 
