@@ -768,6 +768,20 @@ class Transport:
         # Jitter spreads retries from parallel uploads; it is not security-relevant.
         return float(delay / 2 + random.uniform(0, delay / 2))  # noqa: S311
 
+    def _pause(self, method: str, url: str, attempt: int, delay: float, why: str) -> int:
+        """Log the retry of ``method url`` and wait ``delay`` seconds; the next attempt's number."""
+        log.info(
+            "retrying %s %s in %.1f s %s (attempt %d of %d)",
+            method,
+            redact_url(url),
+            delay,
+            why,
+            attempt + 2,
+            self.options.retries + 1,
+        )
+        self.sleep(delay)
+        return attempt + 1
+
     def request(
         self,
         method: str,
@@ -820,17 +834,9 @@ class Transport:
                 )
             except _NetworkFailure as failure:
                 if retry and failure.retryable and attempt < self.options.retries:
-                    delay = self.backoff(attempt)
-                    attempt += 1
-                    log.info(
-                        "retrying %s %s in %.1f s after a network error (attempt %d of %d)",
-                        method,
-                        redact_url(url),
-                        delay,
-                        attempt + 1,
-                        self.options.retries + 1,
+                    attempt = self._pause(
+                        method, url, attempt, self.backoff(attempt), "after a network error"
                     )
-                    self.sleep(delay)
                     continue
                 raise failure.error from None
             status = resp.status_code
@@ -854,17 +860,7 @@ class Transport:
                 wait = parse_retry_after(resp.headers.get("Retry-After"))
                 delay = min(wait, self.options.max_retry_after) if wait is not None else self.backoff(attempt)
                 resp.close()
-                attempt += 1
-                log.info(
-                    "retrying %s %s in %.1f s after HTTP %d (attempt %d of %d)",
-                    method,
-                    redact_url(url),
-                    delay,
-                    status,
-                    attempt + 1,
-                    self.options.retries + 1,
-                )
-                self.sleep(delay)
+                attempt = self._pause(method, url, attempt, delay, f"after HTTP {status}")
                 continue
             fetched = self.read(resp, method)
             raise error_from_fetched(fetched, host, prefix=prefix, attempts=attempt + 1)
@@ -928,15 +924,13 @@ class Transport:
             except _NetworkFailure as failure:
                 if not (kwargs.get("retry", True) and attempt < self.options.retries):
                     raise failure.error from None
-                delay = self.backoff(attempt)
-                attempt += 1
-                log.info(
-                    "retrying %s %s in %.1f s: connection lost while reading the body",
+                attempt = self._pause(
                     method,
-                    redact_url(url),
-                    delay,
+                    url,
+                    attempt,
+                    self.backoff(attempt),
+                    "after the connection was lost reading the body",
                 )
-                self.sleep(delay)
 
 
 class _TooLarge(Exception):
