@@ -1,0 +1,1 @@
+"""The embedded registry's parts (see :mod:`imagesmith.registry.server`)."""
