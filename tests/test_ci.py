@@ -27,6 +27,7 @@ from conftest import BASIC_USERS, need, need_tool
 from ruamel.yaml import YAML
 from servers import DistributionRegistry, Podman
 from test_makefile import write_package
+from test_spack import SQLITE, ZLIB
 
 from imagesmith.errors import UsageError
 from imagesmith.generate.ci import (
@@ -358,6 +359,40 @@ def test_github_groups_by_dependency_level_when_one_job_per_image_is_too_large(t
         r"grouped by dependency level into 4 matrix jobs of at most 256, each level needing the one below",
         generated.notes[0],
     )
+
+
+def test_a_spack_package_build_is_given_every_prefix_it_needs(tmp_path: Path) -> None:
+    """A Spack prefix finds its dependencies by DAG hash among the packages given, so its job
+    names them all, dependencies first, in both engines; in a GitHub matrix the files travel
+    shell-quoted in PACKAGE and come back as words (a path with a space included)."""
+    store = tmp_path / "spack store"
+    zlib, sqlite = (shutil.copytree(p, store / p.name, symlinks=True) for p in (ZLIB, SQLITE))
+    packages = load_packages([sqlite, zlib])
+    gitlab = yaml.safe_load(render(packages, "gitlab", directory=tmp_path).text)
+    scripts = {name: job["script"][0] for name, job in gitlab.items() if name.startswith(("zlib", "sqlite"))}
+    assert scripts["zlib-1.3"].endswith(" 'spack store/" + zlib.name + "'")
+    assert scripts["sqlite-3.43.2"].endswith(f" 'spack store/{zlib.name}' 'spack store/{sqlite.name}'")
+
+    # Enough other images that grouping them into matrix jobs makes the smaller file.
+    many = load_packages([sqlite, zlib, wide(tmp_path / "others", 30)])
+    limits = EngineLimits(github_max_workflow=len(render(many, "github", directory=tmp_path).text) - 1)
+    jobs = workflow(render(many, "github", directory=tmp_path, limits=limits).text)["jobs"]
+    level1 = jobs["level-1-linux-amd64"]
+    [entry] = [e for e in level1["strategy"]["matrix"]["include"] if e["image"] == "sqlite-3.43.2"]
+    fake = tmp_path / "bin" / "imagesmith"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nfor a; do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "PACKAGE": entry["package"],
+        "IMAGE": "x",
+    }
+    ran = subprocess.run(
+        ["sh", "-c", level1["steps"][-1]["run"]], env=env, capture_output=True, text=True, check=True
+    )
+    assert ran.stdout.splitlines()[-2:] == [f"spack store/{zlib.name}", f"spack store/{sqlite.name}"]
 
 
 def size_of(packages: Sequence[Package], engine: str, *platforms: Platform, **limits: int) -> int:

@@ -16,8 +16,11 @@ built for real once per machine (tests/.data) or per CI run.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,6 +234,48 @@ def test_imagesmith_pushes_spack_12_installs_and_the_image_runs(
         "sh",
         "-c",
         "kit-hello && kit-greet",
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [HELLO_OUTPUT, GREET_OUTPUT]
+
+
+def test_a_generated_makefile_builds_spack_12_prefixes_and_the_image_runs(
+    kit12: Installed, tls_registry: DistributionRegistry, glibc_base: str, podman: Podman, tmp_path: Path
+) -> None:
+    """A Makefile over install prefixes: each rule gives its build every prefix the image needs
+    (Spack finds dependencies by hash among the packages given), so `make` builds the stack."""
+    tls = tls_registry
+    repo = f"{tls.host}/makefile-12"
+    prefixes = [str(kit12.prefixes[name]) for name in RUNTIME]
+    imagesmith(
+        tls,
+        "makefile",
+        "--base-image",
+        glibc_base,
+        "--repo",
+        repo,
+        "-o",
+        str(tmp_path / "Makefile"),
+        prefixes[-1],
+        *prefixes[:-1],
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    run = subprocess.run(
+        ["make", "-j", "2", f"IMAGESMITH={shlex.quote(sys.executable)} -m imagesmith", "index"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, f"make failed:\n{run.stdout}\n{run.stderr}"
+    stamps = {
+        p.name: json.loads(p.read_text()) for p in (tmp_path / ".imagesmith" / "stamps").glob("*.pushed")
+    }
+    assert {r["tag"] for r in stamps.values()} == {kit12.tag(n) for n in RUNTIME}
+    podman.add_insecure_registry(tls.host)
+    ran = podman.podman(
+        "run", "--rm", f"{repo}:{kit12.tag('kit-hello')}", "sh", "-c", "kit-hello && kit-greet"
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == [HELLO_OUTPUT, GREET_OUTPUT]

@@ -37,7 +37,7 @@ import jinja2
 
 from imagesmith._version import __version__
 from imagesmith.errors import TemplateError, UsageError
-from imagesmith.generate.makefile import check_stack, target_names
+from imagesmith.generate.makefile import build_closure, check_stack, target_names
 from imagesmith.inputs.packages import Package
 from imagesmith.oci.image import raise_platform_mismatch
 from imagesmith.oci.model import MAX_CONFIG_SIZE, ImageConfig, Index, Platform, select_platform
@@ -224,9 +224,19 @@ class _Image:
     dependencies' target names."""
 
     target: str
-    package: str
+    packages: tuple[str, ...]  # the package files its build is given: its closure, then its own
     level: int
     depends: tuple[str, ...]
+
+    @property
+    def package(self) -> str:
+        """Its own package file."""
+        return self.packages[-1]
+
+    @property
+    def arguments(self) -> str:
+        """Its package files as one shell word list."""
+        return shlex.join(self.packages)
 
 
 @dataclass(frozen=True)
@@ -243,12 +253,36 @@ def _images(packages: Sequence[Package], directory: Path | None) -> list[_Image]
     names = target_names(packages)
     levels: dict[str, int] = {}
     images = []
+    stack = {p.key: p for p in packages}
     for package in packages:
         depends = tuple(dict.fromkeys(package.depends))
         levels[package.key] = 1 + max((levels[key] for key in depends), default=-1)
-        path = _job_path(package.source, directory, f"package file of {package.label}")
-        images.append(_Image(names[package.key], path, levels[package.key], tuple(names[k] for k in depends)))
+        paths = tuple(
+            _job_path(p.source, directory, f"package file of {p.label}")
+            for p in build_closure(package, stack)
+        )
+        images.append(
+            _Image(names[package.key], paths, levels[package.key], tuple(names[k] for k in depends))
+        )
     return images
+
+
+def _several(part: Sequence[_Image]) -> bool:
+    """Whether a build of ``part`` is given more than its own package file (Spack packages)."""
+    return any(len(i.packages) > 1 for i in part)
+
+
+def _matrix_packages(image: _Image, part: Sequence[_Image]) -> str:
+    """An image's ``package`` in a matrix: its package file, or, where a build of the matrix
+    is given several, its files shell-quoted (``set --`` splits them back)."""
+    return image.arguments if _several(part) else image.package
+
+
+def _matrix_build(plan: _Plan, part: Sequence[_Image], slug: str) -> str:
+    """The build line of a matrix job, reading the package file(s) from ``$PACKAGE``."""
+    if _several(part):
+        return 'eval "set -- $PACKAGE" && ' + plan.build_command('"$@"', "$IMAGE", slug)
+    return plan.build_command('"$PACKAGE"', "$IMAGE", slug)
 
 
 def check_runners(platforms: Sequence[Platform], runners: Mapping[str, Sequence[str]]) -> None:
@@ -465,7 +499,7 @@ def _gitlab(plan: _Plan, limits: EngineLimits) -> GeneratedPipeline:
                     "extends": templates[t.slug],
                     "stage": f"level-{image.level}",
                     "needs": needs,
-                    "script": [plan.build_command(shlex.quote(image.package), image.target, t.slug)],
+                    "script": [plan.build_command(image.arguments, image.target, t.slug)],
                     "artifact": plan.digest_file(image.target, t.slug) if plan.multi else None,
                     # Build jobs use no files of other jobs: never download their digests.
                     "dependencies": plan.multi,
@@ -593,7 +627,7 @@ def _github_jobs(plan: _Plan) -> tuple[str, int]:
                     "name": f"{image.target} ({t.platform})" if plan.multi else image.target,
                     "target": t,
                     "needs": [build_ids[dep, t.slug] for dep in image.depends],
-                    "run": plan.build_command(shlex.quote(image.package), image.target, t.slug),
+                    "run": plan.build_command(image.arguments, image.target, t.slug),
                     "artifact": _artifact(image.target, t.slug),
                     "digest_file": plan.digest_file(image.target, t.slug),
                 }
@@ -651,8 +685,8 @@ def _github_grouped(plan: _Plan, limits: EngineLimits, explicit: int) -> tuple[s
                         "name": f"level {level} ({t.platform})",
                         "target": t,
                         "needs": below[t.slug],
-                        "entries": [{"image": i.target, "package": i.package} for i in part],
-                        "run": plan.build_command('"$PACKAGE"', "$IMAGE", t.slug),
+                        "entries": [{"image": i.target, "package": _matrix_packages(i, part)} for i in part],
+                        "run": _matrix_build(plan, part, t.slug),
                         "artifact": _artifact(_expression("matrix.image"), t.slug),
                         "digest_file": plan.digest_file(_expression("matrix.image"), t.slug),
                     }

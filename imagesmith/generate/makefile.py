@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from imagesmith.errors import TemplateError, UsageError
 from imagesmith.inputs.packages import Package
 from imagesmith.templating import environment
 
-__all__ = ["STAMP_DIR", "check_stack", "render_makefile", "target_names"]
+__all__ = ["STAMP_DIR", "build_closure", "check_stack", "render_makefile", "target_names"]
 
 STAMP_DIR = ".imagesmith/stamps"
 # Characters a path may use: each is literal in a make prerequisite list, in $(call ...)
@@ -45,6 +45,7 @@ class _Rule:
     target: str
     stamp: str
     source: str
+    arguments: str  # the package files its build is given: its closure, then its own
     prerequisites: tuple[str, ...]
 
 
@@ -141,11 +142,44 @@ def check_stack(packages: Sequence[Package], what: str = "render_makefile") -> N
         seen.add(package.key)
 
 
-def _rule(package: Package, target: str, stamps: dict[str, str], directory: Path | None) -> _Rule:
+def build_closure(package: Package, stack: Mapping[str, Package]) -> list[Package]:
+    """The packages a build of ``package``'s image is given, its own last.
+
+    A package file names its dependencies by path, and a package from a build cache finds
+    them in the cache, so a build given the package alone finds the rest itself. A Spack install
+    prefix, build-cache tarball or ``spec.json`` finds its dependencies by DAG hash among the
+    packages given: where the image holds one, the build is given every package it needs,
+    transitively, in the order of ``stack`` (a dependency-ordered mapping key -> package);
+    ``load_packages`` merges what is reached twice."""
+    needed: set[str] = set()
+    pending = list(package.depends)
+    while pending:
+        key = pending.pop()
+        if key not in needed:
+            needed.add(key)
+            pending.extend(stack[key].depends)
+    closure = [p for key, p in stack.items() if key in needed] + [package]
+    by_hash = any(p.spack is not None and p.spack_cache is None for p in closure)
+    return closure if by_hash else [package]
+
+
+def _rule(
+    package: Package,
+    target: str,
+    stamps: dict[str, str],
+    directory: Path | None,
+    stack: Mapping[str, Package],
+) -> _Rule:
     source = _path_text(package.source, directory, f"package file of {package.label}")
     contents = [_path_text(path, directory, f"content of {package.label}") for path in package.contents]
+    arguments = [
+        _path_text(p.source, directory, f"package file of {p.label}") for p in build_closure(package, stack)
+    ]
     stamp = stamps[package.key]
-    prerequisites = [source, *contents, *(stamps[key] for key in package.depends), "$(STAMPS)/settings"]
+    # A prefix is both the package file and its content: named once.
+    prerequisites = list(
+        dict.fromkeys([source, *contents, *(stamps[key] for key in package.depends), "$(STAMPS)/settings"])
+    )
     for path, content in zip(package.contents, contents, strict=True):
         if path.is_dir():
             # A directory's own time changes only when entries are added or removed right in
@@ -156,6 +190,7 @@ def _rule(package: Package, target: str, stamps: dict[str, str], directory: Path
         target=target,
         stamp=stamp,
         source=source,
+        arguments=" ".join(arguments),
         prerequisites=tuple(prerequisites),
     )
 
@@ -204,7 +239,8 @@ def render_makefile(
         directory = directory.resolve()
     names = target_names(packages)
     stamps = {key: f"$(STAMPS)/{name}.pushed" for key, name in names.items()}
-    rules = [_rule(p, names[p.key], stamps, directory) for p in packages]
+    stack = {p.key: p for p in packages}
+    rules = [_rule(p, names[p.key], stamps, directory, stack) for p in packages]
     if package_args is None:
         depended_on = {key for p in packages for key in p.depends}
         package_args = [r.source for p, r in zip(packages, rules, strict=True) if p.key not in depended_on]
