@@ -49,7 +49,14 @@ from typing import IO, TYPE_CHECKING, NoReturn
 from imagesmith.errors import LayerError, UsageError
 from imagesmith.store.cache import BlobCache
 from imagesmith.tar.compression import open_decompressor
-from imagesmith.tar.format import MAX_HEADER_BYTES, MAX_MEMBERS, EntryKind, TarMember, read_members
+from imagesmith.tar.format import (
+    MAX_HEADER_BYTES,
+    MAX_MEMBERS,
+    EntryKind,
+    TarMember,
+    kind_of_mode,
+    read_members,
+)
 from imagesmith.tar.writer import TarEntry
 
 if TYPE_CHECKING:
@@ -206,22 +213,6 @@ def _utf8_name(raw: bytes, path: str) -> str:
         raise LayerError(f"{path!r}: file names must be valid UTF-8 to go into a layer") from None
 
 
-def _kind_of(mode: int) -> EntryKind | None:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISCHR(mode):
-        return "chardev"
-    if stat.S_ISBLK(mode):
-        return "blockdev"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return None  # sockets (and anything exotic): skipped by policy
-
-
 def _refuse_whiteout_name(path: str, name: str) -> NoReturn:
     """Refuse a file whose name a layer reader takes for a whiteout (OCI image-spec)."""
     meaning = (
@@ -331,7 +322,7 @@ def _dir_entry(name: str, st: os.stat_result, preserve: bool) -> TarEntry:
 def _fs_entry(
     name: str, path: str, st: os.stat_result, preserve: bool, seen_inodes: dict[tuple[int, int], str]
 ) -> TarEntry | None:
-    kind = _kind_of(st.st_mode)
+    kind = kind_of_mode(st.st_mode)  # None: sockets, skipped by policy
     if kind is None:
         return None
     if kind == "dir":

@@ -41,7 +41,8 @@ of names (``..``, absolute paths) is the caller's business: this module only rea
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+import stat
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Literal, NoReturn, Protocol, cast
 
@@ -56,6 +57,7 @@ __all__ = [
     "EntryKind",
     "TarMember",
     "TarReader",
+    "kind_of_mode",
     "parse_pax",
     "read_members",
 ]
@@ -80,6 +82,22 @@ TYPEFLAGS: Mapping[EntryKind, bytes] = {
     "dir": b"5",
     "fifo": b"6",
 }
+# The kind of a file on disk, by its st_mode (sockets and anything exotic have none).
+_MODE_KINDS: tuple[tuple[Callable[[int], bool], EntryKind], ...] = (
+    (stat.S_ISDIR, "dir"),
+    (stat.S_ISREG, "file"),
+    (stat.S_ISLNK, "symlink"),
+    (stat.S_ISCHR, "chardev"),
+    (stat.S_ISBLK, "blockdev"),
+    (stat.S_ISFIFO, "fifo"),
+)
+
+
+def kind_of_mode(mode: int) -> EntryKind | None:
+    """The tar entry kind of a file whose ``st_mode`` is ``mode``; None for a socket."""
+    return next((kind for test, kind in _MODE_KINDS if test(mode)), None)
+
+
 # What a reader makes of each typeflag it accepts. "label" (a volume label) names the archive,
 # not a file, and is never yielded.
 _KINDS: dict[bytes, EntryKind | Literal["label"]] = {

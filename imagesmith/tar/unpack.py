@@ -47,7 +47,7 @@ from imagesmith.errors import DiskFullError, IntegrityError, LayerError, UnpackE
 from imagesmith.oci.digests import Digest, Hasher
 from imagesmith.progress import Meter, ProgressCallback, ProgressEvent, null_progress
 from imagesmith.tar.compression import Decompressor, open_decompressor
-from imagesmith.tar.format import MAX_NAME_BYTES, TarMember, TarReader
+from imagesmith.tar.format import MAX_NAME_BYTES, TarMember, TarReader, kind_of_mode
 
 __all__ = ["MAX_SYMLINK_HOPS", "UnpackPolicy", "UnpackStats", "discard_tree", "unpack_layer", "unpack_layers"]
 
@@ -281,14 +281,11 @@ def discard_tree(path: Path) -> None:
         os.close(parent)
 
 
+_KIND_NAMES = {"dir": "directory", "symlink": "symlink", "file": "regular file"}
+
+
 def _kind_name(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISREG(mode):
-        return "regular file"
-    return "special file"
+    return _KIND_NAMES.get(kind_of_mode(mode) or "", "special file")
 
 
 # --- applying members -------------------------------------------------------------------------
