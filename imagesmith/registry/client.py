@@ -489,12 +489,19 @@ class RegistryClient(Closing):
         repository: str,
         *,
         limit: int,
-        too_large: Callable[[int | None], ImagesmithError],
+        what: str,
         prefix: str,
         accept: str | None = None,
+        error: type[ImagesmithError] = ManifestError,
     ) -> Fetched:
         """A bounded ``GET`` of a document (a manifest, a referrers index, a tag list) that may
-        be absent: 200 and 404 come back; a body over ``limit`` raises ``too_large(announced)``."""
+        be absent: 200 and 404 come back; a body over ``limit`` bytes raises ``error`` naming
+        ``what`` (and the size the registry announced)."""
+
+        def too_large(length: int | None) -> ImagesmithError:
+            announced = f" ({length} bytes announced)" if length is not None else ""
+            return error(f"{what} is larger than {limit} bytes{announced}: refused")
+
         return self._fetch(
             "GET",
             url,
@@ -561,15 +568,11 @@ class RegistryClient(Closing):
         shown = self._shown(repository, ref)
         url = self._url(f"/v2/{repository}/manifests/{ref}")
 
-        def too_large(length: int | None) -> ImagesmithError:
-            size = f" ({length} bytes announced)" if length is not None else ""
-            return ManifestError(f"manifest {shown} is larger than {MAX_MANIFEST_SIZE} bytes{size}: refused")
-
         fetched = self._get_document(
             url,
             repository,
             limit=MAX_MANIFEST_SIZE,
-            too_large=too_large,
+            what=f"manifest {shown}",
             accept=_ACCEPT,
             prefix=f"fetching manifest {shown}",
         )
@@ -733,14 +736,11 @@ class RegistryClient(Closing):
         url = self._url(f"/v2/{repository}/referrers/{digest}{query}")
         shown = f"{self.registry}/{repository}@{digest}"
 
-        def too_large(length: int | None) -> ImagesmithError:
-            return ManifestError(f"the referrers of {shown} take more than {MAX_MANIFEST_SIZE} bytes")
-
         fetched = self._get_document(
             url,
             repository,
             limit=MAX_MANIFEST_SIZE,
-            too_large=too_large,
+            what=f"the referrers index of {shown}",
             accept="application/vnd.oci.image.index.v1+json",
             prefix=f"listing the referrers of {shown}",
         )
@@ -1187,9 +1187,6 @@ class RegistryClient(Closing):
         seen: set[str] = set()
         shown = f"{self.registry}/{repository}"
 
-        def too_large(_length: int | None) -> ImagesmithError:
-            return RegistryError(f"the tag list of {shown} is larger than {MAX_TAGS_RESPONSE} bytes")
-
         while url is not None:
             if url in seen or len(seen) >= MAX_TAG_PAGES:
                 raise RegistryError(f"listing tags of {shown}: the pagination loops at {redact_url(url)}")
@@ -1198,8 +1195,9 @@ class RegistryClient(Closing):
                 url,
                 repository,
                 limit=MAX_TAGS_RESPONSE,
-                too_large=too_large,
+                what=f"the tag list of {shown}",
                 prefix=f"listing tags of {shown}",
+                error=RegistryError,
             )
             if fetched.status == 404:
                 raise error_from_fetched(fetched, self.registry, prefix=f"repository unknown: {shown}")
