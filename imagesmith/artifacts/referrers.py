@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from imagesmith.errors import ManifestError, NotFoundError, RegistryError, UsageError
+from imagesmith.jsonfields import JsonFields
 from imagesmith.oci import mediatypes as mt
 from imagesmith.oci.digests import Digest
 from imagesmith.oci.image import RawManifest
@@ -84,7 +85,7 @@ def manifest_if_exists(client: RegistryClient, repository: str, tag: str) -> Man
 
 
 @dataclass(frozen=True)
-class Attached:
+class Attached(JsonFields):
     """An artifact attached to an image: its manifest digest, type, the subject and how a
     reader finds it (``via``; ``tag`` for the referrers tag schema)."""
 
@@ -93,15 +94,6 @@ class Attached:
     subject: Digest
     via: Via
     tag: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "digest": str(self.digest),
-            "artifactType": self.artifact_type,
-            "subject": str(self.subject),
-            "via": self.via,
-            "tag": self.tag,
-        }
 
 
 def artifact_manifest(
@@ -229,7 +221,7 @@ def attach(
 
 
 @dataclass(frozen=True)
-class Attachment:
+class Attachment(JsonFields):
     """Something attached to an image: a referrer (``artifactType``, annotations) or the
     sigstore signature tag (``kind`` ``signature``: its layers are the signatures)."""
 
@@ -240,17 +232,6 @@ class Attachment:
     annotations: dict[str, str]
     via: str
     count: int = 1  # signatures in a signature manifest
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "digest": self.digest,
-            "artifactType": self.artifact_type,
-            "size": self.size,
-            "annotations": self.annotations,
-            "via": self.via,
-            "count": self.count,
-        }
 
 
 def _from_index(data: bytes, what: str, via: str, artifact_type: str | None) -> list[Attachment]:

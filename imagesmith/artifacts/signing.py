@@ -33,7 +33,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from imagesmith._version import __version__
 from imagesmith.artifacts.referrers import SIGNATURE_MEDIA_TYPE, manifest_if_exists, signature_tag
 from imagesmith.errors import ManifestError, NotFoundError, UsageError
+from imagesmith.jsonfields import JsonFields
 from imagesmith.oci import mediatypes as mt
 from imagesmith.oci.digests import Digest
 from imagesmith.oci.image import RawManifest
@@ -222,7 +222,7 @@ def signature_payload(digest: Digest, identity: str, *, timestamp: int | None = 
 
 
 @dataclass(frozen=True)
-class Signed:
+class Signed(JsonFields):
     """What :func:`sign_image` wrote: the image signed (its manifest digest and the identity
     signed), the signature tag and the digest of the signature manifest now under it."""
 
@@ -232,16 +232,6 @@ class Signed:
     tag: str
     signatures: Digest
     added: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "reference": str(self.reference),
-            "digest": str(self.digest),
-            "identity": self.identity,
-            "tag": self.tag,
-            "signatures": str(self.signatures),
-            "added": self.added,
-        }
 
 
 def _signature_config(diff_ids: list[str]) -> bytes:

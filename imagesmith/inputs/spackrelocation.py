@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from imagesmith.errors import LayerError
+from imagesmith.jsonfields import JsonFields
 from imagesmith.tar.writer import TarEntry
 
 __all__ = [
@@ -61,7 +62,7 @@ _MACHO_MAGIC = (b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b
 
 
 @dataclass(frozen=True)
-class Relocation:
+class Relocation(JsonFields):
     """Everything of a relocation record that does not depend on the prefix's files."""
 
     buildpath: str
@@ -74,16 +75,6 @@ class Relocation:
     def prefixes(self) -> list[str]:
         """The paths Spack looks for in text files and symlinks (``prefixes_to_relocate``)."""
         return [*(p for _, p in self.hash_to_prefix), self.sbang_install_path, self.buildpath]
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields, for a layer record key (the same record and files give the same layer)."""
-        return {
-            "buildpath": self.buildpath,
-            "relative_prefix": self.relative_prefix,
-            "sbang_install_path": self.sbang_install_path,
-            "spackprefix": self.spackprefix,
-            "hash_to_prefix": [list(pair) for pair in self.hash_to_prefix],
-        }
 
 
 def _unpadded(root: str) -> str:

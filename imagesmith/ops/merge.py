@@ -20,9 +20,9 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from imagesmith.errors import ManifestError, UsageError
+from imagesmith.jsonfields import JsonFields
 from imagesmith.oci import mediatypes as mt
 from imagesmith.oci.digests import Digest
 from imagesmith.oci.image import RawManifest
@@ -61,7 +61,7 @@ _SCHEMA1_TYPES = frozenset(
 
 
 @dataclass(frozen=True)
-class MergeResult:
+class MergeResult(JsonFields):
     """What :func:`merge_images` pushed: the index's reference (its tag), digest and media
     type, the platforms it lists (in order) and how many manifests it names."""
 
@@ -70,16 +70,6 @@ class MergeResult:
     media_type: str
     platforms: tuple[str, ...]
     manifests: int
-
-    def to_json(self) -> dict[str, Any]:
-        """What ``imagesmith merge --json`` prints."""
-        return {
-            "reference": str(self.reference),
-            "digest": str(self.digest),
-            "mediaType": self.media_type,
-            "platforms": list(self.platforms),
-            "manifests": self.manifests,
-        }
 
 
 @dataclass(frozen=True)

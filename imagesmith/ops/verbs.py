@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagesmith.errors import ManifestError, NotFoundError, UsageError
+from imagesmith.jsonfields import JsonFields
 from imagesmith.oci.digests import Digest
 from imagesmith.oci.image import RawManifest, choose_platform
 from imagesmith.oci.mediatypes import is_index
@@ -62,21 +63,13 @@ class Deleted:
 
 
 @dataclass(frozen=True)
-class Tagged:
+class Tagged(JsonFields):
     """A manifest put under new tags of its repository: ``references`` are the new names."""
 
     source: Reference
     digest: Digest
     media_type: str
     references: tuple[Reference, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": str(self.source),
-            "digest": str(self.digest),
-            "mediaType": self.media_type,
-            "references": [str(r) for r in self.references],
-        }
 
 
 def _reference(value: str | Reference, verb: str) -> Reference:

@@ -35,6 +35,7 @@ import platformdirs
 
 from imagesmith.closing import Closing
 from imagesmith.errors import CacheError, IntegrityError
+from imagesmith.jsonfields import JsonFields
 from imagesmith.oci.digests import CHUNK, Digest, Hasher, VerifyingReader
 from imagesmith.store.blobstore import (
     BlobWriter,
@@ -61,7 +62,7 @@ def _fail(action: str, path: Path, exc: OSError) -> CacheError:
 
 
 @dataclass(frozen=True)
-class CacheStats:
+class CacheStats(JsonFields):
     """What the cache holds: blobs, records and leftover temp files, with their sizes."""
 
     root: Path
@@ -71,19 +72,9 @@ class CacheStats:
     temp_files: int
     temp_bytes: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "root": str(self.root),
-            "blobs": self.blobs,
-            "blob_bytes": self.blob_bytes,
-            "records": self.records,
-            "temp_files": self.temp_files,
-            "temp_bytes": self.temp_bytes,
-        }
-
 
 @dataclass(frozen=True)
-class PruneResult:
+class PruneResult(JsonFields):
     """What :meth:`BlobCache.prune` removed (or would remove, in a dry run)."""
 
     blobs: int
@@ -91,15 +82,6 @@ class PruneResult:
     temp_files: int
     bytes: int
     dry_run: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "blobs": self.blobs,
-            "records": self.records,
-            "temp_files": self.temp_files,
-            "bytes": self.bytes,
-            "dry_run": self.dry_run,
-        }
 
 
 class CachedBlobReader(Closing):

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from imagesmith.errors import ManifestError, UsageError
+from imagesmith.jsonfields import JsonFields
 from imagesmith.oci import mediatypes as mt
 from imagesmith.oci.digests import Digest
 from imagesmith.oci.image import (
@@ -90,7 +91,7 @@ def write_images(
 
 
 @dataclass(frozen=True)
-class CopyResult:
+class CopyResult(JsonFields):
     """What :func:`copy_image` wrote: the top document's digest and media type, where, and
     how many manifests and blobs it covered."""
 
@@ -101,17 +102,6 @@ class CopyResult:
     platforms: tuple[str, ...]
     manifests: int
     blobs: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "destination": self.destination,
-            "digest": str(self.digest),
-            "mediaType": self.media_type,
-            "platforms": list(self.platforms),
-            "manifests": self.manifests,
-            "blobs": self.blobs,
-        }
 
 
 @dataclass
