@@ -173,6 +173,20 @@ def digestfile_arg(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--digestfile", metavar="FILE", help=f"also write the digest of {what} to FILE")
 
 
+def written_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """What every command that writes an image takes last: ``--json``, ``-q``, ``--digestfile``
+    (of ``what``) and the registry settings."""
+    json_arg(parser)
+    quiet_arg(parser)
+    digestfile_arg(parser, what)
+    registry_args(parser, "")
+
+
+def packages_arg(parser: argparse.ArgumentParser, text: str, nargs: str = "+") -> None:
+    """The PACKAGEs of a stack (``build``, ``makefile``, ``pipeline``)."""
+    parser.add_argument("packages", nargs=nargs, metavar="PACKAGE", help=text)
+
+
 def output_args(parser: argparse.ArgumentParser) -> None:
     """``--output``, ``--load`` and ``--docker-host``: where a new image goes instead of a push."""
     parser.add_argument(

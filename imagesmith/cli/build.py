@@ -17,15 +17,13 @@ from imagesmith.cli.args import (
     SBOM_FORMATS,
     Commands,
     command,
-    digestfile_arg,
     jobs_arg,
-    json_arg,
     output_args,
+    packages_arg,
     pairs,
     platform,
     platforms,
-    quiet_arg,
-    registry_args,
+    written_args,
 )
 from imagesmith.cli.context import Context
 from imagesmith.cli.output import emit_list, say
@@ -46,13 +44,12 @@ def add_build(commands: Commands) -> None:
         "the packages' environment into its config, and push the result.",
     )
     p.set_defaults(handler=run_build)
-    p.add_argument(
-        "packages",
-        nargs="*",
-        metavar="PACKAGE",
-        help="package files (JSON or TOML), Spack install prefixes, build-cache tarballs or Spack "
+    packages_arg(
+        p,
+        "package files (JSON or TOML), Spack install prefixes, build-cache tarballs or Spack "
         "build caches (DIR, DIR:NAME, DIR:/HASH, a .spec.manifest.json, oci://REGISTRY/REPO[:TAG]); "
         "dependencies are added",
+        nargs="*",
     )
     p.add_argument(
         "--spack-env",
@@ -154,10 +151,7 @@ def add_build(commands: Commands) -> None:
         metavar="KEY",
         help=f"sign the pushed image with this ECDSA P-256 private key ({KEY_PASSWORD_ENV} or a prompt)",
     )
-    json_arg(p)
-    quiet_arg(p)
-    digestfile_arg(p, "what was written (the image, or the index)")
-    registry_args(p, "")
+    written_args(p, "what was written (the image, or the index)")
 
 
 def add_import(commands: Commands) -> None:
@@ -196,10 +190,7 @@ def add_import(commands: Commands) -> None:
         help="default command (JSON list or shell-like string; default /bin/sh)",
     )
     p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
-    json_arg(p)
-    quiet_arg(p)
-    digestfile_arg(p, "the image")
-    registry_args(p, "")
+    written_args(p, "the image")
 
 
 def _build_inputs(ctx: Context) -> tuple[list[Package], list[Package]]:

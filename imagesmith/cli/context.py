@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import getpass
 import sys
@@ -45,23 +46,16 @@ class Written(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
+@dataclasses.dataclass
 class Context:
     """One command's arguments, streams and state (see the module docstring)."""
 
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        stdout: TextIO,
-        stderr: TextIO,
-        progress: ProgressView,
-        parser: argparse.ArgumentParser,
-    ) -> None:
-        self.args = args
-        self.stdout = stdout
-        self.stderr = stderr
-        self.progress = progress
-        self.parser = parser
-        self._closing = contextlib.ExitStack()
+    args: argparse.Namespace
+    stdout: TextIO
+    stderr: TextIO
+    progress: ProgressView
+    parser: argparse.ArgumentParser
+    _closing: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
     @functools.cached_property
     def registry(self) -> RegistryOptions:

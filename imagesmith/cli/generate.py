@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from imagesmith.cli.args import DEFAULT_INSTALL, ENGINES, INDEX_TAG, Commands, jobs, platforms, registry_args
+from imagesmith.cli.args import (
+    DEFAULT_INSTALL,
+    ENGINES,
+    INDEX_TAG,
+    Commands,
+    jobs,
+    packages_arg,
+    platforms,
+    registry_args,
+)
 from imagesmith.cli.context import Context
 from imagesmith.cli.output import write_output
 from imagesmith.errors import UsageError
@@ -19,12 +28,7 @@ def add_makefile(commands: Commands) -> None:
         "as prerequisites), so `make -j N` or a CI matrix builds a stack in parallel. See docs/makefile.md.",
     )
     p.set_defaults(handler=run_makefile)
-    p.add_argument(
-        "packages",
-        nargs="+",
-        metavar="PACKAGE",
-        help="package files, Spack prefixes, tarballs or build caches; dependencies are added",
-    )
+    packages_arg(p, "package files, Spack prefixes, tarballs or build caches; dependencies are added")
     p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
     p.add_argument("--repo", required=True, metavar="REPO", help="target repository")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
@@ -54,12 +58,7 @@ def add_pipeline(commands: Commands) -> None:
         "for several platforms; one job updating the repository index. See docs/pipelines.md.",
     )
     p.set_defaults(handler=run_pipeline)
-    p.add_argument(
-        "packages",
-        nargs="+",
-        metavar="PACKAGE",
-        help="package files, Spack prefixes or tarballs; dependencies are added",
-    )
+    packages_arg(p, "package files, Spack prefixes or tarballs; dependencies are added")
     p.add_argument("--engine", required=True, metavar="|".join(ENGINES), help="the CI engine")
     p.add_argument(
         "--base-image", required=True, metavar="REF", help="base image (resolved now, pinned by digest)"

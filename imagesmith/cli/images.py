@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from imagesmith.cli.args import (
-    Commands,
-    digestfile_arg,
-    jobs_arg,
-    json_arg,
-    platform,
-    quiet_arg,
-    registry_args,
-)
+from imagesmith.cli.args import Commands, jobs_arg, json_arg, platform, quiet_arg, registry_args, written_args
 from imagesmith.cli.context import Context
 from imagesmith.cli.output import human, say
 from imagesmith.cli.registry import run_manifest
@@ -68,10 +60,7 @@ def add_copy(commands: Commands) -> None:
     )
     p.add_argument("--docker-host", metavar="URL", help="daemon for docker-daemon: (default DOCKER_HOST)")
     jobs_arg(p, "parallel blob copies")
-    json_arg(p)
-    quiet_arg(p)
-    digestfile_arg(p, "what was copied (the image, or the index)")
-    registry_args(p, "")
+    written_args(p, "what was copied (the image, or the index)")
 
 
 def add_merge(commands: Commands) -> None:
@@ -102,10 +91,7 @@ def add_merge(commands: Commands) -> None:
         "`build --platform A,B` is tagged)",
     )
     jobs_arg(p, "parallel blob mounts")
-    json_arg(p)
-    quiet_arg(p)
-    digestfile_arg(p, "the index")
-    registry_args(p, "")
+    written_args(p, "the index")
 
 
 def add_pull(commands: Commands) -> None:
