@@ -17,16 +17,16 @@ line (``imagesmith: error: ...``) and mapped to exit codes:
 ====  =========================================================================
 
 The package, top down: this module runs a command (:func:`main`: parse, global options, the
-progress view, Ctrl-C, errors to exit codes) and lists the commands in ``--help`` order
-(:func:`_parser`); one module per group of commands holds each command's options (``add_X``)
-next to its handler (``run_X``): :mod:`~imagesmith.cli.build` (build, import),
-:mod:`~imagesmith.cli.images` (inspect, copy, merge, pull), :mod:`~imagesmith.cli.registry`
-(the registry verbs, index, login, logout, serve), :mod:`~imagesmith.cli.signing` (sign,
-keygen), :mod:`~imagesmith.cli.generate` (makefile, pipeline), :mod:`~imagesmith.cli.local`
-(cache, version, completion). Below them :mod:`~imagesmith.cli.context` (what a handler is
-given: registry settings, cache, pool, progress, the ``--json`` / ``-q`` / human rule),
-:mod:`~imagesmith.cli.args` (shared options and readers) and :mod:`~imagesmith.cli.output`
-(escaping, JSON, files, exit codes).
+progress view, Ctrl-C, errors to exit codes). :mod:`~imagesmith.cli.parser` declares every
+command's options, in ``--help`` order, each with its handler. The handlers live by group:
+:mod:`~imagesmith.cli.build` (build, import), :mod:`~imagesmith.cli.images` (inspect, copy,
+merge, pull), :mod:`~imagesmith.cli.registry` (the registry verbs, index, login, logout,
+serve), :mod:`~imagesmith.cli.signing` (sign, keygen), :mod:`~imagesmith.cli.generate`
+(makefile, pipeline), :mod:`~imagesmith.cli.local` (cache, version, completion); each states
+only its library call and its human lines. Below them :mod:`~imagesmith.cli.context` (what a
+handler is given: registry settings, cache, pool, progress, the ``--json`` / ``-q`` / human
+rule), :mod:`~imagesmith.cli.args` (shared options, option readers, the parser's defaults) and
+:mod:`~imagesmith.cli.output` (escaping, JSON, files, exit codes).
 
 `imagesmith --help`, `--version` and `completion` only build the parser: every module of this
 package imports the library inside the handlers that use it, never at the top.
@@ -42,42 +42,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TextIO, cast
 
-from imagesmith._version import __version__
-from imagesmith.cli import build, generate, images, local, registry, signing
-from imagesmith.cli.args import (
-    CHECK_MODES,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_INSTALL,
-    DEFAULT_MAX_LAYERS,
-    ENGINES,
-    INDEX_TAG,
-    KEY_PASSWORD_ENV,
-    SBOM_FORMATS,
-    SPACK_INDEX_TAG,
-    Commands,
-    ParseError,
-    Parser,
-    global_args,
-    leaves,
-)
+from imagesmith.cli.args import ParseError
 from imagesmith.cli.args import command as _command
 from imagesmith.cli.context import Context
 from imagesmith.cli.context import registry_options as _registry_options
 from imagesmith.cli.output import Output, OutputError, exit_code, output_failed, say
 from imagesmith.cli.output import emit_list as _emit_list
+from imagesmith.cli.parser import parser as _parser
 from imagesmith.errors import ImagesmithError, file_error
 
 __all__ = [
-    # The parser's defaults, copies of the library's constants (tests/test_cli_startup.py).
-    "CHECK_MODES",
-    "DEFAULT_IDLE_TIMEOUT",
-    "DEFAULT_INSTALL",
-    "DEFAULT_MAX_LAYERS",
-    "ENGINES",
-    "INDEX_TAG",
-    "KEY_PASSWORD_ENV",
-    "SBOM_FORMATS",
-    "SPACK_INDEX_TAG",
     # Helpers the tests call under their old names.
     "_command",
     "_emit_list",
@@ -90,48 +64,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     Handler = Callable[[Context], int]
-
-# The commands, in the order `imagesmith --help` lists them.
-_COMMANDS: tuple[Callable[[Commands], None], ...] = (
-    build.add_build,
-    images.add_inspect,
-    signing.add_sign,
-    signing.add_keygen,
-    build.add_import,
-    images.add_copy,
-    images.add_merge,
-    images.add_pull,
-    registry.add_serve,
-    registry.add_index,
-    generate.add_makefile,
-    generate.add_pipeline,
-    local.add_cache,
-    registry.add_login,
-    registry.add_logout,
-    local.add_version,
-    local.add_completion,
-    registry.add_verbs,
-)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="imagesmith",
-        description="Assemble runnable container images from install prefixes and tarballs, "
-        "without a Docker daemon or a Dockerfile.",
-    )
-    parser.add_argument("--version", action="version", version=f"imagesmith {__version__}")
-    global_args(parser, "_global")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    for add in _COMMANDS:
-        add(commands)
-    for leaf in leaves(parser):
-        if leaf is not parser:
-            global_args(leaf, "")
-            if "--json" not in leaf._option_string_actions:
-                leaf.set_defaults(json=None)  # `imagesmith --json COMMAND` is refused for it
-    return parser
 
 
 def _merge_globals(args: argparse.Namespace) -> None:

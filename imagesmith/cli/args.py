@@ -1,8 +1,9 @@
 """The command line's shared vocabulary: the options several commands take, and the readers
 that turn an option's text into a value.
 
-Every command module adds its own options with these (``registry_args``, ``quiet_arg``,
-``jobs``...); :mod:`imagesmith.cli` adds the global ones to each command at the end. Nothing
+:mod:`imagesmith.cli.parser` declares every command with these (``registry_args``,
+``written_args``, ``jobs_arg``...) and adds the global ones to each command at the end; the
+handlers read their options' text with the readers (``command``, ``pairs``, ``platform``...). Nothing
 here imports the library at module level: ``--help`` builds every parser, so a reader that
 needs a library type imports it when it runs.
 """
@@ -13,7 +14,7 @@ import argparse
 import json
 import shlex
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from imagesmith._version import __version__
 from imagesmith.errors import UsageError
@@ -235,6 +236,13 @@ def platform(text: str | None) -> Platform | None:
     from imagesmith.oci.model import Platform
 
     return Platform.parse(text) if text else None
+
+
+def platform_choice(text: str | None) -> Platform | Literal["all"] | None:
+    """``--platform`` of copy: one platform, ``all``, or None when not given."""
+    if text == "all":
+        return "all"
+    return platform(text)
 
 
 def platforms(text: str | None) -> list[Platform]:

@@ -1,7 +1,7 @@
 """``imagesmith build`` and ``imagesmith import``: the commands that make a new image.
 
-Each command is two functions: ``add_X`` (its options, and ``handler=run_X``) and ``run_X``
-(its library call and human lines); :class:`imagesmith.cli.context.Context` does the rest.
+Their options are in :mod:`imagesmith.cli.parser`; a handler states its library call and its
+human lines, :class:`imagesmith.cli.context.Context` does the rest.
 """
 
 from __future__ import annotations
@@ -11,19 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from imagesmith.cli.args import (
-    CHECK_MODES,
-    DEFAULT_MAX_LAYERS,
-    KEY_PASSWORD_ENV,
-    SBOM_FORMATS,
-    Commands,
     command,
-    jobs_arg,
-    output_args,
-    packages_arg,
     pairs,
     platform,
     platforms,
-    written_args,
 )
 from imagesmith.cli.context import Context
 from imagesmith.cli.output import emit_list, say
@@ -34,163 +25,6 @@ if TYPE_CHECKING:
     from imagesmith.inputs.packages import Package
     from imagesmith.pipeline.closure import ClosureReport
     from imagesmith.pipeline.results import BuildResult, ImportResult, MultiBuildResult
-
-
-def add_build(commands: Commands) -> None:
-    p = commands.add_parser(
-        "build",
-        help="build an image from packages on a base image and push it",
-        description="Append one layer per package (dependencies first) to a base image, merge "
-        "the packages' environment into its config, and push the result.",
-    )
-    p.set_defaults(handler=run_build)
-    packages_arg(
-        p,
-        "package files (JSON or TOML), Spack install prefixes, build-cache tarballs or Spack "
-        "build caches (DIR, DIR:NAME, DIR:/HASH, a .spec.manifest.json, oci://REGISTRY/REPO[:TAG]); "
-        "dependencies are added",
-        nargs="*",
-    )
-    p.add_argument(
-        "--spack-env",
-        metavar="DIR",
-        help="a concretized, installed Spack environment (spack.yaml + spack.lock) instead of "
-        "PACKAGEs: its roots and their run-time dependencies",
-    )
-    p.add_argument(
-        "--spack-install-tree",
-        metavar="DIR",
-        help="where --spack-env is installed: the directory holding .spack-db (default "
-        "$SPACK_ROOT/opt/spack)",
-    )
-    p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--repo", metavar="REPO", help="target repository; the tag comes from --tag-template")
-    target.add_argument("--tag", metavar="REF", help="full target reference (repo:tag)")
-    output_args(p)
-    p.add_argument(
-        "--tag-template",
-        metavar="TEMPLATE",
-        help="jinja2 template for the tag (default: NAME-VERSION-HASH.PLATFORM for one platform, e.g. "
-        "hello-2.12-HASH.linux-amd64; NAME-VERSION-HASH for an index; .spack for a Spack build-cache "
-        "entry; variables: name, version, hash, spack, platform, os, arch)",
-    )
-    p.add_argument(
-        "--platform",
-        metavar="OS/ARCH[/VARIANT][,...]",
-        help="platform to take from a multi-arch base (default: this machine's); several, comma-"
-        "separated (linux/amd64,linux/arm64), build one image each and push them as one index",
-    )
-    p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
-    p.add_argument("--level", type=int, metavar="N", help="compression level")
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set an environment variable after the packages' changes (repeatable)",
-    )
-    p.add_argument("--entrypoint", metavar="CMD", help="entrypoint, as a JSON list or a shell-like string")
-    p.add_argument("--cmd", metavar="CMD", help="command, as a JSON list or a shell-like string")
-    p.add_argument("--workdir", metavar="DIR", help="working directory")
-    p.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="config label (repeatable)"
-    )
-    p.add_argument(
-        "--annotation",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="manifest annotation (repeatable; OCI bases only)",
-    )
-    each = p.add_mutually_exclusive_group()
-    each.add_argument(
-        "--each",
-        action="store_true",
-        help="one image per package (each with its dependencies below it), sharing work across them; "
-        "needs --repo or --output oci:DIR",
-    )
-    each.add_argument(
-        "--each-root",
-        action="store_true",
-        help="like --each, one image per root only: each PACKAGE named, or each root of --spack-env",
-    )
-    p.add_argument(
-        "--profile-script",
-        action="store_true",
-        help="also write the environment to /etc/profile.d/imagesmith.sh in an extra layer",
-    )
-    p.add_argument(
-        "--max-layers",
-        type=int,
-        default=DEFAULT_MAX_LAYERS,
-        metavar="N",
-        help=f"most layers an image may have, base layers included (default {DEFAULT_MAX_LAYERS}, what "
-        "Docker accepts); over it, dependencies share layers, chosen once for the whole stack",
-    )
-    jobs_arg(p, "parallel layer builds and uploads")
-    p.add_argument(
-        "--check",
-        nargs="?",
-        const="warn",
-        default="warn",
-        choices=CHECK_MODES,
-        help="runtime-closure check of the packages' ELF files: warn (default), error (fail before "
-        "anything is written) or off",
-    )
-    p.add_argument(
-        "--sbom",
-        action="append",
-        default=[],
-        choices=SBOM_FORMATS,
-        help="attach an SBOM of the packages to the image as an OCI referrer (repeatable: spdx, cyclonedx)",
-    )
-    p.add_argument("--sbom-output", metavar="DIR", help="also write each --sbom document into DIR")
-    p.add_argument(
-        "--sign",
-        metavar="KEY",
-        help=f"sign the pushed image with this ECDSA P-256 private key ({KEY_PASSWORD_ENV} or a prompt)",
-    )
-    written_args(p, "what was written (the image, or the index)")
-
-
-def add_import(commands: Commands) -> None:
-    p = commands.add_parser(
-        "import",
-        help="turn a root filesystem into a one-layer base image and push it",
-        description="Archive a root filesystem (a directory or a tarball) reproducibly, keeping "
-        "owners, modes and special files, and push it as a one-layer image.",
-    )
-    p.set_defaults(handler=run_import)
-    p.add_argument("rootfs", metavar="ROOTFS", help="directory or tarball (.tar, .tar.gz, .tar.zst)")
-    p.add_argument("--tag", metavar="REF", help="target reference (repo:tag)")
-    output_args(p)
-    p.add_argument(
-        "--platform",
-        metavar="OS/ARCH[/VARIANT]",
-        help="platform recorded in the config (default: this machine's)",
-    )
-    p.add_argument(
-        "--format",
-        choices=["oci", "docker"],
-        default="oci",
-        help="media-type family of the image (default oci)",
-    )
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment variable (repeatable; PATH gets the usual default)",
-    )
-    p.add_argument(
-        "--cmd",
-        metavar="CMD",
-        default='["/bin/sh"]',
-        help="default command (JSON list or shell-like string; default /bin/sh)",
-    )
-    p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip")
-    written_args(p, "the image")
 
 
 def _build_inputs(ctx: Context) -> tuple[list[Package], list[Package]]:

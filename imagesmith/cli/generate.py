@@ -5,94 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from imagesmith.cli.args import (
-    DEFAULT_INSTALL,
-    ENGINES,
-    INDEX_TAG,
-    Commands,
-    jobs,
-    packages_arg,
-    platforms,
-    registry_args,
-)
+from imagesmith.cli.args import ENGINES, platforms
 from imagesmith.cli.context import Context
 from imagesmith.cli.output import write_output
 from imagesmith.errors import UsageError
-
-
-def add_makefile(commands: Commands) -> None:
-    p = commands.add_parser(
-        "makefile",
-        help="write a Makefile with one target per image of a stack",
-        description="Generate a Makefile with one target per package image (its dependencies' targets "
-        "as prerequisites), so `make -j N` or a CI matrix builds a stack in parallel. See docs/makefile.md.",
-    )
-    p.set_defaults(handler=run_makefile)
-    packages_arg(p, "package files, Spack prefixes, tarballs or build caches; dependencies are added")
-    p.add_argument("--base-image", required=True, metavar="REF", help="base image reference")
-    p.add_argument("--repo", required=True, metavar="REPO", help="target repository")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
-    p.add_argument(
-        "--relative-to",
-        metavar="DIR",
-        help="write package paths relative to DIR (default: FILE's directory, or the current one)",
-    )
-    p.add_argument(
-        "--index-tag",
-        default=INDEX_TAG,
-        metavar="TAG",
-        help=f"tag of the `make index` target (default {INDEX_TAG})",
-    )
-    p.add_argument(
-        "-j", "--jobs", type=jobs, default=4, metavar="N", help="default parallel make jobs (JOBS)"
-    )
-    registry_args(p, "")
-
-
-def add_pipeline(commands: Commands) -> None:
-    p = commands.add_parser(
-        "pipeline",
-        help="write a GitLab CI or GitHub Actions pipeline with one job per image of a stack",
-        description="Generate a CI pipeline building a stack: one job per image (per platform), each "
-        "needing its dependencies' jobs, on the base image pinned by digest now; a merge job per image "
-        "for several platforms; one job updating the repository index. See docs/pipelines.md.",
-    )
-    p.set_defaults(handler=run_pipeline)
-    packages_arg(p, "package files, Spack prefixes or tarballs; dependencies are added")
-    p.add_argument("--engine", required=True, metavar="|".join(ENGINES), help="the CI engine")
-    p.add_argument(
-        "--base-image", required=True, metavar="REF", help="base image (resolved now, pinned by digest)"
-    )
-    p.add_argument("--repo", required=True, metavar="REPO", help="target repository")
-    p.add_argument(
-        "--platform",
-        metavar="OS/ARCH[/VARIANT][,...]",
-        help="platforms to build, comma-separated (default: this machine's); several get a merge "
-        "job per image",
-    )
-    p.add_argument(
-        "--runner",
-        action="append",
-        default=[],
-        metavar="PLATFORM=TAG[,TAG]",
-        help="runner tags (GitLab) or runs-on labels (GitHub) of a platform's jobs (repeatable; "
-        "needed for every platform when there are several)",
-    )
-    p.add_argument(
-        "--install",
-        metavar="COMMAND",
-        help=f"shell command putting imagesmith on the jobs' PATH (default: {DEFAULT_INSTALL!r}; "
-        "'true' when the runners have it)",
-    )
-    p.add_argument("--image", metavar="IMAGE", help="container image the jobs run in (container runners)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
-    p.add_argument(
-        "--relative-to",
-        metavar="DIR",
-        help="where jobs start, for package paths (default: the git work tree holding FILE, or the "
-        "current directory)",
-    )
-    registry_args(p, "")
 
 
 def run_makefile(ctx: Context) -> int:

@@ -2,118 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import Any, TextIO
 
-from imagesmith.cli.args import Commands, jobs_arg, json_arg, platform, quiet_arg, registry_args, written_args
+from imagesmith.cli.args import platform, platform_choice
 from imagesmith.cli.context import Context
 from imagesmith.cli.output import human, say
 from imagesmith.cli.registry import run_manifest
 from imagesmith.errors import UsageError
-
-if TYPE_CHECKING:
-    from imagesmith.oci.model import Platform
-
-
-def add_inspect(commands: Commands) -> None:
-    p = commands.add_parser(
-        "inspect",
-        help="show an image's manifest and config",
-        description="Fetch a manifest (or index) and the image config from a registry.",
-    )
-    p.set_defaults(handler=run_inspect)
-    p.add_argument(
-        "reference",
-        metavar="LOCATION",
-        help="REF, docker://REF, oci:DIR[:TAG] or docker-archive:PATH[:NAME:TAG]",
-    )
-    p.add_argument(
-        "--platform", metavar="OS/ARCH[/VARIANT]", help="for an index: inspect the image of this platform"
-    )
-    shape = p.add_mutually_exclusive_group()
-    shape.add_argument("--json", action="store_true", help="print JSON")
-    shape.add_argument("--raw", action="store_true", help="print the manifest bytes as stored (= `manifest`)")
-    p.add_argument(
-        "--referrers",
-        action="store_true",
-        help="list what is attached to the image: referrers (SBOMs...) and sigstore signatures",
-    )
-    p.add_argument("--artifact-type", metavar="TYPE", help="with --referrers: only artifacts of this type")
-    registry_args(p, "")
-
-
-def add_copy(commands: Commands) -> None:
-    p = commands.add_parser(
-        "copy",
-        help="copy an image or index between registries, OCI layouts and archives",
-        description="Copy SRC to DST, blobs streamed and verified, manifests byte for byte (so the "
-        "digest does not change). Locations: REF, docker://REF, oci:DIR[:TAG], "
-        "docker-archive:PATH[:NAME:TAG], docker-daemon:NAME:TAG (destination only).",
-    )
-    p.set_defaults(handler=run_copy)
-    p.add_argument("source", metavar="SRC")
-    p.add_argument("destination", metavar="DST")
-    p.add_argument(
-        "--platform",
-        metavar="OS/ARCH[/VARIANT]|all",
-        help="copy one platform of an index (default: all, or this machine's for a destination "
-        "that holds a single image)",
-    )
-    p.add_argument("--docker-host", metavar="URL", help="daemon for docker-daemon: (default DOCKER_HOST)")
-    jobs_arg(p, "parallel blob copies")
-    written_args(p, "what was copied (the image, or the index)")
-
-
-def add_merge(commands: Commands) -> None:
-    p = commands.add_parser(
-        "merge",
-        help="assemble per-platform images of one registry into one multi-platform index",
-        description="Push one index (OCI image index, or Docker manifest list for Docker v2 images) "
-        "under --tag naming every image of the SOURCEs: single-platform images (platform read from "
-        "their config) and the entries of indexes. Blobs are mounted into the target repository, "
-        "never downloaded; sources must be on the target's registry (imagesmith copy moves them).",
-    )
-    p.set_defaults(handler=run_merge)
-    p.add_argument(
-        "sources", nargs="+", metavar="SOURCE", help="an image or index (tag or digest), in index order"
-    )
-    named = p.add_mutually_exclusive_group(required=True)
-    named.add_argument("--tag", metavar="REF", help="the index's reference (repo:tag)")
-    named.add_argument(
-        "--repo",
-        metavar="REPO",
-        help="push the index to REPO under the tag `build --platform` would give it, rendered from "
-        "the sources' package labels (single-platform images imagesmith built, of one package)",
-    )
-    p.add_argument(
-        "--tag-template",
-        metavar="TEMPLATE",
-        help="with --repo: jinja2 template for the tag (default: NAME-VERSION-HASH, as an index of "
-        "`build --platform A,B` is tagged)",
-    )
-    jobs_arg(p, "parallel blob mounts")
-    written_args(p, "the index")
-
-
-def add_pull(commands: Commands) -> None:
-    p = commands.add_parser(
-        "pull",
-        help="unpack an image's layers into a directory, safely",
-        description="Fetch the layers (verified, through the cache) and unpack them in order into "
-        "DIR, which must be new or empty. No member can write outside DIR.",
-    )
-    p.set_defaults(handler=run_pull)
-    p.add_argument("reference", metavar="LOCATION", help="REF, oci:DIR[:TAG] or docker-archive:PATH")
-    p.add_argument("--rootfs", required=True, metavar="DIR", help="directory to unpack into")
-    p.add_argument(
-        "--packages-only",
-        action="store_true",
-        help="only the layers imagesmith added for packages, not the base",
-    )
-    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="for an index (default: this machine's)")
-    jobs_arg(p, "parallel downloads")
-    json_arg(p)
-    quiet_arg(p)
-    registry_args(p, "")
 
 
 def run_inspect(ctx: Context) -> int:
@@ -165,15 +60,10 @@ def _run_referrers(ctx: Context) -> int:
 
 
 def run_copy(ctx: Context) -> int:
-    from imagesmith.oci.model import Platform
     from imagesmith.transports.copy import copy_image
 
     args = ctx.args
-    choice: Platform | Literal["all"] | None = None
-    if args.platform == "all":
-        choice = "all"
-    elif args.platform:
-        choice = Platform.parse(args.platform)
+    choice = platform_choice(args.platform)
     digestfile = ctx.digestfile()
     result = copy_image(
         args.source,

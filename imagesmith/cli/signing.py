@@ -7,44 +7,13 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from imagesmith.cli.args import KEY_PASSWORD_ENV, Commands, json_arg, registry_args
+from imagesmith.cli.args import KEY_PASSWORD_ENV
 from imagesmith.cli.context import Context
 from imagesmith.cli.output import say
 from imagesmith.errors import UsageError
 
 if TYPE_CHECKING:
     from imagesmith.artifacts.signing import SigningKey
-
-
-def add_sign(commands: Commands) -> None:
-    p = commands.add_parser(
-        "sign",
-        help="sign an image in its registry (sigstore signature that podman and skopeo verify)",
-        description="Sign the manifest digest of REF with an ECDSA P-256 private key, as a sigstore "
-        "simple-signing signature in the sha256-<hex>.sig tag (containers/image's "
-        "use-sigstore-attachments). See docs/trust.md.",
-    )
-    p.set_defaults(handler=run_sign)
-    p.add_argument("reference", metavar="REF", help="the image (or index) to sign: repo:tag or repo@digest")
-    p.add_argument(
-        "--key", required=True, metavar="KEY", help=f"the private key ({KEY_PASSWORD_ENV} or a prompt)"
-    )
-    json_arg(p)
-    registry_args(p, "")
-
-
-def add_keygen(commands: Commands) -> None:
-    p = commands.add_parser(
-        "keygen",
-        help="create an ECDSA P-256 key pair for signing",
-        description=f"Write a private key (PKCS#8 PEM, mode 0600; encrypted when {KEY_PASSWORD_ENV} is set "
-        "or --encrypt prompts for a password) and its public key (KEY.pub unless --public), which "
-        "policy.json's sigstoreSigned keyPath names. Existing files are never replaced.",
-    )
-    p.set_defaults(handler=run_keygen)
-    p.add_argument("key", metavar="KEY", help="where to write the private key")
-    p.add_argument("--public", metavar="PATH", help="where to write the public key (default KEY.pub)")
-    p.add_argument("--encrypt", action="store_true", help=f"ask for a password (or set {KEY_PASSWORD_ENV})")
 
 
 def _key_password(path: str) -> str | None:
