@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import getpass
 import sys
@@ -46,16 +45,22 @@ class Written(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
-@dataclasses.dataclass
 class Context:
     """One command's arguments, streams and state (see the module docstring)."""
 
-    args: argparse.Namespace
-    stdout: TextIO
-    stderr: TextIO
-    progress: ProgressView
-    parser: argparse.ArgumentParser
-    _closing: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        stdout: TextIO,
+        stderr: TextIO,
+        progress: ProgressView,
+        parser: argparse.ArgumentParser,
+    ) -> None:
+        # A plain class, not a dataclass: `dataclasses` imports `inspect` (and `ast`, `dis`...),
+        # 20 modules `imagesmith --help` would load for nothing.
+        self.args, self.parser = args, parser
+        self.stdout, self.stderr, self.progress = stdout, stderr, progress
+        self._closing = contextlib.ExitStack()
 
     @functools.cached_property
     def registry(self) -> RegistryOptions:
