@@ -39,12 +39,12 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, TextIO, cast
+from collections.abc import Iterator, Sequence
+from typing import TextIO, cast
 
 from imagesmith.cli.args import ParseError
 from imagesmith.cli.args import command as _command
-from imagesmith.cli.context import Context
+from imagesmith.cli.context import Context, Handler
 from imagesmith.cli.context import registry_options as _registry_options
 from imagesmith.cli.output import Output, OutputError, exit_code, output_failed, say
 from imagesmith.cli.output import emit_list as _emit_list
@@ -61,9 +61,6 @@ __all__ = [
     "entry_point",
     "main",
 ]
-
-if TYPE_CHECKING:
-    Handler = Callable[[Context], int]
 
 
 def _merge_globals(args: argparse.Namespace) -> None:

@@ -29,6 +29,7 @@ from imagesmith.cli.output import emit, write_output
 from imagesmith.errors import UsageError
 
 if TYPE_CHECKING:
+    from imagesmith.oci.digests import Digest
     from imagesmith.progressview import ProgressView
     from imagesmith.registry.client import RegistryPool
     from imagesmith.registry.credentials import Credentials
@@ -40,7 +41,7 @@ class Written(Protocol):
     """A result that names what was written: every result of a command with ``-q``."""
 
     @property
-    def digest(self) -> Any: ...
+    def digest(self) -> Digest: ...
 
     def to_json(self) -> dict[str, Any]: ...
 
@@ -114,6 +115,10 @@ class Context:
 
     def __exit__(self, *exc_info: object) -> None:
         self._closing.close()
+
+
+# What the parser records for each command (``set_defaults(handler=...)``) and main runs.
+Handler = Callable[[Context], int]
 
 
 def registry_options(args: argparse.Namespace) -> RegistryOptions:
