@@ -3,7 +3,7 @@
 Each case runs the installed console script (the one next to this interpreter) in a fresh
 process, BENCH_RUNS x 10 times (at least 10), and reports the median and the fastest wall time;
 `python -c pass` is the floor every Python program pays. Target: `--version` and `--help`
-under 0.15 s, which they meet by not importing the library (imagesmith/cli.py).
+under 0.15 s, which they meet by not importing the library (imagesmith/cli/).
 
 Writes a table to the terminal and JSON to .bench/startup.json (or the path in argv[1]).
 """

@@ -258,6 +258,24 @@ def test_inspect_escapes_what_the_image_says(tmp_path: Path, monkeypatch: pytest
     assert json.loads(out)["config"]["Env"] == [f"A={evil}"]
 
 
+def test_every_command_has_a_handler() -> None:
+    """main runs what the parser recorded for the command (imagesmith/cli/parser.py): a command
+    declared without its handler would fail only when someone ran it."""
+    import argparse
+
+    def handlers(parser: argparse.ArgumentParser, path: tuple[str, ...], found: Any) -> list[Any]:
+        found = parser.get_default("handler") or found
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return [(path, found)]
+        return [h for name, child in subs[0].choices.items() for h in handlers(child, (*path, name), found)]
+
+    found = handlers(_parser(), (), None)
+    assert len(found) == 25  # 23 commands; index and cache have two actions each
+    assert [path for path, handler in found if not callable(handler)] == []
+    assert len({handler for _, handler in found}) == 23  # one per command (manifest, config: their own)
+
+
 def test_global_options_before_or_after_the_command(tmp_path: Path) -> None:
     """Issue 15, item 10: --debug and `cache --cache-dir` were refused after the command."""
     cache = str(tmp_path / "cache")

@@ -15,8 +15,8 @@ import sys
 import pytest
 from cli_support import cli, ok
 
-from imagesmith import cli as cli_module
 from imagesmith.artifacts import sbom, signing
+from imagesmith.cli import args as cli_module  # the parser's defaults live there
 from imagesmith.generate import ci
 from imagesmith.ops import repoindex
 from imagesmith.pipeline import budget, closure
