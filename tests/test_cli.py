@@ -214,6 +214,32 @@ def test_makefile_command_writes_a_runnable_makefile(tmp_path: Path) -> None:
     assert listed.stdout.split() == ["libgreet-1.0", "hello-2.12"]
 
 
+def test_makefile_records_the_authfile_path_and_never_a_credential(tmp_path: Path) -> None:
+    """Each build of a generated Makefile reads the credentials file `makefile` was told of (by
+    its path); --creds, a secret, is never written into the file."""
+    auth = tmp_path / "auth.json"
+    auth.write_text('{"auths": {}}')
+    target = tmp_path / "Makefile"
+    code, _out, err = cli(
+        "--authfile",
+        str(auth),
+        "--creds",
+        "robot:s3cr3t-token",
+        "makefile",
+        "--base-image",
+        "127.0.0.1:5000/b:1",
+        "--repo",
+        "127.0.0.1:5000/stack",
+        "-o",
+        str(target),
+        str(Path(__file__).resolve().parent.parent / "examples" / "stack" / "hello.json"),
+    )
+    assert code == 0, err
+    text = target.read_text()
+    assert f"\nIMAGESMITH_FLAGS ?= --authfile {auth}\n" in text
+    assert "s3cr3t" not in text and "robot" not in text
+
+
 def test_a_json_list_is_printed_one_element_at_a_time_as_json_dumps_would() -> None:
     cases: list[list[dict[str, Any]]] = [
         [],

@@ -22,6 +22,10 @@ def run_makefile(ctx: Context) -> int:
         flags += ["--insecure-registry", host]
     if options.ca_cert is not None:
         flags += ["--ca-cert", str(options.ca_cert)]
+    authfile = getattr(args, "authfile", None) or args.authfile_global
+    if authfile is not None:
+        # The file's path, never what it holds (nor --creds): each build reads it as this did.
+        flags += ["--authfile", str(Path(authfile).resolve())]
     target = Path(args.output) if args.output else None
     directory = Path(args.relative_to) if args.relative_to else (target.parent if target else Path.cwd())
     text = render_makefile(
