@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -329,3 +330,42 @@ def test_push_killed_mid_upload_then_rerun(
     # blob 1 had arrived: only blobs 2, 3 and the config are uploaded by the rerun.
     assert proxy.count("PUT", r"/blobs/uploads/") + proxy.count("PATCH", r"/blobs/uploads/") == 3
     assert verify_direct(registry, "faults/kill", "v1")
+
+
+def test_a_second_ctrl_c_during_clean_up_exits_at_once(
+    registry: DistributionRegistry, proxy: FaultProxy, base: str, tmp_path: Path
+) -> None:
+    """The first Ctrl-C cancels the upload session (a DELETE); a registry that never answers it
+    would hold the clean-up for the whole timeout. A second Ctrl-C then exits at once: one
+    line, exit 130, no traceback."""
+    content = tmp_path / "big" / "data"
+    content.mkdir(parents=True)
+    (content / "random.bin").write_bytes(os.urandom(48 * MIB))
+    package = tmp_path / "big.json"
+    package.write_text(json.dumps({"name": "big", "version": "1.0", "prefix": "/opt/big", "content": "big"}))
+    proxy.rules = [Rule("DELETE", r"/blobs/uploads/", "stall", on=frozenset(range(1, 10)), seconds=60)]
+    env = {**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp_path / "cache"), "IMAGESMITH_PROGRESS": "none"}
+    command = [sys.executable, "-m", "imagesmith", "--insecure-registry", proxy.host]
+    command += ["build", "--base-image", base.replace(registry.host, proxy.host)]
+    command += ["--tag", f"{proxy.host}/faults/twice:1", str(package)]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not proxy.count("PATCH", r"/blobs/uploads/") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proxy.count("PATCH", r"/blobs/uploads/"), f"the layer upload never started: {proc.poll()}"
+        proc.send_signal(signal.SIGINT)
+        while not proxy.count("DELETE", r"/blobs/uploads/") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proxy.count("DELETE", r"/blobs/uploads/"), "the first Ctrl-C cancelled no upload session"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10)
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert code == 130, stderr
+    assert waited < 5, f"exited {waited:.1f} s after the second Ctrl-C"
+    assert "interrupted again: exiting without cleaning up" in stderr and "Traceback" not in stderr, stderr
+    assert not verify_direct(registry, "faults/twice", "1")

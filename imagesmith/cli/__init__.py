@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -86,6 +87,12 @@ def _interrupts() -> Iterator[None]:
     from imagesmith import cancel
 
     def handler(signum: int, frame: object) -> None:
+        if cancel.interrupted():
+            # A second Ctrl-C while the first one's clean-up runs (a DELETE to a registry that
+            # does not answer, say): stop now, as docker and pip do. Upload sessions left behind
+            # expire in the registry; temp files are removed by the next run's cache.
+            os.write(2, b"imagesmith: interrupted again: exiting without cleaning up\n")
+            os._exit(130)
         cancel.interrupt()
         raise KeyboardInterrupt
 
@@ -137,35 +144,42 @@ def _main(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> int:
     progress = ProgressView.for_cli(stderr, quiet=bool(getattr(args, "quiet", False)))
     cancel.reset()
     run: Handler = args.handler
-    try:
-        with _interrupts(), Context(args, stdout, stderr, progress, parser) as ctx:
-            return run(ctx)
-    except ImagesmithError as error:
-        progress.close()
-        from imagesmith.pipeline.closure import ClosureError
+    # The handler stays installed through the clean-up below, so a second Ctrl-C there exits.
+    with _interrupts():
+        try:
+            with Context(args, stdout, stderr, progress, parser) as ctx:
+                return run(ctx)
+        except ImagesmithError as error:
+            progress.close()
+            from imagesmith.pipeline.closure import ClosureError
 
-        if isinstance(error, ClosureError):
-            # The message names the first finding; the others get a line each.
-            for finding in error.report.findings[1:]:
-                say(f"imagesmith: {finding.line()}", stderr)
-        say(f"imagesmith: error: {error}", stderr)
-        return exit_code(error)
-    except KeyboardInterrupt:
-        # Every worker has stopped by now (cancel.interrupt), each cleaning up after itself.
-        progress.close()
-        print("imagesmith: interrupted", file=stderr)
-        return 130
-    except OSError as exc:
-        # The last resort for an OSError the library let through: one line, never a traceback.
-        failure = file_error("access", exc.filename, exc)
-        say(f"imagesmith: error: {failure}", stderr)
-        return exit_code(failure)
-    finally:
-        progress.close()
-        if args.debug:
-            logging.getLogger("imagesmith").handlers.clear()  # imported above, with --debug
+            if isinstance(error, ClosureError):
+                # The message names the first finding; the others get a line each.
+                for finding in error.report.findings[1:]:
+                    say(f"imagesmith: {finding.line()}", stderr)
+            say(f"imagesmith: error: {error}", stderr)
+            return exit_code(error)
+        except KeyboardInterrupt:
+            # Every worker has stopped by now (cancel.interrupt), each cleaning up after itself.
+            progress.close()
+            print("imagesmith: interrupted", file=stderr)
+            return 130
+        except OSError as exc:
+            # The last resort for an OSError the library let through: one line, never a traceback.
+            failure = file_error("access", exc.filename, exc)
+            say(f"imagesmith: error: {failure}", stderr)
+            return exit_code(failure)
+        finally:
+            progress.close()
+            if args.debug:
+                logging.getLogger("imagesmith").handlers.clear()  # imported above, with --debug
 
 
 def entry_point() -> None:
-    """Console-script entry: exit with :func:`main`'s code."""
-    sys.exit(main())
+    """Console-script entry: exit with :func:`main`'s code (130 for a Ctrl-C that arrives
+    outside the command's own handling, e.g. while an error is printed)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
