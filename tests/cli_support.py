@@ -31,3 +31,13 @@ def ok(*args: str, env: dict[str, str] | None = None) -> str:
     code, out, err = cli(*args, env=env)
     assert code == 0, f"imagesmith {' '.join(args)} failed ({code}): {err}"
     return out
+
+
+def on(host: str, *args: str) -> tuple[str, ...]:
+    """``--insecure-registry HOST ARGS...``: a command against a plain-http test registry."""
+    return ("--insecure-registry", host, *args)
+
+
+def build_argv(host: str, base: str, *args: str) -> tuple[str, ...]:
+    """``--insecure-registry HOST build --base-image BASE ARGS...``."""
+    return on(host, "build", "--base-image", base, *args)

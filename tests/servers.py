@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import requests
 from cryptography import x509
@@ -232,7 +232,35 @@ class TokenRequest:
     granted: bool
 
 
-class TokenIssuer:
+S = TypeVar("S", bound="Service")
+
+
+class Service:
+    """What the test servers share: a work directory (``workdir``, else a new temporary one
+    that ``stop`` removes), and ``with``, which starts the service and always stops it."""
+
+    def __init__(self, workdir: Path | str | None, prefix: str) -> None:
+        self._owns_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self: S) -> S:
+        return self
+
+    def stop(self) -> None:
+        if self._owns_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self: S) -> S:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class TokenIssuer(Service):
     """Docker token-auth issuer (``GET /token?service=..&scope=..``) on 127.0.0.1.
 
     Authenticated users (Basic, ``users``) get the actions they ask for; anonymous
@@ -261,9 +289,7 @@ class TokenIssuer:
         self.service = service
         self.requests: list[TokenRequest] = []
         self._lock = threading.Lock()
-        self._owns_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="imagesmith-issuer-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir, "imagesmith-issuer-")
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         now = dt.datetime.now(dt.timezone.utc)
         self.cert = (
@@ -418,22 +444,13 @@ class TokenIssuer:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
-        if self._owns_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> TokenIssuer:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        super().stop()
 
 
 # ---------------------------------------------------------------------- registry
 
 
-class DistributionRegistry:
+class DistributionRegistry(Service):
     """``docker-registry serve`` (CNCF distribution 2.8) on 127.0.0.1:<free port>.
 
     Deletes are allowed unless ``delete=False``. Modes: plain http (default), ``tls``
@@ -458,9 +475,7 @@ class DistributionRegistry:
         self.token_issuer = token_issuer
         self.binary = binary
         self.delete = delete
-        self._owns_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="imagesmith-registry-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir, "imagesmith-registry-")
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "registry.log"
         self.tls_files: TLSFiles | None = make_ca_and_cert(self.workdir / "tls") if tls else None
@@ -569,16 +584,7 @@ class DistributionRegistry:
     def stop(self) -> None:
         _stop_process(self._proc)
         self._proc = None
-        if self._owns_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> DistributionRegistry:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        super().stop()
 
     # -- convenience for assertions
     def get(self, path: str, **kwargs: Any) -> requests.Response:
@@ -602,7 +608,7 @@ class DistributionRegistry:
 # ------------------------------------------------------------------------ podman
 
 
-class Podman:
+class Podman(Service):
     """Podman isolated from the host (config, storage, auth) under ``workdir``.
 
     Call ``add_insecure_registry`` for each plain-http registry (any time: the
@@ -619,9 +625,7 @@ class Podman:
         # vfs works everywhere but copies every layer whole; "overlay" stacks layers with the
         # kernel's overlayfs, as production runtimes do (see overlay_available()).
         self.storage_driver = storage_driver
-        self._owns_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="imagesmith-podman-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir, "imagesmith-podman-")
         self.insecure_registries: list[str] = []
         self._service: subprocess.Popen[bytes] | None = None
         d = self.workdir
@@ -702,28 +706,20 @@ class Podman:
     def podman(
         self, *args: str, check: bool = False, timeout: float = 180, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.base_command(), *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=timeout,
-            input=input,
-        )
+        return self._run([*self.base_command(), *args], check, timeout, input)
 
     def docker(
         self, *args: str, check: bool = False, timeout: float = 180, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run the docker CLI against this podman's API socket (``start_service`` first)."""
+        return self._run([DOCKER_BIN, *args], check, timeout, input)
+
+    def _run(
+        self, argv: list[str], check: bool, timeout: float, input: str | None
+    ) -> subprocess.CompletedProcess[str]:
+        env = self.env()
         return subprocess.run(
-            [DOCKER_BIN, *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=timeout,
-            input=input,
+            argv, env=env, capture_output=True, text=True, check=check, timeout=timeout, input=input
         )
 
     def _ping(self) -> bool:
@@ -784,14 +780,6 @@ class Podman:
             return
         for m in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True, check=False)
-
-    def __enter__(self) -> Podman:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def overlay_available() -> bool:

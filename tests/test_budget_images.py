@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from cli_support import cli, ok
+from cli_support import build_argv, cli, ok
 from servers import DistributionRegistry, Podman
 from stackgen import Stack, write_stack
 
@@ -31,24 +31,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
     return write_stack(tmp_path_factory.mktemp("stack"), 60, width=10, seed=3)
 
 
-@pytest.fixture(scope="module")
-def built(registry: DistributionRegistry, base: str, stack: Stack) -> list[dict[str, object]]:
-    out = ok(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--each",
-        "--base-image",
-        base,
-        "--repo",
-        f"{registry.host}/budget",
-        "--max-layers",
-        str(BUDGET),
-        "--json",
-        *map(str, stack.files),
-    )
+def build_each(
+    registry: DistributionRegistry, base: str, repo: str, files: list[Path], *args: str
+) -> list[dict[str, object]]:
+    """``build --each --max-layers BUDGET --json FILES`` into ``HOST/REPO``: the results."""
+    budget = ("--repo", f"{registry.host}/{repo}", "--max-layers", str(BUDGET), "--json")
+    out = ok(*build_argv(registry.host, base, "--each", *args, *budget, *map(str, files)))
     results: list[dict[str, object]] = json.loads(out)
     return results
+
+
+@pytest.fixture(scope="module")
+def built(registry: DistributionRegistry, base: str, stack: Stack) -> list[dict[str, object]]:
+    return build_each(registry, base, "budget", stack.files)
 
 
 def layers_of(result: dict[str, object]) -> list[dict[str, object]]:
@@ -147,22 +142,7 @@ def test_the_same_stack_gives_the_same_images(
 ) -> None:
     monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(tmp_path / "fresh"))
     files = list(reversed(stack.files))  # another order, nothing cached: the same plan and bytes
-    again = json.loads(
-        ok(
-            "--insecure-registry",
-            registry.host,
-            "build",
-            "--each",
-            "--base-image",
-            base,
-            "--repo",
-            f"{registry.host}/budget",
-            "--max-layers",
-            str(BUDGET),
-            "--json",
-            *map(str, files),
-        )
-    )
+    again = build_each(registry, base, "budget", files)
     assert {(r["tag"], r["digest"]) for r in again} == {(r["tag"], r["digest"]) for r in built}
 
 
@@ -170,24 +150,8 @@ def test_the_same_stack_gives_the_same_images(
 def test_every_platform_gets_the_same_groups(
     registry: DistributionRegistry, multiarch_base: str, stack: Stack
 ) -> None:
-    results = json.loads(
-        ok(
-            "--insecure-registry",
-            registry.host,
-            "build",
-            "--each",
-            "--base-image",
-            multiarch_base,
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "--repo",
-            f"{registry.host}/budget-multi",
-            "--max-layers",
-            str(BUDGET),
-            "--json",
-            *map(str, stack.files),
-        )
-    )
+    platforms = ("--platform", "linux/amd64,linux/arm64")
+    results = build_each(registry, multiarch_base, "budget-multi", stack.files, *platforms)
     grouped = 0
     for result in results:
         amd64, arm64 = result["platforms"]
@@ -198,18 +162,8 @@ def test_every_platform_gets_the_same_groups(
 
 
 def test_a_budget_below_the_base_is_refused(registry: DistributionRegistry, base: str, stack: Stack) -> None:
-    code, out, err = cli(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--base-image",
-        base,
-        "--repo",
-        f"{registry.host}/budget",
-        "--max-layers",
-        "2",
-        str(stack.files[-1]),
-    )
+    repo = ("--repo", f"{registry.host}/budget")
+    code, out, err = cli(*build_argv(registry.host, base, *repo, "--max-layers", "2", str(stack.files[-1])))
     assert code == 2 and not out
     assert err.strip() == (
         "imagesmith: error: --max-layers 2 is too small: the base image has 1 layer, and an image needs "
@@ -241,64 +195,23 @@ def test_two_packages_holding_one_path_differently_cannot_share_a_layer(
     package("suite", "/opt/suite", {"share/x": "from suite"}, [])
     package("plugin", "/opt/suite/share", {"x": "from plugin"}, [])
     app = package("app", "/opt/app", {"bin/app": "app"}, ["suite", "plugin"])
-    code, _, err = cli(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--base-image",
-        base,
-        "--repo",
-        f"{registry.host}/budget-clash",
-        "--max-layers",
-        "3",
-        str(app),
-    )
+    repo = ("--repo", f"{registry.host}/budget-clash")
+    code, _, err = cli(*build_argv(registry.host, base, *repo, "--max-layers", "3", str(app)))
     assert code == 2, err
     assert "packages suite-1 and plugin-1 both install /opt/suite/share/x, with different contents" in err
     # With a layer each, the upper one shadows the lower as always.
-    ok(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--base-image",
-        base,
-        "--repo",
-        f"{registry.host}/budget-clash",
-        str(app),
-    )
+    ok(*build_argv(registry.host, base, *repo, str(app)))
 
 
 def test_each_root_builds_the_roots_only(registry: DistributionRegistry, base: str, stack: Stack) -> None:
     roots = [stack.files[-1], stack.files[-2]]
+    repo = ("--repo", f"{registry.host}/budget-roots")
+    budget = ("--max-layers", str(BUDGET), "--json")
     results = json.loads(
-        ok(
-            "--insecure-registry",
-            registry.host,
-            "build",
-            "--each-root",
-            "--base-image",
-            base,
-            "--repo",
-            f"{registry.host}/budget-roots",
-            "--max-layers",
-            str(BUDGET),
-            "--json",
-            *map(str, roots),
-        )
+        ok(*build_argv(registry.host, base, "--each-root", *repo, *budget, *map(str, roots)))
     )
     assert [names(layers_of(r)[-1]) for r in results] == [[p.stem] for p in roots]
-    code, _, _ = cli(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--each",
-        "--each-root",
-        "--base-image",
-        base,
-        "--repo",
-        f"{registry.host}/budget-roots",
-        str(roots[0]),
-    )
+    code, _, _ = cli(*build_argv(registry.host, base, "--each", "--each-root", *repo, str(roots[0])))
     assert code == 2  # argparse: one or the other
 
 

@@ -455,28 +455,11 @@ def test_bad_input_is_one_line_with_the_usage_exit_code(
     registry: DistributionRegistry, base: str, tmp_path: Path
 ) -> None:
     hello = str(EXAMPLES / "hello.json")
-    common = (
-        "--insecure-registry",
-        registry.host,
-        "pipeline",
-        "--base-image",
-        base,
-        "--repo",
-        f"{registry.host}/stack",
-        "-o",
-        str(tmp_path / "ci.yml"),
-    )
+    common = pipeline_argv(registry, base, "-o", str(tmp_path / "ci.yml"))
+    two = ("--engine", "gitlab", "--platform", "linux/amd64,linux/arm64", "--runner", "linux/amd64=x")
     cases = {
         ("--engine", "jenkins", hello): "error: unknown CI engine 'jenkins': use gitlab or github",
-        (
-            "--engine",
-            "gitlab",
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "--runner",
-            "linux/amd64=x",
-            hello,
-        ): "has no runner: add --runner",
+        (*two, hello): "has no runner: add --runner",
         (
             "--engine",
             "github",
@@ -491,18 +474,7 @@ def test_bad_input_is_one_line_with_the_usage_exit_code(
         assert code == 2, err
         assert err.count("\n") == 1 and message in err and out == ""
         assert not (tmp_path / "ci.yml").exists() and not (tmp_path / "ci.yml.tmp").exists()
-    code, _, err = cli(
-        *common,
-        "--engine",
-        "gitlab",
-        "--platform",
-        "linux/amd64,linux/arm64",
-        "--runner",
-        "linux/amd64=x",
-        "--runner",
-        "linux/arm64=y",
-        hello,
-    )
+    code, _, err = cli(*common, *two, "--runner", "linux/arm64=y", hello)
     assert code == 2 and "single image for linux/amd64" in err and "needs a base index" in err
     code, _, err = cli(
         *common[:3], "--base-image", f"oci:{tmp_path}", *common[5:], "--engine", "gitlab", hello
@@ -519,22 +491,8 @@ def test_a_stack_too_large_for_github_even_grouped_is_refused_at_the_real_limit(
     deep = tmp_path.joinpath(*["d" * 200] * 5)
     top = wide(deep, 560)
     output = tmp_path / "stack.yml"
-    code, out, err = cli(
-        "--insecure-registry",
-        registry.host,
-        "pipeline",
-        "--engine",
-        "github",
-        "--base-image",
-        base,
-        "--repo",
-        f"{registry.host}/stack",
-        "-o",
-        str(output),
-        "--relative-to",
-        str(tmp_path),
-        str(top),
-    )
+    args = ("--engine", "github", "-o", str(output), "--relative-to", str(tmp_path), str(top))
+    code, out, err = cli(*pipeline_argv(registry, base, *args))
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert re.fullmatch(
         r"imagesmith: error: the stack is too large for one GitHub workflow: even grouped by dependency "
@@ -548,8 +506,9 @@ def test_a_stack_too_large_for_github_even_grouped_is_refused_at_the_real_limit(
 # --- through the command line, against a real registry ---------------------------------------------
 
 
-def generate(registry: DistributionRegistry, base: str, output: Path, *args: str) -> str:
-    code, out, err = cli(
+def pipeline_argv(registry: DistributionRegistry, base: str, *args: str) -> tuple[str, ...]:
+    """``--insecure-registry HOST pipeline --base-image BASE --repo HOST/stack ARGS...``."""
+    return (
         "--insecure-registry",
         registry.host,
         "pipeline",
@@ -557,12 +516,12 @@ def generate(registry: DistributionRegistry, base: str, output: Path, *args: str
         base,
         "--repo",
         f"{registry.host}/stack",
-        "--install",
-        "true",
-        "-o",
-        str(output),
         *args,
     )
+
+
+def generate(registry: DistributionRegistry, base: str, output: Path, *args: str) -> str:
+    code, out, err = cli(*pipeline_argv(registry, base, "--install", "true", "-o", str(output), *args))
     assert code == 0 and out == "", err
     return err
 
@@ -574,46 +533,17 @@ def test_the_base_is_resolved_once_and_pinned(
         "digest"
     ]
     target = tmp_path / "ci.yml"
-    generate(
-        registry,
-        multiarch_base,
-        target,
-        "--engine",
-        "gitlab",
-        "--platform",
-        "linux/arm64",
-        str(EXAMPLES / "hello.json"),
-    )
+    arm64 = ("--engine", "gitlab", "--platform", "linux/arm64", str(EXAMPLES / "hello.json"))
+    generate(registry, multiarch_base, target, *arm64)
     first = target.read_bytes()
     doc = yaml.safe_load(first)
     assert doc["variables"]["IMAGESMITH_BASE_IMAGE"] == f"{multiarch_base}@{digest}"
     assert doc["variables"]["IMAGESMITH_INSECURE_REGISTRY"] == registry.host
     assert doc[".imagesmith-linux-arm64"]["variables"] == {"IMAGESMITH_PLATFORM": "linux/arm64"}
-    generate(
-        registry,
-        multiarch_base,
-        target,
-        "--engine",
-        "gitlab",
-        "--platform",
-        "linux/arm64",
-        str(EXAMPLES / "hello.json"),
-    )
+    generate(registry, multiarch_base, target, *arm64)
     assert target.read_bytes() == first
-    code, _, err = cli(
-        "--insecure-registry",
-        registry.host,
-        "pipeline",
-        "--engine",
-        "github",
-        "--base-image",
-        multiarch_base,
-        "--repo",
-        f"{registry.host}/stack",
-        "--platform",
-        "linux/s390x",
-        str(EXAMPLES / "hello.json"),
-    )
+    s390x = ("--engine", "github", "--platform", "linux/s390x", str(EXAMPLES / "hello.json"))
+    code, _, err = cli(*pipeline_argv(registry, multiarch_base, *s390x))
     assert code == 1 and "no image for platform linux/s390x" in err and "linux/arm64/v8" in err
 
 

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_support import EXAMPLES, HELLO, cli, ok
+from cli_support import EXAMPLES, HELLO, build_argv, cli, ok, on
 from conftest import BASIC_USERS, TOKEN_USERS, need_tool
 from servers import DEBIAN_PATH, DistributionRegistry, Podman, TokenIssuer, docker_sdk_run
 
@@ -32,21 +32,16 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
 
 
+def build_stack(registry: DistributionRegistry, base: str) -> dict[str, object]:
+    """``imagesmith build --repo HOST/stack --json hello.json`` (the registry option last)."""
+    argv = ("build", "--base-image", base, "--repo", f"{registry.host}/stack", "--json", HELLO)
+    result: dict[str, object] = json.loads(ok(*argv, "--insecure-registry", registry.host))
+    return result
+
+
 @pytest.fixture(scope="session")
 def stack(registry: DistributionRegistry, base: str) -> dict[str, object]:
-    out = ok(
-        "build",
-        "--base-image",
-        base,
-        "--repo",
-        f"{registry.host}/stack",
-        "--json",
-        HELLO,
-        "--insecure-registry",
-        registry.host,
-    )
-    result: dict[str, object] = json.loads(out)
-    return result
+    return build_stack(registry, base)
 
 
 def test_build_prints_reference_tag_and_digest(
@@ -77,19 +72,7 @@ def test_rebuild_gives_same_tag_and_digest(
 ) -> None:
     # A fresh cache: nothing is reused, yet every byte comes out the same.
     monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(tmp_path / "fresh-cache"))
-    again = json.loads(
-        ok(
-            "build",
-            "--base-image",
-            base,
-            "--repo",
-            f"{registry.host}/stack",
-            "--json",
-            HELLO,
-            "--insecure-registry",
-            registry.host,
-        )
-    )
+    again = build_stack(registry, base)
     assert (again["tag"], again["digest"]) == (stack["tag"], stack["digest"])
 
 
@@ -186,23 +169,16 @@ def test_inspect_json_and_text(stack: dict[str, object], registry: DistributionR
 
 def test_profile_script_and_options(registry: DistributionRegistry, base: str, podman: Podman) -> None:
     ref = f"{registry.host}/stack:profiled"
+    options = ("--profile-script", "--env", "GREETING=hi there", "--workdir", "/opt")
+    image = ("--label", "org.example.team=hpc", "--entrypoint", '["/bin/sh", "-c"]', "--cmd", "hello")
     ok(
         "build",
         "--base-image",
         base,
         "--tag",
         ref,
-        "--profile-script",
-        "--env",
-        "GREETING=hi there",
-        "--workdir",
-        "/opt",
-        "--label",
-        "org.example.team=hpc",
-        "--entrypoint",
-        '["/bin/sh", "-c"]',
-        "--cmd",
-        "hello",
+        *options,
+        *image,
         HELLO,
         "--insecure-registry",
         registry.host,
@@ -240,18 +216,7 @@ def test_docker_v2_base_stays_docker(
     assert "annotations" not in data
     ran = podman.docker("run", "--rm", ref, "hello")
     assert ran.returncode == 0 and ran.stdout.startswith("Hello, world"), ran.stderr
-    code, _, err = cli(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--base-image",
-        base,
-        "--tag",
-        ref,
-        "--compression",
-        "zstd",
-        HELLO,
-    )
+    code, _, err = cli(*build_argv(registry.host, base, "--tag", ref, "--compression", "zstd", HELLO))
     assert code == 2 and "zstd" in err
 
 
@@ -259,28 +224,10 @@ def test_base_layers_are_mounted_not_downloaded(
     registry: DistributionRegistry, base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IMAGESMITH_CACHE_DIR", str(tmp_path / "cache"))
-    out = ok(
-        "--debug",
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--base-image",
-        base,
-        "--tag",
-        f"{registry.host}/elsewhere/app:1",
-        HELLO,
-    )
+    out = ok("--debug", *build_argv(registry.host, base, "--tag", f"{registry.host}/elsewhere/app:1", HELLO))
     assert "Pushed" in out
     code, _, log = cli(
-        "--debug",
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--base-image",
-        base,
-        "--tag",
-        f"{registry.host}/another/app:1",
-        HELLO,
+        "--debug", *build_argv(registry.host, base, "--tag", f"{registry.host}/another/app:1", HELLO)
     )
     assert code == 0
     assert "mount=" in log or "mount" in log
@@ -292,41 +239,18 @@ def test_base_layers_are_mounted_not_downloaded(
 
 def test_platform_mismatch_lists_what_exists(registry: DistributionRegistry, busybox_dir: Path) -> None:
     base = f"{registry.host}/base/busybox-arm64:1"
-    ok(
-        "--insecure-registry",
-        registry.host,
-        "import",
-        "--platform",
-        "linux/arm64",
-        str(busybox_dir),
-        "--tag",
-        base,
-    )
+    ok(*on(registry.host, "import", "--platform", "linux/arm64", str(busybox_dir), "--tag", base))
     code, _, err = cli(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--base-image",
-        base,
-        "--tag",
-        f"{registry.host}/stack:x",
-        "--platform",
-        "linux/amd64",
-        HELLO,
+        *build_argv(
+            registry.host, base, "--tag", f"{registry.host}/stack:x", "--platform", "linux/amd64", HELLO
+        )
     )
     assert code == 1
     assert "linux/arm64" in err and "--platform" in err
     ok(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--base-image",
-        base,
-        "--tag",
-        f"{registry.host}/stack:arm64",
-        "--platform",
-        "linux/arm64",
-        HELLO,
+        *build_argv(
+            registry.host, base, "--tag", f"{registry.host}/stack:arm64", "--platform", "linux/arm64", HELLO
+        )
     )
 
 
@@ -428,16 +352,8 @@ def test_token_auth_registry(
     hosts = f"{registry.host},{token_registry.host}"
     target = f"{token_registry.host}/stack:token"
     before = token_issuer.request_count
-    code, out, err = cli(
-        "--debug",
-        "build",
-        "--base-image",
-        base,
-        "--tag",
-        target,
-        HELLO,
-        env={"DOCKER_CONFIG": str(config), "IMAGESMITH_INSECURE_REGISTRY": hosts},
-    )
+    env = {"DOCKER_CONFIG": str(config), "IMAGESMITH_INSECURE_REGISTRY": hosts}
+    code, out, err = cli("--debug", "build", "--base-image", base, "--tag", target, HELLO, env=env)
     assert code == 0, err
     assert password not in err and password not in out
     # One token for the push scope covers every blob and the manifest.
@@ -529,18 +445,8 @@ def test_multi_arch_base_picks_the_platform(
     host = registry.host
     repo = f"base/multi-{family}"
     for arch in ("amd64", "arm64"):
-        ok(
-            "--insecure-registry",
-            host,
-            "import",
-            "--format",
-            family,
-            "--platform",
-            f"linux/{arch}",
-            str(busybox_dir),
-            "--tag",
-            f"{host}/{repo}:{arch}",
-        )
+        platform = ("--format", family, "--platform", f"linux/{arch}")
+        ok(*on(host, "import", *platform, str(busybox_dir), "--tag", f"{host}/{repo}:{arch}"))
     _push_index(registry, repo, "1", family, {"linux/amd64": "amd64", "linux/arm64/v8": "arm64"})
     base = f"{host}/{repo}:1"
 
@@ -548,37 +454,12 @@ def test_multi_arch_base_picks_the_platform(
     assert "linux/amd64" in shown and "linux/arm64/v8" in shown
 
     native = f"{host}/stack:multi-{family}-amd64"
-    ok(
-        "--insecure-registry",
-        host,
-        "build",
-        "--base-image",
-        base,
-        "--tag",
-        native,
-        "--platform",
-        "linux/amd64",
-        HELLO,
-    )
+    ok(*build_argv(host, base, "--tag", native, "--platform", "linux/amd64", HELLO))
     ran = podman.docker("run", "--rm", native, "hello")
     assert ran.returncode == 0 and ran.stdout.startswith("Hello, world"), ran.stderr
 
     arm = f"{host}/stack:multi-{family}-arm64"
-    out = json.loads(
-        ok(
-            "--insecure-registry",
-            host,
-            "build",
-            "--base-image",
-            base,
-            "--tag",
-            arm,
-            "--platform",
-            "linux/arm64",
-            "--json",
-            HELLO,
-        )
-    )
+    out = json.loads(ok(*build_argv(host, base, "--tag", arm, "--platform", "linux/arm64", "--json", HELLO)))
     assert out["base"].startswith(f"{base}@sha256:")  # pinned to the index digest
     data = json.loads(ok("--insecure-registry", host, "inspect", arm, "--json"))
     assert data["platform"] in ("linux/arm64", "linux/arm64/v8")
@@ -586,52 +467,20 @@ def test_multi_arch_base_picks_the_platform(
     assert data["mediaType"] == expected
 
     code, _, err = cli(
-        "--insecure-registry",
-        host,
-        "build",
-        "--base-image",
-        base,
-        "--tag",
-        f"{host}/stack:never",
-        "--platform",
-        "linux/ppc64le",
-        HELLO,
+        *build_argv(host, base, "--tag", f"{host}/stack:never", "--platform", "linux/ppc64le", HELLO)
     )
     assert code == 1
     assert "linux/amd64, linux/arm64/v8" in err and "unknown" not in err
 
 
 def test_tag_template(registry: DistributionRegistry, base: str) -> None:
-    out = json.loads(
-        ok(
-            "--insecure-registry",
-            registry.host,
-            "build",
-            "--base-image",
-            base,
-            "--repo",
-            f"{registry.host}/stack",
-            "--json",
-            "--tag-template",
-            "{{ name }}_{{ version }}+{{ arch }}",
-            HELLO,
-        )
-    )
+    repo = ("--repo", f"{registry.host}/stack")
+    template = "{{ name }}_{{ version }}+{{ arch }}"
+    out = json.loads(ok(*build_argv(registry.host, base, *repo, "--json", "--tag-template", template, HELLO)))
     from imagesmith.oci.model import Platform
 
     assert out["tag"] == f"hello_2.12_{Platform.host().architecture}"  # "+" made a valid tag character
-    code, _, err = cli(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--base-image",
-        base,
-        "--repo",
-        f"{registry.host}/stack",
-        "--tag-template",
-        "{{ nope }}",
-        HELLO,
-    )
+    code, _, err = cli(*build_argv(registry.host, base, *repo, "--tag-template", "{{ nope }}", HELLO))
     assert code == 2 and "nope" in err
 
 

@@ -77,6 +77,11 @@ def install_helper(tmp_path: Path, name: str = "testhelper") -> tuple[Path, Path
     return bindir, store, log
 
 
+def as_user(host: str, user: str) -> tuple[str, ...]:
+    """``login HOST -u USER --password-stdin`` (the password goes to ``login_cli``)."""
+    return ("login", host, "-u", user, "--password-stdin")
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -89,6 +94,12 @@ def login_cli(
     return cli(*args, env={"DOCKER_CONFIG": str(config)})
 
 
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """The test's DOCKER_CONFIG folder, ``tmp_path/docker`` (login creates it)."""
+    return tmp_path / "docker"
+
+
 # ------------------------------------------------------------------ real registries
 
 
@@ -97,12 +108,11 @@ def test_login_basic_registry_writes_config_then_build_and_inspect(
     basic_registry: DistributionRegistry,
     registry: DistributionRegistry,
     base: str,
-    tmp_path: Path,
+    config: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Login stores 0600 ``auths`` keeping the other keys; build/inspect then use it
     (RELIABILITY 25: the password is not in --debug output)."""
-    config = tmp_path / "docker"
     config.mkdir(mode=0o755)
     (config / "config.json").write_text(
         json.dumps(
@@ -115,17 +125,7 @@ def test_login_basic_registry_writes_config_then_build_and_inspect(
     )
     host = basic_registry.host
     code, out, err = login_cli(
-        monkeypatch,
-        config,
-        "--debug",
-        "login",
-        host,
-        "-u",
-        ALICE,
-        "--password-stdin",
-        "--insecure-registry",
-        host,
-        password=ALICE_PW,
+        monkeypatch, config, "--debug", *as_user(host, ALICE), "--insecure-registry", host, password=ALICE_PW
     )
     assert code == 0, err
     assert out.strip() == f"Login succeeded for {host} (credentials in {config / 'config.json'})"
@@ -153,17 +153,7 @@ def test_login_wrong_password_writes_nothing_and_never_shows_it(
     config = tmp_path / "docker"
     host = basic_registry.host
     code, out, err = login_cli(
-        monkeypatch,
-        config,
-        "--debug",
-        "--insecure-registry",
-        host,
-        "login",
-        host,
-        "-u",
-        ALICE,
-        "--password-stdin",
-        password=SENTINEL,
+        monkeypatch, config, "--debug", "--insecure-registry", host, *as_user(host, ALICE), password=SENTINEL
     )
     assert code == 3, err
     assert host in err and "refused" in err
@@ -195,19 +185,8 @@ def test_login_token_registry(
     assert CredentialStore(path).get(host) == Credentials(BOB, BOB_PW)
 
     config = tmp_path / "docker"
-    code, out, err = login_cli(
-        monkeypatch,
-        config,
-        "--debug",
-        "login",
-        "--insecure-registry",
-        host,
-        host,
-        "-u",
-        BOB,
-        "--password-stdin",
-        password=SENTINEL,
-    )
+    login_bob = ("login", "--insecure-registry", host, host, "-u", BOB, "--password-stdin")
+    code, out, err = login_cli(monkeypatch, config, "--debug", *login_bob, password=SENTINEL)
     assert code == 3 and host in err
     assert SENTINEL not in out + err and b64(f"{BOB}:{SENTINEL}") not in out + err
     assert not config.exists()
@@ -218,23 +197,13 @@ def test_logout_then_push_fails(
     basic_registry: DistributionRegistry,
     registry: DistributionRegistry,
     base: str,
-    tmp_path: Path,
+    config: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Logout removes the entry (and only it); a push afterwards is an auth error (exit 3)."""
-    config = tmp_path / "docker"
     host = basic_registry.host
     code, _, err = login_cli(
-        monkeypatch,
-        config,
-        "login",
-        host,
-        "-u",
-        ALICE,
-        "--password-stdin",
-        "--insecure-registry",
-        host,
-        password=ALICE_PW,
+        monkeypatch, config, *as_user(host, ALICE), "--insecure-registry", host, password=ALICE_PW
     )
     assert code == 0, err
     data = json.loads((config / "config.json").read_text())
@@ -268,17 +237,7 @@ def test_login_through_credential_helper(
     (config / "config.json").write_text(json.dumps(original))
 
     code, out, err = login_cli(
-        monkeypatch,
-        config,
-        "--debug",
-        "login",
-        host,
-        "-u",
-        ALICE,
-        "--password-stdin",
-        "--insecure-registry",
-        host,
-        password=ALICE_PW,
+        monkeypatch, config, "--debug", *as_user(host, ALICE), "--insecure-registry", host, password=ALICE_PW
     )
     assert code == 0, err
     assert out.strip() == f"Login succeeded for {host} (credentials in docker-credential-testhelper)"

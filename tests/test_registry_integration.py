@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -37,6 +37,16 @@ def auth_file(path: Path, host: str, user: str, password: str) -> Path:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
     return path
+
+
+def logged_in(
+    registry: DistributionRegistry, tmp_path: Path, user: str, password: str, retries: int | None = None
+) -> RegistryOptions:
+    """Options for ``registry`` over http with ``user:password`` in ``tmp_path/config.json``
+    (and ``retries`` when given)."""
+    config = auth_file(tmp_path / "config.json", registry.host, user, password)
+    opts = RegistryOptions(insecure=frozenset({registry.host}), auth_file=config)
+    return opts if retries is None else replace(opts, retries=retries)
 
 
 @dataclass(frozen=True)
@@ -190,10 +200,7 @@ def test_basic_auth_push_with_auth_file(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     [(user, password)] = BASIC_USERS.items()
-    opts = RegistryOptions(
-        insecure=frozenset({basic_registry.host}),
-        auth_file=auth_file(tmp_path / "config.json", basic_registry.host, user, password),
-    )
+    opts = logged_in(basic_registry, tmp_path, user, password)
     repo = unique("basic")
     with RegistryClient(basic_registry.host, opts) as client:
         pushed = push_image(client, repo, "v1", tmp_path)
@@ -206,11 +213,7 @@ def test_basic_auth_push_with_auth_file(
 def test_basic_auth_wrong_password(basic_registry: DistributionRegistry, tmp_path: Path) -> None:
     [user] = BASIC_USERS
     sentinel = "wrong-S3NT1NEL-password"
-    opts = RegistryOptions(
-        insecure=frozenset({basic_registry.host}),
-        retries=0,
-        auth_file=auth_file(tmp_path / "config.json", basic_registry.host, user, sentinel),
-    )
+    opts = logged_in(basic_registry, tmp_path, user, sentinel, retries=0)
     client = RegistryClient(basic_registry.host, opts)
     with pytest.raises(AuthenticationError, match=f"docker login {basic_registry.host}") as info:
         push_image(client, unique("basic-bad"), "v1", tmp_path)
@@ -228,10 +231,7 @@ def test_bearer_push_caches_tokens(
     token_issuer: TokenIssuer, token_registry: DistributionRegistry, tmp_path: Path
 ) -> None:
     [(user, password)] = TOKEN_USERS.items()
-    opts = RegistryOptions(
-        insecure=frozenset({token_registry.host}),
-        auth_file=auth_file(tmp_path / "config.json", token_registry.host, user, password),
-    )
+    opts = logged_in(token_registry, tmp_path, user, password)
     repo = unique("bearer")
     token_issuer.reset()
     with RegistryPool(opts) as pool:
@@ -261,10 +261,7 @@ def test_bearer_anonymous_pull_but_push_denied(
     token_issuer: TokenIssuer, token_registry: DistributionRegistry, tmp_path: Path
 ) -> None:
     [(user, password)] = TOKEN_USERS.items()
-    opts = RegistryOptions(
-        insecure=frozenset({token_registry.host}),
-        auth_file=auth_file(tmp_path / "config.json", token_registry.host, user, password),
-    )
+    opts = logged_in(token_registry, tmp_path, user, password)
     repo = unique("bearer-anon")
     with RegistryClient(token_registry.host, opts) as owner:
         pushed = push_image(owner, repo, "v1", tmp_path)
@@ -287,11 +284,7 @@ def test_bearer_wrong_password(
 ) -> None:
     [user] = TOKEN_USERS
     sentinel = "wrong-S3NT1NEL-token-password"
-    opts = RegistryOptions(
-        insecure=frozenset({token_registry.host}),
-        retries=0,
-        auth_file=auth_file(tmp_path / "config.json", token_registry.host, user, sentinel),
-    )
+    opts = logged_in(token_registry, tmp_path, user, sentinel, retries=0)
     with pytest.raises(AuthenticationError, match="getting a token") as info:
         RegistryClient(token_registry.host, opts).get_manifest("some/repo", "v1")
     assert sentinel not in str(info.value)
