@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_support import EXAMPLES, HELLO, build_argv, cli, ok
 from servers import DistributionRegistry, Podman
-from test_e2e import EXAMPLES, HELLO, cli, ok
 
 pytestmark = pytest.mark.integration
 
@@ -34,20 +34,7 @@ def test_each_matches_one_by_one_and_shares_blobs(registry: DistributionRegistry
     previous = logger.level
     logger.setLevel(logging.DEBUG)
     try:
-        results = json.loads(
-            ok(
-                "--insecure-registry",
-                host,
-                "build",
-                "--each",
-                "--base-image",
-                base,
-                "--repo",
-                repo,
-                "--json",
-                HELLO,
-            )
-        )
+        results = json.loads(ok(*build_argv(host, base, "--each", "--repo", repo, "--json", HELLO)))
     finally:
         logger.removeHandler(counter)
         logger.setLevel(previous)
@@ -71,18 +58,7 @@ def test_each_into_a_layout(
 ) -> None:
     layout = tmp_path / "stack"
     results = json.loads(
-        ok(
-            "--insecure-registry",
-            registry.host,
-            "build",
-            "--each",
-            "--base-image",
-            base,
-            "--output",
-            f"oci:{layout}",
-            "--json",
-            HELLO,
-        )
+        ok(*build_argv(registry.host, base, "--each", "--output", f"oci:{layout}", "--json", HELLO))
     )
     tags = [r["tag"] or r["destinations"][0].rsplit(":", 1)[1] for r in results]
     index = json.loads((layout / "index.json").read_text())

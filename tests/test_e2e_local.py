@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_support import HELLO, build_argv, cli, ok, on
 from conftest import need_tool
 from servers import DistributionRegistry, Podman
-from test_e2e import HELLO, cli, ok
 
 pytestmark = pytest.mark.integration
 
@@ -141,22 +141,9 @@ def test_copy_round_trip_keeps_the_digest(
     shown = json.loads(ok("--insecure-registry", host, "inspect", f"{host}/copied/again:v1", "--json"))
     assert shown["digest"] == digest
     archive = tmp_path / "c.tar"
-    ok(
-        "--insecure-registry",
-        host,
-        "copy",
-        f"{host}/copied/again:v1",
-        f"docker-archive:{archive}:copied/hello:v1",
-    )
+    ok(*on(host, "copy", f"{host}/copied/again:v1", f"docker-archive:{archive}:copied/hello:v1"))
     back = json.loads(
-        ok(
-            "--insecure-registry",
-            host,
-            "copy",
-            f"docker-archive:{archive}",
-            f"oci:{tmp_path / 'd'}:v1",
-            "--json",
-        )
+        ok(*on(host, "copy", f"docker-archive:{archive}", f"oci:{tmp_path / 'd'}:v1", "--json"))
     )
     assert back["digest"].startswith("sha256:")
 
@@ -210,19 +197,7 @@ def test_serve_is_a_registry_podman_and_imagesmith_use(
     address, root = served
     base = f"{address}/base/busybox:1"
     ok("--insecure-registry", address, "import", str(busybox_dir), "--tag", base)
-    out = json.loads(
-        ok(
-            "--insecure-registry",
-            address,
-            "build",
-            "--base-image",
-            base,
-            "--repo",
-            f"{address}/stack",
-            "--json",
-            HELLO,
-        )
-    )
+    out = json.loads(ok(*build_argv(address, base, "--repo", f"{address}/stack", "--json", HELLO)))
     reference = out["reference"]
     # The served repository is an OCI layout on disk, readable as such.
     assert (root / "stack" / "oci-layout").is_file()

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from cli_support import cli, ok
+from cli_support import build_argv, cli, ok, on
 
 
 @pytest.fixture
@@ -68,13 +68,7 @@ def test_build_to_a_dead_registry_fails_before_any_layer(
 ) -> None:
     cache = tmp_path / "cache"
     code, out, err = cli(
-        "--insecure-registry",
-        dead,
-        "build",
-        "--base-image",
-        base,
-        *(w.format(dead=dead) for w in where),
-        str(big),
+        *build_argv(dead, base, *(w.format(dead=dead) for w in where), str(big)),
         env={"IMAGESMITH_CACHE_DIR": str(cache)},
     )
     assert code == 3 and out == "" and err.count("\n") == 1, err
@@ -86,12 +80,7 @@ def test_build_to_a_dead_registry_fails_before_any_layer(
 def test_import_to_a_dead_registry_fails_before_archiving(tmp_path: Path, big: Path, dead: str) -> None:
     cache = tmp_path / "cache"
     code, _, err = cli(
-        "--insecure-registry",
-        dead,
-        "import",
-        str(big.parent / "content"),
-        "--tag",
-        f"{dead}/base:1",
+        *on(dead, "import", str(big.parent / "content"), "--tag", f"{dead}/base:1"),
         env={"IMAGESMITH_CACHE_DIR": str(cache)},
     )
     assert code == 3 and err.count("\n") == 1 and f"cannot reach {dead} (GET" in err, err

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from cli_support import ok
+from cli_support import build_argv, ok
 
 from imagesmith.errors import PackageError
 from imagesmith.inputs.load import load_package, load_packages
@@ -545,16 +545,9 @@ def test_push_a_spack_prefix_to_a_registry(
     (sqlite / "lib" / "pkgconfig" / "sqlite3.pc").write_text(f"prefix={sqlite}\nRequires: zlib\n")
     out = json.loads(
         ok(
-            "--insecure-registry",
-            registry.host,
-            "build",
-            "--base-image",
-            base,
-            "--repo",
-            f"{registry.host}/spack",
-            "--json",
-            str(sqlite),
-            str(zlib),
+            *build_argv(
+                registry.host, base, "--repo", f"{registry.host}/spack", "--json", str(sqlite), str(zlib)
+            )
         )
     )
     assert out["tag"] == f"sqlite-3.43.2-{SQLITE_HASH}.spack" and out["spack"] and out["notes"] == []

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_support import ok
+from cli_support import build_argv, ok
 from servers import DistributionRegistry, Podman
 from spackkit import SpackKit
 
@@ -64,6 +64,11 @@ def environment(kit: SpackKit, name: str, roots: tuple[str, ...]) -> Path:
 def install_tree(env: Path) -> Path:
     """The install tree of the environment ``env`` (beside it)."""
     return env.parent / f"{env.name}-tree"
+
+
+def spack_env(env: Path, tree: Path) -> tuple[str, ...]:
+    """The build options that read the environment ``env`` installed in ``tree``."""
+    return ("--spack-env", str(env), "--spack-install-tree", str(tree))
 
 
 def prefixes(env: Path) -> dict[str, Path]:
@@ -130,19 +135,7 @@ def test_each_package_of_the_large_dag_is_an_image_that_runs(
     tidy: Tidy, registry: DistributionRegistry, base: str, podman_overlay: Podman
 ) -> None:
     deep_name = tidy.deepest
-    common = (
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--spack-env",
-        str(tidy.env),
-        "--spack-install-tree",
-        str(tidy.tree),
-        "--base-image",
-        base,
-        "--each",
-        "--json",
-    )
+    common = build_argv(registry.host, base, *spack_env(tidy.env, tidy.tree), "--each", "--json")
     started = time.monotonic()
     results = json.loads(ok(*common, "--repo", f"{registry.host}/tidy"))
     build_seconds = time.monotonic() - started
@@ -203,20 +196,7 @@ def test_the_environment_as_one_image_runs_every_root(
 ) -> None:
     ref = f"{registry.host}/tidy-env:1"
     result = json.loads(
-        ok(
-            "--insecure-registry",
-            registry.host,
-            "build",
-            "--spack-env",
-            str(tidy.env),
-            "--spack-install-tree",
-            str(tidy.tree),
-            "--base-image",
-            base,
-            "--tag",
-            ref,
-            "--json",
-        )
+        ok(*build_argv(registry.host, base, *spack_env(tidy.env, tidy.tree), "--tag", ref, "--json"))
     )
     assert 1 + len(result["layers"]) <= 125
     in_image = {p["package"] for layer in result["layers"] for p in layer["packages"]}
@@ -244,18 +224,6 @@ def test_a_spack_023_environment(
     for root in lock["roots"]:
         program(where[root["hash"]], lock["concrete_specs"][root["hash"]]["name"])
     ref = f"{registry.host}/spack023-env:1"
-    ok(
-        "--insecure-registry",
-        registry.host,
-        "build",
-        "--spack-env",
-        str(env),
-        "--spack-install-tree",
-        str(install_tree(env)),
-        "--base-image",
-        base,
-        "--tag",
-        ref,
-    )
+    ok(*build_argv(registry.host, base, *spack_env(env, install_tree(env)), "--tag", ref))
     ran = podman_overlay.podman("run", "--rm", ref, "sh", "-c", " && ".join(roots))
     assert ran.returncode == 0 and ran.stdout.splitlines() == [f"{root} runs" for root in roots], ran.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import cli, ok
+from cli_support import build_argv, cli, ok
 
 from imagesmith.errors import IntegrityError, PackageError
 from imagesmith.inputs.load import load_package, load_packages
@@ -311,18 +311,7 @@ def test_a_spack_oci_cache_is_a_source_whose_layers_are_mounted(
     host = registry.host
     root = layout3(tmp_path / "c", *STACK)
     pushed = json.loads(
-        ok(
-            "--insecure-registry",
-            host,
-            "build",
-            "--each",
-            "--base-image",
-            base,
-            "--repo",
-            f"{host}/spackcache",
-            "--json",
-            str(root),
-        )
+        ok(*build_argv(host, base, "--each", "--repo", f"{host}/spackcache", "--json", str(root)))
     )
     mid_tag = pushed[1]["tag"]
     options = RegistryOptions(insecure=frozenset({host}))
@@ -351,38 +340,8 @@ def test_a_spack_oci_cache_is_a_source_whose_layers_are_mounted(
 def test_a_registry_tag_that_is_not_a_spack_image_is_refused(registry: Any, base: str) -> None:
     host = registry.host
     hello = Path(__file__).parent / "fixtures" / "packages" / "hello.toml"
-    plain = json.loads(
-        ok(
-            "--insecure-registry",
-            host,
-            "build",
-            "--base-image",
-            base,
-            "--repo",
-            f"{host}/plain",
-            "--json",
-            str(hello),
-        )
-    )
-    code, _, err = cli(
-        "--insecure-registry",
-        host,
-        "build",
-        "--base-image",
-        base,
-        "--repo",
-        f"{host}/x",
-        f"oci://{host}/plain:{plain['tag']}",
-    )
+    plain = json.loads(ok(*build_argv(host, base, "--repo", f"{host}/plain", "--json", str(hello))))
+    code, _, err = cli(*build_argv(host, base, "--repo", f"{host}/x", f"oci://{host}/plain:{plain['tag']}"))
     assert code == 2 and "is not a Spack image: its config has no Spack spec" in err and err.count("\n") == 1
-    code, _, err = cli(
-        "--insecure-registry",
-        host,
-        "build",
-        "--base-image",
-        base,
-        "--repo",
-        f"{host}/x",
-        f"oci://{host}/plain:nothing-here",
-    )
+    code, _, err = cli(*build_argv(host, base, "--repo", f"{host}/x", f"oci://{host}/plain:nothing-here"))
     assert code == 2 and "no package matching 'nothing-here'" in err

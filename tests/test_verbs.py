@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from cli_support import cli, ok
+from cli_support import cli, ok, on
 from conftest import TOKEN_USERS, need_tool
 from servers import DistributionRegistry, TokenIssuer
 
@@ -301,16 +301,8 @@ def test_printed_references_are_what_docker_pull_takes(
     assert out == f"Copied {base} -> {target} ({digest})\n"
     assert "docker://" not in out
     imported = tmp_path / "import.digest"
-    out = ok(
-        "--insecure-registry",
-        host,
-        "import",
-        str(busybox_dir),
-        "--tag",
-        f"{host}/verbs/printed:2",
-        "--digestfile",
-        str(imported),
-    )
+    tag = f"{host}/verbs/printed:2"
+    out = ok(*on(host, "import", str(busybox_dir), "--tag", tag, "--digestfile", str(imported)))
     assert out.startswith(f"Pushed {host}/verbs/printed:2 ({imported.read_text().strip()})")
     # Other transports keep their prefix: that is how they are named.
     out = ok("--insecure-registry", host, "copy", target, f"oci:{tmp_path / 'l'}:1")
@@ -321,16 +313,7 @@ def test_printed_references_are_what_docker_pull_takes(
 def test_merge_writes_its_digestfile(registry: DistributionRegistry, base: str, tmp_path: Path) -> None:
     host = registry.host
     digestfile = tmp_path / "merge.digest"
-    out = ok(
-        "--insecure-registry",
-        host,
-        "merge",
-        base,
-        "--tag",
-        f"{host}/verbs/merged:1",
-        "--digestfile",
-        str(digestfile),
-    )
+    out = ok(*on(host, "merge", base, "--tag", f"{host}/verbs/merged:1", "--digestfile", str(digestfile)))
     assert out.splitlines()[0] == f"Pushed {host}/verbs/merged:1 ({digestfile.read_text().strip()})"
 
 
