@@ -50,6 +50,18 @@ def layout_image(tmp_path: Path, cache: BlobCache) -> tuple[Path, str]:
     return layout, result.digest
 
 
+@pytest.fixture
+def archived(
+    layout_image: tuple[Path, str], tmp_path: Path, pool: RegistryPool, cache: BlobCache
+) -> tuple[Path, Path, str]:
+    """``layout_image`` copied into the docker archive ``tmp_path/img.tar`` as ``x:1``;
+    returns (archive, layout dir, manifest digest)."""
+    layout, digest = layout_image
+    archive = tmp_path / "img.tar"
+    copy_image(f"oci:{layout}:1", f"docker-archive:{archive}:x:1", pool=pool, cache=cache)
+    return archive, layout, digest
+
+
 def members(path: Path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
         out = {}
@@ -100,11 +112,9 @@ def test_archive_bytes_are_reproducible(
 
 
 def test_copy_out_of_an_archive_keeps_the_digest(
-    layout_image: tuple[Path, str], tmp_path: Path, pool: RegistryPool, cache: BlobCache
+    archived: tuple[Path, Path, str], tmp_path: Path, pool: RegistryPool, cache: BlobCache
 ) -> None:
-    layout, digest = layout_image
-    archive = tmp_path / "img.tar"
-    copy_image(f"oci:{layout}:1", f"docker-archive:{archive}:x:1", pool=pool, cache=cache)
+    archive, layout, digest = archived
     again = tmp_path / "again"
     result = copy_image(f"docker-archive:{archive}", f"oci:{again}:copy", pool=pool, cache=cache)
     assert str(result.digest) == digest
@@ -207,11 +217,9 @@ def test_several_images_are_chosen_by_name(layout_image: tuple[Path, str], tmp_p
 
 
 def test_corrupt_blob_in_an_archive_is_detected(
-    layout_image: tuple[Path, str], tmp_path: Path, pool: RegistryPool, cache: BlobCache
+    archived: tuple[Path, Path, str], tmp_path: Path, pool: RegistryPool, cache: BlobCache
 ) -> None:
-    layout, _ = layout_image
-    archive = tmp_path / "img.tar"
-    copy_image(f"oci:{layout}:1", f"docker-archive:{archive}:x:1", pool=pool, cache=cache)
+    archive, _, _ = archived
     files = members(archive)
     [entry] = json.loads(files["manifest.json"])
     layer = bytearray(files[entry["Layers"][0]])

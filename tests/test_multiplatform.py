@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import cli, ok
+from cli_support import build_argv, cli, ok
 from servers import DistributionRegistry, Podman
 
 from imagesmith.errors import PackageError
@@ -91,10 +91,13 @@ def _manifest(registry: DistributionRegistry, repo: str, digest: str) -> dict[st
     return skopeo_raw(f"{registry.host}/{repo}@{digest}")
 
 
+def both(registry: DistributionRegistry, base: str, *args: str) -> tuple[str, ...]:
+    """``build --base-image BASE --platform linux/amd64,linux/arm64 ARGS...``."""
+    return build_argv(registry.host, base, "--platform", f"{AMD64},{ARM64}", *args)
+
+
 def _build(registry: DistributionRegistry, base: str, *args: str) -> dict[str, Any]:
-    out = ok(
-        *flags(registry), "build", "--base-image", base, "--platform", f"{AMD64},{ARM64}", "--json", *args
-    )
+    out = ok(*both(registry, base, "--json", *args))
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -363,19 +366,7 @@ def test_each_package_gets_its_own_index(
     registry: DistributionRegistry, multiarch_base: str, packages: dict[str, Path], tmp_path: Path
 ) -> None:
     repo = f"{registry.host}/multi/each"
-    out = ok(
-        *flags(registry),
-        "build",
-        "--base-image",
-        multiarch_base,
-        "--platform",
-        f"{AMD64},{ARM64}",
-        "--each",
-        "--repo",
-        repo,
-        "--json",
-        str(packages["scripts"]),
-    )
+    out = ok(*both(registry, multiarch_base, "--each", "--repo", repo, "--json", str(packages["scripts"])))
     results = json.loads(out)
     assert [r["reference"].split(":")[-1].split("-")[0] for r in results] == ["tool", "scripts"]
     # Each index is the one a build of that package alone gives.
@@ -389,34 +380,14 @@ def test_each_package_gets_its_own_index(
         assert [_platform_of(m).split("/v")[0] for m in index["manifests"]] == [AMD64, ARM64]
     # Into a layout: one tag per package.
     layout = tmp_path / "layout"
-    ok(
-        *flags(registry),
-        "build",
-        "--base-image",
-        multiarch_base,
-        "--platform",
-        f"{AMD64},{ARM64}",
-        "--each",
-        "--output",
-        f"oci:{layout}",
-        str(packages["scripts"]),
-    )
+    ok(*both(registry, multiarch_base, "--each", "--output", f"oci:{layout}", str(packages["scripts"])))
     tags = sorted(
         m["annotations"]["org.opencontainers.image.ref.name"]
         for m in json.loads((layout / "index.json").read_text())["manifests"]
     )
     assert tags == sorted(r["reference"].split(":")[-1] for r in results)
     code, _, err = cli(
-        *flags(registry),
-        "build",
-        "--base-image",
-        multiarch_base,
-        "--platform",
-        f"{AMD64},{ARM64}",
-        "--each",
-        "--tag",
-        f"{repo}:x",
-        str(packages["scripts"]),
+        *both(registry, multiarch_base, "--each", "--tag", f"{repo}:x", str(packages["scripts"]))
     )
     assert code == 2 and "--each tags every index from the template" in err
 

@@ -42,7 +42,20 @@ def run(
     )
 
 
-def one_line(done: subprocess.CompletedProcess[str]) -> str:
+def build_layout(
+    base: str, tmp_path: Path, pkg: Path, *, unprivileged: bool = False, cache: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``imagesmith build`` of ``pkg`` on ``base`` into the layout ``tmp_path/out``."""
+    env = None if cache is None else {"IMAGESMITH_CACHE_DIR": str(cache)}
+    output = f"oci:{tmp_path / 'out'}"
+    return run(
+        "build", "--base-image", base, "--output", output, str(pkg), unprivileged=unprivileged, env=env
+    )
+
+
+def one_line(done: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one error line of a run that exits ``code``."""
+    assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith("imagesmith: error: ")
@@ -121,8 +134,7 @@ def test_head_reading_one_byte() -> None:
 def test_standard_output_on_a_full_device(args: tuple[str, ...]) -> None:
     with open("/dev/full", "w") as full:
         done = run(*args, stdout=full.fileno())
-    assert done.returncode == 6
-    assert one_line(done) == (
+    assert one_line(done, 6) == (
         "imagesmith: error: no space left on device while writing standard output; free space on the "
         "device it goes to"
     )
@@ -133,17 +145,8 @@ def test_standard_output_on_a_full_device(args: tuple[str, ...]) -> None:
 
 def test_a_full_cache_disk_is_not_an_integrity_error(base: str, tmp_path: Path, small_disk: Path) -> None:
     pkg = package(tmp_path / "pkg", size=4 << 20)
-    done = run(
-        "build",
-        "--base-image",
-        base,
-        "--output",
-        f"oci:{tmp_path / 'out'}",
-        str(pkg),
-        env={"IMAGESMITH_CACHE_DIR": str(small_disk)},
-    )
-    assert done.returncode == 6, done.stderr
-    line = one_line(done)
+    done = build_layout(base, tmp_path, pkg, cache=small_disk)
+    line = one_line(done, 6)
     assert f"cannot write {small_disk}/" in line and "No space left on device" in line
     assert "IMAGESMITH_CACHE_DIR" in line
     assert [p for p in small_disk.rglob("*") if p.is_file()] == []  # nothing half-written is kept
@@ -161,8 +164,7 @@ def test_pulling_onto_a_full_disk_is_not_an_integrity_error(tmp_path: Path, smal
         str(small_disk / "root"),
         env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
     )
-    assert done.returncode == 6, done.stderr
-    line = one_line(done)
+    line = one_line(done, 6)
     assert "member 'data'" in line and "No space left on device" in line and "left as it was" in line
     assert list(small_disk.iterdir()) == []
 
@@ -176,18 +178,8 @@ def test_an_unreadable_directory_in_a_package(base: str, tmp_path: Path) -> None
     locked = pkg.parent / "content" / "share"
     locked.mkdir()
     locked.chmod(0)
-    done = run(
-        "build",
-        "--base-image",
-        base,
-        "--output",
-        f"oci:{tmp_path / 'out'}",
-        str(pkg),
-        unprivileged=True,
-        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
-    )
-    assert done.returncode == 5
-    assert one_line(done) == (
+    done = build_layout(base, tmp_path, pkg, unprivileged=True, cache=tmp_path / "cache")
+    assert one_line(done, 5) == (
         f"imagesmith: error: cannot read {locked}: Permission denied; make the package readable (and its "
         "directories searchable) by the user running imagesmith"
     )
@@ -197,11 +189,8 @@ def test_an_unreadable_directory_in_a_package(base: str, tmp_path: Path) -> None
 def test_a_package_below_an_unsearchable_directory(base: str, tmp_path: Path) -> None:
     pkg = package(tmp_path / "pkg")
     pkg.parent.chmod(0)
-    done = run(
-        "build", "--base-image", base, "--output", f"oci:{tmp_path / 'out'}", str(pkg), unprivileged=True
-    )
-    assert done.returncode == 5
-    assert one_line(done) == (
+    done = build_layout(base, tmp_path, pkg, unprivileged=True)
+    assert one_line(done, 5) == (
         f"imagesmith: error: cannot access {pkg}: Permission denied; check the permissions of the "
         "directories above it"
     )
@@ -214,13 +203,11 @@ def test_an_unsearchable_parent_of_rootfs(base: str, tmp_path: Path) -> None:
     parent.chmod(0)
     target = parent / "child" / "root"
     done = run("pull", base, "--rootfs", str(target), unprivileged=True)
-    assert done.returncode == 5
-    assert one_line(done) == (
+    assert one_line(done, 5) == (
         f"imagesmith: error: cannot access {target}: Permission denied; check the permissions of the "
         "directories above it"
     )
     # import reads a root filesystem: the same for one below a directory it cannot search
     done = run("import", str(parent / "child"), "--output", f"oci:{tmp_path / 'x'}", unprivileged=True)
-    assert done.returncode == 5
-    line = one_line(done)
+    line = one_line(done, 5)
     assert line.startswith(f"imagesmith: error: cannot access {parent / 'child'}: Permission denied")

@@ -248,24 +248,25 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
         load_package(tmp_path / "missing.json")
     with pytest.raises(PackageError, match=r"unknown type '\.yaml'; use \.json or \.toml"):
         load_package(tmp_path / "a.yaml")
-    (tmp_path / "bad.json").write_text('{"name": ')
-    with pytest.raises(PackageError, match=r"bad\.json: invalid JSON"):
-        load_package(tmp_path / "bad.json")
-    (tmp_path / "dup.json").write_text('{"name": "a", "name": "b"}')
-    with pytest.raises(PackageError, match=r"dup\.json: invalid JSON: duplicate key 'name'"):
-        load_package(tmp_path / "dup.json")
-    (tmp_path / "bad.toml").write_text('name = "a\n')
-    with pytest.raises(PackageError, match=r"bad\.toml: invalid TOML"):
-        load_package(tmp_path / "bad.toml")
-    (tmp_path / "list.json").write_text("[]")
-    with pytest.raises(PackageError, match=r"list\.json: the top level must be an object"):
-        load_package(tmp_path / "list.json")
-    (tmp_path / "latin.json").write_bytes(b'{"name": "\xe9"}')
-    with pytest.raises(PackageError, match=r"latin\.json: not UTF-8"):
-        load_package(tmp_path / "latin.json")
     (tmp_path / "dir.json").mkdir()
     with pytest.raises(PackageError, match=r"cannot read package file .*dir\.json"):
         load_package(tmp_path / "dir.json")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("bad.json", b'{"name": ', r"bad\.json: invalid JSON"),
+        ("dup.json", b'{"name": "a", "name": "b"}', r"dup\.json: invalid JSON: duplicate key 'name'"),
+        ("bad.toml", b'name = "a\n', r"bad\.toml: invalid TOML"),
+        ("list.json", b"[]", r"list\.json: the top level must be an object"),
+        ("latin.json", b'{"name": "\xe9"}', r"latin\.json: not UTF-8"),
+    ],
+)
+def test_malformed_files(tmp_path: Path, name: str, data: bytes, message: str) -> None:
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(PackageError, match=message):
+        load_package(tmp_path / name)
 
 
 def test_spack_spec_json_is_recognised(tmp_path: Path) -> None:

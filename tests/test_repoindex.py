@@ -564,22 +564,25 @@ def _spack_index(client: RegistryClient, repo: str, database: bytes) -> str:
     return str(client.put_manifest(repo, SPACK_INDEX_TAG, manifest.to_bytes(), mt.OCI_MANIFEST))
 
 
-def _mirror(client: RegistryClient, stack: dict[str, Any], repo: str) -> None:
-    """``repo`` holding the stack's hello image (blobs mounted from the stack's repository)."""
+def _mirror(
+    pool: RegistryPool, registry: DistributionRegistry, stack: dict[str, Any], repo: str
+) -> tuple[RegistryClient, Reference]:
+    """``repo`` holding the stack's hello image (blobs mounted from the stack's repository):
+    the registry's client and the repository."""
+    client = _client(pool, registry)
     got = client.get_manifest("indexed", stack["hello"]["tag"])
     manifest = Manifest.from_json(json.loads(got.data), got.media_type)
     for blob in (manifest.config, *manifest.layers):
         assert client.mount_blob(repo, blob.digest, "indexed")
     client.put_manifest(repo, stack["hello"]["tag"], got.data, got.media_type)
+    return client, parse_repository(f"{registry.host}/{repo}")
 
 
 @pytest.mark.integration
 def test_index_spack_holds_only_what_spack_reads(
     stack: dict[str, Any], registry: DistributionRegistry, pool: RegistryPool
 ) -> None:
-    client = _client(pool, registry)
-    _mirror(client, stack, "nospack")
-    repository = parse_repository(f"{registry.host}/nospack")
+    _, repository = _mirror(pool, registry, stack, "nospack")
     # No Spack image: no index.spack, ever.
     done = update_index(pool, repository)
     assert (done.spack_database, done.spack_digest) == (None, None)
@@ -593,9 +596,7 @@ def test_index_spack_holds_only_what_spack_reads(
 def test_spack_database_is_replaced_anything_else_only_by_force(
     stack: dict[str, Any], registry: DistributionRegistry, pool: RegistryPool
 ) -> None:
-    client = _client(pool, registry)
-    _mirror(client, stack, "spackmirror")
-    repository = parse_repository(f"{registry.host}/spackmirror")
+    client, repository = _mirror(pool, registry, stack, "spackmirror")
     # Spack's own (empty) database is Spack's: replaced, and kept (the repository had one).
     _spack_index(client, "spackmirror", b'{"database":{"version":"7","installs":{}}}')
     done = update_index(pool, repository)

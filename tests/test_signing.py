@@ -158,15 +158,8 @@ def test_podman_and_skopeo_accept_the_signed_image_and_refuse_the_others(
     flags: tuple[str, ...] = signed_setup["flags"]  # type: ignore[assignment]
     images: dict[str, str] = signed_setup["images"]  # type: ignore[assignment]
     registry: DistributionRegistry = signed_setup["registry"]  # type: ignore[assignment]
-    out = ok(
-        *flags,
-        "--debug",
-        "sign",
-        "--key",
-        str(root / "a.key"),
-        images["signed"],
-        env={KEY_PASSWORD_ENV: PASSWORD},
-    )
+    sign_a = ("--debug", "sign", "--key", str(root / "a.key"), images["signed"])
+    out = ok(*flags, *sign_a, env={KEY_PASSWORD_ENV: PASSWORD})
     assert f"Signed {images['signed']}" in out and ".sig" in out
     ok(*flags, "sign", "--key", str(root / "b.key"), images["other"])
     # The same signature twice is one layer, not two.
@@ -235,26 +228,11 @@ def test_signing_bad_input_is_one_line_with_the_right_exit_code(signed_setup: di
     env = {k: v for k, v in os.environ.items() if k != KEY_PASSWORD_ENV}
     code, _, err = cli(*flags, "sign", "--key", str(root / "a.key"), images["signed"], env=env)
     assert code == 2 and KEY_PASSWORD_ENV in err
-    code, _, err = cli(
-        *flags,
-        "--debug",
-        "sign",
-        "--key",
-        str(root / "a.key"),
-        images["signed"],
-        env={KEY_PASSWORD_ENV: "wrong"},
-    )
+    sign_a = ("--debug", "sign", "--key", str(root / "a.key"), images["signed"])
+    code, _, err = cli(*flags, *sign_a, env={KEY_PASSWORD_ENV: "wrong"})
     assert code == 2 and "wrong password" in err and "wrong" not in err.replace("wrong password", "")
     # Neither the key nor its password is ever printed, even with --debug.
-    code, out, err = cli(
-        *flags,
-        "--debug",
-        "sign",
-        "--key",
-        str(root / "a.key"),
-        images["signed"],
-        env={KEY_PASSWORD_ENV: PASSWORD},
-    )
+    code, out, err = cli(*flags, *sign_a, env={KEY_PASSWORD_ENV: PASSWORD})
     body = (root / "a.key").read_text().splitlines()[1]
     assert code == 0 and PASSWORD not in out + err and body not in out + err
     from cli_support import HELLO

@@ -56,6 +56,20 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
     return path
 
 
+def package_of(tmp_path: Path, content: str) -> Path:
+    """``tmp_path/p.json``: package p 1 at /opt/p with ``content``."""
+    package = tmp_path / "p.json"
+    package.write_text(json.dumps({"name": "p", "version": "1", "prefix": "/opt/p", "content": content}))
+    return package
+
+
+def build_layout(tmp_path: Path, base: str, package: Path) -> tuple[int, str, str]:
+    """``imagesmith build`` of ``package`` into the layout ``tmp_path/out``."""
+    output = f"oci:{tmp_path / 'out'}"
+    env = {"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")}
+    return cli("build", "--base-image", base, "--output", output, str(package), env=env)
+
+
 @pytest.fixture
 def base(tmp_path: Path) -> str:
     ok(
@@ -88,17 +102,7 @@ def test_import_refuses_a_tarball_without_files(tmp_path: Path, name: str) -> No
 def test_build_refuses_package_content_without_files(tmp_path: Path, base: str, name: str) -> None:
     data, message = CASES[name]
     content = _write(tmp_path, name, data)
-    package = tmp_path / "p.json"
-    package.write_text(json.dumps({"name": "p", "version": "1", "prefix": "/opt/p", "content": name}))
-    code, out, err = cli(
-        "build",
-        "--base-image",
-        base,
-        "--output",
-        f"oci:{tmp_path / 'out'}",
-        str(package),
-        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
-    )
+    code, out, err = build_layout(tmp_path, base, package_of(tmp_path, name))
     assert code == 1 and out == "" and err.count("\n") == 1, err
     assert err.startswith(f"imagesmith: error: {content}") and message in err
     assert not (tmp_path / "out").exists()
@@ -107,16 +111,5 @@ def test_build_refuses_package_content_without_files(tmp_path: Path, base: str, 
 def test_a_tarball_with_files_is_taken(tmp_path: Path, base: str) -> None:
     """The control: the same commands take the intact tarball."""
     _write(tmp_path, "good.tar.gz", gzip.compress(GOOD, mtime=0))
-    package = tmp_path / "p.json"
-    package.write_text(
-        json.dumps({"name": "p", "version": "1", "prefix": "/opt/p", "content": "good.tar.gz"})
-    )
-    ok(
-        "build",
-        "--base-image",
-        base,
-        "--output",
-        f"oci:{tmp_path / 'out'}",
-        str(package),
-        env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
-    )
+    code, _, err = build_layout(tmp_path, base, package_of(tmp_path, "good.tar.gz"))
+    assert code == 0, err
