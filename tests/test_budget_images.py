@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_support import build_argv, cli, ok
@@ -33,11 +34,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
 
 def build_each(
     registry: DistributionRegistry, base: str, repo: str, files: list[Path], *args: str
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     """``build --each --max-layers BUDGET --json FILES`` into ``HOST/REPO``: the results."""
     budget = ("--repo", f"{registry.host}/{repo}", "--max-layers", str(BUDGET), "--json")
     out = ok(*build_argv(registry.host, base, "--each", *args, *budget, *map(str, files)))
-    results: list[dict[str, object]] = json.loads(out)
+    results: list[dict[str, Any]] = json.loads(out)
     return results
 
 
