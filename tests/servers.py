@@ -239,9 +239,9 @@ class Service:
     """What the test servers share: a work directory (``workdir``, else a new temporary one
     that ``stop`` removes), and ``with``, which starts the service and always stops it."""
 
-    def __init__(self, workdir: Path | str | None, prefix: str) -> None:
+    def __init__(self, workdir: Path | str | None, prefix: str, parent: Path | None = None) -> None:
         self._owns_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix, dir=parent))
         self.workdir.mkdir(parents=True, exist_ok=True)
 
     def start(self: S) -> S:
@@ -619,13 +619,18 @@ class Podman(Service):
     """
 
     def __init__(
-        self, workdir: Path | str | None = None, *, binary: str = PODMAN_BIN, storage_driver: str = "vfs"
+        self,
+        workdir: Path | str | None = None,
+        *,
+        binary: str = PODMAN_BIN,
+        storage_driver: str = "vfs",
+        parent: Path | None = None,
     ) -> None:
         self.binary = binary
         # vfs works everywhere but copies every layer whole; "overlay" stacks layers with the
         # kernel's overlayfs, as production runtimes do (see overlay_available()).
         self.storage_driver = storage_driver
-        super().__init__(workdir, "imagesmith-podman-")
+        super().__init__(workdir, "imagesmith-podman-", parent)  # without workdir: a new one in parent
         self.insecure_registries: list[str] = []
         self._service: subprocess.Popen[bytes] | None = None
         d = self.workdir
@@ -782,10 +787,11 @@ class Podman(Service):
             subprocess.run(["umount", "-l", m], capture_output=True, check=False)
 
 
-def overlay_available() -> bool:
-    """Whether this machine can mount overlayfs (as root, natively): podman's overlay driver
-    needs it. Tried once with a throwaway mount."""
-    with tempfile.TemporaryDirectory(prefix="imagesmith-overlay-") as tmp:
+def overlay_available(parent: Path | None = None) -> bool:
+    """Whether this machine can mount overlayfs (as root, natively) with its layers in
+    ``parent`` (default: the temporary directory): podman's overlay driver needs it. Tried once
+    with a throwaway mount."""
+    with tempfile.TemporaryDirectory(prefix="imagesmith-overlay-", dir=parent) as tmp:
         dirs = {name: Path(tmp, name) for name in ("lower", "upper", "work", "merged")}
         for d in dirs.values():
             d.mkdir()

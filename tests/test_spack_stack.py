@@ -18,10 +18,13 @@ instance (tests/.data locally), which is reused: the scripts are rewritten ident
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_support import build_argv, ok
@@ -151,26 +154,30 @@ def test_each_package_of_the_large_dag_is_an_image_that_runs(
             sizes[layer["digest"]] = layer["size"]
     grouped = {layer["digest"] for r in results for layer in r["layers"] if len(layer["packages"]) > 1}
     assert grouped, "r-tidyverse's 196 dependencies cannot have a layer each"
-
-    # The same stack without a budget (what imagesmith pushed before): every package a layer.
-    unbounded = json.loads(ok(*common, "--repo", f"{registry.host}/tidy-unbounded", "--max-layers", "100000"))
-    unbounded_sizes = {layer["digest"]: layer["size"] for r in unbounded for layer in r["layers"]}
+    # Without a budget every package is a layer (what imagesmith pushed before): too many.
+    unbounded = max(1 + sum(len(layer["packages"]) for layer in r["layers"]) for r in results)
+    assert unbounded > 125, "the stack must go over the budget"
     figures = {
         "images": len(results),
         "packages": len(packages),
         "largest_image_layers": max(counts),
-        "largest_image_layers_without_budget": max(1 + len(r["layers"]) for r in unbounded),
+        "largest_image_layers_without_budget": unbounded,
         "group_layers": len(grouped),
         "layers_shared_by_several_images": sum(1 for n in uses.values() if n > 1),
         "distinct_layers": len(uses),
         "bytes_pushed": sum(sizes.values()),
-        "bytes_pushed_without_grouping": sum(unbounded_sizes.values()),
         "build_seconds": round(build_seconds, 1),
     }
     print("\nlarge DAG:", json.dumps(figures))
 
     started = time.monotonic()
-    for r in results:
+    # One podman pulls them all (it keeps its storage open while it stores the layers), then
+    # three containers run at a time: container start-up is mostly waiting.
+    pulled = podman_overlay.podman("pull", "-q", *(r["reference"] for r in results), timeout=3000)
+    assert pulled.returncode == 0, pulled.stderr
+    pulled_seconds = time.monotonic() - started
+
+    def first_on_path(r: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         name = r["layers"][-1]["package"]
         # The first NAME on PATH (busybox's `command -v` prefers its own applets: bzip2, xz...),
         # then any PATH entry given twice.
@@ -178,11 +185,16 @@ def test_each_package_of_the_large_dag_is_an_image_that_runs(
             f'for d in $(echo "$PATH" | tr : " "); do [ -x "$d/{name}" ] && echo "$d/{name}" && break; done; '
             'echo "$PATH" | tr : "\\n" | sort | uniq -d'
         )
-        ran = podman_overlay.podman("run", "--rm", r["reference"], "sh", "-c", check)
+        return podman_overlay.podman("run", "--rm", "--pull", "never", r["reference"], "sh", "-c", check)
+
+    with ThreadPoolExecutor(3) as runners:
+        runs = list(runners.map(first_on_path, results))
+    for r, ran in zip(results, runs, strict=True):
         assert ran.returncode == 0, (r["reference"], ran.stderr)
         found, *duplicates = ran.stdout.splitlines()
+        name = r["layers"][-1]["package"]
         assert found.endswith(f"-{r['layers'][-1]['hash']}/bin/{name}") and not duplicates, ran.stdout
-    print(f"ran {len(results)} images in {time.monotonic() - started:.0f} s")
+    print(f"ran {len(results)} images in {time.monotonic() - started:.0f} s ({pulled_seconds:.0f} s pulling)")
     # The root image reaches the program of its deepest dependency through PATH.
     tidyverse = next(r for r in results if r["layers"][-1]["package"] == "r-tidyverse")
     script = f"r-tidyverse && {deep_name}"
