@@ -206,6 +206,11 @@ def test_ctrl_c_while_a_built_layer_is_pushed(
     assert head.status_code == 404
 
 
+def captured(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with ``env``, its output captured as text, whatever its exit status."""
+    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+
+
 def test_plain_progress_lines_without_a_terminal(
     registry: DistributionRegistry, base: str, tmp_path: Path
 ) -> None:
@@ -214,13 +219,7 @@ def test_plain_progress_lines_without_a_terminal(
     env = {**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp_path / "cache"), "IMAGESMITH_PROGRESS_INTERVAL": "0"}
     env.pop("IMAGESMITH_PROGRESS", None)  # the default: plain lines without a terminal
     flags = [sys.executable, "-m", "imagesmith", "--insecure-registry", registry.host]
-    built = subprocess.run(
-        [*flags, "build", "--base-image", base, "--tag", target, str(package)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    built = captured([*flags, "build", "--base-image", base, "--tag", target, str(package)], env)
     assert built.returncode == 0, built.stderr
     print(f"\n--- build, stderr without a terminal ---\n{built.stderr}")
     assert "\x1b" not in built.stderr and "\r" not in built.stderr
@@ -237,13 +236,7 @@ def test_plain_progress_lines_without_a_terminal(
 
     # Download and unpack report the same way (a fresh cache: every layer is fetched).
     env["IMAGESMITH_CACHE_DIR"] = str(tmp_path / "cache2")
-    pulled = subprocess.run(
-        [*flags, "pull", target, "--rootfs", str(tmp_path / "rootfs")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    pulled = captured([*flags, "pull", target, "--rootfs", str(tmp_path / "rootfs")], env)
     assert pulled.returncode == 0, pulled.stderr
     print(f"--- pull, stderr without a terminal ---\n{pulled.stderr}")
     err = pulled.stderr.splitlines()

@@ -206,13 +206,8 @@ def test_a_directory_the_user_cannot_read_is_one_clear_line(shared_dir: Path, mo
     base = shared_dir / "rootfs"
     (base / "etc").mkdir(parents=True)
     (base / "etc" / "hostname").write_text("x\n")
-    ok(
-        "import",
-        str(base),
-        "--output",
-        f"oci:{shared_dir / 'base'}:1",
-        env={"IMAGESMITH_CACHE_DIR": str(shared_dir / "root-cache")},
-    )
+    cache = {"IMAGESMITH_CACHE_DIR": str(shared_dir / "root-cache")}
+    ok("import", str(base), "--output", f"oci:{shared_dir / 'base'}:1", env=cache)
     content = shared_dir / "pkg" / "content"
     (content / "secret").mkdir(parents=True)
     (content / "secret" / "file").write_text("x")

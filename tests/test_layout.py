@@ -446,13 +446,8 @@ def test_the_next_write_removes_a_killed_writers_temp_file_but_never_a_live_one(
         rootfs = tmp_path / "rootfs"
         (rootfs / "etc").mkdir(parents=True)
         (rootfs / "etc" / "hostname").write_text("x\n")
-        ok(
-            "import",
-            str(rootfs),
-            "--output",
-            f"oci:{layout.root}:next",
-            env={"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")},
-        )
+        cache = {"IMAGESMITH_CACHE_DIR": str(tmp_path / "cache")}
+        ok("import", str(rootfs), "--output", f"oci:{layout.root}:next", env=cache)
         assert not dead.exists()
         assert live_file.exists()  # its writer is alive: never touched
     finally:

@@ -49,6 +49,14 @@ def logged_in(
     return opts if retries is None else replace(opts, retries=retries)
 
 
+def as_the_user(
+    registry: DistributionRegistry, tmp_path: Path, users: dict[str, str]
+) -> tuple[str, RegistryOptions]:
+    """The one user of ``users`` (BASIC_USERS, TOKEN_USERS) and ``logged_in`` options for it."""
+    [(user, password)] = users.items()
+    return user, logged_in(registry, tmp_path, user, password)
+
+
 @dataclass(frozen=True)
 class Pushed:
     manifest: bytes
@@ -230,8 +238,7 @@ def test_basic_auth_wrong_password(basic_registry: DistributionRegistry, tmp_pat
 def test_bearer_push_caches_tokens(
     token_issuer: TokenIssuer, token_registry: DistributionRegistry, tmp_path: Path
 ) -> None:
-    [(user, password)] = TOKEN_USERS.items()
-    opts = logged_in(token_registry, tmp_path, user, password)
+    user, opts = as_the_user(token_registry, tmp_path, TOKEN_USERS)
     repo = unique("bearer")
     token_issuer.reset()
     with RegistryPool(opts) as pool:
@@ -260,8 +267,7 @@ def test_bearer_push_caches_tokens(
 def test_bearer_anonymous_pull_but_push_denied(
     token_issuer: TokenIssuer, token_registry: DistributionRegistry, tmp_path: Path
 ) -> None:
-    [(user, password)] = TOKEN_USERS.items()
-    opts = logged_in(token_registry, tmp_path, user, password)
+    _, opts = as_the_user(token_registry, tmp_path, TOKEN_USERS)
     repo = unique("bearer-anon")
     with RegistryClient(token_registry.host, opts) as owner:
         pushed = push_image(owner, repo, "v1", tmp_path)
