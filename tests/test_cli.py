@@ -21,6 +21,10 @@ class Tty(io.StringIO):
         return True
 
 
+# `makefile` for the example stack on a base and a repository nothing contacts.
+MAKEFILE = ("makefile", "--base-image", "127.0.0.1:5000/b:1", "--repo", "127.0.0.1:5000/stack")
+
+
 def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     return main(list(argv), stdout=out, stderr=err), out.getvalue(), err.getvalue()
@@ -192,16 +196,7 @@ def test_makefile_command_writes_a_runnable_makefile(tmp_path: Path) -> None:
     shutil.copytree(Path(__file__).resolve().parent.parent / "examples" / "stack", stack)
     target = tmp_path / "Makefile"
     code, out, err = run(
-        "--insecure-registry",
-        "127.0.0.1:5000",
-        "makefile",
-        "--base-image",
-        "127.0.0.1:5000/b:1",
-        "--repo",
-        "127.0.0.1:5000/stack",
-        "-o",
-        str(target),
-        str(stack / "hello.json"),
+        "--insecure-registry", "127.0.0.1:5000", *MAKEFILE, "-o", str(target), str(stack / "hello.json")
     )
     assert code == 0 and out == "", err
     text = target.read_text()
@@ -220,20 +215,9 @@ def test_makefile_records_the_authfile_path_and_never_a_credential(tmp_path: Pat
     auth = tmp_path / "auth.json"
     auth.write_text('{"auths": {}}')
     target = tmp_path / "Makefile"
-    code, _out, err = cli(
-        "--authfile",
-        str(auth),
-        "--creds",
-        "robot:s3cr3t-token",
-        "makefile",
-        "--base-image",
-        "127.0.0.1:5000/b:1",
-        "--repo",
-        "127.0.0.1:5000/stack",
-        "-o",
-        str(target),
-        str(Path(__file__).resolve().parent.parent / "examples" / "stack" / "hello.json"),
-    )
+    hello = str(Path(__file__).resolve().parent.parent / "examples" / "stack" / "hello.json")
+    credentials = ("--authfile", str(auth), "--creds", "robot:s3cr3t-token")
+    code, _out, err = cli(*credentials, *MAKEFILE, "-o", str(target), hello)
     assert code == 0, err
     text = target.read_text()
     assert f"\nIMAGESMITH_FLAGS ?= --authfile {auth}\n" in text
