@@ -5,7 +5,8 @@ place (at most ten times a second): one line per layer being archived, uploaded,
 or unpacked (bytes done of the total, percentage, rate, time left), and an overall line.
 Without a terminal (CI logs): the same finished-step lines, and for a step that takes long
 one plain line every ``interval`` seconds (``IMAGESMITH_PROGRESS_INTERVAL``, default 3; 0
-reports every MiB); no escape sequences. ``quiet``: nothing. ``IMAGESMITH_PROGRESS`` chooses
+reports every MiB), also while no byte moves (a stalled upload says for how long); no escape
+sequences. ``quiet``: nothing. ``IMAGESMITH_PROGRESS`` chooses
 for the CLI: ``auto`` (the default: live on a terminal, plain otherwise), ``plain``, ``none``.
 
 Only the standard library, so ``imagesmith --version`` pays nothing for it.
@@ -82,6 +83,7 @@ class _Task:
     total: int = 0
     rate: _Rate = field(default_factory=_Rate)
     last_line: float = 0.0  # when a plain line last reported it
+    moved: float = 0.0  # when its bytes last moved
 
     @property
     def finished(self) -> bool:
@@ -153,6 +155,10 @@ class ProgressView:
         self._drawn = 0  # lines of the live block on screen
         self._last_draw = 0.0
         self._lock = threading.Lock()
+        # Plain mode: a step whose bytes stop moving still gets its line every interval, from
+        # a daemon thread started with the first step and stopped by close().
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     @classmethod
     def for_cli(cls, stream: TextIO, *, quiet: bool = False) -> ProgressView:
@@ -191,9 +197,23 @@ class ProgressView:
 
     def close(self) -> None:
         """Erase the live block (the work ended or was interrupted)."""
+        self._stop.set()
         with self._lock:
             self._tasks.clear()
             self._erase_block()
+
+    def _tick(self) -> None:
+        """Plain lines for the steps no event has reported for an interval."""
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                now = self._clock()
+                for task in list(self._tasks.values()):
+                    if now - task.last_line >= self.interval:
+                        task.last_line = now
+                        self._print(self._plain(task, now))
+                if not self._tasks:
+                    self._ticker = None  # the next step starts another
+                    return
 
     def _erase_block(self) -> None:
         if self.live and self._drawn:
@@ -206,7 +226,12 @@ class ProgressView:
         key = (event.kind, event.subject)
         task = self._tasks.get(key)
         if task is None:
-            task = self._tasks[key] = _Task(event.kind, event.subject, now, last_line=now)
+            task = self._tasks[key] = _Task(event.kind, event.subject, now, last_line=now, moved=now)
+            if not self.live and self.interval > 0 and self._ticker is None and not self._stop.is_set():
+                self._ticker = threading.Thread(target=self._tick, name="imagesmith-progress", daemon=True)
+                self._ticker.start()
+        if event.size > task.done:
+            task.moved = now
         task.done = max(task.done, event.size)
         task.total = event.total or task.total
         task.rate.add(now, task.done)
@@ -307,4 +332,6 @@ class ProgressView:
             if task.total and task.done < task.total:
                 parts.append(f"ETA {human_duration((task.total - task.done) / rate)}")
         parts.append(f"{human_duration(now - task.started)} so far")
+        if now - task.moved >= self.interval > 0:
+            parts.append(f"no bytes for {human_duration(now - task.moved)}")
         return f"  {self.VERBS[task.kind]:<16} {_short(task.subject)}: " + ", ".join(parts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,25 @@ def test_plain_lines_every_interval_with_rate_and_eta() -> None:
         "  uploaded         sha256:cccccccccccc (100.0 MB)",
     ]
     assert "\x1b" not in out.getvalue()
+
+
+def test_a_stalled_step_still_gets_its_plain_line() -> None:
+    """In a CI log, an upload whose bytes stop moving is not silent: its line comes every
+    interval anyway, saying for how long nothing moved; close() ends the ticking."""
+    out = io.StringIO()
+    view = ProgressView(out, live=False, interval=0.1)
+    view(ProgressEvent("upload-progress", "sha256:" + "d" * 64, 1 * MB, total=10 * MB))
+    deadline = time.monotonic() + 10
+    while "no bytes for" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert re.search(
+        r"uploading +sha256:dddddddddddd: 1\.0 MB of 10\.0 MB \(10%\), .*no bytes for", out.getvalue()
+    )
+    view.close()
+    time.sleep(0.3)
+    settled = out.getvalue()
+    time.sleep(0.3)
+    assert out.getvalue() == settled
 
 
 def test_live_block_per_layer_and_overall() -> None:
