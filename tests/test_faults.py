@@ -332,12 +332,11 @@ def test_push_killed_mid_upload_then_rerun(
     assert verify_direct(registry, "faults/kill", "v1")
 
 
-def test_a_second_ctrl_c_during_clean_up_exits_at_once(
-    registry: DistributionRegistry, proxy: FaultProxy, base: str, tmp_path: Path
-) -> None:
-    """The first Ctrl-C cancels the upload session (a DELETE); a registry that never answers it
-    would hold the clean-up for the whole timeout. A second Ctrl-C then exits at once: one
-    line, exit 130, no traceback."""
+def _interrupted_push(
+    registry: DistributionRegistry, proxy: FaultProxy, base: str, tmp_path: Path, tag: str
+) -> subprocess.Popen[str]:
+    """A push through a registry whose cancelling DELETE never answers, sent one Ctrl-C while
+    its layer uploads; returned once the DELETE is under way."""
     content = tmp_path / "big" / "data"
     content.mkdir(parents=True)
     (content / "random.bin").write_bytes(os.urandom(48 * MIB))
@@ -347,18 +346,45 @@ def test_a_second_ctrl_c_during_clean_up_exits_at_once(
     env = {**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp_path / "cache"), "IMAGESMITH_PROGRESS": "none"}
     command = [sys.executable, "-m", "imagesmith", "--insecure-registry", proxy.host]
     command += ["build", "--base-image", base.replace(registry.host, proxy.host)]
-    command += ["--tag", f"{proxy.host}/faults/twice:1", str(package)]
+    command += ["--tag", f"{proxy.host}/faults/{tag}:1", str(package)]
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not proxy.count("PATCH", r"/blobs/uploads/") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proxy.count("PATCH", r"/blobs/uploads/"), f"the layer upload never started: {proc.poll()}"
+    proc.send_signal(signal.SIGINT)
+    while not proxy.count("DELETE", r"/blobs/uploads/") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proxy.count("DELETE", r"/blobs/uploads/"), "the Ctrl-C cancelled no upload session"
+    return proc
+
+
+def test_clean_up_after_ctrl_c_waits_seconds_not_the_timeout(
+    registry: DistributionRegistry, proxy: FaultProxy, base: str, tmp_path: Path
+) -> None:
+    """After Ctrl-C only clean-up runs, with a short timeout of its own: a registry that never
+    answers the DELETE holds the exit about 3 s, not the 30 s request timeout."""
+    proc = _interrupted_push(registry, proxy, base, tmp_path, "once")
+    sent = time.monotonic()
     try:
-        deadline = time.monotonic() + 60
-        while not proxy.count("PATCH", r"/blobs/uploads/") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert proxy.count("PATCH", r"/blobs/uploads/"), f"the layer upload never started: {proc.poll()}"
-        proc.send_signal(signal.SIGINT)
-        while not proxy.count("DELETE", r"/blobs/uploads/") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert proxy.count("DELETE", r"/blobs/uploads/"), "the first Ctrl-C cancelled no upload session"
-        sent = time.monotonic()
+        code = proc.wait(timeout=20)
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert code == 130 and stderr.strip().splitlines()[-1] == "imagesmith: interrupted", stderr
+    assert waited < 10, f"exited {waited:.1f} s after the DELETE started"
+    assert not verify_direct(registry, "faults/once", "1")
+
+
+def test_a_second_ctrl_c_during_clean_up_exits_at_once(
+    registry: DistributionRegistry, proxy: FaultProxy, base: str, tmp_path: Path
+) -> None:
+    """A second Ctrl-C while the clean-up waits exits at once: one line, exit 130, no
+    traceback."""
+    proc = _interrupted_push(registry, proxy, base, tmp_path, "twice")
+    sent = time.monotonic()
+    try:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=10)
         waited = time.monotonic() - sent
@@ -366,6 +392,6 @@ def test_a_second_ctrl_c_during_clean_up_exits_at_once(
         proc.kill()
         _, stderr = proc.communicate()
     assert code == 130, stderr
-    assert waited < 5, f"exited {waited:.1f} s after the second Ctrl-C"
+    assert waited < 2.5, f"exited {waited:.1f} s after the second Ctrl-C"
     assert "interrupted again: exiting without cleaning up" in stderr and "Traceback" not in stderr, stderr
     assert not verify_direct(registry, "faults/twice", "1")

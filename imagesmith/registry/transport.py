@@ -71,6 +71,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("imagesmith.http")
+# Seconds a clean-up request (after Ctrl-C) may wait for the registry.
+CLEANUP_TIMEOUT = 3.0
 
 # verify=False is only ever used for hosts registries.conf calls insecure, on purpose: the
 # warning urllib3 prints for each such request would be noise (warnings.catch_warnings is not
@@ -682,6 +684,11 @@ class Transport:
             self._prepare_host(netloc)
             # registries.conf's insecure = true: TLS without certificate checks, as podman.
             verify = not self.options.conf_insecure(netloc)
+        timeout = self.options.timeout
+        if cancel.interrupted():
+            # Only clean-up runs now (a DELETE of an upload session): a registry that does
+            # not answer must not hold Ctrl-C for the whole timeout.
+            timeout = min(timeout, CLEANUP_TIMEOUT)
         try:
             resp = self.session.request(
                 method,
@@ -689,7 +696,7 @@ class Transport:
                 headers=dict(headers),
                 data=data,
                 stream=True,
-                timeout=(self.options.timeout, self.options.timeout),
+                timeout=(timeout, timeout),
                 allow_redirects=False,
                 proxies=proxies,
                 verify=verify,
