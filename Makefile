@@ -166,6 +166,7 @@ bench: system-deps bench-deps venv
 	$(BIN)/python tests/bench_closure.py .bench/closure.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_stages.py .bench/stages.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_layers.py .bench/layers.json
+	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_pull.py .bench/pull.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_spack.py .bench/spack.json
 
 docs:
