@@ -259,25 +259,29 @@ class Failed(Exception):
 
 def timed(
     cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
-) -> tuple[float, int, str]:
-    """Run ``cmd``; returns (seconds, peak RSS in KiB of its largest process, stdout)."""
+) -> tuple[float, int, str, float]:
+    """Run ``cmd``; returns (seconds, peak RSS in KiB of its largest process, stdout, CPU
+    seconds: user + sys of the command and its children)."""
     rss_file = None
     full = cmd
     if os.path.exists(GNU_TIME):
         fd, rss_file = tempfile.mkstemp(prefix="bench-rss-")
         os.close(fd)
-        full = [GNU_TIME, "-f", "%M", "-o", rss_file, *cmd]
+        full = [GNU_TIME, "-f", "%M %U %S", "-o", rss_file, *cmd]
     start = time.perf_counter()
     done = subprocess.run(full, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     rss = 0
+    cpu = 0.0
     if rss_file:
         text = Path(rss_file).read_text().strip().splitlines()
         os.unlink(rss_file)
-        rss = int(text[-1]) if text and text[-1].isdigit() else 0
+        fields = text[-1].split() if text else []
+        if len(fields) == 3 and fields[0].isdigit():
+            rss, cpu = int(fields[0]), float(fields[1]) + float(fields[2])
     if done.returncode != 0:
         raise Failed(f"{' '.join(cmd[:4])}... exit {done.returncode}:\n{done.stderr[-1500:]}")
-    return elapsed, rss, done.stdout
+    return elapsed, rss, done.stdout, cpu
 
 
 class Job:
@@ -285,12 +289,14 @@ class Job:
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.cpu = 0.0
         self.rss = 0
         self.out = ""
 
     def run(self, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
-        s, r, out = timed(cmd, env, cwd)
+        s, r, out, cpu = timed(cmd, env, cwd)
         self.seconds += s
+        self.cpu += cpu
         self.rss = max(self.rss, r)
         self.out = out
         return out
@@ -538,6 +544,9 @@ def main() -> int:
                     "warm_runs": [round(x, 2) for x in t.get("warm", [])],
                     "peak_rss_mib": round(max(t.get("cold_rss", [0]) + t.get("warm_rss", [0]))),
                     "cold_input_mib_per_s": round(size / MiB / cold, 1),
+                    # user + sys of the job's processes (the client's, not the registry's)
+                    "cold_cpu_s": round(median(t.get("cold_cpu", [])), 2),
+                    "cold_cpu_s_per_gib": round(median(t.get("cold_cpu", [])) / (size / 2**30), 2),
                     "cold_vs_imagesmith": round(cold / ims_cold, 2),
                     "warm_vs_imagesmith": round(warm / ims_warm, 2),
                 }
@@ -575,7 +584,12 @@ def _record(tools: dict[str, dict[str, list[float]]], name: str, tool: str, phas
     t = tools.setdefault(tool, {})
     t.setdefault(phase, []).append(job.seconds)
     t.setdefault(phase + "_rss", []).append(job.rss / 1024)
-    print(f"  {name:10} {tool:14} {phase:4} {job.seconds:8.2f} s  {job.rss / 1024:7.0f} MiB", flush=True)
+    t.setdefault(phase + "_cpu", []).append(job.cpu)
+    print(
+        f"  {name:10} {tool:14} {phase:4} {job.seconds:8.2f} s  cpu {job.cpu:7.2f} s  "
+        f"{job.rss / 1024:7.0f} MiB  load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
 
 
 def _rm_storage(d: Path) -> None:
@@ -589,7 +603,11 @@ def _rm_storage(d: Path) -> None:
 def print_table(report: dict[str, object]) -> None:
     print(f"\nscale {report['scale']}, {report['runs']} run(s), medians; ratio = tool / imagesmith")
     cols = ("cold s", "warm s", "cold x", "warm x")
-    head = f"{'workload':11}{'tool':14}" + "".join(f"{c:>8}" for c in cols) + f"{'RSS MiB':>9}{'MiB/s':>8}"
+    head = (
+        f"{'workload':11}{'tool':14}"
+        + "".join(f"{c:>8}" for c in cols)
+        + f"{'RSS MiB':>9}{'MiB/s':>8}{'cpu s/GiB':>10}"
+    )
     print(head)
     print("-" * len(head))
     for name, e in report["workloads"].items():  # type: ignore[attr-defined]
@@ -599,7 +617,10 @@ def print_table(report: dict[str, object]) -> None:
                 continue
             times = f"{t['cold_s']:>8.2f}{t['warm_s']:>8.2f}"
             ratios = f"{t['cold_vs_imagesmith']:>7.2f}x{t['warm_vs_imagesmith']:>7.2f}x"
-            print(f"{name:11}{tool:14}{times}{ratios}{t['peak_rss_mib']:>9}{t['cold_input_mib_per_s']:>8.1f}")
+            print(
+                f"{name:11}{tool:14}{times}{ratios}{t['peak_rss_mib']:>9}{t['cold_input_mib_per_s']:>8.1f}"
+                f"{t['cold_cpu_s_per_gib']:>10.2f}"
+            )
         f = e["registry_floor"]
         pad = " " * 33
         print(
