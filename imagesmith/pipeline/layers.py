@@ -97,6 +97,7 @@ def content_layer(
             level=level,
             media_types=media_types,
             extra=extra,
+            cache=cache,
         )
         if reuse
         else (None, 0)

@@ -22,18 +22,20 @@ entry is evicted on detection, and the rebuild puts the good bytes back under th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import operator
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagesmith.errors import DigestFormatError, LayerError
+from imagesmith.errors import CacheError, DigestFormatError, LayerError
 from imagesmith.oci.digests import Digest
 from imagesmith.oci.mediatypes import Compression, MediaTypes
 from imagesmith.oci.model import Descriptor
@@ -54,7 +56,19 @@ _NAME = operator.attrgetter("name")
 RECORD_VERSION = 1
 
 
-def _walk_identity(root: Path, digest: Any) -> int:
+# A directory's listing is reused while the directory has the inode, mtime and ctime it had
+# when the listing was read, and only if its times were at least this old then: a change in
+# the same clock tick as the listed state would leave the times as they were ("racy git").
+_SETTLED_NS = 2_000_000_000
+_LISTINGS_VERSION = 1
+
+# A cached listing: [dev, inode, mtime_ns, ctime_ns, [names in order]].
+Listings = dict[str, list[Any]]
+
+
+def _walk_identity(
+    root: Path, digest: Any, listings: Listings | None = None, fresh: Listings | None = None
+) -> int:
     # Sorted, depth-first, without following symlinks; every entry contributes its metadata as
     # one line naming its full relative path, so the order only has to be deterministic. This
     # runs on every build (it is how an unchanged input is recognised), so it is kept lean:
@@ -62,36 +76,97 @@ def _walk_identity(root: Path, digest: Any) -> int:
     # A failing system call becomes one LayerError naming the path (the same words the layer
     # builder uses): an unreadable directory, a file removed meanwhile, a path over PATH_MAX.
     # Returns the regular files' bytes: a progress display's total for archiving the tree.
-    stack = [(os.fspath(root), "")]
+    #
+    # ``listings`` (from the last walk) spares the directory reads: a directory whose device,
+    # inode, mtime and ctime are those recorded has the names recorded (creating, removing or
+    # renaming an entry sets both times, and ctime cannot be set back). Every entry is still
+    # stat()ed: a file written in place changes its own times, never its directory's. ``fresh``
+    # collects the listings of this walk whose times had settled (see _SETTLED_NS).
+    settled = time.time_ns() - _SETTLED_NS
+    try:
+        top = root.stat()  # scandir follows a symlink named as the root: so does its identity
+    except OSError as exc:
+        raise input_error(root, exc) from None
+    stack: list[tuple[str, str, os.stat_result]] = [(os.fspath(root), "", top)]
     total = 0
     while stack:
-        directory, rel = stack.pop()
-        try:
-            with os.scandir(directory) as scan:
-                entries = sorted(scan, key=_NAME)
-        except OSError as exc:
-            raise input_error(directory, exc) from None
+        directory, rel, dst = stack.pop()
+        listed = listings.get(rel) if listings is not None else None
         lines = []
         subdirs = []
-        for entry in entries:
+        if listed is not None and listed[:4] == [dst.st_dev, dst.st_ino, dst.st_mtime_ns, dst.st_ctime_ns]:
+            names: list[str] = listed[4]
+            for entry_name in names:
+                path = f"{directory}/{entry_name}"
+                try:
+                    st = os.lstat(path)
+                    mode = st.st_mode
+                    link = os.readlink(path) if stat.S_ISLNK(mode) else ""  # noqa: PTH115 (no Path per entry)
+                except OSError as exc:
+                    raise input_error(path, exc) from None
+                name = rel + entry_name
+                lines.append(
+                    f"{name}\0{mode:o}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
+                    f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0{link}\n"
+                )
+                if stat.S_ISDIR(mode):
+                    subdirs.append((path, name + "/", st))
+                elif stat.S_ISREG(mode):
+                    total += st.st_size
+        else:
             try:
-                st = entry.stat(follow_symlinks=False)
-                mode = st.st_mode
-                link = os.readlink(entry.path) if stat.S_ISLNK(mode) else ""  # noqa: PTH115 (no Path per entry)
+                with os.scandir(directory) as scan:
+                    entries = sorted(scan, key=_NAME)
             except OSError as exc:
-                raise input_error(entry.path, exc) from None
-            name = rel + entry.name
-            lines.append(
-                f"{name}\0{mode:o}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
-                f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0{link}\n"
-            )
-            if stat.S_ISDIR(mode):
-                subdirs.append((entry.path, name + "/"))
-            elif stat.S_ISREG(mode):
-                total += st.st_size
+                raise input_error(directory, exc) from None
+            names = []
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    mode = st.st_mode
+                    link = os.readlink(entry.path) if stat.S_ISLNK(mode) else ""  # noqa: PTH115 (no Path per entry)
+                except OSError as exc:
+                    raise input_error(entry.path, exc) from None
+                names.append(entry.name)
+                name = rel + entry.name
+                lines.append(
+                    f"{name}\0{mode:o}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
+                    f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_nlink}\0{link}\n"
+                )
+                if stat.S_ISDIR(mode):
+                    subdirs.append((entry.path, name + "/", st))
+                elif stat.S_ISREG(mode):
+                    total += st.st_size
+        if fresh is not None and max(dst.st_mtime_ns, dst.st_ctime_ns) < settled:
+            fresh[rel] = [dst.st_dev, dst.st_ino, dst.st_mtime_ns, dst.st_ctime_ns, names]
         digest.update("".join(lines).encode("utf-8", "surrogateescape"))
         stack.extend(reversed(subdirs))
     return total
+
+
+def _listings_key(content: Path) -> str:
+    return (
+        f"listings:v{_LISTINGS_VERSION}:" + hashlib.sha256(os.fsencode(os.path.realpath(content))).hexdigest()
+    )
+
+
+def _load_listings(cache: BlobCache, key: str) -> Listings:
+    record = cache.get_record(key)
+    dirs = record.get("dirs") if record is not None else None
+    if not isinstance(dirs, dict):
+        return {}
+    good: Listings = {}
+    for rel, value in dirs.items():
+        # Anything not shaped as written is ignored (read the directory again), never trusted.
+        if (
+            isinstance(value, list)
+            and len(value) == 5
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value[:4])
+            and isinstance(value[4], list)
+            and all(isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in value[4])
+        ):
+            good[rel] = value
+    return good
 
 
 def input_key(
@@ -103,6 +178,7 @@ def input_key(
     level: int | None,
     media_types: MediaTypes,
     extra: Mapping[str, Any] | None = None,
+    cache: BlobCache | None = None,
 ) -> str:
     """The identity of a layer input: its content's metadata plus every setting that shapes it
     (``extra``: anything else that does, such as a generated file's inputs)."""
@@ -114,6 +190,7 @@ def input_key(
         level=level,
         media_types=media_types,
         extra=extra,
+        cache=cache,
     )[0]
 
 
@@ -126,9 +203,12 @@ def input_key_size(
     level: int | None,
     media_types: MediaTypes,
     extra: Mapping[str, Any] | None = None,
+    cache: BlobCache | None = None,
 ) -> tuple[str, int]:
     """:func:`input_key` and the bytes of the input's regular files, from the same walk (a
-    tarball's size is not its content's: 0 for a file)."""
+    tarball's size is not its content's: 0 for a file). With ``cache``, the directory
+    listings of the last walk of the same input are kept there and reused for directories
+    whose inode and times have not changed (every entry is still stat()ed)."""
     digest = hashlib.sha256()
     settings: dict[str, Any] = {
         "version": RECORD_VERSION,
@@ -147,7 +227,18 @@ def input_key_size(
     except OSError as exc:
         raise input_error(content, exc, walking=False) from None
     digest.update(f"{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
-    total = _walk_identity(content, digest) if stat.S_ISDIR(st.st_mode) else 0
+    if not stat.S_ISDIR(st.st_mode):
+        return "layer:" + digest.hexdigest(), 0
+    if cache is None:
+        total = _walk_identity(content, digest)
+        return "layer:" + digest.hexdigest(), total
+    key = _listings_key(content)
+    listings = _load_listings(cache, key)
+    fresh: Listings = {}
+    total = _walk_identity(content, digest, listings, fresh)
+    if fresh != listings:
+        with contextlib.suppress(CacheError):  # a hint that saves work: never worth failing for
+            cache.put_record(key, {"dirs": fresh})
     return "layer:" + digest.hexdigest(), total
 
 
