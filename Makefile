@@ -160,13 +160,14 @@ bench-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah >/dev/null; } || \
 		echo "buildah not installed: it will be reported as not measured"
 
-bench: system-deps bench-deps venv
+bench: system-deps bench-deps venv $(BUSYBOX_ARM64)
 	BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_startup.py .bench/startup.json
 	BENCH_SCALE=$(BENCH_SCALE) $(BIN)/python tests/bench_stack.py .bench/stack.json
 	$(BIN)/python tests/bench_closure.py .bench/closure.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_stages.py .bench/stages.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_layers.py .bench/layers.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_pull.py .bench/pull.json
+	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_platforms.py .bench/platforms.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_spack.py .bench/spack.json
 
 docs:
