@@ -168,6 +168,7 @@ bench: system-deps bench-deps venv $(BUSYBOX_ARM64)
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_layers.py .bench/layers.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_pull.py .bench/pull.json
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_platforms.py .bench/platforms.json
+	$(BIN)/python tests/bench_summary.py .bench
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_RUNS=$(BENCH_RUNS) $(BIN)/python tests/bench_spack.py .bench/spack.json
 
 docs:
