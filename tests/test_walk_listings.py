@@ -34,6 +34,7 @@ def settled(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every directory counts as settled, however recently it changed (the tests change them
     within a second; the racy window has a test of its own)."""
     monkeypatch.setattr(layerrecords, "_SETTLED_NS", -(10**12))
+    monkeypatch.setattr(layerrecords, "_LISTINGS_MIN_DIRS", 1)
 
 
 @pytest.fixture
@@ -109,7 +110,10 @@ def test_a_changed_listing_is_read_again_even_with_its_mtime_put_back(
     assert second == key(tree, None)  # exactly what a walk without listings gives
 
 
-def test_a_directory_changed_within_the_racy_window_is_not_kept(tree: Path, tmp_path: Path) -> None:
+def test_a_directory_changed_within_the_racy_window_is_not_kept(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layerrecords, "_LISTINGS_MIN_DIRS", 1)
     cache = BlobCache(tmp_path / "cache")
     (tree / "lib" / "fresh").write_text("x")  # lib changed just now; the others are as old
     key(tree, cache)
@@ -171,3 +175,11 @@ def test_warm_build_uses_the_listings(tree: Path, tmp_path: Path, listings: list
     again, reused = content_layer(tree, "opt/x", cache, OCI)
     assert reused and again == first
     assert [d for d in listings if d.startswith(str(tree))] == []
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_small_input_keeps_no_listings(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layerrecords, "_LISTINGS_MIN_DIRS", 7)  # the tree has 6 directories
+    cache = BlobCache(tmp_path / "cache")
+    key(tree, cache)
+    assert cache.get_record(layerrecords._listings_key(tree)) is None

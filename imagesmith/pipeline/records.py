@@ -61,6 +61,9 @@ RECORD_VERSION = 1
 # the same clock tick as the listed state would leave the times as they were ("racy git").
 _SETTLED_NS = 2_000_000_000
 _LISTINGS_VERSION = 1
+# Listings are kept for inputs of at least this many directories: below it, reading them is
+# cheaper than the record's write (fsynced) when they change, as in a stack of small packages.
+_LISTINGS_MIN_DIRS = 64
 
 # A cached listing: [dev, inode, mtime_ns, ctime_ns, [names in order]].
 Listings = dict[str, list[Any]]
@@ -236,7 +239,7 @@ def input_key_size(
     listings = _load_listings(cache, key)
     fresh: Listings = {}
     total = _walk_identity(content, digest, listings, fresh)
-    if fresh != listings:
+    if fresh != listings and (len(fresh) >= _LISTINGS_MIN_DIRS or listings):
         with contextlib.suppress(CacheError):  # a hint that saves work: never worth failing for
             cache.put_record(key, {"dirs": fresh})
     return "layer:" + digest.hexdigest(), total
