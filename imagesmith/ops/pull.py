@@ -2,7 +2,8 @@
 
 Any location can be pulled: a registry reference, an OCI layout or a docker archive. Layers
 are downloaded in parallel into the blob cache, where each is verified against its digest,
-then unpacked in order by :mod:`imagesmith.tar.unpack`, which keeps every write inside the root
+and unpacked in order, each as soon as it is there (while the later ones are still being
+downloaded), by :mod:`imagesmith.tar.unpack`, which keeps every write inside the root
 and checks each layer's uncompressed bytes against the config's ``rootfs.diff_ids`` (as
 containerd does). The tree is unpacked into a temporary directory beside the target and
 renamed into place when complete: a refused pull leaves the target as it was (and a rerun
@@ -182,10 +183,11 @@ def pull(
     """Unpack the image at ``source`` (for an index: the ``platform`` entry) into ``rootfs``.
 
     ``rootfs`` must be missing or empty. Layers are fetched into the cache in parallel and
-    verified, then unpacked base first (with ``packages_only`` only the package layers), each
-    checked against its diff_id, into a directory beside ``rootfs`` renamed into place at the
-    end: if anything is refused (:class:`UnpackError`, :class:`IntegrityError`), ``rootfs`` is
-    left as it was, and the error says so. Errors name layers by their digests.
+    verified, and unpacked base first, each as soon as it is fetched (with ``packages_only``
+    only the package layers), each checked against its diff_id, into a directory beside
+    ``rootfs`` renamed into place at the end: if anything is refused (:class:`UnpackError`,
+    :class:`IntegrityError`), ``rootfs`` is left as it was, and the error says so. Errors name
+    layers by their digests.
     """
     target = Path(rootfs)
     try:
@@ -211,21 +213,26 @@ def pull(
                 progress(ProgressEvent("blob-fetched", str(layer.digest), layer.descriptor.size))
                 return path
 
+            # Each layer is unpacked as soon as it is in the cache, base first, while the later
+            # ones are still being downloaded (executor.map yields in order).
             workers = max(1, min(jobs, len(layers)))
-            with ThreadPoolExecutor(max_workers=workers) as executor:
-                paths = list(executor.map(fetch, layers))
-        stats = _unpack_into(
-            target,
-            lambda root: unpack_layers(
-                paths,
-                root,
-                policy=policy,
-                diff_ids=[layer.diff_id for layer in layers],
-                names=[str(layer.digest) for layer in layers],
-                progress=progress,
-            ),
-        )
-        return PullResult(str(location), resolved.digest, target, len(paths), stats)
+            executor = ThreadPoolExecutor(max_workers=workers)
+            try:
+                stats = _unpack_into(
+                    target,
+                    lambda root: unpack_layers(
+                        executor.map(fetch, layers),
+                        root,
+                        policy=policy,
+                        diff_ids=[layer.diff_id for layer in layers],
+                        names=[str(layer.digest) for layer in layers],
+                        progress=progress,
+                    ),
+                )
+            finally:
+                # A refused layer stops the downloads not yet started; running ones finish.
+                executor.shutdown(wait=True, cancel_futures=True)
+        return PullResult(str(location), resolved.digest, target, len(layers), stats)
     finally:
         if owned:
             pool.close()

@@ -977,6 +977,9 @@ def unpack_layers(
 ) -> UnpackStats:
     """Unpack ``layers`` into ``root`` in order, base first, and return the summed statistics.
 
+    ``layers`` may be an iterator that yields each layer as it becomes available (a download):
+    each is unpacked as soon as it is yielded, while the later ones are still being fetched.
+
     Each layer is applied with :func:`unpack_layer`, checked against its entry of ``diff_ids``
     when given, and named ``layer N (NAME)`` in errors, NAME from ``names`` (the layer digests,
     say) or else its path; the limits of ``policy`` apply to each layer separately. ``root`` is
@@ -985,13 +988,21 @@ def unpack_layers(
     path reports ``unpack-progress`` (its file's bytes read) to ``progress``, then
     ``layer-unpacked``, and stops at :func:`imagesmith.cancel.interrupt`.
     """
-    layers = list(layers)
-    for given, label in ((diff_ids, "diff_ids"), (names, "names")):
-        if given is not None and len(given) != len(layers):
-            raise UsageError(f"unpack_layers: {len(given)} {label} for {len(layers)} layers")
+
+    def check_count(count: int) -> None:
+        for given, label in ((diff_ids, "diff_ids"), (names, "names")):
+            if given is not None and len(given) != count:
+                raise UsageError(f"unpack_layers: {len(given)} {label} for {count} layers")
+
+    if isinstance(layers, Sequence):
+        check_count(len(layers))
     totals = [0] * 7
     skipped: list[str] = []
+    number = 0
     for number, layer in enumerate(layers, 1):
+        for given in (diff_ids, names):
+            if given is not None and number > len(given):
+                check_count(number)  # more layers than names: refused before this one is applied
         name = names[number - 1] if names is not None else _label(layer)
         what = f"layer {number} ({name})"
         diff_id = diff_ids[number - 1] if diff_ids is not None else None
@@ -1024,6 +1035,7 @@ def unpack_layers(
         ):
             totals[i] += value
         skipped.extend(stats.skipped)
+    check_count(number)
     return UnpackStats(
         files=totals[0],
         dirs=totals[1],
