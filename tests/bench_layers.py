@@ -410,6 +410,19 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def import_base(host: str, tmp: Path, cache: Path) -> str:
+    """A busybox base image imported into the registry at ``host`` by imagesmith; its name."""
+    base = f"{host}/base/busybox:1"
+    rootfs = str(busybox_rootfs(tmp / "rootfs"))
+    subprocess.run(
+        [sys.executable, "-m", "imagesmith", "--insecure-registry", host, "import", rootfs, "--tag", base],
+        env={**os.environ, "IMAGESMITH_CACHE_DIR": str(cache)},
+        check=True,
+        capture_output=True,
+    )
+    return base
+
+
 def main() -> int:
     out_path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".bench/layers.json")
     tmp_parent = os.environ.get("BENCH_TMPDIR")
@@ -426,23 +439,7 @@ def main() -> int:
     ):
         tmp = Path(tmp_name)
         host = registry.host
-        base = f"{host}/base/busybox:1"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "imagesmith",
-                "--insecure-registry",
-                host,
-                "import",
-                str(busybox_rootfs(tmp / "rootfs")),
-                "--tag",
-                base,
-            ],
-            env={**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp / "cache-import")},
-            check=True,
-            capture_output=True,
-        )
+        base = import_base(host, tmp, tmp / "cache-import")
         loads = workloads(tmp / "work")
         print(
             f"registry {host}; scale {SCALE}, runs {RUNS}; buildah: {'yes' if have_buildah else 'no'}",

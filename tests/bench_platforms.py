@@ -30,12 +30,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_layers import finish_tree, make_software, timed  # noqa: E402
+from bench_layers import RUNS, SCALE, MiB, finish_tree, make_software, timed  # noqa: E402
 from servers import DistributionRegistry, busybox_rootfs  # noqa: E402
 
-MiB = 1024 * 1024
-SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
-RUNS = max(1, int(os.environ.get("BENCH_RUNS", "3")))
 PACKAGES = 10
 BUSYBOX_ARM64 = HERE / ".data" / "busybox-arm64" / "busybox"
 PLATFORMS = {"one": "linux/amd64", "two": "linux/amd64,linux/arm64/v8"}

@@ -40,13 +40,18 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_layers import PREFIX, finish_tree, make_many, make_software  # noqa: E402
-from servers import DistributionRegistry, Podman, busybox_rootfs  # noqa: E402
-
-MiB = 1024 * 1024
-SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
-RUNS = max(1, int(os.environ.get("BENCH_RUNS", "3")))
-GNU_TIME = "/usr/bin/time"
+from bench_layers import (  # noqa: E402 - the workloads and settings bench_layers measures
+    GNU_TIME,
+    PREFIX,
+    RUNS,
+    SCALE,
+    MiB,
+    finish_tree,
+    import_base,
+    make_many,
+    make_software,
+)
+from servers import DistributionRegistry, Podman  # noqa: E402
 
 
 class Failed(Exception):
@@ -274,24 +279,8 @@ def main() -> int:
     ):
         tmp = Path(tmp_name)
         host = registry.host
-        base = f"{host}/base/busybox:1"
         env = {**os.environ, "IMAGESMITH_CACHE_DIR": str(tmp / "cache-push")}
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "imagesmith",
-                "--insecure-registry",
-                host,
-                "import",
-                str(busybox_rootfs(tmp / "rootfs")),
-                "--tag",
-                base,
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        base = import_base(host, tmp, tmp / "cache-push")
         specs: dict[str, Callable[[Path], None]] = {
             "software": lambda d: make_software(d, int(1024 * MiB * SCALE)),
             "smallfiles": lambda d: make_many(d, max(100, int(50_000 * SCALE)), int(200 * MiB * SCALE), 13),
