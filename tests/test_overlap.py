@@ -187,6 +187,11 @@ def test_a_failed_build_cancels_its_upload(
 
     def entries() -> Iterator[TarEntry]:
         yield TarEntry("data", "file", 0o644, 30 * MiB, source=source)
+        # The build fails once the upload is under way (its first chunk sent): on a fast or
+        # loaded machine alike, never before the uploader thread got going.
+        deadline = time.monotonic() + 30
+        while not proxy.count("PATCH", r"/v2/overlap/failed/") and time.monotonic() < deadline:
+            time.sleep(0.01)
         raise LayerError("the content changed while it was read")
 
     cache = BlobCache(tmp_path / "c")
