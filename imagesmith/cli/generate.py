@@ -22,10 +22,9 @@ def run_makefile(ctx: Context) -> int:
         flags += ["--insecure-registry", host]
     if options.ca_cert is not None:
         flags += ["--ca-cert", str(options.ca_cert)]
-    authfile = getattr(args, "authfile", None) or args.authfile_global
-    if authfile is not None:
+    if options.auth_file is not None:
         # The file's path, never what it holds (nor --creds): each build reads it as this did.
-        flags += ["--authfile", str(Path(authfile).resolve())]
+        flags += ["--authfile", str(options.auth_file.resolve())]
     target = Path(args.output) if args.output else None
     directory = Path(args.relative_to) if args.relative_to else (target.parent if target else Path.cwd())
     text = render_makefile(
