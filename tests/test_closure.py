@@ -3,9 +3,12 @@ this machine's own libraries (tests/elfkit.py), written to OCI layouts or a real
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +21,25 @@ from hypothesis import strategies as st
 from servers import DistributionRegistry, Podman
 
 from imagesmith import load_packages
+from imagesmith.oci.digests import Digest
+from imagesmith.oci.mediatypes import OCI
 from imagesmith.oci.model import Platform
-from imagesmith.pipeline.closure import ClosureError, FileIndex, LayerSummary, default_directories
-from imagesmith.pipeline.elf import ElfFormatError, elf_identity, read_elf
+from imagesmith.pipeline.closure import (
+    ClosureError,
+    FileIndex,
+    LayerSummariser,
+    LayerSummary,
+    default_directories,
+    summarize_layer,
+)
+from imagesmith.pipeline.elf import ElfFormatError, ElfInfo, elf_identity, read_elf
 from imagesmith.pipeline.results import BuildOptions
 from imagesmith.pipeline.run import build
 from imagesmith.progress import ProgressEvent
 from imagesmith.store.cache import BlobCache
+from imagesmith.tar.entries import directory_entries, tarball_entries
+from imagesmith.tar.layer import adopt_tarball, build_layer, with_file
+from imagesmith.tar.writer import TarEntry
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +190,102 @@ def test_a_lying_elf_file_is_a_finding_never_a_traceback(kit: dict[str, Path], t
 def test_layers_are_read_once_then_from_their_records(kit: dict[str, Path], tmp_path: Path) -> None:
     first = _build(kit, tmp_path, kit["hello"])[1]
     second = _build(kit, tmp_path, kit["hello"])[1]
-    checked = [[e.detail for e in events if e.kind == "layer-checked"] for events in (first, second)]
-    assert checked == [["read"] * 3, ["from its record"] * 3]
+    checked = [
+        {e.subject: e.detail for e in events if e.kind == "layer-checked"} for events in (first, second)
+    ]
+    # The base is read once; the packages' layers were summarised while they were built.
+    (base,) = set(checked[0]) - {"libgreet-1.0", "hello-1.0"}
+    assert checked == [
+        {base: "read", "libgreet-1.0": "from its record", "hello-1.0": "from its record"},
+        {base: "from its record", "libgreet-1.0": "from its record", "hello-1.0": "from its record"},
+    ]
+
+
+def _tricky_tree(kit: dict[str, Path], root: Path) -> Path:
+    """Every kind of member the summary distinguishes, real ELF files among them."""
+    stack = kit["root"] / "stack"
+    shutil.copytree(stack / "hello", root / "tree", symlinks=True)
+    tree = root / "tree"
+    shutil.copytree(stack / "libgreet/lib", tree / "greet", symlinks=True)
+    good = (stack / "libgreet/lib/libgreet.so.1.0").read_bytes()
+    (tree / "lib/libtruncated.so").write_bytes(good[:700])
+    (tree / "etc/ld.so.conf.d").mkdir(parents=True)
+    (tree / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf\n")
+    (tree / "etc/ld.so.conf.d/stack.conf").write_text("/opt/stack/lib\n")
+    (tree / "lib/libdata.so.txt").write_text("not ELF, but library-like\n")
+    os.link(tree / "greet/libgreet.so.1.0", tree / "lib/libgreet-hardlink.so")
+    (tree / "lib/libabs.so").symlink_to("/usr/lib/x86_64-linux-gnu/libz.so.1")
+    return tree
+
+
+def test_a_layer_is_summarised_as_it_is_written_exactly_as_read_back(
+    kit: dict[str, Path], tmp_path: Path
+) -> None:
+    tree = _tricky_tree(kit, tmp_path)
+    cache = BlobCache(tmp_path / "cache")
+    media = OCI
+    tarball = tmp_path / "tree.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tree, arcname=".")
+        whiteout = tarfile.TarInfo("lib/.wh.libgone.so")
+        tar.addfile(whiteout, io.BytesIO(b""))
+        tar.addfile(tarfile.TarInfo("share/.wh..wh..opq"), io.BytesIO(b""))
+
+    def read_back(digest: Digest) -> LayerSummary:
+        with cache.open(digest) as stream:
+            return summarize_layer(stream, str(digest), inspect_elves=True)
+
+    summaries = []
+    for entries in (
+        directory_entries(tree),  # at the root: the loader's configuration is /etc/ld.so.conf
+        with_file(directory_entries(tree), "etc/ld.so.conf", b"/generated\n"),
+    ):
+        seen = LayerSummariser()
+        blob = build_layer(entries, cache, media_types=media, observer=seen)
+        summaries.append(seen.summary())
+        assert seen.summary() == read_back(blob.digest) and not seen.incomplete
+    with tarball_entries(tarball, "", allow_whiteouts=True, tmpdir=tmp_path) as entries:
+        seen = LayerSummariser()
+        blob = build_layer(entries, cache, media_types=media, observer=seen)
+        assert seen.summary() == read_back(blob.digest)
+    summaries.append(seen.summary())
+    plain = tmp_path / "plain.tar.gz"
+    with tarfile.open(plain, "w:gz") as tar:
+        tar.add(tree, arcname="opt/tree")
+    seen = LayerSummariser()
+    adopted = adopt_tarball(plain, "opt/tree", media, observer=seen)
+    with open(plain, "rb") as f:
+        assert seen.summary() == summarize_layer(f, "plain", inspect_elves=True)
+    summaries.append(seen.summary())
+
+    for summary, top in zip(summaries, ("", "", "", "opt/tree/"), strict=True):
+        kinds = {entry[0] for entry in summary.entries}
+        assert {"d", "l", "h", "f"} | ({"t"} if not top else set()) <= kinds, kinds
+        infos = dict(summary.elves)
+        assert isinstance(infos[f"{top}bin/hello"], ElfInfo)
+        assert "truncated or corrupt" in str(infos[f"{top}lib/libtruncated.so"])
+    assert {"w", "o"} <= {entry[0] for entry in summaries[2].entries}
+    assert ("t", "etc/ld.so.conf", "/generated\n") in summaries[1].entries
+    # The record is kept under the layer's digest, where the check looks first.
+    seen.remember(cache, adopted.digest)
+    assert cache.get_record(f"closure/v1/elves/{adopted.digest}") == seen.summary().to_json()
+
+
+def test_a_source_that_cannot_be_read_again_leaves_no_record(kit: dict[str, Path], tmp_path: Path) -> None:
+    tree = _tricky_tree(kit, tmp_path)
+    cache = BlobCache(tmp_path / "cache")
+
+    class Vanishing(LayerSummariser):
+        def entry(self, entry: TarEntry, head: bytes) -> None:
+            if entry.name == "opt/tree/bin/hello":
+                os.unlink(tree / "bin/hello")  # gone once the writer has copied it
+            super().entry(entry, head)
+
+    seen = Vanishing()
+    blob = build_layer(directory_entries(tree, "opt/tree"), cache, media_types=OCI, observer=seen)
+    assert seen.incomplete
+    seen.remember(cache, blob.digest)
+    assert cache.get_record(f"closure/v1/elves/{blob.digest}") is None
 
 
 def test_check_off_does_not_look(kit: dict[str, Path], tmp_path: Path) -> None:

@@ -36,11 +36,13 @@ style symlinks, and the loader's search, each meaningful only with the others.
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
+import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal, cast
 
@@ -60,8 +62,9 @@ from imagesmith.progress import ProgressCallback, ProgressEvent, null_progress
 from imagesmith.registry.client import RegistryPool
 from imagesmith.store.cache import BlobCache
 from imagesmith.tar.compression import open_decompressor
-from imagesmith.tar.format import TarReader
+from imagesmith.tar.format import TarMember, TarReader
 from imagesmith.tar.unpack import MAX_SYMLINK_HOPS, UnpackPolicy
+from imagesmith.tar.writer import TarEntry
 from imagesmith.transports.base import fetch_blob
 
 __all__ = [
@@ -71,6 +74,7 @@ __all__ = [
     "ClosureReport",
     "FileIndex",
     "Finding",
+    "LayerSummariser",
     "LayerSummary",
     "check_closure",
     "closure_gate",
@@ -286,16 +290,131 @@ def _loader_config(path: str) -> bool:
     return any(fnmatch.fnmatchcase(path, pattern) for pattern in _LOADER_CONFIG)
 
 
-def _read_elf_member(first: bytes, rest: Iterator[bytes], what: str) -> ElfInfo | str:
+@contextmanager
+def _spooled(first: bytes, rest: Iterator[bytes]) -> Iterator[IO[bytes]]:
+    """A tar member's data (its first piece, then the rest) as a seekable file."""
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
         spool.write(first)
         for chunk in rest:
             spool.write(chunk)
         spool.seek(0)
+        yield cast(IO[bytes], spool)
+
+
+@contextmanager
+def _entry_data(entry: TarEntry) -> Iterator[IO[bytes]]:
+    """The data of a file entry just written to a layer, read again from its source: the file
+    itself (opened as the tar writer opens it: no symlink followed, never a FIFO's wait),
+    else its bytes from the open tarball, spooled. OSError when it cannot be read."""
+    source = entry.source
+    if isinstance(source, str | os.PathLike):
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{source} is no longer a regular file")
+            yield f
+    elif isinstance(source, tuple):
+        fileobj, offset = source
+        fileobj.seek(offset)
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+            left = entry.size
+            while left:
+                chunk = fileobj.read(min(left, 1 << 20))
+                if not chunk:
+                    raise OSError(f"{entry.name} ended early")
+                spool.write(chunk)
+                left -= len(chunk)
+            spool.seek(0)
+            yield cast(IO[bytes], spool)
+    else:
+        raise OSError(f"{entry.name} has no data source to read again")
+
+
+class LayerSummariser:
+    """Builds a :class:`LayerSummary` member by member, in layer order.
+
+    Fed either from a layer's tar stream (:meth:`member`: what :func:`summarize_layer` reads)
+    or while a layer is written or adopted (:meth:`entry`, :meth:`member`: a
+    :class:`~imagesmith.tar.layer.LayerObserver`), so a package layer this machine builds is
+    summarised in the build's own pass and never read back for the check; both give the same
+    summary for the same bytes. An ELF file is parsed from its source file, which the build
+    has just read. When a source cannot be read again the summary is :attr:`incomplete` and
+    :meth:`remember` keeps nothing (the check then reads the layer itself).
+    """
+
+    def __init__(self, *, inspect_elves: bool = True) -> None:
+        self._inspect = inspect_elves
+        self._entries: list[tuple[Any, ...]] = []
+        self._elves: list[tuple[str, ElfInfo | str]] = []
+        self.incomplete = False
+
+    def member(self, member: TarMember, data: Iterator[bytes]) -> None:
+        """One member of a tar stream and its data."""
+        first = next(data, b"") if member.kind == "file" else b""
+        self._add(
+            member.name, member.kind, member.linkname, member.size, first, lambda: _spooled(first, data)
+        )
+
+    def entry(self, entry: TarEntry, head: bytes) -> None:
+        """One entry the tar writer wrote, with the first bytes of its data."""
         try:
-            return read_elf(cast(IO[bytes], spool), what)
-        except ElfFormatError as exc:
-            return str(exc)
+            self._add(entry.name, entry.kind, entry.linkname, entry.size, head, lambda: _entry_data(entry))
+        except OSError:
+            self.incomplete = True
+
+    def summary(self) -> LayerSummary:
+        return LayerSummary(tuple(self._entries), tuple(self._elves))
+
+    def remember(self, cache: BlobCache, digest: Digest) -> None:
+        """Keep the summary as the record of the layer ``digest`` (its bytes were what this
+        summariser saw), unless it is incomplete."""
+        if not self.incomplete:
+            cache.put_record(_record_key(digest, self._inspect), self.summary().to_json())
+
+    def _add(
+        self,
+        name: str,
+        kind: str,
+        linkname: str,
+        size: int,
+        first: bytes,
+        data: Callable[[], AbstractContextManager[IO[bytes]]],
+    ) -> None:
+        path = _clean(name)
+        if path is None:
+            return
+        entries = self._entries
+        base = posixpath.basename(path)
+        if base.startswith(_WHITEOUT):
+            parent = posixpath.dirname(path)
+            if base == _OPAQUE:
+                entries.append(("o", parent))
+            elif not base.startswith(".wh..wh."):
+                entries.append(("w", posixpath.join(parent, base[len(_WHITEOUT) :])))
+            return
+        if kind == "dir":
+            entries.append(("d", path))
+        elif kind == "symlink":
+            entries.append(("l", path, linkname))
+        elif kind == "hardlink":
+            target = _clean(linkname)
+            if target is not None:
+                entries.append(("h", path, target))
+        elif kind == "file":
+            identity = elf_identity(first[:20])
+            if identity is not None and self._inspect and identity.kind in ("executable", "shared"):
+                with data() as stream:
+                    try:
+                        info: ElfInfo | str = read_elf(stream, f"/{path}")
+                    except ElfFormatError as exc:
+                        info = str(exc)
+                self._elves.append((path, info))
+            if identity is None and size <= MAX_TEXT and _loader_config(path):
+                with data() as stream:
+                    text = stream.read(MAX_TEXT + 1)
+                entries.append(("t", path, text.decode("utf-8", "replace")))
+            elif (identity is not None and identity.kind == "shared") or _library_like(base):
+                entries.append(("f", path, identity))
 
 
 def summarize_layer(stream: Readable, what: str, *, inspect_elves: bool) -> LayerSummary:
@@ -306,8 +425,6 @@ def summarize_layer(stream: Readable, what: str, *, inspect_elves: bool) -> Laye
     corrupt layer raises :class:`~imagesmith.errors.UnpackError`; a bad ELF file is noted in
     :attr:`LayerSummary.elves`, never raised.
     """
-    entries: list[tuple[Any, ...]] = []
-    elves: list[tuple[str, ElfInfo | str]] = []
     try:
         source = open_decompressor(cast(IO[bytes], stream), what)
     except LayerError as exc:
@@ -321,39 +438,10 @@ def summarize_layer(stream: Readable, what: str, *, inspect_elves: bool) -> Laye
         advice="the layer is truncated or corrupt: fetch it again",
         limits="UnpackPolicy",
     )
+    summariser = LayerSummariser(inspect_elves=inspect_elves)
     for member in reader.members():
-        data = reader.data()
-        path = _clean(member.name)
-        if path is None:
-            continue
-        kind = member.kind
-        base = posixpath.basename(path)
-        if base.startswith(_WHITEOUT):
-            parent = posixpath.dirname(path)
-            if base == _OPAQUE:
-                entries.append(("o", parent))
-            elif not base.startswith(".wh..wh."):
-                entries.append(("w", posixpath.join(parent, base[len(_WHITEOUT) :])))
-            continue
-        if kind == "dir":
-            entries.append(("d", path))
-        elif kind == "symlink":
-            entries.append(("l", path, member.linkname))
-        elif kind == "hardlink":
-            target = _clean(member.linkname)
-            if target is not None:
-                entries.append(("h", path, target))
-        elif kind == "file":
-            first = next(data, b"")
-            identity = elf_identity(first[:20])
-            if identity is not None and inspect_elves and identity.kind in ("executable", "shared"):
-                elves.append((path, _read_elf_member(first, data, f"/{path}")))
-            if identity is None and member.size <= MAX_TEXT and _loader_config(path):
-                text = first + b"".join(data)
-                entries.append(("t", path, text.decode("utf-8", "replace")))
-            elif (identity is not None and identity.kind == "shared") or _library_like(base):
-                entries.append(("f", path, identity))
-    return LayerSummary(tuple(entries), tuple(elves))
+        summariser.member(member, reader.data())
+    return summariser.summary()
 
 
 def _record_key(digest: Digest, inspect_elves: bool) -> str:

@@ -25,6 +25,7 @@ from imagesmith.oci.image import BlobOrigin, FileOrigin
 from imagesmith.oci.references import Reference
 from imagesmith.pipeline import records as layerrecords
 from imagesmith.pipeline.budget import LayerPlan, package_slots, plan_layers
+from imagesmith.pipeline.closure import LayerSummariser
 from imagesmith.pipeline.group import GroupMember, group_entries, group_record_key
 from imagesmith.pipeline.results import BuildOptions, BuiltPackage, GroupLayer, StackLayer
 from imagesmith.progress import EventKind, ProgressCallback, ProgressEvent, null_progress
@@ -72,6 +73,7 @@ def content_layer(
     uploads: EarlyUploads | None = None,
     relocation: Relocation | None = None,
     label: str = "",
+    summarise: bool = False,
 ) -> tuple[LayerBlob, bool]:
     """One layer from a directory or a tarball placed at ``prefix`` (relative to ``/``).
 
@@ -85,7 +87,8 @@ def content_layer(
     a layer whose blob left the cache but whose record names a digest the target repository
     already has is neither built nor sent. ``relocation`` (a Spack install prefix directory)
     adds Spack's relocation record, ``<prefix>/.spack/binary_distribution``, written for the
-    directory's files.
+    directory's files. With ``summarise`` a layer that is built is also summarised for the
+    runtime-closure check in the same pass (see :class:`~imagesmith.pipeline.closure.LayerSummariser`).
     """
     extra = {"spack-relocation": relocation.to_json()} if relocation is not None else None
     key, total = (
@@ -114,6 +117,7 @@ def content_layer(
             assert uploads is not None
             if uploads.present(known.digest):
                 return known, True
+    summariser = LayerSummariser() if summarise else None
     options: dict[str, Any] = {
         "media_types": media_types,
         "compression": compression,
@@ -121,6 +125,7 @@ def content_layer(
         "progress": (lambda done: progress(done, total)) if progress is not None else None,
         "follower": uploads.follower(label) if uploads is not None else None,
         "directory_depth": _inspected_depth(prefix),
+        "observer": summariser,
     }
     if content.is_dir():
         entries: Iterable[TarEntry] = directory_entries(content, prefix, preserve=preserve)
@@ -131,6 +136,8 @@ def content_layer(
     else:
         with tarball_entries(content, prefix, preserve=preserve, tmpdir=cache.tmp_dir) as tar_entries:
             blob = build_layer(tar_entries, cache, **options)
+    if summariser is not None:
+        summariser.remember(cache, blob.digest)
     if key is not None:
         layerrecords.remember(cache, key, blob)
     return blob, False
@@ -187,11 +194,12 @@ def adopted_layer(
     progress: Callable[[int], None] | None = None,
     uploads: EarlyUploads | None = None,
     label: str = "",
+    summarise: bool = False,
 ) -> tuple[LayerBlob, bool]:
     """A Spack build-cache tarball as its own layer (:func:`~imagesmith.tar.layer.adopt_tarball`):
     not copied, its bytes stay in the file (``FileOrigin``). An unchanged file is not read
     again: its record (kept like a built layer's, though its blob is the file) gives the layer.
-    Returns the layer and whether it was reused.
+    Returns the layer and whether it was reused. ``summarise`` as for :func:`content_layer`.
     """
     key = layerrecords.input_key(
         tarball,
@@ -205,6 +213,7 @@ def adopted_layer(
     found = layerrecords.recorded(cache, key)
     if found is not None:
         return found, True
+    summariser = LayerSummariser() if summarise else None
     blob = adopt_tarball(
         tarball,
         prefix,
@@ -214,7 +223,10 @@ def adopted_layer(
         follower=uploads.follower(label) if uploads is not None else None,
         progress=progress,
         directory_depth=_inspected_depth(prefix),
+        observer=summariser,
     )
+    if summariser is not None:
+        summariser.remember(cache, blob.digest)
     layerrecords.remember(cache, key, blob)
     return blob, False
 
@@ -240,6 +252,8 @@ def build_package_layers(
     """
     if not packages:
         raise UsageError("no packages given: name at least one package file")
+    # Layers built here are summarised for the runtime-closure check as they are written.
+    summarise = options.check != "off"
 
     def one(package: Package) -> tuple[LayerBlob, BlobOrigin | None, str | None]:
         subject = f"{package.name}@{package.version}"
@@ -268,6 +282,7 @@ def build_package_layers(
                 uploads=upload,
                 label=subject,
                 progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
+                summarise=summarise,
             )
         else:
             relocation = spack_content.relocation if isinstance(spack_content, SpackPrefix) else None
@@ -282,6 +297,7 @@ def build_package_layers(
                 uploads=upload,
                 relocation=relocation,
                 label=subject,
+                summarise=summarise,
             )
         if isinstance(spack_content, SpackTarball):
             origin = FileOrigin(package.content)
@@ -427,8 +443,9 @@ def build_group_layers(
             return found
 
         def build_group(follower: bool) -> LayerBlob:
+            summariser = LayerSummariser() if follower and options.check != "off" else None
             with closing(group_entries(parts, tmpdir=cache.tmp_dir)) as entries:
-                return build_layer(
+                blob = build_layer(
                     entries,
                     cache,
                     media_types=media_types,
@@ -437,7 +454,11 @@ def build_group_layers(
                     progress=lambda done: progress(ProgressEvent("layer-progress", subject, done)),
                     follower=uploads.follower(subject) if uploads is not None and follower else None,
                     directory_depth=1,  # nothing reads a group's directories: keep its record small
+                    observer=summariser,
                 )
+            if summariser is not None:
+                summariser.remember(cache, blob.digest)
+            return blob
 
         key = group_record_key(
             [(m.package.prefix, m.layer.diff_id) for m in members],

@@ -15,7 +15,7 @@ import io
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, TYPE_CHECKING, Protocol, cast
 
 from imagesmith import cancel
 from imagesmith.errors import IntegrityError, LayerError
@@ -42,6 +42,7 @@ from imagesmith.tar.entries import (
 
 __all__ = [
     "LayerBlob",
+    "LayerObserver",
     "adopt_tarball",
     "build_layer",
     "with_file",
@@ -139,6 +140,20 @@ class _Announcing:
         return n
 
 
+class LayerObserver(Protocol):
+    """Sees every member of a layer as :func:`build_layer` writes it or :func:`adopt_tarball`
+    reads it, so that what a later step needs of the layer is gathered in the same pass
+    instead of reading the layer back (the runtime-closure check's summary)."""
+
+    def entry(self, entry: TarEntry, head: bytes) -> None:
+        """``entry`` was written; ``head`` holds the first bytes of a file's data (up to
+        :data:`~imagesmith.tar.writer.FILE_HEAD`), empty for anything else."""
+
+    def member(self, member: TarMember, data: Iterator[bytes]) -> None:
+        """``member`` of an adopted tarball was checked; ``data`` yields its bytes (what the
+        observer leaves unread is skipped)."""
+
+
 def _record_directories(directories: set[str], name: str, is_dir: bool, depth: int | None) -> None:
     """Add the directories ``name`` shows to ``directories``: itself when it is one, and its
     parents (for entries that omit them), none more than ``depth`` components deep."""
@@ -166,6 +181,7 @@ def build_layer(
     progress: Callable[[int], None] | None = None,
     follower: BlobFollower | None = None,
     directory_depth: int | None = None,
+    observer: LayerObserver | None = None,
 ) -> LayerBlob:
     """Write ``entries`` as a layer blob into ``cache`` and describe it.
 
@@ -186,6 +202,8 @@ def build_layer(
     at most that many components deep (what environment inference looks at lies two below a
     prefix): every directory of a deep tree, each a full path, would cost memory (and a layer
     record) in the square of its depth.
+
+    ``observer`` sees each entry once written (see :class:`LayerObserver`).
     """
     media_type = media_types.layer(compression)
     if mtime is None:
@@ -200,6 +218,8 @@ def build_layer(
             for entry in entries:
                 _record_directories(directories, entry.name, entry.kind == "dir", directory_depth)
                 writer.add(entry)
+                if observer is not None:
+                    observer.entry(entry, writer.file_head)
             writer.close()
             diff_id = sink.finish()
             compressor.close()
@@ -308,6 +328,7 @@ def adopt_tarball(
     max_bytes: int = MAX_TARBALL_BYTES,
     max_header_bytes: int = MAX_HEADER_BYTES,
     directory_depth: int | None = None,
+    observer: LayerObserver | None = None,
 ) -> LayerBlob:
     """The tarball ``path`` as a layer, byte for byte: its digest is the file's sha256.
 
@@ -321,7 +342,8 @@ def adopt_tarball(
     and the limits on members, header and decompressed sizes hold. ``expected``, when given,
     is the digest the file must have (the checksum a build cache records: a mismatch is an
     :class:`IntegrityError`). The file is not copied: the caller keeps it as the blob's origin.
-    ``directory_depth`` bounds the directories recorded as for :func:`build_layer`.
+    ``directory_depth`` bounds the directories recorded as for :func:`build_layer`;
+    ``observer`` sees each member once checked (see :class:`LayerObserver`).
     """
     what = str(path)
     prefix = normalise_prefix(prefix)
@@ -346,6 +368,8 @@ def adopt_tarball(
                         continue
                     _check_adopted(name, member, prefix, what, kinds, has_children)
                     _record_directories(directories, name, member.kind == "dir", directory_depth)
+                    if observer is not None:
+                        observer.member(member, reader.data())
                     if progress is not None:
                         progress(stream.hasher.size)
                 stream.drain()

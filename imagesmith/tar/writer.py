@@ -36,6 +36,7 @@ from imagesmith.tar.format import BLOCK, TYPEFLAGS, EntryKind
 __all__ = ["EntryKind", "Source", "TarEntry", "TarWriter"]
 
 _CHUNK = 1 << 20
+FILE_HEAD = 64  # bytes of each file kept in TarWriter.file_head
 _ZERO_BLOCK = bytes(BLOCK)
 _MAX_OCTAL_7 = 0o7777777
 _MAX_OCTAL_11 = 0o77777777777
@@ -181,6 +182,9 @@ class TarWriter:
             self._plain_tails[kind] = (tail, _byte_sum(tail))
         self._closed = False
         self.bytes_written = 0
+        # The first bytes of the last file added (what an observer of the layer looks at to
+        # tell an ELF file or a script from data, without reading the file again).
+        self.file_head = b""
 
     def _write(self, data: bytes) -> None:
         self._out.write(data)
@@ -198,6 +202,7 @@ class TarWriter:
             raise LayerError("cannot add entries to a closed tar writer")
         head = self._headers(entry)
         size = entry.size
+        self.file_head = b""
         if not size or entry.kind != "file":
             self._write(head)
             return
@@ -236,7 +241,9 @@ class TarWriter:
             if size <= _CHUNK:
                 # One read of one byte more than expected both fetches the file and shows
                 # whether it grew; the data, its header and its padding go out in one write.
-                self._write(b"".join((head, _read_fd(fd, size, path), _ZERO_BLOCK[: -size % BLOCK])))
+                data = _read_fd(fd, size, path)
+                self.file_head = data[:FILE_HEAD]
+                self._write(b"".join((head, data, _ZERO_BLOCK[: -size % BLOCK])))
             else:
                 with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
                     self._copy(f, entry, str(path), head)
@@ -258,6 +265,8 @@ class TarWriter:
                         f"{entry.size} bytes read; build again once it is no longer being written"
                     )
                 remaining -= len(chunk)
+                if head:
+                    self.file_head = chunk[:FILE_HEAD]
                 # Header, data and padding of a small file go out in one write: many small
                 # files would otherwise cost three calls each down the hashing pipeline.
                 if not remaining:
