@@ -244,9 +244,9 @@ def test_a_layer_is_summarised_as_it_is_written_exactly_as_read_back(
         blob = build_layer(entries, cache, media_types=media, observer=seen)
         summaries.append(seen.summary())
         assert seen.summary() == read_back(blob.digest) and not seen.incomplete
-    with tarball_entries(tarball, "", allow_whiteouts=True, tmpdir=tmp_path) as entries:
+    with tarball_entries(tarball, "", allow_whiteouts=True, tmpdir=tmp_path) as tar_entries:
         seen = LayerSummariser()
-        blob = build_layer(entries, cache, media_types=media, observer=seen)
+        blob = build_layer(tar_entries, cache, media_types=media, observer=seen)
         assert seen.summary() == read_back(blob.digest)
     summaries.append(seen.summary())
     plain = tmp_path / "plain.tar.gz"
