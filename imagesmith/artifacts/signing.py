@@ -33,10 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING
 
 from imagesmith._version import __version__
 from imagesmith.artifacts.referrers import SIGNATURE_MEDIA_TYPE, manifest_if_exists, signature_tag
@@ -58,6 +55,9 @@ from imagesmith.progress import ProgressCallback, ProgressEvent, null_progress
 from imagesmith.registry.client import RegistryClient, RegistryPool
 from imagesmith.store.cache import BlobCache
 from imagesmith.transports.registry import RegistrySink
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "KEY_PASSWORD_ENV",
@@ -97,10 +97,16 @@ class SigningKey:
 
     def sign(self, data: bytes) -> bytes:
         """The ASN.1 DER ECDSA-SHA256 signature of ``data``."""
+        # cryptography is imported where it is used: a build that signs nothing never loads it.
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def public_pem(self) -> bytes:
         """The public key in PEM (SubjectPublicKeyInfo), as ``policy.json``'s keyPath reads it."""
+        from cryptography.hazmat.primitives import serialization
+
         return self._key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -124,6 +130,9 @@ def generate_key(private: str | Path, public: str | Path, password: str | None =
     for path in (private, public):
         if path.exists() or path.is_symlink():
             raise UsageError(f"{path} exists: keygen never overwrites a key; choose another name")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(password.encode("utf-8"))
@@ -162,6 +171,10 @@ def load_signing_key(path: str | Path, password: str | None = None) -> SigningKe
     encrypted key without a password (:class:`KeyPasswordNeeded`) or with the wrong one each
     raise :class:`UsageError` in one line naming the file and what to do.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     path = Path(path)
     data = _read_key_file(path)
     if _COSIGN_PEM in data:

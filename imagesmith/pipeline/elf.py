@@ -18,10 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import IO, Any
 
-from elftools.elf.dynamic import DynamicSegment
-from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
-from elftools.elf.segments import InterpSegment
 
 from imagesmith.errors import ImagesmithError
 from imagesmith.oci.model import Platform
@@ -177,6 +174,12 @@ def _read(stream: IO[bytes], what: str) -> ElfInfo:
     if identity is None:
         raise ElfFormatError(f"{what} is not an ELF file (bad magic, class or byte order)")
     stream.seek(0)
+    # The parser (and its DWARF readers) is loaded when a file is parsed: a warm build whose
+    # layers are summarised in the cache never needs it.
+    from elftools.elf.dynamic import DynamicSegment
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import InterpSegment
+
     elf = ELFFile(stream)
     interpreter: str | None = None
     needed: list[str] = []
