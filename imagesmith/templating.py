@@ -12,13 +12,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-
-import jinja2
-import jinja2.sandbox
+from typing import TYPE_CHECKING
 
 from imagesmith.errors import TemplateError
 from imagesmith.inputs.envmods import is_valid_name, parse_env_list
 from imagesmith.oci.references import sanitize_tag, validate_tag
+
+if TYPE_CHECKING:
+    import jinja2
+
+# jinja2 is imported by the functions that render: a build given its tags never loads it.
 
 __all__ = [
     "DEFAULT_TAG_TEMPLATE",
@@ -69,6 +72,9 @@ def environment() -> jinja2.Environment:
     ``keep_trailing_newline``, ``trim_blocks`` and ``lstrip_blocks``, and a ``shquote`` filter
     that single-quotes a value for POSIX sh.
     """
+    import jinja2
+    import jinja2.sandbox
+
     env = jinja2.sandbox.SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
@@ -117,6 +123,8 @@ def render_tag(
         "platform": platform,
         **extra,
     }
+    import jinja2
+
     env = environment()
     what = _describe(template)
     try:
@@ -152,6 +160,8 @@ def render_profile_script(env: Sequence[str], *, comment: str = "") -> str:
     parsed = parse_env_list(env, where="profile script environment")
     variables = [(name, value) for name, value in parsed.items() if is_valid_name(name)]
     comment_lines = comment.splitlines()
+    import jinja2
+
     try:
         return (
             environment()

@@ -32,7 +32,14 @@ from imagesmith.pipeline.closure import (
     default_directories,
     summarize_layer,
 )
-from imagesmith.pipeline.elf import ElfFormatError, ElfInfo, elf_identity, read_elf
+from imagesmith.pipeline.elf import (
+    ElfFormatError,
+    ElfInfo,
+    elf_identity,
+    expected_machine,
+    machine_name,
+    read_elf,
+)
 from imagesmith.pipeline.results import BuildOptions
 from imagesmith.pipeline.run import build
 from imagesmith.progress import ProgressEvent
@@ -321,6 +328,27 @@ def test_symlink_resolution_is_chroot_style_and_bounded() -> None:
     assert index.resolve("/a/x") is None
 
 
+_PARTS = st.sampled_from(["a", "b", "lib", "usr", "..", ".", ".x", ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    links=st.dictionaries(
+        st.lists(_PARTS.filter(lambda p: p not in ("", ".", "..")), min_size=1, max_size=3).map("/".join),
+        st.lists(_PARTS, min_size=1, max_size=4).map("/".join).map(lambda t: t or "."),
+        max_size=5,
+    ),
+    path=st.lists(_PARTS, min_size=1, max_size=5).map("/".join),
+    follow_last=st.booleans(),
+)
+def test_the_fast_path_of_resolve_agrees_with_the_general_walk(
+    links: dict[str, str], path: str, follow_last: bool
+) -> None:
+    index = FileIndex(links=links)
+    # A leading "./" never takes the fast path and names the same path.
+    assert index.resolve(path, follow_last=follow_last) == index.resolve("./" + path, follow_last=follow_last)
+
+
 def test_default_directories_follow_the_platform() -> None:
     arm64 = default_directories(Platform("linux", "arm64"))
     assert arm64[:2] == ("/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu")
@@ -330,6 +358,18 @@ def test_default_directories_follow_the_platform() -> None:
 
 
 # --- ELF reading: truncated, corrupt and random input ------------------------------------------
+
+
+def test_platform_machine_numbers_are_the_gabis() -> None:
+    from elftools.elf.enums import ENUM_E_MACHINE
+
+    names = {"amd64": "EM_X86_64", "arm64": "EM_AARCH64", "386": "EM_386", "arm": "EM_ARM"}
+    names |= {"ppc64le": "EM_PPC64", "ppc64": "EM_PPC64", "s390x": "EM_S390", "riscv64": "EM_RISCV"}
+    names |= {"mips64le": "EM_MIPS"}
+    for arch, name in names.items():
+        expected = expected_machine(Platform("linux", arch))
+        assert expected is not None and expected.machine == ENUM_E_MACHINE[name], arch
+        assert machine_name(expected.machine) == name
 
 
 def test_elf_identity_reads_twenty_bytes() -> None:

@@ -130,6 +130,13 @@ def test_a_directory_changed_within_the_racy_window_is_not_kept(
         [1, 2, 3, 4, ["../../etc"]],
         [1, 2, 3, 4, "names"],
         [True, 2, 3, 4, []],
+        [1, 2, 3, 4, ["a\0b"]],
+        [1, 2, 3, 4, ["x", ".."]],
+        [1, 2, 3, 4, ["", "x"]],
+        [1, 2, 3, 4, ["."]],
+        [1, 2, 3, 4, ["x", 7]],
+        [1, 2, 3, 4, ["x/y"]],
+        [1, 2, 3, 4, ["x"], "six"],
     ],
 )
 def test_a_malformed_listing_record_is_ignored(tree: Path, tmp_path: Path, damage: Any) -> None:

@@ -14,11 +14,10 @@ all that is needed for the many libraries of a base image that are never checked
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import IO, Any
-
-from elftools.elf.enums import ENUM_E_MACHINE
 
 from imagesmith.errors import ImagesmithError
 from imagesmith.oci.model import Platform
@@ -39,20 +38,19 @@ ELF_MAGIC = b"\x7fELF"
 # DT_NULL-less section would otherwise make pyelftools walk the whole file entry by entry.
 MAX_DYNAMIC_TAGS = 65536
 _TYPES = {1: "relocatable", 2: "executable", 3: "shared", 4: "core"}
-_MACHINE_NAMES = {number: name for name, number in ENUM_E_MACHINE.items() if name != "_default_"}
-
-# OCI architecture -> (e_machine, ELF class, little endian). The ELF machine numbers are
-# pyelftools' (the gABI's); ppc64 big endian and ppc64le share EM_PPC64.
+# OCI architecture -> (e_machine, ELF class, little endian). The ELF machine numbers are the
+# gABI's (EM_X86_64 62, EM_AARCH64 183, ...; a test checks them against pyelftools' table,
+# which is loaded only to name a machine); ppc64 big endian and ppc64le share EM_PPC64.
 _PLATFORM_MACHINES: dict[str, tuple[int, int, bool]] = {
-    "amd64": (ENUM_E_MACHINE["EM_X86_64"], 64, True),
-    "arm64": (ENUM_E_MACHINE["EM_AARCH64"], 64, True),
-    "386": (ENUM_E_MACHINE["EM_386"], 32, True),
-    "arm": (ENUM_E_MACHINE["EM_ARM"], 32, True),
-    "ppc64le": (ENUM_E_MACHINE["EM_PPC64"], 64, True),
-    "ppc64": (ENUM_E_MACHINE["EM_PPC64"], 64, False),
-    "s390x": (ENUM_E_MACHINE["EM_S390"], 64, False),
-    "riscv64": (ENUM_E_MACHINE["EM_RISCV"], 64, True),
-    "mips64le": (ENUM_E_MACHINE["EM_MIPS"], 64, True),
+    "amd64": (62, 64, True),
+    "arm64": (183, 64, True),
+    "386": (3, 32, True),
+    "arm": (40, 32, True),
+    "ppc64le": (21, 64, True),
+    "ppc64": (21, 64, False),
+    "s390x": (22, 64, False),
+    "riscv64": (243, 64, True),
+    "mips64le": (8, 64, True),
     "loong64": (258, 64, True),  # EM_LOONGARCH, newer than some pyelftools releases
 }
 
@@ -61,9 +59,16 @@ class ElfFormatError(ImagesmithError):
     """An ELF file that is truncated, corrupt or lies about its headers or sections."""
 
 
+@functools.cache
+def _machine_names() -> dict[int, str]:
+    from elftools.elf.enums import ENUM_E_MACHINE
+
+    return {number: name for name, number in ENUM_E_MACHINE.items() if name != "_default_"}
+
+
 def machine_name(number: int) -> str:
     """``EM_X86_64`` for 62: the gABI name of an ``e_machine`` value, or ``EM_<number>``."""
-    return _MACHINE_NAMES.get(number, f"EM_{number}")
+    return _machine_names().get(number, f"EM_{number}")
 
 
 @dataclass(frozen=True)

@@ -161,14 +161,26 @@ def _load_listings(cache: BlobCache, key: str) -> Listings:
     good: Listings = {}
     for rel, value in dirs.items():
         # Anything not shaped as written is ignored (read the directory again), never trusted.
+        # Checked with a few C-level operations per directory: a tree of 50,000 directories
+        # loads its listings on every warm build.
+        if type(value) is not list or len(value) != 5:
+            continue
+        dev, ino, mtime, ctime, names = value
+        if not (type(dev) is type(ino) is type(mtime) is type(ctime) is int) or type(names) is not list:
+            continue  # (type() is int also refuses a bool)
+        try:
+            joined = "/".join(names)
+        except TypeError:
+            continue  # a name that is not a string
         if (
-            isinstance(value, list)
-            and len(value) == 5
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value[:4])
-            and isinstance(value[4], list)
-            and all(isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in value[4])
+            joined.count("/") != len(names) - 1
+            or "\0" in joined
+            or "" in names
+            or "." in names
+            or ".." in names
         ):
-            good[rel] = value
+            continue
+        good[rel] = value
     return good
 
 
