@@ -208,6 +208,35 @@ def test_layers_are_read_once_then_from_their_records(kit: dict[str, Path], tmp_
     ]
 
 
+def test_the_same_image_checked_again_takes_the_report_from_its_record(
+    kit: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _build(kit, tmp_path, kit["broken"])[0].closure
+    assert not first.ok
+    stacked: list[int] = []
+    real_apply = FileIndex.apply
+
+    def counting_apply(self: FileIndex, summary: LayerSummary) -> list[tuple[str, ElfInfo | str]]:
+        stacked.append(1)
+        return real_apply(self, summary)
+
+    monkeypatch.setattr(FileIndex, "apply", counting_apply)
+    again = _build(kit, tmp_path, kit["broken"])[0].closure
+    assert again == first and not stacked  # findings and all, nothing stacked
+    # Anything the report depends on checks again: the environment...
+    fixed = _build(kit, tmp_path, kit["broken"], env=("LD_LIBRARY_PATH=/opt/stack/hello-1.0/lib",))[0]
+    assert stacked and fixed.closure.findings[0].tried[0] == ("/opt/stack/hello-1.0/lib", "LD_LIBRARY_PATH")
+    # ...and a damaged record is checked again, never trusted.
+    cache = BlobCache(tmp_path / "cache")
+    keys = [json.loads(p.read_text())["key"] for p in (tmp_path / "cache/records").glob("*.json")]
+    reports = [key for key in keys if "/report/" in key]
+    assert len(reports) == 2, keys  # one per environment
+    for key in reports:
+        cache.put_record(key, {"platform": "linux/amd64", "checked": "many"})
+    stacked.clear()
+    assert _build(kit, tmp_path, kit["broken"])[0].closure == first and stacked
+
+
 def _tricky_tree(kit: dict[str, Path], root: Path) -> Path:
     """Every kind of member the summary distinguishes, real ELF files among them."""
     stack = kit["root"] / "stack"

@@ -36,6 +36,8 @@ style symlinks, and the loader's search, each meaningful only with the others.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
 import posixpath
 import stat
@@ -46,6 +48,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal, cast
 
+from imagesmith._version import __version__
 from imagesmith.errors import CacheError, LayerError, PackageError, UnpackError
 from imagesmith.oci.digests import Digest
 from imagesmith.oci.image import Image, Layer, Readable
@@ -166,6 +169,21 @@ class Finding:
             "detail": self.detail,
         }
 
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Finding:
+        """The inverse of :meth:`to_json`; ValueError/KeyError/TypeError on a bad record."""
+        kind = obj["kind"]
+        if kind not in ("missing-library", "missing-interpreter", "wrong-machine", "unreadable-elf"):
+            raise ValueError(f"unknown finding kind {kind!r}")
+        return cls(
+            kind,
+            str(obj["binary"]),
+            str(obj["package"]),
+            str(obj["name"]),
+            tuple((str(t["directory"]), str(t["via"])) for t in obj["tried"]),
+            str(obj["detail"]),
+        )
+
 
 @dataclass(frozen=True)
 class ClosureReport:
@@ -198,6 +216,16 @@ class ClosureReport:
             "ok": self.ok,
             "findings": [f.to_json() for f in self.findings],
         }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ClosureReport:
+        """The inverse of :meth:`to_json`; ValueError/KeyError/TypeError on a bad record."""
+        return cls(
+            str(obj["platform"]),
+            int(obj["checked"]),
+            int(obj["packages"]),
+            tuple(Finding.from_json(f) for f in obj["findings"]),
+        )
 
 
 # --- one layer ----------------------------------------------------------------------------------
@@ -837,6 +865,25 @@ def check_closure(
         if layer.digest not in seen and not layer.descriptor.urls:
             seen.add(layer.digest)
             layers.append(layer)
+    # The report is a function of the layers' bytes (their digests), which are packages and
+    # under what label, the environment and the platform: the same image checked again (a
+    # warm build) takes it from its record, without even stacking the summaries.
+    report_key = _report_key(image, packages)
+    record = cache.get_record(report_key)
+    if record is not None:
+        try:
+            report = ClosureReport.from_json(record)
+        except (ValueError, KeyError, TypeError):
+            pass  # damaged, or from another version: check again
+        else:
+            for layer in layers:
+                label = packages.get(layer.digest)
+                progress(
+                    ProgressEvent(
+                        "layer-checked", label or str(layer.digest), layer.descriptor.size, "from its record"
+                    )
+                )
+            return report
 
     def summarise(layer: Layer) -> LayerSummary:
         label = packages.get(layer.digest)
@@ -908,12 +955,31 @@ def check_closure(
     findings += _check_needed(search, runnable)
     order = {label: i for i, label in enumerate(dict.fromkeys(packages.values()))}
     findings.sort(key=lambda f: (order.get(f.package, len(order)), f.binary, f.kind))
-    return ClosureReport(
+    report = ClosureReport(
         str(platform),
         len(elves) + sum(1 for f in findings if f.kind == "unreadable-elf"),
         len(set(packages.values())),
         tuple(findings),
     )
+    cache.put_record(report_key, report.to_json())
+    return report
+
+
+def _report_key(image: Image, packages: Mapping[Digest, str]) -> str:
+    """The record key of the check's report on ``image`` (see :func:`check_closure`)."""
+    identity = {
+        "imagesmith": __version__,  # the rules of the check are this version's
+        "platform": image.config.platform.to_json(),
+        "env": list(image.config.env),
+        "layers": [
+            [str(layer.digest), packages.get(layer.digest)]
+            for layer in image.layers
+            if not layer.descriptor.urls
+        ],
+        "labels": list(dict.fromkeys(packages.values())),
+    }
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return f"closure/v{RECORD_VERSION}/report/{hashlib.sha256(text.encode()).hexdigest()}"
 
 
 def closure_gate(report: ClosureReport, mode: CheckMode) -> None:
