@@ -443,6 +443,8 @@ def build_group_layers(
             return found
 
         def build_group(follower: bool) -> LayerBlob:
+            # The first build is summarised for the check; a rebuild of a lost blob (no
+            # follower) gives the same bytes, whose summary is already recorded.
             summariser = LayerSummariser() if follower and options.check != "off" else None
             with closing(group_entries(parts, tmpdir=cache.tmp_dir)) as entries:
                 blob = build_layer(
