@@ -245,6 +245,9 @@ def _tricky_tree(kit: dict[str, Path], root: Path) -> Path:
     shutil.copytree(stack / "libgreet/lib", tree / "greet", symlinks=True)
     good = (stack / "libgreet/lib/libgreet.so.1.0").read_bytes()
     (tree / "lib/libtruncated.so").write_bytes(good[:700])
+    far = bytearray(good)
+    far[0x20:0x28] = (2**64 - 64).to_bytes(8, "little")  # e_phoff past any file: EINVAL or overflow
+    (tree / "lib/libfar.so").write_bytes(bytes(far))
     (tree / "etc/ld.so.conf.d").mkdir(parents=True)
     (tree / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf\n")
     (tree / "etc/ld.so.conf.d/stack.conf").write_text("/opt/stack/lib\n")
@@ -300,6 +303,7 @@ def test_a_layer_is_summarised_as_it_is_written_exactly_as_read_back(
         infos = dict(summary.elves)
         assert isinstance(infos[f"{top}bin/hello"], ElfInfo)
         assert "truncated or corrupt" in str(infos[f"{top}lib/libtruncated.so"])
+        assert "truncated or corrupt" in str(infos[f"{top}lib/libfar.so"])
     assert {"w", "o"} <= {entry[0] for entry in summaries[2].entries}
     assert ("t", "etc/ld.so.conf", "/generated\n") in summaries[1].entries
     # The record is kept under the layer's digest, where the check looks first.

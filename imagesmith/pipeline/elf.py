@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from imagesmith.errors import ImagesmithError
 from imagesmith.oci.model import Platform
@@ -173,7 +173,34 @@ def _split_path(value: str) -> tuple[str, ...]:
     return tuple(value.split(":")) if value else ()
 
 
-def _read(stream: IO[bytes], what: str) -> ElfInfo:
+class _Clamped:
+    """``stream`` with every seek kept inside the file: a header that points past the end reads
+    as truncated (an empty read) and one before the start is an error, the same whether the
+    file is on disk (which refuses a far seek) or spooled in memory (which overflows)."""
+
+    def __init__(self, stream: IO[bytes], what: str) -> None:
+        self._stream = stream
+        self._what = what
+        stream.seek(0, 2)
+        self._size = stream.tell()
+        stream.seek(0)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._stream.tell(), self._size)[whence]
+        target = base + offset
+        if target < 0:
+            raise ElfFormatError(f"{self._what} is truncated or corrupt (a header points before its start)")
+        return self._stream.seek(min(target, self._size))
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        return self._stream.read(n)
+
+
+def _read(raw: IO[bytes], what: str) -> ElfInfo:
+    stream = cast(IO[bytes], _Clamped(raw, what))
     head = stream.read(20)
     identity = elf_identity(head)
     if identity is None:
