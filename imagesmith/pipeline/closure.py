@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import posixpath
-import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +66,7 @@ from imagesmith.store.cache import BlobCache
 from imagesmith.tar.compression import open_decompressor
 from imagesmith.tar.format import TarMember, TarReader
 from imagesmith.tar.unpack import MAX_SYMLINK_HOPS, UnpackPolicy
-from imagesmith.tar.writer import TarEntry
+from imagesmith.tar.writer import TarEntry, open_source_file
 from imagesmith.transports.base import fetch_blob
 
 __all__ = [
@@ -332,14 +331,12 @@ def _spooled(first: bytes, rest: Iterator[bytes]) -> Iterator[IO[bytes]]:
 @contextmanager
 def _entry_data(entry: TarEntry) -> Iterator[IO[bytes]]:
     """The data of a file entry just written to a layer, read again from its source: the file
-    itself (opened as the tar writer opens it: no symlink followed, never a FIFO's wait),
-    else its bytes from the open tarball, spooled. OSError when it cannot be read."""
+    itself (opened as the tar writer opens it), else its bytes from the open tarball, spooled.
+    OSError or LayerError when it cannot be read."""
     source = entry.source
     if isinstance(source, str | os.PathLike):
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd, _ = open_source_file(source)
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(f"{source} is no longer a regular file")
             yield f
     elif isinstance(source, tuple):
         fileobj, offset = source
@@ -387,7 +384,7 @@ class LayerSummariser:
         """One entry the tar writer wrote, with the first bytes of its data."""
         try:
             self._add(entry.name, entry.kind, entry.linkname, entry.size, head, lambda: _entry_data(entry))
-        except OSError:
+        except (OSError, LayerError):
             self.incomplete = True
 
     def summary(self) -> LayerSummary:

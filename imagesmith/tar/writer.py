@@ -33,7 +33,7 @@ from typing import IO, Protocol
 from imagesmith.errors import LayerError
 from imagesmith.tar.format import BLOCK, TYPEFLAGS, EntryKind
 
-__all__ = ["EntryKind", "Source", "TarEntry", "TarWriter"]
+__all__ = ["EntryKind", "Source", "TarEntry", "TarWriter", "open_source_file"]
 
 _CHUNK = 1 << 20
 FILE_HEAD = 64  # bytes of each file kept in TarWriter.file_head
@@ -224,15 +224,10 @@ class TarWriter:
     def _copy_path(self, path: str | Path, entry: TarEntry, head: bytes) -> None:
         size = entry.size
         try:
-            # O_NOFOLLOW: a file swapped for a symlink after the walk must not be followed.
-            # O_NONBLOCK: one swapped for a FIFO must not hang the build in open().
-            fd = os.open(path, _OPEN_FLAGS)
+            fd, st = open_source_file(path)
         except OSError as exc:
             raise LayerError(f"cannot read {path}: {exc.strerror or exc}") from None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise LayerError(f"{path} is no longer a regular file: it changed during the build")
             if st.st_size != size:
                 raise LayerError(
                     f"{path} changed size while the layer was built ({size} -> "
@@ -413,6 +408,23 @@ class TarWriter:
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is None:
             self.close()
+
+
+def open_source_file(path: str | Path) -> tuple[int, os.stat_result]:
+    """Open the file a path entry's data comes from, as the writer reads it: a descriptor and
+    its stat. ``OSError`` when it cannot be opened; :class:`LayerError` (the descriptor closed)
+    when it is no longer a regular file."""
+    # O_NOFOLLOW: a file swapped for a symlink after the walk must not be followed.
+    # O_NONBLOCK: one swapped for a FIFO must not hang the build in open().
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LayerError(f"{path} is no longer a regular file: it changed during the build")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def _read_fd(fd: int, size: int, label: str | Path) -> bytes:
